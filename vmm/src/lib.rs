@@ -1,0 +1,5 @@
+//! The Tandem VMM: VM lifecycle, boot, API and (later) fault tolerance glue.
+
+pub mod api;
+pub mod boot;
+pub mod config;
