@@ -1,4 +1,7 @@
 //! Everything that prepares guest memory and vCPU registers for the first instruction.
 
 pub mod acpi;
+pub mod cpuid;
 pub mod layout;
+pub mod msrs;
+pub mod regs;

@@ -1,0 +1,3 @@
+//! A running (or runnable) VM: KVM VM, guest memory, devices and vCPU threads.
+
+pub mod memory;
