@@ -3,4 +3,5 @@
 pub mod api;
 pub mod boot;
 pub mod config;
+pub mod controller;
 pub mod vm;

@@ -1,1 +1,183 @@
-fn main() {}
+//! `tandem`: the VMM binary. Serves the REST API on a Unix socket and/or boots a VM straight from
+//! command-line flags.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use vmm::api::ApiRequest;
+use vmm::config::{
+    CpusConfig, MemoryConfig, PayloadConfig, SerialConfig, SerialMode, VmConfig,
+    DEFAULT_MEMORY_BYTES,
+};
+use vmm::controller::{chain, Vmm};
+
+/// A rust-vmm VMM whose VMs can be made fault tolerant.
+#[derive(Parser, Debug)]
+#[command(name = "tandem", version, about)]
+struct Cli {
+    /// Serve the REST API on this Unix socket.
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+    /// Boot a VM at once with this many vCPUs (implies creating a VM from flags).
+    #[arg(long, value_name = "N")]
+    cpus: Option<u8>,
+    /// Guest memory, bytes or with a K/M/G suffix (e.g. 512M).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    memory: Option<u64>,
+    /// Kernel (ELF vmlinux or bzImage); none boots the built-in guest.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Initramfs for a Linux kernel.
+    #[arg(long, value_name = "PATH")]
+    initramfs: Option<PathBuf>,
+    /// Kernel command line (the built-in guest reads `workload=` from it).
+    #[arg(long, value_name = "STRING")]
+    cmdline: Option<String>,
+    /// Serial port output: off, null, tty or file=PATH.
+    #[arg(long, value_name = "MODE", value_parser = parse_serial)]
+    serial: Option<SerialConfig>,
+    /// Log level: error, warn, info, debug or trace (RUST_LOG overrides it).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("unknown size suffix '{c}' (use K, M or G)")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size such as 512M"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size '{s}' is too large"))
+}
+
+fn parse_serial(s: &str) -> Result<SerialConfig, String> {
+    let mode = match s {
+        "off" => SerialMode::Off,
+        "null" => SerialMode::Null,
+        "tty" => SerialMode::Tty,
+        _ => match s.strip_prefix("file=") {
+            Some(p) if !p.is_empty() => {
+                return Ok(SerialConfig {
+                    mode: SerialMode::File,
+                    file: Some(PathBuf::from(p)),
+                })
+            }
+            _ => return Err(format!("'{s}' is not one of off, null, tty, file=PATH")),
+        },
+    };
+    Ok(SerialConfig { mode, file: None })
+}
+
+impl Cli {
+    /// A VM config when any VM flag was given.
+    fn vm_config(&self) -> Option<VmConfig> {
+        let any = self.cpus.is_some()
+            || self.memory.is_some()
+            || self.kernel.is_some()
+            || self.initramfs.is_some()
+            || self.cmdline.is_some()
+            || self.serial.is_some();
+        any.then(|| VmConfig {
+            cpus: CpusConfig {
+                boot_vcpus: self.cpus.unwrap_or(1),
+            },
+            memory: MemoryConfig {
+                size: self.memory.unwrap_or(DEFAULT_MEMORY_BYTES),
+            },
+            payload: PayloadConfig {
+                kernel: self.kernel.clone(),
+                initramfs: self.initramfs.clone(),
+                cmdline: self.cmdline.clone(),
+            },
+            serial: self.serial.clone().unwrap_or(SerialConfig {
+                mode: SerialMode::Tty,
+                file: None,
+            }),
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::new()
+        .parse_filters(&cli.log_level)
+        .parse_env("RUST_LOG")
+        .target(env_logger::Target::Stderr)
+        .init();
+
+    let vm_config = cli.vm_config();
+    if cli.api_socket.is_none() && vm_config.is_none() {
+        eprintln!("tandem: nothing to do: give --api-socket PATH and/or VM flags (see --help)");
+        return ExitCode::from(2);
+    }
+    if let Err(e) = vmm::vm::vcpu::install_kick_handler() {
+        eprintln!("tandem: cannot install the vCPU kick signal handler: {e}");
+        return ExitCode::FAILURE;
+    }
+
+    let (tx, rx) = mpsc::channel();
+    let mut vmm = Vmm::new(tx.clone(), cli.api_socket.is_none());
+
+    let server = match &cli.api_socket {
+        Some(path) => match vmm::api::start_server(path, tx.clone()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("tandem: {}", chain(&e));
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+
+    if let Some(cfg) = vm_config {
+        for req in [ApiRequest::VmCreate(Box::new(cfg)), ApiRequest::VmBoot] {
+            if let Err(e) = vmm.handle_api(req) {
+                eprintln!("tandem: {}", e.error.join(": "));
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    drop(tx);
+    vmm.run(rx);
+    if let Some(s) = server {
+        s.join();
+    }
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_suffixes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn serial_modes_parse() {
+        assert_eq!(parse_serial("tty").unwrap().mode, SerialMode::Tty);
+        let f = parse_serial("file=/tmp/x").unwrap();
+        assert_eq!(f.file, Some(PathBuf::from("/tmp/x")));
+        assert!(parse_serial("file=").is_err());
+        assert!(parse_serial("pty").is_err());
+    }
+}

@@ -58,10 +58,10 @@ pub type ApiResponse = Result<Option<serde_json::Value>, ApiError>;
 pub enum VmmEvent {
     /// An API call and where to send its answer.
     Api(ApiRequest, Sender<ApiResponse>),
-    /// The guest asked for a reset (i8042 or ACPI reset register).
-    GuestReset,
-    /// The guest powered itself off (ACPI S5).
-    GuestPowerOff,
-    /// A vCPU thread stopped on an error it could not handle.
-    VcpuFailed { id: u8, error: String },
+    /// The guest of boot `boot_id` asked for a reset (i8042, ACPI reset register, triple fault).
+    GuestReset { boot_id: u64 },
+    /// The guest of boot `boot_id` powered itself off (ACPI S5).
+    GuestPowerOff { boot_id: u64 },
+    /// A vCPU thread of boot `boot_id` stopped on an error it could not handle.
+    VcpuFailed { boot_id: u64, id: u8, error: String },
 }

@@ -4,4 +4,5 @@ pub mod acpi;
 pub mod cpuid;
 pub mod layout;
 pub mod msrs;
+pub mod payload;
 pub mod regs;

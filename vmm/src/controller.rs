@@ -1,0 +1,289 @@
+//! The VMM thread: owns the VM, applies API calls and guest events one at a time, and keeps the
+//! VM's lifecycle state (Created → Running ⇄ Paused → Shutdown).
+
+use crate::api::{ApiError, ApiRequest, ApiResponse, VmmEvent};
+use crate::config::{host_memory_limit, ConfigError, VmConfig};
+use crate::vm::{Vm, VmError};
+use devices::GuestEvent;
+use serde::Serialize;
+use serde_json::json;
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+
+/// Lifecycle state as `vm.info` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum VmState {
+    Created,
+    Running,
+    Paused,
+    Shutdown,
+}
+
+/// Why an API call could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("no VM has been created")]
+    NoVm,
+    #[error("a VM already exists; delete it first")]
+    VmExists,
+    #[error("cannot {action} a VM that is {state:?}")]
+    WrongState { action: &'static str, state: VmState },
+    #[error("invalid VM config")]
+    Config(#[from] ConfigError),
+    #[error("cannot boot the VM")]
+    Boot(#[source] VmError),
+    #[error("cannot {action} the VM")]
+    Vm {
+        action: &'static str,
+        #[source]
+        source: VmError,
+    },
+}
+
+impl VmmError {
+    /// The HTTP status the API answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            VmmError::NoVm => 404,
+            VmmError::VmExists | VmmError::WrongState { .. } => 409,
+            VmmError::Config(_) => 400,
+            // A payload the VMM cannot load is the caller's input; the rest is ours.
+            VmmError::Boot(VmError::Payload(_) | VmError::ReadFile { .. }) => 400,
+            VmmError::Boot(_) | VmmError::Vm { .. } => 500,
+        }
+    }
+}
+
+impl From<VmmError> for ApiError {
+    fn from(e: VmmError) -> Self {
+        ApiError::from_error(e.status(), &e)
+    }
+}
+
+/// What the event loop does after an event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Exit,
+}
+
+/// The VMM: at most one VM, as in Cloud Hypervisor.
+pub struct Vmm {
+    events: Sender<VmmEvent>,
+    config: Option<VmConfig>,
+    vm: Option<Vm>,
+    state: VmState,
+    /// Bumped at every boot, so that events from a VM already torn down are recognised.
+    boot_id: u64,
+    /// Exit the process when the guest powers off (no API socket to report it through).
+    exit_on_guest_shutdown: bool,
+}
+
+impl Vmm {
+    /// A VMM whose guest events and vCPU failures come back through `events`.
+    pub fn new(events: Sender<VmmEvent>, exit_on_guest_shutdown: bool) -> Self {
+        Vmm {
+            events,
+            config: None,
+            vm: None,
+            state: VmState::Shutdown,
+            boot_id: 0,
+            exit_on_guest_shutdown,
+        }
+    }
+
+    /// Runs until `vmm.shutdown` (or guest power-off when so configured).
+    pub fn run(mut self, rx: Receiver<VmmEvent>) {
+        while let Ok(ev) = rx.recv() {
+            if self.handle_event(ev) == Flow::Exit {
+                break;
+            }
+        }
+        self.teardown();
+    }
+
+    /// Applies one event.
+    pub fn handle_event(&mut self, ev: VmmEvent) -> Flow {
+        match ev {
+            VmmEvent::Api(req, reply) => {
+                let exit = matches!(req, ApiRequest::VmmShutdown);
+                let resp = self.handle_api(req);
+                let ok = resp.is_ok();
+                // The caller may have gone away; nothing to do about it here.
+                let _ = reply.send(resp);
+                if exit && ok {
+                    return Flow::Exit;
+                }
+            }
+            VmmEvent::GuestReset { boot_id } if boot_id == self.boot_id => {
+                log::info!("guest requested a reset");
+                if let Err(e) = self.reboot() {
+                    log::error!("reset failed: {}", chain(&e));
+                }
+            }
+            VmmEvent::GuestPowerOff { boot_id } if boot_id == self.boot_id => {
+                log::info!("guest powered off");
+                self.teardown();
+                if self.exit_on_guest_shutdown {
+                    return Flow::Exit;
+                }
+            }
+            VmmEvent::VcpuFailed { boot_id, id, error } if boot_id == self.boot_id => {
+                log::error!("vCPU {id} failed: {error}; shutting the VM down");
+                self.teardown();
+                if self.exit_on_guest_shutdown {
+                    return Flow::Exit;
+                }
+            }
+            stale => log::debug!("ignoring event from an earlier boot: {stale:?}"),
+        }
+        Flow::Continue
+    }
+
+    /// Answers one API call.
+    pub fn handle_api(&mut self, req: ApiRequest) -> ApiResponse {
+        let r = match req {
+            ApiRequest::VmmPing => Ok(Some(json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "pid": std::process::id(),
+                "features": ["kvm"],
+            }))),
+            ApiRequest::VmmShutdown => {
+                self.teardown();
+                Ok(None)
+            }
+            ApiRequest::VmCreate(cfg) => self.create(*cfg).map(|_| None),
+            ApiRequest::VmBoot => self.boot().map(|_| None),
+            ApiRequest::VmInfo => self.info().map(Some),
+            ApiRequest::VmPause => self.pause().map(|_| None),
+            ApiRequest::VmResume => self.resume().map(|_| None),
+            ApiRequest::VmShutdown => self.shutdown().map(|_| None),
+            ApiRequest::VmReboot => self.reboot().map(|_| None),
+            ApiRequest::VmDelete => self.delete().map(|_| None),
+            ApiRequest::VmCounters => self.counters().map(Some),
+        };
+        r.map_err(ApiError::from)
+    }
+
+    /// Stores a config (`vm.create`).
+    pub fn create(&mut self, cfg: VmConfig) -> Result<(), VmmError> {
+        if self.config.is_some() {
+            return Err(VmmError::VmExists);
+        }
+        cfg.validate(host_memory_limit())?;
+        self.config = Some(cfg);
+        self.state = VmState::Created;
+        Ok(())
+    }
+
+    fn require(&self, action: &'static str, ok: &[VmState]) -> Result<&VmConfig, VmmError> {
+        let cfg = self.config.as_ref().ok_or(VmmError::NoVm)?;
+        if !ok.contains(&self.state) {
+            return Err(VmmError::WrongState {
+                action,
+                state: self.state,
+            });
+        }
+        Ok(cfg)
+    }
+
+    /// Builds and starts the VM (`vm.boot`).
+    pub fn boot(&mut self) -> Result<(), VmmError> {
+        let cfg = self
+            .require("boot", &[VmState::Created, VmState::Shutdown])?
+            .clone();
+        self.boot_id += 1;
+        let boot_id = self.boot_id;
+        let events = self.events.clone();
+        let guest_events = Arc::new(move |e: GuestEvent| {
+            let ev = match e {
+                GuestEvent::Reset => VmmEvent::GuestReset { boot_id },
+                GuestEvent::PowerOff => VmmEvent::GuestPowerOff { boot_id },
+            };
+            let _ = events.send(ev);
+        });
+        let events = self.events.clone();
+        let on_failure = Arc::new(move |id: u8, error: String| {
+            let _ = events.send(VmmEvent::VcpuFailed { boot_id, id, error });
+        });
+        let mut vm = Vm::new(&cfg, guest_events, on_failure).map_err(VmmError::Boot)?;
+        vm.start().map_err(VmmError::Boot)?;
+        self.vm = Some(vm);
+        self.state = VmState::Running;
+        Ok(())
+    }
+
+    fn info(&self) -> Result<serde_json::Value, VmmError> {
+        let cfg = self.config.as_ref().ok_or(VmmError::NoVm)?;
+        Ok(json!({
+            "config": cfg,
+            "state": self.state,
+            "memory_actual_size": cfg.memory.size,
+        }))
+    }
+
+    fn pause(&mut self) -> Result<(), VmmError> {
+        self.require("pause", &[VmState::Running])?;
+        if let Some(vm) = &self.vm {
+            vm.pause().map_err(|source| VmmError::Vm {
+                action: "pause",
+                source,
+            })?;
+        }
+        self.state = VmState::Paused;
+        Ok(())
+    }
+
+    fn resume(&mut self) -> Result<(), VmmError> {
+        self.require("resume", &[VmState::Paused])?;
+        if let Some(vm) = &self.vm {
+            vm.resume();
+        }
+        self.state = VmState::Running;
+        Ok(())
+    }
+
+    fn shutdown(&mut self) -> Result<(), VmmError> {
+        self.require("shut down", &[VmState::Running, VmState::Paused])?;
+        self.teardown();
+        Ok(())
+    }
+
+    fn reboot(&mut self) -> Result<(), VmmError> {
+        self.require("reboot", &[VmState::Running, VmState::Paused])?;
+        self.teardown();
+        self.boot()
+    }
+
+    fn delete(&mut self) -> Result<(), VmmError> {
+        self.config.as_ref().ok_or(VmmError::NoVm)?;
+        self.teardown();
+        self.config = None;
+        Ok(())
+    }
+
+    fn counters(&self) -> Result<serde_json::Value, VmmError> {
+        self.require("read counters of", &[VmState::Running, VmState::Paused])?;
+        let c = self.vm.as_ref().map(|vm| vm.counters()).unwrap_or_default();
+        Ok(json!(c))
+    }
+
+    /// Stops the vCPUs and frees the VM; the config stays for a later boot.
+    fn teardown(&mut self) {
+        if let Some(mut vm) = self.vm.take() {
+            if let Err(e) = vm.stop() {
+                log::error!("stopping the VM: {}", chain(&e));
+            }
+        }
+        if self.config.is_some() {
+            self.state = VmState::Shutdown;
+        }
+        // Events already queued by the old VM's threads now refer to a stale boot.
+        self.boot_id += 1;
+    }
+}
+
+/// An error and its causes on one line, for logs.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    ApiError::from_error(0, e).error.join(": ")
+}

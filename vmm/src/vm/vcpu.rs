@@ -1,0 +1,285 @@
+//! vCPU threads: each runs KVM_RUN in a loop, dispatches port I/O to the bus, and parks when asked
+//! to pause. The VMM interrupts KVM_RUN with a signal ([`kick_signal`]) and re-sends it until the
+//! thread acknowledges, which covers a signal landing just before the thread enters KVM_RUN.
+
+use devices::bus::PioBus;
+use devices::{GuestEvent, GuestEventHandler};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+/// The signal that kicks a vCPU thread out of KVM_RUN.
+pub fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+extern "C" fn noop_handler(_: i32, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the no-op kick handler once per process (an installed handler makes the signal
+/// interrupt the ioctl with EINTR instead of killing the process).
+pub fn install_kick_handler() -> std::io::Result<()> {
+    register_signal_handler(kick_signal(), noop_handler)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// Per-vCPU exit counters, read by `vm.counters`.
+#[derive(Default, Debug)]
+pub struct VcpuCounters {
+    pub exits: AtomicU64,
+    pub io_exits: AtomicU64,
+    pub mmio_exits: AtomicU64,
+    pub unhandled_io: AtomicU64,
+}
+
+#[derive(Default)]
+struct Control {
+    pause: bool,
+    stop: bool,
+    parked: bool,
+}
+
+/// What the VMM and one vCPU thread share.
+#[derive(Default)]
+pub struct VcpuShared {
+    control: Mutex<Control>,
+    changed: Condvar,
+    /// Mirrors `pause || stop` so the run loop can check without the lock.
+    attention: AtomicBool,
+    pub counters: VcpuCounters,
+}
+
+/// How a vCPU thread tells the VMM it stopped on an error.
+pub type VcpuFailureHandler = Arc<dyn Fn(u8, String) + Send + Sync>;
+
+/// A vCPU whose thread runs.
+pub struct VcpuHandle {
+    pub id: u8,
+    pub shared: Arc<VcpuShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// vCPU thread errors.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("cannot spawn the thread of vCPU {id}")]
+    Spawn {
+        id: u8,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("vCPU {0} did not stop within {1:?}")]
+    Timeout(u8, Duration),
+}
+
+/// Everything a vCPU thread needs.
+pub struct VcpuContext {
+    pub id: u8,
+    pub fd: VcpuFd,
+    pub pio: Arc<PioBus>,
+    pub guest_events: GuestEventHandler,
+    pub on_failure: VcpuFailureHandler,
+}
+
+impl VcpuHandle {
+    /// Starts the thread; the vCPU runs at once unless `start_paused`.
+    pub fn spawn(ctx: VcpuContext, start_paused: bool) -> Result<Self, VcpuError> {
+        let id = ctx.id;
+        let shared = Arc::new(VcpuShared::default());
+        if start_paused {
+            shared.set(|c| c.pause = true);
+        }
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("tandem_vcpu{id}"))
+            .spawn(move || run_loop(ctx, s))
+            .map_err(|source| VcpuError::Spawn { id, source })?;
+        Ok(VcpuHandle {
+            id,
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    fn kick(&self) {
+        if let Some(t) = &self.thread {
+            // ESRCH only means the thread has already exited, which is what we want anyway.
+            let _ = t.kill(kick_signal());
+        }
+    }
+
+    /// Asks the thread to park and waits until it has.
+    pub fn pause(&self, timeout: Duration) -> Result<(), VcpuError> {
+        self.shared.set(|c| c.pause = true);
+        self.wait_for(timeout, |c| c.parked || self.finished())
+    }
+
+    /// Lets a parked thread run again.
+    pub fn resume(&self) {
+        self.shared.set(|c| c.pause = false);
+    }
+
+    /// Stops the thread for good and joins it.
+    pub fn stop(&mut self, timeout: Duration) -> Result<(), VcpuError> {
+        self.shared.set(|c| c.stop = true);
+        self.wait_for(timeout, |_| self.finished())?;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        Ok(())
+    }
+
+    fn finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    fn wait_for(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&Control) -> bool,
+    ) -> Result<(), VcpuError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let c = self.shared.lock();
+                if done(&c) {
+                    return Ok(());
+                }
+                let _ = self
+                    .shared
+                    .changed
+                    .wait_timeout(c, Duration::from_millis(1));
+            }
+            if Instant::now() >= deadline {
+                return Err(VcpuError::Timeout(self.id, timeout));
+            }
+            self.kick();
+        }
+    }
+}
+
+impl Drop for VcpuHandle {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let _ = self.stop(Duration::from_secs(5));
+        }
+    }
+}
+
+impl VcpuShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Control> {
+        self.control.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, f: impl FnOnce(&mut Control)) {
+        let mut c = self.lock();
+        f(&mut c);
+        self.attention.store(c.pause || c.stop, Ordering::SeqCst);
+        self.changed.notify_all();
+    }
+
+    /// Parks while paused; returns true when the thread must exit.
+    fn check_in(&self) -> bool {
+        let mut c = self.lock();
+        while c.pause && !c.stop {
+            if !c.parked {
+                c.parked = true;
+                self.changed.notify_all();
+            }
+            c = self.changed.wait(c).unwrap_or_else(|p| p.into_inner());
+        }
+        c.parked = false;
+        c.stop
+    }
+}
+
+fn run_loop(ctx: VcpuContext, shared: Arc<VcpuShared>) {
+    let VcpuContext {
+        id,
+        mut fd,
+        pio,
+        guest_events,
+        on_failure,
+    } = ctx;
+    let env = ExitEnv {
+        id,
+        pio,
+        guest_events,
+    };
+    loop {
+        if shared.attention.load(Ordering::SeqCst) && shared.check_in() {
+            return;
+        }
+        match fd.run() {
+            Ok(exit) => {
+                shared.counters.exits.fetch_add(1, Ordering::Relaxed);
+                if let Some(err) = handle_exit(exit, &env, &shared.counters) {
+                    log::error!("vCPU {id}: {err}");
+                    (on_failure)(id, err);
+                    return;
+                }
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) => {
+                let err = format!("KVM_RUN failed: {e}");
+                log::error!("vCPU {id}: {err}");
+                (on_failure)(id, err);
+                return;
+            }
+        }
+    }
+}
+
+/// What exit handling needs, apart from the vCPU fd itself.
+struct ExitEnv {
+    id: u8,
+    pio: Arc<PioBus>,
+    guest_events: GuestEventHandler,
+}
+
+/// Handles one exit; returns an error message when the vCPU cannot go on.
+fn handle_exit(exit: VcpuExit, ctx: &ExitEnv, counters: &VcpuCounters) -> Option<String> {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            counters.io_exits.fetch_add(1, Ordering::Relaxed);
+            if !ctx.pio.read(port, data) {
+                counters.unhandled_io.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        VcpuExit::IoOut(port, data) => {
+            counters.io_exits.fetch_add(1, Ordering::Relaxed);
+            if !ctx.pio.write(port, data) {
+                counters.unhandled_io.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        VcpuExit::MmioRead(_, data) => {
+            // Nothing is mapped there yet: reads float high, as on an empty bus.
+            counters.mmio_exits.fetch_add(1, Ordering::Relaxed);
+            data.fill(0xff);
+        }
+        VcpuExit::MmioWrite(..) => {
+            counters.mmio_exits.fetch_add(1, Ordering::Relaxed);
+        }
+        VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => {}
+        VcpuExit::Shutdown => {
+            // A triple fault: real hardware resets.
+            log::warn!("vCPU {}: triple fault, resetting the VM", ctx.id);
+            (ctx.guest_events)(GuestEvent::Reset);
+        }
+        VcpuExit::SystemEvent(kind, _) => match kind {
+            kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => (ctx.guest_events)(GuestEvent::PowerOff),
+            kvm_bindings::KVM_SYSTEM_EVENT_RESET => (ctx.guest_events)(GuestEvent::Reset),
+            other => return Some(format!("unhandled system event {other}")),
+        },
+        VcpuExit::FailEntry(reason, cpu) => {
+            return Some(format!(
+                "VM entry failed: reason {reason:#x} on host cpu {cpu}"
+            ))
+        }
+        VcpuExit::InternalError => return Some("KVM internal error".into()),
+        other => return Some(format!("unexpected exit {other:?}")),
+    }
+    None
+}
