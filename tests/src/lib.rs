@@ -1,0 +1,77 @@
+//! Test support: start real `tandem` processes, talk to them over their API socket with
+//! `api_client`, and watch the guest's serial console.
+
+pub mod guest;
+pub mod process;
+pub mod serial;
+
+pub use process::Tandem;
+pub use serial::SerialLog;
+
+use std::path::PathBuf;
+
+/// Whether this host can run KVM guests; prints a loud notice when it cannot.
+pub fn kvm_available(test: &str) -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("\n*** SKIPPED: {test}: /dev/kvm is not usable here ({e}) ***\n");
+            false
+        }
+    }
+}
+
+/// Skips the calling test (returning early) when KVM is not usable.
+#[macro_export]
+macro_rules! require_kvm {
+    ($name:expr) => {
+        if !$crate::kvm_available($name) {
+            return;
+        }
+    };
+}
+
+/// The `tandem` binary of this build: `TANDEM_BIN`, else beside the test executable's folder
+/// (`target/<profile>/tandem`, as `cargo test --workspace` and nextest lay them out).
+pub fn tandem_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TANDEM_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let mut dir = exe.parent().expect("test executable has a folder").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("tandem")
+}
+
+/// A fresh scratch folder for one test, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates `/tmp/tandem-<name>-<pid>-<n>`.
+    pub fn new(name: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("tandem-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    /// A path inside the folder.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
