@@ -2,6 +2,7 @@
 
 pub mod acpi;
 pub mod layout;
+pub mod linux;
 
 /// Guest memory as the whole VMM types it. Local alias until `crate::vm` lands on this branch;
 /// on merge this becomes `pub use crate::vm::memory::GuestMemoryMmap;` (same type).
