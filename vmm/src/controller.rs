@@ -48,7 +48,7 @@ impl VmmError {
             VmmError::VmExists | VmmError::WrongState { .. } => 409,
             VmmError::Config(_) => 400,
             // A payload the VMM cannot load is the caller's input; the rest is ours.
-            VmmError::Boot(VmError::Payload(_) | VmError::ReadFile { .. }) => 400,
+            VmmError::Boot(VmError::Payload(p)) if p.is_input_error() => 400,
             VmmError::Boot(_) | VmmError::Vm { .. } => 500,
         }
     }

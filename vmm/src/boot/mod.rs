@@ -3,6 +3,9 @@
 pub mod acpi;
 pub mod cpuid;
 pub mod layout;
+pub mod linux;
 pub mod msrs;
 pub mod payload;
 pub mod regs;
+
+pub use crate::vm::memory::GuestMemoryMmap;

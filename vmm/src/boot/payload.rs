@@ -1,77 +1,114 @@
-//! Loads what the VM boots (a kernel file, or the built-in guest) and writes `boot_params`.
-//! Temporary minimal ELF-only path; replaced by boot::linux (bzImage, initramfs) on merge.
+//! Puts the payload in guest memory: the kernel (a file, or the built-in guest), initramfs, command
+//! line, ACPI tables and `boot_params`, in the order the Linux boot protocol needs them.
 
-use super::layout::*;
-use crate::vm::memory::{ram_ranges, GuestMemoryMmap};
-use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
-use linux_loader::loader::{load_cmdline, Cmdline, Elf, KernelLoader};
+use super::acpi::{self, AcpiConfig, MmioDeviceInfo};
+use super::linux::{self, BootParamsConfig, LinuxError};
+use crate::config::VmConfig;
+use crate::vm::memory::GuestMemoryMmap;
+use std::fs::File;
 use std::io::Cursor;
-use vm_memory::{Bytes, GuestAddress};
+
+/// The built-in guest kernel, embedded at build time (see vmm/build.rs).
+pub static BUILTIN_GUEST: &[u8] = include_bytes!(env!("TANDEM_GUEST_ELF"));
 
 /// Payload errors.
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
-    #[error("cannot read {0}")]
-    Read(String, #[source] std::io::Error),
-    #[error("not a kernel (neither ELF nor bzImage)")]
-    NotAKernel(#[source] linux_loader::loader::Error),
-    #[error("bad kernel command line")]
-    Cmdline(#[source] linux_loader::cmdline::Error),
-    #[error("cannot write the command line into guest memory")]
-    WriteCmdline(#[source] linux_loader::loader::Error),
-    #[error("cannot write boot_params into guest memory")]
-    WriteBootParams(#[source] vm_memory::GuestMemoryError),
+    #[error("cannot open {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("kernel {path}")]
+    Kernel {
+        path: String,
+        #[source]
+        source: LinuxError,
+    },
+    #[error("initramfs {path}")]
+    Initramfs {
+        path: String,
+        #[source]
+        source: LinuxError,
+    },
+    #[error("boot parameters")]
+    BootParams(#[source] LinuxError),
+    #[error("ACPI tables")]
+    Acpi(#[from] acpi::AcpiError),
 }
 
-/// Loads an ELF kernel image; returns its entry point.
-pub fn load_kernel(mem: &GuestMemoryMmap, image: &[u8]) -> Result<u64, PayloadError> {
-    let mut cursor = Cursor::new(image);
-    let r = Elf::load(
-        mem,
-        None,
-        &mut cursor,
-        Some(GuestAddress(HIGH_RAM_START)),
-    )
-    .map_err(|e| PayloadError::NotAKernel(e.into()))?;
-    Ok(r.kernel_load.0)
+impl PayloadError {
+    /// Whether the caller's input (a file that is no kernel, too big an initramfs...) is at fault,
+    /// rather than the VMM.
+    pub fn is_input_error(&self) -> bool {
+        matches!(
+            self,
+            PayloadError::Open { .. }
+                | PayloadError::Kernel { .. }
+                | PayloadError::Initramfs { .. }
+                | PayloadError::BootParams(LinuxError::CmdlineTooLong { .. })
+        )
+    }
 }
 
-/// Writes the command line and a `boot_params` with the e820 map and the RSDP address.
-pub fn write_boot_params(
+fn open(path: &std::path::Path) -> Result<File, PayloadError> {
+    File::open(path).map_err(|source| PayloadError::Open {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Loads everything the first instruction needs; returns the kernel entry point.
+pub fn load(
     mem: &GuestMemoryMmap,
-    mem_size: u64,
-    cmdline: &str,
-    rsdp: Option<GuestAddress>,
-) -> Result<(), PayloadError> {
-    let mut cl = Cmdline::new(CMDLINE_MAX_SIZE).map_err(PayloadError::Cmdline)?;
-    cl.insert_str(cmdline).map_err(PayloadError::Cmdline)?;
-    load_cmdline(mem, GuestAddress(CMDLINE_START), &cl).map_err(PayloadError::WriteCmdline)?;
-
-    let mut params = boot_params::default();
-    params.hdr.type_of_loader = 0xff;
-    params.hdr.boot_flag = 0xaa55;
-    params.hdr.header = 0x5372_6448; // "HdrS"
-    params.hdr.cmd_line_ptr = CMDLINE_START as u32;
-    params.hdr.cmdline_size = cmdline.len() as u32 + 1;
-    params.hdr.kernel_alignment = 0x0100_0000;
-    if let Some(r) = rsdp {
-        params.acpi_rsdp_addr = r.0;
+    config: &VmConfig,
+    mmio_devices: &[MmioDeviceInfo],
+) -> Result<u64, PayloadError> {
+    let p = &config.payload;
+    let kernel = match &p.kernel {
+        Some(path) => linux::load_kernel(mem, &mut open(path)?),
+        None => linux::load_kernel(mem, &mut Cursor::new(BUILTIN_GUEST)),
     }
-    let mut e820 = vec![(0, EBDA_START)];
-    for (start, len) in ram_ranges(mem_size) {
-        let (s, end) = (start.0.max(HIGH_RAM_START), start.0 + len);
-        if end > s {
-            e820.push((s, end - s));
-        }
-    }
-    for (i, (addr, size)) in e820.iter().enumerate() {
-        params.e820_table[i] = boot_e820_entry {
-            addr: *addr,
-            size: *size,
-            r#type: 1,
-        };
-    }
-    params.e820_entries = e820.len() as u8;
-    mem.write_obj(params, GuestAddress(ZERO_PAGE_START))
-        .map_err(PayloadError::WriteBootParams)
+    .map_err(|source| PayloadError::Kernel {
+        path: p
+            .kernel
+            .as_ref()
+            .map_or("(built-in guest)".into(), |k| k.display().to_string()),
+        source,
+    })?;
+    let hdr = kernel.setup_header.as_ref();
+    let initramfs = match &p.initramfs {
+        Some(path) => Some(
+            linux::load_initramfs(mem, &mut open(path)?, kernel.end, hdr).map_err(|source| {
+                PayloadError::Initramfs {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?,
+        ),
+        None => None,
+    };
+    let cmdline = linux::load_cmdline(mem, p.cmdline.as_deref().unwrap_or(""), hdr)
+        .map_err(PayloadError::BootParams)?;
+    let rsdp = acpi::create_acpi_tables(
+        mem,
+        &AcpiConfig {
+            num_cpus: config.cpus.boot_vcpus,
+            mmio_devices,
+            serial: config.serial.mode != crate::config::SerialMode::Off,
+        },
+    )?;
+    let params = linux::build_boot_params(
+        mem,
+        &BootParamsConfig {
+            setup_header: kernel.setup_header,
+            cmdline,
+            initramfs,
+            rsdp: Some(rsdp),
+        },
+    )
+    .map_err(PayloadError::BootParams)?;
+    linux::write_boot_params(mem, &params).map_err(PayloadError::BootParams)?;
+    Ok(kernel.entry.0)
 }

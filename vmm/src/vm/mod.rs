@@ -1,10 +1,11 @@
 //! A VM: the KVM VM, guest memory, devices and vCPU threads, from creation to teardown.
 
+pub mod irq_routing;
 pub mod memory;
 pub mod vcpu;
 
 use crate::boot::layout::*;
-use crate::boot::{acpi, cpuid, msrs, payload, regs};
+use crate::boot::{cpuid, msrs, payload, regs};
 use crate::config::{SerialMode, VmConfig};
 use devices::acpi_pm::AcpiPm;
 use devices::bus::{BusError, PioBus, PioDevice};
@@ -19,9 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vcpu::{VcpuContext, VcpuFailureHandler, VcpuHandle};
 use vmm_sys_util::eventfd::EventFd;
-
-/// The built-in guest kernel, embedded at build time.
-pub static BUILTIN_GUEST: &[u8] = include_bytes!(env!("TANDEM_GUEST_ELF"));
 
 /// How long a vCPU may take to park or stop before we call it stuck.
 const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,14 +39,6 @@ pub enum VmError {
     Memory(#[from] memory::MemoryError),
     #[error("cannot load the payload")]
     Payload(#[from] payload::PayloadError),
-    #[error("cannot read {path}")]
-    ReadFile {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot build ACPI tables")]
-    Acpi(#[from] acpi::AcpiError),
     #[error("cannot set up boot registers")]
     Regs(#[from] regs::RegsError),
     #[error("cannot set up CPUID")]
@@ -103,6 +93,7 @@ impl Vm {
         vm_fd
             .create_irq_chip()
             .map_err(kvm_err("create the in-kernel irqchip"))?;
+        irq_routing::setup_pc_routing(&vm_fd).map_err(kvm_err("set GSI routing"))?;
         let pit = kvm_bindings::kvm_pit_config {
             flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
@@ -118,26 +109,9 @@ impl Vm {
         let (pio, serial_counters) = build_pio_bus(&vm_fd, config, guest_events.clone())?;
         let pio = Arc::new(pio);
 
-        let image = match &config.payload.kernel {
-            Some(p) => std::fs::read(p).map_err(|source| VmError::ReadFile {
-                path: p.display().to_string(),
-                source,
-            })?,
-            None => BUILTIN_GUEST.to_vec(),
-        };
-        let entry = payload::load_kernel(&memory, &image)?;
-        let cpus = config.cpus.boot_vcpus;
-        let rsdp = acpi::create_acpi_tables(
-            &memory,
-            &acpi::AcpiConfig {
-                num_cpus: cpus,
-                mmio_devices: &[],
-                serial: config.serial.mode != SerialMode::Off,
-            },
-        )?;
-        let cmdline = config.payload.cmdline.clone().unwrap_or_default();
-        payload::write_boot_params(&memory, mem_size, &cmdline, Some(rsdp))?;
+        let entry = payload::load(&memory, config, &[])?;
         regs::write_boot_tables(&memory)?;
+        let cpus = config.cpus.boot_vcpus;
 
         let base_cpuid = cpuid::supported_cpuid(&kvm)?;
         let mut pending = Vec::with_capacity(usize::from(cpus));
