@@ -123,7 +123,7 @@ impl VmConfig {
         if size < MIN_MEMORY_BYTES {
             return Err(ConfigError::MemoryTooSmall(size));
         }
-        if size % 4096 != 0 {
+        if !size.is_multiple_of(4096) {
             return Err(ConfigError::MemoryUnaligned(size));
         }
         if size > host_memory_limit {

@@ -1,5 +1,12 @@
 //! REST API over a Unix socket, Cloud Hypervisor's endpoint names under `/api/v1/`.
 
+pub mod routes;
+pub mod server;
+pub mod socket;
 pub mod types;
 
+pub use server::{start_server, start_server_with_timeout, ApiServerError, ApiServerHandle};
 pub use types::{ApiError, ApiRequest, ApiResponse, VmmEvent};
+
+#[cfg(test)]
+mod openapi_tests;
