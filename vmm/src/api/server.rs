@@ -267,16 +267,21 @@ fn respond(request: Request, response: Response<Cursor<Vec<u8>>>) {
 fn refuse_without_draining(request: Request, err: &ApiError) {
     let body = serde_json::to_vec(&error_body(err)).unwrap_or_default();
     let mut resp = Response::empty(400);
-    for (k, v) in [
-        ("Content-Type", "application/json".to_string()),
-        ("Content-Length", body.len().to_string()),
-    ] {
-        if let Ok(h) = Header::from_bytes(k, v) {
-            resp.add_header(h);
-        }
+    if let Ok(h) = Header::from_bytes("Content-Type", "application/json") {
+        resp.add_header(h);
     }
-    // upgrade() hands us the raw stream without dropping the body reader; it sends no body itself.
-    let mut stream = request.upgrade("none", resp);
+    // upgrade() is the only tiny_http call that hands back the stream without dropping the body
+    // reader. It sends no body and drops any Content-Length we add, so the length rides in its
+    // protocol string, which becomes the `Upgrade` header's value. tiny_http unwraps that header's
+    // construction, so check it here and fall back to no length (the client then reads to its
+    // timeout) rather than ever reach that unwrap.
+    let framed = format!("none\r\nContent-Length: {}", body.len());
+    let protocol = if Header::from_bytes("Upgrade", framed.as_str()).is_ok() {
+        framed.as_str()
+    } else {
+        "none"
+    };
+    let mut stream = request.upgrade(protocol, resp);
     let _ = stream.write_all(&body).and_then(|_| stream.flush());
     std::mem::forget(stream);
 }
