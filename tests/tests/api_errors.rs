@@ -36,7 +36,7 @@ fn case(
 fn run(t: &Tandem, c: &Case) {
     let client = t.client();
     let r = match (c.method, c.raw) {
-        (m, Some(raw)) => client.request_raw(m, c.endpoint, raw.as_bytes()),
+        (m, Some(raw)) => client.request(m, c.endpoint, Some(raw.as_bytes())),
         ("GET", None) => client.get(c.endpoint),
         (_, None) => client.put(c.endpoint, c.body.as_ref()),
     }

@@ -153,7 +153,9 @@ fn main() -> ExitCode {
     drop(tx);
     vmm.run(rx);
     if let Some(s) = server {
-        s.join();
+        if let Err(e) = s.join() {
+            eprintln!("tandem: API server: {}", chain(&e));
+        }
     }
     ExitCode::SUCCESS
 }

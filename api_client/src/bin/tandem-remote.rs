@@ -1,0 +1,320 @@
+//! `tandem-remote`: one subcommand per API endpoint. Only JSON goes to stdout, so it scripts.
+//!
+//! Exit codes: 0 ok, 1 the API answered an error, 2 usage error, 3 cannot connect / transport.
+
+use api_client::{ApiClient, ClientError, Response};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{json, Map, Value};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "tandem-remote",
+    version,
+    about = "Talk to a Tandem VMM's REST API"
+)]
+struct Cli {
+    /// Path of the VMM's API socket.
+    #[arg(long, value_name = "PATH")]
+    api_socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check the VMM is alive (GET vmm.ping).
+    Ping,
+    /// Stop the VMM process (PUT vmm.shutdown).
+    ShutdownVmm,
+    /// Create the VM from a JSON config file, `-` for stdin, or flags (PUT vm.create).
+    Create(CreateArgs),
+    /// Boot the created VM (PUT vm.boot).
+    Boot,
+    /// Show config and state (GET vm.info).
+    Info,
+    /// Pause the vCPUs (PUT vm.pause).
+    Pause,
+    /// Resume the vCPUs (PUT vm.resume).
+    Resume,
+    /// Shut the VM down (PUT vm.shutdown).
+    Shutdown,
+    /// Reboot the VM (PUT vm.reboot).
+    Reboot,
+    /// Delete the VM (PUT vm.delete).
+    Delete,
+    /// Show the VM's counters (GET vm.counters).
+    Counters,
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    /// JSON VmConfig file, or `-` for stdin; conflicts with the flags below.
+    #[arg(value_name = "CONFIG", conflicts_with_all = ["cpus", "memory", "kernel", "initramfs", "cmdline", "serial_mode", "serial_file"])]
+    config: Option<PathBuf>,
+    /// Number of vCPUs.
+    #[arg(long)]
+    cpus: Option<u8>,
+    /// Guest RAM, bytes or with a K/M/G/T suffix (e.g. 512M).
+    #[arg(long, value_parser = parse_size)]
+    memory: Option<u64>,
+    /// Kernel image (bzImage or vmlinux); none boots the built-in guest.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initramfs image.
+    #[arg(long)]
+    initramfs: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Where serial output goes.
+    #[arg(long, value_enum, ignore_case = true)]
+    serial_mode: Option<SerialMode>,
+    /// File for `--serial-mode file`.
+    #[arg(long)]
+    serial_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SerialMode {
+    Off,
+    Null,
+    Tty,
+    File,
+}
+
+impl SerialMode {
+    fn api_name(self) -> &'static str {
+        match self {
+            SerialMode::Off => "Off",
+            SerialMode::Null => "Null",
+            SerialMode::Tty => "Tty",
+            SerialMode::File => "File",
+        }
+    }
+}
+
+/// Parses `512M`, `1G`, `4096`, ... into bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("unknown size suffix {c:?} (use K, M, G or T)")),
+            };
+            (&s[..i], shift)
+        }
+        _ => (s, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 512M"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s} is too large"))
+}
+
+/// The `vm.create` body: a file's JSON, or one built from the flags (server defaults fill the rest).
+fn create_body(args: &CreateArgs) -> Result<Value, String> {
+    if let Some(path) = &args.config {
+        let text = read_config(path)?;
+        return serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()));
+    }
+    let mut body = Map::new();
+    if let Some(n) = args.cpus {
+        body.insert("cpus".into(), json!({ "boot_vcpus": n }));
+    }
+    if let Some(size) = args.memory {
+        body.insert("memory".into(), json!({ "size": size }));
+    }
+    let mut payload = Map::new();
+    // The VMM resolves relative paths against its own directory, so send absolute ones.
+    for (key, path) in [("kernel", &args.kernel), ("initramfs", &args.initramfs)] {
+        if let Some(p) = path {
+            payload.insert(key.into(), json!(absolute(p)?));
+        }
+    }
+    if let Some(c) = &args.cmdline {
+        payload.insert("cmdline".into(), json!(c));
+    }
+    if !payload.is_empty() {
+        body.insert("payload".into(), Value::Object(payload));
+    }
+    let mut serial = Map::new();
+    if let Some(m) = args.serial_mode {
+        serial.insert("mode".into(), json!(m.api_name()));
+    }
+    if let Some(p) = &args.serial_file {
+        serial.insert("file".into(), json!(absolute(p)?));
+    }
+    if !serial.is_empty() {
+        body.insert("serial".into(), Value::Object(serial));
+    }
+    Ok(Value::Object(body))
+}
+
+fn read_config(path: &Path) -> Result<String, String> {
+    let mut text = String::new();
+    let result = if path == Path::new("-") {
+        std::io::stdin().read_to_string(&mut text).map(|_| ())
+    } else {
+        std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut text).map(|_| ()))
+    };
+    result.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(text)
+}
+
+fn absolute(p: &Path) -> Result<String, String> {
+    std::path::absolute(p)
+        .map(|a| a.display().to_string())
+        .map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// HTTP method of an endpoint.
+enum Verb {
+    Get,
+    Put,
+}
+
+/// The request a subcommand sends; an `Err` is a usage problem (unreadable config file, ...).
+fn request_for(command: &Command) -> Result<(Verb, &'static str, Option<Value>), String> {
+    Ok(match command {
+        Command::Ping => (Verb::Get, "vmm.ping", None),
+        Command::ShutdownVmm => (Verb::Put, "vmm.shutdown", None),
+        Command::Create(args) => (Verb::Put, "vm.create", Some(create_body(args)?)),
+        Command::Boot => (Verb::Put, "vm.boot", None),
+        Command::Info => (Verb::Get, "vm.info", None),
+        Command::Pause => (Verb::Put, "vm.pause", None),
+        Command::Resume => (Verb::Put, "vm.resume", None),
+        Command::Shutdown => (Verb::Put, "vm.shutdown", None),
+        Command::Reboot => (Verb::Put, "vm.reboot", None),
+        Command::Delete => (Verb::Put, "vm.delete", None),
+        Command::Counters => (Verb::Get, "vm.counters", None),
+    })
+}
+
+fn print_json(v: &Value) {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => println!("{s}"),
+        Err(_) => println!("{v}"),
+    }
+}
+
+fn main() -> ExitCode {
+    // clap prints usage errors itself and exits with 2.
+    let cli = Cli::parse();
+    let client = ApiClient::new(&cli.api_socket);
+    let (verb, endpoint, body) = match request_for(&cli.command) {
+        Ok(r) => r,
+        Err(msg) => {
+            eprintln!("tandem-remote: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match verb {
+        Verb::Get => client.get(endpoint),
+        Verb::Put => client.put(endpoint, body.as_ref()),
+    };
+    match result.and_then(Response::into_result) {
+        Ok(Some(body)) => {
+            print_json(&body);
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            report(&e);
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+/// Prints an error on stderr: the API's own `{"error": [...]}` for API errors, else the chain.
+fn report(e: &ClientError) {
+    let chain = match e {
+        ClientError::Api { error, .. } => error.clone(),
+        other => {
+            let mut chain = vec![other.to_string()];
+            let mut cur = std::error::Error::source(other);
+            while let Some(s) = cur {
+                chain.push(s.to_string());
+                cur = s.source();
+            }
+            chain
+        }
+    };
+    let status = match e {
+        ClientError::Api { status, .. } => json!(status),
+        _ => Value::Null,
+    };
+    let out = json!({ "status": status, "error": chain });
+    eprintln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("2K"), Ok(2048));
+        for bad in ["", "M", "12X", "-1M", "1.5G", "99999999999T", "é"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn create_from_flags() {
+        let cli = Cli::try_parse_from([
+            "tandem-remote",
+            "--api-socket",
+            "/s",
+            "create",
+            "--cpus",
+            "2",
+            "--memory",
+            "256M",
+            "--serial-mode",
+            "file",
+            "--serial-file",
+            "/tmp/x",
+        ])
+        .unwrap();
+        let Command::Create(args) = cli.command else {
+            panic!("not create")
+        };
+        let body = create_body(&args).unwrap();
+        assert_eq!(
+            body,
+            json!({"cpus":{"boot_vcpus":2},"memory":{"size":268435456},
+                   "serial":{"mode":"File","file":"/tmp/x"}})
+        );
+    }
+
+    #[test]
+    fn file_and_flags_conflict() {
+        let r = Cli::try_parse_from([
+            "tandem-remote",
+            "--api-socket",
+            "/s",
+            "create",
+            "cfg.json",
+            "--cpus",
+            "2",
+        ]);
+        assert!(r.is_err());
+    }
+}

@@ -1,0 +1,160 @@
+//! Keeps `resources/openapi/tandem.yaml` in step with the route table and the config types.
+
+use super::routes::{Body, Method, ROUTES};
+use crate::config::{CpusConfig, MemoryConfig, PayloadConfig, SerialConfig, SerialMode, VmConfig};
+use serde_yaml::Value;
+use std::collections::BTreeSet;
+
+const HTTP_METHODS: &[&str] = &[
+    "get", "put", "post", "delete", "patch", "head", "options", "trace",
+];
+
+fn document() -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../resources/openapi/tandem.yaml"
+    );
+    let text = std::fs::read_to_string(path).expect("read tandem.yaml");
+    serde_yaml::from_str(&text).expect("tandem.yaml is valid YAML")
+}
+
+fn schema<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    &doc["components"]["schemas"][name]
+}
+
+/// Follows `$ref: "#/components/schemas/X"`.
+fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
+    match v["$ref"].as_str() {
+        Some(r) => {
+            let name = r
+                .strip_prefix("#/components/schemas/")
+                .expect("local schema ref");
+            schema(doc, name)
+        }
+        None => v,
+    }
+}
+
+#[test]
+fn routes_and_document_agree() {
+    let doc = document();
+    assert_eq!(
+        doc["servers"][0]["url"].as_str(),
+        Some("http://localhost/api/v1")
+    );
+    let paths = doc["paths"].as_mapping().expect("paths");
+    let mut in_doc = BTreeSet::new();
+    for (path, item) in paths {
+        let path = path.as_str().expect("path is a string");
+        let item = item.as_mapping().expect("path item");
+        for (method, _) in item {
+            let method = method.as_str().expect("method key");
+            if HTTP_METHODS.contains(&method) {
+                in_doc.insert((path.to_string(), method.to_uppercase()));
+            }
+        }
+    }
+    let in_code: BTreeSet<_> = ROUTES
+        .iter()
+        .map(|r| (format!("/{}", r.name), r.method.as_str().to_string()))
+        .collect();
+    assert_eq!(in_doc, in_code, "tandem.yaml and ROUTES differ");
+}
+
+#[test]
+fn request_bodies_agree() {
+    let doc = document();
+    for r in ROUTES {
+        let op = &doc["paths"][format!("/{}", r.name).as_str()]
+            [r.method.as_str().to_lowercase().as_str()];
+        let body = &op["requestBody"];
+        match r.body {
+            Body::None => assert!(body.is_null(), "{} documents a body it refuses", r.name),
+            Body::VmConfig => {
+                assert_eq!(body["required"].as_bool(), Some(true), "{}", r.name);
+                let s = &body["content"]["application/json"]["schema"]["$ref"];
+                assert_eq!(
+                    s.as_str(),
+                    Some("#/components/schemas/VmConfig"),
+                    "{}",
+                    r.name
+                );
+            }
+        }
+        let codes: Vec<&str> = op["responses"]
+            .as_mapping()
+            .expect("responses")
+            .keys()
+            .filter_map(Value::as_str)
+            .collect();
+        // GETs answer with a body (200), PUTs with none (204); both document their errors.
+        let ok = if r.method == Method::Get {
+            "200"
+        } else {
+            "204"
+        };
+        assert!(codes.contains(&ok), "{}: no {ok}", r.name);
+        assert!(codes.contains(&"default"), "{}: no default error", r.name);
+    }
+}
+
+/// Every field of a fully filled config, as serde writes it, is in the schema, and no more.
+#[test]
+fn config_schema_matches_serde() {
+    let doc = document();
+    let full = VmConfig {
+        cpus: CpusConfig { boot_vcpus: 2 },
+        memory: MemoryConfig { size: 1 << 30 },
+        payload: PayloadConfig {
+            kernel: Some("/k".into()),
+            initramfs: Some("/i".into()),
+            cmdline: Some("c".into()),
+        },
+        serial: SerialConfig {
+            mode: SerialMode::File,
+            file: Some("/f".into()),
+        },
+    };
+    let json = serde_json::to_value(&full).expect("serialize");
+    check_object(&doc, schema(&doc, "VmConfig"), &json, "VmConfig");
+    let modes: Vec<&str> = schema(&doc, "SerialConfig")["properties"]["mode"]["enum"]
+        .as_sequence()
+        .expect("mode enum")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for m in [
+        SerialMode::Off,
+        SerialMode::Null,
+        SerialMode::Tty,
+        SerialMode::File,
+    ] {
+        let name = serde_json::to_value(m).expect("serialize mode");
+        assert!(modes.contains(&name.as_str().unwrap_or_default()), "{name}");
+    }
+    assert_eq!(modes.len(), 4);
+}
+
+fn check_object(doc: &Value, schema: &Value, json: &serde_json::Value, at: &str) {
+    let schema = resolve(doc, schema);
+    assert_eq!(
+        schema["additionalProperties"].as_bool(),
+        Some(false),
+        "{at}: must be closed"
+    );
+    let props = schema["properties"].as_mapping().expect("properties");
+    let in_schema: BTreeSet<&str> = props.keys().filter_map(Value::as_str).collect();
+    let obj = json.as_object().expect("object");
+    let in_serde: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
+    assert_eq!(in_schema, in_serde, "{at}: schema and serde fields differ");
+    for (k, v) in obj {
+        if v.is_object() {
+            check_object(
+                doc,
+                &schema["properties"][k.as_str()],
+                v,
+                &format!("{at}.{k}"),
+            );
+        }
+    }
+}

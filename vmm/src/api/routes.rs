@@ -1,0 +1,205 @@
+//! The endpoint table and the pure parser from (method, path, body) to an [`ApiRequest`].
+//!
+//! Nothing here touches sockets, so every input the server can see is testable as a table.
+
+use super::types::{ApiError, ApiRequest};
+use crate::config::{ConfigError, VmConfig};
+
+/// Prefix of every endpoint path.
+pub const API_PREFIX: &str = "/api/v1/";
+/// Largest request body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 64 << 10;
+
+/// HTTP methods the API uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Put,
+}
+
+impl Method {
+    /// The method as written on the request line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Put => "PUT",
+        }
+    }
+}
+
+/// What an endpoint expects as its request body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Body {
+    /// No body; an empty one is tolerated (curl -X PUT sends none, some clients send `Content-Length: 0`).
+    None,
+    /// A JSON [`VmConfig`].
+    VmConfig,
+}
+
+/// One endpoint: its name under [`API_PREFIX`], method and body.
+#[derive(Clone, Copy, Debug)]
+pub struct Route {
+    pub name: &'static str,
+    pub method: Method,
+    pub body: Body,
+}
+
+const fn route(name: &'static str, method: Method, body: Body) -> Route {
+    Route { name, method, body }
+}
+
+/// Every endpoint. The OpenAPI document is checked against this table in tests.
+pub const ROUTES: &[Route] = &[
+    route("vmm.ping", Method::Get, Body::None),
+    route("vmm.shutdown", Method::Put, Body::None),
+    route("vm.create", Method::Put, Body::VmConfig),
+    route("vm.boot", Method::Put, Body::None),
+    route("vm.info", Method::Get, Body::None),
+    route("vm.pause", Method::Put, Body::None),
+    route("vm.resume", Method::Put, Body::None),
+    route("vm.shutdown", Method::Put, Body::None),
+    route("vm.reboot", Method::Put, Body::None),
+    route("vm.delete", Method::Put, Body::None),
+    route("vm.counters", Method::Get, Body::None),
+];
+
+/// Why a request could not be turned into an [`ApiRequest`].
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("no such endpoint: {0}")]
+    NotFound(String),
+    #[error("{name} does not accept {method}; use {allow}")]
+    MethodNotAllowed {
+        name: &'static str,
+        method: String,
+        allow: &'static str,
+    },
+    #[error("request body is {len} bytes, the limit is {MAX_BODY_BYTES}")]
+    BodyTooLarge { len: usize },
+    #[error("{0} needs a JSON body")]
+    MissingBody(&'static str),
+    #[error("{0} takes no body")]
+    UnexpectedBody(&'static str),
+    #[error("{0}: body is not valid UTF-8")]
+    NotUtf8(&'static str),
+    #[error("{name}: invalid JSON body")]
+    BadJson {
+        name: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{name}: invalid VM configuration")]
+    BadConfig {
+        name: &'static str,
+        #[source]
+        source: ConfigError,
+    },
+}
+
+impl RouteError {
+    /// HTTP status for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            RouteError::NotFound(_) => 404,
+            RouteError::MethodNotAllowed { .. } => 405,
+            _ => 400,
+        }
+    }
+
+    /// Value of the `Allow` header a 405 must carry.
+    pub fn allow(&self) -> Option<&'static str> {
+        match self {
+            RouteError::MethodNotAllowed { allow, .. } => Some(allow),
+            _ => None,
+        }
+    }
+
+    /// The error as the API answers it.
+    pub fn to_api_error(&self) -> ApiError {
+        ApiError::from_error(self.status(), self)
+    }
+}
+
+/// Finds the route for `path` (query string ignored), or says why there is none.
+pub fn find_route(method: &str, path: &str) -> Result<&'static Route, RouteError> {
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    let name = path
+        .strip_prefix(API_PREFIX)
+        .ok_or_else(|| RouteError::NotFound(shorten(path)))?;
+    let route = ROUTES
+        .iter()
+        .find(|r| r.name == name)
+        .ok_or_else(|| RouteError::NotFound(shorten(path)))?;
+    if !route.method.as_str().eq_ignore_ascii_case(method) {
+        return Err(RouteError::MethodNotAllowed {
+            name: route.name,
+            method: shorten(method),
+            allow: route.method.as_str(),
+        });
+    }
+    Ok(route)
+}
+
+/// Parses a whole request. `host_memory_limit` bounds `memory.size` for `vm.create`.
+pub fn parse_request(
+    method: &str,
+    path: &str,
+    body: &[u8],
+    host_memory_limit: u64,
+) -> Result<ApiRequest, RouteError> {
+    let route = find_route(method, path)?;
+    if body.len() > MAX_BODY_BYTES {
+        return Err(RouteError::BodyTooLarge { len: body.len() });
+    }
+    match route.body {
+        Body::None if !body.iter().all(u8::is_ascii_whitespace) => {
+            return Err(RouteError::UnexpectedBody(route.name))
+        }
+        Body::None => {}
+        Body::VmConfig => {
+            let config = parse_config(route.name, body)?;
+            config
+                .validate(host_memory_limit)
+                .map_err(|source| RouteError::BadConfig {
+                    name: route.name,
+                    source,
+                })?;
+            return Ok(ApiRequest::VmCreate(Box::new(config)));
+        }
+    }
+    Ok(match route.name {
+        "vmm.ping" => ApiRequest::VmmPing,
+        "vmm.shutdown" => ApiRequest::VmmShutdown,
+        "vm.boot" => ApiRequest::VmBoot,
+        "vm.info" => ApiRequest::VmInfo,
+        "vm.pause" => ApiRequest::VmPause,
+        "vm.resume" => ApiRequest::VmResume,
+        "vm.shutdown" => ApiRequest::VmShutdown,
+        "vm.reboot" => ApiRequest::VmReboot,
+        "vm.delete" => ApiRequest::VmDelete,
+        "vm.counters" => ApiRequest::VmCounters,
+        // Only reachable if ROUTES gains an entry this match lacks; the table test catches that.
+        other => return Err(RouteError::NotFound(other.to_string())),
+    })
+}
+
+fn parse_config(name: &'static str, body: &[u8]) -> Result<VmConfig, RouteError> {
+    let text = std::str::from_utf8(body).map_err(|_| RouteError::NotUtf8(name))?;
+    if text.trim().is_empty() {
+        return Err(RouteError::MissingBody(name));
+    }
+    serde_json::from_str(text).map_err(|source| RouteError::BadJson { name, source })
+}
+
+/// Caps client-supplied text echoed in errors, so a huge path cannot make a huge answer.
+fn shorten(s: &str) -> String {
+    const MAX: usize = 200;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+#[path = "routes_tests.rs"]
+mod tests;
