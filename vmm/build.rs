@@ -10,9 +10,18 @@ fn main() {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets it"));
     let target_dir = out_dir.join("guest-target");
     println!("cargo:rerun-if-changed={}", guest_dir.join("src").display());
-    println!("cargo:rerun-if-changed={}", guest_dir.join("Cargo.toml").display());
-    println!("cargo:rerun-if-changed={}", guest_dir.join("build.rs").display());
-    println!("cargo:rerun-if-changed={}", guest_dir.join("link.ld").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        guest_dir.join("Cargo.toml").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        guest_dir.join("build.rs").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        guest_dir.join("link.ld").display()
+    );
 
     if !guest_dir.join("Cargo.toml").exists() {
         // TEMPORARY while the guest is written: an empty image (boots fail with "not a kernel").
@@ -42,7 +51,9 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().expect("cannot run cargo to build the built-in guest");
+    let status = cmd
+        .status()
+        .expect("cannot run cargo to build the built-in guest");
     if !status.success() {
         panic!("building the built-in guest (resources/guest) failed");
     }

@@ -42,7 +42,10 @@ pub fn tandem_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    let mut dir = exe.parent().expect("test executable has a folder").to_path_buf();
+    let mut dir = exe
+        .parent()
+        .expect("test executable has a folder")
+        .to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }

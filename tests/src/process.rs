@@ -108,7 +108,10 @@ impl Tandem {
 
     /// Creates and boots the built-in guest, then waits for `tandem-guest: ready`.
     pub fn boot_builtin(&self, cpus: u8, mem_mib: u64, cmdline: &str) -> Duration {
-        self.put_ok("vm.create", Some(&self.builtin_config(cpus, mem_mib, cmdline)));
+        self.put_ok(
+            "vm.create",
+            Some(&self.builtin_config(cpus, mem_mib, cmdline)),
+        );
         let t = Instant::now();
         self.put_ok("vm.boot", None);
         self.serial()
@@ -168,7 +171,10 @@ impl Drop for Tandem {
 pub fn thread_cpu_time(pid: u32, name: &str) -> Option<Duration> {
     // SAFETY: sysconf only reads a system constant.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
         if comm.trim() != name {
             continue;

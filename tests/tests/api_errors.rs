@@ -146,9 +146,30 @@ fn bad_requests_get_clear_4xx_errors() {
     let state_cases = vec![
         case("not a kernel", "PUT", "vm.boot", None, 400, "not a kernel"),
         case("pause before boot", "PUT", "vm.pause", None, 409, "Created"),
-        case("resume before boot", "PUT", "vm.resume", None, 409, "Created"),
-        case("shutdown before boot", "PUT", "vm.shutdown", None, 409, "Created"),
-        case("create twice", "PUT", "vm.create", cfg(json!({})), 409, "already"),
+        case(
+            "resume before boot",
+            "PUT",
+            "vm.resume",
+            None,
+            409,
+            "Created",
+        ),
+        case(
+            "shutdown before boot",
+            "PUT",
+            "vm.shutdown",
+            None,
+            409,
+            "Created",
+        ),
+        case(
+            "create twice",
+            "PUT",
+            "vm.create",
+            cfg(json!({})),
+            409,
+            "already",
+        ),
     ];
     for c in &state_cases {
         run(&t, c);

@@ -11,7 +11,10 @@ const T: Duration = Duration::from_secs(30);
 fn boots_to_ready_and_reports_running() {
     require_kvm!("boots_to_ready_and_reports_running");
     let t = Tandem::start("boot");
-    t.put_ok("vm.create", Some(&t.builtin_config(1, 128, "workload=idle")));
+    t.put_ok(
+        "vm.create",
+        Some(&t.builtin_config(1, 128, "workload=idle")),
+    );
     assert_eq!(t.state(), "Created");
     t.put_ok("vm.boot", None);
     t.serial().wait_for("tandem-guest: ready", T);
@@ -51,7 +54,10 @@ fn pause_stops_the_compute_counter_and_resume_continues_it() {
     assert_eq!(t.state(), "Running");
     serial.wait_count("tandem-guest: compute", lines_paused + 2, T);
     let samples = compute_samples(&serial.text());
-    assert!(samples.iter().all(|&(cpu, n)| cpu == 0 && n > 0), "{samples:?}");
+    assert!(
+        samples.iter().all(|&(cpu, n)| cpu == 0 && n > 0),
+        "{samples:?}"
+    );
 }
 
 #[test]
@@ -82,7 +88,10 @@ fn shutdown_then_vmm_shutdown_end_cleanly() {
     t.boot_builtin(1, 64, "workload=idle");
     t.put_ok("vm.shutdown", None);
     assert_eq!(t.state(), "Shutdown");
-    assert!(t.thread_cpu_time("tandem_vcpu0").is_none(), "vCPU thread still there");
+    assert!(
+        t.thread_cpu_time("tandem_vcpu0").is_none(),
+        "vCPU thread still there"
+    );
     // The config stays: the same VM boots again.
     t.put_ok("vm.boot", None);
     t.serial().wait_count("tandem-guest: ready", 2, T);
@@ -111,7 +120,14 @@ fn guest_power_off_exits_a_vmm_started_from_flags() {
     let dir = tandem_tests::TempDir::new("flags");
     let serial = dir.path("serial.log");
     let out = std::process::Command::new(tandem_tests::tandem_bin())
-        .args(["--cpus", "2", "--memory", "64M", "--cmdline", "workload=poweroff"])
+        .args([
+            "--cpus",
+            "2",
+            "--memory",
+            "64M",
+            "--cmdline",
+            "workload=poweroff",
+        ])
         .arg("--serial")
         .arg(format!("file={}", serial.display()))
         .output()
@@ -160,6 +176,13 @@ fn idle_guest_costs_little_cpu() {
     std::thread::sleep(window);
     let used = t.thread_cpu_time("tandem_vcpu0").unwrap() - before;
     let share = used.as_secs_f64() / window.as_secs_f64();
-    eprintln!("idle vCPU thread used {used:?} in {window:?} ({:.2}% of a core)", share * 100.0);
-    assert!(share < 0.05, "idle vCPU used {:.1}% of a core", share * 100.0);
+    eprintln!(
+        "idle vCPU thread used {used:?} in {window:?} ({:.2}% of a core)",
+        share * 100.0
+    );
+    assert!(
+        share < 0.05,
+        "idle vCPU used {:.1}% of a core",
+        share * 100.0
+    );
 }

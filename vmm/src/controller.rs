@@ -27,7 +27,10 @@ pub enum VmmError {
     #[error("a VM already exists; delete it first")]
     VmExists,
     #[error("cannot {action} a VM that is {state:?}")]
-    WrongState { action: &'static str, state: VmState },
+    WrongState {
+        action: &'static str,
+        state: VmState,
+    },
     #[error("invalid VM config")]
     Config(#[from] ConfigError),
     #[error("cannot boot the VM")]

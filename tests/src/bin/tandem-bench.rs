@@ -17,7 +17,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn boot_to_ready() {
     let t = Tandem::start("bench-boot");
-    t.put_ok("vm.create", Some(&t.builtin_config(1, 128, "workload=idle")));
+    t.put_ok(
+        "vm.create",
+        Some(&t.builtin_config(1, 128, "workload=idle")),
+    );
     let mut times = Vec::new();
     for i in 1..=10 {
         let start = Instant::now();
@@ -130,7 +133,10 @@ fn main() {
     if !tandem_tests::kvm_available("tandem-bench") {
         std::process::exit(2);
     }
-    println!("tandem-bench (foundation), tandem at {}", tandem_tests::tandem_bin().display());
+    println!(
+        "tandem-bench (foundation), tandem at {}",
+        tandem_tests::tandem_bin().display()
+    );
     boot_to_ready();
     api_latency();
     compute_ratio();

@@ -77,7 +77,9 @@ pub fn vcpu_cpuid(
             ebx: LAPIC_BUS_KHZ,
             ..Default::default()
         };
-        cpuid.push(leaf).map_err(|_| CpuidError::Full(TIMING_LEAF))?;
+        cpuid
+            .push(leaf)
+            .map_err(|_| CpuidError::Full(TIMING_LEAF))?;
     }
     Ok(cpuid)
 }

@@ -161,7 +161,10 @@ mod tests {
     #[test]
     fn gdt_segments_decode_as_flat_long_mode() {
         let cs = segment_from_gdt(BOOT_GDT[2], 2);
-        assert_eq!((cs.selector, cs.l, cs.db, cs.present, cs.type_), (0x10, 1, 0, 1, 0xb));
+        assert_eq!(
+            (cs.selector, cs.l, cs.db, cs.present, cs.type_),
+            (0x10, 1, 0, 1, 0xb)
+        );
         assert_eq!(cs.limit, 0xffff_ffff);
         let ds = segment_from_gdt(BOOT_GDT[3], 3);
         assert_eq!((ds.selector, ds.l, ds.db, ds.type_), (0x18, 0, 1, 3));

@@ -50,8 +50,8 @@ pub fn pc_routing_entries() -> Vec<kvm_irq_routing_entry> {
 /// Installs [`pc_routing_entries`] into the VM's in-kernel irqchip.
 pub fn setup_pc_routing(vm: &VmFd) -> Result<(), kvm_ioctls::Error> {
     let entries = pc_routing_entries();
-    let routing = KvmIrqRouting::from_entries(&entries)
-        .map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))?;
+    let routing =
+        KvmIrqRouting::from_entries(&entries).map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))?;
     vm.set_gsi_routing(&routing)
 }
 

@@ -247,8 +247,16 @@ fn build_pio_bus(
         bus.insert(SERIAL_PORT, 8, shared(dev))?;
         serial_counters = Some(counters);
     }
-    bus.insert(I8042_DATA_PORT, 1, shared(I8042::new(guest_events.clone(), false)))?;
-    bus.insert(I8042_COMMAND_PORT, 1, shared(I8042::new(guest_events.clone(), true)))?;
+    bus.insert(
+        I8042_DATA_PORT,
+        1,
+        shared(I8042::new(guest_events.clone(), false)),
+    )?;
+    bus.insert(
+        I8042_COMMAND_PORT,
+        1,
+        shared(I8042::new(guest_events.clone(), true)),
+    )?;
     bus.insert(
         ACPI_PM_PORT,
         3,
