@@ -1,0 +1,144 @@
+//! The multi-host test network (see resources/testnet.sh): namespaces for a client, hosts P and B,
+//! a LAN switch, and a host-to-host link. Torn down when dropped.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Guest LAN addresses the topology hands out.
+pub const CLIENT_IP: &str = "10.77.0.100";
+pub const HOST_P_LAN_IP: &str = "10.77.0.11";
+pub const HOST_B_LAN_IP: &str = "10.77.0.12";
+pub const HOST_P_LINK_IP: &str = "10.99.0.1";
+pub const HOST_B_LINK_IP: &str = "10.99.0.2";
+
+/// One of the namespaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Node {
+    Client,
+    HostP,
+    HostB,
+    Lan,
+}
+
+impl Node {
+    fn suffix(self) -> &'static str {
+        match self {
+            Node::Client => "c",
+            Node::HostP => "p",
+            Node::HostB => "b",
+            Node::Lan => "l",
+        }
+    }
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../resources/testnet.sh")
+}
+
+/// Whether this process may build namespaces; prints a loud notice when not.
+pub fn netns_available(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let ip = Command::new("ip").arg("-V").output().is_ok();
+    if !root || !ip {
+        eprintln!(
+            "\n*** SKIPPED: {test}: needs root and iproute2 for network namespaces (root={root}, ip={ip}) ***\n"
+        );
+    }
+    root && ip
+}
+
+/// A live test network.
+pub struct TestNet {
+    pub name: String,
+}
+
+impl TestNet {
+    /// Builds the namespaces; `name` is made unique per process and call.
+    pub fn up(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let tag: String = tag
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(3)
+            .collect();
+        let name = format!("t{tag}{:x}{n:x}", std::process::id() % 0xfff);
+        let name: String = name.chars().take(10).collect();
+        let out = Command::new("bash")
+            .arg(script())
+            .args(["up", &name])
+            .output()
+            .expect("run testnet.sh");
+        assert!(
+            out.status.success(),
+            "testnet.sh up {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        TestNet { name }
+    }
+
+    /// The namespace name of `node`.
+    pub fn ns(&self, node: Node) -> String {
+        format!("{}-{}", self.name, node.suffix())
+    }
+
+    /// A command that runs `program` inside `node`'s namespace.
+    pub fn command(&self, node: Node, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns(node)]).arg(program);
+        c
+    }
+
+    /// Creates tap `tap` on host `node` (HostP or HostB), attached to its LAN bridge.
+    pub fn add_tap(&self, node: Node, tap: &str) {
+        let out = Command::new("bash")
+            .arg(script())
+            .args(["tap", &self.name, node.suffix(), tap])
+            .output()
+            .expect("run testnet.sh");
+        assert!(
+            out.status.success(),
+            "testnet.sh tap: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Takes `node`'s end of the host-to-host link down (or up again): a partition.
+    pub fn set_link(&self, node: Node, up: bool) {
+        let status = Command::new("ip")
+            .args(["-n", &self.ns(node), "link", "set", "ft0"])
+            .arg(if up { "up" } else { "down" })
+            .status()
+            .expect("run ip");
+        assert!(status.success());
+    }
+
+    /// Runs `f` on a new thread that has entered `node`'s network namespace, so sockets it opens
+    /// live there; returns what `f` returns.
+    pub fn run_in<T: Send + 'static>(
+        &self,
+        node: Node,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.ns(node));
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on a namespace fd we own only changes this thread's network namespace.
+            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script())
+            .args(["down", &self.name])
+            .output();
+    }
+}
