@@ -60,14 +60,6 @@ fn fetch_guest() -> (PathBuf, PathBuf) {
     (cache.join("vmlinuz"), cache.join("initramfs.cpio.gz"))
 }
 
-/// The `tandem` binary: it comes with the lead's `[[bin]] name = "tandem"`; until that is in
-/// this crate, the test says so instead of failing to compile.
-fn tandem_bin() -> PathBuf {
-    match option_env!("CARGO_BIN_EXE_tandem") {
-        Some(p) => PathBuf::from(p),
-        None => panic!("linux_guest: this build has no `tandem` binary to boot the guest with"),
-    }
-}
 
 #[test]
 fn stock_linux_boots_on_two_vcpus_and_powers_off() {
@@ -80,7 +72,7 @@ fn stock_linux_boots_on_two_vcpus_and_powers_off() {
         );
         return;
     }
-    let tandem = tandem_bin();
+    let tandem = tandem_tests::tandem_bin();
     let (kernel, initramfs) = fetch_guest();
 
     let dir = std::env::temp_dir().join(format!("tandem-linux-guest-{}", std::process::id()));
