@@ -184,14 +184,9 @@ mod tests {
     const MIB: u64 = 1 << 20;
     const GIB: u64 = 1 << 30;
 
-    /// Guest RAM split around the MMIO hole, as the VMM lays it out.
+    /// Guest RAM laid out the way the VMM lays it out.
     fn mem(size: u64) -> GuestMemoryMmap {
-        let low = size.min(MMIO_HOLE_START);
-        let mut ranges = vec![(GuestAddress(0), low as usize)];
-        if size > low {
-            ranges.push((GuestAddress(MMIO_HOLE_END), (size - low) as usize));
-        }
-        GuestMemoryMmap::from_ranges(&ranges).unwrap()
+        crate::vm::memory::create_guest_memory(size).unwrap()
     }
 
     #[test]

@@ -85,18 +85,13 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::boot::layout::MMIO_HOLE_END;
     use std::io::Cursor;
 
     const MIB: u64 = 1 << 20;
 
+    /// Guest RAM laid out the way the VMM lays it out.
     fn mem(size: u64) -> GuestMemoryMmap {
-        let low = size.min(MMIO_HOLE_START);
-        let mut ranges = vec![(GuestAddress(0), low as usize)];
-        if size > low {
-            ranges.push((GuestAddress(MMIO_HOLE_END), (size - low) as usize));
-        }
-        GuestMemoryMmap::from_ranges(&ranges).unwrap()
+        crate::vm::memory::create_guest_memory(size).unwrap()
     }
 
     fn header(initrd_addr_max: u32) -> setup_header {
