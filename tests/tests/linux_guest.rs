@@ -60,7 +60,6 @@ fn fetch_guest() -> (PathBuf, PathBuf) {
     (cache.join("vmlinuz"), cache.join("initramfs.cpio.gz"))
 }
 
-
 #[test]
 fn stock_linux_boots_on_two_vcpus_and_powers_off() {
     if let Some(why) = missing_virtualization() {

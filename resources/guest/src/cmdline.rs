@@ -1,0 +1,37 @@
+//! Parsing `workload=` from the kernel command line.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    Idle,
+    PowerOff,
+    Reboot,
+    Compute,
+    Dirty { mib: u64, pages_per_s: u64 },
+}
+
+/// The workload the command line asks for (the last `workload=` wins, as in
+/// Linux).  `Err` carries the text that is not a workload.
+pub fn workload(cmdline: &str) -> Result<Workload, &str> {
+    match cmdline.split_ascii_whitespace().rev().find_map(|w| w.strip_prefix("workload=")) {
+        None => Ok(Workload::Idle),
+        Some(text) => parse(text).ok_or(text),
+    }
+}
+
+fn parse(text: &str) -> Option<Workload> {
+    Some(match text {
+        "idle" => Workload::Idle,
+        "poweroff" => Workload::PowerOff,
+        "reboot" => Workload::Reboot,
+        "compute" => Workload::Compute,
+        _ => {
+            let mut parts = text.strip_prefix("dirty:")?.split(':');
+            let mib = parts.next()?.parse().ok()?;
+            let pages_per_s = parts.next()?.parse().ok()?;
+            if parts.next().is_some() {
+                return None;
+            }
+            Workload::Dirty { mib, pages_per_s }
+        }
+    })
+}
