@@ -115,14 +115,21 @@ mod tests {
         let mut bus = PioBus::new();
         let a = Arc::new(Mutex::new(Rec(vec![])));
         bus.insert(0x3f8, 8, a.clone()).unwrap();
-        bus.insert(0x60, 1, Arc::new(Mutex::new(Rec(vec![])))).unwrap();
+        bus.insert(0x60, 1, Arc::new(Mutex::new(Rec(vec![]))))
+            .unwrap();
         assert_eq!(
             bus.insert(0x3fc, 8, Arc::new(Mutex::new(Rec(vec![])))),
-            Err(BusError::Overlap { base: 0x3fc, len: 8 })
+            Err(BusError::Overlap {
+                base: 0x3fc,
+                len: 8
+            })
         );
         assert_eq!(
             bus.insert(0xfff0, 0x20, Arc::new(Mutex::new(Rec(vec![])))),
-            Err(BusError::BadRange { base: 0xfff0, len: 0x20 })
+            Err(BusError::BadRange {
+                base: 0xfff0,
+                len: 0x20
+            })
         );
         let mut b = [0u8; 1];
         assert!(bus.read(0x3fd, &mut b));
