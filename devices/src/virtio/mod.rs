@@ -13,7 +13,7 @@ pub mod block;
 pub mod chain;
 pub mod device;
 pub mod mmio;
-// pub mod net;
+pub mod net;
 pub mod worker;
 
 pub use device::{ActivateError, Interrupt, VirtioDevice};

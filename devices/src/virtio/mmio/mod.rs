@@ -319,7 +319,14 @@ impl MmioTransport {
                     .and_then(|n| q.try_set_size(n).map_err(|_| ()))
                     .is_err();
             }),
-            VIRTIO_MMIO_QUEUE_READY => self.update_queue(|q, _| q.set_ready(v == 1)),
+            VIRTIO_MMIO_QUEUE_READY => {
+                // Unlike the other queue registers, READY may be cleared again during setup.
+                if self.queue_config_allowed() {
+                    if let Some((q, _)) = self.selected_queue() {
+                        q.set_ready(v == 1);
+                    }
+                }
+            }
             VIRTIO_MMIO_QUEUE_DESC_LOW => self.update_queue(|q, _| q.set_desc_table_address(Some(v), None)),
             VIRTIO_MMIO_QUEUE_DESC_HIGH => self.update_queue(|q, _| q.set_desc_table_address(None, Some(v))),
             VIRTIO_MMIO_QUEUE_AVAIL_LOW => self.update_queue(|q, _| q.set_avail_ring_address(Some(v), None)),
@@ -380,3 +387,6 @@ impl MmioDevice for MmioTransport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
