@@ -1,9 +1,12 @@
-//! Guest-visible devices: the port I/O bus, 16550 serial, i8042 and the ACPI power-management block.
+//! Guest-visible devices: the port I/O and MMIO buses, 16550 serial, i8042, the ACPI
+//! power-management block, and virtio-mmio block and network devices.
 
 pub mod acpi_pm;
 pub mod bus;
 pub mod i8042;
+pub mod mmio_bus;
 pub mod serial;
+pub mod virtio;
 
 use std::sync::Arc;
 

@@ -1,5 +1,7 @@
 //! VM configuration: the body of `PUT vm.create`, also built from CLI flags.
 
+use devices::virtio::net::tap::valid_tap_name;
+use devices::virtio::net::MacAddr;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -22,6 +24,12 @@ pub struct VmConfig {
     pub payload: PayloadConfig,
     #[serde(default)]
     pub serial: SerialConfig,
+    /// virtio-blk disks, in the order the guest finds them.
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// virtio-net NICs, after the disks.
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
 }
 
 /// vCPU topology.
@@ -90,6 +98,33 @@ pub struct SerialConfig {
     pub file: Option<PathBuf>,
 }
 
+/// A virtio-blk disk on a raw image file.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// Unique among disks and NICs; the guest reads its first 20 bytes as the disk serial.
+    pub id: String,
+    pub path: PathBuf,
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+/// A virtio-net NIC on a host tap interface.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Unique among disks and NICs.
+    pub id: String,
+    /// Tap interface name (created if missing and the VMM may).
+    pub tap: String,
+    /// Guest MAC `xx:xx:xx:xx:xx:xx`; none derives a locally administered one from `id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// Most virtio devices a VM may have: one IOAPIC pin each, from GSI 5 to 23.
+pub const MAX_VIRTIO_DEVICES: usize = 19;
+
 /// A configuration that cannot be used, and why.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -109,6 +144,18 @@ pub enum ConfigError {
     InitramfsWithoutKernel,
     #[error("payload.{field}: {path} does not exist or is not a readable file")]
     PayloadFile { field: &'static str, path: String },
+    #[error("device ids must not be empty")]
+    EmptyDeviceId,
+    #[error("device id {0:?} is used more than once (disks and NICs share one namespace)")]
+    DuplicateDeviceId(String),
+    #[error("disk {id}: {path} does not exist or is not a readable regular file")]
+    DiskFile { id: String, path: String },
+    #[error("NIC {id}: {mac:?} is not a unicast MAC address like 52:54:00:12:34:56")]
+    BadMac { id: String, mac: String },
+    #[error("NIC {id}: tap name {tap:?} must be 1 to 15 characters, without '/', NUL or spaces")]
+    BadTapName { id: String, tap: String },
+    #[error("{0} disks and NICs are more than the {MAX_VIRTIO_DEVICES} a VM can have")]
+    TooManyDevices(usize),
 }
 
 impl VmConfig {
@@ -154,7 +201,64 @@ impl VmConfig {
                 }
             }
         }
+        self.validate_devices()
+    }
+
+    fn validate_devices(&self) -> Result<(), ConfigError> {
+        let count = self.disks.len() + self.net.len();
+        if count > MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::TooManyDevices(count));
+        }
+        let mut ids = std::collections::HashSet::new();
+        let all_ids = self
+            .disks
+            .iter()
+            .map(|d| &d.id)
+            .chain(self.net.iter().map(|n| &n.id));
+        for id in all_ids {
+            if id.is_empty() {
+                return Err(ConfigError::EmptyDeviceId);
+            }
+            if !ids.insert(id) {
+                return Err(ConfigError::DuplicateDeviceId(id.clone()));
+            }
+        }
+        for d in &self.disks {
+            let meta = std::fs::metadata(&d.path);
+            if !meta.is_ok_and(|m| m.is_file()) || std::fs::File::open(&d.path).is_err() {
+                return Err(ConfigError::DiskFile {
+                    id: d.id.clone(),
+                    path: d.path.display().to_string(),
+                });
+            }
+        }
+        for n in &self.net {
+            if !valid_tap_name(&n.tap) {
+                return Err(ConfigError::BadTapName {
+                    id: n.id.clone(),
+                    tap: n.tap.clone(),
+                });
+            }
+            if let Some(mac) = &n.mac {
+                if !mac.parse::<MacAddr>().is_ok_and(|m| !m.is_multicast()) {
+                    return Err(ConfigError::BadMac {
+                        id: n.id.clone(),
+                        mac: mac.clone(),
+                    });
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Fills in what the config leaves to the VMM (NIC MACs), so that `vm.info` shows what the
+    /// guest sees.
+    pub fn fill_defaults(&mut self) {
+        for n in &mut self.net {
+            if n.mac.is_none() {
+                n.mac = Some(MacAddr::from_id(&n.id).to_string());
+            }
+        }
     }
 }
 
@@ -169,4 +273,102 @@ pub fn host_memory_limit() -> u64 {
         return u64::MAX;
     }
     (pages as u64).saturating_mul(page_size as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(id: &str, path: &std::path::Path) -> DiskConfig {
+        DiskConfig {
+            id: id.into(),
+            path: path.into(),
+            readonly: false,
+        }
+    }
+
+    fn nic(id: &str, tap: &str, mac: Option<&str>) -> NetConfig {
+        NetConfig {
+            id: id.into(),
+            tap: tap.into(),
+            mac: mac.map(Into::into),
+        }
+    }
+
+    fn check(cfg: &VmConfig) -> Result<(), ConfigError> {
+        cfg.validate(u64::MAX)
+    }
+
+    #[test]
+    fn devices_parse_from_json_with_defaults() {
+        let cfg: VmConfig = serde_json::from_str(
+            r#"{"disks":[{"id":"d0","path":"/x"}],"net":[{"id":"n0","tap":"tap0"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.disks[0], disk("d0", std::path::Path::new("/x")));
+        assert_eq!(cfg.net[0], nic("n0", "tap0", None));
+        let empty: VmConfig = serde_json::from_str("{}").unwrap();
+        assert!(empty.disks.is_empty() && empty.net.is_empty());
+        assert!(serde_json::from_str::<VmConfig>(
+            r#"{"disks":[{"id":"d0","path":"/x","cache":"none"}]}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn device_validation() {
+        let img = vmm_sys_util::tempfile::TempFile::new().unwrap();
+        let p = img.as_path();
+        let mut cfg = VmConfig {
+            disks: vec![disk("d0", p), disk("d1", p)],
+            net: vec![
+                nic("n0", "tap0", Some("52:54:00:00:00:01")),
+                nic("n1", "tap1", None),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(check(&cfg), Ok(()));
+
+        let mut c = cfg.clone();
+        c.net[1].id = "d1".into();
+        assert_eq!(check(&c), Err(ConfigError::DuplicateDeviceId("d1".into())));
+        let mut c = cfg.clone();
+        c.disks[0].id = String::new();
+        assert_eq!(check(&c), Err(ConfigError::EmptyDeviceId));
+        let mut c = cfg.clone();
+        c.disks[1].path = "/nonexistent/img".into();
+        assert!(matches!(check(&c), Err(ConfigError::DiskFile { .. })));
+        let mut c = cfg.clone();
+        c.disks[1].path = "/tmp".into();
+        assert!(matches!(check(&c), Err(ConfigError::DiskFile { .. })));
+        for mac in ["52:54:00:00:00", "zz:54:00:00:00:01", "01:00:5e:00:00:01"] {
+            let mut c = cfg.clone();
+            c.net[0].mac = Some(mac.into());
+            assert!(
+                matches!(check(&c), Err(ConfigError::BadMac { .. })),
+                "{mac}"
+            );
+        }
+        for tap in ["", "a-name-that-is-too-long"] {
+            let mut c = cfg.clone();
+            c.net[0].tap = tap.into();
+            assert!(
+                matches!(check(&c), Err(ConfigError::BadTapName { .. })),
+                "{tap:?}"
+            );
+        }
+        let mut c = cfg.clone();
+        c.disks = (0..MAX_VIRTIO_DEVICES)
+            .map(|i| disk(&format!("d{i}"), p))
+            .collect();
+        assert_eq!(
+            check(&c),
+            Err(ConfigError::TooManyDevices(MAX_VIRTIO_DEVICES + 2))
+        );
+
+        cfg.fill_defaults();
+        assert_eq!(cfg.net[0].mac.as_deref(), Some("52:54:00:00:00:01"));
+        assert_eq!(cfg.net[1].mac, Some(MacAddr::from_id("n1").to_string()));
+        assert_eq!(check(&cfg), Ok(()));
+    }
 }

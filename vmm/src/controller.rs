@@ -50,8 +50,8 @@ impl VmmError {
             VmmError::NoVm => 404,
             VmmError::VmExists | VmmError::WrongState { .. } => 409,
             VmmError::Config(_) => 400,
-            // A payload the VMM cannot load is the caller's input; the rest is ours.
-            VmmError::Boot(VmError::Payload(p)) if p.is_input_error() => 400,
+            // A payload, disk or tap the VMM cannot open is the caller's input; the rest is ours.
+            VmmError::Boot(e) if e.is_input_error() => 400,
             VmmError::Boot(_) | VmmError::Vm { .. } => 500,
         }
     }
@@ -174,6 +174,8 @@ impl Vmm {
             return Err(VmmError::VmExists);
         }
         cfg.validate(host_memory_limit())?;
+        let mut cfg = cfg;
+        cfg.fill_defaults();
         self.config = Some(cfg);
         self.state = VmState::Created;
         Ok(())

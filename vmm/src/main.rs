@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use vmm::api::ApiRequest;
 use vmm::config::{
-    CpusConfig, MemoryConfig, PayloadConfig, SerialConfig, SerialMode, VmConfig,
-    DEFAULT_MEMORY_BYTES,
+    CpusConfig, DiskConfig, MemoryConfig, NetConfig, PayloadConfig, SerialConfig, SerialMode,
+    VmConfig, DEFAULT_MEMORY_BYTES,
 };
 use vmm::controller::{chain, Vmm};
 
@@ -37,6 +37,12 @@ struct Cli {
     /// Serial port output: off, null, tty or file=PATH.
     #[arg(long, value_name = "MODE", value_parser = parse_serial)]
     serial: Option<SerialConfig>,
+    /// A virtio-blk disk: id=ID,path=PATH[,readonly=on|off]; repeat for more disks.
+    #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
+    disk: Vec<DiskConfig>,
+    /// A virtio-net NIC on a tap: id=ID,tap=NAME[,mac=52:54:00:12:34:56]; repeat for more.
+    #[arg(long, value_name = "SPEC", value_parser = parse_net)]
+    net: Vec<NetConfig>,
     /// Log level: error, warn, info, debug or trace (RUST_LOG overrides it).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -81,6 +87,58 @@ fn parse_serial(s: &str) -> Result<SerialConfig, String> {
     Ok(SerialConfig { mode, file: None })
 }
 
+/// Splits `k=v,k=v` into pairs, refusing keys outside `allowed` and repeated keys.
+fn parse_kv<'a>(s: &'a str, allowed: &[&str]) -> Result<Vec<(&'a str, &'a str)>, String> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for part in s.split(',') {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("'{part}' is not key=value"))?;
+        if !allowed.contains(&k) {
+            return Err(format!(
+                "unknown key '{k}' (expected {})",
+                allowed.join(", ")
+            ));
+        }
+        if out.iter().any(|(seen, _)| *seen == k) {
+            return Err(format!("key '{k}' given twice"));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+fn get<'a>(kv: &[(&str, &'a str)], key: &str) -> Option<&'a str> {
+    kv.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+}
+
+fn require<'a>(kv: &[(&str, &'a str)], key: &str) -> Result<&'a str, String> {
+    get(kv, key).ok_or_else(|| format!("missing {key}="))
+}
+
+fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+    let kv = parse_kv(s, &["id", "path", "readonly"])?;
+    let readonly = match get(&kv, "readonly") {
+        None | Some("off") => false,
+        Some("on") => true,
+        Some(v) => return Err(format!("readonly must be on or off, not '{v}'")),
+    };
+    Ok(DiskConfig {
+        id: require(&kv, "id")?.to_string(),
+        path: PathBuf::from(require(&kv, "path")?),
+        readonly,
+    })
+}
+
+fn parse_net(s: &str) -> Result<NetConfig, String> {
+    let kv = parse_kv(s, &["id", "tap", "mac"])?;
+    Ok(NetConfig {
+        id: require(&kv, "id")?.to_string(),
+        tap: require(&kv, "tap")?.to_string(),
+        mac: get(&kv, "mac").map(String::from),
+    })
+}
+
 impl Cli {
     /// A VM config when any VM flag was given.
     fn vm_config(&self) -> Option<VmConfig> {
@@ -89,7 +147,9 @@ impl Cli {
             || self.kernel.is_some()
             || self.initramfs.is_some()
             || self.cmdline.is_some()
-            || self.serial.is_some();
+            || self.serial.is_some()
+            || !self.disk.is_empty()
+            || !self.net.is_empty();
         any.then(|| VmConfig {
             cpus: CpusConfig {
                 boot_vcpus: self.cpus.unwrap_or(1),
@@ -106,6 +166,8 @@ impl Cli {
                 mode: SerialMode::Tty,
                 file: None,
             }),
+            disks: self.disk.clone(),
+            net: self.net.clone(),
         })
     }
 }
@@ -181,5 +243,35 @@ mod tests {
         assert_eq!(f.file, Some(PathBuf::from("/tmp/x")));
         assert!(parse_serial("file=").is_err());
         assert!(parse_serial("pty").is_err());
+    }
+
+    #[test]
+    fn disks_and_nics_parse() {
+        let d = parse_disk("id=d0,path=/img/a.raw,readonly=on").unwrap();
+        assert_eq!((d.id.as_str(), d.readonly), ("d0", true));
+        assert_eq!(d.path, PathBuf::from("/img/a.raw"));
+        assert!(!parse_disk("path=/x,id=d1").unwrap().readonly);
+        assert!(parse_disk("id=d0").is_err());
+        assert!(parse_disk("id=d0,path=/x,readonly=yes").is_err());
+        assert!(parse_disk("id=d0,path=/x,cache=none").is_err());
+        assert!(parse_disk("id=d0,id=d1,path=/x").is_err());
+        let n = parse_net("id=n0,tap=tap0,mac=52:54:00:00:00:01").unwrap();
+        assert_eq!(n.mac.as_deref(), Some("52:54:00:00:00:01"));
+        assert_eq!(parse_net("id=n0,tap=tap0").unwrap().mac, None);
+        assert!(parse_net("id=n0").is_err());
+        assert!(parse_net("tap0").is_err());
+        let cli = Cli::try_parse_from([
+            "tandem",
+            "--disk",
+            "id=a,path=/a",
+            "--disk",
+            "id=b,path=/b",
+            "--net",
+            "id=n,tap=t",
+        ])
+        .unwrap();
+        let cfg = cli.vm_config().unwrap();
+        assert_eq!(cfg.disks.len(), 2);
+        assert_eq!(cfg.net.len(), 1);
     }
 }

@@ -59,6 +59,27 @@ fn open(path: &std::path::Path) -> Result<File, PayloadError> {
     })
 }
 
+/// The user's command line plus `virtio_mmio.device=<size>@<addr>:<irq>` for each device: Linux
+/// finds the devices through ACPI as well (the second registration of a window fails quietly),
+/// and guests without ACPI find them this way.
+pub fn kernel_cmdline(user: Option<&str>, mmio_devices: &[MmioDeviceInfo]) -> String {
+    let mut parts: Vec<String> = user
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .into_iter()
+        .collect();
+    for d in mmio_devices {
+        parts.push(format!(
+            "virtio_mmio.device={}K@{:#x}:{}",
+            d.len >> 10,
+            d.addr,
+            d.irq
+        ));
+    }
+    parts.join(" ")
+}
+
 /// Loads everything the first instruction needs; returns the kernel entry point.
 pub fn load(
     mem: &GuestMemoryMmap,
@@ -89,8 +110,8 @@ pub fn load(
         ),
         None => None,
     };
-    let cmdline = linux::load_cmdline(mem, p.cmdline.as_deref().unwrap_or(""), hdr)
-        .map_err(PayloadError::BootParams)?;
+    let cmdline = kernel_cmdline(p.cmdline.as_deref(), mmio_devices);
+    let cmdline = linux::load_cmdline(mem, &cmdline, hdr).map_err(PayloadError::BootParams)?;
     let rsdp = acpi::create_acpi_tables(
         mem,
         &AcpiConfig {
@@ -111,4 +132,34 @@ pub fn load(
     .map_err(PayloadError::BootParams)?;
     linux::write_boot_params(mem, &params).map_err(PayloadError::BootParams)?;
     Ok(kernel.entry.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtio_devices_go_on_the_command_line() {
+        let devs = [
+            MmioDeviceInfo {
+                addr: 0xd000_0000,
+                len: 0x1000,
+                irq: 5,
+            },
+            MmioDeviceInfo {
+                addr: 0xd000_1000,
+                len: 0x1000,
+                irq: 6,
+            },
+        ];
+        assert_eq!(
+            kernel_cmdline(Some("console=ttyS0 "), &devs),
+            "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
+        );
+        assert_eq!(
+            kernel_cmdline(None, &devs[..1]),
+            "virtio_mmio.device=4K@0xd0000000:5"
+        );
+        assert_eq!(kernel_cmdline(Some("quiet"), &[]), "quiet");
+    }
 }

@@ -3,13 +3,16 @@
 pub mod irq_routing;
 pub mod memory;
 pub mod vcpu;
+pub mod virtio;
 
+use crate::boot::acpi::MmioDeviceInfo;
 use crate::boot::layout::*;
 use crate::boot::{cpuid, msrs, payload, regs};
 use crate::config::{SerialMode, VmConfig};
 use devices::acpi_pm::AcpiPm;
 use devices::bus::{BusError, PioBus, PioDevice};
 use devices::i8042::I8042;
+use devices::mmio_bus::MmioBus;
 use devices::serial::{SerialCounters, SerialDevice};
 use devices::GuestEventHandler;
 use kvm_ioctls::{Kvm, VmFd};
@@ -19,6 +22,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vcpu::{VcpuContext, VcpuFailureHandler, VcpuHandle};
+use virtio::VirtioDevices;
 use vmm_sys_util::eventfd::EventFd;
 
 /// How long a vCPU may take to park or stop before we call it stuck.
@@ -57,6 +61,19 @@ pub enum VmError {
     EventFd(#[source] std::io::Error),
     #[error("vCPU")]
     Vcpu(#[from] vcpu::VcpuError),
+    #[error("cannot set up virtio devices")]
+    Virtio(#[from] virtio::VirtioSetupError),
+}
+
+impl VmError {
+    /// Whether the caller's config or files are at fault rather than the VMM.
+    pub fn is_input_error(&self) -> bool {
+        match self {
+            VmError::Payload(p) => p.is_input_error(),
+            VmError::Virtio(v) => v.is_input_error(),
+            _ => false,
+        }
+    }
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -68,6 +85,8 @@ pub struct Vm {
     // Field order matters for drop: vCPU threads stop before the VM fd and memory go away.
     vcpus: Vec<VcpuHandle>,
     pending: Vec<VcpuContext>,
+    // After the vCPUs (nothing can reach a device any more), before the VM fd and memory.
+    virtio: VirtioDevices,
     serial_counters: Option<Arc<SerialCounters>>,
     _vm_fd: VmFd,
     memory: GuestMemoryMmap,
@@ -109,7 +128,8 @@ impl Vm {
         let (pio, serial_counters) = build_pio_bus(&vm_fd, config, guest_events.clone())?;
         let pio = Arc::new(pio);
 
-        let entry = payload::load(&memory, config, &[])?;
+        let virtio = VirtioDevices::build(&vm_fd, &memory, config)?;
+        let entry = payload::load(&memory, config, &virtio.info)?;
         regs::write_boot_tables(&memory)?;
         let cpus = config.cpus.boot_vcpus;
 
@@ -133,6 +153,7 @@ impl Vm {
                 id,
                 fd,
                 pio: pio.clone(),
+                mmio: virtio.bus.clone(),
                 guest_events: guest_events.clone(),
                 on_failure: on_failure.clone(),
             });
@@ -140,6 +161,7 @@ impl Vm {
         Ok(Vm {
             vcpus: Vec::new(),
             pending,
+            virtio,
             serial_counters,
             _vm_fd: vm_fd,
             memory,
@@ -169,13 +191,24 @@ impl Vm {
         }
     }
 
-    /// Stops and joins every vCPU thread.
+    /// Stops and joins every vCPU thread, then every device worker thread.
     pub fn stop(&mut self) -> Result<(), VmError> {
         for v in &mut self.vcpus {
             v.stop(VCPU_STOP_TIMEOUT)?;
         }
         self.vcpus.clear();
+        self.virtio.shutdown();
         Ok(())
+    }
+
+    /// The virtio-mmio bus (what the vCPUs see in the device windows).
+    pub fn mmio_bus(&self) -> &Arc<MmioBus> {
+        &self.virtio.bus
+    }
+
+    /// Where the virtio devices are, as ACPI and the command line announce them.
+    pub fn virtio_devices(&self) -> &[MmioDeviceInfo] {
+        &self.virtio.info
     }
 
     /// Guest memory.
@@ -192,11 +225,21 @@ impl Vm {
                 ("exits", c.exits.load(Ordering::Relaxed)),
                 ("io_exits", c.io_exits.load(Ordering::Relaxed)),
                 ("mmio_exits", c.mmio_exits.load(Ordering::Relaxed)),
+                ("unhandled_mmio", c.unhandled_mmio.load(Ordering::Relaxed)),
                 ("unhandled_io", c.unhandled_io.load(Ordering::Relaxed)),
             ];
             out.insert(
                 format!("vcpu{}", v.id),
                 m.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            );
+        }
+        for (id, c) in &self.virtio.net_counters {
+            out.insert(
+                format!("net_{id}"),
+                c.snapshot()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
             );
         }
         if let Some(s) = &self.serial_counters {

@@ -3,6 +3,7 @@
 //! thread acknowledges, which covers a signal landing just before the thread enters KVM_RUN.
 
 use devices::bus::PioBus;
+use devices::mmio_bus::MmioBus;
 use devices::{GuestEvent, GuestEventHandler};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,6 +33,7 @@ pub struct VcpuCounters {
     pub io_exits: AtomicU64,
     pub mmio_exits: AtomicU64,
     pub unhandled_io: AtomicU64,
+    pub unhandled_mmio: AtomicU64,
 }
 
 #[derive(Default)]
@@ -79,6 +81,7 @@ pub struct VcpuContext {
     pub id: u8,
     pub fd: VcpuFd,
     pub pio: Arc<PioBus>,
+    pub mmio: Arc<MmioBus>,
     pub guest_events: GuestEventHandler,
     pub on_failure: VcpuFailureHandler,
 }
@@ -200,12 +203,14 @@ fn run_loop(ctx: VcpuContext, shared: Arc<VcpuShared>) {
         id,
         mut fd,
         pio,
+        mmio,
         guest_events,
         on_failure,
     } = ctx;
     let env = ExitEnv {
         id,
         pio,
+        mmio,
         guest_events,
     };
     loop {
@@ -236,6 +241,7 @@ fn run_loop(ctx: VcpuContext, shared: Arc<VcpuShared>) {
 struct ExitEnv {
     id: u8,
     pio: Arc<PioBus>,
+    mmio: Arc<MmioBus>,
     guest_events: GuestEventHandler,
 }
 
@@ -254,13 +260,18 @@ fn handle_exit(exit: VcpuExit, ctx: &ExitEnv, counters: &VcpuCounters) -> Option
                 counters.unhandled_io.fetch_add(1, Ordering::Relaxed);
             }
         }
-        VcpuExit::MmioRead(_, data) => {
-            // Nothing is mapped there yet: reads float high, as on an empty bus.
+        VcpuExit::MmioRead(addr, data) => {
             counters.mmio_exits.fetch_add(1, Ordering::Relaxed);
-            data.fill(0xff);
+            // Unclaimed addresses read 0xff, as on an empty bus.
+            if !ctx.mmio.read(addr, data) {
+                counters.unhandled_mmio.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        VcpuExit::MmioWrite(..) => {
+        VcpuExit::MmioWrite(addr, data) => {
             counters.mmio_exits.fetch_add(1, Ordering::Relaxed);
+            if !ctx.mmio.write(addr, data) {
+                counters.unhandled_mmio.fetch_add(1, Ordering::Relaxed);
+            }
         }
         VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => {}
         VcpuExit::Shutdown => {

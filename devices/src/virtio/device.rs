@@ -1,0 +1,129 @@
+//! What a virtio device implements for the transport, and the interrupt line it signals on.
+
+use super::GuestMemoryMmap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Why a device could not start after the driver set DRIVER_OK.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("the device needs {expected} queues, the transport gave {got}")]
+    QueueCount { expected: usize, got: usize },
+    #[error("cannot duplicate a file descriptor for the worker")]
+    Dup(#[source] std::io::Error),
+    #[error("cannot start the device's worker thread")]
+    Worker(#[source] std::io::Error),
+}
+
+/// One queue handed to a device at activation: its ring state and the eventfd that fires when
+/// the driver writes the queue's index to QueueNotify.
+pub struct ActiveQueue {
+    pub queue: Queue,
+    pub notify: EventFd,
+}
+
+/// Everything a device gets when the driver sets DRIVER_OK.
+pub struct ActivateContext {
+    /// Guest RAM; the device's only way to touch guest memory.
+    pub mem: GuestMemoryMmap,
+    /// Where to raise used-buffer and config interrupts.
+    pub interrupt: Arc<Interrupt>,
+    /// The queues, in index order; the transport has checked that each is ready and lies in RAM.
+    pub queues: Vec<ActiveQueue>,
+    /// Feature bits both sides agreed on.
+    pub acked_features: u64,
+}
+
+/// A virtio device behind a transport.
+pub trait VirtioDevice: Send {
+    /// Virtio device ID (1 = network, 2 = block).
+    fn device_type(&self) -> u32;
+    /// Largest size of each queue; the number of entries is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits the device offers (VIRTIO_F_VERSION_1 included).
+    fn features(&self) -> u64;
+    /// Reads device config space at `offset`; bytes past the end read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes device config space; our devices have no writable fields, so the default ignores it.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        log::debug!("ignoring a {}-byte config write at {offset:#x}", data.len());
+    }
+    /// Starts processing the queues.
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
+    /// Stops processing (joins the worker) and returns to the pre-activation state.
+    fn reset(&mut self);
+}
+
+/// A device's interrupt line: the virtio-mmio InterruptStatus bits and the irqfd that KVM turns
+/// into an edge on the device's GSI. Shared by the transport (which reads and acks) and the
+/// device's worker (which raises).
+pub struct Interrupt {
+    status: AtomicU32,
+    needs_reset: AtomicBool,
+    irqfd: EventFd,
+}
+
+impl Interrupt {
+    /// An interrupt that signals through `irqfd` (registered with KVM by the VMM).
+    pub fn new(irqfd: EventFd) -> Self {
+        Interrupt {
+            status: AtomicU32::new(0),
+            needs_reset: AtomicBool::new(false),
+            irqfd,
+        }
+    }
+
+    fn raise(&self, bit: u32) {
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        // A full eventfd counter (never in practice) still means an interrupt is pending.
+        if let Err(e) = self.irqfd.write(1) {
+            log::warn!("cannot signal the device interrupt: {e}");
+        }
+    }
+
+    /// Tells the driver that a queue's used ring has new entries.
+    pub fn signal_used_queue(&self) {
+        self.raise(VIRTIO_MMIO_INT_VRING);
+    }
+
+    /// Tells the driver that the config space (or the device status) changed.
+    pub fn signal_config(&self) {
+        self.raise(VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    /// Marks the device broken by the driver (DEVICE_NEEDS_RESET) and tells the driver.
+    pub fn set_needs_reset(&self) {
+        if !self.needs_reset.swap(true, Ordering::SeqCst) {
+            self.signal_config();
+        }
+    }
+
+    /// Whether the device asked for a reset.
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
+    }
+
+    /// InterruptStatus as the driver reads it.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// InterruptACK: clears the bits the driver has handled.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// Device reset: nothing pending, no error.
+    pub fn reset(&self) {
+        self.status.store(0, Ordering::SeqCst);
+        self.needs_reset.store(false, Ordering::SeqCst);
+    }
+
+    /// The irqfd, for the VMM to register with KVM.
+    pub fn irqfd(&self) -> &EventFd {
+        &self.irqfd
+    }
+}

@@ -1,0 +1,228 @@
+//! virtio-net on a tap: one RX and one TX queue, a MAC in config space, and no offloads (only
+//! VIRTIO_F_VERSION_1 and VIRTIO_NET_F_MAC are offered), so every frame is a plain Ethernet frame
+//! behind a zeroed 12-byte header. A worker thread moves frames (see `virtio` for why).
+
+pub mod tap;
+pub mod tx;
+mod worker;
+
+use super::block::read_config_bytes;
+use super::device::{ActivateContext, ActivateError, VirtioDevice};
+use super::worker::Worker;
+use super::VIRTIO_F_VERSION_1;
+use std::fmt;
+use std::os::fd::OwnedFd;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tap::{Tap, TapError};
+use tx::TapTxSink;
+use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
+use virtio_queue::Queue;
+use worker::NetWorker;
+
+/// Entries in each queue.
+pub const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE, QUEUE_SIZE];
+
+/// An Ethernet MAC address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+/// A string that is not `xx:xx:xx:xx:xx:xx`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0:?} is not a MAC address like 52:54:00:12:34:56")]
+pub struct MacParseError(String);
+
+impl MacAddr {
+    /// A locally administered unicast address derived from `id` (FNV-1a), stable across boots.
+    pub fn from_id(id: &str) -> MacAddr {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in id.bytes() {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        let [a, b, c, d] = h.to_be_bytes();
+        // 0x52: locally administered (bit 1), unicast (bit 0 clear).
+        MacAddr([0x52, 0x54, a, b, c, d])
+    }
+
+    /// Whether the address is a multicast (or broadcast) one, which a NIC must not own.
+    pub fn is_multicast(&self) -> bool {
+        self.0[0] & 1 != 0
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = MacParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || MacParseError(s.to_string());
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut out {
+            let p = parts.next().filter(|p| p.len() == 2).ok_or_else(err)?;
+            *byte = u8::from_str_radix(p, 16).map_err(|_| err())?;
+        }
+        if parts.next().is_some() {
+            return Err(err());
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+/// One NIC as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// Name of the NIC in the VM config.
+    pub id: String,
+    /// Host tap interface.
+    pub tap: String,
+    /// Guest MAC address.
+    pub mac: MacAddr,
+}
+
+/// NIC set-up errors.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("NIC {id}")]
+    Tap {
+        id: String,
+        #[source]
+        source: TapError,
+    },
+}
+
+/// Frame counters, shared with the worker.
+#[derive(Debug, Default)]
+pub struct NetCounters {
+    pub rx_frames: AtomicU64,
+    pub rx_dropped: AtomicU64,
+    pub tx_frames: AtomicU64,
+    pub tx_dropped: AtomicU64,
+}
+
+impl NetCounters {
+    /// Name/value pairs for `vm.counters`.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("rx_frames", self.rx_frames.load(Ordering::Relaxed)),
+            ("rx_dropped", self.rx_dropped.load(Ordering::Relaxed)),
+            ("tx_frames", self.tx_frames.load(Ordering::Relaxed)),
+            ("tx_dropped", self.tx_dropped.load(Ordering::Relaxed)),
+        ]
+    }
+}
+
+/// A virtio-net device.
+pub struct Net {
+    id: String,
+    mac: MacAddr,
+    /// Tap-like frame fd: one frame per read/write, behind a 12-byte vnet header.
+    fd: OwnedFd,
+    counters: Arc<NetCounters>,
+    worker: Option<Worker<(Queue, Queue)>>,
+}
+
+impl Net {
+    /// Opens the tap; the device starts when the guest driver sets it up.
+    pub fn new(cfg: &NetConfig) -> Result<Self, NetError> {
+        let tap_err = |source| NetError::Tap {
+            id: cfg.id.clone(),
+            source,
+        };
+        let tap = Tap::open(&cfg.tap).map_err(tap_err)?;
+        let fd = tap.try_clone_fd().map_err(|e| {
+            tap_err(TapError::Configure {
+                name: cfg.tap.clone(),
+                what: "dup",
+                source: e,
+            })
+        })?;
+        Ok(Self::with_fd(&cfg.id, cfg.mac, fd))
+    }
+
+    /// A NIC on an already open tap-like, non-blocking frame fd.
+    pub fn with_fd(id: &str, mac: MacAddr, fd: OwnedFd) -> Self {
+        Net {
+            id: id.to_string(),
+            mac,
+            fd,
+            counters: Arc::default(),
+            worker: None,
+        }
+    }
+
+    /// Frame counters.
+    pub fn counters(&self) -> Arc<NetCounters> {
+        self.counters.clone()
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MAC
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // struct virtio_net_config: mac[6]; nothing after it is offered.
+        read_config_bytes(&self.mac.0, offset, data);
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        let got = ctx.queues.len();
+        let mut queues = ctx.queues.into_iter();
+        let (Some(rx), Some(tx), None) = (queues.next(), queues.next(), queues.next()) else {
+            return Err(ActivateError::QueueCount { expected: 2, got });
+        };
+        let rx_fd = self.fd.try_clone().map_err(ActivateError::Dup)?;
+        let tx_fd = self.fd.try_clone().map_err(ActivateError::Dup)?;
+        let worker = NetWorker::new(
+            ctx.mem,
+            ctx.interrupt,
+            rx.queue,
+            tx.queue,
+            rx_fd,
+            Box::new(TapTxSink::new(tx_fd)),
+            self.counters.clone(),
+        );
+        let (rx_notify, tx_notify) = (rx.notify, tx.notify);
+        self.reset();
+        self.worker = Some(
+            Worker::spawn(format!("tandem_net_{}", self.id), move |ep| {
+                worker.run(ep, rx_notify, tx_notify)
+            })
+            .map_err(ActivateError::Worker)?,
+        );
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if let Some(w) = self.worker.take() {
+            let _ = w.stop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,158 @@
+//! The VM's virtio-mmio devices: disks first, then NICs, device `i` with its 4 KiB register
+//! window at `VIRTIO_MMIO_START + i * 4 KiB` and its own GSI `5 + i`. KVM does the fast paths:
+//! an ioeventfd per queue on QueueNotify (datamatch = queue index) wakes the device's worker
+//! without a userspace exit, and an irqfd on the device's GSI raises its interrupt.
+
+use crate::boot::acpi::MmioDeviceInfo;
+use crate::boot::layout::VIRTIO_MMIO_START;
+use crate::config::VmConfig;
+use devices::mmio_bus::{MmioBus, MmioBusError};
+use devices::virtio::block::{Block, BlockConfig, BlockError};
+use devices::virtio::mmio::{MmioError, MmioTransport, QUEUE_NOTIFY_OFFSET};
+use devices::virtio::net::{MacAddr, MacParseError, Net, NetConfig, NetCounters, NetError};
+use devices::virtio::{GuestMemoryMmap, VirtioDevice, MMIO_WINDOW_SIZE};
+use kvm_ioctls::{IoEventAddress, VmFd};
+use std::sync::{Arc, Mutex};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// GSI of the first virtio device; 0-4 are the PIT, keyboard, cascade, COM2 and COM1.
+pub const VIRTIO_FIRST_GSI: u32 = 5;
+
+/// Why the devices could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioSetupError {
+    #[error("disk")]
+    Block(#[from] BlockError),
+    #[error("network")]
+    Net(#[from] NetError),
+    #[error("NIC {id}")]
+    Mac {
+        id: String,
+        #[source]
+        source: MacParseError,
+    },
+    #[error("virtio-mmio transport")]
+    Transport(#[from] MmioError),
+    #[error("cannot create an interrupt eventfd")]
+    EventFd(#[source] std::io::Error),
+    #[error("cannot register {what} of device {index} with KVM")]
+    Kvm {
+        what: &'static str,
+        index: usize,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("MMIO bus")]
+    Bus(#[from] MmioBusError),
+}
+
+impl VirtioSetupError {
+    /// Whether the caller's config is at fault (a disk or tap that cannot be opened, a bad MAC)
+    /// rather than the VMM.
+    pub fn is_input_error(&self) -> bool {
+        matches!(
+            self,
+            VirtioSetupError::Block(_) | VirtioSetupError::Net(_) | VirtioSetupError::Mac { .. }
+        )
+    }
+}
+
+/// The devices of one VM.
+#[derive(Default)]
+pub struct VirtioDevices {
+    /// Routes vCPU MMIO exits to the register windows.
+    pub bus: Arc<MmioBus>,
+    /// What ACPI and the command line announce.
+    pub info: Vec<MmioDeviceInfo>,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    /// Per-NIC frame counters, by NIC id.
+    pub net_counters: Vec<(String, Arc<NetCounters>)>,
+}
+
+impl VirtioDevices {
+    /// Builds every device in `config` and wires it to KVM.
+    pub fn build(
+        vm_fd: &VmFd,
+        mem: &GuestMemoryMmap,
+        config: &VmConfig,
+    ) -> Result<Self, VirtioSetupError> {
+        let mut out = VirtioDevices::default();
+        let mut bus = MmioBus::new();
+        for d in &config.disks {
+            let dev = Block::new(&BlockConfig {
+                id: d.id.clone(),
+                path: d.path.clone(),
+                readonly: d.readonly,
+            })?;
+            out.add(vm_fd, mem, &mut bus, Box::new(dev))?;
+        }
+        for n in &config.net {
+            let mac = match &n.mac {
+                Some(m) => m.parse().map_err(|source| VirtioSetupError::Mac {
+                    id: n.id.clone(),
+                    source,
+                })?,
+                None => MacAddr::from_id(&n.id),
+            };
+            let dev = Net::new(&NetConfig {
+                id: n.id.clone(),
+                tap: n.tap.clone(),
+                mac,
+            })?;
+            out.net_counters.push((n.id.clone(), dev.counters()));
+            out.add(vm_fd, mem, &mut bus, Box::new(dev))?;
+        }
+        out.bus = Arc::new(bus);
+        Ok(out)
+    }
+
+    fn add(
+        &mut self,
+        vm_fd: &VmFd,
+        mem: &GuestMemoryMmap,
+        bus: &mut MmioBus,
+        device: Box<dyn VirtioDevice>,
+    ) -> Result<(), VirtioSetupError> {
+        let index = self.transports.len();
+        let addr = VIRTIO_MMIO_START + index as u64 * MMIO_WINDOW_SIZE;
+        let gsi = VIRTIO_FIRST_GSI + index as u32;
+        let kvm_err = |what| {
+            move |source| VirtioSetupError::Kvm {
+                what,
+                index,
+                source,
+            }
+        };
+        let irqfd = EventFd::new(EFD_NONBLOCK).map_err(VirtioSetupError::EventFd)?;
+        vm_fd
+            .register_irqfd(&irqfd, gsi)
+            .map_err(kvm_err("the irqfd"))?;
+        let transport = MmioTransport::new(device, mem.clone(), irqfd)?;
+        for (q, evt) in transport.queue_evts().iter().enumerate() {
+            // A u32 datamatch makes KVM match 4-byte writes of exactly this queue index.
+            vm_fd
+                .register_ioevent(
+                    evt,
+                    &IoEventAddress::Mmio(addr + QUEUE_NOTIFY_OFFSET),
+                    q as u32,
+                )
+                .map_err(kvm_err("a queue ioeventfd"))?;
+        }
+        let transport = Arc::new(Mutex::new(transport));
+        bus.insert(addr, MMIO_WINDOW_SIZE, transport.clone())?;
+        self.transports.push(transport);
+        self.info.push(MmioDeviceInfo {
+            addr,
+            len: MMIO_WINDOW_SIZE,
+            irq: gsi,
+        });
+        Ok(())
+    }
+
+    /// Stops every device's worker thread (the vCPUs must be stopped already).
+    pub fn shutdown(&self) {
+        for t in &self.transports {
+            t.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
+        }
+    }
+}
