@@ -1,7 +1,10 @@
 //! Keeps `resources/openapi/tandem.yaml` in step with the route table and the config types.
 
 use super::routes::{Body, Method, ROUTES};
-use crate::config::{CpusConfig, MemoryConfig, PayloadConfig, SerialConfig, SerialMode, VmConfig};
+use crate::config::{
+    CpusConfig, DiskConfig, MemoryConfig, NetConfig, PayloadConfig, SerialConfig, SerialMode,
+    VmConfig,
+};
 use serde_yaml::Value;
 use std::collections::BTreeSet;
 
@@ -114,6 +117,16 @@ fn config_schema_matches_serde() {
             mode: SerialMode::File,
             file: Some("/f".into()),
         },
+        disks: vec![DiskConfig {
+            id: "d0".into(),
+            path: "/d".into(),
+            readonly: true,
+        }],
+        net: vec![NetConfig {
+            id: "n0".into(),
+            tap: "tap0".into(),
+            mac: Some("52:54:00:00:00:01".into()),
+        }],
     };
     let json = serde_json::to_value(&full).expect("serialize");
     check_object(&doc, schema(&doc, "VmConfig"), &json, "VmConfig");
@@ -148,13 +161,15 @@ fn check_object(doc: &Value, schema: &Value, json: &serde_json::Value, at: &str)
     let in_serde: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
     assert_eq!(in_schema, in_serde, "{at}: schema and serde fields differ");
     for (k, v) in obj {
+        let prop = &schema["properties"][k.as_str()];
         if v.is_object() {
-            check_object(
-                doc,
-                &schema["properties"][k.as_str()],
-                v,
-                &format!("{at}.{k}"),
-            );
+            check_object(doc, prop, v, &format!("{at}.{k}"));
+        }
+        if let Some(items) = v.as_array() {
+            let item_schema = &resolve(doc, prop)["items"];
+            for (i, item) in items.iter().enumerate() {
+                check_object(doc, item_schema, item, &format!("{at}.{k}[{i}]"));
+            }
         }
     }
 }
