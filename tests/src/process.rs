@@ -23,11 +23,30 @@ impl Tandem {
 
     /// Like [`Tandem::start`] with extra command-line arguments.
     pub fn start_with_args(name: &str, args: &[&str]) -> Self {
+        Self::spawn(name, None, args)
+    }
+
+    /// Starts `tandem` inside network namespace `netns` (a "host" of the test network), so that
+    /// its taps live there; its API socket is still a path on the shared filesystem.
+    pub fn start_in_netns(name: &str, netns: &str) -> Self {
+        Self::spawn(name, Some(netns), &[])
+    }
+
+    fn spawn(name: &str, netns: Option<&str>, args: &[&str]) -> Self {
         let dir = TempDir::new(name);
         let socket = dir.path("api.sock");
         let serial_path = dir.path("serial.log");
         let log = std::fs::File::create(dir.path("tandem.log")).expect("create log");
-        let child = Command::new(tandem_bin())
+        let mut cmd = match netns {
+            // `ip netns exec` execs the program, so the child's pid is tandem's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(tandem_bin());
+                c
+            }
+            None => Command::new(tandem_bin()),
+        };
+        let child = cmd
             .arg("--api-socket")
             .arg(&socket)
             .args(args)
