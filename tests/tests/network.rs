@@ -69,12 +69,19 @@ fn thousand_incs_over_one_connection_persist_across_restarts() {
             (0..1000).map(|_| c.inc().expect("INC")).collect::<Vec<_>>()
         });
         assert_eq!(replies, (1..=1000).collect::<Vec<u64>>());
-        assert_eq!(counter_on_disk(&image), Some(1000), "disk image after 1000 INC");
+        assert_eq!(
+            counter_on_disk(&image),
+            Some(1000),
+            "disk image after 1000 INC"
+        );
 
         // A VM restart (rebuilt from its config) reads the value back from disk.
         t.put_ok("vm.reboot", None);
         t.serial().wait_count("tandem-guest: ready", 2, T);
-        assert_eq!(with_counter(&net, GUEST_IP, |c| c.get().expect("GET")), 1000);
+        assert_eq!(
+            with_counter(&net, GUEST_IP, |c| c.get().expect("GET")),
+            1000
+        );
         t.put_ok("vmm.shutdown", None);
     }
     // So does a new VMM process on the same disk.

@@ -4,7 +4,12 @@
 //! * time from `vm.boot` to `tandem-guest: ready`, median of 10 boots;
 //! * API round-trip latency (`GET vmm.ping`), p50/p99 over 1000 calls;
 //! * the guest's ring-3 compute rate beside the same loop run as a host process, in one run;
-//! * CPU used by an idle guest's vCPU thread.
+//! * CPU used by an idle guest's vCPU thread;
+//! * devices (root, test network): TCP round trip p50/p99 and TCP throughput client <-> guest echo,
+//!   and disk write+flush rate through the guest's counter, each beside a host-only baseline
+//!   (a host process on host P's LAN bridge; the same disk file written from the host) in one run.
+//!
+//! `tandem-bench [foundation|devices]` runs one part; no argument runs both.
 
 use std::time::{Duration, Instant};
 use tandem_tests::guest::compute_samples;
