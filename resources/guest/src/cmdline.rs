@@ -1,4 +1,5 @@
-//! Parsing `workload=` from the kernel command line.
+//! Parsing `workload=` from the kernel command line (the network settings,
+//! `ip=` and `gw=`, are in `net::config`; the devices in `virtio`).
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workload {
@@ -7,6 +8,10 @@ pub enum Workload {
     Reboot,
     Compute,
     Dirty { mib: u64, pages_per_s: u64 },
+    /// A durable counter on TCP port 7000 (needs `ip=`, keeps it on disk 0).
+    Counter,
+    /// TCP and UDP echo on port 7001 (needs `ip=`).
+    Echo,
 }
 
 /// The workload the command line asks for (the last `workload=` wins, as in
@@ -24,6 +29,8 @@ fn parse(text: &str) -> Option<Workload> {
         "poweroff" => Workload::PowerOff,
         "reboot" => Workload::Reboot,
         "compute" => Workload::Compute,
+        "counter" => Workload::Counter,
+        "echo" => Workload::Echo,
         _ => {
             let mut parts = text.strip_prefix("dirty:")?.split(':');
             let mib = parts.next()?.parse().ok()?;

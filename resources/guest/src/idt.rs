@@ -4,13 +4,21 @@
 //! BSP fills the table from ring 3 before any interrupt source is armed.
 
 use core::mem::offset_of;
+use core::sync::atomic::AtomicU64;
 
 use crate::gdt::{CpuBlock, Shared, CPU_BLOCK_SIZE};
 
 /// #GP: also how ring 3 reaches ring 0 (HLT and port I/O are emulated).
 const VEC_GP: usize = 13;
 pub const VEC_TIMER: u8 = 0x20;
+/// Every virtio device's IOAPIC pin is routed to this vector.
+pub const VEC_DEVICE: u8 = 0x30;
 pub const VEC_SPURIOUS: u8 = 0xff;
+
+/// Device interrupts taken (by the BSP, the only CPU they are routed to).
+/// Incremented by the ring-0 handler; ring 3 only reads it.
+#[no_mangle]
+pub static DEVICE_IRQS: AtomicU64 = AtomicU64::new(0);
 
 const KERNEL_CS: u16 = 0x08;
 /// Present, DPL 0, 64-bit interrupt gate (IF cleared on entry).
@@ -61,6 +69,7 @@ pub static IDT_DESCRIPTOR: IdtDescriptor = IdtDescriptor {
 
 extern "C" {
     fn timer_handler();
+    fn device_irq_handler();
     fn spurious_handler();
     fn gp_handler();
     /// 32 exception entry stubs of 16 bytes each.
@@ -95,6 +104,7 @@ pub fn init() {
     }
     idt[VEC_GP] = gate(gp_handler as *const () as u64, 0);
     idt[VEC_TIMER as usize] = gate(timer_handler as *const () as u64, 0);
+    idt[VEC_DEVICE as usize] = gate(device_irq_handler as *const () as u64, 0);
     idt[VEC_SPURIOUS as usize] = gate(spurious_handler as *const () as u64, 0);
 }
 
@@ -103,5 +113,6 @@ core::arch::global_asm!(
     CPU_BLOCK_SIZE = const CPU_BLOCK_SIZE,
     CPU_INDEX = const offset_of!(CpuBlock, index),
     CPU_TICKS = const offset_of!(CpuBlock, ticks),
+    device_irqs = sym DEVICE_IRQS,
     options(att_syntax)
 );

@@ -18,6 +18,10 @@
 //!   blocks with ring-0 stacks, ring-3 stacks, page tables: ring 0 fills
 //!   them) and `.bss` (cleared by ring 3 at boot); ends at `__image_end`.
 //! * Free RAM above `__image_end`: the `dirty` workload's working set.
+//!   (The network workloads' DMA pool, frame and socket buffers are statics
+//!   in `.bss`.)
+//! * 0xd0000000 + i * 0x1000: virtio-mmio devices, as `virtio_mmio.device=`
+//!   on the command line says.
 //! * 0xfec00000 IOAPIC, 0xfee00000 LAPIC: mapped uncached and user-accessible.
 
 #![no_std]
@@ -26,17 +30,22 @@
 mod acpi;
 mod bootparams;
 mod cmdline;
+mod dma;
 mod entry;
 mod gdt;
 mod idt;
 mod ioapic;
 mod lapic;
+mod logger;
 mod mem;
+mod net;
+mod once;
 mod paging;
 mod serial;
 mod smp;
 mod sys;
 mod time;
+mod virtio;
 mod workloads;
 
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -113,7 +122,9 @@ extern "C" fn bsp_main() -> ! {
     };
     workloads::prepare(workload, online);
     GO.store(true, Ordering::Release);
-    say!("tandem-guest: ready");
+    if !workloads::says_ready(workload) {
+        say!("tandem-guest: ready");
+    }
     workloads::run(workload, 0, online)
 }
 

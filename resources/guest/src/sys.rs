@@ -1,4 +1,5 @@
-//! Ring 3's privileged instructions: HLT and port I/O.
+//! Ring 3's privileged instructions: HLT (plain, or conditional on the device
+//! interrupt count) and port I/O.
 //!
 //! Ring 3 simply executes them.  With IOPL=3 port I/O would run natively,
 //! but under PVM guest ring 3 cannot do port I/O, and HLT is privileged
@@ -15,6 +16,23 @@ use core::arch::asm;
 pub fn idle_wait() {
     // SAFETY: HLT (emulated as `sti; hlt` by ring 0) only waits.
     unsafe { asm!("hlt", options(nomem, nostack, preserves_flags)) };
+}
+
+/// The device interrupts taken so far; pass it to `wait_for_device_irq`.
+pub fn device_irqs() -> u64 {
+    crate::idt::DEVICE_IRQS.load(core::sync::atomic::Ordering::Acquire)
+}
+
+/// Sleep until the next interrupt, unless a device interrupt arrived since
+/// `device_irqs()` returned `seen`.  An interrupt that lands between ring 3's
+/// last look at its devices and a plain HLT would leave the CPU asleep until
+/// the next tick (10 ms); here ring 0 compares the count with interrupts off
+/// and sleeps only if it is unchanged (`ds hlt` in `asm/interrupts.s`).
+#[inline]
+pub fn wait_for_device_irq(seen: u64) {
+    // SAFETY: `ds hlt` (HLT with a no-op prefix) traps to ring 0, which reads
+    // RAX and at most waits; it changes no register or memory of ours.
+    unsafe { asm!(".byte 0x3e, 0xf4", in("rax") seen, options(nostack, preserves_flags)) };
 }
 
 /// Stop this CPU's work for good (it still wakes briefly on each tick).

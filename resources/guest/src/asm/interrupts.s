@@ -17,6 +17,18 @@ timer_handler:
     pop     %rax
     iretq
 
+/* Virtio device interrupts (every device's IOAPIC pin uses this vector):
+   count, EOI, return.  Ring 3 polls the drivers; the count only tells it
+   that something happened (and lets `ds hlt` below skip a stale sleep). */
+    .globl device_irq_handler
+device_irq_handler:
+    push    %rax
+    incq    {device_irqs}(%rip)                 /* only the BSP takes these */
+    mov     $0xfee000b0, %eax                   /* LAPIC EOI register */
+    movl    $0, (%rax)
+    pop     %rax
+    iretq
+
 /* Spurious LAPIC interrupt: no EOI. */
     .globl spurious_handler
 spurious_handler:
@@ -31,6 +43,9 @@ spurious_handler:
  *   F4        hlt  (STI's one-instruction shadow makes STI;HLT atomic, so no
  *                  wake-up is lost; the interrupt runs on this stack and
  *                  returns after the HLT)
+ *   3E F4     ds hlt: hlt unless a device interrupt came since ring 3
+ *             read the count it passes in RAX (no lost wake-up between
+ *             ring 3's last poll and the HLT; see sys::wait_for_device_irq)
  *   F3 6E     rep outsb   (serial output, a line per fault)
  * Anything else is a real #GP.  Only RSI is borrowed, and restored.
  */
@@ -40,6 +55,8 @@ gp_handler:
     mov     16(%rsp), %rsi                      /* faulting RIP (8: error code) */
     cmpb    $0xf4, (%rsi)
     je      gp_hlt
+    cmpw    $0xf43e, (%rsi)
+    je      gp_hlt_if_quiet
     cmpb    $0xee, (%rsi)
     je      gp_out
     cmpb    $0xec, (%rsi)
@@ -53,6 +70,15 @@ gp_hlt:
     sti
     hlt
     jmp     gp_done1
+gp_hlt_if_quiet:
+    cmp     {device_irqs}(%rip), %rax           /* IF is clear: no race */
+    jne     1f
+    sti
+    hlt
+1:  addq    $2, 16(%rsp)
+    pop     %rsi
+    add     $8, %rsp
+    iretq
 gp_out:
     out     %al, %dx
     jmp     gp_done1

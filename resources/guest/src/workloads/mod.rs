@@ -2,9 +2,12 @@
 //! ring 3 on every CPU; the BSP prepares shared state before releasing the APs.
 
 pub mod compute;
+pub mod counter;
 pub mod dirty;
+pub mod echo;
 pub mod idle;
 pub mod power;
+pub mod service;
 
 use crate::cmdline::Workload;
 use crate::gdt::Shared;
@@ -27,13 +30,22 @@ pub fn current() -> Workload {
     unsafe { *CURRENT.get() }
 }
 
+/// Whether the workload prints `tandem-guest: ready` itself (the network
+/// services do, once they listen); for the others `bsp_main` prints it.
+pub fn says_ready(workload: Workload) -> bool {
+    matches!(workload, Workload::Counter | Workload::Echo)
+}
+
 /// Run this CPU's share of `workload`; never returns.
 pub fn run(workload: Workload, cpu: usize, cpus: usize) -> ! {
     match workload {
         Workload::Idle => idle::run(),
         Workload::PowerOff if cpu == 0 => power::power_off(),
         Workload::Reboot if cpu == 0 => power::reboot(),
-        Workload::PowerOff | Workload::Reboot => idle::run(),
+        // The network stack runs on the BSP; the other CPUs idle.
+        Workload::Counter if cpu == 0 => counter::run(),
+        Workload::Echo if cpu == 0 => echo::run(),
+        Workload::PowerOff | Workload::Reboot | Workload::Counter | Workload::Echo => idle::run(),
         Workload::Compute => compute::run(cpu),
         Workload::Dirty { pages_per_s, .. } => dirty::run(cpu, cpus, pages_per_s),
     }
