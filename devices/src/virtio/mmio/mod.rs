@@ -162,6 +162,24 @@ impl MmioTransport {
         }
     }
 
+    /// A driver stops using a queue by writing 0 to QueueReady and reading it back (virtio 1.x,
+    /// 4.2.2.2); virtio-drivers does so when a driver is dropped. Without VIRTIO_F_RING_RESET
+    /// (not offered) a driver only does that on its way to a reset, so the device stops all its
+    /// queues: nothing is processed after the driver let go of the rings.
+    fn stop_queue(&mut self) {
+        if let Some((q, _)) = self.selected_queue() {
+            q.set_ready(false);
+        }
+        if self.activated {
+            log::info!(
+                "virtio-mmio: driver disabled queue {}; device stopped",
+                self.queue_select
+            );
+            self.device.reset();
+            self.activated = false;
+        }
+    }
+
     fn set_status(&mut self, v: u32) {
         if v == 0 {
             self.reset();
@@ -320,11 +338,13 @@ impl MmioTransport {
                     .is_err();
             }),
             VIRTIO_MMIO_QUEUE_READY => {
-                // Unlike the other queue registers, READY may be cleared again during setup.
                 if self.queue_config_allowed() {
+                    // Unlike the other queue registers, READY may be cleared again during setup.
                     if let Some((q, _)) = self.selected_queue() {
                         q.set_ready(v == 1);
                     }
+                } else if v == 0 && self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+                    self.stop_queue();
                 }
             }
             VIRTIO_MMIO_QUEUE_DESC_LOW => self.update_queue(|q, _| q.set_desc_table_address(Some(v), None)),

@@ -376,3 +376,41 @@ fn thread_named(name: &str) -> bool {
         comm.trim() == name
     })
 }
+
+#[test]
+fn driver_disabling_a_queue_after_driver_ok_stops_the_device() {
+    let mem = memory();
+    let (mut t, calls) = dummy(&mem, false);
+    let q0 = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+    let q1 = MockSplitQueue::create(&mem, GuestAddress(0x8000), 8);
+    negotiate(&mut t, VIRTIO_F_VERSION_1);
+    setup_queue(&mut t, 0, &q0, 16);
+    setup_queue(&mut t, 1, &q1, 8);
+    w(&mut t, VIRTIO_MMIO_STATUS, ACK | DRV | FOK | DOK);
+    assert!(t.is_activated());
+    // Writing 1 again, or touching another queue register, changes nothing.
+    w(&mut t, VIRTIO_MMIO_QUEUE_SEL, 1);
+    w(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+    w(&mut t, VIRTIO_MMIO_QUEUE_NUM, 4);
+    assert!(t.is_activated());
+    assert_eq!(r(&mut t, VIRTIO_MMIO_QUEUE_NUM_MAX), 8);
+    // The driver lets go of queue 1 and reads it back as 0 (virtio 1.x, 4.2.2.2).
+    w(&mut t, VIRTIO_MMIO_QUEUE_READY, 0);
+    assert_eq!(r(&mut t, VIRTIO_MMIO_QUEUE_READY), 0);
+    assert!(!t.is_activated());
+    assert_eq!(calls.lock().unwrap().resets, 1);
+    // Queue 0 still reads ready until the driver clears it too; that stops nothing more.
+    w(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
+    assert_eq!(r(&mut t, VIRTIO_MMIO_QUEUE_READY), 1);
+    w(&mut t, VIRTIO_MMIO_QUEUE_READY, 0);
+    assert_eq!(r(&mut t, VIRTIO_MMIO_QUEUE_READY), 0);
+    assert_eq!(calls.lock().unwrap().resets, 1);
+    // A full reset and a new setup activate the device again.
+    w(&mut t, VIRTIO_MMIO_STATUS, 0);
+    negotiate(&mut t, VIRTIO_F_VERSION_1);
+    setup_queue(&mut t, 0, &q0, 16);
+    setup_queue(&mut t, 1, &q1, 8);
+    w(&mut t, VIRTIO_MMIO_STATUS, ACK | DRV | FOK | DOK);
+    assert!(t.is_activated());
+    assert_eq!(calls.lock().unwrap().activations.len(), 2);
+}
