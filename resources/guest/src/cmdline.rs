@@ -8,7 +8,7 @@ pub enum Workload {
     Reboot,
     Compute,
     Dirty { mib: u64, pages_per_s: u64 },
-    /// A durable counter on TCP port 7000 (needs `ip=`, keeps it on disk 0).
+    /// A durable counter on TCP port 7000 (needs `ip=`, keeps it on every disk).
     Counter,
     /// TCP and UDP echo on port 7001 (needs `ip=`).
     Echo,

@@ -13,7 +13,7 @@ use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
 
 use crate::gdt::Shared;
 
-/// 256 KiB: a 64-entry queue takes two pages, so this covers one NIC and
+/// 256 KiB: a 64-entry queue takes two pages, so this covers two NICs and
 /// dozens of disks.
 const POOL_PAGES: usize = 64;
 

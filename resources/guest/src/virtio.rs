@@ -21,6 +21,9 @@ pub type Disk = VirtIOBlk<GuestHal, MmioBus>;
 
 /// Disks we drive; more on the command line are reported and ignored.
 pub const MAX_DISKS: usize = 8;
+/// NICs we drive (each has its own frame buffers, socket buffers and
+/// smoltcp interface, all static); more are reported and ignored.
+pub const MAX_NICS: usize = 2;
 
 /// A `virtio_mmio.device=` entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,18 +79,16 @@ fn parse_size(text: &str) -> Option<u64> {
 /// QueueReady to read 0, which our VMM does not do after DRIVER_OK, so a
 /// drop would hang.
 pub struct Devices {
-    /// The first NIC; any others are left alone.
-    pub nic: Option<Nic>,
+    /// NICs in command-line order.  Their IRQs are not routed yet: the
+    /// network stack routes those of the NICs it configures (`route`), so an
+    /// unconfigured NIC never wakes the CPU.
+    pub nics: [Option<Nic>; MAX_NICS],
+    /// The IOAPIC pin of each NIC.
+    pub nic_irqs: [u32; MAX_NICS],
+    pub nic_count: usize,
     /// Disks in command-line order.
     pub disks: [Option<Disk>; MAX_DISKS],
     pub disk_count: usize,
-}
-
-impl Devices {
-    /// The first disk (the counter's).
-    pub fn first_disk(&'static mut self) -> Option<&'static mut Disk> {
-        self.disks[0].as_mut()
-    }
 }
 
 /// The MMIO hole the page tables map uncached (see `asm/paging.s`): device
@@ -122,11 +123,13 @@ fn open(w: &Window) -> Option<MmioBus> {
 static DEVICES: Once<MaybeUninit<Devices>> = Once::uninit();
 
 /// Open every announced device we have a driver for and route its IRQ to
-/// `idt::VEC_DEVICE` on this CPU (the BSP, where the network stack runs).
-/// Call once.
+/// `idt::VEC_DEVICE` on this CPU (the BSP, where the network stack runs) —
+/// except the NICs', which the stack routes (see `Devices::nics`).  Call once.
 pub fn probe(cmdline: &str) -> &'static mut Devices {
     let devices = DEVICES.put(Devices {
-        nic: None,
+        nics: [const { None }; MAX_NICS],
+        nic_irqs: [0; MAX_NICS],
+        nic_count: 0,
         disks: [const { None }; MAX_DISKS],
         disk_count: 0,
     });
@@ -149,16 +152,21 @@ pub fn probe(cmdline: &str) -> &'static mut Devices {
                     false
                 }
             },
-            DeviceType::Network if devices.nic.is_none() => match Nic::new(transport) {
-                Ok(nic) => {
-                    devices.nic = Some(nic);
-                    true
+            DeviceType::Network if devices.nic_count < MAX_NICS => {
+                match Nic::new(transport, devices.nic_count) {
+                    Ok(nic) => {
+                        devices.nics[devices.nic_count] = Some(nic);
+                        devices.nic_irqs[devices.nic_count] = w.irq;
+                        devices.nic_count += 1;
+                        // Routed once the stack knows whether it uses this NIC.
+                        false
+                    }
+                    Err(e) => {
+                        say!("tandem-guest: warning: virtio-net at {:#x}: {}", w.addr, e);
+                        false
+                    }
                 }
-                Err(e) => {
-                    say!("tandem-guest: warning: virtio-net at {:#x}: {}", w.addr, e);
-                    false
-                }
-            },
+            }
             _ => {
                 say!(
                     "tandem-guest: warning: virtio {:?} at {:#x} not used",
@@ -168,12 +176,19 @@ pub fn probe(cmdline: &str) -> &'static mut Devices {
                 false
             }
         };
-        if routed && !ioapic::route(w.irq, idt::VEC_DEVICE, lapic::id()) {
-            say!(
-                "tandem-guest: warning: virtio irq {} has no IOAPIC pin; polling on the tick",
-                w.irq
-            );
+        if routed {
+            route(w.irq);
         }
     }
     devices
+}
+
+/// Deliver a device's IRQ to `idt::VEC_DEVICE` on this CPU (the BSP).
+pub fn route(irq: u32) {
+    if !ioapic::route(irq, idt::VEC_DEVICE, lapic::id()) {
+        say!(
+            "tandem-guest: warning: virtio irq {} has no IOAPIC pin; polling on the tick",
+            irq
+        );
+    }
 }

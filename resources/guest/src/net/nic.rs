@@ -13,7 +13,7 @@ use virtio_drivers::Error;
 
 use crate::dma::GuestHal;
 use crate::once::Once;
-use crate::virtio::MmioBus;
+use crate::virtio::{MmioBus, MAX_NICS};
 
 /// Entries in each virtqueue; every RX buffer takes one.
 const QUEUE_SIZE: usize = 64;
@@ -33,11 +33,14 @@ struct Buffers {
     scratch: Buffer,
 }
 
-static BUFFERS: Once<Buffers> = Once::new(Buffers {
-    rx: [[0; BUFFER_SIZE]; RX_BUFFERS],
-    tx: [[0; BUFFER_SIZE]; TX_BUFFERS],
-    scratch: [0; BUFFER_SIZE],
-});
+/// One set per NIC (all zero: `.bss`).
+static BUFFERS: [Once<Buffers>; MAX_NICS] = [const {
+    Once::new(Buffers {
+        rx: [[0; BUFFER_SIZE]; RX_BUFFERS],
+        tx: [[0; BUFFER_SIZE]; TX_BUFFERS],
+        scratch: [0; BUFFER_SIZE],
+    })
+}; MAX_NICS];
 
 type Raw = VirtIONetRaw<GuestHal, MmioBus, QUEUE_SIZE>;
 
@@ -64,12 +67,16 @@ struct Tx {
 }
 
 impl Nic {
-    /// Start the driver and post every RX buffer.  Call once.  (The driver
-    /// must never be dropped: see `virtio::Devices`.)
-    pub fn new(transport: MmioBus) -> Result<Self, Error> {
-        let buffers = BUFFERS.take();
+    /// Start the driver of NIC `index` (< `MAX_NICS`) and post every RX
+    /// buffer.  Call once per index.  (The driver must never be dropped: see
+    /// `virtio::Devices`.)
+    pub fn new(transport: MmioBus, index: usize) -> Result<Self, Error> {
+        // The driver first: when it fails, the index is tried again by the
+        // next NIC, so its buffers must still be there.
+        let raw = Raw::new(transport)?;
+        let buffers = BUFFERS[index].take();
         let mut nic = Nic {
-            raw: Raw::new(transport)?,
+            raw,
             rx: Rx {
                 buffers: &mut buffers.rx,
                 buffer_of_token: [0; QUEUE_SIZE],

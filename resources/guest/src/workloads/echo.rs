@@ -1,42 +1,57 @@
 //! Echo: TCP port 7001 sends back every byte (several connections at once);
-//! UDP port 7001 sends back every datagram to where it came from.
+//! UDP port 7001 sends back every datagram to where it came from.  Both on
+//! every configured NIC.
 
-use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
 
 use super::service::{self, Service};
-use crate::net::sockets::MAX_TCP;
+use crate::net::sockets::{Handle, Sockets, MAX_TCP};
 use crate::say;
+use crate::virtio::MAX_NICS;
 
 const PORT: u16 = 7001;
 /// Bytes copied per step, and the largest datagram echoed (an unfragmented
 /// one on a 1500-byte MTU carries 1472).
 const CHUNK: usize = 2048;
 
+/// The sockets of each configured NIC (index = NIC index).
 struct Echo {
-    tcp: [SocketHandle; MAX_TCP],
-    udp: SocketHandle,
+    nics: [Option<NicSockets>; MAX_NICS],
+}
+
+struct NicSockets {
+    tcp: [Handle; MAX_TCP],
+    udp: Handle,
 }
 
 pub fn run() -> ! {
-    service::run(|_devices, pool, sockets| {
-        let mut udp = pool.udp()?;
-        if let Err(e) = udp.bind(PORT) {
-            say!("tandem-guest: error: echo: UDP bind: {:?}", e);
+    service::run(|_devices, sockets| {
+        let mut nics = [const { None }; MAX_NICS];
+        for (nic, slot) in nics.iter_mut().enumerate() {
+            if sockets.has(nic) {
+                *slot = Some(open(sockets, nic)?);
+            }
+        }
+        Some(Echo { nics })
+    })
+}
+
+/// Open NIC `nic`'s UDP socket and listening TCP sockets.
+fn open(sockets: &mut Sockets, nic: usize) -> Option<NicSockets> {
+    let udp = sockets.add_udp(nic)?;
+    if let Err(e) = sockets.udp(udp).bind(PORT) {
+        say!("tandem-guest: error: echo: UDP bind: {:?}", e);
+        return None;
+    }
+    let mut tcp = [udp; MAX_TCP];
+    for handle in tcp.iter_mut() {
+        *handle = sockets.add_tcp(nic)?;
+        if let Err(e) = sockets.tcp(*handle).listen(PORT) {
+            say!("tandem-guest: error: echo: listen: {:?}", e);
             return None;
         }
-        let udp = sockets.add(udp);
-        let mut tcp = [udp; MAX_TCP];
-        for handle in tcp.iter_mut() {
-            let mut socket = pool.tcp()?;
-            if let Err(e) = socket.listen(PORT) {
-                say!("tandem-guest: error: echo: listen: {:?}", e);
-                return None;
-            }
-            *handle = sockets.add(socket);
-        }
-        Some(Echo { tcp, udp })
-    })
+    }
+    Some(NicSockets { tcp, udp })
 }
 
 /// Echo what one TCP socket holds, as far as its send buffer has room.
@@ -82,10 +97,13 @@ fn serve_udp(socket: &mut udp::Socket) -> bool {
 }
 
 impl Service for Echo {
-    fn serve(&mut self, sockets: &mut SocketSet<'static>) -> bool {
-        let mut worked = serve_udp(sockets.get_mut::<udp::Socket>(self.udp));
-        for &handle in &self.tcp {
-            worked |= serve_tcp(sockets.get_mut::<tcp::Socket>(handle));
+    fn serve(&mut self, sockets: &mut Sockets) -> bool {
+        let mut worked = false;
+        for nic in self.nics.iter().flatten() {
+            worked |= serve_udp(sockets.udp(nic.udp));
+            for &handle in &nic.tcp {
+                worked |= serve_tcp(sockets.tcp(handle));
+            }
         }
         worked
     }

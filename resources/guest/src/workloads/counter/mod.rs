@@ -1,25 +1,24 @@
 //! Counter: a durable 64-bit counter on TCP port 7000, one request per line.
 //!
-//! * `INC` adds one, stores the value on the first disk and flushes it, and
-//!   only then answers `<value>`.
+//! * `INC` adds one, stores the value on every writable disk and flushes
+//!   them, and only then answers `<value>`.
 //! * `GET` answers the value.
 //!
-//! Requests of all connections are taken in rounds: every complete line the
-//! sockets hold is answered into the sockets' send buffers, then — if any
-//! INC came — the value is written and flushed once (a group commit), and
-//! only after that does the stack get to transmit the answers.
+//! It listens on every configured NIC; all share the one value.  Requests of
+//! all connections (on all NICs) are taken in rounds: every complete line
+//! the sockets hold is answered into the sockets' send buffers, then — if
+//! any INC came — the value is written and flushed once (a group commit),
+//! and only after that does the stack get to transmit the answers.
 
 mod lines;
 mod record;
 
 use core::fmt::Write;
 
-use smoltcp::iface::{SocketHandle, SocketSet};
-use smoltcp::socket::tcp;
-
 use super::service::{self, Service};
-use crate::net::sockets::MAX_TCP;
+use crate::net::sockets::{Handle, Sockets, MAX_TCP};
 use crate::say;
+use crate::virtio::MAX_NICS;
 use lines::{Line, Lines};
 use record::Store;
 
@@ -29,8 +28,13 @@ const MAX_ANSWER: usize = 21;
 /// Answers produced per socket per batch (they are staged on the stack).
 const BATCH_LINES: usize = 24;
 
+/// Listening sockets on all NICs together.
+const MAX_CONNECTIONS: usize = MAX_TCP * MAX_NICS;
+// `serve` marks the sockets that answered an INC in a u32.
+const _: () = assert!(MAX_CONNECTIONS <= 32);
+
 struct Connection {
-    handle: SocketHandle,
+    handle: Handle,
     lines: Lines,
 }
 
@@ -39,39 +43,95 @@ struct Counter {
     /// The value on disk (what INC rolls back to if storing fails).
     saved: u64,
     store: Store,
-    connections: [Option<Connection>; MAX_TCP],
+    connections: [Option<Connection>; MAX_CONNECTIONS],
 }
 
 pub fn run() -> ! {
-    service::run(|devices, pool, sockets| {
-        let (store, value) = match Store::load(devices.first_disk()) {
+    service::run(|devices, sockets| {
+        let (mut store, loaded) = match Store::load(devices.disks.iter_mut().flatten()) {
             Ok(loaded) => loaded,
-            Err(e) => {
-                say!("tandem-guest: error: counter: cannot read disk 0: {}", e);
+            Err((i, e)) => {
+                say!(
+                    "tandem-guest: error: counter: cannot read disk {}: {}",
+                    i,
+                    e
+                );
                 return None;
             }
         };
-        match store {
-            Store::None => say!(
+        let value = loaded.value;
+        match (store.count(), store.written()) {
+            (0, _) => say!(
                 "tandem-guest: warning: counter: no disk, the value will not survive a restart"
             ),
-            Store::ReadOnly => {
+            (1, 0) => {
                 say!("tandem-guest: warning: counter: disk 0 is read-only, INC is refused")
             }
-            Store::Disk(_) => {}
+            (n, 0) => say!(
+                "tandem-guest: warning: counter: all {} disks are read-only, INC is refused",
+                n
+            ),
+            _ => {
+                for i in store.read_only() {
+                    say!(
+                        "tandem-guest: warning: counter: disk {} is read-only, it is not written",
+                        i
+                    );
+                }
+            }
         }
         say!("tandem-guest: counter value={}", value);
-        let mut connections = [const { None }; MAX_TCP];
-        for slot in connections.iter_mut() {
-            let mut socket = pool.tcp()?;
-            if let Err(e) = socket.listen(PORT) {
-                say!("tandem-guest: error: counter: listen: {:?}", e);
-                return None;
+        say!(
+            "tandem-guest: counter source={} disks={} written={}",
+            Source(loaded.from),
+            store.count(),
+            store.written()
+        );
+        if loaded.from.is_some() {
+            // A disk that missed INCs (or a new one) must not hand out an
+            // old value if it is the first with a record next time.
+            let mut resync = false;
+            for (i, record, writable) in store.stale(value) {
+                say!(
+                    "tandem-guest: warning: counter: disk {} held {}{}",
+                    i,
+                    Record(record),
+                    if writable {
+                        "; rewritten"
+                    } else {
+                        "; read-only, left as it is"
+                    }
+                );
+                resync |= writable;
             }
-            *slot = Some(Connection {
-                handle: sockets.add(socket),
-                lines: Lines::new(),
-            });
+            if resync {
+                if let Err((i, e)) = store.save(value) {
+                    say!(
+                        "tandem-guest: error: counter: cannot write disk {}: {}",
+                        i,
+                        e
+                    );
+                    return None;
+                }
+            }
+        }
+        let mut connections = [const { None }; MAX_CONNECTIONS];
+        let mut slots = connections.iter_mut();
+        for nic in 0..MAX_NICS {
+            if !sockets.has(nic) {
+                continue;
+            }
+            for _ in 0..MAX_TCP {
+                let handle = sockets.add_tcp(nic)?;
+                if let Err(e) = sockets.tcp(handle).listen(PORT) {
+                    say!("tandem-guest: error: counter: listen: {:?}", e);
+                    return None;
+                }
+                *slots.next()? = Some(Connection {
+                    handle,
+                    lines: Lines::new(),
+                });
+            }
         }
         Some(Counter {
             value,
@@ -80,6 +140,30 @@ pub fn run() -> ! {
             connections,
         })
     })
+}
+
+/// `disk<i>`, or `none` when no disk holds a record.
+struct Source(Option<usize>);
+
+impl core::fmt::Display for Source {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        match self.0 {
+            Some(i) => write!(f, "disk{i}"),
+            None => f.write_str("none"),
+        }
+    }
+}
+
+/// A record read at start: `<value>`, or `no record`.
+struct Record(Option<u64>);
+
+impl core::fmt::Display for Record {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        match self.0 {
+            Some(v) => write!(f, "{v}"),
+            None => f.write_str("no record"),
+        }
+    }
 }
 
 /// Answers staged on the stack until they go into a socket.
@@ -118,11 +202,11 @@ impl Counter {
 
     /// Answer the complete lines one socket holds, as far as its send buffer
     /// has room.  Returns (did anything, answered an INC).
-    fn serve_socket(&mut self, i: usize, sockets: &mut SocketSet<'static>) -> (bool, bool) {
+    fn serve_socket(&mut self, i: usize, sockets: &mut Sockets) -> (bool, bool) {
         let Some(mut conn) = self.connections[i].take() else {
             return (false, false);
         };
-        let socket = sockets.get_mut::<tcp::Socket>(conn.handle);
+        let socket = sockets.tcp(conn.handle);
         let mut worked = false;
         let mut incremented = false;
         if !socket.is_open() {
@@ -170,10 +254,10 @@ impl Counter {
 }
 
 impl Service for Counter {
-    fn serve(&mut self, sockets: &mut SocketSet<'static>) -> bool {
+    fn serve(&mut self, sockets: &mut Sockets) -> bool {
         let mut worked = false;
         let mut inc_sockets = 0u32; // bit i: socket i got an INC's answer
-        for i in 0..MAX_TCP {
+        for i in 0..MAX_CONNECTIONS {
             let (w, inc) = self.serve_socket(i, sockets);
             worked |= w;
             if inc {
@@ -183,18 +267,19 @@ impl Service for Counter {
         if self.value != self.saved {
             match self.store.save(self.value) {
                 Ok(()) => self.saved = self.value,
-                Err(e) => {
+                Err((disk, e)) => {
                     // The answers claim values that are not durable: they
                     // must not leave.  Resetting those connections drops them.
                     say!(
-                        "tandem-guest: error: counter: storing {} failed: {}",
+                        "tandem-guest: error: counter: storing {} failed: disk {}: {}",
                         self.value,
+                        disk,
                         e
                     );
                     self.value = self.saved;
                     for (i, conn) in self.connections.iter().enumerate() {
                         if let Some(conn) = conn.as_ref().filter(|_| inc_sockets & (1 << i) != 0) {
-                            sockets.get_mut::<tcp::Socket>(conn.handle).abort();
+                            sockets.tcp(conn.handle).abort();
                         }
                     }
                 }
