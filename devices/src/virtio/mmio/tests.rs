@@ -215,10 +215,15 @@ fn activation_and_reset() {
         calls.lock().unwrap().activations,
         vec![(VIRTIO_F_VERSION_1, 2)]
     );
-    // Queue registers are locked once the device runs.
+    // Queue set-up registers are locked once the device runs (QueueReady=0, which stops the
+    // device, has its own test).
     w(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
-    w(&mut t, VIRTIO_MMIO_QUEUE_READY, 0);
+    w(&mut t, VIRTIO_MMIO_QUEUE_NUM, 4);
+    w(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0x4000);
+    w(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
     assert_eq!(r(&mut t, VIRTIO_MMIO_QUEUE_READY), 1);
+    assert!(t.is_activated());
+    assert_eq!(calls.lock().unwrap().resets, 0);
     // Reset: everything back to the start, device told.
     w(&mut t, VIRTIO_MMIO_STATUS, 0);
     assert!(!t.is_activated());
