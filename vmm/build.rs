@@ -34,6 +34,7 @@ fn main() {
     let mut cmd = Command::new(cargo);
     cmd.arg("build")
         .arg("--release")
+        .arg("--locked")
         .arg("--manifest-path")
         .arg(guest_dir.join("Cargo.toml"))
         .arg("--target-dir")
