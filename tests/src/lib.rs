@@ -10,7 +10,7 @@ pub mod serial;
 pub use process::Tandem;
 pub use serial::SerialLog;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Whether this host can run KVM guests; prints a loud notice when it cannot.
 pub fn kvm_available(test: &str) -> bool {
@@ -38,7 +38,9 @@ macro_rules! require_kvm {
 }
 
 /// The `tandem` binary of this build: `TANDEM_BIN`, else beside the test executable's folder
-/// (`target/<profile>/tandem`, as `cargo test --workspace` and nextest lay them out).
+/// (`target/<profile>/tandem`, as `cargo test --workspace` and nextest lay them out). Panics with
+/// the fix when that binary is missing or older than the sources it is built from, since
+/// `cargo test -p tandem-tests` alone does not rebuild it.
 pub fn tandem_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("TANDEM_BIN") {
         return PathBuf::from(p);
@@ -51,7 +53,45 @@ pub fn tandem_bin() -> PathBuf {
     if dir.ends_with("deps") {
         dir.pop();
     }
-    dir.join("tandem")
+    let bin = dir.join("tandem");
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: run `cargo build --workspace`",
+                bin.display()
+            )
+        });
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for src in ["vmm/src", "devices/src", "resources/guest/src"] {
+        if let Some(newer) = newest_file(&root.join(src)).filter(|(t, _)| *t > built) {
+            panic!(
+                "{} is older than {}: run `cargo build --workspace`",
+                bin.display(),
+                newer.1.display()
+            );
+        }
+    }
+    bin
+}
+
+/// The most recently modified file under `dir`, with its time.
+fn newest_file(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        let cand = if p.is_dir() {
+            newest_file(&p)
+        } else {
+            e.metadata().ok()?.modified().ok().map(|t| (t, p))
+        };
+        if let Some(c) = cand {
+            if newest.as_ref().is_none_or(|n| c.0 > n.0) {
+                newest = Some(c);
+            }
+        }
+    }
+    newest
 }
 
 /// A fresh scratch folder for one test, removed when dropped.
