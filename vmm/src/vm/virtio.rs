@@ -9,6 +9,7 @@ use crate::config::VmConfig;
 use devices::mmio_bus::{MmioBus, MmioBusError};
 use devices::virtio::block::{Block, BlockConfig, BlockError};
 use devices::virtio::mmio::{MmioError, MmioTransport, QUEUE_NOTIFY_OFFSET};
+use devices::virtio::net::announce::Announcer;
 use devices::virtio::net::{MacAddr, MacParseError, Net, NetConfig, NetCounters, NetError};
 use devices::virtio::{GuestMemoryMmap, VirtioDevice, MMIO_WINDOW_SIZE};
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -33,6 +34,8 @@ pub enum VirtioSetupError {
     },
     #[error("virtio-mmio transport")]
     Transport(#[from] MmioError),
+    #[error("cannot duplicate a tap fd to announce the NIC")]
+    Announcer(#[source] std::io::Error),
     #[error("cannot create an interrupt eventfd")]
     EventFd(#[source] std::io::Error),
     #[error("cannot register {what} of device {index} with KVM")]
@@ -67,6 +70,8 @@ pub struct VirtioDevices {
     transports: Vec<Arc<Mutex<MmioTransport>>>,
     /// Per-NIC frame counters, by NIC id.
     pub net_counters: Vec<(String, Arc<NetCounters>)>,
+    /// One per NIC: announces its MAC on its tap after the VM moved.
+    announcers: Vec<(String, Announcer)>,
 }
 
 impl VirtioDevices {
@@ -100,10 +105,22 @@ impl VirtioDevices {
                 mac,
             })?;
             out.net_counters.push((n.id.clone(), dev.counters()));
+            let announcer = dev.announcer().map_err(VirtioSetupError::Announcer)?;
+            out.announcers.push((n.id.clone(), announcer));
             out.add(vm_fd, mem, &mut bus, Box::new(dev))?;
         }
         out.bus = Arc::new(bus);
         Ok(out)
+    }
+
+    /// Broadcasts a RARP for every NIC's MAC, so the LAN learns where the guest now runs. A NIC
+    /// that cannot send is logged and skipped: the guest's own traffic will teach the switch.
+    pub fn announce(&mut self) {
+        for (id, a) in &mut self.announcers {
+            if let Err(e) = a.announce() {
+                log::warn!("cannot announce NIC {id}: {e}");
+            }
+        }
     }
 
     fn add(

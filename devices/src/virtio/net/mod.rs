@@ -2,6 +2,7 @@
 //! VIRTIO_F_VERSION_1 and VIRTIO_NET_F_MAC are offered), so every frame is a plain Ethernet frame
 //! behind a zeroed 12-byte header. A worker thread moves frames (see `virtio` for why).
 
+pub mod announce;
 pub mod tap;
 pub mod tx;
 mod worker;
@@ -168,6 +169,12 @@ impl Net {
     /// Frame counters.
     pub fn counters(&self) -> Arc<NetCounters> {
         self.counters.clone()
+    }
+
+    /// A handle that announces this NIC's MAC on its tap (see [`announce`]), usable after the
+    /// device itself has been handed to its transport.
+    pub fn announcer(&self) -> std::io::Result<announce::Announcer> {
+        Ok(announce::Announcer::new(self.mac, self.fd.try_clone()?))
     }
 }
 

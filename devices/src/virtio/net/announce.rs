@@ -1,0 +1,68 @@
+//! Announcing a guest's MAC from the host after it moved (migration, failover): a RARP broadcast
+//! sent on the guest's behalf, as QEMU and vSphere do, so switches learn the new port at once
+//! without the guest's help.
+
+use super::tx::{TapTxSink, TxSink};
+use super::MacAddr;
+use std::os::fd::OwnedFd;
+
+/// Sends announcements for one NIC through its own duplicate of the tap fd.
+pub struct Announcer {
+    mac: MacAddr,
+    sink: TapTxSink,
+}
+
+impl Announcer {
+    /// Announces `mac` on `tap` (a tap fd opened with a vnet header).
+    pub fn new(mac: MacAddr, tap: OwnedFd) -> Self {
+        Announcer {
+            mac,
+            sink: TapTxSink::new(tap),
+        }
+    }
+
+    /// Broadcasts one RARP for the MAC.
+    pub fn announce(&mut self) -> std::io::Result<()> {
+        self.sink.send(&rarp_frame(self.mac))
+    }
+}
+
+/// Minimum Ethernet frame length (without FCS): short frames are padded to it.
+const MIN_FRAME: usize = 60;
+const ETHERTYPE_RARP: u16 = 0x8035;
+const RARP_REQUEST_REVERSE: u16 = 3;
+
+/// A RARP "request reverse" broadcast from `mac` about itself.
+pub fn rarp_frame(mac: MacAddr) -> [u8; MIN_FRAME] {
+    let mut f = [0u8; MIN_FRAME];
+    f[0..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&mac.0);
+    f[12..14].copy_from_slice(&ETHERTYPE_RARP.to_be_bytes());
+    f[14..16].copy_from_slice(&1u16.to_be_bytes()); // hardware: Ethernet
+    f[16..18].copy_from_slice(&0x0800u16.to_be_bytes()); // protocol: IPv4
+    f[18] = 6; // hardware address length
+    f[19] = 4; // protocol address length
+    f[20..22].copy_from_slice(&RARP_REQUEST_REVERSE.to_be_bytes());
+    f[22..28].copy_from_slice(&mac.0); // sender hardware address; sender IP stays 0
+    f[32..38].copy_from_slice(&mac.0); // target hardware address; target IP stays 0
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rarp_is_a_broadcast_from_the_mac_about_itself() {
+        let mac = MacAddr([0x52, 0x54, 0, 1, 2, 3]);
+        let f = rarp_frame(mac);
+        assert_eq!(&f[0..6], &[0xff; 6]);
+        assert_eq!(&f[6..12], &mac.0);
+        assert_eq!(&f[12..14], &[0x80, 0x35]);
+        assert_eq!(&f[20..22], &[0, 3]);
+        assert_eq!(&f[22..28], &mac.0);
+        assert_eq!(&f[28..32], &[0; 4]);
+        assert_eq!(&f[32..38], &mac.0);
+        assert!(f[42..].iter().all(|&b| b == 0));
+    }
+}
