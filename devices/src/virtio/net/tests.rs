@@ -46,6 +46,7 @@ fn rig(mem: &GuestMemoryMmap) -> Rig<'_> {
         dev,
         sink,
         counters.clone(),
+        None,
     );
     Rig {
         mem,
