@@ -13,6 +13,8 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegio
 
 /// Page size of the snapshot file, KVM's dirty log and vm-memory's bitmap.
 pub const PAGE_SIZE: usize = 4096;
+/// A page of zeros to compare against (slice equality is one memcmp, fast even unoptimised).
+static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 /// Bytes copied out of guest memory per read.
 const CHUNK: usize = 1 << 20;
 
@@ -73,7 +75,7 @@ pub fn save(mem: &GuestMemoryMmap, path: &Path) -> Result<MemorySaveStats, Memor
                 .map(|s| s.copy_to(dst))
                 .map_err(|e| MemoryStateError::Guest(region.start_addr().0 + off, e.into()))?;
             for (i, page) in dst.chunks(PAGE_SIZE).enumerate() {
-                if page.iter().all(|&b| b == 0) {
+                if is_zero(page) {
                     continue;
                 }
                 let at = file_off + off + (i * PAGE_SIZE) as u64;
@@ -88,6 +90,10 @@ pub fn save(mem: &GuestMemoryMmap, path: &Path) -> Result<MemorySaveStats, Memor
         total_bytes: total,
         data_bytes,
     })
+}
+
+fn is_zero(page: &[u8]) -> bool {
+    page == &ZERO_PAGE[..page.len()]
 }
 
 /// The next data extent at or after `off`: (start, end), or `None` when only holes remain.
@@ -137,7 +143,7 @@ pub fn restore(mem: &GuestMemoryMmap, path: &Path) -> Result<(), MemoryStateErro
             let src = &mut buf[..n];
             file.read_exact_at(src, pos).map_err(io_err("read", path))?;
             for (i, page) in src.chunks(PAGE_SIZE).enumerate() {
-                if page.iter().all(|&b| b == 0) {
+                if is_zero(page) {
                     continue;
                 }
                 let at = pos + (i * PAGE_SIZE) as u64;
