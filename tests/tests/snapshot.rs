@@ -177,7 +177,7 @@ fn counter_service_continues_after_restore_in_a_new_process() {
     if !netns_available("counter_service_continues_after_restore_in_a_new_process") {
         return;
     }
-    const IP: &str = "10.78.0.2";
+    const IP: &str = "10.77.0.2";
     let net = TestNet::up("snp");
     net.add_tap(Node::HostP, "tap0");
     let hp = net.ns(Node::HostP);
@@ -208,6 +208,7 @@ fn counter_service_continues_after_restore_in_a_new_process() {
             (0, c.inc().expect("INC"))
         });
         assert_eq!(last, 42);
+        eprintln!("counter at 42 before the snapshot");
         pause_and_snapshot(&t, &snap);
         t.put_ok("vmm.shutdown", None);
     }

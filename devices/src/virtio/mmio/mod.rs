@@ -183,6 +183,7 @@ impl MmioTransport {
             );
             self.device.reset();
             self.activated = false;
+            self.quiesced = false;
         }
     }
 
