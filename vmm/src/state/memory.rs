@@ -73,7 +73,7 @@ pub fn save(mem: &GuestMemoryMmap, path: &Path) -> Result<MemorySaveStats, Memor
             region
                 .get_slice(MemoryRegionAddress(off), n)
                 .map(|s| s.copy_to(dst))
-                .map_err(|e| MemoryStateError::Guest(region.start_addr().0 + off, e.into()))?;
+                .map_err(|e| MemoryStateError::Guest(region.start_addr().0 + off, e))?;
             for (i, page) in dst.chunks(PAGE_SIZE).enumerate() {
                 if is_zero(page) {
                     continue;

@@ -210,8 +210,8 @@ impl VirtioDevice for Net {
             rx_fd,
             Box::new(TapTxSink::new(tx_fd)),
             self.counters.clone(),
-            self.held_frame.take(),
-        );
+        )
+        .with_held_frame(self.held_frame.take());
         let (rx_notify, tx_notify) = (rx.notify, tx.notify);
         if let Some(w) = self.worker.take() {
             let _ = w.stop();

@@ -46,7 +46,6 @@ fn rig(mem: &GuestMemoryMmap) -> Rig<'_> {
         dev,
         sink,
         counters.clone(),
-        None,
     );
     Rig {
         mem,

@@ -70,15 +70,7 @@ impl NetWorker {
         fd: OwnedFd,
         sink: Box<dyn TxSink>,
         counters: Arc<NetCounters>,
-        held_frame: Option<Vec<u8>>,
     ) -> Self {
-        let mut frame = vec![0; VNET_HDR_LEN + MAX_FRAME];
-        // A frame held when the device was last quiesced goes to the guest first.
-        let pending = held_frame.and_then(|f| {
-            let dst = frame.get_mut(..f.len())?;
-            dst.copy_from_slice(&f);
-            Some(f.len())
-        });
         NetWorker {
             mem,
             interrupt,
@@ -87,12 +79,22 @@ impl NetWorker {
             fd,
             sink,
             counters,
-            frame,
-            pending,
+            frame: vec![0; VNET_HDR_LEN + MAX_FRAME],
+            pending: None,
             tx_buf: Vec::new(),
             rx_broken: false,
             tx_broken: false,
         }
+    }
+
+    /// Starts with a frame held when the device was last quiesced: it goes to the guest first.
+    pub(crate) fn with_held_frame(mut self, held: Option<Vec<u8>>) -> Self {
+        self.pending = held.and_then(|f| {
+            let dst = self.frame.get_mut(..f.len())?;
+            dst.copy_from_slice(&f);
+            Some(f.len())
+        });
+        self
     }
 
     pub(crate) fn run(
