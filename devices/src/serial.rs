@@ -5,7 +5,8 @@ use crate::bus::PioDevice;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use vm_superio::{serial::SerialEvents, Serial, Trigger};
+use vm_superio::serial::{SerialEvents, SerialState};
+use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Raises the serial IRQ by writing the eventfd KVM watches as an irqfd.
@@ -47,6 +48,69 @@ impl SerialDevice {
         SerialDevice {
             inner: Serial::with_events(IrqTrigger(irq), counters, out),
         }
+    }
+}
+
+/// The 16550's registers and receive FIFO, as saved in a VM snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
+/// A saved serial state the 16550 cannot take (its FIFO holds at most 64 bytes).
+#[derive(Debug, thiserror::Error)]
+#[error("saved serial receive FIFO holds {0} bytes, more than the 16550's 64")]
+pub struct SerialRestoreError(usize);
+
+impl SerialDevice {
+    /// The device's registers, for a snapshot.
+    pub fn state(&self) -> SerialSnapshot {
+        let s = self.inner.state();
+        SerialSnapshot {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// A serial port that continues from `state`, raising `irq` and writing to `out`.
+    pub fn from_state(
+        state: &SerialSnapshot,
+        irq: EventFd,
+        out: Box<dyn Write + Send>,
+        counters: Arc<SerialCounters>,
+    ) -> Result<Self, SerialRestoreError> {
+        let s = SerialState {
+            baud_divisor_low: state.baud_divisor_low,
+            baud_divisor_high: state.baud_divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer.clone(),
+        };
+        let inner = Serial::from_state(&s, IrqTrigger(irq), counters, out)
+            .map_err(|_| SerialRestoreError(state.in_buffer.len()))?;
+        Ok(SerialDevice { inner })
     }
 }
 

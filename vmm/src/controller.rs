@@ -1,14 +1,18 @@
 //! The VMM thread: owns the VM, applies API calls and guest events one at a time, and keeps the
 //! VM's lifecycle state (Created → Running ⇄ Paused → Shutdown).
 
-use crate::api::{ApiError, ApiRequest, ApiResponse, VmmEvent};
+use crate::api::{ApiError, ApiRequest, ApiResponse, RestoreConfig, SnapshotConfig, VmmEvent};
 use crate::config::{host_memory_limit, ConfigError, VmConfig};
+use crate::state::snapshot::{self, SnapshotError};
+use crate::vm::vcpu::VcpuFailureHandler;
 use crate::vm::{Vm, VmError};
 use devices::GuestEvent;
+use devices::GuestEventHandler;
 use serde::Serialize;
 use serde_json::json;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Lifecycle state as `vm.info` reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -41,6 +45,16 @@ pub enum VmmError {
         #[source]
         source: VmError,
     },
+    #[error("cannot snapshot the VM")]
+    Snapshot(#[source] SnapshotError),
+    #[error("cannot snapshot the VM")]
+    SnapshotVm(#[source] VmError),
+    #[error("cannot restore the VM")]
+    Restore(#[source] SnapshotError),
+    #[error("cannot restore the VM")]
+    RestoreVm(#[source] VmError),
+    #[error("restore: {0}")]
+    RestoreOverride(String),
 }
 
 impl VmmError {
@@ -51,8 +65,13 @@ impl VmmError {
             VmmError::VmExists | VmmError::WrongState { .. } => 409,
             VmmError::Config(_) => 400,
             // A payload, disk or tap the VMM cannot open is the caller's input; the rest is ours.
-            VmmError::Boot(e) if e.is_input_error() => 400,
-            VmmError::Boot(_) | VmmError::Vm { .. } => 500,
+            VmmError::Boot(e) | VmmError::RestoreVm(e) if e.is_input_error() => 400,
+            // A bad URL, a missing directory or file, a corrupt state: the caller's input.
+            VmmError::Snapshot(_) | VmmError::Restore(_) | VmmError::RestoreOverride(_) => 400,
+            VmmError::Boot(_)
+            | VmmError::Vm { .. }
+            | VmmError::SnapshotVm(_)
+            | VmmError::RestoreVm(_) => 500,
         }
     }
 }
@@ -164,6 +183,8 @@ impl Vmm {
             ApiRequest::VmReboot => self.reboot().map(|_| None),
             ApiRequest::VmDelete => self.delete().map(|_| None),
             ApiRequest::VmCounters => self.counters().map(Some),
+            ApiRequest::VmSnapshot(c) => self.snapshot(&c).map(|_| None),
+            ApiRequest::VmRestore(c) => self.restore(*c).map(|_| None),
         };
         r.map_err(ApiError::from)
     }
@@ -197,6 +218,79 @@ impl Vmm {
         let cfg = self
             .require("boot", &[VmState::Created, VmState::Shutdown])?
             .clone();
+        let (guest_events, on_failure) = self.new_boot_handlers();
+        let mut vm = Vm::new(&cfg, guest_events, on_failure).map_err(VmmError::Boot)?;
+        vm.start().map_err(VmmError::Boot)?;
+        self.vm = Some(vm);
+        self.state = VmState::Running;
+        Ok(())
+    }
+
+    /// Writes config, state and memory of the paused VM into a directory (`vm.snapshot`).
+    pub fn snapshot(&mut self, c: &SnapshotConfig) -> Result<(), VmmError> {
+        let cfg = self.require("snapshot", &[VmState::Paused])?.clone();
+        let vm = self.vm.as_ref().ok_or(VmmError::NoVm)?;
+        let dir = snapshot::dir_from_url(&c.destination_url).map_err(VmmError::Snapshot)?;
+        snapshot::check_dir(&dir).map_err(VmmError::Snapshot)?;
+        let t0 = Instant::now();
+        let (state, times) = vm.capture().map_err(VmmError::SnapshotVm)?;
+        let t1 = Instant::now();
+        let mem = vm
+            .save_memory(&dir.join(snapshot::MEMORY_FILE))
+            .map_err(VmmError::SnapshotVm)?;
+        let t2 = Instant::now();
+        snapshot::write(&dir, &cfg, &state).map_err(VmmError::Snapshot)?;
+        log::info!(
+            "snapshot to {}: state {:?} (vCPUs {:?}, irqchip/PIT/clock {:?}, devices {:?}), \
+             memory {:?} ({} of {} bytes non-zero), files {:?}",
+            dir.display(),
+            t1 - t0,
+            times.vcpus,
+            times.kvm,
+            times.devices,
+            t2 - t1,
+            mem.data_bytes,
+            mem.total_bytes,
+            t2.elapsed()
+        );
+        Ok(())
+    }
+
+    /// Rebuilds a VM from a snapshot directory in a VMM that has none (`vm.restore`).
+    pub fn restore(&mut self, c: RestoreConfig) -> Result<(), VmmError> {
+        if self.config.is_some() {
+            return Err(VmmError::VmExists);
+        }
+        let dir = snapshot::dir_from_url(&c.source_url).map_err(VmmError::Restore)?;
+        snapshot::check_dir(&dir).map_err(VmmError::Restore)?;
+        let mut cfg = snapshot::read_config(&dir).map_err(VmmError::Restore)?;
+        apply_overrides(&mut cfg, &c)?;
+        cfg.validate(host_memory_limit())?;
+        let state = snapshot::read_state(&dir).map_err(VmmError::Restore)?;
+        let t0 = Instant::now();
+        let (guest_events, on_failure) = self.new_boot_handlers();
+        let vm = Vm::restore(
+            &cfg,
+            &state,
+            &dir.join(snapshot::MEMORY_FILE),
+            guest_events,
+            on_failure,
+        )
+        .map_err(VmmError::RestoreVm)?;
+        log::info!("restored from {} in {:?}", dir.display(), t0.elapsed());
+        if c.resume {
+            vm.resume();
+            self.state = VmState::Running;
+        } else {
+            self.state = VmState::Paused;
+        }
+        self.vm = Some(vm);
+        self.config = Some(cfg);
+        Ok(())
+    }
+
+    /// Starts a new boot generation and the handlers its VM reports through.
+    fn new_boot_handlers(&mut self) -> (GuestEventHandler, VcpuFailureHandler) {
         self.boot_id += 1;
         let boot_id = self.boot_id;
         let events = self.events.clone();
@@ -211,11 +305,7 @@ impl Vmm {
         let on_failure = Arc::new(move |id: u8, error: String| {
             let _ = events.send(VmmEvent::VcpuFailed { boot_id, id, error });
         });
-        let mut vm = Vm::new(&cfg, guest_events, on_failure).map_err(VmmError::Boot)?;
-        vm.start().map_err(VmmError::Boot)?;
-        self.vm = Some(vm);
-        self.state = VmState::Running;
-        Ok(())
+        (guest_events, on_failure)
     }
 
     fn info(&self) -> Result<serde_json::Value, VmmError> {
@@ -286,6 +376,26 @@ impl Vmm {
         // Events already queued by the old VM's threads now refer to a stale boot.
         self.boot_id += 1;
     }
+}
+
+/// Puts the restore request's taps, disk paths and serial output into the saved config.
+fn apply_overrides(cfg: &mut VmConfig, c: &RestoreConfig) -> Result<(), VmmError> {
+    for n in &c.net {
+        let nic = cfg.net.iter_mut().find(|x| x.id == n.id).ok_or_else(|| {
+            VmmError::RestoreOverride(format!("the snapshot has no NIC {:?}", n.id))
+        })?;
+        nic.tap = n.tap.clone();
+    }
+    for d in &c.disks {
+        let disk = cfg.disks.iter_mut().find(|x| x.id == d.id).ok_or_else(|| {
+            VmmError::RestoreOverride(format!("the snapshot has no disk {:?}", d.id))
+        })?;
+        disk.path = d.path.clone();
+    }
+    if let Some(s) = &c.serial {
+        cfg.serial = s.clone();
+    }
+    Ok(())
 }
 
 /// An error and its causes on one line, for logs.

@@ -4,4 +4,5 @@ pub mod api;
 pub mod boot;
 pub mod config;
 pub mod controller;
+pub mod state;
 pub mod vm;

@@ -47,6 +47,31 @@ enum Command {
     Delete,
     /// Show the VM's counters (GET vm.counters).
     Counters,
+    /// Write the paused VM's config, state and memory into a directory (PUT vm.snapshot).
+    Snapshot {
+        /// Destination directory: `file:///dir` or a path.
+        destination: String,
+    },
+    /// Rebuild a VM from a snapshot directory in a VMM without one (PUT vm.restore).
+    Restore(RestoreArgs),
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    /// Snapshot directory: `file:///dir` or a path.
+    source: String,
+    /// Run the VM at once instead of leaving it paused.
+    #[arg(long)]
+    resume: bool,
+    /// Replace a NIC's tap: ID=TAP (repeatable).
+    #[arg(long, value_name = "ID=TAP")]
+    net: Vec<String>,
+    /// Replace a disk's image: ID=PATH (repeatable).
+    #[arg(long, value_name = "ID=PATH")]
+    disk: Vec<String>,
+    /// Send the console to this file in this process.
+    #[arg(long, value_name = "PATH")]
+    serial_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -195,7 +220,46 @@ fn request_for(command: &Command) -> Result<(Verb, &'static str, Option<Value>),
         Command::Reboot => (Verb::Put, "vm.reboot", None),
         Command::Delete => (Verb::Put, "vm.delete", None),
         Command::Counters => (Verb::Get, "vm.counters", None),
+        Command::Snapshot { destination } => (
+            Verb::Put,
+            "vm.snapshot",
+            Some(json!({"destination_url": file_url(destination)?})),
+        ),
+        Command::Restore(args) => (Verb::Put, "vm.restore", Some(restore_body(args)?)),
     })
+}
+
+/// `file:///dir` as given, or a path made into one.
+fn file_url(s: &str) -> Result<String, String> {
+    if s.contains("://") {
+        return Ok(s.to_string());
+    }
+    Ok(format!("file://{}", absolute(Path::new(s))?))
+}
+
+fn pairs(v: &[String], what: &str, key: &str) -> Result<Vec<Value>, String> {
+    v.iter()
+        .map(|p| match p.split_once('=') {
+            Some((id, val)) if !id.is_empty() && !val.is_empty() => Ok(json!({"id": id, key: val})),
+            _ => Err(format!(
+                "--{what} wants ID={}, got {p:?}",
+                key.to_uppercase()
+            )),
+        })
+        .collect()
+}
+
+fn restore_body(a: &RestoreArgs) -> Result<Value, String> {
+    let mut body = json!({
+        "source_url": file_url(&a.source)?,
+        "resume": a.resume,
+        "net": pairs(&a.net, "net", "tap")?,
+        "disks": pairs(&a.disk, "disk", "path")?,
+    });
+    if let Some(f) = &a.serial_file {
+        body["serial"] = json!({"mode": "File", "file": absolute(f)?});
+    }
+    Ok(body)
 }
 
 fn print_json(v: &Value) {
@@ -302,6 +366,48 @@ mod tests {
             json!({"cpus":{"boot_vcpus":2},"memory":{"size":268435456},
                    "serial":{"mode":"File","file":"/tmp/x"}})
         );
+    }
+
+    #[test]
+    fn snapshot_and_restore_bodies() {
+        let cli = Cli::parse_from([
+            "tandem-remote",
+            "--api-socket",
+            "/s",
+            "snapshot",
+            "/tmp/snap",
+        ]);
+        let (_, ep, body) = request_for(&cli.command).unwrap();
+        assert_eq!(ep, "vm.snapshot");
+        assert_eq!(body.unwrap()["destination_url"], "file:///tmp/snap");
+        let cli = Cli::parse_from([
+            "tandem-remote",
+            "--api-socket",
+            "/s",
+            "restore",
+            "file:///tmp/snap",
+            "--resume",
+            "--net",
+            "nic0=tap1",
+            "--disk",
+            "disk0=/img",
+        ]);
+        let (_, ep, body) = request_for(&cli.command).unwrap();
+        let body = body.unwrap();
+        assert_eq!(ep, "vm.restore");
+        assert_eq!(body["resume"], true);
+        assert_eq!(body["net"][0]["tap"], "tap1");
+        assert_eq!(body["disks"][0]["path"], "/img");
+        let cli = Cli::parse_from([
+            "tandem-remote",
+            "--api-socket",
+            "/s",
+            "restore",
+            "/x",
+            "--net",
+            "nic0",
+        ]);
+        assert!(request_for(&cli.command).is_err());
     }
 
     #[test]

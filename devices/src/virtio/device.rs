@@ -18,6 +18,27 @@ pub enum ActivateError {
     Worker(#[source] std::io::Error),
 }
 
+/// Device-specific state in a snapshot (the transport saves the generic part).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DeviceSnapshot {
+    /// virtio-blk keeps nothing beyond its config and image.
+    Block,
+    /// virtio-net: the MAC the driver read, and a frame read from the tap but not yet delivered.
+    Net {
+        mac: [u8; 6],
+        held_frame: Option<Vec<u8>>,
+    },
+}
+
+/// A saved device state this device cannot take.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceStateError {
+    #[error("saved state is not that of a {expected} device")]
+    WrongKind { expected: &'static str },
+    #[error("saved state is invalid: {0}")]
+    Invalid(&'static str),
+}
+
 /// One queue handed to a device at activation: its ring state and the eventfd that fires when
 /// the driver writes the queue's index to QueueNotify.
 pub struct ActiveQueue {
@@ -55,6 +76,13 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
     /// Stops processing (joins the worker) and returns to the pre-activation state.
     fn reset(&mut self);
+    /// Stops the worker, keeping the device's state, and hands back the queues with their
+    /// progress; `None` when no worker ran. [`VirtioDevice::activate`] starts it again.
+    fn quiesce(&mut self) -> Option<Vec<Queue>>;
+    /// Device-specific state for a snapshot; call it while quiesced.
+    fn state(&self) -> DeviceSnapshot;
+    /// Takes device-specific state from a snapshot, before activation.
+    fn restore(&mut self, state: &DeviceSnapshot) -> Result<(), DeviceStateError>;
 }
 
 /// A device's interrupt line: the virtio-mmio InterruptStatus bits and the irqfd that KVM turns
@@ -114,6 +142,13 @@ impl Interrupt {
     /// InterruptACK: clears the bits the driver has handled.
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// Sets InterruptStatus and DEVICE_NEEDS_RESET from a snapshot (signals nothing: the
+    /// irqchip's saved state already holds what the guest saw).
+    pub fn restore(&self, status: u32, needs_reset: bool) {
+        self.status.store(status, Ordering::SeqCst);
+        self.needs_reset.store(needs_reset, Ordering::SeqCst);
     }
 
     /// Device reset: nothing pending, no error.

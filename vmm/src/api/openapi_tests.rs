@@ -73,12 +73,17 @@ fn request_bodies_agree() {
         let body = &op["requestBody"];
         match r.body {
             Body::None => assert!(body.is_null(), "{} documents a body it refuses", r.name),
-            Body::VmConfig => {
+            Body::VmConfig | Body::Snapshot | Body::Restore => {
+                let want = match r.body {
+                    Body::Snapshot => "SnapshotConfig",
+                    Body::Restore => "RestoreConfig",
+                    _ => "VmConfig",
+                };
                 assert_eq!(body["required"].as_bool(), Some(true), "{}", r.name);
                 let s = &body["content"]["application/json"]["schema"]["$ref"];
                 assert_eq!(
                     s.as_str(),
-                    Some("#/components/schemas/VmConfig"),
+                    Some(format!("#/components/schemas/{want}").as_str()),
                     "{}",
                     r.name
                 );
@@ -146,6 +151,42 @@ fn config_schema_matches_serde() {
         assert!(modes.contains(&name.as_str().unwrap_or_default()), "{name}");
     }
     assert_eq!(modes.len(), 4);
+}
+
+/// The snapshot and restore bodies, fully filled, match their schemas.
+#[test]
+fn snapshot_schemas_match_serde() {
+    use crate::api::types::{RestoreDisk, RestoreNet};
+    use crate::api::{RestoreConfig, SnapshotConfig};
+    let doc = document();
+    let snap = SnapshotConfig {
+        destination_url: "file:///s".into(),
+    };
+    let json = serde_json::to_value(&snap).expect("serialize");
+    check_object(
+        &doc,
+        schema(&doc, "SnapshotConfig"),
+        &json,
+        "SnapshotConfig",
+    );
+    let restore = RestoreConfig {
+        source_url: "file:///s".into(),
+        resume: true,
+        net: vec![RestoreNet {
+            id: "n0".into(),
+            tap: "tap0".into(),
+        }],
+        disks: vec![RestoreDisk {
+            id: "d0".into(),
+            path: "/d".into(),
+        }],
+        serial: Some(SerialConfig {
+            mode: SerialMode::File,
+            file: Some("/f".into()),
+        }),
+    };
+    let json = serde_json::to_value(&restore).expect("serialize");
+    check_object(&doc, schema(&doc, "RestoreConfig"), &json, "RestoreConfig");
 }
 
 fn check_object(doc: &Value, schema: &Value, json: &serde_json::Value, at: &str) {

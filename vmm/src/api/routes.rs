@@ -2,7 +2,7 @@
 //!
 //! Nothing here touches sockets, so every input the server can see is testable as a table.
 
-use super::types::{ApiError, ApiRequest};
+use super::types::{ApiError, ApiRequest, RestoreConfig};
 use crate::config::{ConfigError, VmConfig};
 
 /// Prefix of every endpoint path.
@@ -34,6 +34,10 @@ pub enum Body {
     None,
     /// A JSON [`VmConfig`].
     VmConfig,
+    /// A JSON [`super::types::SnapshotConfig`].
+    Snapshot,
+    /// A JSON [`RestoreConfig`].
+    Restore,
 }
 
 /// One endpoint: its name under [`API_PREFIX`], method and body.
@@ -61,6 +65,8 @@ pub const ROUTES: &[Route] = &[
     route("vm.reboot", Method::Put, Body::None),
     route("vm.delete", Method::Put, Body::None),
     route("vm.counters", Method::Get, Body::None),
+    route("vm.snapshot", Method::Put, Body::Snapshot),
+    route("vm.restore", Method::Put, Body::Restore),
 ];
 
 /// Why a request could not be turned into an [`ApiRequest`].
@@ -166,6 +172,12 @@ pub fn parse_request(
                 })?;
             return Ok(ApiRequest::VmCreate(Box::new(config)));
         }
+        Body::Snapshot => return Ok(ApiRequest::VmSnapshot(parse_json(route.name, body)?)),
+        Body::Restore => {
+            return Ok(ApiRequest::VmRestore(Box::new(
+                parse_json::<RestoreConfig>(route.name, body)?,
+            )))
+        }
     }
     Ok(match route.name {
         "vmm.ping" => ApiRequest::VmmPing,
@@ -184,6 +196,13 @@ pub fn parse_request(
 }
 
 fn parse_config(name: &'static str, body: &[u8]) -> Result<VmConfig, RouteError> {
+    parse_json(name, body)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(
+    name: &'static str,
+    body: &[u8],
+) -> Result<T, RouteError> {
     let text = std::str::from_utf8(body).map_err(|_| RouteError::NotUtf8(name))?;
     if text.trim().is_empty() {
         return Err(RouteError::MissingBody(name));

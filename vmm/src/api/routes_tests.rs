@@ -31,6 +31,18 @@ fn every_endpoint_parses() {
         ("PUT", "vm.reboot", "", "VmReboot"),
         ("PUT", "vm.delete", " \r\n", "VmDelete"),
         ("GET", "vm.counters", "", "VmCounters"),
+        (
+            "PUT",
+            "vm.snapshot",
+            r#"{"destination_url":"file:///tmp/s"}"#,
+            "VmSnapshot",
+        ),
+        (
+            "PUT",
+            "vm.restore",
+            r#"{"source_url":"file:///tmp/s"}"#,
+            "VmRestore",
+        ),
     ];
     assert_eq!(cases.len(), ROUTES.len(), "a route has no test case");
     for (method, name, body, want) in cases {
@@ -43,7 +55,12 @@ fn every_endpoint_parses() {
 #[test]
 fn every_route_has_a_request() {
     for r in ROUTES {
-        let body = if r.body == Body::VmConfig { "{}" } else { "" };
+        let body = match r.body {
+            Body::VmConfig => "{}",
+            Body::Snapshot => r#"{"destination_url":"file:///s"}"#,
+            Body::Restore => r#"{"source_url":"file:///s"}"#,
+            Body::None => "",
+        };
         assert!(parse(r.method.as_str(), r.name, body).is_ok(), "{}", r.name);
     }
 }
@@ -289,4 +306,30 @@ fn long_paths_are_shortened_in_errors() {
 fn kernel_that_exists_is_accepted() {
     let body = format!(r#"{{"payload":{{"kernel":"{}"}}}}"#, kernel_file());
     assert!(parse("PUT", "vm.create", &body).is_ok());
+}
+
+#[test]
+fn restore_takes_overrides_and_refuses_unknown_fields() {
+    let body = r#"{"source_url":"file:///s","resume":true,
+        "net":[{"id":"n0","tap":"tap9"}],"disks":[{"id":"d0","path":"/img"}],
+        "serial":{"mode":"File","file":"/tmp/c"}}"#;
+    match parse("PUT", "vm.restore", body) {
+        Ok(ApiRequest::VmRestore(c)) => {
+            assert!(c.resume);
+            assert_eq!(c.net[0].tap, "tap9");
+            assert_eq!(c.disks[0].path, std::path::PathBuf::from("/img"));
+            assert!(c.serial.is_some());
+        }
+        other => panic!("{other:?}"),
+    }
+    for bad in [
+        r#"{"source_url":"file:///s","bogus":1}"#,
+        r#"{"resume":true}"#,
+        "",
+    ] {
+        let e = parse("PUT", "vm.restore", bad).unwrap_err();
+        assert_eq!(e.status(), 400, "{bad}");
+    }
+    let e = parse("PUT", "vm.snapshot", r#"{"destination":"x"}"#).unwrap_err();
+    assert_eq!(e.status(), 400);
 }

@@ -1,7 +1,8 @@
 //! What the API server hands to the VMM thread, and what it gets back.
 
-use crate::config::VmConfig;
-use serde::Serialize;
+use crate::config::{SerialConfig, VmConfig};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::sync::mpsc::Sender;
 
 /// One API call, already parsed and validated for shape (not for state).
@@ -18,6 +19,52 @@ pub enum ApiRequest {
     VmReboot,
     VmDelete,
     VmCounters,
+    VmSnapshot(SnapshotConfig),
+    VmRestore(Box<RestoreConfig>),
+}
+
+/// `vm.snapshot`: where to write the snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// `file:///dir`; the directory must exist.
+    pub destination_url: String,
+}
+
+/// `vm.restore`: which snapshot, and host resources that replace the saved ones.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreConfig {
+    /// `file:///dir` as `vm.snapshot` wrote it.
+    pub source_url: String,
+    /// Run the VM at once instead of leaving it Paused.
+    #[serde(default)]
+    pub resume: bool,
+    /// Taps for NICs, by NIC id.
+    #[serde(default)]
+    pub net: Vec<RestoreNet>,
+    /// Image paths for disks, by disk id.
+    #[serde(default)]
+    pub disks: Vec<RestoreDisk>,
+    /// Where this process sends the guest's console (default: the saved setting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<SerialConfig>,
+}
+
+/// A NIC's new tap at restore.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreNet {
+    pub id: String,
+    pub tap: String,
+}
+
+/// A disk's new image at restore.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreDisk {
+    pub id: String,
+    pub path: PathBuf,
 }
 
 /// An API call that failed: the HTTP status to answer with and the error chain, outermost first.

@@ -9,18 +9,23 @@ use crate::boot::acpi::MmioDeviceInfo;
 use crate::boot::layout::*;
 use crate::boot::{cpuid, msrs, payload, regs};
 use crate::config::{SerialMode, VmConfig};
+use crate::state::memory::{DirtyBitmap, MemorySaveStats, MemoryStateError};
+use crate::state::vcpu::{VcpuState, VcpuStateError, VcpuStateInfo};
+use crate::state::vm::KvmVmStateError;
+use crate::state::{CaptureTimes, DevicesState, VmSnapshot};
 use devices::acpi_pm::AcpiPm;
 use devices::bus::{BusError, PioBus, PioDevice};
 use devices::i8042::I8042;
 use devices::mmio_bus::MmioBus;
-use devices::serial::{SerialCounters, SerialDevice};
+use devices::serial::{SerialCounters, SerialDevice, SerialRestoreError, SerialSnapshot};
 use devices::GuestEventHandler;
 use kvm_ioctls::{Kvm, VmFd};
 use memory::GuestMemoryMmap;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use vcpu::{VcpuContext, VcpuFailureHandler, VcpuHandle};
 use virtio::VirtioDevices;
 use vmm_sys_util::eventfd::EventFd;
@@ -63,6 +68,20 @@ pub enum VmError {
     Vcpu(#[from] vcpu::VcpuError),
     #[error("cannot set up virtio devices")]
     Virtio(#[from] virtio::VirtioSetupError),
+    #[error("vCPU state")]
+    VcpuState(#[from] VcpuStateError),
+    #[error("VM-wide KVM state")]
+    KvmState(#[from] KvmVmStateError),
+    #[error("guest memory state")]
+    MemoryState(#[from] MemoryStateError),
+    #[error("serial port state")]
+    SerialState(#[from] SerialRestoreError),
+    #[error("virtio device state")]
+    VirtioState(#[from] virtio::VirtioStateError),
+    #[error("snapshot does not fit the config: {0}")]
+    Mismatch(String),
+    #[error("vCPU {0} did not report its state within {1:?}")]
+    CaptureTimeout(u8, Duration),
 }
 
 impl VmError {
@@ -71,6 +90,13 @@ impl VmError {
         match self {
             VmError::Payload(p) => p.is_input_error(),
             VmError::Virtio(v) => v.is_input_error(),
+            // Restoring a snapshot the caller gave us: its contents are input.
+            VmError::VcpuState(_)
+            | VmError::KvmState(_)
+            | VmError::SerialState(_)
+            | VmError::VirtioState(_)
+            | VmError::Mismatch(_) => true,
+            VmError::MemoryState(m) => !matches!(m, MemoryStateError::Guest(..)),
             _ => false,
         }
     }
@@ -88,7 +114,10 @@ pub struct Vm {
     // After the vCPUs (nothing can reach a device any more), before the VM fd and memory.
     virtio: VirtioDevices,
     serial_counters: Option<Arc<SerialCounters>>,
-    _vm_fd: VmFd,
+    serial: Option<Arc<Mutex<SerialDevice>>>,
+    /// Saveable MSRs and XSAVE size, found once so capture is only the reads.
+    state_info: Arc<VcpuStateInfo>,
+    vm_fd: VmFd,
     memory: GuestMemoryMmap,
 }
 
@@ -99,6 +128,17 @@ impl Vm {
         config: &VmConfig,
         guest_events: GuestEventHandler,
         on_failure: VcpuFailureHandler,
+    ) -> Result<Self, VmError> {
+        Self::build(config, guest_events, on_failure, None)
+    }
+
+    /// Creates the VM with its vCPUs, devices or payload set up either for a fresh boot
+    /// (`restore` None) or to take a snapshot's state (the payload is not loaded).
+    fn build(
+        config: &VmConfig,
+        guest_events: GuestEventHandler,
+        on_failure: VcpuFailureHandler,
+        restore: Option<&DevicesState>,
     ) -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let vm_fd = kvm.create_vm().map_err(kvm_err("create the VM"))?;
@@ -125,12 +165,24 @@ impl Vm {
         let memory = memory::create_guest_memory(mem_size)?;
         memory::register_memory(&vm_fd, &memory, false)?;
 
-        let (pio, serial_counters) = build_pio_bus(&vm_fd, config, guest_events.clone())?;
+        let saved_serial = restore.and_then(|d| d.serial.as_ref());
+        let (pio, serial) = build_pio_bus(&vm_fd, config, guest_events.clone(), saved_serial)?;
+        let serial_counters = serial.as_ref().map(|s| s.1.clone());
+        let serial = serial.map(|s| s.0);
         let pio = Arc::new(pio);
 
         let virtio = VirtioDevices::build(&vm_fd, &memory, config)?;
-        let entry = payload::load(&memory, config, &virtio.info)?;
-        regs::write_boot_tables(&memory)?;
+        let entry = match restore {
+            Some(d) => {
+                virtio.restore(&d.virtio)?;
+                None
+            }
+            None => {
+                let entry = payload::load(&memory, config, &virtio.info)?;
+                regs::write_boot_tables(&memory)?;
+                Some(entry)
+            }
+        };
         let cpus = config.cpus.boot_vcpus;
 
         let base_cpuid = cpuid::supported_cpuid(&kvm)?;
@@ -146,7 +198,7 @@ impl Vm {
             msrs::setup_lint(&fd)?;
             regs::setup_fpu(&fd)?;
             // Application processors wait for INIT/SIPI from the guest, as on a PC.
-            if id == 0 {
+            if let (0, Some(entry)) = (id, entry) {
                 regs::setup_boot_vcpu(&fd, entry)?;
             }
             pending.push(VcpuContext {
@@ -158,14 +210,64 @@ impl Vm {
                 on_failure: on_failure.clone(),
             });
         }
+        let state_info = match pending.first() {
+            Some(ctx) => crate::state::vcpu::state_info(&kvm, &vm_fd, &ctx.fd)?,
+            None => VcpuStateInfo::default(),
+        };
         Ok(Vm {
             vcpus: Vec::new(),
             pending,
             virtio,
             serial_counters,
-            _vm_fd: vm_fd,
+            serial,
+            state_info: Arc::new(state_info),
+            vm_fd,
             memory,
         })
+    }
+
+    /// Rebuilds a VM from `snapshot` and the memory file at `memory_file`, with host resources
+    /// (disk paths, taps, serial output) from `config`. Its vCPUs are left paused and its
+    /// devices quiesced: [`Vm::resume`] runs it.
+    pub fn restore(
+        config: &VmConfig,
+        snapshot: &VmSnapshot,
+        memory_file: &Path,
+        guest_events: GuestEventHandler,
+        on_failure: VcpuFailureHandler,
+    ) -> Result<Self, VmError> {
+        if snapshot.memory_size != config.memory.size {
+            return Err(VmError::Mismatch(format!(
+                "state has {} bytes of memory, config {}",
+                snapshot.memory_size, config.memory.size
+            )));
+        }
+        if snapshot.vcpus.len() != usize::from(config.cpus.boot_vcpus) {
+            return Err(VmError::Mismatch(format!(
+                "state has {} vCPUs, config {}",
+                snapshot.vcpus.len(),
+                config.cpus.boot_vcpus
+            )));
+        }
+        let mut vm = Self::build(config, guest_events, on_failure, Some(&snapshot.devices))?;
+        crate::state::memory::restore(&vm.memory, memory_file)?;
+        crate::state::vm::restore_irqchip(&vm.vm_fd, &snapshot.kvm)?;
+        for (ctx, s) in vm.pending.iter().zip(&snapshot.vcpus) {
+            if s.id != ctx.id {
+                return Err(VmError::Mismatch(format!(
+                    "vCPU state {} found where vCPU {} belongs",
+                    s.id, ctx.id
+                )));
+            }
+            crate::state::vcpu::restore(&ctx.fd, s, &vm.state_info)?;
+        }
+        crate::state::vm::restore_clock(&vm.vm_fd, &snapshot.kvm)?;
+        for ctx in vm.pending.drain(..) {
+            vm.vcpus.push(VcpuHandle::spawn(ctx, true)?);
+        }
+        // Device writes during the restore are not guest activity.
+        crate::state::memory::reset_device_bitmap(&vm.memory);
+        Ok(vm)
     }
 
     /// Starts every vCPU thread.
@@ -176,19 +278,98 @@ impl Vm {
         Ok(())
     }
 
-    /// Parks every vCPU.
+    /// Parks every vCPU, then stops every device worker (they hand their queues back), so that
+    /// nothing changes guest memory or device state until [`Vm::resume`].
     pub fn pause(&self) -> Result<(), VmError> {
         for v in &self.vcpus {
             v.pause(VCPU_STOP_TIMEOUT)?;
         }
+        self.virtio.quiesce();
         Ok(())
     }
 
-    /// Lets every vCPU run again.
+    /// Restarts the device workers, then lets every vCPU run again.
     pub fn resume(&self) {
+        self.virtio.resume();
         for v in &self.vcpus {
             v.resume();
         }
+    }
+
+    /// Captures everything but memory; the VM must be paused ([`Vm::pause`]). Each vCPU is read
+    /// on its own parked thread, all in parallel.
+    pub fn capture(&self) -> Result<(VmSnapshot, CaptureTimes), VmError> {
+        let t0 = Instant::now();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for v in &self.vcpus {
+            let (tx, id, info) = (tx.clone(), v.id, self.state_info.clone());
+            v.post(Box::new(move |fd| {
+                let _ = tx.send(crate::state::vcpu::capture(fd, id, &info));
+            }));
+        }
+        drop(tx);
+        let mut vcpus: Vec<VcpuState> = Vec::with_capacity(self.vcpus.len());
+        let deadline = t0 + VCPU_STOP_TIMEOUT;
+        for _ in &self.vcpus {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(r) => vcpus.push(r?),
+                Err(_) => {
+                    let missing = self
+                        .vcpus
+                        .iter()
+                        .map(|v| v.id)
+                        .find(|id| !vcpus.iter().any(|s| s.id == *id))
+                        .unwrap_or(0);
+                    return Err(VmError::CaptureTimeout(missing, VCPU_STOP_TIMEOUT));
+                }
+            }
+        }
+        vcpus.sort_by_key(|s| s.id);
+        let t1 = Instant::now();
+        let kvm = crate::state::vm::capture(&self.vm_fd)?;
+        let t2 = Instant::now();
+        let devices = DevicesState {
+            serial: self
+                .serial
+                .as_ref()
+                .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).state()),
+            virtio: self.virtio.state(),
+        };
+        let t3 = Instant::now();
+        let snapshot = VmSnapshot {
+            memory_size: memory::total_size(&self.memory),
+            vcpus,
+            kvm,
+            devices,
+        };
+        let times = CaptureTimes {
+            vcpus: t1 - t0,
+            kvm: t2 - t1,
+            devices: t3 - t2,
+        };
+        Ok((snapshot, times))
+    }
+
+    /// Writes guest memory to `path`, zero pages as holes; the VM must be paused.
+    pub fn save_memory(&self, path: &Path) -> Result<MemorySaveStats, VmError> {
+        Ok(crate::state::memory::save(&self.memory, path)?)
+    }
+
+    /// Starts tracking dirty pages (KVM's log and the device bitmap), from a clean slate.
+    pub fn start_dirty_log(&self) -> Result<(), VmError> {
+        Ok(crate::state::memory::start_dirty_log(
+            &self.vm_fd,
+            &self.memory,
+        )?)
+    }
+
+    /// Pages written since the last call or [`Vm::start_dirty_log`]; both logs are cleared.
+    pub fn dirty_pages(&self) -> Result<DirtyBitmap, VmError> {
+        Ok(crate::state::memory::dirty_pages(
+            &self.vm_fd,
+            &self.memory,
+        )?)
     }
 
     /// Stops and joins every vCPU thread, then every device worker thread.
@@ -273,22 +454,31 @@ fn serial_output(config: &VmConfig) -> Result<Box<dyn std::io::Write + Send>, Vm
     })
 }
 
+/// COM1 as the VM keeps it: the device (for its state) and its counters.
+type SerialParts = (Arc<Mutex<SerialDevice>>, Arc<SerialCounters>);
+
 fn build_pio_bus(
     vm_fd: &VmFd,
     config: &VmConfig,
     guest_events: GuestEventHandler,
-) -> Result<(PioBus, Option<Arc<SerialCounters>>), VmError> {
+    saved_serial: Option<&SerialSnapshot>,
+) -> Result<(PioBus, Option<SerialParts>), VmError> {
     let mut bus = PioBus::new();
-    let mut serial_counters = None;
+    let mut serial = None;
     if config.serial.mode != SerialMode::Off {
         let irq = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).map_err(VmError::EventFd)?;
         vm_fd
             .register_irqfd(&irq, SERIAL_IRQ)
             .map_err(kvm_err("register the serial irqfd"))?;
         let counters = Arc::new(SerialCounters::default());
-        let dev = SerialDevice::new(irq, serial_output(config)?, counters.clone());
-        bus.insert(SERIAL_PORT, 8, shared(dev))?;
-        serial_counters = Some(counters);
+        let out = serial_output(config)?;
+        let dev = match saved_serial {
+            Some(s) => SerialDevice::from_state(s, irq, out, counters.clone())?,
+            None => SerialDevice::new(irq, out, counters.clone()),
+        };
+        let dev = Arc::new(Mutex::new(dev));
+        bus.insert(SERIAL_PORT, 8, dev.clone())?;
+        serial = Some((dev, counters));
     }
     bus.insert(
         I8042_DATA_PORT,
@@ -305,7 +495,7 @@ fn build_pio_bus(
         3,
         shared(AcpiPm::new(guest_events, ACPI_S5_SLP_TYP, ACPI_RESET_VALUE)),
     )?;
-    Ok((bus, serial_counters))
+    Ok((bus, serial))
 }
 
 fn shared<D: PioDevice + 'static>(d: D) -> Arc<Mutex<dyn PioDevice>> {

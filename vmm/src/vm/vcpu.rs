@@ -36,11 +36,16 @@ pub struct VcpuCounters {
     pub unhandled_mmio: AtomicU64,
 }
 
+/// Work a parked vCPU thread runs on its own vCPU fd (state capture), since the thread owns
+/// the fd and `KVM_RUN` needs it exclusively; every vCPU then captures in parallel.
+pub type VcpuJob = Box<dyn FnOnce(&VcpuFd) + Send>;
+
 #[derive(Default)]
 struct Control {
     pause: bool,
     stop: bool,
     parked: bool,
+    job: Option<VcpuJob>,
 }
 
 /// What the VMM and one vCPU thread share.
@@ -119,6 +124,12 @@ impl VcpuHandle {
         self.wait_for(timeout, |c| c.parked || self.finished())
     }
 
+    /// Hands `job` to the thread, which runs it once parked (call [`VcpuHandle::pause`] first).
+    /// A thread that has exited drops the job unrun.
+    pub fn post(&self, job: VcpuJob) {
+        self.shared.set(|c| c.job = Some(job));
+    }
+
     /// Lets a parked thread run again.
     pub fn resume(&self) {
         self.shared.set(|c| c.pause = false);
@@ -183,13 +194,19 @@ impl VcpuShared {
         self.changed.notify_all();
     }
 
-    /// Parks while paused; returns true when the thread must exit.
-    fn check_in(&self) -> bool {
+    /// Parks while paused, running posted jobs; returns true when the thread must exit.
+    fn check_in(&self, fd: &VcpuFd) -> bool {
         let mut c = self.lock();
         while c.pause && !c.stop {
             if !c.parked {
                 c.parked = true;
                 self.changed.notify_all();
+            }
+            if let Some(job) = c.job.take() {
+                drop(c);
+                job(fd);
+                c = self.lock();
+                continue;
             }
             c = self.changed.wait(c).unwrap_or_else(|p| p.into_inner());
         }
@@ -214,7 +231,7 @@ fn run_loop(ctx: VcpuContext, shared: Arc<VcpuShared>) {
         guest_events,
     };
     loop {
-        if shared.attention.load(Ordering::SeqCst) && shared.check_in() {
+        if shared.attention.load(Ordering::SeqCst) && shared.check_in(&fd) {
             return;
         }
         match fd.run() {

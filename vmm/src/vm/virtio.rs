@@ -8,6 +8,7 @@ use crate::boot::layout::VIRTIO_MMIO_START;
 use crate::config::VmConfig;
 use devices::mmio_bus::{MmioBus, MmioBusError};
 use devices::virtio::block::{Block, BlockConfig, BlockError};
+use devices::virtio::mmio::state::{MmioSnapshot, MmioStateError};
 use devices::virtio::mmio::{MmioError, MmioTransport, QUEUE_NOTIFY_OFFSET};
 use devices::virtio::net::announce::Announcer;
 use devices::virtio::net::{MacAddr, MacParseError, Net, NetConfig, NetCounters, NetError};
@@ -58,6 +59,19 @@ impl VirtioSetupError {
             VirtioSetupError::Block(_) | VirtioSetupError::Net(_) | VirtioSetupError::Mac { .. }
         )
     }
+}
+
+/// A snapshot's devices do not fit this VM's.
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioStateError {
+    #[error("snapshot has {saved} virtio devices, the config {ours}")]
+    Count { saved: usize, ours: usize },
+    #[error("virtio device {index}")]
+    Device {
+        index: usize,
+        #[source]
+        source: MmioStateError,
+    },
 }
 
 /// The devices of one VM.
@@ -163,6 +177,46 @@ impl VirtioDevices {
             len: MMIO_WINDOW_SIZE,
             irq: gsi,
         });
+        Ok(())
+    }
+
+    fn each(&self, mut f: impl FnMut(&mut MmioTransport)) {
+        for t in &self.transports {
+            f(&mut t.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+    }
+
+    /// Stops every worker, keeping device state (the vCPUs must be paused already).
+    pub fn quiesce(&self) {
+        self.each(MmioTransport::quiesce);
+    }
+
+    /// Restarts the workers [`VirtioDevices::quiesce`] stopped.
+    pub fn resume(&self) {
+        self.each(MmioTransport::resume);
+    }
+
+    /// Every transport's state; call it while quiesced.
+    pub fn state(&self) -> Vec<MmioSnapshot> {
+        let mut out = Vec::with_capacity(self.transports.len());
+        self.each(|t| out.push(t.state()));
+        out
+    }
+
+    /// Takes a snapshot's device states, in order; running devices stay quiesced until resume.
+    pub fn restore(&self, saved: &[MmioSnapshot]) -> Result<(), VirtioStateError> {
+        if saved.len() != self.transports.len() {
+            return Err(VirtioStateError::Count {
+                saved: saved.len(),
+                ours: self.transports.len(),
+            });
+        }
+        for (index, (t, s)) in self.transports.iter().zip(saved).enumerate() {
+            t.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .restore(s)
+                .map_err(|source| VirtioStateError::Device { index, source })?;
+        }
         Ok(())
     }
 

@@ -5,7 +5,9 @@ pub mod disk;
 pub mod request;
 
 use super::chain;
-use super::device::{ActivateContext, ActivateError, Interrupt, VirtioDevice};
+use super::device::{
+    ActivateContext, ActivateError, DeviceSnapshot, DeviceStateError, Interrupt, VirtioDevice,
+};
 use super::worker::{Worker, WorkerEpoll};
 use super::{GuestMemoryMmap, VIRTIO_F_VERSION_1};
 use disk::RawDisk;
@@ -130,7 +132,9 @@ impl VirtioDevice for Block {
             broken: false,
         };
         let notify = q.notify;
-        self.reset();
+        if let Some(w) = self.worker.take() {
+            let _ = w.stop();
+        }
         self.worker = Some(
             Worker::spawn(format!("tandem_blk_{}", self.id), move |ep| {
                 worker.run(ep, notify)
@@ -144,6 +148,22 @@ impl VirtioDevice for Block {
         if let Some(w) = self.worker.take() {
             // The queue comes back for FT state capture later; a reset just drops it.
             let _ = w.stop();
+        }
+    }
+
+    fn quiesce(&mut self) -> Option<Vec<Queue>> {
+        self.worker.take()?.stop().map(|q| vec![q])
+    }
+
+    fn state(&self) -> DeviceSnapshot {
+        DeviceSnapshot::Block
+    }
+
+    fn restore(&mut self, state: &DeviceSnapshot) -> Result<(), DeviceStateError> {
+        match state {
+            // Everything else (capacity, ID) comes from the config and the image.
+            DeviceSnapshot::Block => Ok(()),
+            _ => Err(DeviceStateError::WrongKind { expected: "block" }),
         }
     }
 }

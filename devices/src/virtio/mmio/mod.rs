@@ -3,6 +3,8 @@
 //! writes registers out of order, with odd widths or bad values is ignored or sees
 //! DEVICE_NEEDS_RESET; it can never make the VMM touch memory outside guest RAM.
 
+pub mod state;
+
 use super::device::{ActivateContext, ActiveQueue, Interrupt, VirtioDevice};
 use super::{GuestMemoryMmap, VIRTIO_F_VERSION_1};
 use crate::mmio_bus::MmioDevice;
@@ -55,6 +57,8 @@ pub struct MmioTransport {
     acked_unoffered: bool,
     status: u32,
     activated: bool,
+    /// The device's worker is stopped for a state capture (or not yet started after a restore).
+    quiesced: bool,
 }
 
 impl MmioTransport {
@@ -88,6 +92,7 @@ impl MmioTransport {
             acked_unoffered: false,
             status: 0,
             activated: false,
+            quiesced: false,
         })
     }
 
@@ -120,6 +125,7 @@ impl MmioTransport {
     fn reset(&mut self) {
         self.device.reset();
         self.activated = false;
+        self.quiesced = false;
         for q in &mut self.queues {
             q.reset();
         }
@@ -177,6 +183,7 @@ impl MmioTransport {
             );
             self.device.reset();
             self.activated = false;
+            self.quiesced = false;
         }
     }
 
@@ -200,6 +207,7 @@ impl MmioTransport {
             // The driver gave up; stop using its queues.
             self.device.reset();
             self.activated = false;
+            self.quiesced = false;
             self.status |= VIRTIO_CONFIG_S_FAILED;
             return;
         }

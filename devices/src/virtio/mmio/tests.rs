@@ -54,6 +54,18 @@ impl VirtioDevice for Dummy {
     fn reset(&mut self) {
         self.calls.lock().unwrap().resets += 1;
     }
+    fn quiesce(&mut self) -> Option<Vec<virtio_queue::Queue>> {
+        None
+    }
+    fn state(&self) -> crate::virtio::device::DeviceSnapshot {
+        crate::virtio::device::DeviceSnapshot::Block
+    }
+    fn restore(
+        &mut self,
+        _: &crate::virtio::device::DeviceSnapshot,
+    ) -> Result<(), crate::virtio::device::DeviceStateError> {
+        Ok(())
+    }
 }
 
 fn irqfd() -> EventFd {

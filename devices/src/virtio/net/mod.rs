@@ -8,7 +8,9 @@ pub mod tx;
 mod worker;
 
 use super::block::read_config_bytes;
-use super::device::{ActivateContext, ActivateError, VirtioDevice};
+use super::device::{
+    ActivateContext, ActivateError, DeviceSnapshot, DeviceStateError, VirtioDevice,
+};
 use super::worker::Worker;
 use super::VIRTIO_F_VERSION_1;
 use std::fmt;
@@ -21,7 +23,7 @@ use tx::TapTxSink;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 use virtio_queue::Queue;
-use worker::NetWorker;
+use worker::{NetWorker, NetWorkerOut};
 
 /// Entries in each queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -134,7 +136,9 @@ pub struct Net {
     /// Tap-like frame fd: one frame per read/write, behind a 12-byte vnet header.
     fd: OwnedFd,
     counters: Arc<NetCounters>,
-    worker: Option<Worker<(Queue, Queue)>>,
+    worker: Option<Worker<NetWorkerOut>>,
+    /// A frame from the tap the guest had no buffer for when the worker last stopped.
+    held_frame: Option<Vec<u8>>,
 }
 
 impl Net {
@@ -163,6 +167,7 @@ impl Net {
             fd,
             counters: Arc::default(),
             worker: None,
+            held_frame: None,
         }
     }
 
@@ -212,9 +217,12 @@ impl VirtioDevice for Net {
             rx_fd,
             Box::new(TapTxSink::new(tx_fd)),
             self.counters.clone(),
-        );
+        )
+        .with_held_frame(self.held_frame.take());
         let (rx_notify, tx_notify) = (rx.notify, tx.notify);
-        self.reset();
+        if let Some(w) = self.worker.take() {
+            let _ = w.stop();
+        }
         self.worker = Some(
             Worker::spawn(format!("tandem_net_{}", self.id), move |ep| {
                 worker.run(ep, rx_notify, tx_notify)
@@ -227,6 +235,40 @@ impl VirtioDevice for Net {
     fn reset(&mut self) {
         if let Some(w) = self.worker.take() {
             let _ = w.stop();
+        }
+        self.held_frame = None;
+    }
+
+    fn quiesce(&mut self) -> Option<Vec<Queue>> {
+        let out = self.worker.take()?.stop()?;
+        self.held_frame = out.held_frame;
+        Some(vec![out.rx, out.tx])
+    }
+
+    fn state(&self) -> DeviceSnapshot {
+        DeviceSnapshot::Net {
+            mac: self.mac.0,
+            held_frame: self.held_frame.clone(),
+        }
+    }
+
+    fn restore(&mut self, state: &DeviceSnapshot) -> Result<(), DeviceStateError> {
+        match state {
+            DeviceSnapshot::Net { mac, held_frame } => {
+                if held_frame
+                    .as_ref()
+                    .is_some_and(|f| f.len() > tap::VNET_HDR_LEN + worker::MAX_FRAME)
+                {
+                    return Err(DeviceStateError::Invalid(
+                        "held RX frame is larger than any frame",
+                    ));
+                }
+                // The guest driver read this MAC; it must not change under it.
+                self.mac = MacAddr(*mac);
+                self.held_frame = held_frame.clone();
+                Ok(())
+            }
+            _ => Err(DeviceStateError::WrongKind { expected: "net" }),
         }
     }
 }

@@ -44,6 +44,14 @@ pub(crate) struct NetWorker {
     tx_broken: bool,
 }
 
+/// What a stopped worker hands back: its queues with their progress, and a frame read from the
+/// tap that no RX buffer has taken yet (it belongs to the device's state, not the tap's).
+pub(crate) struct NetWorkerOut {
+    pub rx: Queue,
+    pub tx: Queue,
+    pub held_frame: Option<Vec<u8>>,
+}
+
 /// Whether the worker should keep reading the tap.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum RxState {
@@ -79,12 +87,22 @@ impl NetWorker {
         }
     }
 
+    /// Starts with a frame held when the device was last quiesced: it goes to the guest first.
+    pub(crate) fn with_held_frame(mut self, held: Option<Vec<u8>>) -> Self {
+        self.pending = held.and_then(|f| {
+            let dst = self.frame.get_mut(..f.len())?;
+            dst.copy_from_slice(&f);
+            Some(f.len())
+        });
+        self
+    }
+
     pub(crate) fn run(
         mut self,
         ep: WorkerEpoll,
         rx_notify: EventFd,
         tx_notify: EventFd,
-    ) -> (Queue, Queue) {
+    ) -> NetWorkerOut {
         let fd = self.fd.as_raw_fd();
         let watched = ep
             .add(rx_notify.as_raw_fd(), EventSet::IN, RX_QUEUE_TOKEN)
@@ -93,7 +111,7 @@ impl NetWorker {
         if let Err(e) = watched {
             log::error!("virtio-net: cannot watch queues and tap: {e}");
             self.interrupt.set_needs_reset();
-            return (self.rx, self.tx);
+            return self.into_out();
         }
         let mut tap_watched = true;
         let mut events = vec![EpollEvent::default(); 8];
@@ -133,7 +151,19 @@ impl NetWorker {
                 state = self.process_rx();
             }
         }
-        (self.rx, self.tx)
+        self.into_out()
+    }
+
+    fn into_out(self) -> NetWorkerOut {
+        let held_frame = self
+            .pending
+            .and_then(|len| self.frame.get(..len))
+            .map(<[u8]>::to_vec);
+        NetWorkerOut {
+            rx: self.rx,
+            tx: self.tx,
+            held_frame,
+        }
     }
 
     fn give_up(&mut self, rx: bool, what: &str, e: virtio_queue::Error) {

@@ -1,0 +1,171 @@
+//! Quiescing a transport (its device's worker stops and hands the queues back) and saving or
+//! restoring its registers, queues and device, for snapshots, migration and FT checkpoints.
+
+use super::MmioTransport;
+use crate::virtio::device::{DeviceSnapshot, DeviceStateError};
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueState, QueueT};
+
+/// One virtqueue as the transport and the device last saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSnapshot {
+    pub max_size: u16,
+    pub size: u16,
+    pub ready: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+    pub next_avail: u16,
+    pub next_used: u16,
+    pub event_idx_enabled: bool,
+    /// The driver wrote a QueueNum the queue cannot take.
+    pub bad_size: bool,
+}
+
+/// A virtio-mmio transport and its device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmioSnapshot {
+    pub device_type: u32,
+    pub status: u32,
+    pub acked_features: u64,
+    pub acked_unoffered: bool,
+    pub queue_select: u32,
+    pub device_features_select: u32,
+    pub driver_features_select: u32,
+    pub interrupt_status: u32,
+    pub needs_reset: bool,
+    pub config_generation: u32,
+    /// DRIVER_OK was accepted and the device runs.
+    pub activated: bool,
+    pub queues: Vec<QueueSnapshot>,
+    pub device: DeviceSnapshot,
+}
+
+/// A snapshot this transport cannot take.
+#[derive(Debug, thiserror::Error)]
+pub enum MmioStateError {
+    #[error("saved device type {saved} differs from this device's {ours}")]
+    DeviceType { saved: u32, ours: u32 },
+    #[error("saved state has {saved} queues, the device has {ours}")]
+    QueueCount { saved: usize, ours: usize },
+    #[error("saved queue {index} is invalid")]
+    Queue {
+        index: usize,
+        #[source]
+        source: virtio_queue::Error,
+    },
+    #[error("device state")]
+    Device(#[from] DeviceStateError),
+}
+
+impl MmioTransport {
+    /// Stops the device's worker so that nothing touches guest memory or the queues; the
+    /// queues' progress comes back into the transport. [`MmioTransport::resume`] undoes it.
+    pub fn quiesce(&mut self) {
+        if self.activated && !self.quiesced {
+            if let Some(queues) = self.device.quiesce() {
+                if queues.len() == self.queues.len() {
+                    self.queues = queues;
+                }
+            }
+            self.quiesced = true;
+        }
+    }
+
+    /// Starts the device's worker again after [`MmioTransport::quiesce`] or a restore.
+    pub fn resume(&mut self) {
+        if self.quiesced {
+            self.quiesced = false;
+            self.activated = false;
+            self.activate();
+        }
+    }
+
+    /// The transport's and device's state; call it while quiesced (or never activated).
+    pub fn state(&self) -> MmioSnapshot {
+        let queues = self
+            .queues
+            .iter()
+            .zip(&self.bad_queue_size)
+            .map(|(q, &bad_size)| {
+                let s = q.state();
+                QueueSnapshot {
+                    max_size: s.max_size,
+                    size: s.size,
+                    ready: s.ready,
+                    desc_table: s.desc_table,
+                    avail_ring: s.avail_ring,
+                    used_ring: s.used_ring,
+                    next_avail: s.next_avail,
+                    next_used: s.next_used,
+                    event_idx_enabled: s.event_idx_enabled,
+                    bad_size,
+                }
+            })
+            .collect();
+        MmioSnapshot {
+            device_type: self.device.device_type(),
+            status: self.status,
+            acked_features: self.acked_features,
+            acked_unoffered: self.acked_unoffered,
+            queue_select: self.queue_select,
+            device_features_select: self.device_features_select,
+            driver_features_select: self.driver_features_select,
+            interrupt_status: self.interrupt.status(),
+            needs_reset: self.interrupt.needs_reset(),
+            config_generation: 0,
+            activated: self.activated,
+            queues,
+            device: self.device.state(),
+        }
+    }
+
+    /// Takes a snapshot's state into a freshly built transport. A device that was running stays
+    /// quiesced until [`MmioTransport::resume`].
+    pub fn restore(&mut self, s: &MmioSnapshot) -> Result<(), MmioStateError> {
+        let ours = self.device.device_type();
+        if s.device_type != ours {
+            return Err(MmioStateError::DeviceType {
+                saved: s.device_type,
+                ours,
+            });
+        }
+        if s.queues.len() != self.queues.len() {
+            return Err(MmioStateError::QueueCount {
+                saved: s.queues.len(),
+                ours: self.queues.len(),
+            });
+        }
+        let mut queues = Vec::with_capacity(s.queues.len());
+        for (index, (q, cur)) in s.queues.iter().zip(&self.queues).enumerate() {
+            let state = QueueState {
+                // The device decides its queue sizes; a snapshot cannot enlarge them.
+                max_size: cur.max_size(),
+                next_avail: q.next_avail,
+                next_used: q.next_used,
+                event_idx_enabled: q.event_idx_enabled,
+                size: q.size,
+                ready: q.ready,
+                desc_table: q.desc_table,
+                avail_ring: q.avail_ring,
+                used_ring: q.used_ring,
+            };
+            queues.push(
+                Queue::try_from(state).map_err(|source| MmioStateError::Queue { index, source })?,
+            );
+        }
+        self.device.restore(&s.device)?;
+        self.queues = queues;
+        self.bad_queue_size = s.queues.iter().map(|q| q.bad_size).collect();
+        self.status = s.status;
+        self.acked_features = s.acked_features;
+        self.acked_unoffered = s.acked_unoffered;
+        self.queue_select = s.queue_select;
+        self.device_features_select = s.device_features_select;
+        self.driver_features_select = s.driver_features_select;
+        self.interrupt.restore(s.interrupt_status, s.needs_reset);
+        self.activated = s.activated;
+        self.quiesced = s.activated;
+        Ok(())
+    }
+}

@@ -1,0 +1,124 @@
+//! The state file: a fixed header (magic, format version, payload length, CRC-32 of the payload)
+//! and a postcard-encoded [`VmSnapshot`]. Every check happens before any decoding, and postcard
+//! checks each length against the bytes left before allocating, so no input can panic or make
+//! us allocate more than the input's size.
+
+use super::VmSnapshot;
+
+/// First bytes of every state file.
+pub const MAGIC: [u8; 8] = *b"TANDEMST";
+/// Format version this build reads and writes; bump it on any change to [`VmSnapshot`].
+pub const VERSION: u32 = 1;
+/// Magic, version, payload length (u64), CRC-32 (u32).
+pub const HEADER_LEN: usize = 8 + 4 + 8 + 4;
+
+/// Why a state file cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("not a Tandem state file (bad magic)")]
+    BadMagic,
+    #[error("state format version {found} is not supported (this build reads version {VERSION})")]
+    WrongVersion { found: u32 },
+    #[error("state is truncated: {need} bytes needed, {have} present")]
+    Truncated { need: u64, have: u64 },
+    #[error("state has {0} bytes after its end")]
+    Trailing(u64),
+    #[error("state checksum mismatch: header says {expected:#010x}, payload has {found:#010x}")]
+    Checksum { expected: u32, found: u32 },
+    #[error("cannot decode the state")]
+    Decode(#[source] postcard::Error),
+    #[error("cannot encode the state")]
+    Encode(#[source] postcard::Error),
+}
+
+/// Encodes `s` with its header.
+pub fn encode(s: &VmSnapshot) -> Result<Vec<u8>, FormatError> {
+    let payload = postcard::to_stdvec(s).map_err(FormatError::Encode)?;
+    Ok(frame(&payload))
+}
+
+/// Puts the header in front of an already encoded payload.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+fn field<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    if let Some(src) = b.get(at..at + N) {
+        out.copy_from_slice(src);
+    }
+    out
+}
+
+/// Checks the header and returns the payload it vouches for.
+pub fn unframe(b: &[u8]) -> Result<&[u8], FormatError> {
+    let have = b.len() as u64;
+    // A short prefix of a real file still says whether it is ours.
+    if b.len() < MAGIC.len() {
+        if MAGIC.starts_with(b) {
+            return Err(FormatError::Truncated {
+                need: HEADER_LEN as u64,
+                have,
+            });
+        }
+        return Err(FormatError::BadMagic);
+    }
+    if field::<8>(b, 0) != MAGIC {
+        return Err(FormatError::BadMagic);
+    }
+    if b.len() < 12 {
+        return Err(FormatError::Truncated {
+            need: HEADER_LEN as u64,
+            have,
+        });
+    }
+    let version = u32::from_le_bytes(field(b, 8));
+    if version != VERSION {
+        return Err(FormatError::WrongVersion { found: version });
+    }
+    if b.len() < HEADER_LEN {
+        return Err(FormatError::Truncated {
+            need: HEADER_LEN as u64,
+            have,
+        });
+    }
+    let len = u64::from_le_bytes(field(b, 12));
+    let expected = u32::from_le_bytes(field(b, 20));
+    let need = (HEADER_LEN as u64).saturating_add(len);
+    if have < need {
+        return Err(FormatError::Truncated { need, have });
+    }
+    if have > need {
+        return Err(FormatError::Trailing(have - need));
+    }
+    let payload = &b[HEADER_LEN..];
+    let found = crc32fast::hash(payload);
+    if found != expected {
+        return Err(FormatError::Checksum { expected, found });
+    }
+    Ok(payload)
+}
+
+/// Decodes a whole state file.
+pub fn decode(b: &[u8]) -> Result<VmSnapshot, FormatError> {
+    decode_payload(unframe(b)?)
+}
+
+/// Decodes a payload whose header has been checked.
+pub fn decode_payload(payload: &[u8]) -> Result<VmSnapshot, FormatError> {
+    let (s, rest) = postcard::take_from_bytes(payload).map_err(FormatError::Decode)?;
+    if !rest.is_empty() {
+        return Err(FormatError::Trailing(rest.len() as u64));
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+#[path = "format_tests.rs"]
+mod tests;
