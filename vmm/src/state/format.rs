@@ -33,7 +33,12 @@ pub enum FormatError {
 
 /// Encodes `s` with its header.
 pub fn encode(s: &VmSnapshot) -> Result<Vec<u8>, FormatError> {
-    let payload = postcard::to_stdvec(s).map_err(FormatError::Encode)?;
+    encode_part(s)
+}
+
+/// Encodes any part of the state (a vCPU's, say, for the migration stream) with the same header.
+pub fn encode_part<T: serde::Serialize>(part: &T) -> Result<Vec<u8>, FormatError> {
+    let payload = postcard::to_stdvec(part).map_err(FormatError::Encode)?;
     Ok(frame(&payload))
 }
 
@@ -110,8 +115,13 @@ pub fn decode(b: &[u8]) -> Result<VmSnapshot, FormatError> {
     decode_payload(unframe(b)?)
 }
 
+/// Decodes a part written by [`encode_part`], header checks first.
+pub fn decode_part<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, FormatError> {
+    decode_payload(unframe(b)?)
+}
+
 /// Decodes a payload whose header has been checked.
-pub fn decode_payload(payload: &[u8]) -> Result<VmSnapshot, FormatError> {
+pub fn decode_payload<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, FormatError> {
     let (s, rest) = postcard::take_from_bytes(payload).map_err(FormatError::Decode)?;
     if !rest.is_empty() {
         return Err(FormatError::Trailing(rest.len() as u64));

@@ -129,7 +129,7 @@ impl Vm {
         guest_events: GuestEventHandler,
         on_failure: VcpuFailureHandler,
     ) -> Result<Self, VmError> {
-        Self::build(config, guest_events, on_failure, None)
+        Self::build(config, guest_events, on_failure, None, None)
     }
 
     /// Creates the VM with its vCPUs, devices or payload set up either for a fresh boot
@@ -139,6 +139,7 @@ impl Vm {
         guest_events: GuestEventHandler,
         on_failure: VcpuFailureHandler,
         restore: Option<&DevicesState>,
+        memory: Option<GuestMemoryMmap>,
     ) -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let vm_fd = kvm.create_vm().map_err(kvm_err("create the VM"))?;
@@ -161,8 +162,10 @@ impl Vm {
             .create_pit2(pit)
             .map_err(kvm_err("create the in-kernel PIT"))?;
 
-        let mem_size = config.memory.size;
-        let memory = memory::create_guest_memory(mem_size)?;
+        let memory = match memory {
+            Some(m) => m,
+            None => memory::create_guest_memory(config.memory.size)?,
+        };
         memory::register_memory(&vm_fd, &memory, false)?;
 
         let saved_serial = restore.and_then(|d| d.serial.as_ref());
@@ -226,13 +229,26 @@ impl Vm {
         })
     }
 
-    /// Rebuilds a VM from `snapshot` and the memory file at `memory_file`, with host resources
-    /// (disk paths, taps, serial output) from `config`. Its vCPUs are left paused and its
-    /// devices quiesced: [`Vm::resume`] runs it.
+    /// Rebuilds a VM from a snapshot whose memory is in `memory_file`; left paused.
     pub fn restore(
         config: &VmConfig,
         snapshot: &VmSnapshot,
         memory_file: &Path,
+        guest_events: GuestEventHandler,
+        on_failure: VcpuFailureHandler,
+    ) -> Result<Self, VmError> {
+        let memory = memory::create_guest_memory(config.memory.size)?;
+        crate::state::memory::restore(&memory, memory_file)?;
+        Self::restore_with_memory(config, snapshot, memory, guest_events, on_failure)
+    }
+
+    /// Rebuilds a VM from `snapshot` and guest memory already filled in (by a snapshot file or a
+    /// migration stream), with host resources (disk paths, taps, serial output) from `config`. Its vCPUs are left paused and its
+    /// devices quiesced: [`Vm::resume`] runs it.
+    pub fn restore_with_memory(
+        config: &VmConfig,
+        snapshot: &VmSnapshot,
+        memory: GuestMemoryMmap,
         guest_events: GuestEventHandler,
         on_failure: VcpuFailureHandler,
     ) -> Result<Self, VmError> {
@@ -249,8 +265,13 @@ impl Vm {
                 config.cpus.boot_vcpus
             )));
         }
-        let mut vm = Self::build(config, guest_events, on_failure, Some(&snapshot.devices))?;
-        crate::state::memory::restore(&vm.memory, memory_file)?;
+        let mut vm = Self::build(
+            config,
+            guest_events,
+            on_failure,
+            Some(&snapshot.devices),
+            Some(memory),
+        )?;
         crate::state::vm::restore_irqchip(&vm.vm_fd, &snapshot.kvm)?;
         for (ctx, s) in vm.pending.iter().zip(&snapshot.vcpus) {
             if s.id != ctx.id {
