@@ -2,7 +2,8 @@
 //! VM's lifecycle state (Created → Running ⇄ Paused → Shutdown).
 
 use crate::api::{ApiError, ApiRequest, ApiResponse, RestoreConfig, SnapshotConfig, VmmEvent};
-use crate::config::{host_memory_limit, ConfigError, VmConfig};
+use crate::api::types::{RestoreDisk, RestoreNet};
+use crate::config::{host_memory_limit, ConfigError, SerialConfig, VmConfig};
 use crate::state::snapshot::{self, SnapshotError};
 use crate::vm::vcpu::VcpuFailureHandler;
 use crate::vm::{Vm, VmError};
@@ -14,6 +15,8 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::Instant;
 
+mod migration;
+
 /// Lifecycle state as `vm.info` reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum VmState {
@@ -21,6 +24,8 @@ pub enum VmState {
     Running,
     Paused,
     Shutdown,
+    /// The VM was migrated away and now runs on the destination.
+    Migrated,
 }
 
 /// Why an API call could not be applied.
@@ -55,6 +60,16 @@ pub enum VmmError {
     RestoreVm(#[source] VmError),
     #[error("restore: {0}")]
     RestoreOverride(String),
+    #[error("a migration is in progress")]
+    MigrationInProgress,
+    #[error("bad migration URL")]
+    MigrationUrl(#[source] ft::transport::TransportError),
+    #[error("cannot reach the migration destination")]
+    MigrationConnect(#[source] ft::transport::TransportError),
+    #[error("cannot listen for the migration")]
+    MigrationListen(#[source] ft::transport::TransportError),
+    #[error("cannot start the migration thread")]
+    MigrationThread(#[source] std::io::Error),
 }
 
 impl VmmError {
@@ -62,7 +77,14 @@ impl VmmError {
     pub fn status(&self) -> u16 {
         match self {
             VmmError::NoVm => 404,
-            VmmError::VmExists | VmmError::WrongState { .. } => 409,
+            VmmError::VmExists | VmmError::WrongState { .. } | VmmError::MigrationInProgress => {
+                409
+            }
+            // A malformed URL, an unreachable peer or an address we cannot listen on.
+            VmmError::MigrationUrl(_)
+            | VmmError::MigrationConnect(_)
+            | VmmError::MigrationListen(_) => 400,
+            VmmError::MigrationThread(_) => 500,
             VmmError::Config(_) => 400,
             // A payload, disk or tap the VMM cannot open is the caller's input; the rest is ours.
             VmmError::Boot(e) | VmmError::RestoreVm(e) if e.is_input_error() => 400,
@@ -99,6 +121,8 @@ pub struct Vmm {
     boot_id: u64,
     /// Exit the process when the guest powers off (no API socket to report it through).
     exit_on_guest_shutdown: bool,
+    /// The current or last migration, for `vm.info`.
+    migration: Option<migration::MigrationStatus>,
 }
 
 impl Vmm {
@@ -111,6 +135,7 @@ impl Vmm {
             state: VmState::Shutdown,
             boot_id: 0,
             exit_on_guest_shutdown,
+            migration: None,
         }
     }
 
@@ -157,6 +182,8 @@ impl Vmm {
                     return Flow::Exit;
                 }
             }
+            VmmEvent::MigrationSent { vm, result } => self.migration_sent(vm, result),
+            VmmEvent::MigrationReceived { result } => self.migration_received(result),
             stale => log::debug!("ignoring event from an earlier boot: {stale:?}"),
         }
         Flow::Continue
@@ -184,6 +211,8 @@ impl Vmm {
             ApiRequest::VmDelete => self.delete().map(|_| None),
             ApiRequest::VmCounters => self.counters().map(Some),
             ApiRequest::VmSnapshot(c) => self.snapshot(&c).map(|_| None),
+            ApiRequest::VmSendMigration(c) => self.send_migration(&c).map(|_| None),
+            ApiRequest::VmReceiveMigration(c) => self.receive_migration(*c).map(|_| None),
             ApiRequest::VmRestore(c) => self.restore(*c).map(|_| None),
         };
         r.map_err(ApiError::from)
@@ -191,6 +220,9 @@ impl Vmm {
 
     /// Stores a config (`vm.create`).
     pub fn create(&mut self, cfg: VmConfig) -> Result<(), VmmError> {
+        if self.migration_active() {
+            return Err(VmmError::MigrationInProgress);
+        }
         if self.config.is_some() {
             return Err(VmmError::VmExists);
         }
@@ -203,6 +235,9 @@ impl Vmm {
     }
 
     fn require(&self, action: &'static str, ok: &[VmState]) -> Result<&VmConfig, VmmError> {
+        if self.migration_active() {
+            return Err(VmmError::MigrationInProgress);
+        }
         let cfg = self.config.as_ref().ok_or(VmmError::NoVm)?;
         if !ok.contains(&self.state) {
             return Err(VmmError::WrongState {
@@ -258,13 +293,16 @@ impl Vmm {
 
     /// Rebuilds a VM from a snapshot directory in a VMM that has none (`vm.restore`).
     pub fn restore(&mut self, c: RestoreConfig) -> Result<(), VmmError> {
+        if self.migration_active() {
+            return Err(VmmError::MigrationInProgress);
+        }
         if self.config.is_some() {
             return Err(VmmError::VmExists);
         }
         let dir = snapshot::dir_from_url(&c.source_url).map_err(VmmError::Restore)?;
         snapshot::check_dir(&dir).map_err(VmmError::Restore)?;
         let mut cfg = snapshot::read_config(&dir).map_err(VmmError::Restore)?;
-        apply_overrides(&mut cfg, &c)?;
+        apply_overrides(&mut cfg, &c.net, &c.disks, c.serial.as_ref())?;
         cfg.validate(host_memory_limit())?;
         let state = snapshot::read_state(&dir).map_err(VmmError::Restore)?;
         let t0 = Instant::now();
@@ -309,12 +347,26 @@ impl Vmm {
     }
 
     fn info(&self) -> Result<serde_json::Value, VmmError> {
-        let cfg = self.config.as_ref().ok_or(VmmError::NoVm)?;
-        Ok(json!({
+        let migration = self.migration.as_ref().map(|m| m.to_json());
+        let Some(cfg) = self.config.as_ref() else {
+            // A destination still receiving has no VM yet, only the migration to report.
+            return match migration {
+                Some(m) if self.migration_active() => Ok(json!({
+                    "state": "Receiving",
+                    "migration": m,
+                })),
+                _ => Err(VmmError::NoVm),
+            };
+        };
+        let mut info = json!({
             "config": cfg,
             "state": self.state,
             "memory_actual_size": cfg.memory.size,
-        }))
+        });
+        if let Some(m) = migration {
+            info["migration"] = m;
+        }
+        Ok(info)
     }
 
     fn pause(&mut self) -> Result<(), VmmError> {
@@ -351,6 +403,9 @@ impl Vmm {
     }
 
     fn delete(&mut self) -> Result<(), VmmError> {
+        if self.migration_active() {
+            return Err(VmmError::MigrationInProgress);
+        }
         self.config.as_ref().ok_or(VmmError::NoVm)?;
         self.teardown();
         self.config = None;
@@ -379,20 +434,26 @@ impl Vmm {
 }
 
 /// Puts the restore request's taps, disk paths and serial output into the saved config.
-fn apply_overrides(cfg: &mut VmConfig, c: &RestoreConfig) -> Result<(), VmmError> {
-    for n in &c.net {
+/// Host resources named at restore or migration replace the saved ones, by device id.
+fn apply_overrides(
+    cfg: &mut VmConfig,
+    net: &[RestoreNet],
+    disks: &[RestoreDisk],
+    serial: Option<&SerialConfig>,
+) -> Result<(), VmmError> {
+    for n in net {
         let nic = cfg.net.iter_mut().find(|x| x.id == n.id).ok_or_else(|| {
             VmmError::RestoreOverride(format!("the snapshot has no NIC {:?}", n.id))
         })?;
         nic.tap = n.tap.clone();
     }
-    for d in &c.disks {
+    for d in disks {
         let disk = cfg.disks.iter_mut().find(|x| x.id == d.id).ok_or_else(|| {
             VmmError::RestoreOverride(format!("the snapshot has no disk {:?}", d.id))
         })?;
         disk.path = d.path.clone();
     }
-    if let Some(s) = &c.serial {
+    if let Some(s) = serial {
         cfg.serial = s.clone();
     }
     Ok(())

@@ -4,5 +4,6 @@ pub mod api;
 pub mod boot;
 pub mod config;
 pub mod controller;
+pub mod migration;
 pub mod state;
 pub mod vm;

@@ -6,7 +6,10 @@ pub mod socket;
 pub mod types;
 
 pub use server::{start_server, start_server_with_timeout, ApiServerError, ApiServerHandle};
-pub use types::{ApiError, ApiRequest, ApiResponse, RestoreConfig, SnapshotConfig, VmmEvent};
+pub use types::{
+    ApiError, ApiRequest, ApiResponse, ReceiveMigrationConfig, RestoreConfig, SendMigrationConfig,
+    SnapshotConfig, VmBox, VmmEvent,
+};
 
 #[cfg(test)]
 mod openapi_tests;

@@ -2,7 +2,7 @@
 //!
 //! Nothing here touches sockets, so every input the server can see is testable as a table.
 
-use super::types::{ApiError, ApiRequest, RestoreConfig};
+use super::types::{ApiError, ApiRequest, ReceiveMigrationConfig, RestoreConfig};
 use crate::config::{ConfigError, VmConfig};
 
 /// Prefix of every endpoint path.
@@ -38,6 +38,10 @@ pub enum Body {
     Snapshot,
     /// A JSON [`RestoreConfig`].
     Restore,
+    /// A JSON [`super::types::SendMigrationConfig`].
+    SendMigration,
+    /// A JSON [`ReceiveMigrationConfig`].
+    ReceiveMigration,
 }
 
 /// One endpoint: its name under [`API_PREFIX`], method and body.
@@ -67,6 +71,8 @@ pub const ROUTES: &[Route] = &[
     route("vm.counters", Method::Get, Body::None),
     route("vm.snapshot", Method::Put, Body::Snapshot),
     route("vm.restore", Method::Put, Body::Restore),
+    route("vm.send-migration", Method::Put, Body::SendMigration),
+    route("vm.receive-migration", Method::Put, Body::ReceiveMigration),
 ];
 
 /// Why a request could not be turned into an [`ApiRequest`].
@@ -177,6 +183,16 @@ pub fn parse_request(
             return Ok(ApiRequest::VmRestore(Box::new(
                 parse_json::<RestoreConfig>(route.name, body)?,
             )))
+        }
+        Body::SendMigration => {
+            return Ok(ApiRequest::VmSendMigration(parse_json(route.name, body)?))
+        }
+        Body::ReceiveMigration => {
+            return Ok(ApiRequest::VmReceiveMigration(Box::new(parse_json::<
+                ReceiveMigrationConfig,
+            >(
+                route.name, body
+            )?)))
         }
     }
     Ok(match route.name {

@@ -21,6 +21,36 @@ pub enum ApiRequest {
     VmCounters,
     VmSnapshot(SnapshotConfig),
     VmRestore(Box<RestoreConfig>),
+    VmSendMigration(SendMigrationConfig),
+    VmReceiveMigration(Box<ReceiveMigrationConfig>),
+}
+
+/// `vm.send-migration`: where the destination listens, and the pause we accept.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendMigrationConfig {
+    /// `tcp:HOST:PORT` or `unix:PATH`, where a `vm.receive-migration` listens.
+    pub destination_url: String,
+    /// Longest acceptable guest pause in milliseconds (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
+}
+
+/// `vm.receive-migration`: where to listen, and host resources that replace the source's.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiveMigrationConfig {
+    /// `tcp:ADDR:PORT` or `unix:PATH` to listen on.
+    pub receiver_url: String,
+    /// Taps for NICs, by NIC id (default: the source's tap names).
+    #[serde(default)]
+    pub net: Vec<RestoreNet>,
+    /// Image paths for disks, by disk id (default: the source's paths).
+    #[serde(default)]
+    pub disks: Vec<RestoreDisk>,
+    /// Where this process sends the guest's console (default: the source's setting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<SerialConfig>,
 }
 
 /// `vm.snapshot`: where to write the snapshot.
@@ -67,6 +97,15 @@ pub struct RestoreDisk {
     pub path: PathBuf,
 }
 
+/// A VM travelling between the VMM thread and a migration thread.
+pub struct VmBox(pub crate::vm::Vm);
+
+impl std::fmt::Debug for VmBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Vm")
+    }
+}
+
 /// An API call that failed: the HTTP status to answer with and the error chain, outermost first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ApiError {
@@ -111,4 +150,13 @@ pub enum VmmEvent {
     GuestPowerOff { boot_id: u64 },
     /// A vCPU thread of boot `boot_id` stopped on an error it could not handle.
     VcpuFailed { boot_id: u64, id: u8, error: String },
+    /// An outgoing migration ended; on success `vm` now lives on the destination.
+    MigrationSent {
+        vm: VmBox,
+        result: Result<serde_json::Value, String>,
+    },
+    /// An incoming migration ended; on success the VM runs here.
+    MigrationReceived {
+        result: Result<(Box<VmConfig>, VmBox), String>,
+    },
 }

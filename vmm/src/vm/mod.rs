@@ -393,6 +393,16 @@ impl Vm {
         )?)
     }
 
+    /// Stops KVM's dirty log (best effort: a VM that keeps logging is only slower).
+    pub fn stop_dirty_log(&self) -> Result<(), VmError> {
+        Ok(memory::register_memory(&self.vm_fd, &self.memory, false)?)
+    }
+
+    /// Broadcasts a RARP for every NIC's MAC (after the VM moved to this host).
+    pub fn announce(&mut self) {
+        self.virtio.announce();
+    }
+
     /// Stops and joins every vCPU thread, then every device worker thread.
     pub fn stop(&mut self) -> Result<(), VmError> {
         for v in &mut self.vcpus {

@@ -1,0 +1,222 @@
+//! `vm.send-migration` and `vm.receive-migration`: the VMM thread checks and connects (so that a
+//! bad URL or an unreachable peer is the caller's immediate 4xx), then a migration thread runs
+//! ft's pre-copy engine and reports back with a `VmmEvent`. `vm.info` shows the progress meanwhile.
+
+use super::{apply_overrides, chain, VmState, Vmm, VmmError};
+use crate::api::{ReceiveMigrationConfig, SendMigrationConfig, VmBox, VmmEvent};
+use crate::config::{host_memory_limit, VmConfig};
+use crate::migration::incoming::IncomingVm;
+use crate::migration::source::SourceVm;
+use ft::migration::{
+    send_migration, IncomingMigration, ProgressHandle, ReceiveOptions, Role, SendOptions,
+};
+use ft::transport::{self, Endpoint, Listener};
+use serde_json::json;
+use std::time::Duration;
+
+/// How long `vm.send-migration` tries to reach the destination before answering 400.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest silence on the stream before a migration is given up (a cut link shows up as this).
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a destination waits for the source to connect.
+const ACCEPT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The current or last migration.
+pub(super) struct MigrationStatus {
+    role: Role,
+    peer: String,
+    progress: ProgressHandle,
+    active: bool,
+    /// The report of a finished migration, or why it failed.
+    outcome: Option<Result<serde_json::Value, String>>,
+}
+
+impl MigrationStatus {
+    /// What `vm.info` shows under `migration`.
+    pub(super) fn to_json(&self) -> serde_json::Value {
+        let mut v = json!({
+            "role": self.role,
+            "peer": self.peer,
+            "active": self.active,
+            "progress": self.progress.snapshot(),
+        });
+        match &self.outcome {
+            Some(Ok(report)) => v["report"] = report.clone(),
+            Some(Err(e)) => v["error"] = json!(e),
+            None => {}
+        }
+        v
+    }
+}
+
+impl Vmm {
+    /// Whether a migration thread owns (or is building) the VM right now.
+    pub(super) fn migration_active(&self) -> bool {
+        self.migration.as_ref().is_some_and(|m| m.active)
+    }
+
+    /// `vm.send-migration`: connects, then migrates the running VM in the background.
+    pub(super) fn send_migration(&mut self, c: &SendMigrationConfig) -> Result<(), VmmError> {
+        let cfg = self.require("migrate", &[VmState::Running])?.clone();
+        let endpoint: Endpoint = c.destination_url.parse().map_err(VmmError::MigrationUrl)?;
+        let conn = transport::connect(&endpoint, CONNECT_TIMEOUT)
+            .map_err(VmmError::MigrationConnect)?;
+        let Some(vm) = self.vm.take() else {
+            return Err(VmmError::NoVm);
+        };
+        // The thread takes the VM from this slot, so it can be put back if the thread never starts.
+        let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(vm)));
+        let thread_slot = slot.clone();
+        let opts = SendOptions {
+            max_downtime: Duration::from_millis(c.downtime_ms.unwrap_or(300)),
+            io_timeout: IO_TIMEOUT,
+            ..SendOptions::default()
+        };
+        let progress = ProgressHandle::new(Role::Source);
+        let p = progress.clone();
+        let events = self.events.clone();
+        let config_json = serde_json::to_string(&cfg).unwrap_or_default();
+        let vcpus = cfg.cpus.boot_vcpus;
+        let spawned = std::thread::Builder::new()
+            .name("tandem_migrate_out".into())
+            .spawn(move || {
+                let taken = thread_slot.lock().map(|mut s| s.take()).ok().flatten();
+                let Some(mut vm) = taken else { return };
+                let result = {
+                    let mut source = SourceVm::new(&mut vm, vcpus, config_json);
+                    send_migration(&mut source, conn, &opts, &p)
+                };
+                let result = result
+                    .map(|r| serde_json::to_value(r).unwrap_or_default())
+                    .map_err(|e| chain(&e));
+                let _ = events.send(VmmEvent::MigrationSent {
+                    vm: VmBox(vm),
+                    result,
+                });
+            });
+        if let Err(e) = spawned {
+            self.vm = slot.lock().ok().and_then(|mut s| s.take());
+            return Err(VmmError::MigrationThread(e));
+        }
+        self.migration = Some(MigrationStatus {
+            role: Role::Source,
+            peer: endpoint.to_string(),
+            progress,
+            active: true,
+            outcome: None,
+        });
+        log::info!("migrating to {endpoint}");
+        Ok(())
+    }
+
+    /// The migration thread is done with the VM.
+    pub(super) fn migration_sent(&mut self, vm: VmBox, result: Result<serde_json::Value, String>) {
+        let mut vm = vm.0;
+        match &result {
+            Ok(report) => {
+                log::info!("migration completed: {report}");
+                // The guest runs on the destination now; this copy must never run again.
+                if let Err(e) = vm.stop() {
+                    log::error!("stopping the migrated VM: {}", chain(&e));
+                }
+                self.state = VmState::Migrated;
+            }
+            Err(e) => {
+                log::warn!("migration failed, the VM keeps running here: {e}");
+                self.vm = Some(vm);
+                self.state = VmState::Running;
+            }
+        }
+        if let Some(m) = &mut self.migration {
+            m.active = false;
+            m.outcome = Some(result);
+        }
+    }
+
+    /// `vm.receive-migration`: listens, then receives a VM in the background.
+    pub(super) fn receive_migration(&mut self, c: ReceiveMigrationConfig) -> Result<(), VmmError> {
+        if self.migration_active() {
+            return Err(VmmError::MigrationInProgress);
+        }
+        if self.config.is_some() {
+            return Err(VmmError::VmExists);
+        }
+        let endpoint: Endpoint = c.receiver_url.parse().map_err(VmmError::MigrationUrl)?;
+        let listener = Listener::bind(&endpoint).map_err(VmmError::MigrationListen)?;
+        let (guest_events, on_failure) = self.new_boot_handlers();
+        let progress = ProgressHandle::new(Role::Destination);
+        let p = progress.clone();
+        let events = self.events.clone();
+        let spawned = std::thread::Builder::new()
+            .name("tandem_migrate_in".into())
+            .spawn(move || {
+                let result = (|| -> Result<(Box<VmConfig>, VmBox), String> {
+                    let conn = listener
+                        .accept(Some(ACCEPT_TIMEOUT))
+                        .map_err(|e| chain(&e))?;
+                    let opts = ReceiveOptions {
+                        io_timeout: IO_TIMEOUT,
+                    };
+                    let incoming = IncomingMigration::accept(conn, &opts, &p).map_err(|e| chain(&e))?;
+                    let config = match destination_config(&incoming.identity().config, &c) {
+                        Ok(cfg) => cfg,
+                        Err(e) => return Err(chain(&incoming.reject(&e))),
+                    };
+                    let mut vm = match IncomingVm::new(config.clone(), guest_events, on_failure) {
+                        Ok(vm) => vm,
+                        Err(e) => return Err(chain(&incoming.reject(&chain(&e)))),
+                    };
+                    incoming.receive_into(&mut vm).map_err(|e| chain(&e))?;
+                    let vm = vm
+                        .into_vm()
+                        .ok_or_else(|| "the stream ended without a VM".to_string())?;
+                    Ok((Box::new(config), VmBox(vm)))
+                })();
+                let _ = events.send(VmmEvent::MigrationReceived { result });
+            })
+            .map_err(VmmError::MigrationThread)?;
+        drop(spawned);
+        self.migration = Some(MigrationStatus {
+            role: Role::Destination,
+            peer: endpoint.to_string(),
+            progress,
+            active: true,
+            outcome: None,
+        });
+        log::info!("waiting for a migration on {endpoint}");
+        Ok(())
+    }
+
+    /// The migration thread built (or failed to build) the VM.
+    pub(super) fn migration_received(
+        &mut self,
+        result: Result<(Box<VmConfig>, VmBox), String>,
+    ) {
+        let outcome = match result {
+            Ok((config, vm)) => {
+                log::info!("migration received; the VM runs here now");
+                self.config = Some(*config);
+                self.vm = Some(vm.0);
+                self.state = VmState::Running;
+                Ok(json!({}))
+            }
+            Err(e) => {
+                log::warn!("incoming migration failed: {e}");
+                Err(e)
+            }
+        };
+        if let Some(m) = &mut self.migration {
+            m.active = false;
+            m.outcome = Some(outcome);
+        }
+    }
+}
+
+/// The source's config with this host's resources, checked like a `vm.create`.
+fn destination_config(source_json: &str, c: &ReceiveMigrationConfig) -> Result<VmConfig, String> {
+    let mut cfg: VmConfig = serde_json::from_str(source_json)
+        .map_err(|e| format!("the source's VM config is not valid here: {e}"))?;
+    apply_overrides(&mut cfg, &c.net, &c.disks, c.serial.as_ref()).map_err(|e| chain(&e))?;
+    cfg.validate(host_memory_limit()).map_err(|e| chain(&e))?;
+    Ok(cfg)
+}
