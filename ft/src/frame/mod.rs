@@ -170,3 +170,6 @@ impl DecodedFrame {
         self.flags & FLAG_ACK_REQUESTED != 0
     }
 }
+
+#[cfg(test)]
+mod tests;
