@@ -147,7 +147,7 @@ impl<V: MigratableVm + ?Sized> Sender<'_, V> {
             max_rounds: self.opts.max_rounds,
             stall_rounds: self.opts.stall_rounds,
         });
-        let (stop_reason, estimate) = loop {
+        let (stop_reason, estimate, mut dirty) = loop {
             let dirty = self
                 .vm
                 .take_dirty_pages()
@@ -169,7 +169,7 @@ impl<V: MigratableVm + ?Sized> Sender<'_, V> {
                     self.round,
                     dirty.count()
                 );
-                break (reason, estimate);
+                break (reason, estimate, dirty);
             }
             self.round += 1;
             self.progress.update(|p| {
@@ -188,10 +188,12 @@ impl<V: MigratableVm + ?Sized> Sender<'_, V> {
             p.round = self.round;
             p.pages_this_round = 0;
         });
-        let dirty = self
+        // The set that made us stop has not been sent yet; add what was written since.
+        let since = self
             .vm
             .take_dirty_pages()
             .map_err(vm_err("take_dirty_pages"))?;
+        dirty.merge(&since);
         let final_pages = self.send_pages(&dirty)?;
         let state = self.vm.save_state().map_err(vm_err("save_state"))?;
         for (index, data) in state.vcpus.iter().enumerate() {
@@ -305,9 +307,7 @@ impl<V: MigratableVm + ?Sized> Sender<'_, V> {
             _ => 0,
         };
         self.pages_sent += n;
-        let bytes = self.writer.bytes();
         self.progress.update(|p| {
-            p.bytes = bytes;
             p.pages += n;
             p.pages_this_round += n;
         });
@@ -318,7 +318,11 @@ impl<V: MigratableVm + ?Sized> Sender<'_, V> {
     /// when one is waiting.
     fn send(&mut self, frame: &Frame, flags: u8) -> Result<u64, MigrationError> {
         match self.writer.send(frame, u64::from(self.round), flags) {
-            Ok(seq) => Ok(seq),
+            Ok(seq) => {
+                let bytes = self.writer.bytes();
+                self.progress.update(|p| p.bytes = bytes);
+                Ok(seq)
+            }
             Err(e @ MigrationError::Send(_)) => match self.inbox.wait(ABORT_GRACE) {
                 Ok(Waited::Frame(f)) => match f.frame {
                     Frame::Abort { reason } => Err(MigrationError::PeerAborted { reason }),
