@@ -1,0 +1,214 @@
+//! Typed payloads of each frame type and their wire forms (all integers little-endian, byte
+//! strings as a u32 length and the bytes).
+
+use super::pages::{PageBatch, PAGE_SIZE};
+use super::wire::{put_len_prefixed, WireError, WireReader};
+use super::{FrameError, FrameType};
+use crate::vm::VmIdentity;
+
+/// Why a stream was opened; a receiver refuses a purpose it was not set up for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum StreamPurpose {
+    /// Live migration: the source stops for good once the destination has acked.
+    Migration = 1,
+    /// FT: initial sync then checkpoints; the source keeps running.
+    FaultTolerance = 2,
+}
+
+/// First frame of a stream: which protocol versions the sender speaks and what VM it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// Oldest protocol version the sender can speak.
+    pub min_version: u16,
+    /// Newest protocol version the sender can speak.
+    pub max_version: u16,
+    /// Why the stream was opened.
+    pub purpose: StreamPurpose,
+    /// Guest page size in bytes (must be `PAGE_SIZE`).
+    pub page_size: u32,
+    /// The VM being sent.
+    pub identity: VmIdentity,
+}
+
+/// A frame's payload, by type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Versions and VM identity.
+    Hello(Hello),
+    /// Guest pages.
+    MemoryPages(PageBatch),
+    /// Opaque device and platform state (irqchip, clocks, devices).
+    DeviceState(Vec<u8>),
+    /// Opaque state of one vCPU.
+    VcpuState {
+        /// vCPU index.
+        index: u32,
+        /// The vCPU's saved state.
+        data: Vec<u8>,
+    },
+    /// End of a pre-copy round; `pages` lets the receiver check that none went missing.
+    EndOfRound {
+        /// Pages sent in the round, zero runs counted page by page.
+        pages: u64,
+    },
+    /// All memory and state of this epoch has been sent.
+    Commit {
+        /// vCPU states sent for this commit.
+        vcpus: u32,
+        /// Pages sent since the last EndOfRound.
+        pages: u64,
+    },
+    /// Acknowledges the peer's frame with this sequence number.
+    Ack {
+        /// The acknowledged sequence number.
+        seq: u64,
+    },
+    /// The sender gives up.
+    Abort {
+        /// Human-readable cause.
+        reason: String,
+    },
+    /// Liveness, with the sender's clock in milliseconds since the Unix epoch.
+    Heartbeat {
+        /// Sender's wall clock.
+        timestamp_ms: u64,
+    },
+}
+
+impl Frame {
+    /// The wire type of this payload.
+    pub fn frame_type(&self) -> FrameType {
+        match self {
+            Frame::Hello(_) => FrameType::Hello,
+            Frame::MemoryPages(_) => FrameType::MemoryPages,
+            Frame::DeviceState(_) => FrameType::DeviceState,
+            Frame::VcpuState { .. } => FrameType::VcpuState,
+            Frame::EndOfRound { .. } => FrameType::EndOfRound,
+            Frame::Commit { .. } => FrameType::Commit,
+            Frame::Ack { .. } => FrameType::Ack,
+            Frame::Abort { .. } => FrameType::Abort,
+            Frame::Heartbeat { .. } => FrameType::Heartbeat,
+        }
+    }
+
+    pub(crate) fn encode_payload(&self, out: &mut Vec<u8>) {
+        match self {
+            Frame::Hello(h) => {
+                out.extend_from_slice(&h.min_version.to_le_bytes());
+                out.extend_from_slice(&h.max_version.to_le_bytes());
+                out.push(h.purpose as u8);
+                out.extend_from_slice(&h.page_size.to_le_bytes());
+                out.extend_from_slice(&h.identity.memory_size.to_le_bytes());
+                out.extend_from_slice(&h.identity.vcpu_count.to_le_bytes());
+                put_len_prefixed(out, h.identity.config.as_bytes());
+            }
+            Frame::MemoryPages(b) => b.encode(out),
+            Frame::DeviceState(d) => out.extend_from_slice(d),
+            Frame::VcpuState { index, data } => {
+                out.extend_from_slice(&index.to_le_bytes());
+                out.extend_from_slice(data);
+            }
+            Frame::EndOfRound { pages } => out.extend_from_slice(&pages.to_le_bytes()),
+            Frame::Commit { vcpus, pages } => {
+                out.extend_from_slice(&vcpus.to_le_bytes());
+                out.extend_from_slice(&pages.to_le_bytes());
+            }
+            Frame::Ack { seq } => out.extend_from_slice(&seq.to_le_bytes()),
+            Frame::Abort { reason } => out.extend_from_slice(reason.as_bytes()),
+            Frame::Heartbeat { timestamp_ms } => out.extend_from_slice(&timestamp_ms.to_le_bytes()),
+        }
+    }
+
+    /// Parses a checksummed payload of type `t`; every field is bounds-checked and the whole
+    /// payload must be consumed.
+    pub(crate) fn decode_payload(t: FrameType, payload: &[u8]) -> Result<Frame, FrameError> {
+        let malformed = |reason: &'static str| FrameError::Malformed {
+            frame_type: t,
+            reason,
+        };
+        let short = |e: WireError| match e {
+            WireError::Short => malformed("payload ends early"),
+            WireError::Trailing => malformed("trailing bytes after payload"),
+        };
+        let mut r = WireReader::new(payload);
+        let frame = match t {
+            FrameType::Hello => {
+                let min_version = r.u16().map_err(short)?;
+                let max_version = r.u16().map_err(short)?;
+                let purpose = match r.u8().map_err(short)? {
+                    1 => StreamPurpose::Migration,
+                    2 => StreamPurpose::FaultTolerance,
+                    _ => return Err(malformed("unknown stream purpose")),
+                };
+                let page_size = r.u32().map_err(short)?;
+                let memory_size = r.u64().map_err(short)?;
+                let vcpu_count = r.u32().map_err(short)?;
+                let config = std::str::from_utf8(r.len_prefixed().map_err(short)?)
+                    .map_err(|_| malformed("config is not UTF-8"))?
+                    .to_owned();
+                if min_version > max_version {
+                    return Err(malformed("version range is empty"));
+                }
+                Frame::Hello(Hello {
+                    min_version,
+                    max_version,
+                    purpose,
+                    page_size,
+                    identity: VmIdentity {
+                        memory_size,
+                        vcpu_count,
+                        config,
+                    },
+                })
+            }
+            FrameType::MemoryPages => {
+                Frame::MemoryPages(PageBatch::decode(&mut r).map_err(malformed)?)
+            }
+            FrameType::DeviceState => {
+                Frame::DeviceState(r.bytes(r.remaining()).map_err(short)?.to_vec())
+            }
+            FrameType::VcpuState => {
+                let index = r.u32().map_err(short)?;
+                Frame::VcpuState {
+                    index,
+                    data: r.bytes(r.remaining()).map_err(short)?.to_vec(),
+                }
+            }
+            FrameType::EndOfRound => Frame::EndOfRound {
+                pages: r.u64().map_err(short)?,
+            },
+            FrameType::Commit => Frame::Commit {
+                vcpus: r.u32().map_err(short)?,
+                pages: r.u64().map_err(short)?,
+            },
+            FrameType::Ack => Frame::Ack {
+                seq: r.u64().map_err(short)?,
+            },
+            FrameType::Abort => Frame::Abort {
+                // Lossy: a garbled reason should still reach the log rather than hide the abort.
+                reason: String::from_utf8_lossy(r.bytes(r.remaining()).map_err(short)?)
+                    .into_owned(),
+            },
+            FrameType::Heartbeat => Frame::Heartbeat {
+                timestamp_ms: r.u64().map_err(short)?,
+            },
+        };
+        r.finish().map_err(short)?;
+        Ok(frame)
+    }
+}
+
+impl Hello {
+    /// A Hello for this build's protocol version range.
+    pub fn new(purpose: StreamPurpose, identity: VmIdentity) -> Hello {
+        Hello {
+            min_version: crate::PROTOCOL_VERSION,
+            max_version: crate::PROTOCOL_VERSION,
+            purpose,
+            page_size: PAGE_SIZE as u32,
+            identity,
+        }
+    }
+}

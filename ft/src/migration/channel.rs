@@ -1,0 +1,215 @@
+//! Frames over a connection: a writer that numbers what it sends, a reader that checks the
+//! peer's numbering, and an inbox thread so that a sender busy writing still hears an Abort.
+
+use super::MigrationError;
+use crate::frame::{encode_frame, DecodedFrame, Decoder, Frame, FrameError};
+use crate::transport::Connection;
+use std::io::{self, Read, Write};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const READ_CHUNK: usize = 64 << 10;
+
+/// Sends frames, numbering them 0, 1, 2...
+pub(crate) struct FrameWriter {
+    conn: Box<dyn Connection>,
+    seq: u64,
+    buf: Vec<u8>,
+    bytes: u64,
+}
+
+impl FrameWriter {
+    pub(crate) fn new(conn: Box<dyn Connection>) -> Self {
+        FrameWriter {
+            conn,
+            seq: 0,
+            buf: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Sends one frame and returns its sequence number.
+    pub(crate) fn send(
+        &mut self,
+        frame: &Frame,
+        epoch: u64,
+        flags: u8,
+    ) -> Result<u64, MigrationError> {
+        self.buf.clear();
+        encode_frame(frame, self.seq, epoch, flags, &mut self.buf)
+            .map_err(MigrationError::Encode)?;
+        self.conn
+            .write_all(&self.buf)
+            .map_err(MigrationError::Send)?;
+        self.bytes += self.buf.len() as u64;
+        let seq = self.seq;
+        self.seq += 1;
+        Ok(seq)
+    }
+
+    /// Bytes written so far.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Closes both directions, which also wakes a reader blocked on the same socket.
+    pub(crate) fn shutdown(&self) {
+        let _ = self.conn.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// Closes our sending side only: the peer reads EOF after what we sent.
+    pub(crate) fn shutdown_write(&self) {
+        let _ = self.conn.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// Receives frames and checks that the peer numbers them 0, 1, 2... with none missing.
+pub(crate) struct FrameReader {
+    conn: Box<dyn Connection>,
+    decoder: Decoder,
+    chunk: Vec<u8>,
+    next_seq: u64,
+    bytes: u64,
+}
+
+impl FrameReader {
+    pub(crate) fn new(conn: Box<dyn Connection>) -> Self {
+        FrameReader {
+            conn,
+            decoder: Decoder::new(),
+            chunk: vec![0; READ_CHUNK],
+            next_seq: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Bytes read so far.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The next frame; the connection's read timeout bounds each wait for bytes.
+    pub(crate) fn recv(&mut self) -> Result<DecodedFrame, MigrationError> {
+        loop {
+            if let Some(f) = self.decoder.next_frame()? {
+                if f.seq != self.next_seq {
+                    return Err(MigrationError::OutOfSequence {
+                        expected: self.next_seq,
+                        got: f.seq,
+                    });
+                }
+                self.next_seq += 1;
+                return Ok(f);
+            }
+            match self.conn.read(&mut self.chunk) {
+                Ok(0) => {
+                    self.decoder.finish()?;
+                    return Err(MigrationError::PeerClosed);
+                }
+                Ok(n) => {
+                    self.bytes += n as u64;
+                    self.decoder.push(&self.chunk[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(MigrationError::Timeout {
+                        waiting_for: "the peer's next frame",
+                    })
+                }
+                Err(e) => return Err(MigrationError::Receive(e)),
+            }
+        }
+    }
+
+    /// Reads and drops whatever the peer still sends, until it closes or `limit` passes, so that
+    /// closing our socket with unread data does not reset the connection before the peer has read
+    /// our Abort.
+    pub(crate) fn drain(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            if self
+                .conn
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .is_err()
+            {
+                return;
+            }
+            match self.conn.read(&mut self.chunk) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Frames from the peer, read by a thread of their own.
+pub(crate) struct Inbox {
+    rx: Receiver<Result<DecodedFrame, MigrationError>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What waiting on the inbox gave.
+pub(crate) enum Waited {
+    Frame(DecodedFrame),
+    TimedOut,
+}
+
+impl Inbox {
+    /// Starts the reader thread; it ends at the first error, Abort, or when the socket is shut down.
+    pub(crate) fn spawn(mut reader: FrameReader) -> Result<Inbox, MigrationError> {
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("ft-mig-inbox".into())
+            .spawn(move || loop {
+                let r = reader.recv();
+                let last = !matches!(&r, Ok(f) if !matches!(f.frame, Frame::Abort { .. }));
+                if tx.send(r).is_err() || last {
+                    return;
+                }
+            })
+            .map_err(MigrationError::Connection)?;
+        Ok(Inbox {
+            rx,
+            thread: Some(thread),
+        })
+    }
+
+    /// A frame if one has arrived, without waiting.
+    pub(crate) fn poll(&self) -> Result<Option<DecodedFrame>, MigrationError> {
+        match self.rx.try_recv() {
+            Ok(r) => r.map(Some),
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Disconnected) => Err(MigrationError::PeerClosed),
+        }
+    }
+
+    /// The next frame, waiting at most `timeout`.
+    pub(crate) fn wait(&self, timeout: Duration) -> Result<Waited, MigrationError> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(r) => r.map(Waited::Frame),
+            Err(RecvTimeoutError::Timeout) => Ok(Waited::TimedOut),
+            Err(RecvTimeoutError::Disconnected) => Err(MigrationError::PeerClosed),
+        }
+    }
+
+    /// Waits for the reader thread; the socket must have been shut down first.
+    pub(crate) fn join(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl From<FrameError> for MigrationError {
+    fn from(e: FrameError) -> Self {
+        MigrationError::Frame(e)
+    }
+}

@@ -1,0 +1,112 @@
+//! What `ft` needs from a VM, and all it may do to one: the `vmm` implements `MigratableVm` for its
+//! real VM, the tests for a fake, so that the protocol and its policies run without KVM.
+
+use crate::bitmap::DirtyBitmap;
+use crate::frame::PAGE_SIZE;
+
+/// What a VM is, as announced in Hello and checked by the receiver.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VmIdentity {
+    /// Guest memory in bytes (a whole number of pages).
+    pub memory_size: u64,
+    /// Number of vCPUs.
+    pub vcpu_count: u32,
+    /// The VM's config as JSON, so that a destination can be built to match.
+    pub config: String,
+}
+
+/// Everything but memory that makes up a paused VM, as opaque blobs the VMM alone understands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VmState {
+    /// One blob per vCPU, in vCPU index order (registers, MSRs, LAPIC, events...).
+    pub vcpus: Vec<Vec<u8>>,
+    /// Platform and device state (irqchip, PIT, clock, every device).
+    pub devices: Vec<u8>,
+}
+
+/// Errors a VM reports to `ft`.
+#[derive(Debug, thiserror::Error)]
+pub enum VmOpError {
+    /// A page frame number beyond guest memory.
+    #[error("page frame {pfn} is outside guest memory of {pages} pages")]
+    PageOutOfRange {
+        /// The offending page.
+        pfn: u64,
+        /// Pages the VM has.
+        pages: u64,
+    },
+    /// The VM refused a state blob (bad version, wrong vCPU count, corrupt).
+    #[error("VM state rejected: {reason}")]
+    StateRejected {
+        /// Why.
+        reason: String,
+    },
+    /// The call is not valid in the VM's current state (e.g. save_state while running).
+    #[error("cannot {what} now: {reason}")]
+    InvalidState {
+        /// The operation.
+        what: &'static str,
+        /// Why not.
+        reason: String,
+    },
+    /// The VMM or KVM failed underneath.
+    #[error("{what} failed")]
+    Backend {
+        /// The operation.
+        what: &'static str,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// A VM that can be migrated, or replicated epoch by epoch.
+///
+/// Source side: `start_dirty_log`, then `read_page` while the guest runs, `take_dirty_pages` per
+/// round, `pause`, a last `take_dirty_pages` + `read_page` + `save_state`, then either nothing more
+/// (migrated) or `resume` (failed, or an FT epoch). Destination/backup side: `write_page` and
+/// `restore_state` on a VM that is not running, then `resume` to go live.
+pub trait MigratableVm {
+    /// Guest memory size in bytes, a multiple of `PAGE_SIZE`.
+    fn memory_size(&self) -> u64;
+    /// Number of vCPUs.
+    fn vcpu_count(&self) -> u32;
+    /// The VM's config as JSON (sent in Hello; not interpreted by `ft`).
+    fn config_json(&self) -> String;
+    /// Copies guest page `pfn` into `buf`; safe to call while vCPUs run (the copy may be torn,
+    /// which the dirty log makes harmless: a page written during the copy is dirty again).
+    fn read_page(&self, pfn: u64, buf: &mut [u8; PAGE_SIZE]) -> Result<(), VmOpError>;
+    /// Overwrites guest page `pfn`; only called while the VM is not running.
+    fn write_page(&mut self, pfn: u64, data: &[u8; PAGE_SIZE]) -> Result<(), VmOpError>;
+    /// Starts tracking written pages (KVM dirty log and the VMM's device-write bitmap).
+    fn start_dirty_log(&mut self) -> Result<(), VmOpError>;
+    /// Pages written since `start_dirty_log` or the previous call, by vCPUs or devices, and
+    /// clears them; the bitmap covers `page_count()` pages.
+    fn take_dirty_pages(&mut self) -> Result<DirtyBitmap, VmOpError>;
+    /// Stops tracking; best effort, called on success and failure alike.
+    fn stop_dirty_log(&mut self) -> Result<(), VmOpError>;
+    /// Stops every vCPU and device queue so that memory and state stop changing; returns once
+    /// they have stopped.
+    fn pause(&mut self) -> Result<(), VmOpError>;
+    /// Runs the VM again after `pause`, or for the first time after `restore_state`.
+    fn resume(&mut self) -> Result<(), VmOpError>;
+    /// Captures vCPU and device state; only while paused.
+    fn save_state(&mut self) -> Result<VmState, VmOpError>;
+    /// Loads state captured by `save_state` into a VM that is not running; on error the VM must
+    /// not be resumed.
+    fn restore_state(&mut self, state: &VmState) -> Result<(), VmOpError>;
+
+    /// Guest memory size in pages.
+    fn page_count(&self) -> u64 {
+        self.memory_size() / PAGE_SIZE as u64
+    }
+
+    /// The identity announced in Hello.
+    fn identity(&self) -> VmIdentity {
+        VmIdentity {
+            memory_size: self.memory_size(),
+            vcpu_count: self.vcpu_count(),
+            config: self.config_json(),
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! A TCP proxy between source and destination that can cut the stream or flip a bit in it.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::thread::JoinHandle;
+
+/// What the proxy does to source → destination bytes.
+#[derive(Debug, Clone, Copy)]
+pub enum Fault {
+    /// Closes both connections after forwarding this many bytes.
+    CutAfter(u64),
+    /// Inverts one bit of the byte at this offset.
+    FlipBitAt(u64),
+}
+
+/// Listens on a loopback port; the first connection is forwarded to `upstream`.
+pub fn start(upstream: SocketAddr, fault: Fault) -> (SocketAddr, JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let t = std::thread::spawn(move || {
+        let Ok((down, _)) = l.accept() else { return };
+        let Ok(up) = TcpStream::connect(upstream) else {
+            return;
+        };
+        let (down2, up2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+        let back = std::thread::spawn(move || pump(up2, down2, None));
+        pump(down, up, Some(fault));
+        let _ = back.join();
+    });
+    (addr, t)
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, fault: Option<Fault>) {
+    let mut buf = vec![0u8; 16 << 10];
+    let mut at: u64 = 0;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &mut buf[..n];
+        match fault {
+            Some(Fault::CutAfter(limit)) if at + n as u64 >= limit => {
+                let keep = (limit - at) as usize;
+                let _ = to.write_all(&chunk[..keep]);
+                let _ = from.shutdown(Shutdown::Both);
+                let _ = to.shutdown(Shutdown::Both);
+                return;
+            }
+            Some(Fault::FlipBitAt(off)) if (at..at + n as u64).contains(&off) => {
+                chunk[(off - at) as usize] ^= 0x10;
+            }
+            _ => {}
+        }
+        at += n as u64;
+        if to.write_all(chunk).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}

@@ -1,0 +1,392 @@
+//! Pre-copy migration between two fake VMs over real sockets, and every way it can fail.
+
+mod common;
+
+use common::fake_vm::FakeVm;
+use common::proxy::{self, Fault};
+use ft::frame::{Decoder, Frame};
+use ft::migration::{
+    receive_migration, send_migration, MigrationError, MigrationPhase, ProgressHandle,
+    ReceiveOptions, ReceiveReport, Role, SendOptions, SendReport, StopReason,
+};
+use ft::transport::{connect, Endpoint, Listener};
+use ft::vm::MigratableVm;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+const PAGES: u64 = 4096; // 16 MiB
+const VCPUS: u32 = 2;
+
+fn opts() -> SendOptions {
+    SendOptions {
+        io_timeout: Duration::from_secs(10),
+        commit_timeout: Duration::from_secs(10),
+        ..SendOptions::default()
+    }
+}
+
+fn recv_opts() -> ReceiveOptions {
+    ReceiveOptions {
+        io_timeout: Duration::from_secs(10),
+    }
+}
+
+type Dest = JoinHandle<(
+    Result<ReceiveReport, MigrationError>,
+    FakeVm,
+    ProgressHandle,
+)>;
+
+/// Starts a destination listening on `ep`, receiving into `dst`.
+fn spawn_destination(ep: &str, dst: FakeVm) -> (Endpoint, Dest) {
+    let l = Listener::bind(&ep.parse().unwrap()).unwrap();
+    let ep = l.local_endpoint().clone();
+    let t = std::thread::spawn(move || {
+        let mut dst = dst;
+        let progress = ProgressHandle::new(Role::Destination);
+        let conn = l.accept(Some(Duration::from_secs(10))).unwrap();
+        let r = receive_migration(conn, &mut dst, &recv_opts(), &progress);
+        (r, dst, progress)
+    });
+    (ep, t)
+}
+
+fn tcp_addr(ep: &Endpoint) -> SocketAddr {
+    ep.to_string()
+        .strip_prefix("tcp:")
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn send(
+    src: &mut FakeVm,
+    ep: &Endpoint,
+    opts: &SendOptions,
+) -> (Result<SendReport, MigrationError>, ProgressHandle) {
+    let progress = ProgressHandle::new(Role::Source);
+    let conn = connect(ep, Duration::from_secs(5)).unwrap();
+    (send_migration(src, conn, opts, &progress), progress)
+}
+
+/// Destination memory and state equal the source's at the pause point; the source stays paused.
+fn assert_migrated(src: &FakeVm, dst: &FakeVm) {
+    assert!(!src.is_running(), "a migrated source must stay paused");
+    assert!(dst.is_running(), "the destination must run the guest");
+    assert!(
+        src.memory() == dst.memory(),
+        "destination memory differs from the source's"
+    );
+    assert_eq!(dst.restored_state(), Some(&src.current_state()));
+    assert!(!src.dirty_logging());
+}
+
+/// The source is running again (and its guest is really writing), with dirty logging off.
+fn assert_source_resumed(src: &FakeVm) {
+    assert!(src.is_running(), "source not resumed");
+    assert!(!src.dirty_logging(), "dirty logging left on");
+    let before = src.writes();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(src.writes() > before, "source guest is not running");
+}
+
+fn print_report(what: &str, r: &SendReport) {
+    println!(
+        "{what}: {} bytes, {} pages, {} dirty rounds ({:?}), {} pages while paused, downtime {:?} (estimated {:?}), total {:?}",
+        r.bytes_sent,
+        r.pages_sent,
+        r.rounds,
+        r.stop_reason,
+        r.final_dirty_pages,
+        r.downtime,
+        r.estimated_downtime,
+        r.total_time
+    );
+}
+
+#[test]
+fn migrates_over_tcp_with_memory_and_state_equal_at_the_pause_point() {
+    let mut src = FakeVm::source(PAGES, VCPUS, 500, 1);
+    let (ep, dest) = spawn_destination("tcp:127.0.0.1:0", FakeVm::destination(PAGES, VCPUS));
+    let (r, progress) = send(&mut src, &ep, &opts());
+    let report = r.unwrap();
+    let (rr, dst, dprogress) = dest.join().unwrap();
+    let rr = rr.unwrap();
+    print_report("tcp, 500 pages/s", &report);
+    assert_migrated(&src, &dst);
+    assert_eq!(rr.bytes_received, report.bytes_sent);
+    assert_eq!(rr.pages_received, report.pages_sent);
+    assert_eq!(rr.identity, src.identity());
+    // Round 0 skips zero pages: about a third of the fake's memory.
+    assert!(report.pages_sent < PAGES + 1000, "{}", report.pages_sent);
+    let p = progress.snapshot();
+    assert_eq!(p.phase, MigrationPhase::Completed);
+    assert_eq!((p.bytes, p.pages), (report.bytes_sent, report.pages_sent));
+    assert_eq!(p.downtime_ms, Some(report.downtime.as_millis() as u64));
+    assert_eq!(dprogress.snapshot().phase, MigrationPhase::Completed);
+    assert_eq!((src.pauses, src.resumes), (1, 0));
+}
+
+#[test]
+fn migrates_over_a_unix_socket() {
+    let path = std::env::temp_dir().join(format!("ft-mig-{}.sock", std::process::id()));
+    let mut src = FakeVm::source(PAGES, VCPUS, 500, 2);
+    let (ep, dest) = spawn_destination(
+        &format!("unix:{}", path.display()),
+        FakeVm::destination(PAGES, VCPUS),
+    );
+    let (r, _) = send(&mut src, &ep, &opts());
+    let report = r.unwrap();
+    let (rr, dst, _) = dest.join().unwrap();
+    rr.unwrap();
+    print_report("unix, 500 pages/s", &report);
+    assert_migrated(&src, &dst);
+    assert!(!path.exists(), "listener socket file left behind");
+}
+
+#[test]
+fn slow_dirtier_converges_within_the_downtime_limit() {
+    let mut src = FakeVm::source(PAGES, VCPUS, 200, 3);
+    let (ep, dest) = spawn_destination("tcp:127.0.0.1:0", FakeVm::destination(PAGES, VCPUS));
+    let o = SendOptions {
+        max_downtime: Duration::from_millis(50),
+        ..opts()
+    };
+    let (r, _) = send(&mut src, &ep, &o);
+    let report = r.unwrap();
+    let (rr, dst, _) = dest.join().unwrap();
+    rr.unwrap();
+    print_report("converging, 200 pages/s", &report);
+    assert_eq!(report.stop_reason, StopReason::DowntimeFits);
+    assert!(report.rounds <= 3, "{} rounds", report.rounds);
+    assert_migrated(&src, &dst);
+}
+
+#[test]
+fn fast_dirtier_stops_at_the_round_limit_and_still_completes() {
+    // A 2 MiB hot set plus ~80 MB/s of random dirtying against a zero downtime limit: never fits.
+    let mut src = FakeVm::source(PAGES, VCPUS, 20_000, 4);
+    src.hot_pages = 512;
+    let (ep, dest) = spawn_destination("tcp:127.0.0.1:0", FakeVm::destination(PAGES, VCPUS));
+    let o = SendOptions {
+        max_downtime: Duration::ZERO,
+        max_rounds: 4,
+        stall_rounds: 100,
+        ..opts()
+    };
+    let (r, _) = send(&mut src, &ep, &o);
+    let report = r.unwrap();
+    let (rr, dst, _) = dest.join().unwrap();
+    rr.unwrap();
+    print_report("bounded, 20000 pages/s", &report);
+    assert_eq!(report.stop_reason, StopReason::MaxRounds);
+    assert_eq!(report.rounds, 4);
+    assert!(report.final_dirty_pages >= 512);
+    assert_migrated(&src, &dst);
+}
+
+#[test]
+fn a_dirty_set_that_stops_shrinking_ends_pre_copy_early() {
+    let mut src = FakeVm::source(PAGES, VCPUS, 0, 10);
+    src.hot_pages = 300;
+    let (ep, dest) = spawn_destination("tcp:127.0.0.1:0", FakeVm::destination(PAGES, VCPUS));
+    let o = SendOptions {
+        max_downtime: Duration::ZERO,
+        max_rounds: 30,
+        stall_rounds: 2,
+        ..opts()
+    };
+    let (r, _) = send(&mut src, &ep, &o);
+    let report = r.unwrap();
+    let (rr, dst, _) = dest.join().unwrap();
+    rr.unwrap();
+    print_report("stalled, 300 hot pages", &report);
+    assert_eq!(report.stop_reason, StopReason::NotConverging);
+    // The dirty set after the full pass is the smallest; two dirty rounds fail to beat it.
+    assert_eq!(report.rounds, 2);
+    assert_eq!(report.final_dirty_pages, 300);
+    assert_migrated(&src, &dst);
+}
+
+#[test]
+fn a_cut_connection_leaves_the_source_running_and_the_destination_discarding() {
+    let mut src = FakeVm::source(PAGES, VCPUS, 500, 5);
+    let (ep, dest) = spawn_destination("tcp:127.0.0.1:0", FakeVm::destination(PAGES, VCPUS));
+    let (paddr, proxy) = proxy::start(tcp_addr(&ep), Fault::CutAfter(2 << 20));
+    let (r, progress) = send(&mut src, &format!("tcp:{paddr}").parse().unwrap(), &opts());
+    let err = r.unwrap_err();
+    println!("source: {}", ft::migration::error_chain(&err));
+    assert!(
+        matches!(err, MigrationError::Send(_) | MigrationError::PeerClosed),
+        "{err:?}"
+    );
+    let (rr, dst, dprogress) = dest.join().unwrap();
+    let derr = rr.unwrap_err();
+    println!("destination: {}", ft::migration::error_chain(&derr));
+    assert!(
+        matches!(
+            derr,
+            MigrationError::PeerClosed
+                | MigrationError::Frame(ft::frame::FrameError::Truncated { .. })
+        ),
+        "{derr:?}"
+    );
+    assert!(!dst.is_running() && dst.restored_state().is_none());
+    assert_source_resumed(&src);
+    assert_eq!(progress.snapshot().phase, MigrationPhase::Failed);
+    assert!(dprogress.snapshot().error.is_some());
+    proxy.join().unwrap();
+}
+
+#[test]
+fn a_flipped_bit_is_caught_by_the_destination_and_the_source_resumes() {
+    let mut src = FakeVm::source(PAGES, VCPUS, 500, 6);
+    let (ep, dest) = spawn_destination("tcp:127.0.0.1:0", FakeVm::destination(PAGES, VCPUS));
+    let (paddr, proxy) = proxy::start(tcp_addr(&ep), Fault::FlipBitAt(1_000_003));
+    let (r, _) = send(&mut src, &format!("tcp:{paddr}").parse().unwrap(), &opts());
+    let err = r.unwrap_err();
+    println!("source: {}", ft::migration::error_chain(&err));
+    match &err {
+        MigrationError::PeerAborted { reason } => {
+            assert!(reason.contains("checksum mismatch"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let (rr, dst, _) = dest.join().unwrap();
+    let derr = rr.unwrap_err();
+    assert!(
+        matches!(
+            derr,
+            MigrationError::Frame(ft::frame::FrameError::BadChecksum { .. })
+        ),
+        "{derr:?}"
+    );
+    assert!(!dst.is_running());
+    assert_source_resumed(&src);
+    assert_eq!(src.pauses, 0, "aborted during pre-copy, before any pause");
+    proxy.join().unwrap();
+}
+
+#[test]
+fn a_destination_that_rejects_the_state_aborts_and_the_paused_source_resumes() {
+    let mut src = FakeVm::source(PAGES, VCPUS, 500, 7);
+    let mut d = FakeVm::destination(PAGES, VCPUS);
+    d.fail_restore = true;
+    let (ep, dest) = spawn_destination("tcp:127.0.0.1:0", d);
+    let (r, _) = send(&mut src, &ep, &opts());
+    let err = r.unwrap_err();
+    println!("source: {}", ft::migration::error_chain(&err));
+    match &err {
+        MigrationError::PeerAborted { reason } => {
+            assert!(
+                reason.contains("restore_state") && reason.contains("refuses"),
+                "{reason}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let (rr, dst, _) = dest.join().unwrap();
+    assert!(
+        matches!(
+            rr,
+            Err(MigrationError::Vm {
+                op: "restore_state",
+                ..
+            })
+        ),
+        "{rr:?}"
+    );
+    assert!(!dst.is_running());
+    assert_eq!((src.pauses, src.resumes), (1, 1));
+    assert_source_resumed(&src);
+}
+
+#[test]
+fn an_incompatible_destination_refuses_at_hello_before_any_page() {
+    let mut src = FakeVm::source(PAGES, VCPUS, 500, 8);
+    let (ep, dest) = spawn_destination("tcp:127.0.0.1:0", FakeVm::destination(PAGES / 2, VCPUS));
+    let (r, progress) = send(&mut src, &ep, &opts());
+    match r.unwrap_err() {
+        MigrationError::PeerAborted { reason } => {
+            assert!(reason.contains("incompatible VM"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let (rr, _, _) = dest.join().unwrap();
+    assert!(matches!(rr, Err(MigrationError::Incompatible(_))), "{rr:?}");
+    assert_eq!(progress.snapshot().pages, 0);
+    assert_eq!(src.pauses, 0);
+    assert_source_resumed(&src);
+}
+
+/// A destination that acks Hello, reads up to Commit, then vanishes without acking: the source
+/// was paused by then and must resume.
+#[test]
+fn a_commit_that_is_never_acked_resumes_the_paused_source() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let fake_dest = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut d = Decoder::new();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "source closed early");
+            d.push(&buf[..n]);
+            while let Some(f) = d.next_frame().unwrap() {
+                match f.frame {
+                    Frame::Hello(_) => {
+                        let mut out = Vec::new();
+                        ft::frame::encode_frame(&Frame::Ack { seq: f.seq }, 0, 0, 0, &mut out)
+                            .unwrap();
+                        s.write_all(&out).unwrap();
+                    }
+                    Frame::Commit { .. } => return, // dropped: no ack
+                    _ => {}
+                }
+            }
+        }
+    });
+    let mut src = FakeVm::source(PAGES, VCPUS, 500, 9);
+    let (r, _) = send(&mut src, &format!("tcp:{addr}").parse().unwrap(), &opts());
+    let err = r.unwrap_err();
+    assert!(
+        matches!(err, MigrationError::PeerClosed | MigrationError::Receive(_)),
+        "{err:?}"
+    );
+    fake_dest.join().unwrap();
+    assert_eq!((src.pauses, src.resumes), (1, 1));
+    assert_source_resumed(&src);
+}
+
+/// Garbage instead of a Hello gets a clear error, and the garbage sender is told.
+#[test]
+fn a_destination_fed_garbage_reports_bad_magic() {
+    let (ep, dest) = spawn_destination("tcp:127.0.0.1:0", FakeVm::destination(PAGES, VCPUS));
+    let mut s = TcpStream::connect(tcp_addr(&ep)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).unwrap();
+    let (rr, dst, _) = dest.join().unwrap();
+    assert!(
+        matches!(
+            rr,
+            Err(MigrationError::Frame(
+                ft::frame::FrameError::BadMagic { .. }
+            ))
+        ),
+        "{rr:?}"
+    );
+    assert!(!dst.is_running());
+    let mut d = Decoder::new();
+    d.push(&back);
+    match d.next_frame() {
+        Ok(Some(f)) => {
+            assert!(matches!(f.frame, Frame::Abort { ref reason } if reason.contains("bad magic")))
+        }
+        other => panic!("{other:?}"),
+    }
+}
