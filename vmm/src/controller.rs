@@ -1,8 +1,8 @@
 //! The VMM thread: owns the VM, applies API calls and guest events one at a time, and keeps the
 //! VM's lifecycle state (Created → Running ⇄ Paused → Shutdown).
 
-use crate::api::{ApiError, ApiRequest, ApiResponse, RestoreConfig, SnapshotConfig, VmmEvent};
 use crate::api::types::{RestoreDisk, RestoreNet};
+use crate::api::{ApiError, ApiRequest, ApiResponse, RestoreConfig, SnapshotConfig, VmmEvent};
 use crate::config::{host_memory_limit, ConfigError, SerialConfig, VmConfig};
 use crate::state::snapshot::{self, SnapshotError};
 use crate::vm::vcpu::VcpuFailureHandler;
@@ -77,9 +77,7 @@ impl VmmError {
     pub fn status(&self) -> u16 {
         match self {
             VmmError::NoVm => 404,
-            VmmError::VmExists | VmmError::WrongState { .. } | VmmError::MigrationInProgress => {
-                409
-            }
+            VmmError::VmExists | VmmError::WrongState { .. } | VmmError::MigrationInProgress => 409,
             // A malformed URL, an unreachable peer or an address we cannot listen on.
             VmmError::MigrationUrl(_)
             | VmmError::MigrationConnect(_)

@@ -73,10 +73,16 @@ fn request_bodies_agree() {
         let body = &op["requestBody"];
         match r.body {
             Body::None => assert!(body.is_null(), "{} documents a body it refuses", r.name),
-            Body::VmConfig | Body::Snapshot | Body::Restore => {
+            Body::VmConfig
+            | Body::Snapshot
+            | Body::Restore
+            | Body::SendMigration
+            | Body::ReceiveMigration => {
                 let want = match r.body {
                     Body::Snapshot => "SnapshotConfig",
                     Body::Restore => "RestoreConfig",
+                    Body::SendMigration => "SendMigrationConfig",
+                    Body::ReceiveMigration => "ReceiveMigrationConfig",
                     _ => "VmConfig",
                 };
                 assert_eq!(body["required"].as_bool(), Some(true), "{}", r.name);

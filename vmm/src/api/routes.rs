@@ -191,7 +191,7 @@ pub fn parse_request(
             return Ok(ApiRequest::VmReceiveMigration(Box::new(parse_json::<
                 ReceiveMigrationConfig,
             >(
-                route.name, body
+                route.name, body,
             )?)))
         }
     }

@@ -43,6 +43,18 @@ fn every_endpoint_parses() {
             r#"{"source_url":"file:///tmp/s"}"#,
             "VmRestore",
         ),
+        (
+            "PUT",
+            "vm.send-migration",
+            r#"{"destination_url":"tcp:10.99.0.2:7500"}"#,
+            "VmSendMigration",
+        ),
+        (
+            "PUT",
+            "vm.receive-migration",
+            r#"{"receiver_url":"tcp:10.99.0.2:7500","serial":{"mode":"Null"}}"#,
+            "VmReceiveMigration",
+        ),
     ];
     assert_eq!(cases.len(), ROUTES.len(), "a route has no test case");
     for (method, name, body, want) in cases {
@@ -59,6 +71,8 @@ fn every_route_has_a_request() {
             Body::VmConfig => "{}",
             Body::Snapshot => r#"{"destination_url":"file:///s"}"#,
             Body::Restore => r#"{"source_url":"file:///s"}"#,
+            Body::SendMigration => r#"{"destination_url":"tcp:10.0.0.2:7500","downtime_ms":100}"#,
+            Body::ReceiveMigration => r#"{"receiver_url":"tcp:0.0.0.0:7500"}"#,
             Body::None => "",
         };
         assert!(parse(r.method.as_str(), r.name, body).is_ok(), "{}", r.name);

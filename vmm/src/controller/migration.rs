@@ -59,8 +59,8 @@ impl Vmm {
     pub(super) fn send_migration(&mut self, c: &SendMigrationConfig) -> Result<(), VmmError> {
         let cfg = self.require("migrate", &[VmState::Running])?.clone();
         let endpoint: Endpoint = c.destination_url.parse().map_err(VmmError::MigrationUrl)?;
-        let conn = transport::connect(&endpoint, CONNECT_TIMEOUT)
-            .map_err(VmmError::MigrationConnect)?;
+        let conn =
+            transport::connect(&endpoint, CONNECT_TIMEOUT).map_err(VmmError::MigrationConnect)?;
         let Some(vm) = self.vm.take() else {
             return Err(VmmError::NoVm);
         };
@@ -157,7 +157,8 @@ impl Vmm {
                     let opts = ReceiveOptions {
                         io_timeout: IO_TIMEOUT,
                     };
-                    let incoming = IncomingMigration::accept(conn, &opts, &p).map_err(|e| chain(&e))?;
+                    let incoming =
+                        IncomingMigration::accept(conn, &opts, &p).map_err(|e| chain(&e))?;
                     let config = match destination_config(&incoming.identity().config, &c) {
                         Ok(cfg) => cfg,
                         Err(e) => return Err(chain(&incoming.reject(&e))),
@@ -188,10 +189,7 @@ impl Vmm {
     }
 
     /// The migration thread built (or failed to build) the VM.
-    pub(super) fn migration_received(
-        &mut self,
-        result: Result<(Box<VmConfig>, VmBox), String>,
-    ) {
+    pub(super) fn migration_received(&mut self, result: Result<(Box<VmConfig>, VmBox), String>) {
         let outcome = match result {
             Ok((config, vm)) => {
                 log::info!("migration received; the VM runs here now");

@@ -79,7 +79,8 @@ impl MigratableVm for IncomingVm {
             (None, Some(vm)) => vm.memory(),
             (None, None) => return Err(not_now("read a page", "no memory")),
         };
-        mem.read_slice(buf, gpa).map_err(backend("read a guest page"))
+        mem.read_slice(buf, gpa)
+            .map_err(backend("read a guest page"))
     }
 
     fn write_page(&mut self, pfn: u64, data: &[u8; PAGE_SIZE]) -> Result<(), VmOpError> {
