@@ -54,6 +54,31 @@ enum Command {
     },
     /// Rebuild a VM from a snapshot directory in a VMM without one (PUT vm.restore).
     Restore(RestoreArgs),
+    /// Live-migrate the running VM to a waiting VMM (PUT vm.send-migration); poll `info`.
+    SendMigration {
+        /// Where the destination listens: tcp:HOST:PORT or unix:PATH.
+        destination: String,
+        /// Longest acceptable guest pause, in milliseconds.
+        #[arg(long)]
+        downtime_ms: Option<u64>,
+    },
+    /// Wait for a migrating VM, in a VMM without one (PUT vm.receive-migration).
+    ReceiveMigration(ReceiveArgs),
+}
+
+#[derive(Args)]
+struct ReceiveArgs {
+    /// Where to listen: tcp:ADDR:PORT or unix:PATH.
+    receiver: String,
+    /// Replace a NIC's tap: ID=TAP (repeatable).
+    #[arg(long, value_name = "ID=TAP")]
+    net: Vec<String>,
+    /// Replace a disk's image: ID=PATH (repeatable).
+    #[arg(long, value_name = "ID=PATH")]
+    disk: Vec<String>,
+    /// Send the console to this file in this process.
+    #[arg(long, value_name = "PATH")]
+    serial_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -226,6 +251,27 @@ fn request_for(command: &Command) -> Result<(Verb, &'static str, Option<Value>),
             Some(json!({"destination_url": file_url(destination)?})),
         ),
         Command::Restore(args) => (Verb::Put, "vm.restore", Some(restore_body(args)?)),
+        Command::SendMigration {
+            destination,
+            downtime_ms,
+        } => {
+            let mut body = json!({ "destination_url": destination });
+            if let Some(ms) = downtime_ms {
+                body["downtime_ms"] = json!(ms);
+            }
+            (Verb::Put, "vm.send-migration", Some(body))
+        }
+        Command::ReceiveMigration(a) => {
+            let mut body = json!({
+                "receiver_url": a.receiver,
+                "net": pairs(&a.net, "net", "tap")?,
+                "disks": pairs(&a.disk, "disk", "path")?,
+            });
+            if let Some(f) = &a.serial_file {
+                body["serial"] = json!({"mode": "File", "file": absolute(f)?});
+            }
+            (Verb::Put, "vm.receive-migration", Some(body))
+        }
     })
 }
 
