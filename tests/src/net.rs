@@ -115,6 +115,28 @@ impl TestNet {
         assert!(status.success());
     }
 
+    /// Limits `node`'s sending rate on the host-to-host link (e.g. "8mbit"), so that a test can
+    /// act in the middle of a transfer instead of racing it.
+    pub fn throttle_link(&self, node: Node, rate: &str) {
+        let status = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns(node),
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                "ft0",
+            ])
+            .args([
+                "root", "tbf", "rate", rate, "burst", "32kbit", "latency", "400ms",
+            ])
+            .status()
+            .expect("run tc");
+        assert!(status.success(), "tc tbf on {}", self.ns(node));
+    }
+
     /// Runs `f` on a new thread that has entered `node`'s network namespace, so sockets it opens
     /// live there; returns what `f` returns.
     pub fn run_in<T: Send + 'static>(

@@ -18,6 +18,9 @@ use std::time::Duration;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest silence on the stream before a migration is given up (a cut link shows up as this).
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the source waits for the destination to restore the state and ack before it takes
+/// the VM back (a restore takes well under a second even for GiB guests).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a destination waits for the source to connect.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -70,6 +73,7 @@ impl Vmm {
         let opts = SendOptions {
             max_downtime: Duration::from_millis(c.downtime_ms.unwrap_or(300)),
             io_timeout: IO_TIMEOUT,
+            commit_timeout: COMMIT_TIMEOUT,
             ..SendOptions::default()
         };
         let progress = ProgressHandle::new(Role::Source);
