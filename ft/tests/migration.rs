@@ -426,8 +426,13 @@ fn progress_is_visible_to_a_polling_thread() {
     assert_eq!(seen.last(), Some(&MigrationPhase::Completed));
     let a = progress.snapshot();
     std::thread::sleep(Duration::from_millis(20));
-    assert_eq!(a.elapsed_ms, progress.snapshot().elapsed_ms, "elapsed must stop at completion");
-    assert!(a.elapsed_ms <= report.total_time.as_millis() as u64 + 5);
+    assert_eq!(
+        a.elapsed_ms,
+        progress.snapshot().elapsed_ms,
+        "elapsed must stop at completion"
+    );
+    // The handle was made before connecting, and completes after the engine returns.
+    assert!(a.elapsed_ms >= report.total_time.as_millis() as u64);
     let json = serde_json::to_value(&a).unwrap();
     assert_eq!(json["phase"], "completed");
     assert_eq!(json["role"], "source");
