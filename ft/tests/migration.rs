@@ -219,7 +219,10 @@ fn a_cut_connection_leaves_the_source_running_and_the_destination_discarding() {
     let err = r.unwrap_err();
     println!("source: {}", ft::migration::error_chain(&err));
     assert!(
-        matches!(err, MigrationError::Send(_) | MigrationError::PeerClosed),
+        matches!(
+            err,
+            MigrationError::Send(_) | MigrationError::Receive(_) | MigrationError::PeerClosed
+        ),
         "{err:?}"
     );
     let (rr, dst, dprogress) = dest.join().unwrap();
