@@ -219,7 +219,10 @@ fn a_cut_connection_leaves_the_source_running_and_the_destination_discarding() {
     let err = r.unwrap_err();
     println!("source: {}", ft::migration::error_chain(&err));
     assert!(
-        matches!(err, MigrationError::Send(_) | MigrationError::PeerClosed),
+        matches!(
+            err,
+            MigrationError::Send(_) | MigrationError::Receive(_) | MigrationError::PeerClosed
+        ),
         "{err:?}"
     );
     let (rr, dst, dprogress) = dest.join().unwrap();
@@ -389,4 +392,51 @@ fn a_destination_fed_garbage_reports_bad_magic() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// An API thread polling the shared progress sees the phases go by and bytes grow, and can
+/// serialise every snapshot; elapsed time stops at completion.
+#[test]
+fn progress_is_visible_to_a_polling_thread() {
+    let mut src = FakeVm::source(PAGES, VCPUS, 500, 11);
+    let (ep, dest) = spawn_destination("tcp:127.0.0.1:0", FakeVm::destination(PAGES, VCPUS));
+    let progress = ProgressHandle::new(Role::Source);
+    let poller = {
+        let progress = progress.clone();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut last_bytes = 0;
+            loop {
+                let p = progress.snapshot();
+                assert!(p.bytes >= last_bytes, "bytes went backwards");
+                last_bytes = p.bytes;
+                serde_json::to_string(&p).unwrap();
+                if seen.last() != Some(&p.phase) {
+                    seen.push(p.phase);
+                }
+                if matches!(p.phase, MigrationPhase::Completed | MigrationPhase::Failed) {
+                    return seen;
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    };
+    let conn = connect(&ep, Duration::from_secs(5)).unwrap();
+    let report = send_migration(&mut src, conn, &opts(), &progress).unwrap();
+    let seen = poller.join().unwrap();
+    dest.join().unwrap().0.unwrap();
+    assert!(seen.contains(&MigrationPhase::Precopy), "{seen:?}");
+    assert_eq!(seen.last(), Some(&MigrationPhase::Completed));
+    let a = progress.snapshot();
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(
+        a.elapsed_ms,
+        progress.snapshot().elapsed_ms,
+        "elapsed must stop at completion"
+    );
+    // The handle was made before connecting, and completes after the engine returns.
+    assert!(a.elapsed_ms >= report.total_time.as_millis() as u64);
+    let json = serde_json::to_value(&a).unwrap();
+    assert_eq!(json["phase"], "completed");
+    assert_eq!(json["role"], "source");
 }

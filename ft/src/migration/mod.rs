@@ -6,6 +6,11 @@
 //! every non-zero page) · (`MemoryPages`* `EndOfRound`)* (dirty rounds) · `MemoryPages`*
 //! `VcpuState`* `DeviceState` `Commit` (ack requested). Destination → source: `Ack` of Hello, `Ack`
 //! of Commit once the state is restored, or `Abort` at any point. The header's epoch is the round.
+//!
+//! Handover: the destination acks Commit after restoring and before resuming, and the source
+//! reports success only on that ack. If the ack is lost after it was sent (the link dies in that
+//! instant), the source resumes while the destination runs too: the two-generals window every
+//! pre-copy VMM has. FT must fence it with the arbiter's generation (DESIGN.md) before relying on it.
 
 mod channel;
 mod policy;

@@ -294,11 +294,12 @@ impl<V: MigratableVm + ?Sized> Sender<'_, V> {
             return Ok(0);
         }
         // Between batches is where an Abort from the destination is noticed.
-        if let Some(f) = self.inbox.poll()? {
-            return Err(match f.frame {
-                Frame::Abort { reason } => MigrationError::PeerAborted { reason },
-                other => unexpected("nothing during pre-copy", other.frame_type()),
-            });
+        while let Some(f) = self.inbox.poll()? {
+            match f.frame {
+                Frame::Heartbeat { .. } => {}
+                Frame::Abort { reason } => return Err(MigrationError::PeerAborted { reason }),
+                other => return Err(unexpected("nothing during pre-copy", other.frame_type())),
+            }
         }
         let frame = Frame::MemoryPages(std::mem::take(batch));
         self.send(&frame, 0)?;

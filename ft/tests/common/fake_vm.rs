@@ -53,7 +53,7 @@ impl FakeVm {
         let mut mem = vec![0u8; pages as usize * PAGE_SIZE];
         let mut s = seed | 1;
         for (i, page) in mem.chunks_exact_mut(PAGE_SIZE).enumerate() {
-            if i % 2 == 0 || xorshift(&mut s) % 3 == 0 {
+            if i % 2 == 0 || xorshift(&mut s).is_multiple_of(3) {
                 for w in page.chunks_exact_mut(8) {
                     w.copy_from_slice(&xorshift(&mut s).to_le_bytes());
                 }
@@ -167,7 +167,7 @@ fn dirtier(shared: Arc<Shared>, pages: u64, rate: u64, seed: u64) {
                 let at = pfn as usize * PAGE_SIZE;
                 let mut mem = shared.mem.lock().unwrap();
                 let page = &mut mem[at..at + PAGE_SIZE];
-                if xorshift(&mut s) % 8 == 0 {
+                if xorshift(&mut s).is_multiple_of(8) {
                     page.fill(0);
                 } else {
                     let off = (xorshift(&mut s) as usize % (PAGE_SIZE / 8)) * 8;
