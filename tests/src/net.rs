@@ -156,6 +156,65 @@ impl TestNet {
     }
 }
 
+/// Listens for RARP frames (ethertype 0x8035) in `node`'s namespace for `window`, returning
+/// the sender MAC of each one seen. Starts listening before it returns the handle.
+pub fn capture_rarp(
+    net: &TestNet,
+    node: Node,
+    window: std::time::Duration,
+) -> std::thread::JoinHandle<Vec<[u8; 6]>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = net.run_in(node, move || {
+        const ETH_P_RARP: u16 = 0x8035;
+        // SAFETY: plain socket creation; the fd is owned below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW,
+                i32::from(ETH_P_RARP.to_be()),
+            )
+        };
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: fd was just returned by socket() and is owned by nothing else.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        use std::os::fd::AsRawFd;
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: setsockopt reads a timeval of the given size.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        let _ = tx.send(());
+        let mut seen = Vec::new();
+        let end = std::time::Instant::now() + window;
+        let mut buf = [0u8; 128];
+        while std::time::Instant::now() < end {
+            // SAFETY: recv writes at most buf.len() bytes into buf.
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n >= 14 && buf[12..14] == [0x80, 0x35] {
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(&buf[6..12]);
+                seen.push(mac);
+            }
+        }
+        seen
+    });
+    let _ = rx.recv();
+    h
+}
+
 impl Drop for TestNet {
     fn drop(&mut self) {
         let _ = Command::new("bash")

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_tests::client::CounterConn;
 use tandem_tests::guest::compute_samples;
-use tandem_tests::net::{netns_available, Node, TestNet, HOST_B_LINK_IP, HOST_P_LINK_IP};
+use tandem_tests::net::{
+    capture_rarp, netns_available, Node, TestNet, HOST_B_LINK_IP, HOST_P_LINK_IP,
+};
 use tandem_tests::{require_kvm, Tandem, TempDir};
 
 const T: Duration = Duration::from_secs(60);
@@ -116,6 +118,16 @@ fn counter_survives_twenty_migrations_on_one_connection() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
+    // The destination announces the guest's MAC on the LAN after each migration.
+    let rarps = capture_rarp(
+        &pair.net,
+        Node::Client,
+        Duration::from_secs(3) + migrations as u32 * Duration::from_secs(2),
+    );
+    let mac = info(p)["config"]["net"][0]["mac"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut downtimes = Vec::new();
     for i in 0..migrations {
         let report = migrate(&pair, i % 2, (i + 1) % 2, 300);
@@ -124,6 +136,21 @@ fn counter_survives_twenty_migrations_on_one_connection() {
     }
     stop.store(true, Ordering::Relaxed);
     let seen = client.join().expect("client thread");
+    let rarps = rarps.join().expect("capture thread");
+    let from_guest = rarps
+        .iter()
+        .filter(|m| {
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+                == mac
+        })
+        .count();
+    assert!(
+        from_guest >= migrations,
+        "{from_guest} RARPs from {mac} for {migrations} migrations"
+    );
     eprintln!(
         "{} INCs across {migrations} migrations; downtimes {downtimes:?}",
         seen.len()
