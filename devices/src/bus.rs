@@ -1,5 +1,6 @@
 //! Port I/O bus: routes a vCPU's IN/OUT exit to the device that owns the port.
 
+use crate::range_map::{RangeError, RangeMap};
 use std::sync::{Arc, Mutex};
 
 /// A device reached through x86 I/O ports.
@@ -19,16 +20,10 @@ pub enum BusError {
     BadRange { base: u16, len: u16 },
 }
 
-struct Entry {
-    base: u16,
-    len: u16,
-    device: Arc<Mutex<dyn PioDevice>>,
-}
-
 /// Immutable once the VM runs; shared by every vCPU thread.
 #[derive(Default)]
 pub struct PioBus {
-    entries: Vec<Entry>,
+    ranges: RangeMap<Arc<Mutex<dyn PioDevice>>>,
 }
 
 impl PioBus {
@@ -44,35 +39,30 @@ impl PioBus {
         len: u16,
         device: Arc<Mutex<dyn PioDevice>>,
     ) -> Result<(), BusError> {
-        let end = u32::from(base) + u32::from(len);
-        if len == 0 || end > 0x1_0000 {
+        if u32::from(base) + u32::from(len) > 0x1_0000 {
             return Err(BusError::BadRange { base, len });
         }
-        let overlaps = self.entries.iter().any(|e| {
-            u32::from(base) < u32::from(e.base) + u32::from(e.len) && u32::from(e.base) < end
-        });
-        if overlaps {
-            return Err(BusError::Overlap { base, len });
-        }
-        self.entries.push(Entry { base, len, device });
-        self.entries.sort_by_key(|e| e.base);
-        Ok(())
+        self.ranges
+            .insert(u64::from(base), u64::from(len), device)
+            .map_err(|e| match e {
+                RangeError::BadRange => BusError::BadRange { base, len },
+                RangeError::Overlap => BusError::Overlap { base, len },
+            })
     }
 
-    fn find(&self, port: u16) -> Option<(&Entry, u16)> {
-        let idx = self.entries.partition_point(|e| e.base <= port);
-        let e = self.entries.get(idx.checked_sub(1)?)?;
-        let off = port - e.base;
-        (off < e.len).then_some((e, off))
+    fn find(&self, port: u16) -> Option<(&Arc<Mutex<dyn PioDevice>>, u16)> {
+        let (d, off) = self.ranges.find(u64::from(port))?;
+        // Offsets within a port range always fit in 16 bits.
+        Some((d, off as u16))
     }
 
     /// Dispatches an IN; returns false (and fills `data` with 0xff, as an empty ISA bus reads) if
     /// no device owns `port`.
     pub fn read(&self, port: u16, data: &mut [u8]) -> bool {
         match self.find(port) {
-            Some((e, off)) => {
+            Some((dev, off)) => {
                 // A poisoned lock means another vCPU thread panicked in the device; keep serving.
-                let mut d = e.device.lock().unwrap_or_else(|p| p.into_inner());
+                let mut d = dev.lock().unwrap_or_else(|p| p.into_inner());
                 d.read(off, data);
                 true
             }
@@ -86,8 +76,8 @@ impl PioBus {
     /// Dispatches an OUT; returns false if no device owns `port`.
     pub fn write(&self, port: u16, data: &[u8]) -> bool {
         match self.find(port) {
-            Some((e, off)) => {
-                let mut d = e.device.lock().unwrap_or_else(|p| p.into_inner());
+            Some((dev, off)) => {
+                let mut d = dev.lock().unwrap_or_else(|p| p.into_inner());
                 d.write(off, data);
                 true
             }

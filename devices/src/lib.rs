@@ -5,6 +5,7 @@ pub mod acpi_pm;
 pub mod bus;
 pub mod i8042;
 pub mod mmio_bus;
+pub mod range_map;
 pub mod serial;
 pub mod virtio;
 

@@ -1,5 +1,6 @@
 //! MMIO bus: routes a vCPU's MMIO exit to the device whose register window holds the address.
 
+use crate::range_map::{RangeError, RangeMap};
 use std::sync::{Arc, Mutex};
 
 /// A device reached through guest-physical memory-mapped registers.
@@ -19,16 +20,10 @@ pub enum MmioBusError {
     BadRange { base: u64, len: u64 },
 }
 
-struct Entry {
-    base: u64,
-    len: u64,
-    device: Arc<Mutex<dyn MmioDevice>>,
-}
-
 /// Immutable once the VM runs; shared by every vCPU thread.
 #[derive(Default)]
 pub struct MmioBus {
-    entries: Vec<Entry>,
+    ranges: RangeMap<Arc<Mutex<dyn MmioDevice>>>,
 }
 
 impl MmioBus {
@@ -44,36 +39,19 @@ impl MmioBus {
         len: u64,
         device: Arc<Mutex<dyn MmioDevice>>,
     ) -> Result<(), MmioBusError> {
-        let end = match base.checked_add(len) {
-            Some(end) if len > 0 => end,
-            _ => return Err(MmioBusError::BadRange { base, len }),
-        };
-        if self
-            .entries
-            .iter()
-            .any(|e| base < e.base + e.len && e.base < end)
-        {
-            return Err(MmioBusError::Overlap { base, len });
-        }
-        self.entries.push(Entry { base, len, device });
-        self.entries.sort_by_key(|e| e.base);
-        Ok(())
-    }
-
-    fn find(&self, addr: u64) -> Option<(&Entry, u64)> {
-        let idx = self.entries.partition_point(|e| e.base <= addr);
-        let e = self.entries.get(idx.checked_sub(1)?)?;
-        let off = addr - e.base;
-        (off < e.len).then_some((e, off))
+        self.ranges.insert(base, len, device).map_err(|e| match e {
+            RangeError::BadRange => MmioBusError::BadRange { base, len },
+            RangeError::Overlap => MmioBusError::Overlap { base, len },
+        })
     }
 
     /// Dispatches a read; returns false (and fills `data` with 0xff, as unclaimed bus cycles
     /// float high) if no device owns `addr`.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
-        match self.find(addr) {
-            Some((e, off)) => {
+        match self.ranges.find(addr) {
+            Some((dev, off)) => {
                 // A poisoned lock means another vCPU thread panicked in the device; keep serving.
-                let mut d = e.device.lock().unwrap_or_else(|p| p.into_inner());
+                let mut d = dev.lock().unwrap_or_else(|p| p.into_inner());
                 d.read(off, data);
                 true
             }
@@ -86,9 +64,9 @@ impl MmioBus {
 
     /// Dispatches a write; returns false if no device owns `addr`.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
-        match self.find(addr) {
-            Some((e, off)) => {
-                let mut d = e.device.lock().unwrap_or_else(|p| p.into_inner());
+        match self.ranges.find(addr) {
+            Some((dev, off)) => {
+                let mut d = dev.lock().unwrap_or_else(|p| p.into_inner());
                 d.write(off, data);
                 true
             }
