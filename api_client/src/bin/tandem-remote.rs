@@ -70,6 +70,24 @@ enum Command {
 struct ReceiveArgs {
     /// Where to listen: tcp:ADDR:PORT or unix:PATH.
     receiver: String,
+    #[command(flatten)]
+    host: HostOverrides,
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    /// Snapshot directory: `file:///dir` or a path.
+    source: String,
+    /// Run the VM at once instead of leaving it paused.
+    #[arg(long)]
+    resume: bool,
+    #[command(flatten)]
+    host: HostOverrides,
+}
+
+/// Host resources that replace the saved ones, by device id (restore and incoming migration).
+#[derive(Args)]
+struct HostOverrides {
     /// Replace a NIC's tap: ID=TAP (repeatable).
     #[arg(long, value_name = "ID=TAP")]
     net: Vec<String>,
@@ -81,22 +99,16 @@ struct ReceiveArgs {
     serial_file: Option<PathBuf>,
 }
 
-#[derive(Args)]
-struct RestoreArgs {
-    /// Snapshot directory: `file:///dir` or a path.
-    source: String,
-    /// Run the VM at once instead of leaving it paused.
-    #[arg(long)]
-    resume: bool,
-    /// Replace a NIC's tap: ID=TAP (repeatable).
-    #[arg(long, value_name = "ID=TAP")]
-    net: Vec<String>,
-    /// Replace a disk's image: ID=PATH (repeatable).
-    #[arg(long, value_name = "ID=PATH")]
-    disk: Vec<String>,
-    /// Send the console to this file in this process.
-    #[arg(long, value_name = "PATH")]
-    serial_file: Option<PathBuf>,
+impl HostOverrides {
+    /// Adds `net`, `disks` and `serial` to a request body.
+    fn add_to(&self, body: &mut Value) -> Result<(), String> {
+        body["net"] = json!(pairs(&self.net, "net", "tap")?);
+        body["disks"] = json!(pairs(&self.disk, "disk", "path")?);
+        if let Some(f) = &self.serial_file {
+            body["serial"] = json!({"mode": "File", "file": absolute(f)?});
+        }
+        Ok(())
+    }
 }
 
 #[derive(Args)]
@@ -262,14 +274,8 @@ fn request_for(command: &Command) -> Result<(Verb, &'static str, Option<Value>),
             (Verb::Put, "vm.send-migration", Some(body))
         }
         Command::ReceiveMigration(a) => {
-            let mut body = json!({
-                "receiver_url": a.receiver,
-                "net": pairs(&a.net, "net", "tap")?,
-                "disks": pairs(&a.disk, "disk", "path")?,
-            });
-            if let Some(f) = &a.serial_file {
-                body["serial"] = json!({"mode": "File", "file": absolute(f)?});
-            }
+            let mut body = json!({ "receiver_url": a.receiver });
+            a.host.add_to(&mut body)?;
             (Verb::Put, "vm.receive-migration", Some(body))
         }
     })
@@ -299,12 +305,8 @@ fn restore_body(a: &RestoreArgs) -> Result<Value, String> {
     let mut body = json!({
         "source_url": file_url(&a.source)?,
         "resume": a.resume,
-        "net": pairs(&a.net, "net", "tap")?,
-        "disks": pairs(&a.disk, "disk", "path")?,
     });
-    if let Some(f) = &a.serial_file {
-        body["serial"] = json!({"mode": "File", "file": absolute(f)?});
-    }
+    a.host.add_to(&mut body)?;
     Ok(body)
 }
 
