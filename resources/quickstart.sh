@@ -33,7 +33,7 @@ remote create --cpus 2 --memory 256M --cmdline "workload=compute" \
     --serial-mode file --serial-file "$console"
 remote boot
 touch "$console"
-tail -n +1 -f "$console" | sed 's/^/  guest| /' &
+tail -n +1 -f "$console" | sed -u 's/^/  guest| /' &
 tail_pid=$!
 sleep 4
 
