@@ -208,6 +208,7 @@ impl Vmm {
             ApiRequest::VmReboot => self.reboot().map(|_| None),
             ApiRequest::VmDelete => self.delete().map(|_| None),
             ApiRequest::VmCounters => self.counters().map(Some),
+            ApiRequest::Metrics => Ok(Some(serde_json::Value::String(self.metrics()))),
             ApiRequest::VmSnapshot(c) => self.snapshot(&c).map(|_| None),
             ApiRequest::VmSendMigration(c) => self.send_migration(&c).map(|_| None),
             ApiRequest::VmReceiveMigration(c) => self.receive_migration(*c).map(|_| None),
@@ -414,6 +415,67 @@ impl Vmm {
         self.require("read counters of", &[VmState::Running, VmState::Paused])?;
         let c = self.vm.as_ref().map(|vm| vm.counters()).unwrap_or_default();
         Ok(json!(c))
+    }
+
+    /// The Prometheus exposition of the VMM and its VM.
+    fn metrics(&self) -> String {
+        let mut e = crate::api::metrics::Exposition::default();
+        e.gauge(
+            "tandem_build_info",
+            "Tandem version",
+            vec![("version", env!("CARGO_PKG_VERSION").to_string())],
+            1.0,
+        );
+        let current = match (&self.config, self.migration_active()) {
+            (None, true) => Some("Receiving".to_string()),
+            (None, false) => None,
+            (Some(_), _) => serde_json::to_value(self.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string)),
+        };
+        for s in [
+            "Created",
+            "Running",
+            "Paused",
+            "Shutdown",
+            "Migrated",
+            "Receiving",
+        ] {
+            let on = current.as_deref() == Some(s);
+            e.gauge(
+                "tandem_vm_state",
+                "1 for the VM's current lifecycle state",
+                vec![("state", s.to_string())],
+                f64::from(u8::from(on)),
+            );
+        }
+        if let Some(cfg) = &self.config {
+            e.gauge(
+                "tandem_vm_vcpus",
+                "vCPUs",
+                vec![],
+                f64::from(cfg.cpus.boot_vcpus),
+            );
+            e.gauge(
+                "tandem_vm_memory_bytes",
+                "guest RAM",
+                vec![],
+                cfg.memory.size as f64,
+            );
+        }
+        e.counter(
+            "tandem_vm_boots_total",
+            "VM builds (boots, reboots, restores, incoming migrations)",
+            vec![],
+            self.boot_id as f64,
+        );
+        if let Some(vm) = &self.vm {
+            e.add_vm_counters(&vm.counters());
+        }
+        if let Some(m) = &self.migration {
+            m.add_metrics(&mut e);
+        }
+        e.render()
     }
 
     /// Stops the vCPUs and frees the VM; the config stays for a later boot.

@@ -43,6 +43,9 @@ struct Cli {
     /// A virtio-net NIC on a tap: id=ID,tap=NAME[,mac=52:54:00:12:34:56]; repeat for more.
     #[arg(long, value_name = "SPEC", value_parser = parse_net)]
     net: Vec<NetConfig>,
+    /// Also serve Prometheus metrics over TCP at http://ADDR:PORT/metrics.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<String>,
     /// Log level: error, warn, info, debug or trace (RUST_LOG overrides it).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -203,6 +206,13 @@ fn main() -> ExitCode {
         },
         None => None,
     };
+
+    if let Some(addr) = &cli.metrics_listen {
+        if let Err(e) = vmm::api::metrics_server::start_metrics_server(addr, tx.clone()) {
+            eprintln!("tandem: {}", chain(&e));
+            return ExitCode::FAILURE;
+        }
+    }
 
     if let Some(cfg) = vm_config {
         for req in [ApiRequest::VmCreate(Box::new(cfg)), ApiRequest::VmBoot] {

@@ -1,5 +1,7 @@
 //! REST API over a Unix socket, Cloud Hypervisor's endpoint names under `/api/v1/`.
 
+pub mod metrics;
+pub mod metrics_server;
 pub mod routes;
 pub mod server;
 pub mod socket;

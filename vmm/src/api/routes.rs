@@ -73,6 +73,7 @@ pub const ROUTES: &[Route] = &[
     route("vm.restore", Method::Put, Body::Restore),
     route("vm.send-migration", Method::Put, Body::SendMigration),
     route("vm.receive-migration", Method::Put, Body::ReceiveMigration),
+    route("metrics", Method::Get, Body::None),
 ];
 
 /// Why a request could not be turned into an [`ApiRequest`].
@@ -206,6 +207,7 @@ pub fn parse_request(
         "vm.reboot" => ApiRequest::VmReboot,
         "vm.delete" => ApiRequest::VmDelete,
         "vm.counters" => ApiRequest::VmCounters,
+        "metrics" => ApiRequest::Metrics,
         // Only reachable if ROUTES gains an entry this match lacks; the table test catches that.
         other => return Err(RouteError::NotFound(other.to_string())),
     })

@@ -31,6 +31,7 @@ fn every_endpoint_parses() {
         ("PUT", "vm.reboot", "", "VmReboot"),
         ("PUT", "vm.delete", " \r\n", "VmDelete"),
         ("GET", "vm.counters", "", "VmCounters"),
+        ("GET", "metrics", "", "Metrics"),
         (
             "PUT",
             "vm.snapshot",

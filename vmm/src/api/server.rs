@@ -120,7 +120,7 @@ pub fn start_server_with_timeout(
 
 /// Whether the API thread goes on after a request.
 #[derive(PartialEq, Eq)]
-enum Flow {
+pub(crate) enum Flow {
     Continue,
     Stop,
 }
@@ -182,17 +182,35 @@ fn handle(mut request: Request, tx: &Sender<VmmEvent>, timeout: Duration) -> Flo
         }
     };
     let is_vmm_shutdown = matches!(api_request, ApiRequest::VmmShutdown);
+    let is_metrics = matches!(api_request, ApiRequest::Metrics);
     let (answer, flow) = ask_vmm(api_request, tx, timeout);
     let flow = match (&answer, is_vmm_shutdown) {
         (Ok(_), true) => Flow::Stop,
         _ => flow,
     };
-    respond(request, answer_response(answer));
+    let response = match answer {
+        Ok(Some(serde_json::Value::String(text))) if is_metrics => metrics_response(text),
+        other => answer_response(other),
+    };
+    respond(request, response);
     flow
 }
 
+/// The Prometheus exposition as text, not JSON.
+pub(crate) fn metrics_response(text: String) -> Response<Cursor<Vec<u8>>> {
+    let mut resp = Response::from_data(text.into_bytes()).with_status_code(200);
+    if let Ok(h) = Header::from_bytes("Content-Type", super::metrics::CONTENT_TYPE) {
+        resp.add_header(h);
+    }
+    resp
+}
+
 /// Sends one request to the VMM thread and waits for its answer.
-fn ask_vmm(req: ApiRequest, tx: &Sender<VmmEvent>, timeout: Duration) -> (ApiResponse, Flow) {
+pub(crate) fn ask_vmm(
+    req: ApiRequest,
+    tx: &Sender<VmmEvent>,
+    timeout: Duration,
+) -> (ApiResponse, Flow) {
     let (resp_tx, resp_rx) = mpsc::channel();
     if tx.send(VmmEvent::Api(req, resp_tx)).is_err() {
         // Nobody will ever answer: say so, and stop serving.

@@ -22,6 +22,8 @@ pub enum ApiRequest {
     VmSnapshot(SnapshotConfig),
     VmRestore(Box<RestoreConfig>),
     VmSendMigration(SendMigrationConfig),
+    /// Prometheus text; the answer is a JSON string the server sends as text.
+    Metrics,
     VmReceiveMigration(Box<ReceiveMigrationConfig>),
 }
 

@@ -52,6 +52,50 @@ impl MigrationStatus {
     }
 }
 
+impl MigrationStatus {
+    /// Migration gauges for the metrics endpoint.
+    pub(super) fn add_metrics(&self, e: &mut crate::api::metrics::Exposition) {
+        let p = self.progress.snapshot();
+        let role = serde_json::to_value(self.role)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let l = || vec![("role", role.clone())];
+        e.gauge(
+            "tandem_migration_active",
+            "1 while a migration runs",
+            l(),
+            f64::from(u8::from(self.active)),
+        );
+        e.gauge(
+            "tandem_migration_bytes",
+            "stream bytes of the current or last migration",
+            l(),
+            p.bytes as f64,
+        );
+        e.gauge(
+            "tandem_migration_round",
+            "pre-copy round",
+            l(),
+            f64::from(p.round),
+        );
+        e.gauge(
+            "tandem_migration_dirty_rate_pages_per_second",
+            "guest dirtying rate in the last round",
+            l(),
+            p.dirty_rate_pages_per_s as f64,
+        );
+        if let Some(d) = p.downtime_ms {
+            e.gauge(
+                "tandem_migration_downtime_seconds",
+                "guest pause of the last migration",
+                l(),
+                d as f64 / 1e3,
+            );
+        }
+    }
+}
+
 impl Vmm {
     /// Whether a migration thread owns (or is building) the VM right now.
     pub(super) fn migration_active(&self) -> bool {

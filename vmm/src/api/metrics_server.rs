@@ -1,0 +1,61 @@
+//! `--metrics-listen ADDR:PORT`: the Prometheus exposition over plain TCP for scrapers that cannot
+//! reach the API's Unix socket. Read-only: it serves `GET /metrics` and nothing else.
+
+use super::server::{ask_vmm, metrics_response};
+use super::{ApiRequest, VmmEvent};
+use std::sync::mpsc::Sender;
+use std::time::Duration;
+use tiny_http::{Method, Response, Server};
+
+/// How long a scrape waits for the VMM thread.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the metrics listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsServerError {
+    #[error("cannot listen for metrics on {addr}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot start the metrics thread")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// Binds `addr` and serves scrapes on a thread of its own for the life of the process.
+pub fn start_metrics_server(addr: &str, tx: Sender<VmmEvent>) -> Result<(), MetricsServerError> {
+    let server = Server::http(addr).map_err(|source| MetricsServerError::Bind {
+        addr: addr.to_string(),
+        source,
+    })?;
+    std::thread::Builder::new()
+        .name("tandem_metrics".into())
+        .spawn(move || {
+            for request in server.incoming_requests() {
+                let path = request
+                    .url()
+                    .split('?')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let response = if request.method() != &Method::Get {
+                    Response::from_string("only GET\n").with_status_code(405)
+                } else if path != "/metrics" && path != "/api/v1/metrics" {
+                    Response::from_string("try /metrics\n").with_status_code(404)
+                } else {
+                    match ask_vmm(ApiRequest::Metrics, &tx, SCRAPE_TIMEOUT).0 {
+                        Ok(Some(serde_json::Value::String(text))) => metrics_response(text),
+                        _ => {
+                            Response::from_string("the VMM did not answer\n").with_status_code(503)
+                        }
+                    }
+                };
+                if let Err(e) = request.respond(response) {
+                    log::debug!("metrics: cannot answer a scrape: {e}");
+                }
+            }
+        })
+        .map_err(MetricsServerError::Spawn)?;
+    Ok(())
+}
