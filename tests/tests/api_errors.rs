@@ -178,3 +178,22 @@ fn bad_requests_get_clear_4xx_errors() {
     // Still serving.
     assert_eq!(t.get("vmm.ping").0, 200);
 }
+
+#[test]
+fn a_second_vmm_on_the_same_socket_is_refused() {
+    require_kvm!("a_second_vmm_on_the_same_socket_is_refused");
+    let t = Tandem::start("two-vmms");
+    let out = std::process::Command::new(tandem_tests::tandem_bin())
+        .arg("--api-socket")
+        .arg(&t.socket)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another VMM owns"), "{err}");
+    // The first one still serves, its socket private.
+    assert_eq!(t.get("vmm.ping").0, 200);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&t.socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}

@@ -262,16 +262,22 @@ fn socket_is_private_and_stale_ones_are_replaced() {
     assert_eq!(mode & 0o777, 0o600);
     assert_eq!(server.socket_path(), socket);
 
-    // A second server on the live socket is refused, and the first one is untouched.
+    // A second server on the same path is refused by the lock, and the first one is untouched.
     let (tx2, _rx2) = channel();
     let err = start_server(&socket, tx2).unwrap_err();
     let chain = error_chain(&err);
-    assert!(chain.contains("already listening"), "{chain}");
+    assert!(chain.contains("another VMM owns"), "{chain}");
     assert!(ApiClient::new(&socket).ping().is_ok());
 
     server.stop().expect("stop");
     assert!(!socket.exists(), "socket removed on stop");
+    // The lock went with the server: the path can be taken again.
+    let (tx3, rx3) = channel();
+    let vmm3 = fake_vmm(rx3);
+    let again = start_server(&socket, tx3).expect("path free after stop");
+    again.stop().expect("stop");
     drop(vmm);
+    drop(vmm3);
 }
 
 #[test]

@@ -90,7 +90,8 @@ pub fn start_server_with_timeout(
     tx: Sender<VmmEvent>,
     timeout: Duration,
 ) -> Result<ApiServerHandle, ApiServerError> {
-    let listener = socket::bind(socket).map_err(ApiServerError::Socket)?;
+    let socket::BoundSocket { listener, lock } =
+        socket::bind(socket).map_err(ApiServerError::Socket)?;
     let server = match Server::from_listener(listener, None) {
         Ok(s) => Arc::new(s),
         Err(e) => {
@@ -105,8 +106,10 @@ pub fn start_server_with_timeout(
         .name("tandem_api".into())
         .spawn(move || {
             let result = serve(&server, &tx, &thread_stopping, timeout);
-            // Dropping the last Arc closes the listener and removes the socket file.
+            // Dropping the last Arc closes the listener and removes the socket file; only then
+            // is the path released to another VMM.
             drop(server);
+            drop(lock);
             result
         })
         .map_err(ApiServerError::Spawn)?;
