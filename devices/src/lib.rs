@@ -6,6 +6,7 @@ pub mod bus;
 pub mod i8042;
 pub mod mmio_bus;
 pub mod range_map;
+pub mod ratelimit;
 pub mod serial;
 pub mod virtio;
 

@@ -125,7 +125,7 @@ impl PioDevice for SerialDevice {
     fn write(&mut self, offset: u16, data: &[u8]) {
         if let (Some(&b), Ok(off)) = (data.first(), u8::try_from(offset)) {
             if let Err(e) = self.inner.write(off, b) {
-                log::warn!("serial write at offset {off}: {e:?}");
+                crate::guest_warn!("serial write at offset {off}: {e:?}");
             }
         }
     }

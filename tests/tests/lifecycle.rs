@@ -186,3 +186,26 @@ fn idle_guest_costs_little_cpu() {
         share * 100.0
     );
 }
+
+#[test]
+fn guest_triggered_log_messages_are_rate_limited() {
+    require_kvm!("guest_triggered_log_messages_are_rate_limited");
+    let dir = tandem_tests::TempDir::new("ratelimit");
+    let log = dir.path("tandem.log");
+    let t = Tandem::start_with_args("ratelimit", &["--log-file", log.to_str().unwrap()]);
+    // The guest resets the machine every boot: one log line per reset without a limit.
+    t.boot_builtin(1, 64, "workload=reboot");
+    t.serial().wait_count("tandem-guest: ready", 25, T);
+    t.put_ok("vm.shutdown", None);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let resets = text.matches("guest requested a reset").count();
+    assert!(
+        (1..=devices_burst()).contains(&resets),
+        "{resets} reset lines for 25 boots:\n{text}"
+    );
+}
+
+/// The per-call-site burst of guest-triggered messages (devices::ratelimit::BURST).
+fn devices_burst() -> usize {
+    10
+}

@@ -161,7 +161,7 @@ impl Vmm {
                 }
             }
             VmmEvent::GuestReset { boot_id } if boot_id == self.boot_id => {
-                log::info!("guest requested a reset");
+                devices::guest_warn!("guest requested a reset");
                 if let Err(e) = self.reboot() {
                     log::error!("reset failed: {}", chain(&e));
                 }

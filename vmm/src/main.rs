@@ -46,9 +46,13 @@ struct Cli {
     /// Also serve Prometheus metrics over TCP at http://ADDR:PORT/metrics.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_listen: Option<String>,
-    /// Log level: error, warn, info, debug or trace (RUST_LOG overrides it).
+    /// Log level: error, warn, info, debug or trace, optionally per module as env_logger takes
+    /// them (e.g. `info,vmm::api=debug`); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Append log lines to this file instead of standard error.
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -177,10 +181,24 @@ impl Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let target = match &cli.log_file {
+        Some(p) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
+            Ok(f) => env_logger::Target::Pipe(Box::new(f)),
+            Err(e) => {
+                eprintln!("tandem: cannot open log file {}: {e}", p.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => env_logger::Target::Stderr,
+    };
     env_logger::Builder::new()
         .parse_filters(&cli.log_level)
         .parse_env("RUST_LOG")
-        .target(env_logger::Target::Stderr)
+        .target(target)
         .init();
 
     let vm_config = cli.vm_config();

@@ -293,7 +293,7 @@ fn handle_exit(exit: VcpuExit, ctx: &ExitEnv, counters: &VcpuCounters) -> Option
         VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => {}
         VcpuExit::Shutdown => {
             // A triple fault: real hardware resets.
-            log::warn!("vCPU {}: triple fault, resetting the VM", ctx.id);
+            devices::guest_warn!("vCPU {}: triple fault, resetting the VM", ctx.id);
             (ctx.guest_events)(GuestEvent::Reset);
         }
         VcpuExit::SystemEvent(kind, _) => match kind {

@@ -223,7 +223,7 @@ impl BlockWorker {
     }
 
     fn give_up(&mut self, what: &str, e: virtio_queue::Error) {
-        log::warn!("virtio-blk: {what}: {e}; the device needs a reset");
+        crate::guest_warn!("virtio-blk: {what}: {e}; the device needs a reset");
         self.broken = true;
         self.interrupt.set_needs_reset();
     }

@@ -69,7 +69,7 @@ pub fn execute(
         Ok(written) => (VIRTIO_BLK_S_OK as u8, written),
         Err(e) => {
             match &e {
-                RequestError::Io(_) => log::warn!("virtio-blk: {}", chain(&e)),
+                RequestError::Io(_) => crate::guest_warn!("virtio-blk: {}", chain(&e)),
                 _ => log::debug!("virtio-blk: {}", chain(&e)),
             }
             (e.status(), 0)

@@ -227,7 +227,7 @@ impl MmioTransport {
             {
                 self.status |= VIRTIO_CONFIG_S_FEATURES_OK;
             } else {
-                log::warn!(
+                crate::guest_warn!(
                     "virtio-mmio: driver features {:#x} not acceptable (offered {offered:#x})",
                     self.acked_features
                 );
@@ -243,7 +243,7 @@ impl MmioTransport {
         for (i, q) in self.queues.iter().enumerate() {
             let bad_size = self.bad_queue_size.get(i).copied().unwrap_or(true);
             if bad_size || !q.is_valid(&self.mem) {
-                log::warn!(
+                crate::guest_warn!(
                     "virtio-mmio: queue {i} is not ready or not in guest RAM; device needs reset"
                 );
                 self.interrupt.set_needs_reset();
@@ -276,7 +276,7 @@ impl MmioTransport {
         match self.device.activate(ctx) {
             Ok(()) => self.activated = true,
             Err(e) => {
-                log::error!("virtio-mmio: device activation failed: {e}");
+                crate::guest_warn!("virtio-mmio: device activation failed: {e}");
                 self.interrupt.set_needs_reset();
             }
         }
@@ -366,7 +366,7 @@ impl MmioTransport {
                 match usize::try_from(v).ok().and_then(|i| self.queue_evts.get(i)) {
                     Some(e) => {
                         if let Err(err) = e.write(1) {
-                            log::warn!("virtio-mmio: cannot forward a queue notification: {err}");
+                            crate::guest_warn!("virtio-mmio: cannot forward a queue notification: {err}");
                         }
                     }
                     None => log::debug!("virtio-mmio: notify for queue {v} that does not exist"),

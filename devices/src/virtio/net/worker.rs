@@ -167,7 +167,7 @@ impl NetWorker {
     }
 
     fn give_up(&mut self, rx: bool, what: &str, e: virtio_queue::Error) {
-        log::warn!("virtio-net: {what}: {e}; the device needs a reset");
+        crate::guest_warn!("virtio-net: {what}: {e}; the device needs a reset");
         if rx {
             self.rx_broken = true;
         } else {
@@ -267,7 +267,7 @@ impl NetWorker {
                     io::ErrorKind::Interrupted => continue,
                     io::ErrorKind::WouldBlock => return None,
                     _ => {
-                        log::warn!("virtio-net: tap read failed: {e}");
+                        crate::guest_warn!("virtio-net: tap read failed: {e}");
                         return None;
                     }
                 }
