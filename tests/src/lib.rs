@@ -12,6 +12,32 @@ pub use serial::SerialLog;
 
 use std::path::{Path, PathBuf};
 
+/// Every metric family `tandem` exports (the metrics test fails on one not listed here, the
+/// dashboard test on a query of one not listed here).
+pub const METRIC_FAMILIES: &[&str] = &[
+    "tandem_build_info",
+    "tandem_vm_state",
+    "tandem_vm_vcpus",
+    "tandem_vm_memory_bytes",
+    "tandem_vm_boots_total",
+    "tandem_vcpu_exits_total",
+    "tandem_vcpu_io_exits_total",
+    "tandem_vcpu_mmio_exits_total",
+    "tandem_vcpu_unhandled_io_total",
+    "tandem_vcpu_unhandled_mmio_total",
+    "tandem_net_rx_frames_total",
+    "tandem_net_rx_dropped_total",
+    "tandem_net_tx_frames_total",
+    "tandem_net_tx_dropped_total",
+    "tandem_serial_tx_bytes_total",
+    "tandem_serial_tx_lost_bytes_total",
+    "tandem_migration_active",
+    "tandem_migration_bytes",
+    "tandem_migration_round",
+    "tandem_migration_dirty_rate_pages_per_second",
+    "tandem_migration_downtime_seconds",
+];
+
 /// Whether this host can run KVM guests; prints a loud notice when it cannot.
 pub fn kvm_available(test: &str) -> bool {
     match std::fs::OpenOptions::new()

@@ -73,6 +73,13 @@ fn metrics_parse_and_follow_the_vm() {
         "{body}"
     );
     assert!(value(&s, "tandem_serial_tx_bytes_total", None) > 0.0);
+    for sample in &s.samples {
+        assert!(
+            tandem_tests::METRIC_FAMILIES.contains(&sample.metric.as_str()),
+            "{} is exported but not in METRIC_FAMILIES",
+            sample.metric
+        );
+    }
 
     // Over TCP too, and the state follows the VM.
     t.put_ok("vm.pause", None);

@@ -1,0 +1,64 @@
+//! The Grafana dashboard under resources/dashboards/ only queries metrics Tandem exports.
+
+use serde_json::Value;
+use std::collections::BTreeSet;
+use tandem_tests::METRIC_FAMILIES as FAMILIES;
+
+fn exprs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                if k == "expr" || k == "query" {
+                    if let Some(s) = x.as_str() {
+                        out.push(s.to_string());
+                    }
+                }
+                exprs(x, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| exprs(x, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn dashboard_queries_only_exported_metrics() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../resources/dashboards/tandem.json"
+    );
+    let dash: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(dash["uid"], "tandem-vmm");
+    let panels = dash["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 8);
+    let mut ids = BTreeSet::new();
+    for p in panels {
+        assert!(ids.insert(p["id"].as_u64().unwrap()), "duplicate panel id");
+        assert!(
+            !p["targets"].as_array().unwrap().is_empty(),
+            "{}",
+            p["title"]
+        );
+    }
+    let mut all = Vec::new();
+    exprs(&dash, &mut all);
+    let mut used = BTreeSet::new();
+    for e in &all {
+        let mut rest = e.as_str();
+        while let Some(i) = rest.find("tandem_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[i + name.len()..];
+            used.insert(name);
+        }
+    }
+    for name in &used {
+        assert!(
+            FAMILIES.contains(&name.as_str()),
+            "dashboard queries unknown metric {name}"
+        );
+    }
+    assert!(used.len() >= 10, "{used:?}");
+}
