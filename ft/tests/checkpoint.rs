@@ -177,7 +177,10 @@ fn cause(e: &CheckpointError) -> (&CheckpointError, Option<u64>) {
 /// The backup's memory and kept state equal the primary's at capture point `n`.
 fn assert_backup_at(b: &FtBackup<FakeVm>, gates: &Gates, n: u64) {
     let (mem, state) = gates.snapshot(n);
-    assert!(b.vm().memory() == mem, "backup memory differs from capture {n}");
+    assert!(
+        b.vm().memory() == mem,
+        "backup memory differs from capture {n}"
+    );
     assert_eq!(b.committed_state(), Some(&state), "backup state of {n}");
     assert!(!b.vm().is_running(), "a backup never runs before go_live");
 }
@@ -262,7 +265,10 @@ fn outputs_are_released_only_after_the_backups_ack() {
     }
     for (n, at) in released.iter().skip(1) {
         let waited = at.duration_since(captured[n]);
-        assert!(waited >= delay, "epoch {n} released {waited:?} after capture");
+        assert!(
+            waited >= delay,
+            "epoch {n} released {waited:?} after capture"
+        );
     }
     let _ = backup.join().unwrap();
 }
@@ -356,8 +362,9 @@ fn cut_mid_checkpoint_keeps_the_previous_one() {
     assert!(
         matches!(
             c,
-            CheckpointError::Stream(MigrationError::Frame(ft::frame::FrameError::Truncated { .. }))
-                | CheckpointError::Stream(MigrationError::PeerClosed)
+            CheckpointError::Stream(MigrationError::Frame(
+                ft::frame::FrameError::Truncated { .. }
+            )) | CheckpointError::Stream(MigrationError::PeerClosed)
                 | CheckpointError::Stream(MigrationError::Receive(_))
         ),
         "{c:?}"
@@ -447,7 +454,14 @@ impl Script {
     fn extras(&mut self, epoch: u64, data: &[u8]) {
         let total = data.len() as u64;
         let data = data.to_vec();
-        self.send(&Frame::Extras { offset: 0, total, data }, epoch);
+        self.send(
+            &Frame::Extras {
+                offset: 0,
+                total,
+                data,
+            },
+            epoch,
+        );
     }
     /// A whole checkpoint writing `fill` into page 5.
     fn checkpoint(&mut self, epoch: u64, fill: u8) {
@@ -492,11 +506,16 @@ fn truncated_stream_discards_the_partial_checkpoint() {
     assert!(
         matches!(
             c,
-            CheckpointError::Stream(MigrationError::Frame(ft::frame::FrameError::Truncated { .. }))
+            CheckpointError::Stream(MigrationError::Frame(
+                ft::frame::FrameError::Truncated { .. }
+            ))
         ),
         "{c:?}"
     );
-    assert!(exit.error.to_string().contains("last committed checkpoint: Some(1)"));
+    assert!(exit
+        .error
+        .to_string()
+        .contains("last committed checkpoint: Some(1)"));
     assert_at_checkpoint_1(&exit.backup);
     let live = exit.backup.go_live().unwrap();
     assert_eq!(live.restored_state().unwrap().devices, b"cp1");
@@ -512,7 +531,12 @@ fn unexpected_frame_type_is_a_clean_error() {
     let (c, last) = cause(&exit.error);
     assert_eq!(last, Some(1));
     assert!(
-        matches!(c, CheckpointError::Stream(MigrationError::Frame(ft::frame::FrameError::UnexpectedType { .. }))),
+        matches!(
+            c,
+            CheckpointError::Stream(MigrationError::Frame(
+                ft::frame::FrameError::UnexpectedType { .. }
+            ))
+        ),
         "{c:?}"
     );
     assert_at_checkpoint_1(&exit.backup);

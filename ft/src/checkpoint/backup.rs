@@ -106,7 +106,10 @@ impl<V: MigratableVm> FtBackup<V> {
     /// Failover: restores the last committed state into the VM and resumes it. Refused when no
     /// checkpoint was ever committed.
     pub fn go_live(mut self) -> Result<V, CheckpointError> {
-        let c = self.committed.take().ok_or(CheckpointError::NothingCommitted)?;
+        let c = self
+            .committed
+            .take()
+            .ok_or(CheckpointError::NothingCommitted)?;
         self.vm
             .restore_state(&c.state)
             .map_err(vm_err("restore_state"))?;

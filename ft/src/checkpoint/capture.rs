@@ -77,7 +77,11 @@ impl Captured {
             }
             if batch.page_count() as usize >= batch_pages.max(1) {
                 sent += batch.page_count();
-                w.send(&Frame::MemoryPages(std::mem::take(&mut batch)), self.epoch, 0)?;
+                w.send(
+                    &Frame::MemoryPages(std::mem::take(&mut batch)),
+                    self.epoch,
+                    0,
+                )?;
             }
         }
         if !batch.is_empty() {

@@ -72,13 +72,12 @@ impl Staging {
             }
             Frame::VcpuState { index, data } => {
                 let n = self.vcpus.len();
-                let slot = self
-                    .vcpus
-                    .get_mut(index as usize)
-                    .ok_or_else(|| CheckpointError::Incomplete {
+                let slot = self.vcpus.get_mut(index as usize).ok_or_else(|| {
+                    CheckpointError::Incomplete {
                         epoch: self.epoch,
                         reason: format!("state of vCPU {index}, VM has {n}"),
-                    })?;
+                    }
+                })?;
                 if slot.replace(data).is_some() {
                     return Err(self.bad(format!("vCPU {index} state sent twice")));
                 }

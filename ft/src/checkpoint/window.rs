@@ -119,7 +119,10 @@ mod tests {
         w.push(entry(3, 1000));
         assert!(!w.has_room(), "byte bound");
         w.pop_front();
-        assert!(w.has_room(), "an empty window admits even a huge checkpoint");
+        assert!(
+            w.has_room(),
+            "an empty window admits even a huge checkpoint"
+        );
         assert_eq!((w.peak_count, w.peak_bytes), (2, 1000));
     }
 }

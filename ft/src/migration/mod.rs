@@ -21,8 +21,8 @@ mod sender;
 pub use policy::{ConvergencePolicy, StopReason};
 pub use progress::{MigrationPhase, MigrationProgress, ProgressHandle, Role};
 pub use receiver::{receive_migration, IncomingMigration, ReceiveOptions, ReceiveReport};
-pub use sender::{send_migration, SendOptions, SendReport};
 pub(crate) use sender::ft_initial_sync;
+pub use sender::{send_migration, SendOptions, SendReport};
 
 use crate::frame::{FrameError, FrameType};
 use crate::vm::VmOpError;
