@@ -63,6 +63,9 @@ pub enum FrameType {
     Abort = 8,
     /// Liveness.
     Heartbeat = 9,
+    /// A chunk of an FT checkpoint's opaque extras (e.g. the epoch's disk write log); protocol
+    /// version 2 and later.
+    Extras = 10,
 }
 
 impl FrameType {
@@ -78,6 +81,7 @@ impl FrameType {
             7 => FrameType::Ack,
             8 => FrameType::Abort,
             9 => FrameType::Heartbeat,
+            10 => FrameType::Extras,
             _ => return None,
         })
     }

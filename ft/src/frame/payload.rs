@@ -17,6 +17,16 @@ pub enum StreamPurpose {
     FaultTolerance = 2,
 }
 
+impl StreamPurpose {
+    /// Oldest protocol version that can carry a stream of this purpose.
+    pub fn min_protocol_version(self) -> u16 {
+        match self {
+            StreamPurpose::Migration => 1,
+            StreamPurpose::FaultTolerance => 2,
+        }
+    }
+}
+
 /// First frame of a stream: which protocol versions the sender speaks and what VM it carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
@@ -75,6 +85,17 @@ pub enum Frame {
         /// Sender's wall clock.
         timestamp_ms: u64,
     },
+    /// Bytes `offset..offset + data.len()` of a checkpoint's `total`-byte extras blob; chunked
+    /// because the blob (a disk write log) may exceed one frame, and self-describing so that the
+    /// receiver can tell a complete blob from a cut one.
+    Extras {
+        /// Where this chunk starts in the blob.
+        offset: u64,
+        /// Length of the whole blob.
+        total: u64,
+        /// The chunk.
+        data: Vec<u8>,
+    },
 }
 
 impl Frame {
@@ -90,6 +111,7 @@ impl Frame {
             Frame::Ack { .. } => FrameType::Ack,
             Frame::Abort { .. } => FrameType::Abort,
             Frame::Heartbeat { .. } => FrameType::Heartbeat,
+            Frame::Extras { .. } => FrameType::Extras,
         }
     }
 
@@ -118,6 +140,15 @@ impl Frame {
             Frame::Ack { seq } => out.extend_from_slice(&seq.to_le_bytes()),
             Frame::Abort { reason } => out.extend_from_slice(reason.as_bytes()),
             Frame::Heartbeat { timestamp_ms } => out.extend_from_slice(&timestamp_ms.to_le_bytes()),
+            Frame::Extras {
+                offset,
+                total,
+                data,
+            } => {
+                out.extend_from_slice(&offset.to_le_bytes());
+                out.extend_from_slice(&total.to_le_bytes());
+                out.extend_from_slice(data);
+            }
         }
     }
 
@@ -194,6 +225,22 @@ impl Frame {
             FrameType::Heartbeat => Frame::Heartbeat {
                 timestamp_ms: r.u64().map_err(short)?,
             },
+            FrameType::Extras => {
+                let offset = r.u64().map_err(short)?;
+                let total = r.u64().map_err(short)?;
+                let data = r.bytes(r.remaining()).map_err(short)?.to_vec();
+                let end = offset
+                    .checked_add(data.len() as u64)
+                    .ok_or_else(|| malformed("chunk end overflows"))?;
+                if end > total {
+                    return Err(malformed("chunk runs past the blob's total length"));
+                }
+                Frame::Extras {
+                    offset,
+                    total,
+                    data,
+                }
+            }
         };
         r.finish().map_err(short)?;
         Ok(frame)
@@ -201,10 +248,11 @@ impl Frame {
 }
 
 impl Hello {
-    /// A Hello for this build's protocol version range.
+    /// A Hello for this build's protocol version range; migration still speaks version 1 (it
+    /// sends no frame that version lacks), fault tolerance needs version 2 (Extras).
     pub fn new(purpose: StreamPurpose, identity: VmIdentity) -> Hello {
         Hello {
-            min_version: crate::PROTOCOL_VERSION,
+            min_version: purpose.min_protocol_version(),
             max_version: crate::PROTOCOL_VERSION,
             purpose,
             page_size: PAGE_SIZE as u32,

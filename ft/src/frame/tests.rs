@@ -35,6 +35,16 @@ fn samples() -> Vec<Frame> {
         },
         Frame::Heartbeat { timestamp_ms: 1234 },
         Frame::DeviceState(Vec::new()),
+        Frame::Extras {
+            offset: 4,
+            total: 10,
+            data: vec![7; 6],
+        },
+        Frame::Extras {
+            offset: 0,
+            total: 0,
+            data: Vec::new(),
+        },
     ]
 }
 
@@ -344,4 +354,24 @@ fn check_decoded_reencode(b: &[u8], sizes: &[usize]) {
         f.encode(&mut again).unwrap();
         assert_eq!(one(&again), Ok(Some(f)));
     }
+}
+
+#[test]
+fn extras_chunk_past_its_total_is_malformed() {
+    let mut out = Vec::new();
+    let f = Frame::Extras {
+        offset: 8,
+        total: 9,
+        data: vec![1, 2],
+    };
+    encode_frame(&f, 0, 1, 0, &mut out).unwrap();
+    let mut d = Decoder::new();
+    d.push(&out);
+    assert!(matches!(
+        d.next_frame(),
+        Err(FrameError::Malformed {
+            frame_type: FrameType::Extras,
+            ..
+        })
+    ));
 }

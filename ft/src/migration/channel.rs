@@ -53,6 +53,12 @@ impl FrameWriter {
         self.bytes
     }
 
+    /// The sequence number the next frame will carry (so that an ack racing the write can be
+    /// matched).
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.seq
+    }
+
     /// Closes both directions, which also wakes a reader blocked on the same socket.
     pub(crate) fn shutdown(&self) {
         let _ = self.conn.shutdown(std::net::Shutdown::Both);
@@ -87,6 +93,11 @@ impl FrameReader {
     /// Bytes read so far.
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Bounds each wait for bytes in `recv`; a timeout leaves partly received frames buffered.
+    pub(crate) fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.conn.set_read_timeout(t)
     }
 
     /// The next frame; the connection's read timeout bounds each wait for bytes.

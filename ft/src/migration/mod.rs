@@ -12,7 +12,7 @@
 //! instant), the source resumes while the destination runs too: the two-generals window every
 //! pre-copy VMM has. FT must fence it with the arbiter's generation (DESIGN.md) before relying on it.
 
-mod channel;
+pub(crate) mod channel;
 mod policy;
 mod progress;
 mod receiver;
@@ -21,6 +21,7 @@ mod sender;
 pub use policy::{ConvergencePolicy, StopReason};
 pub use progress::{MigrationPhase, MigrationProgress, ProgressHandle, Role};
 pub use receiver::{receive_migration, IncomingMigration, ReceiveOptions, ReceiveReport};
+pub(crate) use sender::ft_initial_sync;
 pub use sender::{send_migration, SendOptions, SendReport};
 
 use crate::frame::{FrameError, FrameType};
@@ -97,7 +98,7 @@ pub enum MigrationError {
 impl MigrationError {
     /// Whether the peer already knows the migration is over (it aborted or the stream is gone),
     /// so sending it an Abort is pointless.
-    fn peer_knows(&self) -> bool {
+    pub(crate) fn peer_knows(&self) -> bool {
         matches!(
             self,
             MigrationError::PeerAborted { .. }
@@ -126,6 +127,6 @@ pub fn error_chain(e: &dyn Error) -> String {
 }
 
 /// An error for a frame type the protocol does not expect at this point.
-fn unexpected(expected: &'static str, got: FrameType) -> MigrationError {
+pub(crate) fn unexpected(expected: &'static str, got: FrameType) -> MigrationError {
     MigrationError::Frame(FrameError::UnexpectedType { expected, got })
 }

@@ -49,6 +49,8 @@ pub struct ReceiveReport {
 /// A migration whose Hello has arrived: its identity can be looked at (to build a matching VM)
 /// before it is accepted with `receive_into` or refused with `reject`.
 pub struct IncomingMigration {
+    /// What this receiver was set up for; a Hello for anything else is refused.
+    purpose: StreamPurpose,
     reader: FrameReader,
     writer: FrameWriter,
     hello: Hello,
@@ -74,6 +76,16 @@ impl IncomingMigration {
         opts: &ReceiveOptions,
         progress: &ProgressHandle,
     ) -> Result<IncomingMigration, MigrationError> {
+        Self::accept_for(StreamPurpose::Migration, conn, opts, progress)
+    }
+
+    /// Reads the Hello of a stream that must be for `purpose`.
+    pub(crate) fn accept_for(
+        purpose: StreamPurpose,
+        conn: Box<dyn Connection>,
+        opts: &ReceiveOptions,
+        progress: &ProgressHandle,
+    ) -> Result<IncomingMigration, MigrationError> {
         let started = Instant::now();
         conn.set_read_timeout(Some(opts.io_timeout))
             .and_then(|()| conn.set_write_timeout(Some(opts.io_timeout)))
@@ -87,6 +99,7 @@ impl IncomingMigration {
         });
         match first {
             Ok((hello, hello_seq)) => Ok(IncomingMigration {
+                purpose,
                 reader,
                 writer,
                 hello,
@@ -116,11 +129,32 @@ impl IncomingMigration {
         mut self,
         vm: &mut V,
     ) -> Result<ReceiveReport, MigrationError> {
-        let r = self.run(vm);
+        let r = self.run(vm, true);
         match r {
-            Ok(report) => {
+            Ok((report, _)) => {
                 self.progress.complete(Some(report.final_phase));
                 Ok(report)
+            }
+            Err(e) => Err(fail(&mut self.reader, &mut self.writer, &self.progress, e)),
+        }
+    }
+
+    /// FT backup: receives the initial sync into `vm` and acks it, but neither restores the state
+    /// nor resumes: the backup keeps the state blob as its first committed checkpoint and leaves
+    /// the stream open for the checkpoints that follow.
+    pub(crate) fn receive_initial_sync<V: MigratableVm + ?Sized>(
+        mut self,
+        vm: &mut V,
+    ) -> Result<Synced, MigrationError> {
+        match self.run(vm, false) {
+            Ok((report, state)) => {
+                self.progress.complete(Some(report.final_phase));
+                Ok(Synced {
+                    report,
+                    state,
+                    reader: self.reader,
+                    writer: self.writer,
+                })
             }
             Err(e) => Err(fail(&mut self.reader, &mut self.writer, &self.progress, e)),
         }
@@ -129,8 +163,9 @@ impl IncomingMigration {
     fn run<V: MigratableVm + ?Sized>(
         &mut self,
         vm: &mut V,
-    ) -> Result<ReceiveReport, MigrationError> {
-        check_hello(&self.hello, vm)?;
+        handover: bool,
+    ) -> Result<(ReceiveReport, VmState), MigrationError> {
+        check_hello(&self.hello, vm, self.purpose)?;
         self.writer.send(
             &Frame::Ack {
                 seq: self.hello_seq,
@@ -209,27 +244,40 @@ impl IncomingMigration {
                     self.progress
                         .update(|p| p.phase = MigrationPhase::Completing);
                     let state = state.complete(n)?;
-                    vm.restore_state(&state).map_err(vm_err("restore_state"))?;
+                    if handover {
+                        vm.restore_state(&state).map_err(vm_err("restore_state"))?;
+                    }
                     self.writer.send(&Frame::Ack { seq }, round, 0)?;
-                    // The source has handed over now: from here on this VM is the only copy.
-                    vm.resume().map_err(vm_err("resume"))?;
-                    return Ok(ReceiveReport {
+                    if handover {
+                        // The source has handed over now: from here on this VM is the only copy.
+                        vm.resume().map_err(vm_err("resume"))?;
+                    }
+                    let report = ReceiveReport {
                         identity: self.hello.identity.clone(),
                         rounds: round as u32 + 1,
                         bytes_received: self.reader.bytes(),
                         pages_received: total,
                         final_phase: final_since.elapsed(),
                         total_time: self.started.elapsed(),
-                    });
+                    };
+                    return Ok((report, state));
                 }
                 Frame::Heartbeat { .. } => {}
                 Frame::Abort { reason } => return Err(MigrationError::PeerAborted { reason }),
-                other @ (Frame::Hello(_) | Frame::Ack { .. }) => {
+                other @ (Frame::Hello(_) | Frame::Ack { .. } | Frame::Extras { .. }) => {
                     return Err(unexpected("pages, state or Commit", other.frame_type()))
                 }
             }
         }
     }
+}
+
+/// What an FT initial sync leaves: the committed state blob and the open stream.
+pub(crate) struct Synced {
+    pub(crate) report: ReceiveReport,
+    pub(crate) state: VmState,
+    pub(crate) reader: FrameReader,
+    pub(crate) writer: FrameWriter,
 }
 
 /// vCPU and device blobs as they arrive, before Commit.
@@ -263,16 +311,25 @@ impl StagedState {
     }
 }
 
-fn check_hello<V: MigratableVm + ?Sized>(h: &Hello, vm: &V) -> Result<(), MigrationError> {
+fn check_hello<V: MigratableVm + ?Sized>(
+    h: &Hello,
+    vm: &V,
+    purpose: StreamPurpose,
+) -> Result<(), MigrationError> {
     let bad = |s: String| Err(MigrationError::Incompatible(s));
-    if !(h.min_version..=h.max_version).contains(&PROTOCOL_VERSION) {
+    // The ranges must overlap, within what this purpose needs (FT needs the Extras frame).
+    let ours = purpose.min_protocol_version()..=PROTOCOL_VERSION;
+    if h.min_version > *ours.end() || h.max_version < *ours.start() {
         return bad(format!(
-            "source speaks protocol versions {}..={}, this destination {PROTOCOL_VERSION}",
-            h.min_version, h.max_version
+            "source speaks protocol versions {}..={}, this destination {}..={} for {purpose:?}",
+            h.min_version,
+            h.max_version,
+            ours.start(),
+            ours.end()
         ));
     }
-    if h.purpose != StreamPurpose::Migration {
-        return bad(format!("stream is for {:?}, not migration", h.purpose));
+    if h.purpose != purpose {
+        return bad(format!("stream is for {:?}, not {purpose:?}", h.purpose));
     }
     if h.page_size as usize != PAGE_SIZE {
         return bad(format!("page size {} (expected {PAGE_SIZE})", h.page_size));

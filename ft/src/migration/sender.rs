@@ -77,43 +77,56 @@ pub fn send_migration<V: MigratableVm + ?Sized>(
     opts: &SendOptions,
     progress: &ProgressHandle,
 ) -> Result<SendReport, MigrationError> {
-    conn.set_write_timeout(Some(opts.io_timeout))
-        .and_then(|()| conn.set_read_timeout(None))
-        .map_err(MigrationError::Connection)?;
-    let reader = FrameReader::new(conn.try_clone_box().map_err(MigrationError::Connection)?);
-    let inbox = Inbox::spawn(reader)?;
-    let mut s = Sender {
-        vm,
-        writer: FrameWriter::new(conn),
-        inbox,
-        opts,
-        progress,
-        paused: false,
-        dirty_log: false,
-        round: 0,
-        pages_sent: 0,
-        send_time: Duration::ZERO,
-        started: Instant::now(),
-    };
-    let result = s.run();
-    let result = match result {
-        Ok(report) => {
-            progress.complete(Some(report.downtime));
-            Ok(report)
-        }
-        Err(e) => {
-            let e = s.unwind(e);
-            progress.fail(error_chain(&e));
-            Err(e)
-        }
-    };
+    let mut s = Sender::new(vm, conn, opts, progress, Mode::Migrate)?;
+    let result = s.finish_run();
     s.writer.shutdown();
     s.inbox.join();
     result
 }
 
+/// The channel an FT initial sync leaves open for the checkpoints that follow it.
+pub(crate) struct SyncedChannel {
+    pub(crate) writer: FrameWriter,
+    pub(crate) inbox: Inbox,
+    pub(crate) report: SendReport,
+}
+
+/// FT-enable: the same pre-copy rounds as a migration, announced as a fault-tolerance stream,
+/// but it never hands over: once the backup has acked the full state the VM is resumed and dirty
+/// logging stays on, so that the first checkpoint sends exactly what changed since.
+/// `captured` runs while the VM is paused, after its state was saved (gates start epoch 1 there).
+/// On failure the VM runs as before, dirty logging off, unless the error is `SourceNotResumed`.
+pub(crate) fn ft_initial_sync<V: MigratableVm + ?Sized>(
+    vm: &mut V,
+    conn: Box<dyn Connection>,
+    opts: &SendOptions,
+    progress: &ProgressHandle,
+    captured: &mut dyn FnMut(),
+) -> Result<SyncedChannel, MigrationError> {
+    let mut s = Sender::new(vm, conn, opts, progress, Mode::KeepRunning(captured))?;
+    match s.finish_run() {
+        Ok(report) => Ok(SyncedChannel {
+            writer: s.writer,
+            inbox: s.inbox,
+            report,
+        }),
+        Err(e) => {
+            s.writer.shutdown();
+            s.inbox.join();
+            Err(e)
+        }
+    }
+}
+
+/// Whether the source hands over at the end (migration) or resumes and goes on (FT).
+enum Mode<'a> {
+    Migrate,
+    KeepRunning(&'a mut dyn FnMut()),
+}
+
 struct Sender<'a, V: MigratableVm + ?Sized> {
     vm: &'a mut V,
+    mode: Mode<'a>,
     writer: FrameWriter,
     inbox: Inbox,
     opts: &'a SendOptions,
@@ -127,9 +140,59 @@ struct Sender<'a, V: MigratableVm + ?Sized> {
     started: Instant,
 }
 
-impl<V: MigratableVm + ?Sized> Sender<'_, V> {
+impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
+    fn new(
+        vm: &'a mut V,
+        conn: Box<dyn Connection>,
+        opts: &'a SendOptions,
+        progress: &'a ProgressHandle,
+        mode: Mode<'a>,
+    ) -> Result<Self, MigrationError> {
+        conn.set_write_timeout(Some(opts.io_timeout))
+            .and_then(|()| conn.set_read_timeout(None))
+            .map_err(MigrationError::Connection)?;
+        let reader = FrameReader::new(conn.try_clone_box().map_err(MigrationError::Connection)?);
+        let inbox = Inbox::spawn(reader)?;
+        Ok(Sender {
+            vm,
+            mode,
+            writer: FrameWriter::new(conn),
+            inbox,
+            opts,
+            progress,
+            paused: false,
+            dirty_log: false,
+            round: 0,
+            pages_sent: 0,
+            send_time: Duration::ZERO,
+            started: Instant::now(),
+        })
+    }
+
+    /// Runs, then records the outcome in the progress view (unwinding on failure).
+    fn finish_run(&mut self) -> Result<SendReport, MigrationError> {
+        match self.run() {
+            Ok(report) => {
+                self.progress.complete(Some(report.downtime));
+                Ok(report)
+            }
+            Err(e) => {
+                let e = self.unwind(e);
+                self.progress.fail(error_chain(&e));
+                Err(e)
+            }
+        }
+    }
+
+    fn purpose(&self) -> StreamPurpose {
+        match self.mode {
+            Mode::Migrate => StreamPurpose::Migration,
+            Mode::KeepRunning(_) => StreamPurpose::FaultTolerance,
+        }
+    }
+
     fn run(&mut self) -> Result<SendReport, MigrationError> {
-        let hello = Frame::Hello(Hello::new(StreamPurpose::Migration, self.vm.identity()));
+        let hello = Frame::Hello(Hello::new(self.purpose(), self.vm.identity()));
         let seq = self.send(&hello, FLAG_ACK_REQUESTED)?;
         self.wait_ack(seq, self.opts.io_timeout, "the destination's Hello ack")?;
 
@@ -196,6 +259,9 @@ impl<V: MigratableVm + ?Sized> Sender<'_, V> {
         dirty.merge(&since);
         let final_pages = self.send_pages(&dirty)?;
         let state = self.vm.save_state().map_err(vm_err("save_state"))?;
+        if let Mode::KeepRunning(captured) = &mut self.mode {
+            captured();
+        }
         for (index, data) in state.vcpus.iter().enumerate() {
             let index = u32::try_from(index)
                 .map_err(|_| MigrationError::Protocol("too many vCPUs".into()))?;
@@ -221,6 +287,13 @@ impl<V: MigratableVm + ?Sized> Sender<'_, V> {
         )?;
         let downtime = paused_at.elapsed();
 
+        if let Mode::KeepRunning(_) = self.mode {
+            // FT: the backup holds the state now; the guest runs on, and the dirty log (still on)
+            // becomes the first checkpoint's page set.
+            self.vm.resume().map_err(vm_err("resume"))?;
+            self.paused = false;
+            return Ok(self.report(stop_reason, final_pages, estimate, downtime));
+        }
         if let Err(e) = self.vm.stop_dirty_log() {
             log::warn!(
                 "migration: stop_dirty_log after success: {}",
@@ -228,7 +301,17 @@ impl<V: MigratableVm + ?Sized> Sender<'_, V> {
             );
         }
         self.dirty_log = false;
-        Ok(SendReport {
+        Ok(self.report(stop_reason, final_pages, estimate, downtime))
+    }
+
+    fn report(
+        &self,
+        stop_reason: StopReason,
+        final_pages: u64,
+        estimate: Duration,
+        downtime: Duration,
+    ) -> SendReport {
+        SendReport {
             rounds: self.round - 1,
             stop_reason,
             bytes_sent: self.writer.bytes(),
@@ -237,7 +320,7 @@ impl<V: MigratableVm + ?Sized> Sender<'_, V> {
             estimated_downtime: estimate,
             downtime,
             total_time: self.started.elapsed(),
-        })
+        }
     }
 
     /// Round 0: every page that is not zero (the destination's fresh memory is zero already).

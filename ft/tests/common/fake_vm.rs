@@ -111,6 +111,7 @@ impl FakeVm {
     }
 
     /// Whether dirty logging is on.
+    #[allow(dead_code)]
     pub fn dirty_logging(&self) -> bool {
         self.shared.dirty.lock().unwrap().is_some()
     }
@@ -121,12 +122,16 @@ impl FakeVm {
     }
 
     fn state_now(&self) -> VmState {
-        let w = self.writes();
-        VmState {
-            vcpus: (0..self.vcpus)
-                .map(|i| format!("vcpu {i} rip={w:#x}").into_bytes())
-                .collect(),
-            devices: format!("devices after {w} writes").into_bytes().repeat(100),
+        state_for(self.writes(), self.vcpus)
+    }
+
+    /// A handle that reads memory and state from another thread (FT hooks snapshot the primary
+    /// at each capture point through it).
+    #[allow(dead_code)]
+    pub fn probe(&self) -> Probe {
+        Probe {
+            shared: self.shared.clone(),
+            vcpus: self.vcpus,
         }
     }
 
@@ -148,6 +153,35 @@ impl FakeVm {
             });
         }
         Ok(())
+    }
+}
+
+fn state_for(w: u64, vcpus: u32) -> VmState {
+    VmState {
+        vcpus: (0..vcpus)
+            .map(|i| format!("vcpu {i} rip={w:#x}").into_bytes())
+            .collect(),
+        devices: format!("devices after {w} writes").into_bytes().repeat(100),
+    }
+}
+
+/// Reads a fake VM's memory and state without owning it.
+#[derive(Clone)]
+#[allow(dead_code)]
+pub struct Probe {
+    shared: Arc<Shared>,
+    vcpus: u32,
+}
+
+#[allow(dead_code)]
+impl Probe {
+    /// A copy of guest memory.
+    pub fn memory(&self) -> Vec<u8> {
+        self.shared.mem.lock().unwrap().clone()
+    }
+    /// The state save_state would return now.
+    pub fn state(&self) -> VmState {
+        state_for(self.shared.writes.load(Ordering::SeqCst), self.vcpus)
     }
 }
 
@@ -264,6 +298,7 @@ impl MigratableVm for FakeVm {
 
 impl FakeVm {
     /// The state the source would save now (only meaningful while paused).
+    #[allow(dead_code)]
     pub fn current_state(&self) -> VmState {
         self.state_now()
     }

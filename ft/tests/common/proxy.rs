@@ -1,16 +1,22 @@
-//! A TCP proxy between source and destination that can cut the stream or flip a bit in it.
+//! A TCP proxy between source and destination that can cut the stream, flip a bit in it, or
+//! delay the destination's replies.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-/// What the proxy does to source → destination bytes.
+/// What the proxy does.
 #[derive(Debug, Clone, Copy)]
 pub enum Fault {
-    /// Closes both connections after forwarding this many bytes.
+    /// Closes both connections after forwarding this many source → destination bytes.
     CutAfter(u64),
-    /// Inverts one bit of the byte at this offset.
+    /// Inverts one bit of the source → destination byte at this offset.
     FlipBitAt(u64),
+    /// Forwards everything, but holds each chunk of destination → source bytes this long (a
+    /// backup slow to ack).
+    #[allow(dead_code)]
+    DelayReplies(Duration),
 }
 
 /// Listens on a loopback port; the first connection is forwarded to `upstream`.
@@ -23,14 +29,18 @@ pub fn start(upstream: SocketAddr, fault: Fault) -> (SocketAddr, JoinHandle<()>)
             return;
         };
         let (down2, up2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
-        let back = std::thread::spawn(move || pump(up2, down2, None));
-        pump(down, up, Some(fault));
+        let (fwd, back) = match fault {
+            Fault::DelayReplies(d) => (None, Some(d)),
+            f => (Some(f), None),
+        };
+        let back = std::thread::spawn(move || pump(up2, down2, None, back));
+        pump(down, up, fwd, None);
         let _ = back.join();
     });
     (addr, t)
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, fault: Option<Fault>) {
+fn pump(mut from: TcpStream, mut to: TcpStream, fault: Option<Fault>, delay: Option<Duration>) {
     let mut buf = vec![0u8; 16 << 10];
     let mut at: u64 = 0;
     loop {
@@ -38,6 +48,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, fault: Option<Fault>) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if let Some(d) = delay {
+            std::thread::sleep(d);
+        }
         let chunk = &mut buf[..n];
         match fault {
             Some(Fault::CutAfter(limit)) if at + n as u64 >= limit => {

@@ -1,0 +1,248 @@
+//! The backup side: receive the FT initial sync, then checkpoint after checkpoint, each staged
+//! apart from the VM, verified at its Commit, acked, then applied. It never runs the VM until
+//! `go_live`.
+
+use super::hooks::BackupHooks;
+use super::staging::Staging;
+use super::{now_ms, vm_err, CheckpointError};
+use crate::frame::{DecodedFrame, Frame, StreamPurpose};
+use crate::migration::channel::{FrameReader, FrameWriter};
+use crate::migration::{
+    error_chain, unexpected, IncomingMigration, MigrationError, ProgressHandle, ReceiveOptions,
+    ReceiveReport, Role,
+};
+use crate::transport::Connection;
+use crate::vm::{MigratableVm, VmState};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Backup-side settings.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// The initial sync's receive settings.
+    pub sync: ReceiveOptions,
+    /// Heartbeat to the primary when nothing arrived for this long.
+    pub heartbeat_interval: Duration,
+    /// Silence from the primary that ends `run` (the failure detector may decide sooner).
+    pub peer_timeout: Duration,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        BackupOptions {
+            sync: ReceiveOptions::default(),
+            heartbeat_interval: Duration::from_millis(100),
+            peer_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The last checkpoint that was complete, verified and applied.
+struct Committed {
+    epoch: u64,
+    state: VmState,
+}
+
+/// A backup VM and what it has committed.
+pub struct FtBackup<V> {
+    vm: V,
+    committed: Option<Committed>,
+    sync: Option<ReceiveReport>,
+}
+
+/// How `run` ended: the backup (to `go_live` or drop) and why the stream stopped, as
+/// `CheckpointError::BackupStopped` naming the cause and the last committed epoch.
+pub struct BackupExit<V> {
+    /// The backup, at its last committed checkpoint.
+    pub backup: FtBackup<V>,
+    /// Why receiving stopped.
+    pub error: CheckpointError,
+}
+
+impl<V: MigratableVm> FtBackup<V> {
+    /// Receives the initial sync into `vm` (fresh, zeroed, not running), then checkpoints until
+    /// the stream ends or fails. It always ends with an error: the caller decides whether to fail
+    /// over (`go_live`) or discard the backup.
+    pub fn run(
+        vm: V,
+        conn: Box<dyn Connection>,
+        opts: &BackupOptions,
+        hooks: Arc<dyn BackupHooks>,
+    ) -> BackupExit<V> {
+        let mut b = FtBackup {
+            vm,
+            committed: None,
+            sync: None,
+        };
+        let cause = b.receive(conn, opts, &*hooks);
+        let error = CheckpointError::BackupStopped {
+            last_committed: b.last_committed(),
+            cause: Box::new(cause),
+        };
+        log::warn!("ft backup: {}", error_chain(&error));
+        BackupExit { backup: b, error }
+    }
+
+    /// The last committed checkpoint (0: the initial sync), if any.
+    pub fn last_committed(&self) -> Option<u64> {
+        self.committed.as_ref().map(|c| c.epoch)
+    }
+
+    /// The kept state of the last committed checkpoint.
+    pub fn committed_state(&self) -> Option<&VmState> {
+        self.committed.as_ref().map(|c| &c.state)
+    }
+
+    /// The initial sync's figures, once it completed.
+    pub fn sync_report(&self) -> Option<&ReceiveReport> {
+        self.sync.as_ref()
+    }
+
+    /// The backup VM (not running).
+    pub fn vm(&self) -> &V {
+        &self.vm
+    }
+
+    /// Failover: restores the last committed state into the VM and resumes it. Refused when no
+    /// checkpoint was ever committed.
+    pub fn go_live(mut self) -> Result<V, CheckpointError> {
+        let c = self
+            .committed
+            .take()
+            .ok_or(CheckpointError::NothingCommitted)?;
+        self.vm
+            .restore_state(&c.state)
+            .map_err(vm_err("restore_state"))?;
+        self.vm.resume().map_err(vm_err("resume"))?;
+        log::info!("ft backup: live from checkpoint {}", c.epoch);
+        Ok(self.vm)
+    }
+
+    /// Everything up to the first error, which it returns.
+    fn receive(
+        &mut self,
+        conn: Box<dyn Connection>,
+        opts: &BackupOptions,
+        hooks: &dyn BackupHooks,
+    ) -> CheckpointError {
+        let progress = ProgressHandle::new(Role::Destination);
+        let synced = IncomingMigration::accept_for(
+            StreamPurpose::FaultTolerance,
+            conn,
+            &opts.sync,
+            &progress,
+        )
+        .and_then(|inc| inc.receive_initial_sync(&mut self.vm));
+        let synced = match synced {
+            Ok(s) => s,
+            Err(e) => return CheckpointError::InitialSync(e),
+        };
+        self.committed = Some(Committed {
+            epoch: 0,
+            state: synced.state,
+        });
+        self.sync = Some(synced.report);
+        hooks.backup_committed(0, &[]);
+        let (mut reader, mut writer) = (synced.reader, synced.writer);
+        let e = self.checkpoints(&mut reader, &mut writer, opts, hooks);
+        if !matches!(&e, CheckpointError::Stream(m) if m.peer_knows()) {
+            let reason = format!("backup: {}", error_chain(&e));
+            let _ = writer.send(&Frame::Abort { reason }, 0, 0);
+        }
+        writer.shutdown();
+        e
+    }
+
+    fn checkpoints(
+        &mut self,
+        reader: &mut FrameReader,
+        writer: &mut FrameWriter,
+        opts: &BackupOptions,
+        hooks: &dyn BackupHooks,
+    ) -> CheckpointError {
+        if let Err(e) = reader.set_read_timeout(Some(opts.heartbeat_interval)) {
+            return MigrationError::Connection(e).into();
+        }
+        let (pages, vcpus) = (self.vm.page_count(), self.vm.vcpu_count());
+        let mut last_heard = Instant::now();
+        loop {
+            let next = self.last_committed().unwrap_or(0) + 1;
+            let mut staging = Staging::new(next, pages, vcpus);
+            loop {
+                let f = match reader.recv() {
+                    Ok(f) => f,
+                    Err(MigrationError::Timeout { .. }) => {
+                        if last_heard.elapsed() > opts.peer_timeout {
+                            return MigrationError::Timeout {
+                                waiting_for: "the primary (peer timeout)",
+                            }
+                            .into();
+                        }
+                        let hb = Frame::Heartbeat {
+                            timestamp_ms: now_ms(),
+                        };
+                        if let Err(e) = writer.send(&hb, next - 1, 0) {
+                            return e.into();
+                        }
+                        continue;
+                    }
+                    Err(e) => return e.into(),
+                };
+                last_heard = Instant::now();
+                hooks.on_peer_frame(f.frame.frame_type());
+                match self.on_frame(f, next, &mut staging, writer, hooks) {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    Err(e) => return e,
+                }
+            }
+        }
+    }
+
+    /// Handles one frame of checkpoint `next`; `Ok(true)` once it is committed.
+    fn on_frame(
+        &mut self,
+        f: DecodedFrame,
+        next: u64,
+        staging: &mut Staging,
+        writer: &mut FrameWriter,
+        hooks: &dyn BackupHooks,
+    ) -> Result<bool, CheckpointError> {
+        let DecodedFrame {
+            seq, epoch, frame, ..
+        } = f;
+        match frame {
+            Frame::Heartbeat { .. } => return Ok(false),
+            Frame::Abort { reason } => return Err(MigrationError::PeerAborted { reason }.into()),
+            _ if epoch != next => {
+                return Err(CheckpointError::Protocol(format!(
+                    "{:?} frame of epoch {epoch} while receiving checkpoint {next}",
+                    frame.frame_type()
+                )))
+            }
+            Frame::Commit { vcpus, pages } => {
+                let done = std::mem::replace(staging, Staging::new(next, 0, 0));
+                let verified = done.verify(vcpus, pages)?;
+                writer.send(&Frame::Ack { seq }, next, 0)?;
+                // Acked means the primary may release this epoch's outputs; our copy must now
+                // reach it. Should applying fail, nothing committed is left to go live from.
+                let applied = verified.apply_pages(&mut self.vm);
+                if let Err(e) = applied {
+                    self.committed = None;
+                    return Err(e);
+                }
+                hooks.backup_committed(next, &verified.extras);
+                self.committed = Some(Committed {
+                    epoch: verified.epoch,
+                    state: verified.state,
+                });
+                return Ok(true);
+            }
+            f @ (Frame::Hello(_) | Frame::Ack { .. } | Frame::EndOfRound { .. }) => {
+                return Err(unexpected("a checkpoint frame", f.frame_type()).into())
+            }
+            body => staging.add(body)?,
+        }
+        Ok(false)
+    }
+}

@@ -1,0 +1,127 @@
+//! A captured checkpoint on the primary: the staging buffer filled while the VM is paused, and
+//! how it goes on the wire afterwards (zero detection and framing happen there, not in the pause).
+
+use super::{vm_err, CheckpointError};
+use crate::frame::{Frame, PageBatch, FLAG_ACK_REQUESTED, PAGE_SIZE};
+use crate::migration::channel::FrameWriter;
+use crate::migration::MigrationError;
+use crate::vm::{MigratableVm, VmState};
+
+/// Largest Extras chunk; well under `MAX_PAYLOAD` so that one frame never hogs the link.
+const EXTRAS_CHUNK: usize = 1 << 20;
+
+/// Checkpoint `epoch`, copied out of the paused VM.
+pub(crate) struct Captured {
+    pub(crate) epoch: u64,
+    pfns: Vec<u64>,
+    /// Page data, `PAGE_SIZE` bytes per entry of `pfns`.
+    data: Vec<u8>,
+    state: VmState,
+    extras: Vec<u8>,
+}
+
+impl Captured {
+    /// Copies the dirty pages and saves the state; the VM must be paused.
+    pub(crate) fn take<V: MigratableVm + ?Sized>(
+        vm: &mut V,
+        epoch: u64,
+    ) -> Result<Captured, CheckpointError> {
+        let dirty = vm.take_dirty_pages().map_err(vm_err("take_dirty_pages"))?;
+        let pfns: Vec<u64> = dirty.iter().collect();
+        let mut data = vec![0u8; pfns.len() * PAGE_SIZE];
+        for (pfn, page) in pfns.iter().zip(data.chunks_exact_mut(PAGE_SIZE)) {
+            let page: &mut [u8; PAGE_SIZE] = page
+                .try_into()
+                .map_err(|_| CheckpointError::Protocol("staging buffer misaligned".into()))?;
+            vm.read_page(*pfn, page).map_err(vm_err("read_page"))?;
+        }
+        let state = vm.save_state().map_err(vm_err("save_state"))?;
+        Ok(Captured {
+            epoch,
+            pfns,
+            data,
+            state,
+            extras: Vec::new(),
+        })
+    }
+
+    /// Attaches the hooks' blob for this epoch.
+    pub(crate) fn set_extras(&mut self, extras: Vec<u8>) {
+        self.extras = extras;
+    }
+
+    /// Pages in the checkpoint.
+    pub(crate) fn pages(&self) -> u64 {
+        self.pfns.len() as u64
+    }
+
+    /// Bytes the staging buffer holds (what the in-flight byte bound counts).
+    pub(crate) fn staged_bytes(&self) -> u64 {
+        (self.data.len()
+            + self.extras.len()
+            + self.state.devices.len()
+            + self.state.vcpus.iter().map(Vec::len).sum::<usize>()) as u64
+    }
+
+    /// Sends everything but the Commit; returns the page count the Commit must announce.
+    pub(crate) fn send_body(
+        &self,
+        w: &mut FrameWriter,
+        batch_pages: usize,
+    ) -> Result<u64, MigrationError> {
+        let mut sent = 0;
+        let mut batch = PageBatch::new();
+        for (pfn, page) in self.pfns.iter().zip(self.data.chunks_exact(PAGE_SIZE)) {
+            if let Ok(page) = <&[u8; PAGE_SIZE]>::try_from(page) {
+                batch.push_page(*pfn, page);
+            }
+            if batch.page_count() as usize >= batch_pages.max(1) {
+                sent += batch.page_count();
+                w.send(
+                    &Frame::MemoryPages(std::mem::take(&mut batch)),
+                    self.epoch,
+                    0,
+                )?;
+            }
+        }
+        if !batch.is_empty() {
+            sent += batch.page_count();
+            w.send(&Frame::MemoryPages(batch), self.epoch, 0)?;
+        }
+        for (index, data) in self.state.vcpus.iter().enumerate() {
+            let index = u32::try_from(index)
+                .map_err(|_| MigrationError::Protocol("too many vCPUs".into()))?;
+            let data = data.clone();
+            w.send(&Frame::VcpuState { index, data }, self.epoch, 0)?;
+        }
+        w.send(
+            &Frame::DeviceState(self.state.devices.clone()),
+            self.epoch,
+            0,
+        )?;
+        // At least one Extras frame, even for an empty blob, so that the backup can insist on it.
+        let total = self.extras.len() as u64;
+        let mut offset = 0usize;
+        loop {
+            let end = (offset + EXTRAS_CHUNK).min(self.extras.len());
+            let data = self.extras[offset..end].to_vec();
+            let frame = Frame::Extras {
+                offset: offset as u64,
+                total,
+                data,
+            };
+            w.send(&frame, self.epoch, 0)?;
+            offset = end;
+            if offset >= self.extras.len() {
+                break;
+            }
+        }
+        Ok(sent)
+    }
+
+    /// The Commit that closes this checkpoint.
+    pub(crate) fn commit_frame(&self, pages: u64) -> (Frame, u8) {
+        let vcpus = self.state.vcpus.len() as u32;
+        (Frame::Commit { vcpus, pages }, FLAG_ACK_REQUESTED)
+    }
+}

@@ -1,0 +1,47 @@
+//! What the checkpoint engine tells the rest of FT (output gates, disk log, failure detector).
+
+use crate::frame::FrameType;
+
+/// The primary's callbacks; the output gates implement it. Called from engine threads, so they
+/// must be quick and must not block on the engine.
+pub trait EpochHooks: Send + Sync {
+    /// Epoch `n` was captured (called while the VM is paused): outputs from now on belong to
+    /// epoch `n + 1`.
+    fn epoch_captured(&self, n: u64);
+    /// The opaque blob (e.g. epoch `n`'s disk write log) that must travel with checkpoint `n`;
+    /// called while paused, right after `epoch_captured(n)`.
+    fn take_epoch_extras(&self, n: u64) -> Vec<u8>;
+    /// The backup acked checkpoint `n`: outputs of epochs ≤ `n` may leave. Called in order.
+    fn epoch_committed(&self, n: u64);
+    /// Whether outputs are being held; with the last checkpoint acked, this ends the epoch early.
+    fn output_waiting(&self) -> bool;
+    /// Any frame arrived from the peer (for the failure detector); default: ignored.
+    fn on_peer_frame(&self, _kind: FrameType) {}
+}
+
+/// The backup's callbacks; the disk gate and the failure detector implement it.
+pub trait BackupHooks: Send + Sync {
+    /// Checkpoint `n` is complete, verified, acked and applied; `extras` is its blob.
+    fn backup_committed(&self, n: u64, extras: &[u8]);
+    /// Any frame arrived from the primary (for the failure detector); default: ignored.
+    fn on_peer_frame(&self, _kind: FrameType) {}
+}
+
+/// Hooks that hold nothing and ask for nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoHooks;
+
+impl EpochHooks for NoHooks {
+    fn epoch_captured(&self, _n: u64) {}
+    fn take_epoch_extras(&self, _n: u64) -> Vec<u8> {
+        Vec::new()
+    }
+    fn epoch_committed(&self, _n: u64) {}
+    fn output_waiting(&self) -> bool {
+        false
+    }
+}
+
+impl BackupHooks for NoHooks {
+    fn backup_committed(&self, _n: u64, _extras: &[u8]) {}
+}

@@ -1,0 +1,107 @@
+//! FT checkpoint replication (DESIGN.md, "The epoch"): the primary runs epoch N, pauses, copies
+//! the dirty pages and the VM state into a staging buffer, resumes (N+1 runs speculatively) and
+//! sends checkpoint N from another thread; the backup receives N completely into a staging area,
+//! verifies it, acks it, then applies it; the primary releases outputs ≤ N on that ack.
+//!
+//! Stream after the FT initial sync (a pre-copy migration announced as `FaultTolerance` that never
+//! hands over; it is committed epoch 0), primary → backup, header epoch = checkpoint number n ≥ 1:
+//! `MemoryPages`* `VcpuState`×vcpus `DeviceState` `Extras`+ `Commit{vcpus, pages}` (ack requested),
+//! with `Heartbeat` between checkpoints when idle. Backup → primary: `Ack{seq of Commit}` with
+//! header epoch n, `Heartbeat` when idle, `Abort` when it gives up.
+//!
+//! Backup apply rule: pages go into the backup VM's memory once their checkpoint is verified and
+//! acked, but the vCPU/device state blob is only *kept*; it is restored once, by `go_live`,
+//! because restoring rebuilds vCPUs and devices in the real VMM. So the backup only ever goes
+//! live from a complete, verified checkpoint (invariant 2): a half-received one never touched its
+//! memory or its kept state.
+
+mod backup;
+mod capture;
+mod hooks;
+mod primary;
+mod staging;
+mod stats;
+mod window;
+
+pub use backup::{BackupExit, BackupOptions, FtBackup};
+pub use hooks::{BackupHooks, EpochHooks, NoHooks};
+pub use primary::{FtPrimary, PrimaryExit, PrimaryOptions, PrimaryReport};
+pub use stats::{CheckpointStats, NoStats, StatsSink, Summary, Trigger};
+
+use crate::migration::MigrationError;
+use crate::vm::VmOpError;
+
+/// Why checkpointing stopped, on either side.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The initial sync (FT-enable pre-copy) failed; nothing is protected yet.
+    #[error("FT initial sync failed")]
+    InitialSync(#[source] MigrationError),
+    /// The replication stream failed: I/O, a corrupt or truncated frame, a timeout, the peer's
+    /// Abort, or a frame the protocol does not allow here.
+    #[error("replication stream failed")]
+    Stream(#[source] MigrationError),
+    /// A valid frame sequence that breaks the checkpoint protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// Checkpoint `epoch` arrived, but does not verify at its Commit; it was discarded.
+    #[error("checkpoint {epoch} is incomplete: {reason}")]
+    Incomplete {
+        /// The checkpoint.
+        epoch: u64,
+        /// What is missing or wrong.
+        reason: String,
+    },
+    /// The backup did not ack checkpoint `epoch` in time.
+    #[error("no ack for checkpoint {epoch} within {waited:?}")]
+    AckTimeout {
+        /// The oldest unacked checkpoint.
+        epoch: u64,
+        /// How long it has waited.
+        waited: std::time::Duration,
+    },
+    /// An operation on the local VM failed.
+    #[error("VM {op} failed")]
+    Vm {
+        /// The trait method.
+        op: &'static str,
+        /// The VM's error.
+        #[source]
+        source: VmOpError,
+    },
+    /// A thread of the engine could not be started, or died.
+    #[error("engine thread {0}")]
+    Thread(String),
+    /// The backup stopped receiving; `last_committed` is what it can go live from (`None`: the
+    /// initial sync never completed, so it cannot).
+    #[error("backup stopped; last committed checkpoint: {last_committed:?}")]
+    BackupStopped {
+        /// The last complete, verified, applied checkpoint.
+        last_committed: Option<u64>,
+        /// Why it stopped.
+        #[source]
+        cause: Box<CheckpointError>,
+    },
+    /// `go_live` without a committed checkpoint.
+    #[error("no committed checkpoint to go live from")]
+    NothingCommitted,
+}
+
+impl From<MigrationError> for CheckpointError {
+    fn from(e: MigrationError) -> Self {
+        CheckpointError::Stream(e)
+    }
+}
+
+/// Wraps a VM error with the trait method that produced it.
+fn vm_err(op: &'static str) -> impl FnOnce(VmOpError) -> CheckpointError {
+    move |source| CheckpointError::Vm { op, source }
+}
+
+/// Milliseconds since the Unix epoch, for Heartbeat frames.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,521 @@
+//! The primary side: FT initial sync, then epochs, each captured while paused and sent while the
+//! guest runs on. Three threads share the work so that the guest never waits on the network:
+//! the epoch thread (owns the VM: pause, capture, resume), the sender thread (frames a captured
+//! checkpoint onto the stream, heartbeats when idle) and the ack thread (matches Acks to
+//! checkpoints, releases outputs through the hooks, reports stats).
+
+use super::capture::Captured;
+use super::hooks::EpochHooks;
+use super::stats::{CheckpointStats, StatsSink, Trigger};
+use super::window::{InFlight, Window};
+use super::{now_ms, vm_err, CheckpointError};
+use crate::frame::Frame;
+use crate::migration::channel::{FrameWriter, Inbox, Waited};
+use crate::migration::{
+    error_chain, ft_initial_sync, MigrationError, ProgressHandle, Role, SendOptions, SendReport,
+};
+use crate::transport::Connection;
+use crate::vm::MigratableVm;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Primary-side settings.
+#[derive(Debug, Clone)]
+pub struct PrimaryOptions {
+    /// The initial sync's pre-copy settings (its io_timeout also bounds each write).
+    pub sync: SendOptions,
+    /// Longest epoch.
+    pub checkpoint_interval: Duration,
+    /// How often the epoch thread looks at `output_waiting` (output-triggered epochs).
+    pub poll_interval: Duration,
+    /// Most unacked checkpoints (K).
+    pub max_in_flight: usize,
+    /// Most staged bytes of unacked checkpoints (B).
+    pub max_in_flight_bytes: u64,
+    /// Heartbeat when nothing else was sent for this long.
+    pub heartbeat_interval: Duration,
+    /// An unacked checkpoint older than this ends checkpointing.
+    pub ack_timeout: Duration,
+}
+
+impl Default for PrimaryOptions {
+    fn default() -> Self {
+        PrimaryOptions {
+            sync: SendOptions::default(),
+            checkpoint_interval: Duration::from_millis(25),
+            poll_interval: Duration::from_micros(500),
+            max_in_flight: 2,
+            max_in_flight_bytes: 256 << 20,
+            heartbeat_interval: Duration::from_millis(100),
+            ack_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a primary did, for the status view.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PrimaryReport {
+    /// The initial sync.
+    pub sync: SendReport,
+    /// Checkpoints captured after the initial sync.
+    pub captured: u64,
+    /// Last checkpoint the backup acked (0: only the initial sync).
+    pub committed: Option<u64>,
+    /// Most checkpoints in flight at once.
+    pub peak_in_flight: usize,
+    /// Most staged bytes in flight at once.
+    pub peak_in_flight_bytes: u64,
+    /// Total time epochs waited for the window.
+    pub total_stall: Duration,
+}
+
+/// What `stop` hands back: the VM (running, now unprotected), the report, and the error that
+/// ended checkpointing early, if one did.
+pub struct PrimaryExit<V> {
+    /// The VM; running unless `error` says it could not be resumed.
+    pub vm: V,
+    /// Figures.
+    pub report: PrimaryReport,
+    /// Why checkpointing stopped before `stop` was called.
+    pub error: Option<CheckpointError>,
+}
+
+/// State the three threads share.
+struct Shared {
+    window: Mutex<Window>,
+    changed: Condvar,
+    stop: AtomicBool,
+    error: Mutex<Option<CheckpointError>>,
+    committed: Mutex<Option<u64>>,
+    /// The epoch thread has ended: no checkpoint will join the window any more.
+    epoch_done: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking engine thread is reported through its join; the data stays usable.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    /// Records the first error and stops everything.
+    fn fail(&self, e: CheckpointError) {
+        log::warn!("ft primary: {}", error_chain(&e));
+        let mut slot = lock(&self.error);
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+        drop(slot);
+        self.stop.store(true, Ordering::SeqCst);
+        self.changed.notify_all();
+    }
+
+    fn failed(&self) -> bool {
+        lock(&self.error).is_some()
+    }
+}
+
+/// A running FT primary.
+pub struct FtPrimary<V> {
+    shared: Arc<Shared>,
+    vm: Option<Arc<Mutex<V>>>,
+    conn: Box<dyn Connection>,
+    sync: SendReport,
+    epoch_thread: Option<JoinHandle<(u64, Duration)>>,
+    sender_thread: Option<JoinHandle<()>>,
+    ack_thread: Option<JoinHandle<Inbox>>,
+}
+
+impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
+    /// Runs the FT initial sync over `conn` (blocking), then starts epochs. On error the VM is
+    /// returned running and unprotected, with the cause.
+    pub fn start(
+        mut vm: V,
+        conn: Box<dyn Connection>,
+        opts: &PrimaryOptions,
+        hooks: Arc<dyn EpochHooks>,
+        stats: Arc<dyn StatsSink>,
+    ) -> Result<FtPrimary<V>, Box<(V, CheckpointError)>> {
+        let control = match conn.try_clone_box() {
+            Ok(c) => c,
+            Err(e) => {
+                let e = CheckpointError::InitialSync(MigrationError::Connection(e));
+                return Err(Box::new((vm, e)));
+            }
+        };
+        let progress = ProgressHandle::new(Role::Source);
+        let mut captured = || hooks.epoch_captured(0);
+        let synced = match ft_initial_sync(&mut vm, conn, &opts.sync, &progress, &mut captured) {
+            Ok(s) => s,
+            Err(e) => return Err(Box::new((vm, CheckpointError::InitialSync(e)))),
+        };
+        hooks.epoch_committed(0);
+        let shared = Arc::new(Shared {
+            window: Mutex::new(Window::new(opts.max_in_flight, opts.max_in_flight_bytes)),
+            changed: Condvar::new(),
+            stop: AtomicBool::new(false),
+            error: Mutex::new(None),
+            committed: Mutex::new(Some(0)),
+            epoch_done: AtomicBool::new(false),
+        });
+        let vm = Arc::new(Mutex::new(vm));
+        let mut p = FtPrimary {
+            shared: shared.clone(),
+            vm: Some(vm.clone()),
+            conn: control,
+            sync: synced.report,
+            epoch_thread: None,
+            sender_thread: None,
+            ack_thread: None,
+        };
+        let (tx, rx) = mpsc::channel::<Captured>();
+        let spawned = (|| -> std::io::Result<()> {
+            let (s, o) = (shared.clone(), opts.clone());
+            let h = hooks.clone();
+            p.ack_thread = Some(
+                std::thread::Builder::new()
+                    .name("ft-ack".into())
+                    .spawn(move || ack_loop(&s, synced.inbox, &o, &*h, &*stats))?,
+            );
+            let (s, o) = (shared.clone(), opts.clone());
+            let writer = synced.writer;
+            p.sender_thread = Some(
+                std::thread::Builder::new()
+                    .name("ft-send".into())
+                    .spawn(move || send_loop(&s, writer, rx, &o))?,
+            );
+            let (s, o) = (shared.clone(), opts.clone());
+            p.epoch_thread = Some(
+                std::thread::Builder::new()
+                    .name("ft-epoch".into())
+                    .spawn(move || epoch_loop(&s, &vm, tx, &o, &*hooks))?,
+            );
+            Ok(())
+        })();
+        if let Err(e) = spawned {
+            shared.fail(CheckpointError::Thread(format!("cannot start: {e}")));
+        }
+        Ok(p)
+    }
+
+    /// Whether checkpointing has stopped on an error (the caller's cue to arbitrate).
+    pub fn has_failed(&self) -> bool {
+        self.shared.failed()
+    }
+
+    /// The last checkpoint the backup acked (0 is the initial sync).
+    pub fn committed(&self) -> Option<u64> {
+        *lock(&self.shared.committed)
+    }
+
+    /// Checkpoints in flight now.
+    pub fn in_flight(&self) -> usize {
+        lock(&self.shared.window).len()
+    }
+
+    /// Ends epochs, waits (up to the ack timeout) for in-flight checkpoints to be acked, closes
+    /// the stream and hands back the VM, running and no longer protected.
+    pub fn stop(mut self) -> Result<PrimaryExit<V>, CheckpointError> {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.changed.notify_all();
+        let join_err = |what: &str| CheckpointError::Thread(format!("{what} panicked"));
+        let (captured, total_stall) = match self.epoch_thread.take().map(JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => {
+                self.shared.fail(join_err("ft-epoch"));
+                (0, Duration::ZERO)
+            }
+            None => (0, Duration::ZERO),
+        };
+        if let Some(Err(_)) = self.sender_thread.take().map(JoinHandle::join) {
+            self.shared.fail(join_err("ft-send"));
+        }
+        let inbox = self.ack_thread.take().map(JoinHandle::join);
+        let _ = self.conn.shutdown(std::net::Shutdown::Both);
+        match inbox {
+            Some(Ok(mut inbox)) => inbox.join(),
+            Some(Err(_)) => self.shared.fail(join_err("ft-ack")),
+            None => {}
+        }
+        let vm = self
+            .vm
+            .take()
+            .and_then(|vm| Arc::try_unwrap(vm).ok())
+            .ok_or_else(|| CheckpointError::Thread("VM still shared after join".into()))?
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
+        let w = lock(&self.shared.window);
+        let report = PrimaryReport {
+            sync: self.sync.clone(),
+            captured,
+            committed: *lock(&self.shared.committed),
+            peak_in_flight: w.peak_count,
+            peak_in_flight_bytes: w.peak_bytes,
+            total_stall,
+        };
+        drop(w);
+        Ok(PrimaryExit {
+            vm,
+            report,
+            error: lock(&self.shared.error).take(),
+        })
+    }
+}
+
+/// Ends epochs and captures them until stopped; returns (checkpoints captured, total stall).
+fn epoch_loop<V: MigratableVm>(
+    s: &Shared,
+    vm: &Mutex<V>,
+    tx: mpsc::Sender<Captured>,
+    o: &PrimaryOptions,
+    hooks: &dyn EpochHooks,
+) -> (u64, Duration) {
+    let mut epoch = 0u64;
+    let mut total_stall = Duration::ZERO;
+    let mut started = Instant::now();
+    while let Some(trigger) = wait_epoch_end(s, o, hooks, started) {
+        let stall_from = Instant::now();
+        let mut w = lock(&s.window);
+        while !w.has_room() && !s.stop.load(Ordering::SeqCst) {
+            w = s
+                .changed
+                .wait_timeout(w, o.poll_interval.max(Duration::from_millis(1)))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        if s.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let stall = stall_from.elapsed();
+        total_stall += stall;
+        let in_flight_before = w.len();
+        drop(w);
+
+        let mut guard = lock(vm);
+        let paused_at = Instant::now();
+        let cap = capture(&mut *guard, epoch + 1, hooks);
+        let pause = paused_at.elapsed();
+        drop(guard);
+        let cap = match cap {
+            Ok(c) => c,
+            Err(e) => {
+                s.fail(e);
+                break;
+            }
+        };
+        epoch += 1;
+        started = Instant::now();
+        lock(&s.window).push(InFlight {
+            epoch,
+            staged_bytes: cap.staged_bytes(),
+            pages: cap.pages(),
+            trigger,
+            pause,
+            stall,
+            resumed_at: started,
+            in_flight_before,
+            commit_seq: None,
+            wire_bytes: 0,
+            sent_at: None,
+        });
+        if tx.send(cap).is_err() {
+            break; // the sender ended on an error it has recorded
+        }
+    }
+    s.epoch_done.store(true, Ordering::SeqCst);
+    s.changed.notify_all();
+    (epoch, total_stall)
+}
+
+/// Waits until the epoch should end: the interval passed, or output is held and nothing is in
+/// flight (output-triggered). `None` once stopped.
+fn wait_epoch_end(
+    s: &Shared,
+    o: &PrimaryOptions,
+    hooks: &dyn EpochHooks,
+    started: Instant,
+) -> Option<Trigger> {
+    loop {
+        if s.stop.load(Ordering::SeqCst) {
+            return None;
+        }
+        let elapsed = started.elapsed();
+        if elapsed >= o.checkpoint_interval {
+            return Some(Trigger::Timer);
+        }
+        if hooks.output_waiting() && lock(&s.window).is_empty() {
+            return Some(Trigger::Output);
+        }
+        std::thread::sleep(o.poll_interval.min(o.checkpoint_interval - elapsed));
+    }
+}
+
+/// Pause, copy into the staging buffer, save state, tell the gates, resume. The VM is running
+/// again when this returns, unless resuming itself failed.
+fn capture<V: MigratableVm + ?Sized>(
+    vm: &mut V,
+    epoch: u64,
+    hooks: &dyn EpochHooks,
+) -> Result<Captured, CheckpointError> {
+    vm.pause().map_err(vm_err("pause"))?;
+    let cap = Captured::take(vm, epoch).map(|mut cap| {
+        hooks.epoch_captured(epoch);
+        cap.set_extras(hooks.take_epoch_extras(epoch));
+        cap
+    });
+    // Resume even when the capture failed: a stopped guest is worse than an unprotected one.
+    vm.resume().map_err(vm_err("resume"))?;
+    cap
+}
+
+/// Frames captured checkpoints onto the stream; heartbeats when idle.
+fn send_loop(
+    s: &Shared,
+    mut writer: FrameWriter,
+    rx: mpsc::Receiver<Captured>,
+    o: &PrimaryOptions,
+) {
+    let mut last_sent = Instant::now();
+    let mut last_epoch = 0;
+    loop {
+        if s.failed() {
+            return;
+        }
+        let wait = o
+            .heartbeat_interval
+            .saturating_sub(last_sent.elapsed())
+            .max(Duration::from_millis(1));
+        let r = match rx.recv_timeout(wait) {
+            Ok(cap) => {
+                last_epoch = cap.epoch;
+                send_checkpoint(s, &mut writer, &cap, o)
+            }
+            Err(RecvTimeoutError::Timeout) if last_sent.elapsed() >= o.heartbeat_interval => {
+                let hb = Frame::Heartbeat {
+                    timestamp_ms: now_ms(),
+                };
+                writer.send(&hb, last_epoch, 0).map(|_| ())
+            }
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        if let Err(e) = r {
+            s.fail(CheckpointError::Stream(e));
+            return;
+        }
+        last_sent = Instant::now();
+    }
+}
+
+fn send_checkpoint(
+    s: &Shared,
+    w: &mut FrameWriter,
+    cap: &Captured,
+    o: &PrimaryOptions,
+) -> Result<(), MigrationError> {
+    let before = w.bytes();
+    let pages = cap.send_body(w, o.sync.batch_pages)?;
+    let (commit, flags) = cap.commit_frame(pages);
+    // Recorded before the write: the ack may be read before this thread runs again.
+    if let Some(e) = lock(&s.window).get_mut(cap.epoch) {
+        e.commit_seq = Some(w.next_seq());
+        e.wire_bytes = w.bytes() - before + COMMIT_WIRE_LEN;
+        e.sent_at = Some(Instant::now());
+    }
+    w.send(&commit, cap.epoch, flags)?;
+    Ok(())
+}
+
+/// Header plus Commit payload (u32 vCPUs, u64 pages).
+const COMMIT_WIRE_LEN: u64 = crate::frame::HEADER_LEN as u64 + 12;
+
+/// Matches Acks to checkpoints in order; returns the inbox so that `stop` can join its thread.
+fn ack_loop(
+    s: &Shared,
+    inbox: Inbox,
+    o: &PrimaryOptions,
+    hooks: &dyn EpochHooks,
+    stats: &dyn StatsSink,
+) -> Inbox {
+    let tick = Duration::from_millis(10);
+    loop {
+        if s.failed() {
+            return inbox;
+        }
+        if s.epoch_done.load(Ordering::SeqCst) && lock(&s.window).is_empty() {
+            return inbox;
+        }
+        match inbox.wait(tick) {
+            Ok(Waited::Frame(f)) => {
+                hooks.on_peer_frame(f.frame.frame_type());
+                let r = match f.frame {
+                    Frame::Ack { seq } => on_ack(s, f.epoch, seq, hooks, stats),
+                    Frame::Heartbeat { .. } => Ok(()),
+                    Frame::Abort { reason } => Err(MigrationError::PeerAborted { reason }.into()),
+                    other => Err(crate::migration::unexpected(
+                        "Ack or Heartbeat",
+                        other.frame_type(),
+                    )
+                    .into()),
+                };
+                if let Err(e) = r {
+                    s.fail(e);
+                    return inbox;
+                }
+            }
+            Ok(Waited::TimedOut) => {}
+            Err(e) => {
+                s.fail(e.into());
+                return inbox;
+            }
+        }
+        let w = lock(&s.window);
+        if let Some((epoch, Some(sent))) = w.front().map(|e| (e.epoch, e.sent_at)) {
+            if sent.elapsed() > o.ack_timeout {
+                drop(w);
+                s.fail(CheckpointError::AckTimeout {
+                    epoch,
+                    waited: sent.elapsed(),
+                });
+                return inbox;
+            }
+        }
+    }
+}
+
+fn on_ack(
+    s: &Shared,
+    epoch: u64,
+    seq: u64,
+    hooks: &dyn EpochHooks,
+    stats: &dyn StatsSink,
+) -> Result<(), CheckpointError> {
+    let mut w = lock(&s.window);
+    let e = match w.front() {
+        Some(e) if e.epoch == epoch && e.commit_seq == Some(seq) => w.pop_front(),
+        front => {
+            return Err(CheckpointError::Protocol(format!(
+                "ack of frame {seq} in epoch {epoch}, oldest unacked checkpoint is {:?}",
+                front.map(|e| (e.epoch, e.commit_seq))
+            )))
+        }
+    };
+    drop(w);
+    s.changed.notify_all();
+    let Some(e) = e else { return Ok(()) };
+    *lock(&s.committed) = Some(e.epoch);
+    hooks.epoch_committed(e.epoch);
+    stats.checkpoint_committed(&CheckpointStats {
+        epoch: e.epoch,
+        trigger: e.trigger,
+        pause: e.pause,
+        stall: e.stall,
+        pages: e.pages,
+        bytes: e.wire_bytes,
+        ack_latency: e.resumed_at.elapsed(),
+        in_flight_before: e.in_flight_before,
+    });
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! The backup's staging area: one checkpoint's frames, kept apart from the VM until the Commit
+//! proves the checkpoint complete. Nothing here touches the VM except `apply`.
+
+use super::{vm_err, CheckpointError};
+use crate::frame::{Frame, PageBatch, PageRef, PAGE_SIZE};
+use crate::vm::{MigratableVm, VmState};
+
+static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+
+/// Checkpoint `epoch` as far as it has arrived.
+pub(crate) struct Staging {
+    epoch: u64,
+    guest_pages: u64,
+    batches: Vec<PageBatch>,
+    pages: u64,
+    vcpus: Vec<Option<Vec<u8>>>,
+    devices: Option<Vec<u8>>,
+    extras: Vec<u8>,
+    /// The blob's total length, from the first Extras frame.
+    extras_total: Option<u64>,
+}
+
+/// A checkpoint that verified at its Commit.
+pub(crate) struct Verified {
+    pub(crate) epoch: u64,
+    batches: Vec<PageBatch>,
+    pub(crate) state: VmState,
+    pub(crate) extras: Vec<u8>,
+}
+
+impl Staging {
+    pub(crate) fn new(epoch: u64, guest_pages: u64, vcpus: u32) -> Staging {
+        Staging {
+            epoch,
+            guest_pages,
+            batches: Vec::new(),
+            pages: 0,
+            vcpus: vec![None; vcpus as usize],
+            devices: None,
+            extras: Vec::new(),
+            extras_total: None,
+        }
+    }
+
+    fn bad(&self, reason: String) -> CheckpointError {
+        CheckpointError::Incomplete {
+            epoch: self.epoch,
+            reason,
+        }
+    }
+
+    /// Takes one body frame (pages, state or extras); anything else is the caller's business.
+    pub(crate) fn add(&mut self, frame: Frame) -> Result<(), CheckpointError> {
+        match frame {
+            Frame::MemoryPages(batch) => {
+                // Checked here, not at apply, so that a verified checkpoint cannot fail halfway.
+                for entry in batch.iter() {
+                    let end = match entry {
+                        PageRef::Data { pfn, .. } => pfn.saturating_add(1),
+                        PageRef::Zero { pfn, count } => pfn.saturating_add(u64::from(count)),
+                    };
+                    if end > self.guest_pages {
+                        return Err(self.bad(format!(
+                            "page {} beyond guest memory of {} pages",
+                            end - 1,
+                            self.guest_pages
+                        )));
+                    }
+                }
+                self.pages += batch.page_count();
+                self.batches.push(batch);
+            }
+            Frame::VcpuState { index, data } => {
+                let n = self.vcpus.len();
+                let slot = self.vcpus.get_mut(index as usize).ok_or_else(|| {
+                    CheckpointError::Incomplete {
+                        epoch: self.epoch,
+                        reason: format!("state of vCPU {index}, VM has {n}"),
+                    }
+                })?;
+                if slot.replace(data).is_some() {
+                    return Err(self.bad(format!("vCPU {index} state sent twice")));
+                }
+            }
+            Frame::DeviceState(data) => {
+                if self.devices.replace(data).is_some() {
+                    return Err(self.bad("device state sent twice".into()));
+                }
+            }
+            Frame::Extras {
+                offset,
+                total,
+                data,
+            } => {
+                if *self.extras_total.get_or_insert(total) != total {
+                    return Err(self.bad("extras chunks disagree on the total".into()));
+                }
+                if offset != self.extras.len() as u64 {
+                    return Err(self.bad(format!(
+                        "extras chunk at {offset}, expected {}",
+                        self.extras.len()
+                    )));
+                }
+                self.extras.extend_from_slice(&data);
+            }
+            other => {
+                return Err(CheckpointError::Protocol(format!(
+                    "{:?} frame inside checkpoint {}",
+                    other.frame_type(),
+                    self.epoch
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the staged checkpoint against its Commit: every page announced arrived, every vCPU
+    /// and the devices have state, the extras blob is whole.
+    pub(crate) fn verify(self, vcpus: u32, pages: u64) -> Result<Verified, CheckpointError> {
+        if pages != self.pages {
+            return Err(self.bad(format!(
+                "Commit announces {pages} pages, {} arrived",
+                self.pages
+            )));
+        }
+        if vcpus as usize != self.vcpus.len() {
+            return Err(self.bad(format!(
+                "Commit announces {vcpus} vCPUs, VM has {}",
+                self.vcpus.len()
+            )));
+        }
+        match self.extras_total {
+            None => return Err(self.bad("no Extras frame".into())),
+            Some(t) if t != self.extras.len() as u64 => {
+                return Err(self.bad(format!(
+                    "extras: {} of {t} bytes arrived",
+                    self.extras.len()
+                )))
+            }
+            Some(_) => {}
+        }
+        let Some(devices) = self.devices else {
+            return Err(CheckpointError::Incomplete {
+                epoch: self.epoch,
+                reason: "no device state".into(),
+            });
+        };
+        let mut states = Vec::with_capacity(self.vcpus.len());
+        for (i, v) in self.vcpus.into_iter().enumerate() {
+            states.push(v.ok_or_else(|| CheckpointError::Incomplete {
+                epoch: self.epoch,
+                reason: format!("no state for vCPU {i}"),
+            })?);
+        }
+        Ok(Verified {
+            epoch: self.epoch,
+            batches: self.batches,
+            state: VmState {
+                vcpus: states,
+                devices,
+            },
+            extras: self.extras,
+        })
+    }
+}
+
+impl Verified {
+    /// Writes the checkpoint's pages into the (not running) VM; page numbers were checked when
+    /// they were staged.
+    pub(crate) fn apply_pages<V: MigratableVm + ?Sized>(
+        &self,
+        vm: &mut V,
+    ) -> Result<(), CheckpointError> {
+        for batch in &self.batches {
+            for entry in batch.iter() {
+                match entry {
+                    PageRef::Data { pfn, data } => {
+                        vm.write_page(pfn, data).map_err(vm_err("write_page"))?
+                    }
+                    PageRef::Zero { pfn, count } => {
+                        for p in pfn..pfn.saturating_add(u64::from(count)) {
+                            vm.write_page(p, &ZERO_PAGE).map_err(vm_err("write_page"))?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

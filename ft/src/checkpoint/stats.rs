@@ -1,0 +1,127 @@
+//! Per-checkpoint figures, for the FT status view (which maps them) and the tests' record.
+
+use std::time::Duration;
+
+/// What ended an epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// The checkpoint interval passed.
+    Timer,
+    /// Output was waiting and the previous checkpoint was acked.
+    Output,
+}
+
+/// One committed checkpoint, as the primary saw it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CheckpointStats {
+    /// Checkpoint number.
+    pub epoch: u64,
+    /// Why the epoch ended.
+    pub trigger: Trigger,
+    /// Guest pause: from pause to resume (dirty log, page copy, state save).
+    pub pause: Duration,
+    /// How long the epoch waited for the in-flight window before it could end (backpressure).
+    pub stall: Duration,
+    /// Pages in the checkpoint.
+    pub pages: u64,
+    /// Stream bytes of the checkpoint.
+    pub bytes: u64,
+    /// From resume to the backup's ack.
+    pub ack_latency: Duration,
+    /// Checkpoints in flight when this one was captured (itself excluded).
+    pub in_flight_before: usize,
+}
+
+/// Where the primary reports each checkpoint once it is acked.
+pub trait StatsSink: Send + Sync {
+    /// Checkpoint `s.epoch` was acked.
+    fn checkpoint_committed(&self, s: &CheckpointStats);
+}
+
+/// A sink that drops everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoStats;
+
+impl StatsSink for NoStats {
+    fn checkpoint_committed(&self, _s: &CheckpointStats) {}
+}
+
+/// p50/p99/max of a series of checkpoints.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Summary {
+    /// Checkpoints summarised.
+    pub count: usize,
+    /// Median pause.
+    pub pause_p50: Duration,
+    /// 99th-percentile pause.
+    pub pause_p99: Duration,
+    /// Longest pause.
+    pub pause_max: Duration,
+    /// Median bytes per checkpoint.
+    pub bytes_p50: u64,
+    /// Mean bytes per checkpoint.
+    pub bytes_mean: u64,
+    /// Median ack latency.
+    pub ack_p50: Duration,
+    /// 99th-percentile ack latency.
+    pub ack_p99: Duration,
+    /// Total backpressure stall.
+    pub stall_total: Duration,
+}
+
+fn pct<T: Copy + Ord + Default>(sorted: &[T], p: usize) -> T {
+    if sorted.is_empty() {
+        return T::default();
+    }
+    sorted[((sorted.len() - 1) * p) / 100]
+}
+
+impl Summary {
+    /// Summarises `all`.
+    pub fn of(all: &[CheckpointStats]) -> Summary {
+        let mut pause: Vec<_> = all.iter().map(|s| s.pause).collect();
+        let mut bytes: Vec<_> = all.iter().map(|s| s.bytes).collect();
+        let mut ack: Vec<_> = all.iter().map(|s| s.ack_latency).collect();
+        pause.sort();
+        bytes.sort();
+        ack.sort();
+        Summary {
+            count: all.len(),
+            pause_p50: pct(&pause, 50),
+            pause_p99: pct(&pause, 99),
+            pause_max: pause.last().copied().unwrap_or_default(),
+            bytes_p50: pct(&bytes, 50),
+            bytes_mean: bytes.iter().sum::<u64>() / (all.len().max(1) as u64),
+            ack_p50: pct(&ack, 50),
+            ack_p99: pct(&ack, 99),
+            stall_total: all.iter().map(|s| s.stall).sum(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_a_small_series() {
+        let s = |ms: u64, bytes: u64| CheckpointStats {
+            epoch: ms,
+            trigger: Trigger::Timer,
+            pause: Duration::from_millis(ms),
+            stall: Duration::ZERO,
+            pages: 0,
+            bytes,
+            ack_latency: Duration::from_millis(ms),
+            in_flight_before: 0,
+        };
+        let all: Vec<_> = (1..=100).map(|i| s(i, i * 10)).collect();
+        let sum = Summary::of(&all);
+        assert_eq!(sum.pause_p50, Duration::from_millis(50));
+        assert_eq!(sum.pause_p99, Duration::from_millis(99));
+        assert_eq!(sum.pause_max, Duration::from_millis(100));
+        assert_eq!(sum.bytes_mean, 505);
+        assert_eq!(Summary::of(&[]).count, 0);
+    }
+}

@@ -1,0 +1,625 @@
+//! FT checkpoint replication between fake VMs over loopback TCP: the backup matches the primary
+//! at the last acked capture point, outputs are released in order and only after the ack,
+//! output-triggered epochs, backpressure, and every way a checkpoint can be lost on the wire.
+
+mod common;
+
+use common::fake_vm::{FakeVm, Probe};
+use common::proxy::{self, Fault};
+use ft::checkpoint::{
+    BackupExit, BackupHooks, BackupOptions, CheckpointError, CheckpointStats, EpochHooks, FtBackup,
+    FtPrimary, PrimaryExit, PrimaryOptions, StatsSink, Summary, Trigger,
+};
+use ft::frame::{encode_frame, Decoder, Frame, Hello, PageBatch, StreamPurpose, PAGE_SIZE};
+use ft::migration::{MigrationError, ReceiveOptions, SendOptions};
+use ft::transport::{connect, Endpoint, Listener};
+use ft::vm::{MigratableVm, VmState};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const PAGES: u64 = 1024; // 4 MiB
+const VCPUS: u32 = 2;
+
+/// The gates' side as the tests see it: what was captured and released, and the primary's memory
+/// and state at each capture point.
+struct Gates {
+    probe: Option<Probe>,
+    output_waiting: AtomicBool,
+    log: Mutex<Vec<(char, u64, Instant)>>,
+    snapshots: Mutex<HashMap<u64, (Vec<u8>, VmState)>>,
+}
+
+impl Gates {
+    fn new(probe: Option<Probe>) -> Arc<Gates> {
+        Arc::new(Gates {
+            probe,
+            output_waiting: AtomicBool::new(false),
+            log: Mutex::new(Vec::new()),
+            snapshots: Mutex::new(HashMap::new()),
+        })
+    }
+    fn events(&self, kind: char) -> Vec<(u64, Instant)> {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .filter(|e| e.0 == kind)
+            .map(|e| (e.1, e.2))
+            .collect()
+    }
+    fn snapshot(&self, n: u64) -> (Vec<u8>, VmState) {
+        self.snapshots.lock().unwrap()[&n].clone()
+    }
+}
+
+impl EpochHooks for Gates {
+    fn epoch_captured(&self, n: u64) {
+        self.log.lock().unwrap().push(('c', n, Instant::now()));
+        if let Some(p) = &self.probe {
+            // Called while the VM is paused: this is the capture point.
+            let mut s = self.snapshots.lock().unwrap();
+            s.insert(n, (p.memory(), p.state()));
+            s.retain(|&k, _| k + 8 > n);
+        }
+    }
+    fn take_epoch_extras(&self, n: u64) -> Vec<u8> {
+        format!("write log of epoch {n}").into_bytes()
+    }
+    fn epoch_committed(&self, n: u64) {
+        self.log.lock().unwrap().push(('r', n, Instant::now()));
+    }
+    fn output_waiting(&self) -> bool {
+        self.output_waiting.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Default)]
+struct Stats(Mutex<Vec<CheckpointStats>>);
+
+impl StatsSink for Stats {
+    fn checkpoint_committed(&self, s: &CheckpointStats) {
+        self.0.lock().unwrap().push(s.clone());
+    }
+}
+
+#[derive(Default)]
+struct BackupLog(Mutex<Vec<(u64, Vec<u8>)>>);
+
+impl BackupHooks for BackupLog {
+    fn backup_committed(&self, n: u64, extras: &[u8]) {
+        self.0.lock().unwrap().push((n, extras.to_vec()));
+    }
+}
+
+fn primary_opts() -> PrimaryOptions {
+    PrimaryOptions {
+        sync: SendOptions {
+            io_timeout: Duration::from_secs(10),
+            commit_timeout: Duration::from_secs(10),
+            ..SendOptions::default()
+        },
+        checkpoint_interval: Duration::from_millis(10),
+        ..PrimaryOptions::default()
+    }
+}
+
+fn backup_opts() -> BackupOptions {
+    BackupOptions {
+        sync: ReceiveOptions {
+            io_timeout: Duration::from_secs(10),
+        },
+        heartbeat_interval: Duration::from_millis(20),
+        peer_timeout: Duration::from_secs(5),
+    }
+}
+
+type Backup = JoinHandle<(BackupExit<FakeVm>, Arc<BackupLog>)>;
+
+fn spawn_backup() -> (SocketAddr, Backup) {
+    let l = Listener::bind(&"tcp:127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.local_endpoint().to_string()[4..].parse().unwrap();
+    let t = std::thread::spawn(move || {
+        let conn = l.accept(Some(Duration::from_secs(10))).unwrap();
+        let log = Arc::new(BackupLog::default());
+        let vm = FakeVm::destination(PAGES, VCPUS);
+        (FtBackup::run(vm, conn, &backup_opts(), log.clone()), log)
+    });
+    (addr, t)
+}
+
+/// Runs a primary against `addr` for `run_for`, then stops it.
+fn run_primary(
+    addr: SocketAddr,
+    rate: u64,
+    opts: &PrimaryOptions,
+    gates: impl FnOnce(&FakeVm) -> Arc<Gates>,
+    run_for: Duration,
+) -> (PrimaryExit<FakeVm>, Arc<Gates>, Vec<CheckpointStats>) {
+    let src = FakeVm::source(PAGES, VCPUS, rate, 7);
+    let gates = gates(&src);
+    let stats = Arc::new(Stats::default());
+    let ep: Endpoint = format!("tcp:{addr}").parse().unwrap();
+    let conn = connect(&ep, Duration::from_secs(5)).unwrap();
+    let p = FtPrimary::start(src, conn, opts, gates.clone(), stats.clone())
+        .unwrap_or_else(|e| panic!("start: {}", ft::migration::error_chain(&e.1)));
+    let deadline = Instant::now() + run_for;
+    while Instant::now() < deadline && !p.has_failed() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let exit = p.stop().unwrap();
+    let stats = stats.0.lock().unwrap().clone();
+    (exit, gates, stats)
+}
+
+fn print_figures(name: &str, stats: &[CheckpointStats]) {
+    let s = Summary::of(stats);
+    println!(
+        "[{name}] {} checkpoints: pause p50 {:?} p99 {:?} max {:?}; bytes/checkpoint p50 {} mean {}; \
+         ack latency p50 {:?} p99 {:?}; stall total {:?}",
+        s.count, s.pause_p50, s.pause_p99, s.pause_max, s.bytes_p50, s.bytes_mean, s.ack_p50,
+        s.ack_p99, s.stall_total
+    );
+}
+
+fn cause(e: &CheckpointError) -> (&CheckpointError, Option<u64>) {
+    match e {
+        CheckpointError::BackupStopped {
+            last_committed,
+            cause,
+        } => (cause, *last_committed),
+        other => panic!("backup error is not BackupStopped: {other:?}"),
+    }
+}
+
+/// The backup's memory and kept state equal the primary's at capture point `n`.
+fn assert_backup_at(b: &FtBackup<FakeVm>, gates: &Gates, n: u64) {
+    let (mem, state) = gates.snapshot(n);
+    assert!(
+        b.vm().memory() == mem,
+        "backup memory differs from capture {n}"
+    );
+    assert_eq!(b.committed_state(), Some(&state), "backup state of {n}");
+    assert!(!b.vm().is_running(), "a backup never runs before go_live");
+}
+
+#[test]
+fn backup_matches_primary_at_last_acked_capture_and_goes_live_from_it() {
+    let (addr, backup) = spawn_backup();
+    let (exit, gates, stats) = run_primary(
+        addr,
+        3000,
+        &primary_opts(),
+        |vm| Gates::new(Some(vm.probe())),
+        Duration::from_millis(600),
+    );
+    assert!(exit.error.is_none(), "{:?}", exit.error);
+    assert!(exit.vm.is_running(), "the primary runs on after stop");
+    let last = exit.report.committed.unwrap();
+    assert_eq!(last, exit.report.captured, "stop waits for every ack");
+    assert!(last >= 10, "only {last} checkpoints in 600 ms");
+
+    let (bexit, blog) = backup.join().unwrap();
+    let (c, committed) = cause(&bexit.error);
+    assert_eq!(committed, Some(last));
+    assert!(
+        matches!(c, CheckpointError::Stream(MigrationError::PeerClosed)),
+        "{c:?}"
+    );
+    assert_backup_at(&bexit.backup, &gates, last);
+
+    // Releases: 0 (initial sync) then 1, 2, ... in order, each after its capture.
+    let released: Vec<u64> = gates.events('r').iter().map(|e| e.0).collect();
+    assert_eq!(released, (0..=last).collect::<Vec<_>>());
+    let blog = blog.0.lock().unwrap();
+    assert_eq!(blog.len() as u64, last + 1);
+    assert_eq!(blog[3], (3, b"write log of epoch 3".to_vec()));
+
+    let (_, state) = gates.snapshot(last);
+    let live = bexit.backup.go_live().unwrap();
+    assert!(live.is_running());
+    assert_eq!(live.restored_state(), Some(&state));
+    assert!(stats.iter().all(|s| s.trigger == Trigger::Timer));
+    print_figures("3000 pages/s, 10 ms epochs (with test snapshots)", &stats);
+}
+
+#[test]
+fn figures_without_test_snapshots() {
+    let (addr, backup) = spawn_backup();
+    let (exit, _, stats) = run_primary(
+        addr,
+        5000,
+        &primary_opts(),
+        |_| Gates::new(None),
+        Duration::from_millis(800),
+    );
+    assert!(exit.error.is_none(), "{:?}", exit.error);
+    let _ = backup.join().unwrap();
+    print_figures("5000 pages/s, 10 ms epochs", &stats);
+    println!(
+        "initial sync: {} rounds, {} bytes, pause {:?}",
+        exit.report.sync.rounds, exit.report.sync.bytes_sent, exit.report.sync.downtime
+    );
+}
+
+#[test]
+fn outputs_are_released_only_after_the_backups_ack() {
+    let (baddr, backup) = spawn_backup();
+    let delay = Duration::from_millis(30);
+    let (paddr, _p) = proxy::start(baddr, Fault::DelayReplies(delay));
+    let (exit, gates, _) = run_primary(
+        paddr,
+        1000,
+        &primary_opts(),
+        |_| Gates::new(None),
+        Duration::from_millis(500),
+    );
+    assert!(exit.error.is_none(), "{:?}", exit.error);
+    let captured: HashMap<u64, Instant> = gates.events('c').into_iter().collect();
+    let released = gates.events('r');
+    assert!(released.len() > 3);
+    for w in released.windows(2) {
+        assert_eq!(w[1].0, w[0].0 + 1, "released out of order");
+    }
+    for (n, at) in released.iter().skip(1) {
+        let waited = at.duration_since(captured[n]);
+        assert!(
+            waited >= delay,
+            "epoch {n} released {waited:?} after capture"
+        );
+    }
+    let _ = backup.join().unwrap();
+}
+
+#[test]
+fn output_waiting_ends_epochs_early() {
+    let (addr, backup) = spawn_backup();
+    let opts = PrimaryOptions {
+        checkpoint_interval: Duration::from_secs(10),
+        ..primary_opts()
+    };
+    let (exit, _, stats) = run_primary(
+        addr,
+        1000,
+        &opts,
+        |_| {
+            let g = Gates::new(None);
+            g.output_waiting.store(true, Ordering::SeqCst);
+            g
+        },
+        Duration::from_millis(400),
+    );
+    assert!(exit.error.is_none(), "{:?}", exit.error);
+    assert!(
+        stats.len() >= 5,
+        "{} checkpoints with a 10 s interval",
+        stats.len()
+    );
+    assert!(stats.iter().all(|s| s.trigger == Trigger::Output));
+    assert!(
+        stats.iter().all(|s| s.in_flight_before == 0),
+        "an output-triggered epoch waits for the previous ack"
+    );
+    print_figures("output-triggered", &stats);
+    let _ = backup.join().unwrap();
+}
+
+#[test]
+fn slow_backup_bounds_in_flight_and_stalls_epochs() {
+    let (baddr, backup) = spawn_backup();
+    let (paddr, _p) = proxy::start(baddr, Fault::DelayReplies(Duration::from_millis(50)));
+    let opts = PrimaryOptions {
+        checkpoint_interval: Duration::from_millis(2),
+        max_in_flight: 2,
+        ..primary_opts()
+    };
+    let run_for = Duration::from_millis(800);
+    let (exit, _, stats) = run_primary(paddr, 2000, &opts, |_| Gates::new(None), run_for);
+    assert!(exit.error.is_none(), "{:?}", exit.error);
+    assert!(exit.report.peak_in_flight <= 2, "{:?}", exit.report);
+    assert!(
+        exit.report.captured < 400 / 2,
+        "{} checkpoints: epochs queued instead of stalling",
+        exit.report.captured
+    );
+    assert!(exit.report.total_stall > run_for / 2, "{:?}", exit.report);
+    println!(
+        "[slow backup] peak in flight {}, {} bytes; stall {:?} over {:?}",
+        exit.report.peak_in_flight,
+        exit.report.peak_in_flight_bytes,
+        exit.report.total_stall,
+        run_for
+    );
+    print_figures("slow backup (50 ms ack delay, K=2)", &stats);
+    let _ = backup.join().unwrap();
+}
+
+/// Runs a fast-dirtying primary through a faulty proxy; returns the backup's exit, and the gates.
+fn through_fault(fault: Fault) -> (BackupExit<FakeVm>, Arc<Gates>, PrimaryExit<FakeVm>) {
+    let (baddr, backup) = spawn_backup();
+    let (paddr, _p) = proxy::start(baddr, fault);
+    let (exit, gates, _) = run_primary(
+        paddr,
+        20000,
+        &PrimaryOptions {
+            checkpoint_interval: Duration::from_millis(20),
+            ..primary_opts()
+        },
+        |vm| Gates::new(Some(vm.probe())),
+        Duration::from_secs(3),
+    );
+    (backup.join().unwrap().0, gates, exit)
+}
+
+#[test]
+fn cut_mid_checkpoint_keeps_the_previous_one() {
+    let (bexit, gates, pexit) = through_fault(Fault::CutAfter(12 << 20));
+    let (c, last) = cause(&bexit.error);
+    let last = last.unwrap();
+    assert!(last >= 1, "cut fell in the initial sync; move it");
+    assert!(
+        matches!(
+            c,
+            CheckpointError::Stream(MigrationError::Frame(
+                ft::frame::FrameError::Truncated { .. }
+            )) | CheckpointError::Stream(MigrationError::PeerClosed)
+                | CheckpointError::Stream(MigrationError::Receive(_))
+        ),
+        "{c:?}"
+    );
+    println!("cut: {}", ft::migration::error_chain(&bexit.error));
+    assert_backup_at(&bexit.backup, &gates, last);
+    assert!(pexit.error.is_some(), "the primary notices the cut");
+    assert!(pexit.report.committed.unwrap() <= last);
+    assert!(pexit.vm.is_running());
+}
+
+#[test]
+fn corrupt_frame_is_a_clean_error_and_nothing_of_it_is_applied() {
+    let (bexit, gates, _) = through_fault(Fault::FlipBitAt(12 << 20));
+    let (c, last) = cause(&bexit.error);
+    assert!(
+        matches!(c, CheckpointError::Stream(MigrationError::Frame(_))),
+        "{c:?}"
+    );
+    println!("corrupt: {}", ft::migration::error_chain(&bexit.error));
+    assert_backup_at(&bexit.backup, &gates, last.unwrap());
+}
+
+/// A primary written frame by frame, for exact stream shapes.
+struct Script {
+    s: TcpStream,
+    seq: u64,
+    dec: Decoder,
+}
+
+impl Script {
+    fn connect(addr: SocketAddr) -> Script {
+        Script {
+            s: TcpStream::connect(addr).unwrap(),
+            seq: 0,
+            dec: Decoder::new(),
+        }
+    }
+    fn bytes(&mut self, f: &Frame, epoch: u64, flags: u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_frame(f, self.seq, epoch, flags, &mut out).unwrap();
+        self.seq += 1;
+        out
+    }
+    fn send(&mut self, f: &Frame, epoch: u64) {
+        let b = self.bytes(f, epoch, 0);
+        self.s.write_all(&b).unwrap();
+    }
+    /// The next frame that is not a heartbeat.
+    fn recv(&mut self) -> Frame {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(f) = self.dec.next_frame().unwrap() {
+                if !matches!(f.frame, Frame::Heartbeat { .. }) {
+                    return f.frame;
+                }
+                continue;
+            }
+            let n = self.s.read(&mut buf).unwrap();
+            assert!(n > 0, "backup closed");
+            self.dec.push(&buf[..n]);
+        }
+    }
+    /// Initial sync of an all-zero VM: Hello, empty full pass, state, Commit.
+    fn sync(&mut self) {
+        let id = FakeVm::destination(PAGES, VCPUS).identity();
+        let hello = Frame::Hello(Hello::new(StreamPurpose::FaultTolerance, id));
+        self.send(&hello, 0);
+        assert!(matches!(self.recv(), Frame::Ack { seq: 0 }));
+        self.send(&Frame::EndOfRound { pages: 0 }, 0);
+        self.state(1, "sync");
+        self.send(&Frame::Commit { vcpus: 2, pages: 0 }, 1);
+        assert!(matches!(self.recv(), Frame::Ack { .. }));
+    }
+    fn state(&mut self, epoch: u64, tag: &str) {
+        for index in 0..VCPUS {
+            let data = format!("{tag} vcpu {index}").into_bytes();
+            self.send(&Frame::VcpuState { index, data }, epoch);
+        }
+        self.send(&Frame::DeviceState(tag.as_bytes().to_vec()), epoch);
+    }
+    fn page(&mut self, epoch: u64, pfn: u64, fill: u8) {
+        let mut b = PageBatch::new();
+        b.push_data(pfn, &[fill; PAGE_SIZE]);
+        self.send(&Frame::MemoryPages(b), epoch);
+    }
+    fn extras(&mut self, epoch: u64, data: &[u8]) {
+        let total = data.len() as u64;
+        let data = data.to_vec();
+        self.send(
+            &Frame::Extras {
+                offset: 0,
+                total,
+                data,
+            },
+            epoch,
+        );
+    }
+    /// A whole checkpoint writing `fill` into page 5.
+    fn checkpoint(&mut self, epoch: u64, fill: u8) {
+        self.page(epoch, 5, fill);
+        self.state(epoch, &format!("cp{epoch}"));
+        self.extras(epoch, b"log");
+        self.send(&Frame::Commit { vcpus: 2, pages: 1 }, epoch);
+        assert!(matches!(self.recv(), Frame::Ack { .. }));
+    }
+}
+
+/// A backup fed by a script: runs `script` after a sync and checkpoint 1, then returns the exit.
+fn scripted(script: impl FnOnce(&mut Script)) -> BackupExit<FakeVm> {
+    let (addr, backup) = spawn_backup();
+    let mut s = Script::connect(addr);
+    s.sync();
+    s.checkpoint(1, 0x11);
+    script(&mut s);
+    let exit = backup.join().unwrap().0;
+    drop(s);
+    exit
+}
+
+fn assert_at_checkpoint_1(b: &FtBackup<FakeVm>) {
+    let mem = b.vm().memory();
+    assert!(mem[5 * PAGE_SIZE..6 * PAGE_SIZE].iter().all(|&x| x == 0x11));
+    assert_eq!(b.committed_state().unwrap().devices, b"cp1");
+}
+
+#[test]
+fn truncated_stream_discards_the_partial_checkpoint() {
+    let exit = scripted(|s| {
+        s.page(2, 5, 0x22);
+        s.state(2, "cp2");
+        let mut b = s.bytes(&Frame::Commit { vcpus: 2, pages: 1 }, 2, 1);
+        b.truncate(20);
+        s.s.write_all(&b).unwrap();
+        s.s.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let (c, last) = cause(&exit.error);
+    assert_eq!(last, Some(1));
+    assert!(
+        matches!(
+            c,
+            CheckpointError::Stream(MigrationError::Frame(
+                ft::frame::FrameError::Truncated { .. }
+            ))
+        ),
+        "{c:?}"
+    );
+    assert!(exit
+        .error
+        .to_string()
+        .contains("last committed checkpoint: Some(1)"));
+    assert_at_checkpoint_1(&exit.backup);
+    let live = exit.backup.go_live().unwrap();
+    assert_eq!(live.restored_state().unwrap().devices, b"cp1");
+    assert!(live.is_running());
+}
+
+#[test]
+fn unexpected_frame_type_is_a_clean_error() {
+    let exit = scripted(|s| {
+        s.page(2, 5, 0x22);
+        s.send(&Frame::EndOfRound { pages: 1 }, 2);
+    });
+    let (c, last) = cause(&exit.error);
+    assert_eq!(last, Some(1));
+    assert!(
+        matches!(
+            c,
+            CheckpointError::Stream(MigrationError::Frame(
+                ft::frame::FrameError::UnexpectedType { .. }
+            ))
+        ),
+        "{c:?}"
+    );
+    assert_at_checkpoint_1(&exit.backup);
+}
+
+#[test]
+fn commit_that_does_not_match_what_arrived_is_discarded() {
+    let exit = scripted(|s| {
+        s.page(2, 5, 0x22);
+        s.state(2, "cp2");
+        s.extras(2, b"x");
+        s.send(&Frame::Commit { vcpus: 2, pages: 2 }, 2);
+    });
+    let (c, last) = cause(&exit.error);
+    assert_eq!(last, Some(1));
+    assert!(
+        matches!(c, CheckpointError::Incomplete { epoch: 2, .. }),
+        "{c:?}"
+    );
+    assert_at_checkpoint_1(&exit.backup);
+}
+
+#[test]
+fn checkpoint_without_extras_or_state_is_incomplete() {
+    let exit = scripted(|s| {
+        s.page(2, 5, 0x22);
+        s.state(2, "cp2");
+        s.send(&Frame::Commit { vcpus: 2, pages: 1 }, 2);
+    });
+    let (c, _) = cause(&exit.error);
+    assert!(c.to_string().contains("no Extras frame"), "{c}");
+    assert_at_checkpoint_1(&exit.backup);
+}
+
+#[test]
+fn frame_of_a_skipped_epoch_is_refused() {
+    let exit = scripted(|s| s.page(3, 5, 0x33));
+    let (c, last) = cause(&exit.error);
+    assert_eq!(last, Some(1));
+    assert!(matches!(c, CheckpointError::Protocol(_)), "{c:?}");
+    assert_at_checkpoint_1(&exit.backup);
+}
+
+#[test]
+fn no_initial_sync_means_nothing_to_go_live_from() {
+    let (addr, backup) = spawn_backup();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let exit = backup.join().unwrap().0;
+    let (c, last) = cause(&exit.error);
+    assert_eq!(last, None);
+    assert!(matches!(c, CheckpointError::InitialSync(_)), "{c:?}");
+    assert!(matches!(
+        exit.backup.go_live(),
+        Err(CheckpointError::NothingCommitted)
+    ));
+}
+
+#[test]
+fn migration_destination_refuses_an_ft_stream() {
+    // The purposes do not mix: an FT primary against a plain migration receiver fails cleanly.
+    let l = Listener::bind(&"tcp:127.0.0.1:0".parse().unwrap()).unwrap();
+    let ep = l.local_endpoint().clone();
+    let t = std::thread::spawn(move || {
+        let conn = l.accept(Some(Duration::from_secs(10))).unwrap();
+        let mut dst = FakeVm::destination(PAGES, VCPUS);
+        let progress = ft::migration::ProgressHandle::new(ft::migration::Role::Destination);
+        ft::migration::receive_migration(conn, &mut dst, &ReceiveOptions::default(), &progress)
+    });
+    let src = FakeVm::source(PAGES, VCPUS, 0, 1);
+    let conn = connect(&ep, Duration::from_secs(5)).unwrap();
+    let r = FtPrimary::start(
+        src,
+        conn,
+        &primary_opts(),
+        Gates::new(None),
+        Arc::new(Stats::default()),
+    );
+    let (vm, e) = *r.err().expect("must fail");
+    assert!(matches!(e, CheckpointError::InitialSync(_)), "{e:?}");
+    assert!(vm.is_running());
+    assert!(matches!(
+        t.join().unwrap(),
+        Err(MigrationError::Incompatible(_))
+    ));
+}
