@@ -4,7 +4,9 @@
 
 pub mod bitmap;
 pub mod frame;
+pub mod heartbeat;
 pub mod migration;
+pub mod status;
 pub mod transport;
 pub mod vm;
 
