@@ -2,6 +2,7 @@
 //! failover (DESIGN.md). So far: the framed stream, its transports, the VM trait the `vmm`
 //! implements, and pre-copy live migration over them.
 
+pub mod arbiter;
 pub mod bitmap;
 pub mod frame;
 pub mod heartbeat;
