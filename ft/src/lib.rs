@@ -4,6 +4,7 @@
 
 pub mod arbiter;
 pub mod bitmap;
+pub mod failover;
 pub mod frame;
 pub mod heartbeat;
 pub mod migration;
