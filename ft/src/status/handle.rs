@@ -1,0 +1,302 @@
+//! The shared status handle and the snapshot it gives the API.
+
+use super::samples::{PauseStats, Ring};
+use super::transitions::transition_allowed;
+use super::{FtState, Role, StatusError};
+use crate::heartbeat::{FailureDetector, Path};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long ago each liveness path last heard from the peer, milliseconds (`None`: never).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PathAges {
+    /// Any frame on the checkpoint channel.
+    pub channel_ms: Option<u64>,
+    /// A valid UDP heartbeat on the second path.
+    pub udp_ms: Option<u64>,
+}
+
+/// Everything `ft.status` reports, as of one instant.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FtStatus {
+    /// Standalone, primary or backup.
+    pub role: Role,
+    /// Where in the state machine.
+    pub state: FtState,
+    /// Arbitration generation this member belongs to.
+    pub generation: u64,
+    /// The peer's address, if paired.
+    pub peer: Option<String>,
+    /// Last epoch acked by the backup (primary) or committed (backup).
+    pub last_committed_epoch: Option<u64>,
+    /// Checkpoints taken (primary) or applied (backup) since FT was enabled.
+    pub checkpoint_count: u64,
+    /// Guest pause per checkpoint.
+    pub pause: PauseStats,
+    /// Stream bytes of the latest checkpoint.
+    pub bytes_last_checkpoint: u64,
+    /// Mean stream bytes per checkpoint over the recent window.
+    pub bytes_per_checkpoint: u64,
+    /// Bytes captured but not yet acked.
+    pub backlog_bytes: u64,
+    /// Epochs captured but not yet acked.
+    pub backlog_epochs: u64,
+    /// Time since the last ack/commit, milliseconds (`None`: none yet).
+    pub ack_age_ms: Option<u64>,
+    /// Time since the peer was last heard, per path.
+    pub heartbeat_age: PathAges,
+    /// Failovers this VMM completed (backup went live as the new primary).
+    pub failover_count: u64,
+    /// Why the state last changed (or the last failed arbitration attempt).
+    pub reason: String,
+    /// When `reason` was set, milliseconds since the Unix epoch.
+    pub reason_at_unix_ms: u64,
+    /// Time spent in the current state, milliseconds.
+    pub state_age_ms: u64,
+    /// The latest arbiter error while retrying, cleared on the next arbiter answer.
+    pub arbiter_error: Option<String>,
+}
+
+struct Inner {
+    role: Role,
+    state: FtState,
+    generation: u64,
+    peer: Option<String>,
+    last_committed_epoch: Option<u64>,
+    last_ack: Option<Instant>,
+    checkpoint_count: u64,
+    pauses_us: Ring,
+    pause_max_us: u64,
+    bytes: Ring,
+    bytes_last: u64,
+    backlog_bytes: u64,
+    backlog_epochs: u64,
+    failover_count: u64,
+    reason: String,
+    reason_at_unix_ms: u64,
+    state_since: Instant,
+    arbiter_error: Option<String>,
+    detector: Option<FailureDetector>,
+}
+
+impl Inner {
+    fn standalone(reason: &str) -> Self {
+        Inner {
+            role: Role::Standalone,
+            state: FtState::Unprotected,
+            generation: 0,
+            peer: None,
+            last_committed_epoch: None,
+            last_ack: None,
+            checkpoint_count: 0,
+            pauses_us: Ring::new(),
+            pause_max_us: 0,
+            bytes: Ring::new(),
+            bytes_last: 0,
+            backlog_bytes: 0,
+            backlog_epochs: 0,
+            failover_count: 0,
+            reason: reason.to_owned(),
+            reason_at_unix_ms: unix_ms(),
+            state_since: Instant::now(),
+            arbiter_error: None,
+            detector: None,
+        }
+    }
+
+    fn set_state(&mut self, to: FtState, reason: &str) {
+        self.state = to;
+        self.state_since = Instant::now();
+        self.reason = reason.to_owned();
+        self.reason_at_unix_ms = unix_ms();
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it, which only a broken host has).
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn age_ms(since: Instant) -> u64 {
+    since.elapsed().as_millis() as u64
+}
+
+/// Shared, cheaply cloned handle: the engine updates, the API snapshots.
+#[derive(Clone)]
+pub struct StatusHandle(Arc<Mutex<Inner>>);
+
+impl Default for StatusHandle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StatusHandle {
+    /// A standalone VMM (FT not enabled).
+    pub fn new() -> Self {
+        StatusHandle(Arc::new(Mutex::new(Inner::standalone("ft not enabled"))))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic elsewhere must not take the status endpoint down with it.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// ft.enable (primary) / ft.receive (backup): enters `Syncing` in `generation` with `peer`.
+    /// Only from standalone; a halted member must be disabled first.
+    pub fn enable(
+        &self,
+        role: Role,
+        generation: u64,
+        peer: Option<String>,
+        reason: &str,
+    ) -> Result<(), StatusError> {
+        let mut g = self.lock();
+        if role == Role::Standalone || g.role != Role::Standalone {
+            return Err(StatusError::BadEnable {
+                requested: role,
+                role: g.role,
+                state: g.state,
+            });
+        }
+        let detector = g.detector.take();
+        *g = Inner::standalone(reason);
+        g.role = role;
+        g.generation = generation;
+        g.peer = peer;
+        g.detector = detector;
+        g.set_state(FtState::Syncing, reason);
+        Ok(())
+    }
+
+    /// ft.disable: back to standalone from any state (the only way out of `Halted`); figures reset.
+    pub fn disable(&self, reason: &str) {
+        *self.lock() = Inner::standalone(reason);
+    }
+
+    /// Changes state if the table allows it; `FailingOver -> Unprotected` also makes this member
+    /// the primary and counts a failover.
+    pub fn transition(&self, to: FtState, reason: &str) -> Result<(), StatusError> {
+        let mut g = self.lock();
+        if !transition_allowed(g.role, g.state, to) {
+            return Err(StatusError::Refused {
+                role: g.role,
+                from: g.state,
+                to,
+            });
+        }
+        if g.state == FtState::FailingOver && to == FtState::Unprotected {
+            g.role = Role::Primary;
+            g.failover_count += 1;
+        }
+        g.set_state(to, reason);
+        Ok(())
+    }
+
+    /// Moves to a higher arbitration generation (after winning it).
+    pub fn set_generation(&self, generation: u64) -> Result<(), StatusError> {
+        let mut g = self.lock();
+        if generation <= g.generation {
+            return Err(StatusError::GenerationNotIncreasing {
+                current: g.generation,
+                requested: generation,
+            });
+        }
+        g.generation = generation;
+        Ok(())
+    }
+
+    /// Sets or clears the peer's address.
+    pub fn set_peer(&self, peer: Option<String>) {
+        self.lock().peer = peer;
+    }
+
+    /// Engine: one checkpoint taken (primary) or applied (backup), with its pause and size.
+    pub fn record_checkpoint(&self, pause: Duration, bytes: u64) {
+        let us = pause.as_micros().min(u128::from(u64::MAX)) as u64;
+        let mut g = self.lock();
+        g.checkpoint_count += 1;
+        g.pauses_us.push(us);
+        g.pause_max_us = g.pause_max_us.max(us);
+        g.bytes.push(bytes);
+        g.bytes_last = bytes;
+    }
+
+    /// Engine: epoch acked by the backup (primary) or committed (backup).
+    pub fn record_commit(&self, epoch: u64) {
+        let mut g = self.lock();
+        g.last_committed_epoch = Some(epoch);
+        g.last_ack = Some(Instant::now());
+    }
+
+    /// Engine: what is captured but not acked yet.
+    pub fn set_backlog(&self, bytes: u64, epochs: u64) {
+        let mut g = self.lock();
+        g.backlog_bytes = bytes;
+        g.backlog_epochs = epochs;
+    }
+
+    /// Uses `detector` for the heartbeat ages in snapshots.
+    pub fn attach_detector(&self, detector: FailureDetector) {
+        self.lock().detector = Some(detector);
+    }
+
+    /// Records (or clears) an arbiter error met while retrying; the state is unchanged.
+    pub fn set_arbiter_error(&self, error: Option<String>) {
+        self.lock().arbiter_error = error;
+    }
+
+    /// Current role.
+    pub fn role(&self) -> Role {
+        self.lock().role
+    }
+
+    /// Current state.
+    pub fn state(&self) -> FtState {
+        self.lock().state
+    }
+
+    /// Current generation.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// Everything, as of now.
+    pub fn snapshot(&self) -> FtStatus {
+        let g = self.lock();
+        let heartbeat_age = match &g.detector {
+            Some(d) => PathAges {
+                channel_ms: d.last_heard(Path::Channel).map(age_ms),
+                udp_ms: d.last_heard(Path::Udp).map(age_ms),
+            },
+            None => PathAges::default(),
+        };
+        FtStatus {
+            role: g.role,
+            state: g.state,
+            generation: g.generation,
+            peer: g.peer.clone(),
+            last_committed_epoch: g.last_committed_epoch,
+            checkpoint_count: g.checkpoint_count,
+            pause: PauseStats {
+                p50_us: g.pauses_us.percentile(50),
+                p99_us: g.pauses_us.percentile(99),
+                max_us: g.pause_max_us,
+            },
+            bytes_last_checkpoint: g.bytes_last,
+            bytes_per_checkpoint: g.bytes.mean(),
+            backlog_bytes: g.backlog_bytes,
+            backlog_epochs: g.backlog_epochs,
+            ack_age_ms: g.last_ack.map(age_ms),
+            heartbeat_age,
+            failover_count: g.failover_count,
+            reason: g.reason.clone(),
+            reason_at_unix_ms: g.reason_at_unix_ms,
+            state_age_ms: age_ms(g.state_since),
+            arbiter_error: g.arbiter_error.clone(),
+        }
+    }
+}
