@@ -4,6 +4,7 @@
 
 pub mod bitmap;
 pub mod frame;
+pub mod gate;
 pub mod migration;
 pub mod transport;
 pub mod vm;
