@@ -3,6 +3,7 @@
 //! behind a zeroed 12-byte header. A worker thread moves frames (see `virtio` for why).
 
 pub mod announce;
+pub mod gate;
 pub mod tap;
 pub mod tx;
 mod worker;
