@@ -10,6 +10,7 @@ use super::chain;
 use super::device::{
     ActivateContext, ActivateError, DeviceSnapshot, DeviceStateError, Interrupt, VirtioDevice,
 };
+use super::ft::{DeviceGate, FtSetup};
 use super::worker::{Worker, WorkerEpoll};
 use super::{GuestMemoryMmap, VIRTIO_F_VERSION_1};
 use disk::RawDisk;
@@ -210,6 +211,17 @@ impl VirtioDevice for Block {
             DeviceSnapshot::Block => Ok(()),
             _ => Err(DeviceStateError::WrongKind { expected: "block" }),
         }
+    }
+
+    fn enable_ft(&mut self, setup: &FtSetup, index: u32) -> std::io::Result<Option<DeviceGate>> {
+        let gate = Block::enable_ft(
+            self,
+            setup.clock.clone(),
+            index,
+            setup.disk_mode,
+            setup.disk_cap_bytes,
+        )?;
+        Ok(Some(DeviceGate::Disk(gate)))
     }
 }
 
