@@ -1,14 +1,17 @@
 //! Fault tolerance: the replication stream, checkpoint engine, output gates, heartbeats, arbiter and
 //! failover (DESIGN.md). So far: the framed stream, its transports, the VM trait the `vmm`
 //! implements, pre-copy live migration over them, the checkpoint engine (`checkpoint`: primary
-//! epochs, backup staging/ack/apply, go-live), and the FT building blocks around it: `status` (state machine, ft.status), `heartbeat` (UDP second path, channel hook, failure
-//! detector), `arbiter` (per-generation split-brain fencing) and `failover` (the decision).
+//! epochs, backup staging/ack/apply, go-live), and the FT building blocks around it: `gate` (the
+//! epoch clock and output rule the device gates follow), `status` (state machine, ft.status),
+//! `heartbeat` (UDP second path, channel hook, failure detector), `arbiter` (per-generation
+//! split-brain fencing) and `failover` (the decision). The VMM does not use them yet.
 
 pub mod arbiter;
 pub mod bitmap;
 pub mod checkpoint;
 pub mod failover;
 pub mod frame;
+pub mod gate;
 pub mod heartbeat;
 pub mod migration;
 pub mod status;

@@ -156,12 +156,12 @@ impl TestNet {
     }
 }
 
-/// Listens for RARP frames (ethertype 0x8035) in `node`'s namespace for `window`, returning
-/// the sender MAC of each one seen. Starts listening before it returns the handle.
+/// Listens for RARP frames (ethertype 0x8035) in `node`'s namespace until `stop` is set,
+/// returning the sender MAC of each one seen. Starts listening before it returns the handle.
 pub fn capture_rarp(
     net: &TestNet,
     node: Node,
-    window: std::time::Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<Vec<[u8; 6]>> {
     let (tx, rx) = std::sync::mpsc::channel();
     let h = net.run_in(node, move || {
@@ -198,15 +198,17 @@ pub fn capture_rarp(
         };
         let _ = tx.send(());
         let mut seen = Vec::new();
-        let end = std::time::Instant::now() + window;
         let mut buf = [0u8; 128];
-        while std::time::Instant::now() < end {
+        // Stop only once `stop` is set and the socket has nothing more queued.
+        loop {
             // SAFETY: recv writes at most buf.len() bytes into buf.
             let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n >= 14 && buf[12..14] == [0x80, 0x35] {
                 let mut mac = [0u8; 6];
                 mac.copy_from_slice(&buf[6..12]);
                 seen.push(mac);
+            } else if n < 0 && stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
             }
         }
         seen

@@ -119,11 +119,7 @@ fn counter_survives_twenty_migrations_on_one_connection() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     // The destination announces the guest's MAC on the LAN after each migration.
-    let rarps = capture_rarp(
-        &pair.net,
-        Node::Client,
-        Duration::from_secs(3) + migrations as u32 * Duration::from_secs(2),
-    );
+    let rarps = capture_rarp(&pair.net, Node::Client, stop.clone());
     let mac = info(p)["config"]["net"][0]["mac"]
         .as_str()
         .unwrap()

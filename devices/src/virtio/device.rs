@@ -83,6 +83,16 @@ pub trait VirtioDevice: Send {
     fn state(&self) -> DeviceSnapshot;
     /// Takes device-specific state from a snapshot, before activation.
     fn restore(&mut self, state: &DeviceSnapshot) -> Result<(), DeviceStateError>;
+    /// Puts the device's output behind an FT gate from its next activation (so call it while
+    /// quiesced); `index` is the device's position in the VM, the same on both hosts. `None`:
+    /// the device has no output to gate.
+    fn enable_ft(
+        &mut self,
+        _setup: &super::ft::FtSetup,
+        _index: u32,
+    ) -> std::io::Result<Option<super::ft::DeviceGate>> {
+        Ok(None)
+    }
 }
 
 /// A device's interrupt line: the virtio-mmio InterruptStatus bits and the irqfd that KVM turns

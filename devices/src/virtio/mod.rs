@@ -12,6 +12,7 @@
 pub mod block;
 pub mod chain;
 pub mod device;
+pub mod ft;
 pub mod mmio;
 pub mod net;
 pub mod worker;

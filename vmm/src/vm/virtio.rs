@@ -8,6 +8,7 @@ use crate::boot::layout::VIRTIO_MMIO_START;
 use crate::config::VmConfig;
 use devices::mmio_bus::{MmioBus, MmioBusError};
 use devices::virtio::block::{Block, BlockConfig, BlockError};
+use devices::virtio::ft::{DeviceGate, FtSetup};
 use devices::virtio::mmio::state::{MmioSnapshot, MmioStateError};
 use devices::virtio::mmio::{MmioError, MmioTransport, QUEUE_NOTIFY_OFFSET};
 use devices::virtio::net::announce::Announcer;
@@ -48,6 +49,12 @@ pub enum VirtioSetupError {
     },
     #[error("MMIO bus")]
     Bus(#[from] MmioBusError),
+    #[error("cannot put virtio device {index} behind an FT gate")]
+    Gate {
+        index: usize,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl VirtioSetupError {
@@ -218,6 +225,25 @@ impl VirtioDevices {
                 .map_err(|source| VirtioStateError::Device { index, source })?;
         }
         Ok(())
+    }
+
+    /// Puts every device's output behind an FT gate on `setup.clock` and returns the gates, in
+    /// device order (disks first), for the releaser (`ft::gate::Releaser`) and the checkpoint
+    /// engine (disk gates' `take_epoch_writes`). Call it with the devices quiesced: the gates
+    /// take effect when [`VirtioDevices::resume`] re-activates the workers. Standalone VMs never
+    /// call it and keep their ungated, zero-cost output path.
+    pub fn enable_ft(&self, setup: &FtSetup) -> Result<Vec<DeviceGate>, VirtioSetupError> {
+        let mut gates = Vec::new();
+        for (index, t) in self.transports.iter().enumerate() {
+            let mut t = t.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(g) = t
+                .enable_ft(setup, index as u32)
+                .map_err(|source| VirtioSetupError::Gate { index, source })?
+            {
+                gates.push(g);
+            }
+        }
+        Ok(gates)
     }
 
     /// Stops every device's worker thread (the vCPUs must be stopped already).

@@ -2,15 +2,21 @@
 //! disks, capacity in config space. A worker thread serves the queue (see `virtio` for why).
 
 pub mod disk;
+pub mod gate;
+pub mod io;
 pub mod request;
 
 use super::chain;
 use super::device::{
     ActivateContext, ActivateError, DeviceSnapshot, DeviceStateError, Interrupt, VirtioDevice,
 };
+use super::ft::{DeviceGate, FtSetup};
 use super::worker::{Worker, WorkerEpoll};
 use super::{GuestMemoryMmap, VIRTIO_F_VERSION_1};
 use disk::RawDisk;
+use ft::gate::EpochClock;
+use gate::{DiskGate, DiskMode, GatedDisk};
+use io::DiskIo;
 use request::DiskId;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -32,6 +38,8 @@ const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE];
 const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// epoll token of the queue's notification eventfd.
 const QUEUE_TOKEN: u64 = 0;
+/// epoll token of the disk's "room again" eventfd (an FT gate that pushed back).
+const ROOM_TOKEN: u64 = 1;
 
 /// One disk as configured.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +71,8 @@ pub struct Block {
     features: u64,
     config_space: Vec<u8>,
     worker: Option<Worker<Queue>>,
+    /// The FT gate every request goes through once FT is enabled.
+    gate: Option<Arc<DiskGate>>,
 }
 
 impl Block {
@@ -91,12 +101,48 @@ impl Block {
             features,
             config_space,
             worker: None,
+            gate: None,
         })
     }
 
     /// Capacity in 512-byte sectors.
     pub fn capacity_sectors(&self) -> u64 {
         self.disk.sectors()
+    }
+
+    /// Routes every request through an FT gate on `clock` from the next activation (the
+    /// transport re-activates on resume, so enable it while quiesced). `index` is the disk's
+    /// position among the VM's virtio devices, the same on both hosts.
+    pub fn enable_ft(
+        &mut self,
+        clock: Arc<EpochClock>,
+        index: u32,
+        mode: DiskMode,
+        cap_bytes: usize,
+    ) -> std::io::Result<Arc<DiskGate>> {
+        let gate = Arc::new(DiskGate::new(
+            &format!("{} disk gate", self.id),
+            index,
+            mode,
+            clock,
+            self.disk.try_clone()?,
+            cap_bytes,
+        )?);
+        self.gate = Some(gate.clone());
+        Ok(gate)
+    }
+
+    /// A second handle on the image, for the backup to apply committed writes to
+    /// ([`gate::apply_writes`]) while the VM does not run.
+    pub fn replica_disk(&self) -> std::io::Result<RawDisk> {
+        self.disk.try_clone()
+    }
+
+    fn worker_disk(&self) -> Result<Box<dyn DiskIo>, ActivateError> {
+        Ok(match &self.gate {
+            Some(g) => Box::new(GatedDisk(g.clone())),
+            None => Box::new(self.disk.try_clone().map_err(ActivateError::Dup)?),
+        })
     }
 }
 
@@ -123,7 +169,7 @@ impl VirtioDevice for Block {
             return Err(ActivateError::QueueCount { expected: 1, got });
         };
         let worker = BlockWorker {
-            disk: self.disk.try_clone().map_err(ActivateError::Dup)?,
+            disk: self.worker_disk()?,
             disk_id: self.disk_id,
             mem: ctx.mem,
             queue: q.queue,
@@ -166,6 +212,26 @@ impl VirtioDevice for Block {
             _ => Err(DeviceStateError::WrongKind { expected: "block" }),
         }
     }
+
+    fn enable_ft(&mut self, setup: &FtSetup, index: u32) -> std::io::Result<Option<DeviceGate>> {
+        let gate = Block::enable_ft(
+            self,
+            setup.clock.clone(),
+            index,
+            setup.disk_mode,
+            setup.disk_cap_bytes,
+        )?;
+        Ok(Some(DeviceGate::Disk(gate)))
+    }
+}
+
+/// Resets an eventfd's counter; a failed read (nothing pending) changes nothing.
+fn drain_eventfd(fd: Option<std::os::fd::RawFd>) {
+    if let Some(fd) = fd {
+        let mut v = 0u64;
+        // SAFETY: reads 8 bytes into a local u64 from an eventfd its owner keeps open.
+        let _ = unsafe { libc::read(fd, &mut v as *mut u64 as *mut libc::c_void, 8) };
+    }
 }
 
 /// Copies config space bytes at `offset` into `data`; bytes past the end read as zero.
@@ -182,7 +248,7 @@ pub(crate) fn read_config_bytes(space: &[u8], offset: u64, data: &mut [u8]) {
 
 /// What the worker thread owns: its own disk handle, the queue and guest memory.
 pub(crate) struct BlockWorker {
-    disk: RawDisk,
+    disk: Box<dyn DiskIo>,
     disk_id: DiskId,
     mem: GuestMemoryMmap,
     queue: Queue,
@@ -195,7 +261,13 @@ pub(crate) struct BlockWorker {
 
 impl BlockWorker {
     fn run(mut self, ep: WorkerEpoll, notify: EventFd) -> Queue {
-        if let Err(e) = ep.add(notify.as_raw_fd(), EventSet::IN, QUEUE_TOKEN) {
+        let watched = ep
+            .add(notify.as_raw_fd(), EventSet::IN, QUEUE_TOKEN)
+            .and_then(|_| match self.disk.room_fd() {
+                Some(fd) => ep.add(fd, EventSet::IN, ROOM_TOKEN),
+                None => Ok(()),
+            });
+        if let Err(e) = watched {
             log::error!("virtio-blk: cannot watch the queue: {e}");
             self.interrupt.set_needs_reset();
             return self.queue;
@@ -205,10 +277,13 @@ impl BlockWorker {
         self.process_queue();
         loop {
             match ep.wait(&mut events) {
-                Ok(Some(_)) => {
-                    // Draining the counter first means a notification arriving during
+                Ok(Some(tokens)) => {
+                    // Draining the counters first means a notification arriving during
                     // processing wakes us again rather than being lost.
                     let _ = notify.read();
+                    if tokens.contains(&ROOM_TOKEN) {
+                        drain_eventfd(self.disk.room_fd());
+                    }
                     self.process_queue();
                 }
                 Ok(None) => break,
@@ -231,7 +306,9 @@ impl BlockWorker {
     /// Serves every request the driver has made available.
     pub(crate) fn process_queue(&mut self) {
         let mut completed = false;
-        while !self.broken {
+        // A full FT gate leaves requests in the ring until a commit frees room (backpressure;
+        // the room eventfd brings us back).
+        while !self.broken && self.disk.has_room() {
             let next = match self.queue.iter(&self.mem) {
                 Ok(mut it) => it.next(),
                 Err(e) => {
@@ -242,10 +319,14 @@ impl BlockWorker {
             let Some(desc_chain) = next else { break };
             let parsed = chain::parse(desc_chain, &self.mem);
             let used_len = match &parsed.buffers {
-                Ok(bufs) => {
-                    request::execute(&self.disk, &self.disk_id, &self.mem, bufs, &mut self.bounce)
-                        .map_or(0, |c| c.used_len)
-                }
+                Ok(bufs) => request::execute(
+                    &*self.disk,
+                    &self.disk_id,
+                    &self.mem,
+                    bufs,
+                    &mut self.bounce,
+                )
+                .map_or(0, |c| c.used_len),
                 Err(e) => {
                     log::debug!("virtio-blk: request {} refused: {e}", parsed.head);
                     self.report_bad_chain(parsed.status_byte)

@@ -1,7 +1,8 @@
 //! One virtio-blk request: parse the header from the chain's readable stream, do the I/O against
 //! the disk through a bounce buffer, and report a status byte at the end of the writable stream.
 
-use super::disk::{RawDisk, SECTOR_SIZE};
+use super::disk::SECTOR_SIZE;
+use super::io::DiskIo;
 use crate::virtio::chain::{ChainBuffers, ChainError};
 use crate::virtio::GuestMemoryMmap;
 use virtio_bindings::virtio_blk::{
@@ -58,7 +59,7 @@ pub struct Completion {
 /// Runs the request in `bufs`. `None` means there is no device-writable byte to report a status
 /// in: the request is dropped (returned to the guest with length 0).
 pub fn execute(
-    disk: &RawDisk,
+    disk: &dyn DiskIo,
     id: &DiskId,
     mem: &GuestMemoryMmap,
     bufs: &ChainBuffers,
@@ -100,7 +101,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 /// Does the work; returns the data bytes written into the chain (status excluded).
 fn run(
-    disk: &RawDisk,
+    disk: &dyn DiskIo,
     id: &DiskId,
     mem: &GuestMemoryMmap,
     bufs: &ChainBuffers,
@@ -151,7 +152,7 @@ fn run(
 }
 
 /// Checks that `len` bytes from `sector` are whole sectors on the disk; returns the byte offset.
-fn check_range(disk: &RawDisk, sector: u64, len: u64) -> Result<u64, RequestError> {
+fn check_range(disk: &dyn DiskIo, sector: u64, len: u64) -> Result<u64, RequestError> {
     if !len.is_multiple_of(SECTOR_SIZE) {
         return Err(RequestError::Unaligned { len });
     }

@@ -45,7 +45,7 @@ fn worker(
     let mut disk_id = DiskId::default();
     disk_id[..5].copy_from_slice(b"disk0");
     let w = BlockWorker {
-        disk: RawDisk::open(&fx.path, readonly).unwrap(),
+        disk: Box::new(RawDisk::open(&fx.path, readonly).unwrap()),
         disk_id,
         mem: mem.clone(),
         queue,

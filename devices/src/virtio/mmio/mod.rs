@@ -117,6 +117,16 @@ impl MmioTransport {
         self.activated
     }
 
+    /// Puts the device's output behind an FT gate (see [`VirtioDevice::enable_ft`]); call it
+    /// while quiesced or before activation, so that the next activation uses the gate.
+    pub fn enable_ft(
+        &mut self,
+        setup: &crate::virtio::ft::FtSetup,
+        index: u32,
+    ) -> std::io::Result<Option<crate::virtio::ft::DeviceGate>> {
+        self.device.enable_ft(setup, index)
+    }
+
     /// Stops the device's worker; used when the VM stops. The guest sees a reset device.
     pub fn shutdown(&mut self) {
         self.reset();

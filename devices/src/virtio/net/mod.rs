@@ -3,6 +3,7 @@
 //! behind a zeroed 12-byte header. A worker thread moves frames (see `virtio` for why).
 
 pub mod announce;
+pub mod gate;
 pub mod tap;
 pub mod tx;
 mod worker;
@@ -11,8 +12,10 @@ use super::block::read_config_bytes;
 use super::device::{
     ActivateContext, ActivateError, DeviceSnapshot, DeviceStateError, VirtioDevice,
 };
+use super::ft::{DeviceGate, FtSetup};
 use super::worker::Worker;
 use super::VIRTIO_F_VERSION_1;
+use gate::{GatedTxSink, TxGate};
 use std::fmt;
 use std::os::fd::OwnedFd;
 use std::str::FromStr;
@@ -139,6 +142,8 @@ pub struct Net {
     worker: Option<Worker<NetWorkerOut>>,
     /// A frame from the tap the guest had no buffer for when the worker last stopped.
     held_frame: Option<Vec<u8>>,
+    /// The FT gate TX goes through once FT is enabled.
+    tx_gate: Option<Arc<TxGate>>,
 }
 
 impl Net {
@@ -168,6 +173,7 @@ impl Net {
             counters: Arc::default(),
             worker: None,
             held_frame: None,
+            tx_gate: None,
         }
     }
 
@@ -215,7 +221,10 @@ impl VirtioDevice for Net {
             rx.queue,
             tx.queue,
             rx_fd,
-            Box::new(TapTxSink::new(tx_fd)),
+            match &self.tx_gate {
+                Some(g) => Box::new(GatedTxSink(g.clone())),
+                None => Box::new(TapTxSink::new(tx_fd)),
+            },
             self.counters.clone(),
         )
         .with_held_frame(self.held_frame.take());
@@ -270,6 +279,17 @@ impl VirtioDevice for Net {
             }
             _ => Err(DeviceStateError::WrongKind { expected: "net" }),
         }
+    }
+
+    fn enable_ft(&mut self, setup: &FtSetup, _index: u32) -> std::io::Result<Option<DeviceGate>> {
+        let gate = Arc::new(TxGate::new(
+            &format!("{} tx gate", self.id),
+            setup.clock.clone(),
+            Box::new(TapTxSink::new(self.fd.try_clone()?)),
+            setup.net_cap_bytes,
+        )?);
+        self.tx_gate = Some(gate.clone());
+        Ok(Some(DeviceGate::Net(gate)))
     }
 }
 

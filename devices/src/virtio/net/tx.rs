@@ -3,12 +3,23 @@
 
 use super::tap::VNET_HDR_LEN;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 /// Receives every Ethernet frame the guest sends, in order.
 pub trait TxSink: Send {
     /// Sends one complete frame (no virtio-net header).
     fn send(&mut self, frame: &[u8]) -> io::Result<()>;
+
+    /// Whether the sink takes another frame now; when it does not, the device stops taking TX
+    /// descriptors until `room_fd` becomes readable (backpressure, never a drop).
+    fn has_room(&self) -> bool {
+        true
+    }
+
+    /// An eventfd that becomes readable when a full sink has room again.
+    fn room_fd(&self) -> Option<RawFd> {
+        None
+    }
 }
 
 /// Writes frames to a tap, each behind an all-zero virtio-net header (no offloads requested).

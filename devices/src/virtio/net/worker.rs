@@ -26,6 +26,8 @@ const MIN_RX_BUFFER: u64 = VNET_HDR_LEN as u64 + 1514;
 const RX_QUEUE_TOKEN: u64 = 0;
 const TX_QUEUE_TOKEN: u64 = 1;
 const TAP_TOKEN: u64 = 2;
+/// The TX sink (an FT gate) has room again after pushing back.
+const TX_ROOM_TOKEN: u64 = 3;
 
 /// What the thread owns.
 pub(crate) struct NetWorker {
@@ -107,7 +109,11 @@ impl NetWorker {
         let watched = ep
             .add(rx_notify.as_raw_fd(), EventSet::IN, RX_QUEUE_TOKEN)
             .and_then(|_| ep.add(tx_notify.as_raw_fd(), EventSet::IN, TX_QUEUE_TOKEN))
-            .and_then(|_| ep.add(fd, EventSet::IN, TAP_TOKEN));
+            .and_then(|_| ep.add(fd, EventSet::IN, TAP_TOKEN))
+            .and_then(|_| match self.sink.room_fd() {
+                Some(room) => ep.add(room, EventSet::IN, TX_ROOM_TOKEN),
+                None => Ok(()),
+            });
         if let Err(e) = watched {
             log::error!("virtio-net: cannot watch queues and tap: {e}");
             self.interrupt.set_needs_reset();
@@ -140,8 +146,13 @@ impl NetWorker {
                     break;
                 }
             };
-            if tokens.contains(&TX_QUEUE_TOKEN) {
-                let _ = tx_notify.read();
+            if tokens.contains(&TX_ROOM_TOKEN) {
+                self.drain_room_fd();
+            }
+            if tokens.contains(&TX_QUEUE_TOKEN) || tokens.contains(&TX_ROOM_TOKEN) {
+                if tokens.contains(&TX_QUEUE_TOKEN) {
+                    let _ = tx_notify.read();
+                }
                 self.process_tx();
             }
             if tokens.contains(&RX_QUEUE_TOKEN) || tokens.contains(&TAP_TOKEN) {
@@ -183,10 +194,22 @@ impl NetWorker {
         }
     }
 
-    /// Sends every chain the guest has made available.
+    /// Resets the sink's room eventfd so that it wakes us only on the next change.
+    fn drain_room_fd(&self) {
+        if let Some(fd) = self.sink.room_fd() {
+            let mut v = 0u64;
+            // SAFETY: reads 8 bytes into a local u64 from the sink's eventfd, which the sink
+            // keeps open while we hold it; a failed (EAGAIN) read changes nothing.
+            let _ = unsafe { libc::read(fd, &mut v as *mut u64 as *mut libc::c_void, 8) };
+        }
+    }
+
+    /// Sends every chain the guest has made available, until the sink pushes back.
     pub(crate) fn process_tx(&mut self) {
         let mut used = false;
-        while !self.tx_broken {
+        // A full gate leaves the chains in the ring: the guest sees its TX ring fill, not a
+        // dropped frame, and the room eventfd brings us back here.
+        while !self.tx_broken && self.sink.has_room() {
             let next = match self.tx.iter(&self.mem) {
                 Ok(mut it) => it.next(),
                 Err(e) => {
