@@ -16,7 +16,7 @@ examples=${1:-30}
 bin=${TANDEM_BIN:-target/debug/tandem}
 [ -x "$bin" ] || { echo "fuzz-api: build first (cargo build --workspace)" >&2; exit 2; }
 if ! command -v schemathesis >/dev/null || ! command -v openapi-spec-validator >/dev/null; then
-    python3 -m pip install -q --disable-pip-version-check schemathesis==4.3.* openapi-spec-validator \
+    python3 -m pip install -q --disable-pip-version-check schemathesis==4.32.5 openapi-spec-validator==0.9.0 \
         || { echo "fuzz-api: cannot install schemathesis" >&2; exit 2; }
 fi
 
