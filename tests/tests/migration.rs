@@ -130,6 +130,8 @@ fn counter_survives_twenty_migrations_on_one_connection() {
         downtimes.push(report["downtime"].clone());
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The destination repeats its RARPs for 300 ms after arriving.
+    std::thread::sleep(Duration::from_millis(400));
     stop.store(true, Ordering::Relaxed);
     let seen = client.join().expect("client thread");
     let rarps = rarps.join().expect("capture thread");

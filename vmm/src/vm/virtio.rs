@@ -11,7 +11,7 @@ use devices::virtio::block::{Block, BlockConfig, BlockError};
 use devices::virtio::ft::{DeviceGate, FtSetup};
 use devices::virtio::mmio::state::{MmioSnapshot, MmioStateError};
 use devices::virtio::mmio::{MmioError, MmioTransport, QUEUE_NOTIFY_OFFSET};
-use devices::virtio::net::announce::Announcer;
+use devices::virtio::net::announce::{announce_in_background, Announcer};
 use devices::virtio::net::{MacAddr, MacParseError, Net, NetConfig, NetCounters, NetError};
 use devices::virtio::{GuestMemoryMmap, VirtioDevice, MMIO_WINDOW_SIZE};
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -134,14 +134,22 @@ impl VirtioDevices {
         Ok(out)
     }
 
-    /// Broadcasts a RARP for every NIC's MAC, so the LAN learns where the guest now runs. A NIC
-    /// that cannot send is logged and skipped: the guest's own traffic will teach the switch.
+    /// Broadcasts RARPs for every NIC's MAC (a few, spaced out, in the background), so the LAN
+    /// learns where the guest now runs. A NIC that cannot send is logged and skipped: the guest's
+    /// own traffic will teach the switch.
     pub fn announce(&mut self) {
-        for (id, a) in &mut self.announcers {
-            if let Err(e) = a.announce() {
-                log::warn!("cannot announce NIC {id}: {e}");
-            }
-        }
+        let handles = self
+            .announcers
+            .iter()
+            .filter_map(|(id, a)| match a.try_clone() {
+                Ok(c) => Some((id.clone(), c)),
+                Err(e) => {
+                    log::warn!("cannot announce NIC {id}: {e}");
+                    None
+                }
+            })
+            .collect();
+        announce_in_background(handles);
     }
 
     fn add(

@@ -6,24 +6,59 @@ use super::tx::{TapTxSink, TxSink};
 use super::MacAddr;
 use std::os::fd::OwnedFd;
 
+/// When to send the RARPs after arriving: a tap whose fd was just opened may not forward yet
+/// (bridge port coming up), so one frame can be lost; like QEMU's self-announce, send a few,
+/// spaced out.
+pub const ANNOUNCE_SCHEDULE_MS: [u64; 4] = [0, 50, 150, 300];
+
 /// Sends announcements for one NIC through its own duplicate of the tap fd.
 pub struct Announcer {
     mac: MacAddr,
-    sink: TapTxSink,
+    tap: OwnedFd,
 }
 
 impl Announcer {
     /// Announces `mac` on `tap` (a tap fd opened with a vnet header).
     pub fn new(mac: MacAddr, tap: OwnedFd) -> Self {
-        Announcer {
-            mac,
-            sink: TapTxSink::new(tap),
-        }
+        Announcer { mac, tap }
     }
 
     /// Broadcasts one RARP for the MAC.
-    pub fn announce(&mut self) -> std::io::Result<()> {
-        self.sink.send(&rarp_frame(self.mac))
+    pub fn announce(&self) -> std::io::Result<()> {
+        TapTxSink::new(self.tap.try_clone()?).send(&rarp_frame(self.mac))
+    }
+
+    /// Another handle on the same tap, for a thread of its own.
+    pub fn try_clone(&self) -> std::io::Result<Announcer> {
+        Ok(Announcer {
+            mac: self.mac,
+            tap: self.tap.try_clone()?,
+        })
+    }
+}
+
+/// Sends every announcer's RARP on [`ANNOUNCE_SCHEDULE_MS`] from a short-lived thread, so the
+/// caller (resuming a VM) does not wait. Failures are logged: the guest's own traffic will teach
+/// the switches anyway.
+pub fn announce_in_background(announcers: Vec<(String, Announcer)>) {
+    let spawned = std::thread::Builder::new()
+        .name("tandem_announce".into())
+        .spawn(move || {
+            let start = std::time::Instant::now();
+            for ms in ANNOUNCE_SCHEDULE_MS {
+                let at = std::time::Duration::from_millis(ms);
+                if let Some(wait) = at.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+                for (id, a) in &announcers {
+                    if let Err(e) = a.announce() {
+                        log::warn!("cannot announce NIC {id}: {e}");
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start the announce thread: {e}");
     }
 }
 
