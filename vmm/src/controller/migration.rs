@@ -17,7 +17,9 @@ use std::time::Duration;
 /// How long `vm.send-migration` tries to reach the destination before answering 400.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest silence on the stream before a migration is given up (a cut link shows up as this).
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Generous: the source's first pass over a large, mostly zero guest sends little for a while,
+/// and a loaded 2-core host stretches that.
+const IO_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the source waits for the destination to restore the state and ack before it takes
 /// the VM back (a restore takes well under a second even for GiB guests).
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(15);
