@@ -31,10 +31,5 @@ pub fn add(r: &mut Rules) {
             libc::SYS_epoll_pwait,
         ],
     );
-    allow_arg(
-        r,
-        libc::SYS_ioctl,
-        1,
-        &[libc::FIONBIO as u64, libc::FIOCLEX as u64],
-    );
+    allow_arg(r, libc::SYS_ioctl, 1, &[libc::FIONBIO, libc::FIOCLEX]);
 }
