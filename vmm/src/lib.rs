@@ -5,5 +5,6 @@ pub mod boot;
 pub mod config;
 pub mod controller;
 pub mod migration;
+pub mod seccomp;
 pub mod state;
 pub mod vm;

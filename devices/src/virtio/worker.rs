@@ -55,6 +55,14 @@ impl WorkerEpoll {
     }
 }
 
+static THREAD_START_HOOK: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets what every worker thread runs first (the VMM installs its seccomp filter there). Only the
+/// first call counts.
+pub fn set_thread_start_hook(hook: fn()) {
+    let _ = THREAD_START_HOOK.set(hook);
+}
+
 impl<T: Send + 'static> Worker<T> {
     /// Starts a thread named `name` running `body`.
     pub fn spawn(
@@ -73,9 +81,12 @@ impl<T: Send + 'static> Worker<T> {
             epoll,
             _stop: thread_stop,
         };
-        let thread = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || body(ep))?;
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            if let Some(hook) = THREAD_START_HOOK.get() {
+                hook();
+            }
+            body(ep)
+        })?;
         Ok(Worker {
             stop,
             thread: Some(thread),

@@ -25,13 +25,23 @@ pub enum MetricsServerError {
 
 /// Binds `addr` and serves scrapes on a thread of its own for the life of the process.
 pub fn start_metrics_server(addr: &str, tx: Sender<VmmEvent>) -> Result<(), MetricsServerError> {
-    let server = Server::http(addr).map_err(|source| MetricsServerError::Bind {
+    // Bound here (socket(2) is the VMM thread's); tiny_http's threads start on the metrics
+    // thread, under its seccomp filter.
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| MetricsServerError::Bind {
         addr: addr.to_string(),
-        source,
+        source: Box::new(e),
     })?;
     std::thread::Builder::new()
         .name("tandem_metrics".into())
         .spawn(move || {
+            crate::seccomp::apply(crate::seccomp::ThreadKind::Api);
+            let server = match Server::from_listener(listener, None) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::error!("metrics: cannot serve: {e}");
+                    return;
+                }
+            };
             for request in server.incoming_requests() {
                 let path = request
                     .url()

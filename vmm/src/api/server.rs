@@ -105,6 +105,7 @@ pub fn start_server_with_timeout(
     let thread = std::thread::Builder::new()
         .name("tandem_api".into())
         .spawn(move || {
+            crate::seccomp::apply(crate::seccomp::ThreadKind::Api);
             let result = serve(&server, &tx, &thread_stopping, timeout);
             // Dropping the last Arc closes the listener and removes the socket file; only then
             // is the path released to another VMM.

@@ -130,6 +130,7 @@ impl Vmm {
         let spawned = std::thread::Builder::new()
             .name("tandem_migrate_out".into())
             .spawn(move || {
+                crate::seccomp::apply(crate::seccomp::ThreadKind::Migration);
                 let taken = thread_slot.lock().map(|mut s| s.take()).ok().flatten();
                 let Some(mut vm) = taken else { return };
                 let result = {
@@ -200,6 +201,7 @@ impl Vmm {
         let spawned = std::thread::Builder::new()
             .name("tandem_migrate_in".into())
             .spawn(move || {
+                crate::seccomp::apply(crate::seccomp::ThreadKind::Migration);
                 let result = (|| -> Result<(Box<VmConfig>, VmBox), String> {
                     let conn = listener
                         .accept(Some(ACCEPT_TIMEOUT))

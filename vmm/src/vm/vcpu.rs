@@ -102,7 +102,10 @@ impl VcpuHandle {
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("tandem_vcpu{id}"))
-            .spawn(move || run_loop(ctx, s))
+            .spawn(move || {
+                crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu);
+                run_loop(ctx, s)
+            })
             .map_err(|source| VcpuError::Spawn { id, source })?;
         Ok(VcpuHandle {
             id,

@@ -1,0 +1,273 @@
+//! Seccomp filters, one per kind of thread (`--seccomp=true`, the default).
+//!
+//! Every Tandem thread installs the filter of its kind as its first action, on itself only (no
+//! TSYNC). A thread created later inherits its creator's filter *and* adds its own, so a creator's
+//! list must hold what its children need (the VMM thread creates everything; vCPU threads create
+//! device workers when the guest activates a virtio device).
+//!
+//! A syscall outside the list gets `SECCOMP_RET_TRAP`: the kernel sends SIGSYS, whose handler
+//! ([`install_sigsys_handler`]) writes the thread name and syscall number to standard error and
+//! ends the process with status [`SIGSYS_EXIT_CODE`]. That is as final as `KillProcess` but says
+//! what went wrong, where `KillProcess` leaves only "killed by signal 31".
+//!
+//! The rules, kind by kind, are in this folder: [`api`], [`vmm`], [`vcpu`], [`worker`],
+//! [`migration`]; [`common`] holds what every Rust thread needs.
+
+pub mod api;
+pub mod common;
+pub mod migration;
+pub mod vcpu;
+pub mod vmm;
+pub mod worker;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+/// Exit status of a process that made a forbidden syscall.
+pub const SIGSYS_EXIT_CODE: i32 = 159;
+
+/// The kinds of thread, each with its own filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// `tandem_api`, `tandem_metrics` and tiny_http's threads under them.
+    Api,
+    /// The main thread: the VMM loop, which builds and tears down VMs.
+    Vmm,
+    /// `tandem_vcpu<N>`.
+    Vcpu,
+    /// Virtio device workers (`tandem_net_*`, `tandem_blk_*`).
+    Worker,
+    /// `tandem_migrate_out` / `tandem_migrate_in` and the ft stream threads under them.
+    Migration,
+}
+
+impl ThreadKind {
+    pub const ALL: [ThreadKind; 5] = [
+        ThreadKind::Api,
+        ThreadKind::Vmm,
+        ThreadKind::Vcpu,
+        ThreadKind::Worker,
+        ThreadKind::Migration,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreadKind::Api => "api",
+            ThreadKind::Vmm => "vmm",
+            ThreadKind::Vcpu => "vcpu",
+            ThreadKind::Worker => "worker",
+            ThreadKind::Migration => "migration",
+        }
+    }
+
+    fn rules(self) -> Rules {
+        let mut r = common::rules();
+        match self {
+            ThreadKind::Api => api::add(&mut r),
+            ThreadKind::Vmm => vmm::add(&mut r),
+            ThreadKind::Vcpu => vcpu::add(&mut r),
+            ThreadKind::Worker => worker::add(&mut r),
+            ThreadKind::Migration => migration::add(&mut r),
+        }
+        r
+    }
+}
+
+/// Syscall number → the rules under which it is allowed (an empty list allows it outright).
+pub type Rules = BTreeMap<i64, Vec<SeccompRule>>;
+
+/// Allows each syscall outright.
+pub(crate) fn allow(r: &mut Rules, syscalls: &[libc::c_long]) {
+    for s in syscalls {
+        r.insert(*s, vec![]);
+    }
+}
+
+/// Allows `syscall` when argument `arg` equals one of `values` (32-bit compare), on top of what
+/// was allowed before.
+pub(crate) fn allow_arg(r: &mut Rules, syscall: libc::c_long, arg: u8, values: &[u64]) {
+    if r.get(&syscall).is_some_and(|e| e.is_empty()) {
+        return; // already allowed outright
+    }
+    let entry = r.entry(syscall).or_default();
+    for v in values {
+        entry.push(rule(arg, SeccompCmpOp::Eq, *v));
+    }
+}
+
+/// Allows `ioctl` for requests whose type byte (bits 8..16, `_IOC_TYPE`) is one of `types`.
+pub(crate) fn allow_ioctl_types(r: &mut Rules, types: &[u8]) {
+    let entry = r.entry(libc::SYS_ioctl).or_default();
+    for t in types {
+        entry.push(rule(1, SeccompCmpOp::MaskedEq(0xff00), u64::from(*t) << 8));
+    }
+}
+
+fn rule(arg: u8, op: SeccompCmpOp, value: u64) -> SeccompRule {
+    SeccompRule::new(vec![SeccompCondition::new(
+        arg,
+        SeccompCmpArgLen::Dword,
+        op,
+        value,
+    )
+    .expect("valid condition")])
+    .expect("valid rule")
+}
+
+/// Compiles the filter of `kind` to BPF for x86_64.
+pub fn compile(kind: ThreadKind) -> Result<BpfProgram, seccompiler::BackendError> {
+    let filter = SeccompFilter::new(
+        kind.rules(),
+        SeccompAction::Trap,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )?;
+    filter.try_into()
+}
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+static SELFTEST: OnceLock<Option<String>> = OnceLock::new();
+
+/// Turns filters on for the threads that start from now on (the `tandem` binary does this for
+/// `--seccomp=true`; library users and unit tests run unfiltered). `selftest` names a kind whose
+/// threads make a forbidden syscall right after installing their filter (`TANDEM_SECCOMP_SELFTEST`,
+/// for the integration tests only).
+pub fn configure(enabled: bool, selftest: Option<String>) {
+    ENABLED.store(enabled, Ordering::SeqCst);
+    let _ = SELFTEST.set(selftest);
+}
+
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::SeqCst)
+}
+
+/// Installs the filter of `kind` on the calling thread when filters are on. A filter that cannot
+/// be installed ends the process: running unconfined when asked not to is not an option.
+pub fn apply(kind: ThreadKind) {
+    if enabled() {
+        let result = compile(kind)
+            .map_err(|e| e.to_string())
+            .and_then(|p| seccompiler::apply_filter(&p).map_err(|e| e.to_string()));
+        if let Err(e) = result {
+            log::error!("cannot install the {} seccomp filter: {e}", kind.name());
+            std::process::exit(1);
+        }
+    }
+    if SELFTEST.get().and_then(|s| s.as_deref()) == Some(kind.name()) {
+        // mount(2) is on no list. Null arguments make it fail harmlessly when unfiltered.
+        // SAFETY: null pointers are valid arguments; the kernel rejects them with EFAULT.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount,
+                std::ptr::null::<u8>(),
+                std::ptr::null::<u8>(),
+                std::ptr::null::<u8>(),
+                0,
+                std::ptr::null::<u8>(),
+            )
+        };
+        let err = std::io::Error::last_os_error();
+        log::warn!(
+            "seccomp self-test: the {} thread called mount(2) and survived (rc {rc}: {err})",
+            kind.name()
+        );
+    }
+}
+
+/// Installs the SIGSYS handler that reports a forbidden syscall and ends the process.
+pub fn install_sigsys_handler() -> std::io::Result<()> {
+    // SAFETY: a zeroed sigaction is valid; the handler only uses async-signal-safe calls.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        let handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+            sigsys_handler;
+        sa.sa_sigaction = handler as usize;
+        sa.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+extern "C" fn sigsys_handler(
+    _sig: libc::c_int,
+    info: *mut libc::siginfo_t,
+    _ctx: *mut libc::c_void,
+) {
+    // siginfo_t for SIGSYS: si_signo, si_errno, si_code (3 ints + padding), then
+    // _sigsys { void *_call_addr; int _syscall; unsigned int _arch; }.
+    // SAFETY: the kernel hands a valid siginfo_t; the offsets are x86_64's.
+    let nr = unsafe {
+        let base = info as *const u8;
+        std::ptr::read_unaligned(base.add(16 + 8) as *const i32)
+    };
+    let mut buf = [0u8; 160];
+    let mut n = 0;
+    let mut put = |s: &[u8]| {
+        for b in s {
+            if n < buf.len() {
+                buf[n] = *b;
+                n += 1;
+            }
+        }
+    };
+    put(b"tandem: seccomp: thread '");
+    let mut comm = [0u8; 16];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes into comm.
+    unsafe { libc::prctl(libc::PR_GET_NAME, comm.as_mut_ptr()) };
+    let len = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
+    put(&comm[..len]);
+    put(b"' made forbidden syscall ");
+    let mut digits = [0u8; 12];
+    let mut i = digits.len();
+    let mut v = nr.unsigned_abs();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    put(&digits[i..]);
+    put(b" (see ausyscall or /usr/include/asm/unistd_64.h); exiting\n");
+    // SAFETY: write(2) and _exit(2) are async-signal-safe.
+    unsafe {
+        libc::write(2, buf.as_ptr().cast(), n);
+        libc::_exit(SIGSYS_EXIT_CODE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_filter_compiles_for_x86_64() {
+        for kind in ThreadKind::ALL {
+            let bpf = compile(kind).unwrap_or_else(|e| panic!("{}: {e}", kind.name()));
+            assert!(!bpf.is_empty(), "{}", kind.name());
+            // The kernel refuses programs over BPF_MAXINSNS.
+            assert!(
+                bpf.len() <= 4096,
+                "{}: {} instructions",
+                kind.name(),
+                bpf.len()
+            );
+        }
+    }
+
+    #[test]
+    fn no_kind_allows_mount() {
+        for kind in ThreadKind::ALL {
+            assert!(!kind.rules().contains_key(&libc::SYS_mount));
+        }
+    }
+}
