@@ -226,6 +226,39 @@ fn backup_matches_primary_at_last_acked_capture_and_goes_live_from_it() {
 }
 
 #[test]
+fn ending_on_purpose_tells_the_backup_which_a_closed_stream_does_not() {
+    let (addr, backup) = spawn_backup();
+    let src = FakeVm::source(PAGES, VCPUS, 1000, 7);
+    let gates = Gates::new(None);
+    let ep: Endpoint = format!("tcp:{addr}").parse().unwrap();
+    let conn = connect(&ep, Duration::from_secs(5)).unwrap();
+    let p = FtPrimary::start(
+        src,
+        conn,
+        &primary_opts(),
+        gates,
+        Arc::new(Stats::default()),
+    )
+    .unwrap_or_else(|e| panic!("start: {}", ft::migration::error_chain(&e.1)));
+    std::thread::sleep(Duration::from_millis(200));
+    let exit = p.end("guest powered off").unwrap();
+    assert!(exit.error.is_none(), "{:?}", exit.error);
+    assert!(exit.vm.is_running());
+    let (bexit, _) = backup.join().unwrap();
+    let (c, committed) = cause(&bexit.error);
+    assert_eq!(
+        committed, exit.report.committed,
+        "every checkpoint acked first"
+    );
+    match c {
+        CheckpointError::Stream(MigrationError::PeerAborted { reason }) => {
+            assert_eq!(reason, "guest powered off")
+        }
+        other => panic!("backup saw {other:?}, not the primary's Abort"),
+    }
+}
+
+#[test]
 fn figures_without_test_snapshots() {
     let (addr, backup) = spawn_backup();
     let (exit, _, stats) = run_primary(
