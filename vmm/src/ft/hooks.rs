@@ -1,6 +1,7 @@
 //! The checkpoint engine's hooks on both ends of a pair.
 //!
-//! Primary ([`PrimaryHooks`], ft's `EpochHooks`): `epoch_captured(n)` moves the epoch clock
+//! Primary ([`PrimaryHooks`], ft's `EpochHooks`): `epoch_captured(0)` (the initial sync's final
+//! pause) starts holding outputs (`protect`), `epoch_captured(n)` moves the epoch clock
 //! (`capture`), `take_epoch_extras(n)` serialises the disk gates' writes of epoch `n` into the
 //! checkpoint's Extras blob ([`EpochExtras`]), `epoch_committed(n)` commits the clock (the
 //! releaser then lets outputs of ≤ `n` leave), `output_waiting` says whether any gate holds output.
@@ -70,6 +71,14 @@ impl PrimaryHooks {
 
 impl EpochHooks for PrimaryHooks {
     fn epoch_captured(&self, n: u64) {
+        // 0 is the initial sync's final pause: what the guest output before it is in the state
+        // the backup gets, what it outputs from now on belongs to epoch 1 and is held.
+        if n == 0 {
+            if let Err(e) = self.clock.protect() {
+                log::error!("ft: protecting outputs: {e}");
+            }
+            return;
+        }
         match self.clock.capture() {
             Ok(c) if c != n => {
                 log::error!("ft: engine captured epoch {n} but the epoch clock says {c}")

@@ -42,7 +42,11 @@ fn extras_round_trip_and_empty_blob_is_no_writes() {
 fn primary_hooks_move_the_clock_in_step_with_the_engine() {
     let clock = Arc::new(EpochClock::new());
     let hooks = PrimaryHooks::new(clock.clone(), &[]);
+    hooks.epoch_captured(0);
+    assert_eq!(clock.mode(), ft::gate::Protection::Protected);
+    hooks.epoch_committed(0);
     let first = clock.current();
+    assert_eq!(first, ft::gate::FIRST_EPOCH);
     hooks.epoch_captured(first);
     assert_eq!(clock.current(), first + 1);
     assert_eq!(
