@@ -49,6 +49,10 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+/// Longest silence during the initial sync (a full pass over guest memory, the backup building
+/// its VM): the failure timeout applies from the first checkpoint on.
+const SYNC_IO_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How often a pair thread looks at its commands and the detector.
 const TICK: Duration = Duration::from_millis(20);
 
@@ -242,7 +246,7 @@ fn run_primary(
     let source = PrimaryVm::new(vm, config.cpus.boot_vcpus, config_json);
     let opts = PrimaryOptions {
         sync: SendOptions {
-            io_timeout: timing.failure_timeout.max(Duration::from_secs(1)),
+            io_timeout: timing.failure_timeout.max(SYNC_IO_TIMEOUT),
             commit_timeout: Duration::from_secs(15),
             ..SendOptions::default()
         },
@@ -499,7 +503,7 @@ fn run_backup(
     });
     let opts = BackupOptions {
         sync: ReceiveOptions {
-            io_timeout: s.failure_timeout.max(Duration::from_secs(1)),
+            io_timeout: s.failure_timeout.max(SYNC_IO_TIMEOUT),
         },
         heartbeat_interval: Duration::from_millis(100),
         peer_timeout: s.failure_timeout,
