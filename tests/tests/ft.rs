@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tandem_tests::client::CounterConn;
+use tandem_tests::client::{counter_on_disk, CounterConn};
 use tandem_tests::net::{netns_available, Node, TestNet, HOST_B_LINK_IP};
 use tandem_tests::{require_kvm, Tandem, TempDir};
 
@@ -41,22 +41,36 @@ fn wait_ft(t: &Tandem, role: &str, state: &str, other: &Tandem) -> Duration {
     }
 }
 
-#[test]
-fn primary_killed_backup_takes_over_and_the_connection_survives() {
-    let name = "primary_killed_backup_takes_over_and_the_connection_survives";
-    require_kvm!(name);
-    if skip(name) {
-        return;
-    }
-    let net = TestNet::up("ft");
+/// A protected pair: P runs a counter guest, B holds its replica.
+struct Pair {
+    net: TestNet,
+    p: Tandem,
+    b: Tandem,
+    /// The primary's disk image, and the backup's (the same file in shared mode).
+    p_image: std::path::PathBuf,
+    b_image: std::path::PathBuf,
+    _store: TempDir,
+}
+
+fn protected_pair(tag: &str, disk_mode: &str) -> Pair {
+    let net = TestNet::up(tag);
     net.add_tap(Node::HostP, "tap0");
     net.add_tap(Node::HostB, "tap0");
-    let mut p = Tandem::start_in_netns("ft-p", &net.ns(Node::HostP));
-    let b = Tandem::start_in_netns("ft-b", &net.ns(Node::HostB));
-    // Storage both hosts see: the shared disk and the arbiter's directory.
-    let store = TempDir::new("ft-store");
+    let p = Tandem::start_in_netns(&format!("{tag}-p"), &net.ns(Node::HostP));
+    let b = Tandem::start_in_netns(&format!("{tag}-b"), &net.ns(Node::HostB));
+    // Storage both hosts see: the disk (shared mode) and the arbiter's directory.
+    let store = TempDir::new(&format!("{tag}-store"));
     let image = store.path("counter.img");
     std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    // Replicated mode: the backup's own copy, identical at the start.
+    let b_image = match disk_mode {
+        "replicated" => {
+            let i = store.path("counter-b.img");
+            std::fs::write(&i, vec![0u8; 1 << 20]).unwrap();
+            i
+        }
+        _ => image.clone(),
+    };
     let arbiter = store.path("arbiter");
     std::fs::create_dir(&arbiter).unwrap();
 
@@ -73,24 +87,24 @@ fn primary_killed_backup_takes_over_and_the_connection_survives() {
         "ft.receive",
         Some(&json!({
             "listen": url,
-            "disks": [{"id": "disk0", "path": image}],
+            "disks": [{"id": "disk0", "path": b_image}],
             "net": [{"id": "nic0", "tap": "tap0"}],
             "serial": {"mode": "File", "file": b.serial_path},
             "arbiter": {"path": arbiter},
-            "disk_mode": "shared",
+            "disk_mode": disk_mode,
             "failure_timeout_ms": 1000,
         })),
     );
     let enable = json!({
         "peer": url,
-        "disk_mode": "shared",
+        "disk_mode": disk_mode,
         "arbiter": {"path": arbiter},
         "failure_timeout_ms": 1000,
     });
     p.put_ok("ft.enable", Some(&enable));
     let synced = wait_ft(&p, "primary", "protected", &b);
     wait_ft(&b, "backup", "protected", &p);
-    eprintln!("protected after {synced:?}");
+    eprintln!("[{tag}] protected after {synced:?}");
 
     // Wrong calls: a clear 409, nothing changed.
     assert_eq!(p.put("ft.enable", Some(&enable)).0, 409);
@@ -99,59 +113,147 @@ fn primary_killed_backup_takes_over_and_the_connection_survives() {
     assert_eq!(code, 409, "{err}");
     assert!(err.to_string().contains("ft.disable first"), "{err}");
     assert_eq!(ft_status(&p)["state"], "protected");
+    Pair {
+        net,
+        p,
+        b,
+        p_image: image,
+        b_image,
+        _store: store,
+    }
+}
 
-    // One connection, INC after INC, across the failover.
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let client = net.run_in(Node::Client, move || {
+/// A client on one connection, INC after INC, until `stop`: (replies, slowest INC).
+fn client(net: &TestNet, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(Vec<u64>, Duration)> {
+    net.run_in(Node::Client, move || {
         let mut c = CounterConn::connect(&format!("{GUEST_IP}:7000"), T).expect("connect");
         let mut seen = Vec::new();
         let mut slowest = Duration::ZERO;
-        while !flag.load(Ordering::Relaxed) {
+        while !stop.load(Ordering::Relaxed) {
             let t0 = Instant::now();
-            seen.push(c.inc().expect("INC across the failover"));
+            seen.push(c.inc().expect("INC across the failure"));
             slowest = slowest.max(t0.elapsed());
         }
         (seen, slowest)
-    });
-    std::thread::sleep(Duration::from_millis(1500));
-    let checkpoints = ft_status(&p)["checkpoint_count"].clone();
+    })
+}
 
-    p.child.kill().expect("SIGKILL the primary");
-    let killed = Instant::now();
-    p.wait_exit(T);
-    let took_over = {
-        let start = Instant::now();
-        loop {
-            let s = ft_status(&b);
-            if s["role"] == "primary" && s["state"] == "unprotected" {
-                break start.elapsed();
-            }
-            assert!(
-                s["state"] != "halted" && start.elapsed() < T,
-                "the backup did not take over: {s}\nlog:\n{}",
-                b.log()
-            );
-            std::thread::sleep(Duration::from_millis(5));
+/// Every INC answered once, in order, none lost, never going back.
+fn assert_counts_up(seen: &[u64]) {
+    assert!(
+        seen.len() > 10,
+        "the client made too little progress: {seen:?}"
+    );
+    for (i, v) in seen.iter().enumerate() {
+        assert_eq!(*v, i as u64 + 1, "INC #{i} answered {v}; all: {seen:?}");
+    }
+}
+
+/// Waits until `t` reports `role`/`state`, failing if it halts.
+fn wait_takeover(t: &Tandem) -> Duration {
+    let start = Instant::now();
+    loop {
+        let s = ft_status(t);
+        if s["role"] == "primary" && s["state"] == "unprotected" {
+            return start.elapsed();
         }
-    };
+        assert!(
+            s["state"] != "halted" && start.elapsed() < T,
+            "no takeover: {s}\nlog:\n{}",
+            t.log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn primary_killed(tag: &str, disk_mode: &str) {
+    let mut pair = protected_pair(tag, disk_mode);
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = client(&pair.net, stop.clone());
+    std::thread::sleep(Duration::from_millis(1500));
+    let checkpoints = ft_status(&pair.p)["checkpoint_count"].clone();
+
+    pair.p.child.kill().expect("SIGKILL the primary");
+    let killed = Instant::now();
+    pair.p.wait_exit(T);
+    let took_over = wait_takeover(&pair.b);
+    let b = &pair.b;
     b.wait_state("Running", T);
     std::thread::sleep(Duration::from_millis(1500));
     stop.store(true, Ordering::Relaxed);
     let (seen, slowest) = client.join().expect("client thread");
     eprintln!(
-        "{} INCs; primary had taken {checkpoints} checkpoints; backup live {took_over:?} after \
-         SIGKILL ({:?} to here); slowest INC {slowest:?}",
+        "[{tag}] {} INCs; primary had taken {checkpoints} checkpoints; backup live {took_over:?} \
+         after SIGKILL ({:?} to here); slowest INC {slowest:?}",
         seen.len(),
         killed.elapsed()
     );
-    assert_eq!(ft_status(&b)["failover_count"], 1);
+    assert_eq!(ft_status(b)["failover_count"], 1);
     assert!(
         !b.serial().text().contains("tandem-guest: boot"),
         "the guest rebooted"
     );
-    // Every INC answered once, in order, none lost, never going back.
-    for (i, v) in seen.iter().enumerate() {
-        assert_eq!(*v, i as u64 + 1, "INC #{i} answered {v}; all: {seen:?}");
+    assert_counts_up(&seen);
+    // Every acknowledged INC is on the disk the guest now runs from (invariant 4).
+    assert_eq!(counter_on_disk(&pair.b_image), seen.last().copied());
+}
+
+#[test]
+fn primary_killed_backup_takes_over_and_the_connection_survives() {
+    let name = "primary_killed_backup_takes_over_and_the_connection_survives";
+    require_kvm!(name);
+    if skip(name) {
+        return;
     }
+    primary_killed("ft", "shared");
+}
+
+#[test]
+fn primary_killed_with_replicated_disks() {
+    let name = "primary_killed_with_replicated_disks";
+    require_kvm!(name);
+    if skip(name) {
+        return;
+    }
+    primary_killed("ftr", "replicated");
+}
+
+#[test]
+fn backup_killed_primary_runs_on_unprotected_and_the_client_never_notices() {
+    let name = "backup_killed_primary_runs_on_unprotected_and_the_client_never_notices";
+    require_kvm!(name);
+    if skip(name) {
+        return;
+    }
+    let mut pair = protected_pair("ftb", "shared");
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = client(&pair.net, stop.clone());
+    std::thread::sleep(Duration::from_millis(1000));
+    pair.b.child.kill().expect("SIGKILL the backup");
+    let killed = Instant::now();
+    pair.b.wait_exit(T);
+    let alone = wait_takeover(&pair.p);
+    pair.p.wait_state("Running", T);
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::Relaxed);
+    let (seen, slowest) = client.join().expect("client thread");
+    eprintln!(
+        "[ftb] {} INCs; primary unprotected {alone:?} after the backup's SIGKILL ({:?} to \
+         here); slowest INC {slowest:?}",
+        seen.len(),
+        killed.elapsed()
+    );
+    assert_eq!(ft_status(&pair.p)["failover_count"], 0);
+    assert_counts_up(&seen);
+    // Held writes were released once the primary ran alone.
+    let start = Instant::now();
+    while counter_on_disk(&pair.p_image) != seen.last().copied() && start.elapsed() < T {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(counter_on_disk(&pair.p_image), seen.last().copied());
+    // Running alone, the VM takes API calls again once the pair is reset.
+    pair.p.put_ok("ft.disable", None);
+    assert_eq!(ft_status(&pair.p)["role"], "standalone");
+    pair.p.put_ok("vm.pause", None);
+    pair.p.put_ok("vm.resume", None);
 }
