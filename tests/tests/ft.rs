@@ -257,3 +257,90 @@ fn backup_killed_primary_runs_on_unprotected_and_the_client_never_notices() {
     pair.p.put_ok("vm.pause", None);
     pair.p.put_ok("vm.resume", None);
 }
+
+#[test]
+fn disable_ends_the_pair_the_primary_runs_standalone_and_the_backup_discards() {
+    let name = "disable_ends_the_pair_the_primary_runs_standalone_and_the_backup_discards";
+    require_kvm!(name);
+    if skip(name) {
+        return;
+    }
+    let pair = protected_pair("ftd", "shared");
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = client(&pair.net, stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    pair.p.put_ok("ft.disable", None);
+    // The VM comes back to the VMM thread: calls refused while FT ran work again.
+    let start = Instant::now();
+    loop {
+        let (code, v) = pair.p.put("vm.pause", None);
+        if code == 204 {
+            break;
+        }
+        assert_eq!(code, 409, "{v}");
+        assert!(start.elapsed() < T, "the primary never came back: {v}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    pair.p.put_ok("vm.resume", None);
+    let s = ft_status(&pair.p);
+    assert_eq!(s["role"], "standalone", "{s}");
+    // The backup was told and discarded its copy: it never goes live.
+    let start = Instant::now();
+    let s = loop {
+        let s = ft_status(&pair.b);
+        if s["role"] == "standalone" {
+            break s;
+        }
+        assert!(start.elapsed() < T, "backup still in the pair: {s}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        s["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("ended the pair"),
+        "{s}"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(pair.b.get("vm.info").0, 404, "the backup built a VM");
+    assert_eq!(ft_status(&pair.b)["failover_count"], 0);
+    stop.store(true, Ordering::Relaxed);
+    let (seen, _) = client.join().expect("client thread");
+    assert_counts_up(&seen);
+}
+
+#[test]
+fn promoted_backup_wins_and_the_old_primary_halts() {
+    let name = "promoted_backup_wins_and_the_old_primary_halts";
+    require_kvm!(name);
+    if skip(name) {
+        return;
+    }
+    let pair = protected_pair("ftp", "shared");
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = client(&pair.net, stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    pair.b.put_ok("ft.promote", None);
+    let took_over = wait_takeover(&pair.b);
+    // The old primary, its stream gone, claims the next generation too and loses it.
+    let start = Instant::now();
+    let s = loop {
+        let s = ft_status(&pair.p);
+        if s["state"] == "halted" {
+            break s;
+        }
+        assert!(start.elapsed() < T, "the old primary did not halt: {s}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    eprintln!(
+        "[ftp] backup live after {took_over:?}; old primary: {}",
+        s["reason"]
+    );
+    assert!(s["reason"].as_str().unwrap_or("").contains("lost"), "{s}");
+    pair.p.wait_state("Shutdown", T);
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::Relaxed);
+    let (seen, _) = client.join().expect("client thread");
+    assert_counts_up(&seen);
+    assert_eq!(counter_on_disk(&pair.b_image), seen.last().copied());
+}
