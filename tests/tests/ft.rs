@@ -344,3 +344,54 @@ fn promoted_backup_wins_and_the_old_primary_halts() {
     assert_counts_up(&seen);
     assert_eq!(counter_on_disk(&pair.b_image), seen.last().copied());
 }
+
+#[test]
+fn guest_power_off_on_the_primary_ends_both() {
+    let name = "guest_power_off_on_the_primary_ends_both";
+    require_kvm!(name);
+    if skip(name) {
+        return;
+    }
+    let pair = protected_pair("fto", "shared");
+    let seen = pair
+        .net
+        .run_in(Node::Client, || {
+            let mut c = CounterConn::connect(&format!("{GUEST_IP}:7000"), T).expect("connect");
+            let seen: Vec<u64> = (0..20).map(|_| c.inc().expect("INC")).collect();
+            let mut off =
+                std::net::TcpStream::connect(format!("{GUEST_IP}:7000")).expect("connect");
+            std::io::Write::write_all(&mut off, b"OFF\n").expect("send OFF");
+            seen
+        })
+        .join()
+        .expect("client thread");
+    assert_counts_up(&seen);
+    pair.p.wait_state("Shutdown", T);
+    pair.p.serial().wait_for("tandem-guest: poweroff", T);
+    let s = ft_status(&pair.p);
+    assert_eq!(s["role"], "standalone", "{s}");
+    // The backup was told the pair ended: it discards its copy instead of going live.
+    let start = Instant::now();
+    let s = loop {
+        let s = ft_status(&pair.b);
+        if s["role"] == "standalone" {
+            break s;
+        }
+        assert!(
+            start.elapsed() < T,
+            "backup still in the pair: {s}\nlog:\n{}",
+            pair.b.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        s["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("guest powered off"),
+        "{s}\nprimary log:\n{}",
+        pair.p.log()
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(pair.b.get("vm.info").0, 404, "the backup went live");
+}
