@@ -395,3 +395,70 @@ fn guest_power_off_on_the_primary_ends_both() {
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(pair.b.get("vm.info").0, 404, "the backup went live");
 }
+
+#[test]
+fn wrong_ft_calls_are_refused_and_change_nothing() {
+    let name = "wrong_ft_calls_are_refused_and_change_nothing";
+    require_kvm!(name);
+    let b = Tandem::start("ftw-b");
+    let store = TempDir::new("ftw-store");
+    let arbiter = store.path("arbiter");
+    std::fs::create_dir(&arbiter).unwrap();
+    let receive =
+        |listen: &str, arb: &std::path::Path| json!({"listen": listen, "arbiter": {"path": arb}});
+    // Not a directory we can write: 400, still standalone.
+    let (code, v) = b.put(
+        "ft.receive",
+        Some(&receive("tcp:127.0.0.1:0", &store.path("missing"))),
+    );
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(ft_status(&b)["role"], "standalone");
+    assert_eq!(b.put("ft.promote", None).0, 409);
+    assert_eq!(b.put("ft.disable", None).0, 409);
+    b.put_ok("ft.receive", Some(&receive("tcp:127.0.0.1:0", &arbiter)));
+    let s = ft_status(&b);
+    assert_eq!(
+        (s["role"].as_str(), s["state"].as_str()),
+        (Some("backup"), Some("syncing"))
+    );
+    assert_eq!(
+        b.put("ft.receive", Some(&receive("tcp:127.0.0.1:0", &arbiter)))
+            .0,
+        409
+    );
+    let (code, v) = b.put("ft.promote", None);
+    assert_eq!(code, 409, "nothing to go live from yet: {v}");
+    let cfg = b.builtin_config(1, 64, "workload=idle");
+    assert_eq!(b.put("vm.create", Some(&cfg)).0, 409);
+    // ft.disable ends the wait at once.
+    b.put_ok("ft.disable", None);
+    let start = Instant::now();
+    while ft_status(&b)["role"] != "standalone" {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{}",
+            ft_status(&b)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A standalone VMM again: it can run a VM, which cannot reach a peer that is not there.
+    let start = Instant::now();
+    while b.put("vm.create", Some(&cfg)).0 != 204 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "vm.create still refused"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    b.put_ok("vm.boot", None);
+    let enable = |peer: &str, arb: &std::path::Path| json!({"peer": peer, "disk_mode": "shared", "arbiter": {"path": arb}});
+    let (code, v) = b.put("ft.enable", Some(&enable("tcp:127.0.0.1:1", &arbiter)));
+    assert_eq!(code, 400, "unreachable peer: {v}");
+    let (code, v) = b.put(
+        "ft.enable",
+        Some(&enable("tcp:127.0.0.1:1", &store.path("missing"))),
+    );
+    assert_eq!(code, 400, "bad arbiter: {v}");
+    assert_eq!(ft_status(&b)["role"], "standalone");
+    assert_eq!(b.state(), "Running");
+}

@@ -79,6 +79,8 @@ pub enum VmmError {
     FtNotBackup,
     #[error("FT is not enabled")]
     FtNotEnabled,
+    #[error("the backup has no complete checkpoint yet: nothing to go live from")]
+    FtNothingToPromote,
     #[error("arbiter: {0}")]
     FtArbiter(String),
     #[error("cannot reach the FT peer: {0}")]
@@ -96,7 +98,8 @@ impl VmmError {
             VmmError::FtEnabled
             | VmmError::FtAlready
             | VmmError::FtNotBackup
-            | VmmError::FtNotEnabled => 409,
+            | VmmError::FtNotEnabled
+            | VmmError::FtNothingToPromote => 409,
             VmmError::FtArbiter(_) | VmmError::FtPeer(_) => 400,
             VmmError::FtStart(_) => 500,
             // A malformed URL, an unreachable peer or an address we cannot listen on.

@@ -18,7 +18,7 @@ use crate::ft::pair::{
 };
 use devices::virtio::block::gate::DiskMode;
 use ft::arbiter::FileArbiter;
-use ft::status::Role;
+use ft::status::{FtState, Role};
 use ft::transport::{self, Endpoint, Listener};
 use std::time::Duration;
 
@@ -187,6 +187,9 @@ impl Vmm {
     /// `ft.promote`: only a backup can.
     pub(super) fn ft_promote(&mut self) -> Result<(), VmmError> {
         match &self.ft {
+            Some(m) if m.role == Role::Backup && self.ft_status.state() == FtState::Syncing => {
+                Err(VmmError::FtNothingToPromote)
+            }
             Some(m) if m.role == Role::Backup => {
                 m.handle.command(PairCommand::Promote);
                 Ok(())

@@ -442,6 +442,8 @@ pub struct BackupSetup {
 
 /// How long a backup waits for its primary to connect.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(600);
+/// How often a waiting backup looks at its commands.
+const ACCEPT_TURN: Duration = Duration::from_millis(100);
 
 /// Starts the backup's thread: accept, receive, then discard or go live.
 pub fn spawn_backup(s: BackupSetup) -> std::io::Result<PairHandle> {
@@ -478,19 +480,25 @@ fn run_backup(
         status.disable(&why);
         None
     };
-    let conn = match s.listener.accept(Some(ACCEPT_TIMEOUT)) {
-        Ok(c) => c,
-        Err(e) => {
-            return end(format!(
-                "no primary connected: {}",
-                crate::controller::chain(&e)
-            ))
+    // Accept in short turns, so that ft.disable or ft.promote while waiting for the primary ends
+    // the wait (nothing received, nothing to keep).
+    let waiting_since = Instant::now();
+    let conn = loop {
+        if let Ok(c) = commands.try_recv() {
+            return end(format!("{c:?} before the primary connected"));
+        }
+        match s.listener.accept(Some(ACCEPT_TURN)) {
+            Ok(c) => break c,
+            Err(ft::transport::TransportError::AcceptTimeout { .. })
+                if waiting_since.elapsed() < ACCEPT_TIMEOUT => {}
+            Err(e) => {
+                return end(format!(
+                    "no primary connected: {}",
+                    crate::controller::chain(&e)
+                ))
+            }
         }
     };
-    // ft.disable or ft.promote while waiting for the primary: nothing received, nothing to keep.
-    if let Ok(c) = commands.try_recv() {
-        return end(format!("{c:?} before the primary connected"));
-    }
     if let Ok(c) = conn.try_clone_box() {
         *stream.lock().unwrap_or_else(PoisonError::into_inner) = Some(c);
     }
