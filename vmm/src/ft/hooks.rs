@@ -8,7 +8,8 @@
 //!
 //! Backup ([`BackupDiskHooks`], ft's `BackupHooks`): on each committed checkpoint, replicated
 //! disks get the epoch's writes at once; shared disks only stash them (the primary still owns the
-//! image), and [`BackupDiskHooks::reissue`] applies the stash after go-live. The primary tells
+//! image), and [`BackupDiskHooks::reissue`] applies the stash when the backup goes live, after
+//! its state is restored and before the guest runs (`crate::ft::pair::BackupVm`). The primary tells
 //! the backup, in every Extras blob, through which epoch its shared disks are durable, so the
 //! stash only holds the epochs that a dead primary may not have finished.
 
@@ -188,8 +189,9 @@ impl BackupDiskHooks {
         }
     }
 
-    /// After go-live (shared mode): re-issues, in epoch order, every stashed committed write the
-    /// primary may not have finished. Idempotent; replicated mode has nothing to re-issue.
+    /// Going live (shared mode), before the guest runs: re-issues, in epoch order, every stashed
+    /// committed write the primary may not have finished. Idempotent; replicated mode has nothing
+    /// to re-issue.
     pub fn reissue(&self) -> Result<usize, ApplyError> {
         let pending = std::mem::take(&mut self.stash().pending);
         let mut n = 0;
