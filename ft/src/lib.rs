@@ -4,7 +4,7 @@
 //! epochs, backup staging/ack/apply, go-live), and the FT building blocks around it: `gate` (the
 //! epoch clock and output rule the device gates follow), `status` (state machine, ft.status),
 //! `heartbeat` (UDP second path, channel hook, failure detector), `arbiter` (per-generation
-//! split-brain fencing) and `failover` (the decision). The VMM does not use them yet.
+//! split-brain fencing) and `failover` (the decision). The `vmm` wires them into a pair (`vmm::ft`).
 
 pub mod arbiter;
 pub mod bitmap;

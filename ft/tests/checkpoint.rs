@@ -226,6 +226,98 @@ fn backup_matches_primary_at_last_acked_capture_and_goes_live_from_it() {
 }
 
 #[test]
+fn ending_on_purpose_tells_the_backup_which_a_closed_stream_does_not() {
+    let (addr, backup) = spawn_backup();
+    let src = FakeVm::source(PAGES, VCPUS, 1000, 7);
+    let gates = Gates::new(None);
+    let ep: Endpoint = format!("tcp:{addr}").parse().unwrap();
+    let conn = connect(&ep, Duration::from_secs(5)).unwrap();
+    let p = FtPrimary::start(
+        src,
+        conn,
+        &primary_opts(),
+        gates,
+        Arc::new(Stats::default()),
+    )
+    .unwrap_or_else(|e| panic!("start: {}", ft::migration::error_chain(&e.1)));
+    std::thread::sleep(Duration::from_millis(200));
+    let exit = p.end("guest powered off").unwrap();
+    assert!(exit.error.is_none(), "{:?}", exit.error);
+    assert!(exit.vm.is_running());
+    let (bexit, _) = backup.join().unwrap();
+    let (c, committed) = cause(&bexit.error);
+    assert_eq!(
+        committed, exit.report.committed,
+        "every checkpoint acked first"
+    );
+    match c {
+        CheckpointError::Stream(MigrationError::PeerAborted { reason }) => {
+            assert_eq!(reason, "guest powered off")
+        }
+        other => panic!("backup saw {other:?}, not the primary's Abort"),
+    }
+}
+
+#[test]
+fn backup_built_from_the_hello_matches_the_primary() {
+    let l = Listener::bind(&"tcp:127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr: SocketAddr = l.local_endpoint().to_string()[4..].parse().unwrap();
+    let backup = std::thread::spawn(move || {
+        let conn = l.accept(Some(Duration::from_secs(10))).unwrap();
+        let log = Arc::new(BackupLog::default());
+        let exit = FtBackup::run_built(conn, &backup_opts(), log, |id| {
+            assert_eq!(id.vcpu_count, VCPUS);
+            Ok(FakeVm::destination(
+                id.memory_size / PAGE_SIZE as u64,
+                id.vcpu_count,
+            ))
+        });
+        exit.map_err(|e| e.to_string())
+    });
+    let (exit, gates, _) = run_primary(
+        addr,
+        1000,
+        &primary_opts(),
+        |vm| Gates::new(Some(vm.probe())),
+        Duration::from_millis(200),
+    );
+    let last = exit.report.committed.unwrap();
+    let bexit = backup.join().unwrap().unwrap();
+    assert_eq!(cause(&bexit.error).1, Some(last));
+    assert_backup_at(&bexit.backup, &gates, last);
+}
+
+#[test]
+fn backup_that_cannot_build_the_vm_refuses_and_tells_the_primary() {
+    let l = Listener::bind(&"tcp:127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr: SocketAddr = l.local_endpoint().to_string()[4..].parse().unwrap();
+    let backup = std::thread::spawn(move || {
+        let conn = l.accept(Some(Duration::from_secs(10))).unwrap();
+        let log = Arc::new(BackupLog::default());
+        FtBackup::<FakeVm>::run_built(conn, &backup_opts(), log, |_| Err("no such tap".into()))
+            .err()
+            .map(|e| ft::migration::error_chain(&e))
+    });
+    let src = FakeVm::source(PAGES, VCPUS, 1000, 7);
+    let ep: Endpoint = format!("tcp:{addr}").parse().unwrap();
+    let conn = connect(&ep, Duration::from_secs(5)).unwrap();
+    let r = FtPrimary::start(
+        src,
+        conn,
+        &primary_opts(),
+        Gates::new(None),
+        Arc::new(Stats::default()),
+    );
+    let e = match r {
+        Ok(_) => panic!("the primary started against a backup that refused"),
+        Err(b) => ft::migration::error_chain(&b.1),
+    };
+    assert!(e.contains("no such tap"), "primary saw: {e}");
+    let b = backup.join().unwrap().expect("backup must refuse");
+    assert!(b.contains("no such tap"), "backup says: {b}");
+}
+
+#[test]
 fn figures_without_test_snapshots() {
     let (addr, backup) = spawn_backup();
     let (exit, _, stats) = run_primary(

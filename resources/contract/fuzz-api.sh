@@ -40,7 +40,7 @@ schemathesis run resources/openapi/tandem.yaml \
     --checks all \
     --exclude-checks positive_data_acceptance \
     --max-examples "$examples" \
-    --exclude-path-regex '^/(vmm\.shutdown|vm\.snapshot|vm\.restore|vm\.send-migration|vm\.receive-migration|vm\.boot|vm\.reboot)$' \
+    --exclude-path-regex '^/(vmm\.shutdown|vm\.snapshot|vm\.restore|vm\.send-migration|vm\.receive-migration|vm\.boot|vm\.reboot|ft\.receive|ft\.enable)$' \
     --request-timeout 30
 
 # Still alive and answering.

@@ -15,6 +15,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::Instant;
 
+mod ft_pair;
 mod migration;
 
 /// Lifecycle state as `vm.info` reports it.
@@ -70,6 +71,22 @@ pub enum VmmError {
     MigrationListen(#[source] ft::transport::TransportError),
     #[error("cannot start the migration thread")]
     MigrationThread(#[source] std::io::Error),
+    #[error("FT is enabled; ft.disable first (pause, resume, shutdown and reboot are not yet carried to the backup)")]
+    FtEnabled,
+    #[error("this VMM is already in an FT pair; ft.disable first")]
+    FtAlready,
+    #[error("only a backup can be promoted")]
+    FtNotBackup,
+    #[error("FT is not enabled")]
+    FtNotEnabled,
+    #[error("the backup has no complete checkpoint yet: nothing to go live from")]
+    FtNothingToPromote,
+    #[error("arbiter: {0}")]
+    FtArbiter(String),
+    #[error("cannot reach the FT peer: {0}")]
+    FtPeer(String),
+    #[error("cannot start FT: {0}")]
+    FtStart(String),
 }
 
 impl VmmError {
@@ -78,6 +95,13 @@ impl VmmError {
         match self {
             VmmError::NoVm => 404,
             VmmError::VmExists | VmmError::WrongState { .. } | VmmError::MigrationInProgress => 409,
+            VmmError::FtEnabled
+            | VmmError::FtAlready
+            | VmmError::FtNotBackup
+            | VmmError::FtNotEnabled
+            | VmmError::FtNothingToPromote => 409,
+            VmmError::FtArbiter(_) | VmmError::FtPeer(_) => 400,
+            VmmError::FtStart(_) => 500,
             // A malformed URL, an unreachable peer or an address we cannot listen on.
             VmmError::MigrationUrl(_)
             | VmmError::MigrationConnect(_)
@@ -121,6 +145,10 @@ pub struct Vmm {
     exit_on_guest_shutdown: bool,
     /// The current or last migration, for `vm.info`.
     migration: Option<migration::MigrationStatus>,
+    /// This VMM's FT role and state (`ft.status`); standalone when no pair.
+    ft_status: ::ft::status::StatusHandle,
+    /// The running pair member, if any (its thread owns or awaits the VM).
+    ft: Option<ft_pair::FtMember>,
 }
 
 impl Vmm {
@@ -134,6 +162,8 @@ impl Vmm {
             boot_id: 0,
             exit_on_guest_shutdown,
             migration: None,
+            ft_status: ::ft::status::StatusHandle::new(),
+            ft: None,
         }
     }
 
@@ -168,6 +198,9 @@ impl Vmm {
             }
             VmmEvent::GuestPowerOff { boot_id } if boot_id == self.boot_id => {
                 log::info!("guest powered off");
+                if self.ft_guest_stopped() {
+                    return Flow::Continue;
+                }
                 self.teardown();
                 if self.exit_on_guest_shutdown {
                     return Flow::Exit;
@@ -175,6 +208,9 @@ impl Vmm {
             }
             VmmEvent::VcpuFailed { boot_id, id, error } if boot_id == self.boot_id => {
                 log::error!("vCPU {id} failed: {error}; shutting the VM down");
+                if self.ft_guest_stopped() {
+                    return Flow::Continue;
+                }
                 self.teardown();
                 if self.exit_on_guest_shutdown {
                     return Flow::Exit;
@@ -182,6 +218,9 @@ impl Vmm {
             }
             VmmEvent::MigrationSent { vm, result } => self.migration_sent(vm, result),
             VmmEvent::MigrationReceived { result } => self.migration_received(result),
+            VmmEvent::FtPrimaryEnded { vm, end } => return self.ft_primary_ended(vm, end),
+            VmmEvent::FtBackupLive { config, vm } => self.ft_backup_live(*config, vm),
+            VmmEvent::FtBackupEnded => self.ft_backup_ended(),
             stale => log::debug!("ignoring event from an earlier boot: {stale:?}"),
         }
         Flow::Continue
@@ -213,12 +252,18 @@ impl Vmm {
             ApiRequest::VmSendMigration(c) => self.send_migration(&c).map(|_| None),
             ApiRequest::VmReceiveMigration(c) => self.receive_migration(*c).map(|_| None),
             ApiRequest::VmRestore(c) => self.restore(*c).map(|_| None),
+            ApiRequest::FtReceive(c) => self.ft_receive(*c).map(|_| None),
+            ApiRequest::FtEnable(c) => self.ft_enable(&c).map(|_| None),
+            ApiRequest::FtStatus => Ok(Some(self.ft_status_json())),
+            ApiRequest::FtPromote => self.ft_promote().map(|_| None),
+            ApiRequest::FtDisable => self.ft_disable().map(|_| None),
         };
         r.map_err(ApiError::from)
     }
 
     /// Stores a config (`vm.create`).
     pub fn create(&mut self, cfg: VmConfig) -> Result<(), VmmError> {
+        self.ft_guard()?;
         if self.migration_active() {
             return Err(VmmError::MigrationInProgress);
         }
@@ -234,6 +279,7 @@ impl Vmm {
     }
 
     fn require(&self, action: &'static str, ok: &[VmState]) -> Result<&VmConfig, VmmError> {
+        self.ft_guard()?;
         if self.migration_active() {
             return Err(VmmError::MigrationInProgress);
         }
@@ -292,6 +338,7 @@ impl Vmm {
 
     /// Rebuilds a VM from a snapshot directory in a VMM that has none (`vm.restore`).
     pub fn restore(&mut self, c: RestoreConfig) -> Result<(), VmmError> {
+        self.ft_guard()?;
         if self.migration_active() {
             return Err(VmmError::MigrationInProgress);
         }
@@ -402,6 +449,7 @@ impl Vmm {
     }
 
     fn delete(&mut self) -> Result<(), VmmError> {
+        self.ft_guard()?;
         if self.migration_active() {
             return Err(VmmError::MigrationInProgress);
         }

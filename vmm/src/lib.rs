@@ -4,6 +4,7 @@ pub mod api;
 pub mod boot;
 pub mod config;
 pub mod controller;
+pub mod ft;
 pub mod migration;
 pub mod seccomp;
 pub mod state;

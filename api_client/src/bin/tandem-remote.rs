@@ -64,6 +64,69 @@ enum Command {
     },
     /// Wait for a migrating VM, in a VMM without one (PUT vm.receive-migration).
     ReceiveMigration(ReceiveArgs),
+    /// Become the FT backup of a VM, in a VMM without one (PUT ft.receive); poll `ft-status`.
+    FtReceive(FtReceiveArgs),
+    /// Protect the running VM with the backup at PEER (PUT ft.enable); poll `ft-status`.
+    FtEnable(FtEnableArgs),
+    /// This VMM's FT role, state and figures (GET ft.status).
+    FtStatus,
+    /// Backup only: go live now, through arbitration (PUT ft.promote).
+    FtPromote,
+    /// End the pair on purpose (PUT ft.disable).
+    FtDisable,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DiskMode {
+    Shared,
+    Replicated,
+}
+
+impl DiskMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            DiskMode::Shared => "shared",
+            DiskMode::Replicated => "replicated",
+        }
+    }
+}
+
+#[derive(Args)]
+struct FtReceiveArgs {
+    /// Where to listen for the primary: tcp:ADDR:PORT.
+    listen: String,
+    /// Arbiter directory on storage both hosts see.
+    #[arg(long)]
+    arbiter: PathBuf,
+    /// How the disks are shared (must match the primary's).
+    #[arg(long, value_enum, ignore_case = true)]
+    disk_mode: Option<DiskMode>,
+    /// Silence from the primary after which it counts as failed, in milliseconds.
+    #[arg(long)]
+    failure_timeout_ms: Option<u64>,
+    #[command(flatten)]
+    host: HostOverrides,
+}
+
+#[derive(Args)]
+struct FtEnableArgs {
+    /// Where the backup's ft.receive listens: tcp:HOST:PORT.
+    peer: String,
+    /// How the disks are shared.
+    #[arg(long, value_enum, ignore_case = true)]
+    disk_mode: DiskMode,
+    /// Arbiter directory on storage both hosts see.
+    #[arg(long)]
+    arbiter: PathBuf,
+    /// Longest epoch, in milliseconds.
+    #[arg(long)]
+    checkpoint_interval_ms: Option<u64>,
+    /// Heartbeat on the stream when idle, in milliseconds.
+    #[arg(long)]
+    heartbeat_interval_ms: Option<u64>,
+    /// Silence from the backup after which it counts as failed, in milliseconds.
+    #[arg(long)]
+    failure_timeout_ms: Option<u64>,
 }
 
 #[derive(Args)]
@@ -278,6 +341,40 @@ fn request_for(command: &Command) -> Result<(Verb, &'static str, Option<Value>),
             a.host.add_to(&mut body)?;
             (Verb::Put, "vm.receive-migration", Some(body))
         }
+        Command::FtReceive(a) => {
+            let mut body = json!({
+                "listen": a.listen,
+                "arbiter": {"path": absolute(&a.arbiter)?},
+            });
+            a.host.add_to(&mut body)?;
+            if let Some(m) = a.disk_mode {
+                body["disk_mode"] = json!(m.as_str());
+            }
+            if let Some(ms) = a.failure_timeout_ms {
+                body["failure_timeout_ms"] = json!(ms);
+            }
+            (Verb::Put, "ft.receive", Some(body))
+        }
+        Command::FtEnable(a) => {
+            let mut body = json!({
+                "peer": a.peer,
+                "disk_mode": a.disk_mode.as_str(),
+                "arbiter": {"path": absolute(&a.arbiter)?},
+            });
+            for (k, v) in [
+                ("checkpoint_interval_ms", a.checkpoint_interval_ms),
+                ("heartbeat_interval_ms", a.heartbeat_interval_ms),
+                ("failure_timeout_ms", a.failure_timeout_ms),
+            ] {
+                if let Some(v) = v {
+                    body[k] = json!(v);
+                }
+            }
+            (Verb::Put, "ft.enable", Some(body))
+        }
+        Command::FtStatus => (Verb::Get, "ft.status", None),
+        Command::FtPromote => (Verb::Put, "ft.promote", None),
+        Command::FtDisable => (Verb::Put, "ft.disable", None),
     })
 }
 
@@ -456,6 +553,60 @@ mod tests {
             "nic0",
         ]);
         assert!(request_for(&cli.command).is_err());
+    }
+
+    #[test]
+    fn ft_bodies() {
+        let cli = Cli::parse_from([
+            "tandem-remote",
+            "--api-socket",
+            "/s",
+            "ft-receive",
+            "tcp:10.99.0.2:7600",
+            "--arbiter",
+            "/arb",
+            "--disk",
+            "disk0=/img",
+            "--net",
+            "nic0=tap0",
+            "--disk-mode",
+            "replicated",
+        ]);
+        let (_, ep, body) = request_for(&cli.command).unwrap();
+        let body = body.unwrap();
+        assert_eq!(ep, "ft.receive");
+        assert_eq!(body["listen"], "tcp:10.99.0.2:7600");
+        assert_eq!(body["arbiter"]["path"], "/arb");
+        assert_eq!(body["disks"][0]["path"], "/img");
+        assert_eq!(body["disk_mode"], "replicated");
+        let cli = Cli::parse_from([
+            "tandem-remote",
+            "--api-socket",
+            "/s",
+            "ft-enable",
+            "tcp:10.99.0.2:7600",
+            "--disk-mode",
+            "shared",
+            "--arbiter",
+            "/arb",
+            "--failure-timeout-ms",
+            "500",
+        ]);
+        let (_, ep, body) = request_for(&cli.command).unwrap();
+        assert_eq!(ep, "ft.enable");
+        assert_eq!(
+            body.unwrap(),
+            json!({"peer": "tcp:10.99.0.2:7600", "disk_mode": "shared",
+                   "arbiter": {"path": "/arb"}, "failure_timeout_ms": 500})
+        );
+        for (cmd, ep) in [
+            ("ft-status", "ft.status"),
+            ("ft-promote", "ft.promote"),
+            ("ft-disable", "ft.disable"),
+        ] {
+            let cli = Cli::parse_from(["tandem-remote", "--api-socket", "/s", cmd]);
+            assert_eq!(request_for(&cli.command).unwrap().1, ep);
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::migration::{
     ReceiveReport, Role,
 };
 use crate::transport::Connection;
-use crate::vm::{MigratableVm, VmState};
+use crate::vm::{MigratableVm, VmIdentity, VmState};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,6 +83,42 @@ impl<V: MigratableVm> FtBackup<V> {
         BackupExit { backup: b, error }
     }
 
+    /// As [`FtBackup::run`], for a backup that does not know the VM before the primary's Hello:
+    /// `build` makes a fresh VM matching the announced identity (memory, vCPUs, config). Errs,
+    /// with nothing to go live from, when no Hello arrives or `build` refuses (the primary is
+    /// told why).
+    pub fn run_built(
+        conn: Box<dyn Connection>,
+        opts: &BackupOptions,
+        hooks: Arc<dyn BackupHooks>,
+        build: impl FnOnce(&VmIdentity) -> Result<V, String>,
+    ) -> Result<BackupExit<V>, CheckpointError> {
+        let progress = ProgressHandle::new(Role::Destination);
+        let inc = IncomingMigration::accept_for(
+            StreamPurpose::FaultTolerance,
+            conn,
+            &opts.sync,
+            &progress,
+        )
+        .map_err(CheckpointError::InitialSync)?;
+        let vm = match build(inc.identity()) {
+            Ok(vm) => vm,
+            Err(reason) => return Err(CheckpointError::InitialSync(inc.reject(&reason))),
+        };
+        let mut b = FtBackup {
+            vm,
+            committed: None,
+            sync: None,
+        };
+        let cause = b.receive_accepted(Ok(inc), opts, &*hooks);
+        let error = CheckpointError::BackupStopped {
+            last_committed: b.last_committed(),
+            cause: Box::new(cause),
+        };
+        log::warn!("ft backup: {}", error_chain(&error));
+        Ok(BackupExit { backup: b, error })
+    }
+
     /// The last committed checkpoint (0: the initial sync), if any.
     pub fn last_committed(&self) -> Option<u64> {
         self.committed.as_ref().map(|c| c.epoch)
@@ -126,13 +162,23 @@ impl<V: MigratableVm> FtBackup<V> {
         hooks: &dyn BackupHooks,
     ) -> CheckpointError {
         let progress = ProgressHandle::new(Role::Destination);
-        let synced = IncomingMigration::accept_for(
+        let inc = IncomingMigration::accept_for(
             StreamPurpose::FaultTolerance,
             conn,
             &opts.sync,
             &progress,
-        )
-        .and_then(|inc| inc.receive_initial_sync(&mut self.vm));
+        );
+        self.receive_accepted(inc, opts, hooks)
+    }
+
+    /// Everything after the Hello, up to the first error, which it returns.
+    fn receive_accepted(
+        &mut self,
+        inc: Result<IncomingMigration, MigrationError>,
+        opts: &BackupOptions,
+        hooks: &dyn BackupHooks,
+    ) -> CheckpointError {
+        let synced = inc.and_then(|inc| inc.receive_initial_sync(&mut self.vm));
         let synced = match synced {
             Ok(s) => s,
             Err(e) => return CheckpointError::InitialSync(e),

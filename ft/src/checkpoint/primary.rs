@@ -124,7 +124,7 @@ pub struct FtPrimary<V> {
     conn: Box<dyn Connection>,
     sync: SendReport,
     epoch_thread: Option<JoinHandle<(u64, Duration)>>,
-    sender_thread: Option<JoinHandle<()>>,
+    sender_thread: Option<JoinHandle<FrameWriter>>,
     ack_thread: Option<JoinHandle<Inbox>>,
 }
 
@@ -216,8 +216,21 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
     }
 
     /// Ends epochs, waits (up to the ack timeout) for in-flight checkpoints to be acked, closes
-    /// the stream and hands back the VM, running and no longer protected.
-    pub fn stop(mut self) -> Result<PrimaryExit<V>, CheckpointError> {
+    /// the stream and hands back the VM, running and no longer protected. The backup sees the
+    /// stream close, which looks the same as this process dying; use [`FtPrimary::end`] when the
+    /// pair ends on purpose.
+    pub fn stop(self) -> Result<PrimaryExit<V>, CheckpointError> {
+        self.finish(None)
+    }
+
+    /// As [`FtPrimary::stop`], but first tells the backup, with an Abort naming `reason`, that
+    /// the pair is ending on purpose (FT disabled, guest powered off), so that it discards its
+    /// copy rather than going live: a crash closes the stream without one.
+    pub fn end(self, reason: &str) -> Result<PrimaryExit<V>, CheckpointError> {
+        self.finish(Some(reason))
+    }
+
+    fn finish(mut self, reason: Option<&str>) -> Result<PrimaryExit<V>, CheckpointError> {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.changed.notify_all();
         let join_err = |what: &str| CheckpointError::Thread(format!("{what} panicked"));
@@ -229,8 +242,25 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
             }
             None => (0, Duration::ZERO),
         };
-        if let Some(Err(_)) = self.sender_thread.take().map(JoinHandle::join) {
-            self.shared.fail(join_err("ft-send"));
+        // Once the backup has our Abort it closes the stream; the ack thread seeing that is
+        // the pair ending as asked, not an error.
+        let mut told = false;
+        match self.sender_thread.take().map(JoinHandle::join) {
+            Some(Ok(mut writer)) => {
+                if let Some(reason) = reason.filter(|_| !self.shared.failed()) {
+                    let abort = Frame::Abort {
+                        reason: reason.to_string(),
+                    };
+                    match writer.send(&abort, 0, 0) {
+                        Ok(_) => told = true,
+                        Err(e) => {
+                            log::warn!("ft primary: cannot tell the backup: {}", error_chain(&e))
+                        }
+                    }
+                }
+            }
+            Some(Err(_)) => self.shared.fail(join_err("ft-send")),
+            None => {}
         }
         let inbox = self.ack_thread.take().map(JoinHandle::join);
         let _ = self.conn.shutdown(std::net::Shutdown::Both);
@@ -259,7 +289,7 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
         Ok(PrimaryExit {
             vm,
             report,
-            error: lock(&self.shared.error).take(),
+            error: lock(&self.shared.error).take().filter(|_| !told),
         })
     }
 }
@@ -376,12 +406,12 @@ fn send_loop(
     mut writer: FrameWriter,
     rx: mpsc::Receiver<Captured>,
     o: &PrimaryOptions,
-) {
+) -> FrameWriter {
     let mut last_sent = Instant::now();
     let mut last_epoch = 0;
     loop {
         if s.failed() {
-            return;
+            return writer;
         }
         let wait = o
             .heartbeat_interval
@@ -399,11 +429,11 @@ fn send_loop(
                 writer.send(&hb, last_epoch, 0).map(|_| ())
             }
             Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Disconnected) => return writer,
         };
         if let Err(e) = r {
             s.fail(CheckpointError::Stream(e));
-            return;
+            return writer;
         }
         last_sent = Instant::now();
     }

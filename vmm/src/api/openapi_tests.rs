@@ -77,8 +77,12 @@ fn request_bodies_agree() {
             | Body::Snapshot
             | Body::Restore
             | Body::SendMigration
-            | Body::ReceiveMigration => {
+            | Body::ReceiveMigration
+            | Body::FtReceive
+            | Body::FtEnable => {
                 let want = match r.body {
+                    Body::FtReceive => "FtReceiveConfig",
+                    Body::FtEnable => "FtEnableConfig",
                     Body::Snapshot => "SnapshotConfig",
                     Body::Restore => "RestoreConfig",
                     Body::SendMigration => "SendMigrationConfig",
@@ -193,6 +197,70 @@ fn snapshot_schemas_match_serde() {
     };
     let json = serde_json::to_value(&restore).expect("serialize");
     check_object(&doc, schema(&doc, "RestoreConfig"), &json, "RestoreConfig");
+}
+
+/// The FT bodies, fully filled, match their schemas.
+#[test]
+fn ft_schemas_match_serde() {
+    use crate::api::types::{
+        FtArbiterConfig, FtDiskMode, FtEnableConfig, FtReceiveConfig, RestoreDisk, RestoreNet,
+    };
+    let doc = document();
+    let receive = FtReceiveConfig {
+        listen: "tcp:0.0.0.0:7000".into(),
+        disks: vec![RestoreDisk {
+            id: "d0".into(),
+            path: "/d".into(),
+        }],
+        net: vec![RestoreNet {
+            id: "n0".into(),
+            tap: "tap0".into(),
+        }],
+        serial: Some(SerialConfig {
+            mode: SerialMode::File,
+            file: Some("/f".into()),
+        }),
+        arbiter: FtArbiterConfig { path: "/a".into() },
+        disk_mode: Some(FtDiskMode::Replicated),
+        failure_timeout_ms: Some(1000),
+    };
+    let json = serde_json::to_value(&receive).expect("serialize");
+    check_object(
+        &doc,
+        schema(&doc, "FtReceiveConfig"),
+        &json,
+        "FtReceiveConfig",
+    );
+    let enable = FtEnableConfig {
+        peer: "tcp:10.0.0.2:7000".into(),
+        disk_mode: FtDiskMode::Shared,
+        arbiter: FtArbiterConfig { path: "/a".into() },
+        checkpoint_interval_ms: Some(25),
+        heartbeat_interval_ms: Some(100),
+        failure_timeout_ms: Some(1000),
+    };
+    let json = serde_json::to_value(&enable).expect("serialize");
+    check_object(
+        &doc,
+        schema(&doc, "FtEnableConfig"),
+        &json,
+        "FtEnableConfig",
+    );
+    let status = serde_json::to_value(ft::status::StatusHandle::new().snapshot()).expect("status");
+    let props = resolve(&doc, schema(&doc, "FtStatus"))["properties"]
+        .as_mapping()
+        .expect("FtStatus properties");
+    let in_schema: BTreeSet<&str> = props.keys().filter_map(Value::as_str).collect();
+    let in_serde: BTreeSet<&str> = status
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        in_schema, in_serde,
+        "FtStatus: schema and serde fields differ"
+    );
 }
 
 fn check_object(doc: &Value, schema: &Value, json: &serde_json::Value, at: &str) {

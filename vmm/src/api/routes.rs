@@ -42,6 +42,10 @@ pub enum Body {
     SendMigration,
     /// A JSON [`ReceiveMigrationConfig`].
     ReceiveMigration,
+    /// A JSON [`super::types::FtReceiveConfig`].
+    FtReceive,
+    /// A JSON [`super::types::FtEnableConfig`].
+    FtEnable,
 }
 
 /// One endpoint: its name under [`API_PREFIX`], method and body.
@@ -74,6 +78,11 @@ pub const ROUTES: &[Route] = &[
     route("vm.send-migration", Method::Put, Body::SendMigration),
     route("vm.receive-migration", Method::Put, Body::ReceiveMigration),
     route("metrics", Method::Get, Body::None),
+    route("ft.receive", Method::Put, Body::FtReceive),
+    route("ft.enable", Method::Put, Body::FtEnable),
+    route("ft.status", Method::Get, Body::None),
+    route("ft.promote", Method::Put, Body::None),
+    route("ft.disable", Method::Put, Body::None),
 ];
 
 /// Why a request could not be turned into an [`ApiRequest`].
@@ -195,6 +204,16 @@ pub fn parse_request(
                 route.name, body,
             )?)))
         }
+        Body::FtReceive => {
+            return Ok(ApiRequest::FtReceive(Box::new(parse_json(
+                route.name, body,
+            )?)))
+        }
+        Body::FtEnable => {
+            return Ok(ApiRequest::FtEnable(Box::new(parse_json(
+                route.name, body,
+            )?)))
+        }
     }
     Ok(match route.name {
         "vmm.ping" => ApiRequest::VmmPing,
@@ -208,6 +227,9 @@ pub fn parse_request(
         "vm.delete" => ApiRequest::VmDelete,
         "vm.counters" => ApiRequest::VmCounters,
         "metrics" => ApiRequest::Metrics,
+        "ft.status" => ApiRequest::FtStatus,
+        "ft.promote" => ApiRequest::FtPromote,
+        "ft.disable" => ApiRequest::FtDisable,
         // Only reachable if ROUTES gains an entry this match lacks; the table test catches that.
         other => return Err(RouteError::NotFound(other.to_string())),
     })

@@ -56,6 +56,21 @@ fn every_endpoint_parses() {
             r#"{"receiver_url":"tcp:10.99.0.2:7500","serial":{"mode":"Null"}}"#,
             "VmReceiveMigration",
         ),
+        (
+            "PUT",
+            "ft.receive",
+            r#"{"listen":"tcp:10.99.0.2:7600","arbiter":{"path":"/a"},"disks":[{"id":"d0","path":"/d"}],"net":[{"id":"n0","tap":"tap0"}]}"#,
+            "FtReceive",
+        ),
+        (
+            "PUT",
+            "ft.enable",
+            r#"{"peer":"tcp:10.99.0.2:7600","disk_mode":"shared","arbiter":{"path":"/a"},"failure_timeout_ms":500}"#,
+            "FtEnable",
+        ),
+        ("GET", "ft.status", "", "FtStatus"),
+        ("PUT", "ft.promote", "", "FtPromote"),
+        ("PUT", "ft.disable", "", "FtDisable"),
     ];
     assert_eq!(cases.len(), ROUTES.len(), "a route has no test case");
     for (method, name, body, want) in cases {
@@ -74,6 +89,10 @@ fn every_route_has_a_request() {
             Body::Restore => r#"{"source_url":"file:///s"}"#,
             Body::SendMigration => r#"{"destination_url":"tcp:10.0.0.2:7500","downtime_ms":100}"#,
             Body::ReceiveMigration => r#"{"receiver_url":"tcp:0.0.0.0:7500"}"#,
+            Body::FtReceive => r#"{"listen":"tcp:0.0.0.0:7600","arbiter":{"path":"/a"}}"#,
+            Body::FtEnable => {
+                r#"{"peer":"tcp:10.0.0.2:7600","disk_mode":"replicated","arbiter":{"path":"/a"}}"#
+            }
             Body::None => "",
         };
         assert!(parse(r.method.as_str(), r.name, body).is_ok(), "{}", r.name);

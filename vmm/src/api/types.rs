@@ -25,6 +25,73 @@ pub enum ApiRequest {
     /// Prometheus text; the answer is a JSON string the server sends as text.
     Metrics,
     VmReceiveMigration(Box<ReceiveMigrationConfig>),
+    /// `ft.receive`: become the backup of a pair.
+    FtReceive(Box<FtReceiveConfig>),
+    /// `ft.enable`: protect the running VM with a backup.
+    FtEnable(Box<FtEnableConfig>),
+    FtStatus,
+    FtPromote,
+    FtDisable,
+}
+
+/// Where the pair's arbiter lives (a directory on storage both hosts see).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FtArbiterConfig {
+    pub path: PathBuf,
+}
+
+/// How the pair shares each disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FtDiskMode {
+    /// One image both hosts see; the primary writes it only after commit.
+    Shared,
+    /// One image per host; the backup applies committed writes to its own.
+    Replicated,
+}
+
+/// `ft.receive`: on a VMM with no VM, wait for a primary and hold its replica.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FtReceiveConfig {
+    /// `tcp:ADDR:PORT` to listen on for the primary's stream.
+    pub listen: String,
+    /// Image paths for disks, by disk id (default: the primary's paths).
+    #[serde(default)]
+    pub disks: Vec<RestoreDisk>,
+    /// Taps for NICs, by NIC id (default: the primary's tap names).
+    #[serde(default)]
+    pub net: Vec<RestoreNet>,
+    /// Where this process sends the guest's console once live (default: the primary's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<SerialConfig>,
+    pub arbiter: FtArbiterConfig,
+    /// How the disks are shared; must match the primary's `ft.enable` (default `shared`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mode: Option<FtDiskMode>,
+    /// Silence from the primary after which it counts as failed (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_timeout_ms: Option<u64>,
+}
+
+/// `ft.enable`: on a Running VM, start protecting it with the backup at `peer`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FtEnableConfig {
+    /// `tcp:HOST:PORT` where the backup's `ft.receive` listens.
+    pub peer: String,
+    pub disk_mode: FtDiskMode,
+    pub arbiter: FtArbiterConfig,
+    /// Longest epoch (default 25).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_interval_ms: Option<u64>,
+    /// Heartbeat on the stream when idle (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Silence from the backup after which it counts as failed (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_timeout_ms: Option<u64>,
 }
 
 /// `vm.send-migration`: where the destination listens, and the pause we accept.
@@ -161,4 +228,13 @@ pub enum VmmEvent {
     MigrationReceived {
         result: Result<(Box<VmConfig>, VmBox), String>,
     },
+    /// The FT primary's thread handed the VM back (`None`: the engine lost it).
+    FtPrimaryEnded {
+        vm: Option<VmBox>,
+        end: crate::ft::pair::PrimaryEnd,
+    },
+    /// The FT backup went live: the VM runs here now, as the primary.
+    FtBackupLive { config: Box<VmConfig>, vm: VmBox },
+    /// The FT backup stopped without going live (discarded or halted; see ft.status).
+    FtBackupEnded,
 }

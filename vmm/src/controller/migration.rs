@@ -186,6 +186,7 @@ impl Vmm {
 
     /// `vm.receive-migration`: listens, then receives a VM in the background.
     pub(super) fn receive_migration(&mut self, c: ReceiveMigrationConfig) -> Result<(), VmmError> {
+        self.ft_guard()?;
         if self.migration_active() {
             return Err(VmmError::MigrationInProgress);
         }

@@ -1,4 +1,8 @@
-//! The running VM as the source of a migration (ft's `MigratableVm`).
+//! The running VM as the source of a migration or the primary of an FT pair (ft's
+//! `MigratableVm`). `SourceVm` either borrows the VM (`SourceVm<&mut Vm>`, a migration thread that
+//! keeps the VM on its stack) or owns it (`SourceVm<Vm>`, [`PrimaryVm`]: Send + 'static, for
+//! `ft::checkpoint::FtPrimary`, which keeps the VM on its own threads and hands it back through
+//! [`SourceVm::into_inner`]).
 
 use super::pages::PageMap;
 use super::{backend, encode_state};
@@ -6,20 +10,25 @@ use crate::vm::Vm;
 use ft::bitmap::DirtyBitmap;
 use ft::frame::PAGE_SIZE;
 use ft::vm::{MigratableVm, VmOpError, VmState};
+use std::borrow::BorrowMut;
 use vm_memory::Bytes;
 
-/// A VM being migrated away; the caller owns the VM and decides what becomes of it.
-pub struct SourceVm<'a> {
-    vm: &'a mut Vm,
+/// A VM being migrated away or protected; `V` is `&mut Vm` (borrowed) or `Vm` (owned). Whoever
+/// holds the `Vm` in the end decides what becomes of it.
+pub struct SourceVm<V: BorrowMut<Vm>> {
+    vm: V,
     vcpus: u32,
     config_json: String,
     map: PageMap,
 }
 
-impl<'a> SourceVm<'a> {
+/// The primary of an FT pair: owns its VM, so it can live on ft's threads.
+pub type PrimaryVm = SourceVm<Vm>;
+
+impl<V: BorrowMut<Vm>> SourceVm<V> {
     /// Wraps `vm`, whose config (sent to the destination) is `config_json`.
-    pub fn new(vm: &'a mut Vm, vcpus: u8, config_json: String) -> Self {
-        let map = PageMap::new(vm.memory());
+    pub fn new(vm: V, vcpus: u8, config_json: String) -> Self {
+        let map = PageMap::new(vm.borrow().memory());
         SourceVm {
             vm,
             vcpus: u32::from(vcpus),
@@ -27,9 +36,19 @@ impl<'a> SourceVm<'a> {
             map,
         }
     }
+
+    /// The VM, for the owner's own use (e.g. MAC announcements, device gates).
+    pub fn vm(&mut self) -> &mut Vm {
+        self.vm.borrow_mut()
+    }
+
+    /// Gives the VM (or the borrow) back.
+    pub fn into_inner(self) -> V {
+        self.vm
+    }
 }
 
-impl MigratableVm for SourceVm<'_> {
+impl<V: BorrowMut<Vm>> MigratableVm for SourceVm<V> {
     fn memory_size(&self) -> u64 {
         self.map.pages() * PAGE_SIZE as u64
     }
@@ -48,6 +67,7 @@ impl MigratableVm for SourceVm<'_> {
             pages: self.map.pages(),
         })?;
         self.vm
+            .borrow()
             .memory()
             .read_slice(buf, gpa)
             .map_err(backend("read a guest page"))
@@ -62,6 +82,7 @@ impl MigratableVm for SourceVm<'_> {
 
     fn start_dirty_log(&mut self) -> Result<(), VmOpError> {
         self.vm
+            .borrow_mut()
             .start_dirty_log()
             .map_err(backend("start the dirty log"))
     }
@@ -69,6 +90,7 @@ impl MigratableVm for SourceVm<'_> {
     fn take_dirty_pages(&mut self) -> Result<DirtyBitmap, VmOpError> {
         let d = self
             .vm
+            .borrow_mut()
             .dirty_pages()
             .map_err(backend("read the dirty log"))?;
         Ok(self.map.linear(&d))
@@ -76,21 +98,26 @@ impl MigratableVm for SourceVm<'_> {
 
     fn stop_dirty_log(&mut self) -> Result<(), VmOpError> {
         self.vm
+            .borrow_mut()
             .stop_dirty_log()
             .map_err(backend("stop the dirty log"))
     }
 
     fn pause(&mut self) -> Result<(), VmOpError> {
-        self.vm.pause().map_err(backend("pause"))
+        self.vm.borrow_mut().pause().map_err(backend("pause"))
     }
 
     fn resume(&mut self) -> Result<(), VmOpError> {
-        self.vm.resume();
+        self.vm.borrow_mut().resume();
         Ok(())
     }
 
     fn save_state(&mut self) -> Result<VmState, VmOpError> {
-        let (snapshot, times) = self.vm.capture().map_err(backend("capture the state"))?;
+        let (snapshot, times) = self
+            .vm
+            .borrow_mut()
+            .capture()
+            .map_err(backend("capture the state"))?;
         log::info!(
             "migration: state captured (vCPUs {:?}, KVM {:?}, devices {:?})",
             times.vcpus,
@@ -107,3 +134,9 @@ impl MigratableVm for SourceVm<'_> {
         })
     }
 }
+
+// The owned form must be able to move onto ft's threads (checked at compile time).
+const _: fn() = || {
+    fn send<T: Send + 'static>() {}
+    send::<PrimaryVm>();
+};

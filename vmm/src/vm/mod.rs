@@ -398,6 +398,18 @@ impl Vm {
         Ok(memory::register_memory(&self.vm_fd, &self.memory, false)?)
     }
 
+    /// Puts every device's output behind an FT gate (`VirtioDevices::enable_ft`): pauses the VM
+    /// so the gates take effect when the device workers restart, and resumes it either way.
+    pub fn enable_ft(
+        &self,
+        setup: &devices::virtio::ft::FtSetup,
+    ) -> Result<Vec<devices::virtio::ft::DeviceGate>, VmError> {
+        self.pause()?;
+        let gates = self.virtio.enable_ft(setup);
+        self.resume();
+        Ok(gates?)
+    }
+
     /// Broadcasts a RARP for every NIC's MAC (after the VM moved to this host).
     pub fn announce(&mut self) {
         self.virtio.announce();

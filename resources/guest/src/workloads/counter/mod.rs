@@ -194,6 +194,8 @@ impl Counter {
             }
             Line::Text(b"INC") => out.write_str("ERR read-only\n"),
             Line::Text(b"GET") => writeln!(out, "{}", self.value),
+            // Powers the VM off (for the VMM's power-off paths, e.g. under FT).
+            Line::Text(b"OFF") => crate::workloads::power::power_off(),
             Line::Text(b"") => Ok(()),
             Line::Text(_) => out.write_str("ERR unknown\n"),
             Line::TooLong => out.write_str("ERR too long\n"),

@@ -1,0 +1,464 @@
+//! Fault tolerance between two real `tandem` processes in two host namespaces on one LAN: the
+//! replication stream over the host-to-host link, a counter guest, a client in its own namespace
+//! on one TCP connection, and the primary killed with SIGKILL.
+
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tandem_tests::client::{counter_on_disk, CounterConn};
+use tandem_tests::net::{netns_available, Node, TestNet, HOST_B_LINK_IP};
+use tandem_tests::{require_kvm, Tandem, TempDir};
+
+const T: Duration = Duration::from_secs(60);
+const GUEST_IP: &str = "10.77.0.2";
+const FT_PORT: u16 = 7600;
+
+fn skip(name: &str) -> bool {
+    !tandem_tests::kvm_available(name) || !netns_available(name)
+}
+
+fn ft_status(t: &Tandem) -> Value {
+    let (code, v) = t.get("ft.status");
+    assert_eq!(code, 200, "ft.status: {v}");
+    v
+}
+
+fn wait_ft(t: &Tandem, role: &str, state: &str, other: &Tandem) -> Duration {
+    let start = Instant::now();
+    loop {
+        let s = ft_status(t);
+        if s["role"] == role && s["state"] == state {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < T,
+            "ft.status never {role}/{state}: {s}\nlog:\n{}\npeer log:\n{}",
+            t.log(),
+            other.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A protected pair: P runs a counter guest, B holds its replica.
+struct Pair {
+    net: TestNet,
+    p: Tandem,
+    b: Tandem,
+    /// The primary's disk image, and the backup's (the same file in shared mode).
+    p_image: std::path::PathBuf,
+    b_image: std::path::PathBuf,
+    _store: TempDir,
+}
+
+fn protected_pair(tag: &str, disk_mode: &str) -> Pair {
+    let net = TestNet::up(tag);
+    net.add_tap(Node::HostP, "tap0");
+    net.add_tap(Node::HostB, "tap0");
+    let p = Tandem::start_in_netns(&format!("{tag}-p"), &net.ns(Node::HostP));
+    let b = Tandem::start_in_netns(&format!("{tag}-b"), &net.ns(Node::HostB));
+    // Storage both hosts see: the disk (shared mode) and the arbiter's directory.
+    let store = TempDir::new(&format!("{tag}-store"));
+    let image = store.path("counter.img");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    // Replicated mode: the backup's own copy, identical at the start.
+    let b_image = match disk_mode {
+        "replicated" => {
+            let i = store.path("counter-b.img");
+            std::fs::write(&i, vec![0u8; 1 << 20]).unwrap();
+            i
+        }
+        _ => image.clone(),
+    };
+    let arbiter = store.path("arbiter");
+    std::fs::create_dir(&arbiter).unwrap();
+
+    let mut cfg = p.builtin_config(1, 128, &format!("workload=counter ip={GUEST_IP}/24"));
+    cfg["disks"] = json!([{"id": "disk0", "path": image}]);
+    cfg["net"] = json!([{"id": "nic0", "tap": "tap0"}]);
+    p.put_ok("vm.create", Some(&cfg));
+    p.put_ok("vm.boot", None);
+    p.serial().wait_for("tandem-guest: ready", T);
+
+    assert_eq!(ft_status(&b)["role"], "standalone");
+    let url = format!("tcp:{HOST_B_LINK_IP}:{FT_PORT}");
+    b.put_ok(
+        "ft.receive",
+        Some(&json!({
+            "listen": url,
+            "disks": [{"id": "disk0", "path": b_image}],
+            "net": [{"id": "nic0", "tap": "tap0"}],
+            "serial": {"mode": "File", "file": b.serial_path},
+            "arbiter": {"path": arbiter},
+            "disk_mode": disk_mode,
+            "failure_timeout_ms": 1000,
+        })),
+    );
+    let enable = json!({
+        "peer": url,
+        "disk_mode": disk_mode,
+        "arbiter": {"path": arbiter},
+        "failure_timeout_ms": 1000,
+    });
+    p.put_ok("ft.enable", Some(&enable));
+    let synced = wait_ft(&p, "primary", "protected", &b);
+    wait_ft(&b, "backup", "protected", &p);
+    eprintln!("[{tag}] protected after {synced:?}");
+
+    // Wrong calls: a clear 409, nothing changed.
+    assert_eq!(p.put("ft.enable", Some(&enable)).0, 409);
+    assert_eq!(p.put("ft.promote", None).0, 409);
+    let (code, err) = p.put("vm.pause", None);
+    assert_eq!(code, 409, "{err}");
+    assert!(err.to_string().contains("ft.disable first"), "{err}");
+    assert_eq!(ft_status(&p)["state"], "protected");
+    Pair {
+        net,
+        p,
+        b,
+        p_image: image,
+        b_image,
+        _store: store,
+    }
+}
+
+/// A client on one connection, INC after INC, until `stop`: (replies, slowest INC).
+fn client(net: &TestNet, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(Vec<u64>, Duration)> {
+    net.run_in(Node::Client, move || {
+        let mut c = CounterConn::connect(&format!("{GUEST_IP}:7000"), T).expect("connect");
+        let mut seen = Vec::new();
+        let mut slowest = Duration::ZERO;
+        while !stop.load(Ordering::Relaxed) {
+            let t0 = Instant::now();
+            seen.push(c.inc().expect("INC across the failure"));
+            slowest = slowest.max(t0.elapsed());
+        }
+        (seen, slowest)
+    })
+}
+
+/// Every INC answered once, in order, none lost, never going back.
+fn assert_counts_up(seen: &[u64]) {
+    assert!(
+        seen.len() > 10,
+        "the client made too little progress: {seen:?}"
+    );
+    for (i, v) in seen.iter().enumerate() {
+        assert_eq!(*v, i as u64 + 1, "INC #{i} answered {v}; all: {seen:?}");
+    }
+}
+
+/// Waits until `t` reports `role`/`state`, failing if it halts.
+fn wait_takeover(t: &Tandem) -> Duration {
+    let start = Instant::now();
+    loop {
+        let s = ft_status(t);
+        if s["role"] == "primary" && s["state"] == "unprotected" {
+            return start.elapsed();
+        }
+        assert!(
+            s["state"] != "halted" && start.elapsed() < T,
+            "no takeover: {s}\nlog:\n{}",
+            t.log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn primary_killed(tag: &str, disk_mode: &str) {
+    let mut pair = protected_pair(tag, disk_mode);
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = client(&pair.net, stop.clone());
+    std::thread::sleep(Duration::from_millis(1500));
+    let checkpoints = ft_status(&pair.p)["checkpoint_count"].clone();
+
+    pair.p.child.kill().expect("SIGKILL the primary");
+    let killed = Instant::now();
+    pair.p.wait_exit(T);
+    let took_over = wait_takeover(&pair.b);
+    let b = &pair.b;
+    b.wait_state("Running", T);
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    let (seen, slowest) = client.join().expect("client thread");
+    eprintln!(
+        "[{tag}] {} INCs; primary had taken {checkpoints} checkpoints; backup live {took_over:?} \
+         after SIGKILL ({:?} to here); slowest INC {slowest:?}",
+        seen.len(),
+        killed.elapsed()
+    );
+    assert_eq!(ft_status(b)["failover_count"], 1);
+    assert!(
+        !b.serial().text().contains("tandem-guest: boot"),
+        "the guest rebooted"
+    );
+    assert_counts_up(&seen);
+    // Every acknowledged INC is on the disk the guest now runs from (invariant 4).
+    assert_eq!(counter_on_disk(&pair.b_image), seen.last().copied());
+}
+
+#[test]
+fn primary_killed_backup_takes_over_and_the_connection_survives() {
+    let name = "primary_killed_backup_takes_over_and_the_connection_survives";
+    require_kvm!(name);
+    if skip(name) {
+        return;
+    }
+    primary_killed("ft", "shared");
+}
+
+#[test]
+fn primary_killed_with_replicated_disks() {
+    let name = "primary_killed_with_replicated_disks";
+    require_kvm!(name);
+    if skip(name) {
+        return;
+    }
+    primary_killed("ftr", "replicated");
+}
+
+#[test]
+fn backup_killed_primary_runs_on_unprotected_and_the_client_never_notices() {
+    let name = "backup_killed_primary_runs_on_unprotected_and_the_client_never_notices";
+    require_kvm!(name);
+    if skip(name) {
+        return;
+    }
+    let mut pair = protected_pair("ftb", "shared");
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = client(&pair.net, stop.clone());
+    std::thread::sleep(Duration::from_millis(1000));
+    pair.b.child.kill().expect("SIGKILL the backup");
+    let killed = Instant::now();
+    pair.b.wait_exit(T);
+    let alone = wait_takeover(&pair.p);
+    pair.p.wait_state("Running", T);
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::Relaxed);
+    let (seen, slowest) = client.join().expect("client thread");
+    eprintln!(
+        "[ftb] {} INCs; primary unprotected {alone:?} after the backup's SIGKILL ({:?} to \
+         here); slowest INC {slowest:?}",
+        seen.len(),
+        killed.elapsed()
+    );
+    assert_eq!(ft_status(&pair.p)["failover_count"], 0);
+    assert_counts_up(&seen);
+    // Held writes were released once the primary ran alone.
+    let start = Instant::now();
+    while counter_on_disk(&pair.p_image) != seen.last().copied() && start.elapsed() < T {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(counter_on_disk(&pair.p_image), seen.last().copied());
+    // Running alone, the VM takes API calls again once the pair is reset.
+    pair.p.put_ok("ft.disable", None);
+    assert_eq!(ft_status(&pair.p)["role"], "standalone");
+    pair.p.put_ok("vm.pause", None);
+    pair.p.put_ok("vm.resume", None);
+}
+
+#[test]
+fn disable_ends_the_pair_the_primary_runs_standalone_and_the_backup_discards() {
+    let name = "disable_ends_the_pair_the_primary_runs_standalone_and_the_backup_discards";
+    require_kvm!(name);
+    if skip(name) {
+        return;
+    }
+    let pair = protected_pair("ftd", "shared");
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = client(&pair.net, stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    pair.p.put_ok("ft.disable", None);
+    // The VM comes back to the VMM thread: calls refused while FT ran work again.
+    let start = Instant::now();
+    loop {
+        let (code, v) = pair.p.put("vm.pause", None);
+        if code == 204 {
+            break;
+        }
+        assert_eq!(code, 409, "{v}");
+        assert!(start.elapsed() < T, "the primary never came back: {v}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    pair.p.put_ok("vm.resume", None);
+    let s = ft_status(&pair.p);
+    assert_eq!(s["role"], "standalone", "{s}");
+    // The backup was told and discarded its copy: it never goes live.
+    let start = Instant::now();
+    let s = loop {
+        let s = ft_status(&pair.b);
+        if s["role"] == "standalone" {
+            break s;
+        }
+        assert!(start.elapsed() < T, "backup still in the pair: {s}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        s["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("ended the pair"),
+        "{s}"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(pair.b.get("vm.info").0, 404, "the backup built a VM");
+    assert_eq!(ft_status(&pair.b)["failover_count"], 0);
+    stop.store(true, Ordering::Relaxed);
+    let (seen, _) = client.join().expect("client thread");
+    assert_counts_up(&seen);
+}
+
+#[test]
+fn promoted_backup_wins_and_the_old_primary_halts() {
+    let name = "promoted_backup_wins_and_the_old_primary_halts";
+    require_kvm!(name);
+    if skip(name) {
+        return;
+    }
+    let pair = protected_pair("ftp", "shared");
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = client(&pair.net, stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    pair.b.put_ok("ft.promote", None);
+    let took_over = wait_takeover(&pair.b);
+    // The old primary, its stream gone, claims the next generation too and loses it.
+    let start = Instant::now();
+    let s = loop {
+        let s = ft_status(&pair.p);
+        if s["state"] == "halted" {
+            break s;
+        }
+        assert!(start.elapsed() < T, "the old primary did not halt: {s}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    eprintln!(
+        "[ftp] backup live after {took_over:?}; old primary: {}",
+        s["reason"]
+    );
+    assert!(s["reason"].as_str().unwrap_or("").contains("lost"), "{s}");
+    pair.p.wait_state("Shutdown", T);
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::Relaxed);
+    let (seen, _) = client.join().expect("client thread");
+    assert_counts_up(&seen);
+    assert_eq!(counter_on_disk(&pair.b_image), seen.last().copied());
+}
+
+#[test]
+fn guest_power_off_on_the_primary_ends_both() {
+    let name = "guest_power_off_on_the_primary_ends_both";
+    require_kvm!(name);
+    if skip(name) {
+        return;
+    }
+    let pair = protected_pair("fto", "shared");
+    let seen = pair
+        .net
+        .run_in(Node::Client, || {
+            let mut c = CounterConn::connect(&format!("{GUEST_IP}:7000"), T).expect("connect");
+            let seen: Vec<u64> = (0..20).map(|_| c.inc().expect("INC")).collect();
+            let mut off =
+                std::net::TcpStream::connect(format!("{GUEST_IP}:7000")).expect("connect");
+            std::io::Write::write_all(&mut off, b"OFF\n").expect("send OFF");
+            seen
+        })
+        .join()
+        .expect("client thread");
+    assert_counts_up(&seen);
+    pair.p.wait_state("Shutdown", T);
+    pair.p.serial().wait_for("tandem-guest: poweroff", T);
+    let s = ft_status(&pair.p);
+    assert_eq!(s["role"], "standalone", "{s}");
+    // The backup was told the pair ended: it discards its copy instead of going live.
+    let start = Instant::now();
+    let s = loop {
+        let s = ft_status(&pair.b);
+        if s["role"] == "standalone" {
+            break s;
+        }
+        assert!(
+            start.elapsed() < T,
+            "backup still in the pair: {s}\nlog:\n{}",
+            pair.b.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        s["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("guest powered off"),
+        "{s}\nprimary log:\n{}",
+        pair.p.log()
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(pair.b.get("vm.info").0, 404, "the backup went live");
+}
+
+#[test]
+fn wrong_ft_calls_are_refused_and_change_nothing() {
+    let name = "wrong_ft_calls_are_refused_and_change_nothing";
+    require_kvm!(name);
+    let b = Tandem::start("ftw-b");
+    let store = TempDir::new("ftw-store");
+    let arbiter = store.path("arbiter");
+    std::fs::create_dir(&arbiter).unwrap();
+    let receive =
+        |listen: &str, arb: &std::path::Path| json!({"listen": listen, "arbiter": {"path": arb}});
+    // Not a directory we can write: 400, still standalone.
+    let (code, v) = b.put(
+        "ft.receive",
+        Some(&receive("tcp:127.0.0.1:0", &store.path("missing"))),
+    );
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(ft_status(&b)["role"], "standalone");
+    assert_eq!(b.put("ft.promote", None).0, 409);
+    assert_eq!(b.put("ft.disable", None).0, 409);
+    b.put_ok("ft.receive", Some(&receive("tcp:127.0.0.1:0", &arbiter)));
+    let s = ft_status(&b);
+    assert_eq!(
+        (s["role"].as_str(), s["state"].as_str()),
+        (Some("backup"), Some("syncing"))
+    );
+    assert_eq!(
+        b.put("ft.receive", Some(&receive("tcp:127.0.0.1:0", &arbiter)))
+            .0,
+        409
+    );
+    let (code, v) = b.put("ft.promote", None);
+    assert_eq!(code, 409, "nothing to go live from yet: {v}");
+    let cfg = b.builtin_config(1, 64, "workload=idle");
+    assert_eq!(b.put("vm.create", Some(&cfg)).0, 409);
+    // ft.disable ends the wait at once.
+    b.put_ok("ft.disable", None);
+    let start = Instant::now();
+    while ft_status(&b)["role"] != "standalone" {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{}",
+            ft_status(&b)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A standalone VMM again: it can run a VM, which cannot reach a peer that is not there.
+    let start = Instant::now();
+    while b.put("vm.create", Some(&cfg)).0 != 204 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "vm.create still refused"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    b.put_ok("vm.boot", None);
+    let enable = |peer: &str, arb: &std::path::Path| json!({"peer": peer, "disk_mode": "shared", "arbiter": {"path": arb}});
+    let (code, v) = b.put("ft.enable", Some(&enable("tcp:127.0.0.1:1", &arbiter)));
+    assert_eq!(code, 400, "unreachable peer: {v}");
+    let (code, v) = b.put(
+        "ft.enable",
+        Some(&enable("tcp:127.0.0.1:1", &store.path("missing"))),
+    );
+    assert_eq!(code, 400, "bad arbiter: {v}");
+    assert_eq!(ft_status(&b)["role"], "standalone");
+    assert_eq!(b.state(), "Running");
+}

@@ -1,0 +1,244 @@
+//! The checkpoint engine's hooks on both ends of a pair.
+//!
+//! Primary ([`PrimaryHooks`], ft's `EpochHooks`): `epoch_captured(0)` (the initial sync's final
+//! pause) starts holding outputs (`protect`), `epoch_captured(n)` moves the epoch clock
+//! (`capture`), `take_epoch_extras(n)` serialises the disk gates' writes of epoch `n` into the
+//! checkpoint's Extras blob ([`EpochExtras`]), `epoch_committed(n)` commits the clock (the
+//! releaser then lets outputs of ≤ `n` leave), `output_waiting` says whether any gate holds output.
+//!
+//! Backup ([`BackupDiskHooks`], ft's `BackupHooks`): on each committed checkpoint, replicated
+//! disks get the epoch's writes at once; shared disks only stash them (the primary still owns the
+//! image), and [`BackupDiskHooks::reissue`] applies the stash when the backup goes live, after
+//! its state is restored and before the guest runs (`crate::ft::pair::BackupVm`). The primary tells
+//! the backup, in every Extras blob, through which epoch its shared disks are durable, so the
+//! stash only holds the epochs that a dead primary may not have finished.
+
+use devices::virtio::block::disk::RawDisk;
+use devices::virtio::block::gate::{apply_writes, ApplyError, DiskGate, DiskMode};
+use devices::virtio::ft::DeviceGate;
+use devices::virtio::net::gate::TxGate;
+use ft::checkpoint::{BackupHooks, EpochHooks};
+use ft::gate::{DiskWrite, EpochClock};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// What travels in a checkpoint's Extras blob (postcard).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EpochExtras {
+    /// Every epoch ≤ this is durable on the primary's disks (shared mode; 0: none known).
+    pub durable_through: u64,
+    /// The epoch's guest writes, every disk's, in the order the guest issued them per disk.
+    pub writes: Vec<DiskWrite>,
+}
+
+impl EpochExtras {
+    /// Encodes for the stream.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising plain integers and byte vectors into a Vec cannot fail.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// Decodes a blob from the stream; an empty blob is an epoch without disk writes.
+    pub fn decode(blob: &[u8]) -> Result<Self, postcard::Error> {
+        if blob.is_empty() {
+            return Ok(EpochExtras::default());
+        }
+        postcard::from_bytes(blob)
+    }
+}
+
+/// The primary's hooks over its epoch clock and device gates.
+pub struct PrimaryHooks {
+    clock: Arc<EpochClock>,
+    disks: Vec<Arc<DiskGate>>,
+    nets: Vec<Arc<TxGate>>,
+}
+
+impl PrimaryHooks {
+    /// Hooks over `clock` and the gates `VirtioDevices::enable_ft` returned.
+    pub fn new(clock: Arc<EpochClock>, gates: &[DeviceGate]) -> Self {
+        let mut disks = Vec::new();
+        let mut nets = Vec::new();
+        for g in gates {
+            match g {
+                DeviceGate::Disk(d) => disks.push(d.clone()),
+                DeviceGate::Net(n) => nets.push(n.clone()),
+            }
+        }
+        PrimaryHooks { clock, disks, nets }
+    }
+}
+
+impl EpochHooks for PrimaryHooks {
+    fn epoch_captured(&self, n: u64) {
+        // 0 is the initial sync's final pause: what the guest output before it is in the state
+        // the backup gets, what it outputs from now on belongs to epoch 1 and is held.
+        if n == 0 {
+            if let Err(e) = self.clock.protect() {
+                log::error!("ft: protecting outputs: {e}");
+            }
+            return;
+        }
+        match self.clock.capture() {
+            Ok(c) if c != n => {
+                log::error!("ft: engine captured epoch {n} but the epoch clock says {c}")
+            }
+            Ok(_) => {}
+            Err(e) => log::error!("ft: epoch {n}: {e}"),
+        }
+    }
+
+    fn take_epoch_extras(&self, n: u64) -> Vec<u8> {
+        let writes = self
+            .disks
+            .iter()
+            .flat_map(|d| d.take_epoch_writes(n))
+            .collect();
+        EpochExtras {
+            durable_through: self.clock.release_bound(),
+            writes,
+        }
+        .encode()
+    }
+
+    fn epoch_committed(&self, n: u64) {
+        if let Err(e) = self.clock.commit(n) {
+            log::error!("ft: commit of epoch {n}: {e}");
+        }
+    }
+
+    fn output_waiting(&self) -> bool {
+        self.nets
+            .iter()
+            .any(|g| g.counters().held_frames.load(Ordering::Relaxed) > 0)
+            || self
+                .disks
+                .iter()
+                .any(|g| g.counters().held_bytes.load(Ordering::Relaxed) > 0)
+    }
+}
+
+/// One of the backup's disks.
+pub struct BackupDisk {
+    /// The disk's index among the VM's virtio devices (as in [`DiskWrite::disk`]).
+    pub index: u32,
+    /// Its image on this host.
+    pub disk: RawDisk,
+}
+
+#[derive(Default)]
+struct Stash {
+    /// Shared mode: committed epochs' writes the primary may not have made durable yet.
+    pending: BTreeMap<u64, Vec<DiskWrite>>,
+    /// The first error, if applying or decoding ever failed (the backup is then not safe).
+    error: Option<String>,
+}
+
+/// The backup's hooks: apply (replicated) or stash (shared) each committed epoch's writes.
+pub struct BackupDiskHooks {
+    mode: DiskMode,
+    disks: Vec<BackupDisk>,
+    stash: Mutex<Stash>,
+}
+
+impl BackupDiskHooks {
+    /// Hooks over this host's `disks`, shared by the pair as `mode` says.
+    pub fn new(mode: DiskMode, disks: Vec<BackupDisk>) -> Self {
+        BackupDiskHooks {
+            mode,
+            disks,
+            stash: Mutex::default(),
+        }
+    }
+
+    fn stash(&self) -> std::sync::MutexGuard<'_, Stash> {
+        self.stash.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The first failure to decode or apply a committed epoch's writes, if any.
+    pub fn error(&self) -> Option<String> {
+        self.stash().error.clone()
+    }
+
+    /// Epochs stashed for re-issue (shared mode).
+    pub fn stashed_epochs(&self) -> Vec<u64> {
+        self.stash().pending.keys().copied().collect()
+    }
+
+    fn apply(&self, writes: &[DiskWrite]) -> Result<(), ApplyError> {
+        for d in &self.disks {
+            let mine: Vec<DiskWrite> = writes
+                .iter()
+                .filter(|w| w.disk == d.index)
+                .cloned()
+                .collect();
+            if !mine.is_empty() {
+                apply_writes(&d.disk, d.index, &mine)?;
+            }
+        }
+        match writes
+            .iter()
+            .find(|w| !self.disks.iter().any(|d| d.index == w.disk))
+        {
+            Some(w) => Err(ApplyError::WrongDisk {
+                got: w.disk,
+                ours: self.disks.first().map_or(u32::MAX, |d| d.index),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Going live (shared mode), before the guest runs: re-issues, in epoch order, every stashed
+    /// committed write the primary may not have finished. Idempotent; replicated mode has nothing
+    /// to re-issue.
+    pub fn reissue(&self) -> Result<usize, ApplyError> {
+        let pending = std::mem::take(&mut self.stash().pending);
+        let mut n = 0;
+        for writes in pending.values() {
+            self.apply(writes)?;
+            n += writes.len();
+        }
+        Ok(n)
+    }
+}
+
+impl BackupHooks for BackupDiskHooks {
+    fn backup_committed(&self, n: u64, extras: &[u8]) {
+        let extras = match EpochExtras::decode(extras) {
+            Ok(e) => e,
+            Err(e) => {
+                log::error!("ft backup: checkpoint {n}: undecodable disk writes: {e}");
+                self.stash()
+                    .error
+                    .get_or_insert(format!("checkpoint {n}: undecodable disk writes: {e}"));
+                return;
+            }
+        };
+        match self.mode {
+            DiskMode::Replicated => {
+                if let Err(e) = self.apply(&extras.writes) {
+                    let why = crate::controller::chain(&e);
+                    log::error!("ft backup: checkpoint {n}: applying disk writes: {why}");
+                    self.stash()
+                        .error
+                        .get_or_insert(format!("checkpoint {n}: applying disk writes: {why}"));
+                }
+            }
+            DiskMode::Shared => {
+                let mut st = self.stash();
+                let keep = st
+                    .pending
+                    .split_off(&extras.durable_through.saturating_add(1));
+                st.pending = keep;
+                if !extras.writes.is_empty() {
+                    st.pending.insert(n, extras.writes);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "hooks_tests.rs"]
+mod tests;

@@ -1,0 +1,95 @@
+use super::*;
+use std::path::PathBuf;
+
+fn image(name: &str, sectors: u64) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("tandem-ft-hooks-{}-{name}.img", std::process::id()));
+    std::fs::write(&p, vec![0u8; (sectors * 512) as usize]).unwrap();
+    p
+}
+
+fn write(disk: u32, offset: u64, byte: u8) -> DiskWrite {
+    DiskWrite {
+        disk,
+        offset,
+        data: vec![byte; 512],
+    }
+}
+
+fn extras(durable_through: u64, writes: Vec<DiskWrite>) -> Vec<u8> {
+    EpochExtras {
+        durable_through,
+        writes,
+    }
+    .encode()
+}
+
+fn sector(path: &PathBuf, n: usize) -> u8 {
+    std::fs::read(path).unwrap()[n * 512]
+}
+
+#[test]
+fn extras_round_trip_and_empty_blob_is_no_writes() {
+    let e = EpochExtras {
+        durable_through: 7,
+        writes: vec![write(1, 512, 0xab)],
+    };
+    assert_eq!(EpochExtras::decode(&e.encode()).unwrap(), e);
+    assert_eq!(EpochExtras::decode(&[]).unwrap(), EpochExtras::default());
+    assert!(EpochExtras::decode(&[0xff; 3]).is_err());
+}
+
+#[test]
+fn primary_hooks_move_the_clock_in_step_with_the_engine() {
+    let clock = Arc::new(EpochClock::new());
+    let hooks = PrimaryHooks::new(clock.clone(), &[]);
+    hooks.epoch_captured(0);
+    assert_eq!(clock.mode(), ft::gate::Protection::Protected);
+    hooks.epoch_committed(0);
+    let first = clock.current();
+    assert_eq!(first, ft::gate::FIRST_EPOCH);
+    hooks.epoch_captured(first);
+    assert_eq!(clock.current(), first + 1);
+    assert_eq!(
+        EpochExtras::decode(&hooks.take_epoch_extras(first)).unwrap(),
+        EpochExtras::default()
+    );
+    hooks.epoch_committed(first);
+    assert_eq!(clock.committed(), first);
+    assert!(!hooks.output_waiting());
+}
+
+#[test]
+fn replicated_backup_applies_each_committed_epoch() {
+    let p = image("repl", 8);
+    let disk = RawDisk::open(&p, false).unwrap();
+    let hooks = BackupDiskHooks::new(DiskMode::Replicated, vec![BackupDisk { index: 2, disk }]);
+    hooks.backup_committed(1, &extras(0, vec![write(2, 512, 0x11)]));
+    assert_eq!(sector(&p, 1), 0x11);
+    assert_eq!(hooks.error(), None);
+    assert!(hooks.stashed_epochs().is_empty());
+    // A write for a disk this backup does not have is an error, not silently dropped.
+    hooks.backup_committed(2, &extras(0, vec![write(5, 0, 0x22)]));
+    assert!(hooks.error().is_some());
+    std::fs::remove_file(p).unwrap();
+}
+
+#[test]
+fn shared_backup_stashes_until_durable_and_reissues_on_go_live() {
+    let p = image("shared", 8);
+    let disk = RawDisk::open(&p, false).unwrap();
+    let hooks = BackupDiskHooks::new(DiskMode::Shared, vec![BackupDisk { index: 0, disk }]);
+    hooks.backup_committed(1, &extras(0, vec![write(0, 0, 0x01)]));
+    hooks.backup_committed(2, &extras(0, vec![write(0, 512, 0x02)]));
+    hooks.backup_committed(3, &extras(1, vec![write(0, 1024, 0x03)]));
+    // The backup never touches a shared image while the primary lives.
+    assert_eq!(sector(&p, 0), 0);
+    // Epoch 1 is durable on the primary: nothing left to re-issue for it.
+    assert_eq!(hooks.stashed_epochs(), vec![2, 3]);
+    assert_eq!(hooks.reissue().unwrap(), 2);
+    assert_eq!((sector(&p, 0), sector(&p, 1), sector(&p, 2)), (0, 2, 3));
+    assert!(hooks.stashed_epochs().is_empty());
+    // Undecodable extras are recorded, not ignored.
+    hooks.backup_committed(4, &[0xff; 3]);
+    assert!(hooks.error().is_some());
+    std::fs::remove_file(p).unwrap();
+}

@@ -1,0 +1,8 @@
+//! FT glue between `ft` (checkpoint engine, epoch clock, detector, arbiter, failover decision) and
+//! the real VM (DESIGN.md, "The epoch"). So far: the owned primary VM
+//! ([`crate::migration::source::PrimaryVm`]) and the hooks through which the checkpoint engine
+//! drives the output gates ([`hooks`]), and each side's thread ([`pair`]): checkpointing,
+//! failure detection, arbitration and failover.
+
+pub mod hooks;
+pub mod pair;
