@@ -1,6 +1,7 @@
 //! Fault tolerance between two real `tandem` processes in two host namespaces on one LAN: the
 //! replication stream over the host-to-host link, a counter guest, a client in its own namespace
-//! on one TCP connection, and the primary killed with SIGKILL.
+//! on one TCP connection, and the primary killed with SIGKILL; a stopped backup (output held until
+//! the primary wins arbitration) and a cut host-to-host link (exactly one member stays live).
 
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,6 +54,11 @@ struct Pair {
 }
 
 fn protected_pair(tag: &str, disk_mode: &str) -> Pair {
+    protected_pair_with(tag, disk_mode, 1000)
+}
+
+/// [`protected_pair`] with both members' failure timeout set to `failure_timeout_ms`.
+fn protected_pair_with(tag: &str, disk_mode: &str, failure_timeout_ms: u64) -> Pair {
     let net = TestNet::up(tag);
     net.add_tap(Node::HostP, "tap0");
     net.add_tap(Node::HostB, "tap0");
@@ -92,14 +98,14 @@ fn protected_pair(tag: &str, disk_mode: &str) -> Pair {
             "serial": {"mode": "File", "file": b.serial_path},
             "arbiter": {"path": arbiter},
             "disk_mode": disk_mode,
-            "failure_timeout_ms": 1000,
+            "failure_timeout_ms": failure_timeout_ms,
         })),
     );
     let enable = json!({
         "peer": url,
         "disk_mode": disk_mode,
         "arbiter": {"path": arbiter},
-        "failure_timeout_ms": 1000,
+        "failure_timeout_ms": failure_timeout_ms,
     });
     p.put_ok("ft.enable", Some(&enable));
     let synced = wait_ft(&p, "primary", "protected", &b);
@@ -461,4 +467,169 @@ fn wrong_ft_calls_are_refused_and_change_nothing() {
     assert_eq!(code, 400, "bad arbiter: {v}");
     assert_eq!(ft_status(&b)["role"], "standalone");
     assert_eq!(b.state(), "Running");
+}
+
+/// Sends `sig` (e.g. "STOP", "CONT") to a `tandem` process.
+fn signal(t: &Tandem, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(t.child.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{sig}");
+}
+
+/// Waits until `t` says halted; returns its status.
+fn wait_halted(t: &Tandem) -> Value {
+    let start = Instant::now();
+    loop {
+        let s = ft_status(t);
+        if s["state"] == "halted" {
+            return s;
+        }
+        assert!(start.elapsed() < T, "never halted: {s}\nlog:\n{}", t.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn backup_stopped_output_is_held_until_the_primary_wins_arbitration() {
+    let name = "backup_stopped_output_is_held_until_the_primary_wins_arbitration";
+    require_kvm!(name);
+    if skip(name) {
+        return;
+    }
+    const FAILURE_TIMEOUT: Duration = Duration::from_millis(1500);
+    let pair = protected_pair_with("fth", "shared", FAILURE_TIMEOUT.as_millis() as u64);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<u64>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<Instant>();
+    let (after_tx, after_rx) = std::sync::mpsc::channel::<()>();
+    let client = pair.net.run_in(Node::Client, move || {
+        let mut c = CounterConn::connect(&format!("{GUEST_IP}:7000"), T).expect("connect");
+        let mut seen: Vec<u64> = (0..10).map(|_| c.inc().expect("INC")).collect();
+        ready_tx.send(*seen.last().unwrap()).unwrap();
+        let stopped = go_rx.recv().unwrap();
+        let v = c.inc().expect("the held INC");
+        let held = stopped.elapsed();
+        seen.push(v);
+        // Further INCs, until the test has resumed the backup and checked it.
+        while after_rx.try_recv().is_err() {
+            seen.push(c.inc().expect("INC after the takeover"));
+        }
+        for _ in 0..20 {
+            seen.push(c.inc().expect("INC after the backup resumed"));
+        }
+        (seen, held)
+    });
+    let before = ready_rx.recv().expect("client ready");
+    signal(&pair.b, "STOP");
+    let stopped = Instant::now();
+    go_tx.send(stopped).unwrap();
+    // The primary keeps its output until it has won the next generation.
+    let alone = wait_takeover(&pair.p);
+    let s = ft_status(&pair.p);
+    assert!(
+        s["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("won generation"),
+        "{s}"
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    // The stopped backup comes back: it must not go live.
+    signal(&pair.b, "CONT");
+    let bs = wait_halted(&pair.b);
+    std::thread::sleep(Duration::from_millis(2000));
+    assert_eq!(ft_status(&pair.b)["state"], "halted");
+    let (code, info) = pair.b.get("vm.info");
+    assert!(
+        code != 200 || info["state"] != "Running",
+        "the resumed backup runs a VM: {info}"
+    );
+    after_tx.send(()).unwrap();
+    let (seen, held) = client.join().expect("client thread");
+    eprintln!(
+        "[fth] held INC answered {held:?} after SIGSTOP (failure timeout {FAILURE_TIMEOUT:?}); \
+         primary unprotected {alone:?} after it: {}; resumed backup: {}; {} INCs",
+        s["reason"],
+        bs["reason"],
+        seen.len()
+    );
+    assert!(
+        held >= FAILURE_TIMEOUT.mul_f64(0.8),
+        "output released {held:?} after the backup stopped, before the failure timeout"
+    );
+    assert!(held <= Duration::from_secs(15), "held INC took {held:?}");
+    assert_eq!(seen[10], before + 1);
+    assert_counts_up(&seen);
+    assert!(bs["reason"].as_str().unwrap_or("").contains("lost"), "{bs}");
+    assert_eq!(ft_status(&pair.p)["state"], "unprotected");
+    assert_eq!(ft_status(&pair.b)["failover_count"], 0);
+}
+
+#[test]
+fn link_partition_exactly_one_member_stays_live() {
+    let name = "link_partition_exactly_one_member_stays_live";
+    require_kvm!(name);
+    if skip(name) {
+        return;
+    }
+    let pair = protected_pair("ftn", "shared");
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = client(&pair.net, stop.clone());
+    std::thread::sleep(Duration::from_millis(1000));
+    pair.net.set_link(Node::HostP, false);
+    let cut = Instant::now();
+    let (ps, bs) = loop {
+        let (ps, bs) = (ft_status(&pair.p), ft_status(&pair.b));
+        let live = |s: &Value| s["role"] == "primary" && s["state"] == "unprotected";
+        if (live(&ps) && bs["state"] == "halted") || (live(&bs) && ps["state"] == "halted") {
+            break (ps, bs);
+        }
+        assert!(
+            cut.elapsed() < T,
+            "no single winner: P {ps}\nB {bs}\nP log:\n{}\nB log:\n{}",
+            pair.p.log(),
+            pair.b.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let decided = cut.elapsed();
+    let p_won = ps["state"] == "unprotected";
+    let (winner, loser, ws, ls) = if p_won {
+        (&pair.p, &pair.b, &ps, &bs)
+    } else {
+        (&pair.b, &pair.p, &bs, &ps)
+    };
+    winner.wait_state("Running", T);
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    let (seen, slowest) = client.join().expect("client thread");
+    eprintln!(
+        "[ftn] link cut: {} won after {decided:?} ({}); loser: {}; {} INCs, slowest {slowest:?}",
+        if p_won { "primary" } else { "backup" },
+        ws["reason"],
+        ls["reason"],
+        seen.len()
+    );
+    let wr = ws["reason"].as_str().unwrap_or("");
+    assert!(wr.contains("generation"), "winner: {ws}");
+    assert!(
+        ls["reason"].as_str().unwrap_or("").contains("lost"),
+        "loser: {ls}"
+    );
+    // Still exactly one live.
+    assert_eq!(ft_status(winner)["state"], "unprotected");
+    assert_eq!(ft_status(loser)["state"], "halted");
+    if !p_won {
+        assert_eq!(ft_status(winner)["failover_count"], 1);
+        pair.p.wait_state("Shutdown", T);
+    }
+    assert_counts_up(&seen);
+    // Every acknowledged INC is on the shared disk (held writes released by the winner).
+    let start = Instant::now();
+    while counter_on_disk(&pair.p_image) != seen.last().copied() && start.elapsed() < T {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(counter_on_disk(&pair.p_image), seen.last().copied());
 }
