@@ -63,6 +63,17 @@ macro_rules! require_kvm {
     };
 }
 
+/// Skips the calling test (returning early) unless the host can run KVM guests AND build the
+/// test network (root, iproute2); each missing piece is printed loudly.
+#[macro_export]
+macro_rules! require_kvm_and_netns {
+    ($name:expr) => {
+        if !$crate::kvm_available($name) || !$crate::net::netns_available($name) {
+            return;
+        }
+    };
+}
+
 /// The `tandem` binary of this build: `TANDEM_BIN`, else beside the test executable's folder
 /// (`target/<profile>/tandem`, as `cargo test --workspace` and nextest lay them out). Panics with
 /// the fix when that binary is missing or older than the sources it is built from, since

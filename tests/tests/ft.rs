@@ -8,16 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_tests::client::{counter_on_disk, CounterConn};
-use tandem_tests::net::{netns_available, Node, TestNet, HOST_B_LINK_IP};
-use tandem_tests::{require_kvm, Tandem, TempDir};
+use tandem_tests::net::{Node, TestNet, HOST_B_LINK_IP};
+use tandem_tests::{require_kvm, require_kvm_and_netns, Tandem, TempDir};
 
 const T: Duration = Duration::from_secs(60);
 const GUEST_IP: &str = "10.77.0.2";
 const FT_PORT: u16 = 7600;
-
-fn skip(name: &str) -> bool {
-    !tandem_tests::kvm_available(name) || !netns_available(name)
-}
 
 fn ft_status(t: &Tandem) -> Value {
     let (code, v) = t.get("ft.status");
@@ -207,30 +203,21 @@ fn primary_killed(tag: &str, disk_mode: &str) {
 #[test]
 fn primary_killed_backup_takes_over_and_the_connection_survives() {
     let name = "primary_killed_backup_takes_over_and_the_connection_survives";
-    require_kvm!(name);
-    if skip(name) {
-        return;
-    }
+    require_kvm_and_netns!(name);
     primary_killed("ft", "shared");
 }
 
 #[test]
 fn primary_killed_with_replicated_disks() {
     let name = "primary_killed_with_replicated_disks";
-    require_kvm!(name);
-    if skip(name) {
-        return;
-    }
+    require_kvm_and_netns!(name);
     primary_killed("ftr", "replicated");
 }
 
 #[test]
 fn backup_killed_primary_runs_on_unprotected_and_the_client_never_notices() {
     let name = "backup_killed_primary_runs_on_unprotected_and_the_client_never_notices";
-    require_kvm!(name);
-    if skip(name) {
-        return;
-    }
+    require_kvm_and_netns!(name);
     let mut pair = protected_pair("ftb", "shared");
     let stop = Arc::new(AtomicBool::new(false));
     let client = client(&pair.net, stop.clone());
@@ -267,10 +254,7 @@ fn backup_killed_primary_runs_on_unprotected_and_the_client_never_notices() {
 #[test]
 fn disable_ends_the_pair_the_primary_runs_standalone_and_the_backup_discards() {
     let name = "disable_ends_the_pair_the_primary_runs_standalone_and_the_backup_discards";
-    require_kvm!(name);
-    if skip(name) {
-        return;
-    }
+    require_kvm_and_netns!(name);
     let pair = protected_pair("ftd", "shared");
     let stop = Arc::new(AtomicBool::new(false));
     let client = client(&pair.net, stop.clone());
@@ -318,10 +302,7 @@ fn disable_ends_the_pair_the_primary_runs_standalone_and_the_backup_discards() {
 #[test]
 fn promoted_backup_wins_and_the_old_primary_halts() {
     let name = "promoted_backup_wins_and_the_old_primary_halts";
-    require_kvm!(name);
-    if skip(name) {
-        return;
-    }
+    require_kvm_and_netns!(name);
     let pair = protected_pair("ftp", "shared");
     let stop = Arc::new(AtomicBool::new(false));
     let client = client(&pair.net, stop.clone());
@@ -354,10 +335,7 @@ fn promoted_backup_wins_and_the_old_primary_halts() {
 #[test]
 fn guest_power_off_on_the_primary_ends_both() {
     let name = "guest_power_off_on_the_primary_ends_both";
-    require_kvm!(name);
-    if skip(name) {
-        return;
-    }
+    require_kvm_and_netns!(name);
     let pair = protected_pair("fto", "shared");
     let seen = pair
         .net
@@ -495,10 +473,7 @@ fn wait_halted(t: &Tandem) -> Value {
 #[test]
 fn backup_stopped_output_is_held_until_the_primary_wins_arbitration() {
     let name = "backup_stopped_output_is_held_until_the_primary_wins_arbitration";
-    require_kvm!(name);
-    if skip(name) {
-        return;
-    }
+    require_kvm_and_netns!(name);
     const FAILURE_TIMEOUT: Duration = Duration::from_millis(1500);
     let pair = protected_pair_with("fth", "shared", FAILURE_TIMEOUT.as_millis() as u64);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<u64>();
@@ -570,10 +545,7 @@ fn backup_stopped_output_is_held_until_the_primary_wins_arbitration() {
 #[test]
 fn link_partition_exactly_one_member_stays_live() {
     let name = "link_partition_exactly_one_member_stays_live";
-    require_kvm!(name);
-    if skip(name) {
-        return;
-    }
+    require_kvm_and_netns!(name);
     let pair = protected_pair("ftn", "shared");
     let stop = Arc::new(AtomicBool::new(false));
     let client = client(&pair.net, stop.clone());

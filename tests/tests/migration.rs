@@ -8,18 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_tests::client::CounterConn;
 use tandem_tests::guest::compute_samples;
-use tandem_tests::net::{
-    capture_rarp, netns_available, Node, TestNet, HOST_B_LINK_IP, HOST_P_LINK_IP,
-};
-use tandem_tests::{require_kvm, Tandem, TempDir};
+use tandem_tests::net::{capture_rarp, Node, TestNet, HOST_B_LINK_IP, HOST_P_LINK_IP};
+use tandem_tests::{require_kvm_and_netns, Tandem, TempDir};
 
 const T: Duration = Duration::from_secs(60);
 const GUEST_IP: &str = "10.77.0.2";
 const PORT: u16 = 7500;
-
-fn skip(name: &str) -> bool {
-    !tandem_tests::kvm_available(name) || !netns_available(name)
-}
 
 /// Two hosts, each with a tap on its LAN bridge and a `tandem` in its namespace.
 struct Pair {
@@ -86,10 +80,7 @@ fn migrate(pair: &Pair, src: usize, dst: usize, downtime_ms: u64) -> Value {
 #[test]
 fn counter_survives_twenty_migrations_on_one_connection() {
     let name = "counter_survives_twenty_migrations_on_one_connection";
-    require_kvm!(name);
-    if skip(name) {
-        return;
-    }
+    require_kvm_and_netns!(name);
     let pair = Pair::new("mig");
     let store = TempDir::new("mig-disk");
     let image = store.path("counter.img");
@@ -166,10 +157,7 @@ fn counter_survives_twenty_migrations_on_one_connection() {
 #[test]
 fn two_vcpu_guest_migrates_with_both_cpus_reporting() {
     let name = "two_vcpu_guest_migrates_with_both_cpus_reporting";
-    require_kvm!(name);
-    if skip(name) {
-        return;
-    }
+    require_kvm_and_netns!(name);
     let pair = Pair::new("smp");
     let p = &pair.hosts[0];
     p.boot_builtin(2, 128, "workload=compute");
@@ -193,10 +181,7 @@ fn two_vcpu_guest_migrates_with_both_cpus_reporting() {
 #[test]
 fn link_cut_mid_migration_leaves_the_source_running_and_serving() {
     let name = "link_cut_mid_migration_leaves_the_source_running_and_serving";
-    require_kvm!(name);
-    if skip(name) {
-        return;
-    }
+    require_kvm_and_netns!(name);
     let pair = Pair::new("cut");
     let p = &pair.hosts[0];
     let mut cfg = p.builtin_config(1, 128, &format!("workload=counter ip={GUEST_IP}/24"));
