@@ -1,0 +1,221 @@
+//! Fault-tolerance test support shared by the FT test files: a protected pair of real `tandem`
+//! processes in two host namespaces with a counter guest, a client on one TCP connection, and
+//! waits on `ft.status`.
+
+use crate::client::CounterConn;
+use crate::net::{Node, TestNet, HOST_B_LINK_IP};
+use crate::{Tandem, TempDir};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long any wait in an FT test may take before it fails.
+pub const T: Duration = Duration::from_secs(60);
+/// The counter guest's address on the LAN.
+pub const GUEST_IP: &str = "10.77.0.2";
+/// The port a backup listens on for its primary's stream.
+pub const FT_PORT: u16 = 7600;
+
+/// `ft.status` of `t`, which must answer 200.
+pub fn ft_status(t: &Tandem) -> Value {
+    let (code, v) = t.get("ft.status");
+    assert_eq!(code, 200, "ft.status: {v}");
+    v
+}
+
+/// Waits until `t` reports `role`/`state`; fails with both logs after [`T`].
+pub fn wait_ft(t: &Tandem, role: &str, state: &str, other: &Tandem) -> Duration {
+    let start = Instant::now();
+    loop {
+        let s = ft_status(t);
+        if s["role"] == role && s["state"] == state {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < T,
+            "ft.status never {role}/{state}: {s}\nlog:\n{}\npeer log:\n{}",
+            t.log(),
+            other.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A protected pair: P runs a counter guest, B holds its replica.
+pub struct Pair {
+    pub net: TestNet,
+    pub p: Tandem,
+    pub b: Tandem,
+    /// The primary's disk image, and the backup's (the same file in shared mode).
+    pub p_image: PathBuf,
+    pub b_image: PathBuf,
+    /// The arbiter's directory, on storage both hosts see.
+    pub arbiter: PathBuf,
+    /// `shared` or `replicated`.
+    pub disk_mode: String,
+    /// Both members' failure timeout.
+    pub failure_timeout_ms: u64,
+    pub store: TempDir,
+}
+
+impl Pair {
+    /// The `ft.receive` body for backup `b` of this pair, with its disk at `image`.
+    pub fn receive_body(&self, b: &Tandem, image: &Path) -> Value {
+        json!({
+            "listen": format!("tcp:{HOST_B_LINK_IP}:{FT_PORT}"),
+            "disks": [{"id": "disk0", "path": image}],
+            "net": [{"id": "nic0", "tap": "tap0"}],
+            "serial": {"mode": "File", "file": b.serial_path},
+            "arbiter": {"path": self.arbiter},
+            "disk_mode": self.disk_mode,
+            "failure_timeout_ms": self.failure_timeout_ms,
+        })
+    }
+
+    /// The `ft.enable` body that points a primary at the backup on host B.
+    pub fn enable_body(&self) -> Value {
+        json!({
+            "peer": format!("tcp:{HOST_B_LINK_IP}:{FT_PORT}"),
+            "disk_mode": self.disk_mode,
+            "arbiter": {"path": self.arbiter},
+            "failure_timeout_ms": self.failure_timeout_ms,
+        })
+    }
+}
+
+/// [`protected_pair_with`] with a 1 s failure timeout.
+pub fn protected_pair(tag: &str, disk_mode: &str) -> Pair {
+    protected_pair_with(tag, disk_mode, 1000)
+}
+
+/// A protected pair with both members' failure timeout set to `failure_timeout_ms`; a second
+/// `ft.enable` and an `ft.promote` on the primary are checked to be refused with 409.
+pub fn protected_pair_with(tag: &str, disk_mode: &str, failure_timeout_ms: u64) -> Pair {
+    let net = TestNet::up(tag);
+    net.add_tap(Node::HostP, "tap0");
+    net.add_tap(Node::HostB, "tap0");
+    let p = Tandem::start_in_netns(&format!("{tag}-p"), &net.ns(Node::HostP));
+    let b = Tandem::start_in_netns(&format!("{tag}-b"), &net.ns(Node::HostB));
+    // Storage both hosts see: the disk (shared mode) and the arbiter's directory.
+    let store = TempDir::new(&format!("{tag}-store"));
+    let image = store.path("counter.img");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    // Replicated mode: the backup's own copy, identical at the start.
+    let b_image = match disk_mode {
+        "replicated" => {
+            let i = store.path("counter-b.img");
+            std::fs::write(&i, vec![0u8; 1 << 20]).unwrap();
+            i
+        }
+        _ => image.clone(),
+    };
+    let arbiter = store.path("arbiter");
+    std::fs::create_dir(&arbiter).unwrap();
+
+    let mut cfg = p.builtin_config(1, 128, &format!("workload=counter ip={GUEST_IP}/24"));
+    cfg["disks"] = json!([{"id": "disk0", "path": image}]);
+    cfg["net"] = json!([{"id": "nic0", "tap": "tap0"}]);
+    p.put_ok("vm.create", Some(&cfg));
+    p.put_ok("vm.boot", None);
+    p.serial().wait_for("tandem-guest: ready", T);
+
+    let pair = Pair {
+        net,
+        p,
+        b,
+        p_image: image,
+        b_image,
+        arbiter,
+        disk_mode: disk_mode.to_string(),
+        failure_timeout_ms,
+        store,
+    };
+    let (p, b) = (&pair.p, &pair.b);
+    assert_eq!(ft_status(b)["role"], "standalone");
+    b.put_ok("ft.receive", Some(&pair.receive_body(b, &pair.b_image)));
+    let enable = pair.enable_body();
+    p.put_ok("ft.enable", Some(&enable));
+    let synced = wait_ft(p, "primary", "protected", b);
+    wait_ft(b, "backup", "protected", p);
+    eprintln!("[{tag}] protected after {synced:?}");
+
+    // Wrong calls: a clear 409, nothing changed.
+    assert_eq!(p.put("ft.enable", Some(&enable)).0, 409);
+    assert_eq!(p.put("ft.promote", None).0, 409);
+    let (code, err) = p.put("vm.pause", None);
+    assert_eq!(code, 409, "{err}");
+    assert!(err.to_string().contains("ft.disable first"), "{err}");
+    assert_eq!(ft_status(p)["state"], "protected");
+    pair
+}
+
+/// A client on one connection, INC after INC, until `stop`: (replies, slowest INC).
+pub fn client(
+    net: &TestNet,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(Vec<u64>, Duration)> {
+    net.run_in(Node::Client, move || {
+        let mut c = CounterConn::connect(&format!("{GUEST_IP}:7000"), T).expect("connect");
+        let mut seen = Vec::new();
+        let mut slowest = Duration::ZERO;
+        while !stop.load(Ordering::Relaxed) {
+            let t0 = Instant::now();
+            seen.push(c.inc().expect("INC across the failure"));
+            slowest = slowest.max(t0.elapsed());
+        }
+        (seen, slowest)
+    })
+}
+
+/// Every INC answered once, in order, none lost, never going back.
+pub fn assert_counts_up(seen: &[u64]) {
+    assert!(
+        seen.len() > 10,
+        "the client made too little progress: {seen:?}"
+    );
+    for (i, v) in seen.iter().enumerate() {
+        assert_eq!(*v, i as u64 + 1, "INC #{i} answered {v}; all: {seen:?}");
+    }
+}
+
+/// Waits until `t` runs the VM as an unprotected primary, failing if it halts.
+pub fn wait_takeover(t: &Tandem) -> Duration {
+    let start = Instant::now();
+    loop {
+        let s = ft_status(t);
+        if s["role"] == "primary" && s["state"] == "unprotected" {
+            return start.elapsed();
+        }
+        assert!(
+            s["state"] != "halted" && start.elapsed() < T,
+            "no takeover: {s}\nlog:\n{}",
+            t.log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Sends `sig` (e.g. "STOP", "CONT") to a `tandem` process.
+pub fn signal(t: &Tandem, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(t.child.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{sig}");
+}
+
+/// Waits until `t` says halted; returns its status.
+pub fn wait_halted(t: &Tandem) -> Value {
+    let start = Instant::now();
+    loop {
+        let s = ft_status(t);
+        if s["state"] == "halted" {
+            return s;
+        }
+        assert!(start.elapsed() < T, "never halted: {s}\nlog:\n{}", t.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
