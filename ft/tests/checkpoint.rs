@@ -8,7 +8,7 @@ use common::fake_vm::{FakeVm, Probe};
 use common::proxy::{self, Fault};
 use ft::checkpoint::{
     BackupExit, BackupHooks, BackupOptions, CheckpointError, CheckpointStats, EpochHooks, FtBackup,
-    FtPrimary, PrimaryExit, PrimaryOptions, StatsSink, Summary, Trigger,
+    FtPrimary, PrimaryExit, PrimaryOptions, ReceivedCheckpoint, StatsSink, Summary, Trigger,
 };
 use ft::frame::{encode_frame, Decoder, Frame, Hello, PageBatch, StreamPurpose, PAGE_SIZE};
 use ft::migration::{MigrationError, ReceiveOptions, SendOptions};
@@ -91,6 +91,17 @@ struct BackupLog(Mutex<Vec<(u64, Vec<u8>)>>);
 impl BackupHooks for BackupLog {
     fn backup_committed(&self, n: u64, extras: &[u8]) {
         self.0.lock().unwrap().push((n, extras.to_vec()));
+    }
+}
+
+/// A backup's per-checkpoint figures, as `checkpoint_received` reports them.
+#[derive(Default)]
+struct Received(Mutex<Vec<ReceivedCheckpoint>>);
+
+impl BackupHooks for Received {
+    fn backup_committed(&self, _n: u64, _extras: &[u8]) {}
+    fn checkpoint_received(&self, r: &ReceivedCheckpoint) {
+        self.0.lock().unwrap().push(*r);
     }
 }
 
@@ -528,7 +539,14 @@ impl Script {
         assert!(matches!(self.recv(), Frame::Ack { seq: 0 }));
         self.send(&Frame::EndOfRound { pages: 0 }, 0);
         self.state(1, "sync");
-        self.send(&Frame::Commit { vcpus: 2, pages: 0 }, 1);
+        self.send(
+            &Frame::Commit {
+                vcpus: 2,
+                pages: 0,
+                info: None,
+            },
+            1,
+        );
         assert!(matches!(self.recv(), Frame::Ack { .. }));
     }
     fn state(&mut self, epoch: u64, tag: &str) {
@@ -560,7 +578,14 @@ impl Script {
         self.page(epoch, 5, fill);
         self.state(epoch, &format!("cp{epoch}"));
         self.extras(epoch, b"log");
-        self.send(&Frame::Commit { vcpus: 2, pages: 1 }, epoch);
+        self.send(
+            &Frame::Commit {
+                vcpus: 2,
+                pages: 1,
+                info: None,
+            },
+            epoch,
+        );
         assert!(matches!(self.recv(), Frame::Ack { .. }));
     }
 }
@@ -588,7 +613,15 @@ fn truncated_stream_discards_the_partial_checkpoint() {
     let exit = scripted(|s| {
         s.page(2, 5, 0x22);
         s.state(2, "cp2");
-        let mut b = s.bytes(&Frame::Commit { vcpus: 2, pages: 1 }, 2, 1);
+        let mut b = s.bytes(
+            &Frame::Commit {
+                vcpus: 2,
+                pages: 1,
+                info: None,
+            },
+            2,
+            1,
+        );
         b.truncate(20);
         s.s.write_all(&b).unwrap();
         s.s.shutdown(std::net::Shutdown::Write).unwrap();
@@ -640,7 +673,14 @@ fn commit_that_does_not_match_what_arrived_is_discarded() {
         s.page(2, 5, 0x22);
         s.state(2, "cp2");
         s.extras(2, b"x");
-        s.send(&Frame::Commit { vcpus: 2, pages: 2 }, 2);
+        s.send(
+            &Frame::Commit {
+                vcpus: 2,
+                pages: 2,
+                info: None,
+            },
+            2,
+        );
     });
     let (c, last) = cause(&exit.error);
     assert_eq!(last, Some(1));
@@ -656,7 +696,14 @@ fn checkpoint_without_extras_or_state_is_incomplete() {
     let exit = scripted(|s| {
         s.page(2, 5, 0x22);
         s.state(2, "cp2");
-        s.send(&Frame::Commit { vcpus: 2, pages: 1 }, 2);
+        s.send(
+            &Frame::Commit {
+                vcpus: 2,
+                pages: 1,
+                info: None,
+            },
+            2,
+        );
     });
     let (c, _) = cause(&exit.error);
     assert!(c.to_string().contains("no Extras frame"), "{c}");
@@ -714,4 +761,77 @@ fn migration_destination_refuses_an_ft_stream() {
         t.join().unwrap(),
         Err(MigrationError::Incompatible(_))
     ));
+}
+
+#[test]
+fn paused_guest_stays_paused_the_backup_knows_and_goes_live_paused() {
+    let l = Listener::bind(&"tcp:127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr: SocketAddr = l.local_endpoint().to_string()[4..].parse().unwrap();
+    let received = Arc::new(Received::default());
+    let hooks = received.clone();
+    let backup = std::thread::spawn(move || {
+        let conn = l.accept(Some(Duration::from_secs(10))).unwrap();
+        let vm = FakeVm::destination(PAGES, VCPUS);
+        FtBackup::run(vm, conn, &backup_opts(), hooks)
+    });
+    let src = FakeVm::source(PAGES, VCPUS, 3000, 11);
+    let probe = src.probe();
+    let conn = connect(
+        &format!("tcp:{addr}").parse().unwrap(),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let stats = Arc::new(Stats::default());
+    let p = FtPrimary::start(src, conn, &primary_opts(), Gates::new(None), stats.clone())
+        .unwrap_or_else(|e| panic!("start: {}", ft::migration::error_chain(&e.1)));
+    std::thread::sleep(Duration::from_millis(100));
+    p.pause_guest(Duration::from_secs(5)).unwrap();
+    assert!(p.guest_paused());
+    // Paused: the guest does not run, and no epochs are taken.
+    let state = probe.state();
+    let captured = stats.0.lock().unwrap().len();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(probe.state(), state, "the guest ran while paused");
+    let after = stats.0.lock().unwrap().len();
+    assert!(
+        after <= captured + 1,
+        "epochs while paused: {captured} -> {after}"
+    );
+    let last = |r: &Received| r.0.lock().unwrap().last().copied();
+    let paused_at = last(&received).expect("a checkpoint reached the backup");
+    assert!(paused_at.guest_paused, "{paused_at:?}");
+    assert!(
+        paused_at.pause.is_some() && paused_at.bytes > 0,
+        "{paused_at:?}"
+    );
+    // Resumed: epochs go on, and the backup hears that the guest runs again.
+    p.resume_guest(Duration::from_secs(5)).unwrap();
+    assert!(!p.guest_paused());
+    let start = Instant::now();
+    while last(&received).is_some_and(|r| r.guest_paused) {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no running checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_ne!(probe.state(), state, "the guest did not run after resume");
+    // Paused again, then the pair ends: the VM comes back paused, the backup goes live paused.
+    p.pause_guest(Duration::from_secs(5)).unwrap();
+    let exit = p.stop().unwrap();
+    assert!(exit.guest_paused && !exit.vm.is_running());
+    assert!(stats
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|s| s.trigger == Trigger::Pause));
+    let bexit = backup.join().unwrap();
+    assert!(bexit.backup.committed_guest_paused());
+    let live = bexit.backup.go_live().unwrap();
+    assert!(
+        !live.is_running(),
+        "went live running from a paused checkpoint"
+    );
+    assert!(live.restored_state().is_some());
 }

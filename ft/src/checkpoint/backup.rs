@@ -4,6 +4,7 @@
 
 use super::hooks::BackupHooks;
 use super::staging::Staging;
+use super::stats::ReceivedCheckpoint;
 use super::{now_ms, vm_err, CheckpointError};
 use crate::frame::{DecodedFrame, Frame, StreamPurpose};
 use crate::migration::channel::{FrameReader, FrameWriter};
@@ -41,6 +42,8 @@ impl Default for BackupOptions {
 struct Committed {
     epoch: u64,
     state: VmState,
+    /// The primary's guest was paused at this checkpoint.
+    guest_paused: bool,
 }
 
 /// A backup VM and what it has committed.
@@ -139,8 +142,15 @@ impl<V: MigratableVm> FtBackup<V> {
         &self.vm
     }
 
-    /// Failover: restores the last committed state into the VM and resumes it. Refused when no
-    /// checkpoint was ever committed.
+    /// Whether the primary's guest was paused at the last committed checkpoint.
+    pub fn committed_guest_paused(&self) -> bool {
+        self.committed.as_ref().is_some_and(|c| c.guest_paused)
+    }
+
+    /// Failover: restores the last committed state into the VM and resumes it, unless the
+    /// primary's guest was paused at that checkpoint ([`FtBackup::committed_guest_paused`]):
+    /// then it stays paused, as the primary left it. Refused when no checkpoint was ever
+    /// committed.
     pub fn go_live(mut self) -> Result<V, CheckpointError> {
         let c = self
             .committed
@@ -149,6 +159,10 @@ impl<V: MigratableVm> FtBackup<V> {
         self.vm
             .restore_state(&c.state)
             .map_err(vm_err("restore_state"))?;
+        if c.guest_paused {
+            log::info!("ft backup: live from checkpoint {}, paused", c.epoch);
+            return Ok(self.vm);
+        }
         self.vm.resume().map_err(vm_err("resume"))?;
         log::info!("ft backup: live from checkpoint {}", c.epoch);
         Ok(self.vm)
@@ -186,6 +200,7 @@ impl<V: MigratableVm> FtBackup<V> {
         self.committed = Some(Committed {
             epoch: 0,
             state: synced.state,
+            guest_paused: false,
         });
         self.sync = Some(synced.report);
         hooks.backup_committed(0, &[]);
@@ -214,7 +229,9 @@ impl<V: MigratableVm> FtBackup<V> {
         loop {
             let next = self.last_committed().unwrap_or(0) + 1;
             let mut staging = Staging::new(next, pages, vcpus);
+            let mut bytes = 0;
             loop {
+                let before = reader.bytes();
                 let f = match reader.recv() {
                     Ok(f) => f,
                     Err(MigrationError::Timeout { .. }) => {
@@ -236,7 +253,10 @@ impl<V: MigratableVm> FtBackup<V> {
                 };
                 last_heard = Instant::now();
                 hooks.on_peer_frame(f.frame.frame_type());
-                match self.on_frame(f, next, &mut staging, writer, hooks) {
+                if !matches!(f.frame, Frame::Heartbeat { .. }) {
+                    bytes += reader.bytes().saturating_sub(before);
+                }
+                match self.on_frame(f, next, &mut staging, writer, hooks, bytes) {
                     Ok(true) => break,
                     Ok(false) => {}
                     Err(e) => return e,
@@ -253,6 +273,7 @@ impl<V: MigratableVm> FtBackup<V> {
         staging: &mut Staging,
         writer: &mut FrameWriter,
         hooks: &dyn BackupHooks,
+        bytes: u64,
     ) -> Result<bool, CheckpointError> {
         let DecodedFrame {
             seq, epoch, frame, ..
@@ -266,7 +287,7 @@ impl<V: MigratableVm> FtBackup<V> {
                     frame.frame_type()
                 )))
             }
-            Frame::Commit { vcpus, pages } => {
+            Frame::Commit { vcpus, pages, info } => {
                 let done = std::mem::replace(staging, Staging::new(next, 0, 0));
                 let verified = done.verify(vcpus, pages)?;
                 writer.send(&Frame::Ack { seq }, next, 0)?;
@@ -278,9 +299,18 @@ impl<V: MigratableVm> FtBackup<V> {
                     return Err(e);
                 }
                 hooks.backup_committed(next, &verified.extras);
+                let guest_paused = info.is_some_and(|i| i.guest_paused);
+                hooks.checkpoint_received(&ReceivedCheckpoint {
+                    epoch: next,
+                    bytes,
+                    pages,
+                    pause: info.map(|i| Duration::from_micros(i.pause_us)),
+                    guest_paused,
+                });
                 self.committed = Some(Committed {
                     epoch: verified.epoch,
                     state: verified.state,
+                    guest_paused,
                 });
                 return Ok(true);
             }

@@ -2,7 +2,7 @@
 //! how it goes on the wire afterwards (zero detection and framing happen there, not in the pause).
 
 use super::{vm_err, CheckpointError};
-use crate::frame::{Frame, PageBatch, FLAG_ACK_REQUESTED, PAGE_SIZE};
+use crate::frame::{CommitInfo, Frame, PageBatch, FLAG_ACK_REQUESTED, PAGE_SIZE};
 use crate::migration::channel::FrameWriter;
 use crate::migration::MigrationError;
 use crate::vm::{MigratableVm, VmState};
@@ -18,6 +18,10 @@ pub(crate) struct Captured {
     data: Vec<u8>,
     state: VmState,
     extras: Vec<u8>,
+    /// How long the guest was paused for the capture (set once it resumed).
+    pub(crate) pause: std::time::Duration,
+    /// The capture left the guest paused (`vm.pause` on the primary).
+    pub(crate) guest_paused: bool,
 }
 
 impl Captured {
@@ -42,6 +46,8 @@ impl Captured {
             data,
             state,
             extras: Vec::new(),
+            pause: std::time::Duration::ZERO,
+            guest_paused: false,
         })
     }
 
@@ -119,9 +125,18 @@ impl Captured {
         Ok(sent)
     }
 
-    /// The Commit that closes this checkpoint.
+    /// The Commit that closes this checkpoint, with its pause and the guest's run state.
     pub(crate) fn commit_frame(&self, pages: u64) -> (Frame, u8) {
         let vcpus = self.state.vcpus.len() as u32;
-        (Frame::Commit { vcpus, pages }, FLAG_ACK_REQUESTED)
+        let info = CommitInfo {
+            pause_us: self.pause.as_micros().min(u128::from(u64::MAX)) as u64,
+            guest_paused: self.guest_paused,
+        };
+        let commit = Frame::Commit {
+            vcpus,
+            pages,
+            info: Some(info),
+        };
+        (commit, FLAG_ACK_REQUESTED)
     }
 }

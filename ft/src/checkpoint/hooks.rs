@@ -1,5 +1,6 @@
 //! What the checkpoint engine tells the rest of FT (output gates, disk log, failure detector).
 
+use super::stats::ReceivedCheckpoint;
 use crate::frame::FrameType;
 
 /// The primary's callbacks; the output gates implement it. Called from engine threads, so they
@@ -23,6 +24,8 @@ pub trait EpochHooks: Send + Sync {
 pub trait BackupHooks: Send + Sync {
     /// Checkpoint `n` is complete, verified, acked and applied; `extras` is its blob.
     fn backup_committed(&self, n: u64, extras: &[u8]);
+    /// Checkpoint `r.epoch`'s figures, right after `backup_committed`; default: ignored.
+    fn checkpoint_received(&self, _r: &ReceivedCheckpoint) {}
     /// Any frame arrived from the primary (for the failure detector); default: ignored.
     fn on_peer_frame(&self, _kind: FrameType) {}
 }

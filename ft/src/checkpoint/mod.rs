@@ -9,6 +9,10 @@
 //! with `Heartbeat` between checkpoints when idle. Backup → primary: `Ack{seq of Commit}` with
 //! header epoch n, `Heartbeat` when idle, `Abort` when it gives up.
 //!
+//! FT streams speak protocol version 3 and up: each checkpoint's Commit carries `CommitInfo`
+//! (the guest pause it cost, and whether the guest was left paused, so that a backup going live
+//! from it comes up paused as the primary was).
+//!
 //! Backup apply rule: pages go into the backup VM's memory once their checkpoint is verified and
 //! acked, but the vCPU/device state blob is only *kept*; it is restored once, by `go_live`,
 //! because restoring rebuilds vCPUs and devices in the real VMM. So the backup only ever goes
@@ -26,7 +30,18 @@ mod window;
 pub use backup::{BackupExit, BackupOptions, FtBackup};
 pub use hooks::{BackupHooks, EpochHooks, NoHooks};
 pub use primary::{FtPrimary, PrimaryExit, PrimaryOptions, PrimaryReport};
-pub use stats::{CheckpointStats, NoStats, StatsSink, Summary, Trigger};
+pub use stats::{CheckpointStats, NoStats, ReceivedCheckpoint, StatsSink, Summary, Trigger};
+
+/// Start of an Abort reason by which a primary asks its backup to discard its copy and wait, on
+/// the same listener, for a fresh initial sync (the guest rebooted: its old state is worthless,
+/// and the backup must not go live from it or from a half-done reboot). A backup that does not
+/// know the prefix discards and ends, which is also safe.
+pub const RESYNC_PREFIX: &str = "resync: ";
+
+/// Whether an Abort reason asks for a re-sync ([`RESYNC_PREFIX`]).
+pub fn is_resync(reason: &str) -> bool {
+    reason.starts_with(RESYNC_PREFIX)
+}
 
 use crate::migration::MigrationError;
 use crate::vm::VmOpError;

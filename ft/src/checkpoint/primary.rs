@@ -3,6 +3,12 @@
 //! the epoch thread (owns the VM: pause, capture, resume), the sender thread (frames a captured
 //! checkpoint onto the stream, heartbeats when idle) and the ack thread (matches Acks to
 //! checkpoints, releases outputs through the hooks, reports stats).
+//!
+//! Guest pause (`vm.pause` on the primary, [`FtPrimary::pause_guest`]): the epoch thread takes
+//! one more checkpoint and leaves the guest paused after it; its Commit says so, so the backup
+//! knows, and a backup that goes live from it comes up paused. No epochs run while paused
+//! (nothing changes); heartbeats keep the pair alive. [`FtPrimary::resume_guest`] resumes the
+//! guest and epochs go on; the backup learns it from the next checkpoint.
 
 use super::capture::Captured;
 use super::hooks::EpochHooks;
@@ -77,14 +83,30 @@ pub struct PrimaryReport {
 pub struct PrimaryExit<V> {
     /// The VM; running unless `error` says it could not be resumed.
     pub vm: V,
+    /// The guest was left paused by `pause_guest`.
+    pub guest_paused: bool,
     /// Figures.
     pub report: PrimaryReport,
     /// Why checkpointing stopped before `stop` was called.
     pub error: Option<CheckpointError>,
 }
 
+/// The guest's run state as the epoch thread sees it; the pair asks, the epoch thread acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GuestRun {
+    Running,
+    /// `pause_guest`: the next checkpoint leaves the guest paused.
+    PauseAsked,
+    Paused,
+    /// `resume_guest`: the epoch thread resumes the guest and epochs go on.
+    ResumeAsked,
+}
+
 /// State the three threads share.
 struct Shared {
+    guest: Mutex<GuestRun>,
+    /// The epoch thread left the VM paused (after a `Trigger::Pause` checkpoint).
+    vm_paused: AtomicBool,
     window: Mutex<Window>,
     changed: Condvar,
     stop: AtomicBool,
@@ -153,6 +175,8 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
         };
         hooks.epoch_committed(0);
         let shared = Arc::new(Shared {
+            guest: Mutex::new(GuestRun::Running),
+            vm_paused: AtomicBool::new(false),
             window: Mutex::new(Window::new(opts.max_in_flight, opts.max_in_flight_bytes)),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -215,8 +239,67 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
         lock(&self.shared.window).len()
     }
 
+    /// Pauses the guest with a checkpoint that records it paused (the backup then knows), and
+    /// keeps it paused, epochs stopped, until [`FtPrimary::resume_guest`]. Waits until the guest
+    /// is paused and that checkpoint captured (not acked), at most `timeout`.
+    pub fn pause_guest(&self, timeout: Duration) -> Result<(), CheckpointError> {
+        self.ask_guest(GuestRun::PauseAsked, GuestRun::Paused, timeout)
+    }
+
+    /// Resumes a guest paused by [`FtPrimary::pause_guest`]; epochs go on. Waits until it runs,
+    /// at most `timeout`.
+    pub fn resume_guest(&self, timeout: Duration) -> Result<(), CheckpointError> {
+        self.ask_guest(GuestRun::ResumeAsked, GuestRun::Running, timeout)
+    }
+
+    /// Whether the epoch thread has left the guest paused (`pause_guest`).
+    pub fn guest_paused(&self) -> bool {
+        self.shared.vm_paused.load(Ordering::SeqCst)
+    }
+
+    fn ask_guest(
+        &self,
+        ask: GuestRun,
+        done: GuestRun,
+        timeout: Duration,
+    ) -> Result<(), CheckpointError> {
+        let s = &self.shared;
+        let mut g = lock(&s.guest);
+        if *g == done {
+            return Ok(());
+        }
+        *g = ask;
+        drop(g);
+        s.changed.notify_all();
+        let deadline = Instant::now() + timeout;
+        let mut g = lock(&s.guest);
+        loop {
+            if *g == done {
+                return Ok(());
+            }
+            if s.failed() || s.epoch_done.load(Ordering::SeqCst) {
+                return Err(CheckpointError::Thread(format!(
+                    "checkpointing stopped before the guest was {done:?}"
+                )));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(CheckpointError::Thread(format!(
+                    "the guest was not {done:?} within {timeout:?}"
+                )));
+            }
+            let wait = (deadline - now).min(Duration::from_millis(10));
+            g = s
+                .changed
+                .wait_timeout(g, wait)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+
     /// Ends epochs, waits (up to the ack timeout) for in-flight checkpoints to be acked, closes
-    /// the stream and hands back the VM, running and no longer protected. The backup sees the
+    /// the stream and hands back the VM, running (paused if `pause_guest` paused it) and no
+    /// longer protected. The backup sees the
     /// stream close, which looks the same as this process dying; use [`FtPrimary::end`] when the
     /// pair ends on purpose.
     pub fn stop(self) -> Result<PrimaryExit<V>, CheckpointError> {
@@ -286,8 +369,10 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
             total_stall,
         };
         drop(w);
+        let guest_paused = self.shared.vm_paused.load(Ordering::SeqCst);
         Ok(PrimaryExit {
             vm,
+            guest_paused,
             report,
             error: lock(&self.shared.error).take().filter(|_| !told),
         })
@@ -323,18 +408,21 @@ fn epoch_loop<V: MigratableVm>(
         let in_flight_before = w.len();
         drop(w);
 
+        let keep_paused = trigger == Trigger::Pause;
         let mut guard = lock(vm);
         let paused_at = Instant::now();
-        let cap = capture(&mut *guard, epoch + 1, hooks);
+        let cap = capture(&mut *guard, epoch + 1, hooks, keep_paused);
         let pause = paused_at.elapsed();
         drop(guard);
-        let cap = match cap {
+        let mut cap = match cap {
             Ok(c) => c,
             Err(e) => {
                 s.fail(e);
                 break;
             }
         };
+        cap.pause = pause;
+        cap.guest_paused = keep_paused;
         epoch += 1;
         started = Instant::now();
         lock(&s.window).push(InFlight {
@@ -353,14 +441,51 @@ fn epoch_loop<V: MigratableVm>(
         if tx.send(cap).is_err() {
             break; // the sender ended on an error it has recorded
         }
+        if keep_paused {
+            if !stay_paused(s, vm) {
+                break;
+            }
+            started = Instant::now();
+        }
     }
     s.epoch_done.store(true, Ordering::SeqCst);
     s.changed.notify_all();
     (epoch, total_stall)
 }
 
+/// The guest is paused after its checkpoint: says so, then waits for `resume_guest` (resumes
+/// the guest, `true`) or the end of epochs (leaves it paused, `false`).
+fn stay_paused<V: MigratableVm>(s: &Shared, vm: &Mutex<V>) -> bool {
+    s.vm_paused.store(true, Ordering::SeqCst);
+    let mut g = lock(&s.guest);
+    *g = GuestRun::Paused;
+    s.changed.notify_all();
+    loop {
+        if s.stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        if *g == GuestRun::ResumeAsked {
+            break;
+        }
+        g = s
+            .changed
+            .wait_timeout(g, Duration::from_millis(10))
+            .map(|(g, _)| g)
+            .unwrap_or_else(|e| e.into_inner().0);
+    }
+    drop(g);
+    if let Err(e) = lock(vm).resume() {
+        s.fail(vm_err("resume")(e));
+        return false;
+    }
+    s.vm_paused.store(false, Ordering::SeqCst);
+    *lock(&s.guest) = GuestRun::Running;
+    s.changed.notify_all();
+    true
+}
+
 /// Waits until the epoch should end: the interval passed, or output is held and nothing is in
-/// flight (output-triggered). `None` once stopped.
+/// flight (output-triggered), or the guest is to pause. `None` once stopped.
 fn wait_epoch_end(
     s: &Shared,
     o: &PrimaryOptions,
@@ -370,6 +495,15 @@ fn wait_epoch_end(
     loop {
         if s.stop.load(Ordering::SeqCst) {
             return None;
+        }
+        match *lock(&s.guest) {
+            GuestRun::PauseAsked => return Some(Trigger::Pause),
+            // Asked to resume a guest that is not paused (a pause that failed): nothing to do.
+            GuestRun::ResumeAsked => {
+                *lock(&s.guest) = GuestRun::Running;
+                s.changed.notify_all();
+            }
+            GuestRun::Running | GuestRun::Paused => {}
         }
         let elapsed = started.elapsed();
         if elapsed >= o.checkpoint_interval {
@@ -382,12 +516,13 @@ fn wait_epoch_end(
     }
 }
 
-/// Pause, copy into the staging buffer, save state, tell the gates, resume. The VM is running
-/// again when this returns, unless resuming itself failed.
+/// Pause, copy into the staging buffer, save state, tell the gates, resume (unless
+/// `keep_paused`). The VM is running again when this returns, unless resuming itself failed.
 fn capture<V: MigratableVm + ?Sized>(
     vm: &mut V,
     epoch: u64,
     hooks: &dyn EpochHooks,
+    keep_paused: bool,
 ) -> Result<Captured, CheckpointError> {
     vm.pause().map_err(vm_err("pause"))?;
     let cap = Captured::take(vm, epoch).map(|mut cap| {
@@ -396,7 +531,9 @@ fn capture<V: MigratableVm + ?Sized>(
         cap
     });
     // Resume even when the capture failed: a stopped guest is worse than an unprotected one.
-    vm.resume().map_err(vm_err("resume"))?;
+    if !keep_paused || cap.is_err() {
+        vm.resume().map_err(vm_err("resume"))?;
+    }
     cap
 }
 
@@ -458,8 +595,8 @@ fn send_checkpoint(
     Ok(())
 }
 
-/// Header plus Commit payload (u32 vCPUs, u64 pages).
-const COMMIT_WIRE_LEN: u64 = crate::frame::HEADER_LEN as u64 + 12;
+/// Header plus an FT Commit's payload (u32 vCPUs, u64 pages, CommitInfo: u64 pause, u8 flags).
+const COMMIT_WIRE_LEN: u64 = crate::frame::HEADER_LEN as u64 + 21;
 
 /// Matches Acks to checkpoints in order; returns the inbox so that `stop` can join its thread.
 fn ack_loop(

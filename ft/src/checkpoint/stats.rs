@@ -10,6 +10,8 @@ pub enum Trigger {
     Timer,
     /// Output was waiting and the previous checkpoint was acked.
     Output,
+    /// `pause_guest`: the last checkpoint before the guest stays paused.
+    Pause,
 }
 
 /// One committed checkpoint, as the primary saw it.
@@ -31,6 +33,21 @@ pub struct CheckpointStats {
     pub ack_latency: Duration,
     /// Checkpoints in flight when this one was captured (itself excluded).
     pub in_flight_before: usize,
+}
+
+/// One checkpoint as the backup received it (committed, acked, applied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ReceivedCheckpoint {
+    /// Checkpoint number.
+    pub epoch: u64,
+    /// Stream bytes of its frames (heartbeats between checkpoints not counted).
+    pub bytes: u64,
+    /// Pages it carried.
+    pub pages: u64,
+    /// The primary's guest pause for it, when the primary reported one (protocol version 3).
+    pub pause: Option<Duration>,
+    /// The guest was left paused at it.
+    pub guest_paused: bool,
 }
 
 /// Where the primary reports each checkpoint once it is acked.

@@ -26,7 +26,7 @@ pub use decoder::Decoder;
 pub use encoder::encode_frame;
 pub use header::FrameHeader;
 pub use pages::{is_zero_page, PageBatch, PageRef, PAGE_SIZE};
-pub use payload::{Frame, Hello, StreamPurpose};
+pub use payload::{CommitInfo, Frame, Hello, StreamPurpose};
 
 /// The four bytes every frame starts with.
 pub const MAGIC: [u8; 4] = *b"TNDM";

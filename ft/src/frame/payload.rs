@@ -22,7 +22,8 @@ impl StreamPurpose {
     pub fn min_protocol_version(self) -> u16 {
         match self {
             StreamPurpose::Migration => 1,
-            StreamPurpose::FaultTolerance => 2,
+            // The Commit's CommitInfo: a backup must know when the guest was left paused.
+            StreamPurpose::FaultTolerance => 3,
         }
     }
 }
@@ -41,6 +42,19 @@ pub struct Hello {
     /// The VM being sent.
     pub identity: VmIdentity,
 }
+
+/// What an FT checkpoint's Commit adds (protocol version 3): 9 bytes after `vcpus` and `pages`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommitInfo {
+    /// How long the primary's guest was paused to capture the checkpoint, microseconds.
+    pub pause_us: u64,
+    /// The guest was left paused at this checkpoint (`vm.pause` on the primary): a backup that
+    /// goes live from it must not run it.
+    pub guest_paused: bool,
+}
+
+/// `CommitInfo` flag: the guest is paused.
+const COMMIT_GUEST_PAUSED: u8 = 0x01;
 
 /// A frame's payload, by type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +83,9 @@ pub enum Frame {
         vcpus: u32,
         /// Pages sent since the last EndOfRound.
         pages: u64,
+        /// FT checkpoints from protocol version 3 on: the pause and the guest's run state; a
+        /// migration's Commit (and a version-2 one) has none.
+        info: Option<CommitInfo>,
     },
     /// Acknowledges the peer's frame with this sequence number.
     Ack {
@@ -133,9 +150,17 @@ impl Frame {
                 out.extend_from_slice(data);
             }
             Frame::EndOfRound { pages } => out.extend_from_slice(&pages.to_le_bytes()),
-            Frame::Commit { vcpus, pages } => {
+            Frame::Commit { vcpus, pages, info } => {
                 out.extend_from_slice(&vcpus.to_le_bytes());
                 out.extend_from_slice(&pages.to_le_bytes());
+                if let Some(i) = info {
+                    out.extend_from_slice(&i.pause_us.to_le_bytes());
+                    out.push(if i.guest_paused {
+                        COMMIT_GUEST_PAUSED
+                    } else {
+                        0
+                    });
+                }
             }
             Frame::Ack { seq } => out.extend_from_slice(&seq.to_le_bytes()),
             Frame::Abort { reason } => out.extend_from_slice(reason.as_bytes()),
@@ -210,10 +235,24 @@ impl Frame {
             FrameType::EndOfRound => Frame::EndOfRound {
                 pages: r.u64().map_err(short)?,
             },
-            FrameType::Commit => Frame::Commit {
-                vcpus: r.u32().map_err(short)?,
-                pages: r.u64().map_err(short)?,
-            },
+            FrameType::Commit => {
+                let vcpus = r.u32().map_err(short)?;
+                let pages = r.u64().map_err(short)?;
+                let info = if r.remaining() == 0 {
+                    None
+                } else {
+                    let pause_us = r.u64().map_err(short)?;
+                    let flags = r.u8().map_err(short)?;
+                    if flags & !COMMIT_GUEST_PAUSED != 0 {
+                        return Err(malformed("unknown Commit flags"));
+                    }
+                    Some(CommitInfo {
+                        pause_us,
+                        guest_paused: flags & COMMIT_GUEST_PAUSED != 0,
+                    })
+                };
+                Frame::Commit { vcpus, pages, info }
+            }
             FrameType::Ack => Frame::Ack {
                 seq: r.u64().map_err(short)?,
             },
@@ -249,7 +288,7 @@ impl Frame {
 
 impl Hello {
     /// A Hello for this build's protocol version range; migration still speaks version 1 (it
-    /// sends no frame that version lacks), fault tolerance needs version 2 (Extras).
+    /// sends no frame that version lacks), fault tolerance needs version 3 (Extras, CommitInfo).
     pub fn new(purpose: StreamPurpose, identity: VmIdentity) -> Hello {
         Hello {
             min_version: purpose.min_protocol_version(),

@@ -28,7 +28,19 @@ fn samples() -> Vec<Frame> {
             data: vec![9; 100],
         },
         Frame::EndOfRound { pages: 3 },
-        Frame::Commit { vcpus: 2, pages: 7 },
+        Frame::Commit {
+            vcpus: 2,
+            pages: 7,
+            info: None,
+        },
+        Frame::Commit {
+            vcpus: 1,
+            pages: 0,
+            info: Some(CommitInfo {
+                pause_us: 1234,
+                guest_paused: true,
+            }),
+        },
         Frame::Ack { seq: 42 },
         Frame::Abort {
             reason: "disk full".into(),
@@ -374,4 +386,47 @@ fn extras_chunk_past_its_total_is_malformed() {
             ..
         })
     ));
+}
+
+#[test]
+fn commit_info_is_optional_and_checked() {
+    let with = |paused| Frame::Commit {
+        vcpus: 2,
+        pages: 9,
+        info: Some(CommitInfo {
+            pause_us: 77,
+            guest_paused: paused,
+        }),
+    };
+    for f in [with(false), with(true)] {
+        assert_eq!(one(&encoded(&f)).unwrap().unwrap().frame, f);
+    }
+    // A version-2 Commit (no info) still decodes.
+    let v2 = Frame::Commit {
+        vcpus: 2,
+        pages: 9,
+        info: None,
+    };
+    assert_eq!(encoded(&v2).len(), HEADER_LEN + 12);
+    assert_eq!(one(&encoded(&v2)).unwrap().unwrap().frame, v2);
+    let malformed = |b: &[u8]| match one(b) {
+        Err(FrameError::Malformed {
+            frame_type: FrameType::Commit,
+            reason,
+        }) => reason,
+        other => panic!("{other:?}"),
+    };
+    // A flag this version does not know.
+    let mut b = encoded(&with(true));
+    let last = b.len() - 1;
+    b[last] = 0x02;
+    reseal(&mut b);
+    assert_eq!(malformed(&b), "unknown Commit flags");
+    // A tail cut short: neither 0 nor 9 bytes after `pages`.
+    let mut b = encoded(&with(false));
+    b.truncate(b.len() - 1);
+    let len = (b.len() - HEADER_LEN) as u32;
+    b[24..28].copy_from_slice(&len.to_le_bytes());
+    reseal(&mut b);
+    assert_eq!(malformed(&b), "payload ends early");
 }

@@ -238,7 +238,9 @@ impl IncomingMigration {
                         return Err(MigrationError::Protocol("device state sent twice".into()));
                     }
                 }
-                Frame::Commit { vcpus: n, pages } => {
+                Frame::Commit {
+                    vcpus: n, pages, ..
+                } => {
                     check_count(round, pages, in_round)?;
                     let final_since = final_since.unwrap_or_else(Instant::now);
                     self.progress

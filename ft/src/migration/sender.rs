@@ -277,6 +277,7 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
         let commit = Frame::Commit {
             vcpus: state.vcpus.len() as u32,
             pages: final_pages,
+            info: None,
         };
         let seq = self.send(&commit, FLAG_ACK_REQUESTED)?;
         self.set_phase(MigrationPhase::Completing);

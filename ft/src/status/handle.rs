@@ -47,6 +47,9 @@ pub struct FtStatus {
     pub heartbeat_age: PathAges,
     /// Failovers this VMM completed (backup went live as the new primary).
     pub failover_count: u64,
+    /// The guest is paused (primary: `vm.pause`; backup: at the last committed checkpoint, so a
+    /// failover now would bring it up paused).
+    pub guest_paused: bool,
     /// Why the state last changed (or the last failed arbitration attempt).
     pub reason: String,
     /// When `reason` was set, milliseconds since the Unix epoch.
@@ -72,6 +75,7 @@ struct Inner {
     backlog_bytes: u64,
     backlog_epochs: u64,
     failover_count: u64,
+    guest_paused: bool,
     reason: String,
     reason_at_unix_ms: u64,
     state_since: Instant,
@@ -96,6 +100,7 @@ impl Inner {
             backlog_bytes: 0,
             backlog_epochs: 0,
             failover_count: 0,
+            guest_paused: false,
             reason: reason.to_owned(),
             reason_at_unix_ms: unix_ms(),
             state_since: Instant::now(),
@@ -170,6 +175,40 @@ impl StatusHandle {
         g.detector = detector;
         g.set_state(FtState::Syncing, reason);
         Ok(())
+    }
+
+    /// ft.enable on a primary running unprotected (after a failover, a lost backup or a guest
+    /// reboot): `Unprotected -> Syncing` with the new `peer`, in `generation` or the current
+    /// one if higher; the checkpoint figures restart, the failover count stays.
+    pub fn reprotect(
+        &self,
+        generation: u64,
+        peer: Option<String>,
+        reason: &str,
+    ) -> Result<(), StatusError> {
+        let mut g = self.lock();
+        if g.role != Role::Primary || !transition_allowed(g.role, g.state, FtState::Syncing) {
+            return Err(StatusError::BadEnable {
+                requested: Role::Primary,
+                role: g.role,
+                state: g.state,
+            });
+        }
+        let mut fresh = Inner::standalone(reason);
+        fresh.role = Role::Primary;
+        fresh.generation = g.generation.max(generation);
+        fresh.peer = peer;
+        fresh.failover_count = g.failover_count;
+        fresh.guest_paused = g.guest_paused;
+        fresh.detector = g.detector.take();
+        *g = fresh;
+        g.set_state(FtState::Syncing, reason);
+        Ok(())
+    }
+
+    /// Records whether the guest is paused (see [`FtStatus::guest_paused`]).
+    pub fn set_guest_paused(&self, paused: bool) {
+        self.lock().guest_paused = paused;
     }
 
     /// ft.disable: back to standalone from any state (the only way out of `Halted`); figures reset.
@@ -293,6 +332,7 @@ impl StatusHandle {
             ack_age_ms: g.last_ack.map(age_ms),
             heartbeat_age,
             failover_count: g.failover_count,
+            guest_paused: g.guest_paused,
             reason: g.reason.clone(),
             reason_at_unix_ms: g.reason_at_unix_ms,
             state_age_ms: age_ms(g.state_since),

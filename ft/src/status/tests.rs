@@ -15,6 +15,7 @@ const ALLOWED: &[(Role, FtState, FtState)] = &[
     (Role::Backup, Protected, FailingOver),
     (Role::Backup, FailingOver, Unprotected),
     (Role::Primary, Unprotected, Syncing),
+    (Role::Backup, Protected, Syncing),
     (Role::Primary, Syncing, Halted),
     (Role::Primary, Protected, Halted),
     (Role::Primary, Unprotected, Halted),
@@ -175,4 +176,33 @@ fn pause_window_is_bounded_but_max_is_not() {
     }
     let p = s.snapshot().pause;
     assert_eq!((p.p50_us, p.p99_us, p.max_us), (100, 100, 2_000_000));
+}
+
+#[test]
+fn reprotect_only_from_an_unprotected_primary_and_keeps_the_failover_count() {
+    let s = StatusHandle::new();
+    assert!(s.reprotect(1, None, "no").is_err(), "standalone");
+    s.enable(Role::Backup, 4, None, "ft.receive").unwrap();
+    s.transition(Protected, "synced").unwrap();
+    assert!(s.reprotect(4, None, "no").is_err(), "backup");
+    s.transition(FailingOver, "won 5").unwrap();
+    s.set_generation(5).unwrap();
+    s.transition(Unprotected, "live").unwrap();
+    s.record_checkpoint(Duration::from_micros(10), 100);
+    s.set_guest_paused(true);
+    s.reprotect(3, Some("peer:2".into()), "ft.enable").unwrap();
+    let snap = s.snapshot();
+    assert_eq!((snap.role, snap.state), (Role::Primary, Syncing));
+    assert_eq!(snap.generation, 5, "never goes down");
+    assert_eq!(snap.failover_count, 1);
+    assert_eq!(snap.checkpoint_count, 0);
+    assert!(snap.guest_paused);
+    assert_eq!(snap.peer.as_deref(), Some("peer:2"));
+    // Syncing or protected: already re-protecting.
+    assert!(s.reprotect(6, None, "again").is_err());
+    // A backup whose primary rebooted goes back to syncing.
+    let b = StatusHandle::new();
+    b.enable(Role::Backup, 1, None, "ft.receive").unwrap();
+    b.transition(Protected, "synced").unwrap();
+    b.transition(Syncing, "the primary rebooted").unwrap();
 }

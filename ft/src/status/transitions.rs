@@ -13,7 +13,10 @@ use super::{FtState, Role};
 /// * `FailingOver -> Unprotected`: the backup went live; it is the primary now (the role change is
 ///   done by [`super::StatusHandle::transition`]). `FailingOver -> Protected` is impossible: being
 ///   protected again needs a new backup and a new sync.
-/// * `Unprotected -> Syncing`, primary only: re-protecting with a new backup.
+/// * `Unprotected -> Syncing`, primary only: re-protecting with a new backup (after a failover,
+///   after losing its backup, or after a guest reboot).
+/// * `Protected -> Syncing`, backup only: the primary's guest rebooted; the backup discarded its
+///   copy and waits for a fresh initial sync (it has nothing to go live from until then).
 /// * anything but `Halted -> Halted`: lost arbitration or a fatal error.
 /// * `Halted` is terminal; only ft.disable ([`super::StatusHandle::disable`]) leaves it.
 /// * a state never "changes" into itself: such a call is a caller bug worth seeing.
@@ -27,6 +30,7 @@ pub fn transition_allowed(role: Role, from: FtState, to: FtState) -> bool {
         (Protected, FailingOver) => role == Role::Backup,
         (FailingOver, Unprotected) => role == Role::Backup,
         (Unprotected, Syncing) => role == Role::Primary,
+        (Protected, Syncing) => role == Role::Backup,
         _ => false,
     }
 }
