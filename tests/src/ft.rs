@@ -63,8 +63,14 @@ pub struct Pair {
 impl Pair {
     /// The `ft.receive` body for backup `b` of this pair, with its disk at `image`.
     pub fn receive_body(&self, b: &Tandem, image: &Path) -> Value {
+        self.receive_body_on(b, image, HOST_B_LINK_IP)
+    }
+
+    /// [`Pair::receive_body`] for a backup listening on host link address `ip` (a new backup
+    /// on host P after a failover: [`HOST_P_LINK_IP`](crate::net::HOST_P_LINK_IP)).
+    pub fn receive_body_on(&self, b: &Tandem, image: &Path, ip: &str) -> Value {
         json!({
-            "listen": format!("tcp:{HOST_B_LINK_IP}:{FT_PORT}"),
+            "listen": format!("tcp:{ip}:{FT_PORT}"),
             "disks": [{"id": "disk0", "path": image}],
             "net": [{"id": "nic0", "tap": "tap0"}],
             "serial": {"mode": "File", "file": b.serial_path},
@@ -76,8 +82,13 @@ impl Pair {
 
     /// The `ft.enable` body that points a primary at the backup on host B.
     pub fn enable_body(&self) -> Value {
+        self.enable_body_to(HOST_B_LINK_IP)
+    }
+
+    /// The `ft.enable` body that points a primary at a backup listening on `ip`.
+    pub fn enable_body_to(&self, ip: &str) -> Value {
         json!({
-            "peer": format!("tcp:{HOST_B_LINK_IP}:{FT_PORT}"),
+            "peer": format!("tcp:{ip}:{FT_PORT}"),
             "disk_mode": self.disk_mode,
             "arbiter": {"path": self.arbiter},
             "failure_timeout_ms": self.failure_timeout_ms,
@@ -91,7 +102,8 @@ pub fn protected_pair(tag: &str, disk_mode: &str) -> Pair {
 }
 
 /// A protected pair with both members' failure timeout set to `failure_timeout_ms`; a second
-/// `ft.enable` and an `ft.promote` on the primary are checked to be refused with 409.
+/// `ft.enable`, an `ft.promote` and a `vm.snapshot` on the primary are checked to be refused
+/// with 409.
 pub fn protected_pair_with(tag: &str, disk_mode: &str, failure_timeout_ms: u64) -> Pair {
     let net = TestNet::up(tag);
     net.add_tap(Node::HostP, "tap0");
@@ -144,7 +156,9 @@ pub fn protected_pair_with(tag: &str, disk_mode: &str, failure_timeout_ms: u64) 
     // Wrong calls: a clear 409, nothing changed.
     assert_eq!(p.put("ft.enable", Some(&enable)).0, 409);
     assert_eq!(p.put("ft.promote", None).0, 409);
-    let (code, err) = p.put("vm.pause", None);
+    // Snapshots are not carried to the backup (pause, resume, shutdown and reboot are).
+    let snap = json!({"destination_url": format!("file://{}", pair.store.path("snap").display())});
+    let (code, err) = p.put("vm.snapshot", Some(&snap));
     assert_eq!(code, 409, "{err}");
     assert!(err.to_string().contains("ft.disable first"), "{err}");
     assert_eq!(ft_status(p)["state"], "protected");

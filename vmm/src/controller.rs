@@ -71,8 +71,14 @@ pub enum VmmError {
     MigrationListen(#[source] ft::transport::TransportError),
     #[error("cannot start the migration thread")]
     MigrationThread(#[source] std::io::Error),
-    #[error("FT is enabled; ft.disable first (pause, resume, shutdown and reboot are not yet carried to the backup)")]
+    #[error("FT is enabled; ft.disable first (only pause, resume, shutdown and reboot are carried to the backup)")]
     FtEnabled,
+    #[error("FT is still syncing the backup; try again once protected")]
+    FtSyncing,
+    #[error("the FT pair ended meanwhile; try again")]
+    FtEndedMeanwhile,
+    #[error("cannot {action} the protected VM: {why}")]
+    FtOp { action: &'static str, why: String },
     #[error("this VMM is already in an FT pair; ft.disable first")]
     FtAlready,
     #[error("only a backup can be promoted")]
@@ -99,7 +105,10 @@ impl VmmError {
             | VmmError::FtAlready
             | VmmError::FtNotBackup
             | VmmError::FtNotEnabled
-            | VmmError::FtNothingToPromote => 409,
+            | VmmError::FtNothingToPromote
+            | VmmError::FtSyncing
+            | VmmError::FtEndedMeanwhile => 409,
+            VmmError::FtOp { .. } => 500,
             VmmError::FtArbiter(_) | VmmError::FtPeer(_) => 400,
             VmmError::FtStart(_) => 500,
             // A malformed URL, an unreachable peer or an address we cannot listen on.
@@ -149,6 +158,8 @@ pub struct Vmm {
     ft_status: ::ft::status::StatusHandle,
     /// The running pair member, if any (its thread owns or awaits the VM).
     ft: Option<ft_pair::FtMember>,
+    /// The VM went live paused after a failover: announce its MACs when it resumes.
+    announce_on_resume: bool,
 }
 
 impl Vmm {
@@ -164,6 +175,7 @@ impl Vmm {
             migration: None,
             ft_status: ::ft::status::StatusHandle::new(),
             ft: None,
+            announce_on_resume: false,
         }
     }
 
@@ -219,7 +231,9 @@ impl Vmm {
             VmmEvent::MigrationSent { vm, result } => self.migration_sent(vm, result),
             VmmEvent::MigrationReceived { result } => self.migration_received(result),
             VmmEvent::FtPrimaryEnded { vm, end } => return self.ft_primary_ended(vm, end),
-            VmmEvent::FtBackupLive { config, vm } => self.ft_backup_live(*config, vm),
+            VmmEvent::FtBackupLive { config, vm, paused } => {
+                self.ft_backup_live(*config, vm, paused)
+            }
             VmmEvent::FtBackupEnded => self.ft_backup_ended(),
             stale => log::debug!("ignoring event from an earlier boot: {stale:?}"),
         }
@@ -235,6 +249,9 @@ impl Vmm {
                 "features": ["kvm"],
             }))),
             ApiRequest::VmmShutdown => {
+                // A pair member ends its pair on purpose first: a primary's backup is told and
+                // discards its copy instead of taking this for a crash.
+                self.ft_leave();
                 self.teardown();
                 Ok(None)
             }
@@ -416,6 +433,9 @@ impl Vmm {
     }
 
     fn pause(&mut self) -> Result<(), VmmError> {
+        if let Some(r) = self.ft_pause_resume(true) {
+            return r;
+        }
         self.require("pause", &[VmState::Running])?;
         if let Some(vm) = &self.vm {
             vm.pause().map_err(|source| VmmError::Vm {
@@ -423,26 +443,41 @@ impl Vmm {
                 source,
             })?;
         }
+        self.ft_status.set_guest_paused(true);
         self.state = VmState::Paused;
         Ok(())
     }
 
     fn resume(&mut self) -> Result<(), VmmError> {
-        self.require("resume", &[VmState::Paused])?;
-        if let Some(vm) = &self.vm {
-            vm.resume();
+        if let Some(r) = self.ft_pause_resume(false) {
+            return r;
         }
+        self.require("resume", &[VmState::Paused])?;
+        if let Some(vm) = &mut self.vm {
+            vm.resume();
+            // Went live paused after a failover: the LAN still looks for it on the old host.
+            if std::mem::take(&mut self.announce_on_resume) {
+                vm.announce();
+            }
+        }
+        self.ft_status.set_guest_paused(false);
         self.state = VmState::Running;
         Ok(())
     }
 
     fn shutdown(&mut self) -> Result<(), VmmError> {
+        if let Some(r) = self.ft_shutdown() {
+            return r;
+        }
         self.require("shut down", &[VmState::Running, VmState::Paused])?;
         self.teardown();
         Ok(())
     }
 
     fn reboot(&mut self) -> Result<(), VmmError> {
+        if let Some(r) = self.ft_reboot() {
+            return r;
+        }
         self.require("reboot", &[VmState::Running, VmState::Paused])?;
         self.teardown();
         self.boot()

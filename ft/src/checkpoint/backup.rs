@@ -226,11 +226,24 @@ impl<V: MigratableVm> FtBackup<V> {
         }
         let (pages, vcpus) = (self.vm.page_count(), self.vm.vcpu_count());
         let mut last_heard = Instant::now();
+        // Heartbeats go out when this side has sent nothing for the interval, whatever arrives:
+        // the primary's own heartbeats (a paused guest, no checkpoints to ack) must not keep
+        // ours from going out, or the primary would take our silence for a failure.
+        let mut last_sent = Instant::now();
         loop {
             let next = self.last_committed().unwrap_or(0) + 1;
             let mut staging = Staging::new(next, pages, vcpus);
             let mut bytes = 0;
             loop {
+                if last_sent.elapsed() >= opts.heartbeat_interval {
+                    let hb = Frame::Heartbeat {
+                        timestamp_ms: now_ms(),
+                    };
+                    if let Err(e) = writer.send(&hb, next - 1, 0) {
+                        return e.into();
+                    }
+                    last_sent = Instant::now();
+                }
                 let before = reader.bytes();
                 let f = match reader.recv() {
                     Ok(f) => f,
@@ -240,12 +253,6 @@ impl<V: MigratableVm> FtBackup<V> {
                                 waiting_for: "the primary (peer timeout)",
                             }
                             .into();
-                        }
-                        let hb = Frame::Heartbeat {
-                            timestamp_ms: now_ms(),
-                        };
-                        if let Err(e) = writer.send(&hb, next - 1, 0) {
-                            return e.into();
                         }
                         continue;
                     }
@@ -257,7 +264,10 @@ impl<V: MigratableVm> FtBackup<V> {
                     bytes += reader.bytes().saturating_sub(before);
                 }
                 match self.on_frame(f, next, &mut staging, writer, hooks, bytes) {
-                    Ok(true) => break,
+                    Ok(true) => {
+                        last_sent = Instant::now(); // the Ack
+                        break;
+                    }
                     Ok(false) => {}
                     Err(e) => return e,
                 }

@@ -234,7 +234,12 @@ pub enum VmmEvent {
         end: crate::ft::pair::PrimaryEnd,
     },
     /// The FT backup went live: the VM runs here now, as the primary.
-    FtBackupLive { config: Box<VmConfig>, vm: VmBox },
+    FtBackupLive {
+        config: Box<VmConfig>,
+        vm: VmBox,
+        /// The primary's guest was paused at the checkpoint it went live from: it stays paused.
+        paused: bool,
+    },
     /// The FT backup stopped without going live (discarded or halted; see ft.status).
     FtBackupEnded,
 }

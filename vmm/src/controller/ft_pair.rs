@@ -2,11 +2,23 @@
 //! connects (so a wrong call is an immediate 4xx with nothing changed), then a pair thread
 //! (`crate::ft::pair`) owns the VM and reports back with a `VmmEvent`.
 //!
-//! While a pair runs, `vm.pause`, `vm.resume`, `vm.shutdown`, `vm.reboot`, `vm.delete`,
-//! `vm.snapshot`, `vm.counters` and migrations are refused with 409 "FT is enabled; ft.disable
-//! first": carrying them to the backup (synchronised operations) is a later step. A guest
-//! power-off on the primary ends the pair on purpose (the backup is told with an Abort and
-//! discards its copy), unlike a crash, which closes the stream without one.
+//! Synchronised operations on a protected primary (the pair thread carries them, the API call
+//! waits; refused with 409 while the pair is still syncing):
+//! * `vm.pause`: the guest pauses after one last checkpoint that tells the backup so; it stays
+//!   protected (a backup that goes live from it comes up Paused). `vm.resume` resumes it.
+//! * `vm.shutdown`, and `vmm.shutdown` on a pair member: the pair ends on purpose, like a guest
+//!   power-off: the backup is told with an Abort and discards its copy (as vSphere powers off
+//!   the secondary with the primary), unlike a crash, which closes the stream without one.
+//!   `vmm.shutdown` on a backup leaves the pair; its primary goes on unprotected.
+//! * `vm.reboot`: the backup is told to discard its copy and wait for a fresh sync on the same
+//!   listener; the guest reboots and FT is enabled again with the same settings.
+//!
+//! `vm.delete`, `vm.snapshot`, `vm.counters` and migrations stay refused with 409 "FT is
+//! enabled; ft.disable first"; so is every VM call on a backup.
+//!
+//! Re-protect: a primary running unprotected (after a failover, or after losing its backup) takes
+//! `ft.enable` to a new backup; it keeps the generation it holds (or the arbiter's, if higher),
+//! which the next failover's claim goes above.
 
 use super::{apply_overrides, chain, Flow, VmState, Vmm, VmmError};
 use crate::api::types::{FtDiskMode, FtEnableConfig, FtReceiveConfig};
@@ -14,7 +26,7 @@ use crate::api::VmBox;
 use crate::config::{host_memory_limit, VmConfig};
 use crate::ft::pair::{
     spawn_backup, spawn_primary, start_generation, BackupSetup, PairCommand, PairHandle,
-    PairTiming, PrimaryEnd, PrimarySetup,
+    PairTiming, PrimaryEnd, PrimarySetup, OP_TIMEOUT,
 };
 use devices::virtio::block::gate::DiskMode;
 use ft::arbiter::FileArbiter;
@@ -30,6 +42,8 @@ pub(super) struct FtMember {
     handle: PairHandle,
     /// The guest powered off while the pair ran: stop the VM once it comes back.
     powering_off: bool,
+    /// A primary's ft.enable, to protect the guest again after a reboot.
+    enable: Option<FtEnableConfig>,
 }
 
 fn mode(m: FtDiskMode) -> DiskMode {
@@ -58,13 +72,15 @@ impl Vmm {
         Ok((arbiter, generation))
     }
 
-    /// `ft.enable`.
+    /// `ft.enable`: from standalone, or to re-protect a primary running unprotected.
     pub(super) fn ft_enable(&mut self, c: &FtEnableConfig) -> Result<(), VmmError> {
         self.ft_guard().map_err(|_| VmmError::FtAlready)?;
         let cfg = self.require("enable FT on", &[VmState::Running])?.clone();
-        if self.ft_status.role() != Role::Standalone {
-            return Err(VmmError::FtAlready);
-        }
+        let reprotect = match (self.ft_status.role(), self.ft_status.state()) {
+            (Role::Standalone, _) => false,
+            (Role::Primary, FtState::Unprotected) => true,
+            _ => return Err(VmmError::FtAlready),
+        };
         let (arbiter, generation) = Self::open_arbiter(&c.arbiter.path)?;
         let endpoint: Endpoint = c.peer.parse().map_err(VmmError::MigrationUrl)?;
         if !matches!(endpoint, Endpoint::Tcp { .. }) {
@@ -72,14 +88,15 @@ impl Vmm {
         }
         let conn = transport::connect(&endpoint, CONNECT_TIMEOUT)
             .map_err(|e| VmmError::FtPeer(chain(&e)))?;
-        self.ft_status
-            .enable(
-                Role::Primary,
-                generation,
-                Some(endpoint.to_string()),
-                "ft.enable",
-            )
-            .map_err(|_| VmmError::FtAlready)?;
+        let peer = Some(endpoint.to_string());
+        let entered = if reprotect {
+            self.ft_status
+                .reprotect(generation, peer, "ft.enable: protecting again")
+        } else {
+            self.ft_status
+                .enable(Role::Primary, generation, peer, "ft.enable")
+        };
+        entered.map_err(|_| VmmError::FtAlready)?;
         let vm = self.vm.take().ok_or(VmmError::NoVm)?;
         let setup = PrimarySetup {
             vm,
@@ -101,6 +118,7 @@ impl Vmm {
                     role: Role::Primary,
                     handle,
                     powering_off: false,
+                    enable: Some(c.clone()),
                 });
                 log::info!("ft: protecting the VM with the backup at {endpoint}");
                 Ok(())
@@ -108,7 +126,12 @@ impl Vmm {
             Err(b) => {
                 let (vm, why) = *b;
                 self.vm = Some(vm);
-                self.ft_status.disable(&format!("ft.enable failed: {why}"));
+                let reason = format!("ft.enable failed: {why}");
+                if reprotect {
+                    let _ = self.ft_status.transition(FtState::Unprotected, &reason);
+                } else {
+                    self.ft_status.disable(&reason);
+                }
                 Err(VmmError::FtStart(why))
             }
         }
@@ -168,6 +191,7 @@ impl Vmm {
                     role: Role::Backup,
                     handle,
                     powering_off: false,
+                    enable: None,
                 });
                 log::info!("ft: backup waiting for a primary on {endpoint}");
                 Ok(())
@@ -225,11 +249,130 @@ impl Vmm {
         }
     }
 
+    /// The protected primary's pair member, if this VMM is one and its pair thread can take a
+    /// synchronised operation now (`Err`: it is still syncing).
+    fn ft_primary(&self) -> Option<Result<&FtMember, VmmError>> {
+        match &self.ft {
+            Some(m) if m.role == Role::Primary => Some(match self.ft_status.state() {
+                FtState::Syncing => Err(VmmError::FtSyncing),
+                _ => Ok(m),
+            }),
+            _ => None,
+        }
+    }
+
+    /// `vm.pause` (`pause`) or `vm.resume` on a protected primary; `None`: no pair here.
+    pub(super) fn ft_pause_resume(&mut self, pause: bool) -> Option<Result<(), VmmError>> {
+        let (action, from, to) = if pause {
+            ("pause", VmState::Running, VmState::Paused)
+        } else {
+            ("resume", VmState::Paused, VmState::Running)
+        };
+        let m = match self.ft_primary()? {
+            Ok(m) => m,
+            Err(e) => return Some(Err(e)),
+        };
+        if self.state != from {
+            return Some(Err(VmmError::WrongState {
+                action,
+                state: self.state,
+            }));
+        }
+        let op = if pause {
+            PairCommand::Pause
+        } else {
+            PairCommand::Resume
+        };
+        // The pair thread answers within OP_TIMEOUT; a little more for the thread's own turn.
+        let r = m.handle.op(op, OP_TIMEOUT + Duration::from_secs(1));
+        Some(match r {
+            Ok(()) => {
+                self.state = to;
+                log::info!("ft: guest {action}d; still protected");
+                Ok(())
+            }
+            Err(why) => Err(VmmError::FtOp { action, why }),
+        })
+    }
+
+    /// Ends a protected primary's pair synchronously with `c`: the VM back, stopped.
+    fn ft_end_primary(&mut self, c: PairCommand) -> Result<(), VmmError> {
+        let m = self.ft.take().ok_or(VmmError::FtNotEnabled)?;
+        let Some((vm, end)) = m.handle.end(c) else {
+            // It ended on its own just now; its event brings the VM back.
+            return Err(VmmError::FtEndedMeanwhile);
+        };
+        log::info!("ft: primary pair thread ended ({end:?})");
+        if let Some(mut vm) = vm {
+            if let Err(e) = vm.stop() {
+                log::error!("stopping the VM: {}", chain(&e));
+            }
+        }
+        self.teardown();
+        Ok(())
+    }
+
+    /// `vm.shutdown` on a protected primary: the pair ends on purpose, the backup discards.
+    pub(super) fn ft_shutdown(&mut self) -> Option<Result<(), VmmError>> {
+        if let Err(e) = self.ft_primary()? {
+            return Some(Err(e));
+        }
+        Some(self.ft_end_primary(PairCommand::Shutdown("vm.shutdown on the primary")))
+    }
+
+    /// `vm.reboot` on a protected primary: the backup discards its copy and waits; the guest
+    /// reboots; FT is enabled again with the same settings (a fresh initial sync). Should that
+    /// fail, the guest runs on unprotected (see ft.status) and `ft.enable` can protect it again.
+    pub(super) fn ft_reboot(&mut self) -> Option<Result<(), VmmError>> {
+        let enable = match self.ft_primary()? {
+            Ok(m) => m.enable.clone(),
+            Err(e) => return Some(Err(e)),
+        };
+        if let Err(e) = self.ft_end_primary(PairCommand::Reboot) {
+            return Some(Err(e));
+        }
+        if let Err(e) = self.boot() {
+            return Some(Err(e));
+        }
+        self.ft_status.set_guest_paused(false);
+        if let Some(c) = enable {
+            if let Err(e) = self.ft_enable(&c) {
+                log::error!(
+                    "ft: vm.reboot: cannot protect the rebooted guest again: {}",
+                    chain(&e)
+                );
+            }
+        }
+        Some(Ok(()))
+    }
+
+    /// `vmm.shutdown` on a pair member: a primary ends its pair on purpose (the backup discards),
+    /// a backup leaves (its primary goes on unprotected); either way before the process exits.
+    pub(super) fn ft_leave(&mut self) {
+        let Some(m) = self.ft.take() else { return };
+        if m.role != Role::Primary {
+            let _ = m.handle.end(PairCommand::Leave);
+            return;
+        }
+        if let Some((Some(mut vm), _)) = m
+            .handle
+            .end(PairCommand::Shutdown("vmm.shutdown on the primary"))
+        {
+            if let Err(e) = vm.stop() {
+                log::error!("stopping the VM: {}", chain(&e));
+            }
+        }
+    }
+
     /// The primary's thread handed the VM back.
     pub(super) fn ft_primary_ended(&mut self, vm: Option<VmBox>, end: PrimaryEnd) -> Flow {
         let powering_off = self.ft.take().is_some_and(|m| m.powering_off);
         let mut vm = vm.map(|v| v.0);
-        let stop = powering_off || matches!(end, PrimaryEnd::PoweredOff | PrimaryEnd::Halted);
+        let stop = powering_off
+            || matches!(
+                end,
+                PrimaryEnd::PoweredOff | PrimaryEnd::Halted | PrimaryEnd::Shutdown
+            );
         log::info!("ft: primary pair thread ended ({end:?})");
         if stop || vm.is_none() {
             if let Some(mut v) = vm.take() {
@@ -243,18 +386,30 @@ impl Vmm {
             }
         } else {
             self.vm = vm;
-            self.state = VmState::Running;
+            // A guest paused through the pair stays paused (FtPrimary hands it back so).
+            if self.state != VmState::Paused {
+                self.state = VmState::Running;
+            }
         }
         Flow::Continue
     }
 
-    /// The backup went live: the VM runs here now.
-    pub(super) fn ft_backup_live(&mut self, config: VmConfig, vm: VmBox) {
+    /// The backup went live: the VM runs here now, or is paused here if the primary's guest was
+    /// paused at the checkpoint it went live from (its MACs are announced on `vm.resume`).
+    pub(super) fn ft_backup_live(&mut self, config: VmConfig, vm: VmBox, paused: bool) {
         self.ft = None;
         self.config = Some(config);
         self.vm = Some(vm.0);
-        self.state = VmState::Running;
-        log::warn!("ft: this VMM runs the guest now (failover)");
+        self.state = if paused {
+            VmState::Paused
+        } else {
+            VmState::Running
+        };
+        self.announce_on_resume = paused;
+        log::warn!(
+            "ft: this VMM holds the guest now (failover){}",
+            if paused { ", paused" } else { "" }
+        );
     }
 
     /// The backup stopped without going live.

@@ -17,8 +17,18 @@
 //!   complete checkpoint (shared disks: re-issue the committed writes first), announce the MACs,
 //!   become the primary, unprotected.
 //!
-//! Not yet: UDP heartbeats on a second path (the detector has only the stream), and carrying
-//! pause/resume/shutdown/reboot to the backup (refused while FT runs).
+//! Synchronised VM operations on a protected primary (the VMM thread waits for each):
+//! * pause/resume: `FtPrimary::pause_guest` takes one last checkpoint that leaves the guest
+//!   paused and says so in its Commit, so the backup knows, and goes live paused if the primary
+//!   dies then; resume lets epochs go on.
+//! * shutdown (`vm.shutdown`, `vmm.shutdown`): ends the pair on purpose like a guest power-off;
+//!   the backup discards its copy; the VM comes back through the thread's join to be stopped.
+//! * reboot: ends the pair with an Abort that asks for a re-sync ([`ft::checkpoint::RESYNC_PREFIX`]):
+//!   the backup discards its copy (so it can never go live from the old guest or a half-done
+//!   reboot) and waits on the same listener; the VMM reboots the guest and enables FT again with
+//!   the same settings, a fresh initial sync.
+//!
+//! Not yet: UDP heartbeats on a second path (the detector has only the stream).
 
 use super::hooks::{BackupDisk, BackupDiskHooks, PrimaryHooks};
 use crate::api::{VmBox, VmmEvent};
@@ -34,8 +44,8 @@ use devices::GuestEventHandler;
 use ft::arbiter::{Arbiter, FileArbiter};
 use ft::bitmap::DirtyBitmap;
 use ft::checkpoint::{
-    BackupHooks, BackupOptions, CheckpointError, CheckpointStats, EpochHooks, FtBackup, FtPrimary,
-    PrimaryOptions, StatsSink,
+    is_resync, BackupHooks, BackupOptions, CheckpointError, CheckpointStats, EpochHooks, FtBackup,
+    FtPrimary, PrimaryOptions, ReceivedCheckpoint, StatsSink, RESYNC_PREFIX,
 };
 use ft::failover::{Decision, FailoverCoordinator};
 use ft::frame::{FrameType, PAGE_SIZE};
@@ -56,6 +66,10 @@ const SYNC_IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a pair thread looks at its commands and the detector.
 const TICK: Duration = Duration::from_millis(20);
 
+/// Longest wait for the epoch thread to pause or resume the guest (it may first wait for room
+/// in the in-flight window, which the ack timeout bounds).
+pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Timing of a pair.
 #[derive(Debug, Clone, Copy)]
 pub struct PairTiming {
@@ -67,8 +81,11 @@ pub struct PairTiming {
     pub failure_timeout: Duration,
 }
 
+/// The answer to a pause or resume: an error says why it was not done.
+pub type OpReply = Sender<Result<(), String>>;
+
 /// What the VMM thread asks of a pair thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum PairCommand {
     /// ft.disable: end the pair on purpose (primary runs on alone, backup discards).
     Disable,
@@ -76,6 +93,19 @@ pub enum PairCommand {
     PowerOff,
     /// ft.promote on the backup: stop receiving and go live, through arbitration.
     Promote,
+    /// vm.pause on the primary: answered once the guest is paused and its last checkpoint
+    /// captured; it stays protected.
+    Pause(OpReply),
+    /// vm.resume on the primary.
+    Resume(OpReply),
+    /// vm.shutdown or vmm.shutdown on the primary (the reason the backup is told): end the pair
+    /// on purpose; the VM comes back through [`PairHandle::end`].
+    Shutdown(&'static str),
+    /// vm.reboot on the primary: end the pair asking the backup to wait for a fresh sync; the VM
+    /// comes back through [`PairHandle::end`].
+    Reboot,
+    /// vmm.shutdown on a backup: stop and discard, like ft.disable.
+    Leave,
 }
 
 /// How a primary's thread gave its VM back.
@@ -89,19 +119,59 @@ pub enum PrimaryEnd {
     PoweredOff,
     /// Lost arbitration: the VM must never run again here.
     Halted,
+    /// vm.shutdown/vmm.shutdown: stop the VM (handed back through the join, not an event).
+    Shutdown,
+    /// vm.reboot: the VMM reboots the guest and re-syncs the backup (handed back through the
+    /// join, not an event).
+    Reboot,
 }
+
+/// What a primary's thread hands back through its join when the VMM thread ended it
+/// synchronously (shutdown, reboot); `None` when it ended on its own and sent an event.
+type Joined = Option<Box<(Option<Vm>, PrimaryEnd)>>;
 
 /// What the VMM thread keeps of a running pair member.
 pub struct PairHandle {
     commands: Sender<PairCommand>,
     /// The backup's stream, so that ft.promote/ft.disable can end `FtBackup::run` at once.
     stream: Arc<Mutex<Option<Box<dyn Connection>>>>,
+    thread: Option<std::thread::JoinHandle<Joined>>,
 }
 
 impl PairHandle {
+    /// Asks a primary's thread for a synchronised operation (pause, resume) and waits for its
+    /// answer, at most `timeout`.
+    pub fn op(
+        &self,
+        c: impl FnOnce(OpReply) -> PairCommand,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.commands
+            .send(c(tx))
+            .map_err(|_| "the pair has ended".to_string())?;
+        match rx.recv_timeout(timeout) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => Err(format!("no answer within {timeout:?}")),
+            Err(RecvTimeoutError::Disconnected) => Err("the pair has ended".into()),
+        }
+    }
+
+    /// Passes `c` (Shutdown, Reboot, Leave) and waits for the thread to end; a primary's VM
+    /// comes back. `None`: the thread had ended on its own (its event is on the way).
+    pub fn end(mut self, c: PairCommand) -> Option<(Option<Vm>, PrimaryEnd)> {
+        self.command(c);
+        let joined = self.thread.take()?.join().ok()??;
+        Some(*joined)
+    }
+
     /// Passes `c` to the thread; a backup's stream is closed so that it stops receiving.
     pub fn command(&self, c: PairCommand) {
+        let stops_backup = !matches!(c, PairCommand::Pause(_) | PairCommand::Resume(_));
         let _ = self.commands.send(c);
+        if !stops_backup {
+            return;
+        }
         if let Some(s) = self
             .stream
             .lock()
@@ -190,9 +260,10 @@ pub fn spawn_primary(s: PrimarySetup) -> Result<PairHandle, Box<(Vm, String)>> {
         Err(e) => return Err(Box::new((s.vm, format!("cannot start the releaser: {e}")))),
     };
     let (tx, rx) = std::sync::mpsc::channel();
-    let handle = PairHandle {
+    let mut handle = PairHandle {
         commands: tx,
         stream: Arc::default(),
+        thread: None,
     };
     let detector = FailureDetector::new(s.timing.failure_timeout);
     s.status.attach_detector(detector.clone());
@@ -208,14 +279,19 @@ pub fn spawn_primary(s: PrimarySetup) -> Result<PairHandle, Box<(Vm, String)>> {
         .name("tandem_ft_primary".into())
         .spawn(move || {
             let taken = thread_slot.lock().ok().and_then(|mut s| s.take());
-            let Some((vm, conn)) = taken else { return };
+            let (vm, conn) = taken?;
             let (vm, end) = run_primary(
                 vm, conn, &config, hooks, &clock, detector, arbiter, &status, timing, &rx,
             );
             drop(releaser);
+            if matches!(end, PrimaryEnd::Shutdown | PrimaryEnd::Reboot) {
+                return Some(Box::new((vm, end)));
+            }
             let vm = vm.map(VmBox);
             let _ = events.send(VmmEvent::FtPrimaryEnded { vm, end });
+            None
         });
+    let spawned = spawned.map(|t| handle.thread = Some(t));
     if let Err(e) = spawned {
         let vm = slot
             .lock()
@@ -297,6 +373,36 @@ fn run_primary(
                 status.disable("ft.disable: running standalone");
                 return (vm, PrimaryEnd::Disabled);
             }
+            Ok(PairCommand::Pause(reply)) => {
+                let r = primary.pause_guest(OP_TIMEOUT).map_err(|e| error_chain(&e));
+                status.set_guest_paused(primary.guest_paused());
+                let _ = reply.send(r);
+            }
+            Ok(PairCommand::Resume(reply)) => {
+                let r = primary
+                    .resume_guest(OP_TIMEOUT)
+                    .map_err(|e| error_chain(&e));
+                status.set_guest_paused(primary.guest_paused());
+                let _ = reply.send(r);
+            }
+            Ok(PairCommand::Shutdown(why)) => {
+                let vm = finish(primary, Some(why));
+                let _ = clock.unprotect();
+                detector.close();
+                status.disable(&format!("{why}; the pair has ended"));
+                return (vm, PrimaryEnd::Shutdown);
+            }
+            Ok(PairCommand::Reboot) => {
+                let why = format!("{RESYNC_PREFIX}vm.reboot on the primary");
+                let vm = finish(primary, Some(&why));
+                let _ = clock.unprotect();
+                detector.close();
+                let _ = status.transition(
+                    FtState::Unprotected,
+                    "vm.reboot: the guest reboots; the backup waits for a fresh sync",
+                );
+                return (vm, PrimaryEnd::Reboot);
+            }
             Ok(PairCommand::PowerOff) => {
                 let vm = finish(primary, Some("guest powered off"));
                 let _ = clock.unprotect();
@@ -304,7 +410,7 @@ fn run_primary(
                 status.disable("guest powered off; the pair has ended");
                 return (vm, PrimaryEnd::PoweredOff);
             }
-            Ok(PairCommand::Promote) | Err(RecvTimeoutError::Timeout) => {}
+            Ok(PairCommand::Promote | PairCommand::Leave) | Err(RecvTimeoutError::Timeout) => {}
         }
         if Instant::now() < next_try {
             continue;
@@ -380,6 +486,16 @@ impl MigratableVm for BackupVm {
         self.inner.pause()
     }
     fn resume(&mut self) -> Result<(), VmOpError> {
+        // Resumes and announces the MACs (IncomingVm).
+        self.inner.resume()
+    }
+    fn save_state(&mut self) -> Result<VmState, VmOpError> {
+        self.inner.save_state()
+    }
+    /// Only `go_live` restores, once: the committed writes are re-issued right after, before
+    /// the guest runs, also when it goes live paused.
+    fn restore_state(&mut self, state: &VmState) -> Result<(), VmOpError> {
+        self.inner.restore_state(state)?;
         let n = self.disks.reissue().map_err(|e| VmOpError::Backend {
             what: "re-issue committed disk writes",
             source: Box::new(e),
@@ -387,14 +503,7 @@ impl MigratableVm for BackupVm {
         if n > 0 {
             log::info!("ft backup: re-issued {n} committed disk writes");
         }
-        // Resumes and announces the MACs (IncomingVm).
-        self.inner.resume()
-    }
-    fn save_state(&mut self) -> Result<VmState, VmOpError> {
-        self.inner.save_state()
-    }
-    fn restore_state(&mut self, state: &VmState) -> Result<(), VmOpError> {
-        self.inner.restore_state(state)
+        Ok(())
     }
 }
 
@@ -418,13 +527,19 @@ impl BackupHooks for BackupPairHooks {
         }
         self.status.record_commit(n);
     }
+    fn checkpoint_received(&self, r: &ReceivedCheckpoint) {
+        self.status
+            .record_checkpoint(r.pause.unwrap_or_default(), r.bytes);
+        self.status.set_guest_paused(r.guest_paused);
+    }
     fn on_peer_frame(&self, _kind: FrameType) {
         self.channel.frame_received()
     }
 }
 
 /// Turns the primary's config (JSON) into this host's VM config.
-pub type Localize = Box<dyn FnOnce(&str) -> Result<VmConfig, String> + Send>;
+/// Called once per initial sync (again after a guest reboot's re-sync).
+pub type Localize = Box<dyn Fn(&str) -> Result<VmConfig, String> + Send>;
 
 /// Everything `spawn_backup` needs.
 pub struct BackupSetup {
@@ -449,66 +564,46 @@ const ACCEPT_TURN: Duration = Duration::from_millis(100);
 pub fn spawn_backup(s: BackupSetup) -> std::io::Result<PairHandle> {
     let (tx, rx) = std::sync::mpsc::channel();
     let stream: Arc<Mutex<Option<Box<dyn Connection>>>> = Arc::default();
-    let handle = PairHandle {
+    let mut handle = PairHandle {
         commands: tx,
         stream: stream.clone(),
+        thread: None,
     };
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("tandem_ft_backup".into())
         .spawn(move || {
             let events = s.events.clone();
             let ev = match run_backup(s, &stream, &rx) {
-                Some((config, vm)) => VmmEvent::FtBackupLive {
+                Some((config, vm, paused)) => VmmEvent::FtBackupLive {
                     config: Box::new(config),
                     vm: VmBox(vm),
+                    paused,
                 },
                 None => VmmEvent::FtBackupEnded,
             };
             let _ = events.send(ev);
+            None
         })?;
+    handle.thread = Some(thread);
     Ok(handle)
 }
 
+/// The backup's thread: accept, receive, then discard, go live, or (the primary's guest
+/// rebooted) discard and wait on the same listener for a fresh sync. `Some((config, vm,
+/// paused))` once live.
 fn run_backup(
     s: BackupSetup,
     stream: &Mutex<Option<Box<dyn Connection>>>,
     commands: &Receiver<PairCommand>,
-) -> Option<(VmConfig, Vm)> {
+) -> Option<(VmConfig, Vm, bool)> {
     let status = s.status.clone();
     let end = |why: String| {
         log::warn!("ft backup: {why}");
         status.disable(&why);
         None
     };
-    // Accept in short turns, so that ft.disable or ft.promote while waiting for the primary ends
-    // the wait (nothing received, nothing to keep).
-    let waiting_since = Instant::now();
-    let conn = loop {
-        if let Ok(c) = commands.try_recv() {
-            return end(format!("{c:?} before the primary connected"));
-        }
-        match s.listener.accept(Some(ACCEPT_TURN)) {
-            Ok(c) => break c,
-            Err(ft::transport::TransportError::AcceptTimeout { .. })
-                if waiting_since.elapsed() < ACCEPT_TIMEOUT => {}
-            Err(e) => {
-                return end(format!(
-                    "no primary connected: {}",
-                    crate::controller::chain(&e)
-                ))
-            }
-        }
-    };
-    if let Ok(c) = conn.try_clone_box() {
-        *stream.lock().unwrap_or_else(PoisonError::into_inner) = Some(c);
-    }
-    let detector = FailureDetector::new(s.failure_timeout);
-    status.attach_detector(detector.clone());
-    let hooks = Arc::new(BackupPairHooks {
-        disks: OnceLock::new(),
-        status: status.clone(),
-        channel: detector.channel_hook(),
-    });
+    let (localize, guest_events, on_failure, mode) =
+        (s.localize, s.guest_events, s.on_failure, s.disk_mode);
     let opts = BackupOptions {
         sync: ReceiveOptions {
             io_timeout: s.failure_timeout.max(SYNC_IO_TIMEOUT),
@@ -516,51 +611,98 @@ fn run_backup(
         heartbeat_interval: Duration::from_millis(100),
         peer_timeout: s.failure_timeout,
     };
-    let config: OnceLock<VmConfig> = OnceLock::new();
-    let (localize, guest_events, on_failure, mode) =
-        (s.localize, s.guest_events, s.on_failure, s.disk_mode);
-    let build_hooks = hooks.clone();
-    let built = FtBackup::run_built(conn, &opts, hooks.clone(), |id| {
-        let cfg = localize(&id.config)?;
-        let mut disks = Vec::new();
-        // Disk gates are numbered by virtio device position, disks first (VirtioDevices).
-        for (index, d) in cfg.disks.iter().enumerate() {
-            let disk = RawDisk::open(&d.path, false)
-                .map_err(|e| format!("cannot open disk {:?} at {}: {e}", d.id, d.path.display()))?;
-            disks.push(BackupDisk {
-                index: index as u32,
-                disk,
-            });
+    let mut waiting_since = Instant::now();
+    let exit = loop {
+        // Accept in short turns, so that ft.disable or ft.promote while waiting for the primary
+        // ends the wait (nothing received, nothing to keep).
+        let conn = loop {
+            if let Ok(c) = commands.try_recv() {
+                return end(format!("{c:?} before the primary connected"));
+            }
+            match s.listener.accept(Some(ACCEPT_TURN)) {
+                Ok(c) => break c,
+                Err(ft::transport::TransportError::AcceptTimeout { .. })
+                    if waiting_since.elapsed() < ACCEPT_TIMEOUT => {}
+                Err(e) => {
+                    return end(format!(
+                        "no primary connected: {}",
+                        crate::controller::chain(&e)
+                    ))
+                }
+            }
+        };
+        if let Ok(c) = conn.try_clone_box() {
+            *stream.lock().unwrap_or_else(PoisonError::into_inner) = Some(c);
         }
-        let disks = Arc::new(BackupDiskHooks::new(mode, disks));
-        let _ = build_hooks.disks.set(disks.clone());
-        let inner = IncomingVm::new(cfg.clone(), guest_events, on_failure)
-            .map_err(|e| crate::controller::chain(&e))?;
-        let _ = config.set(cfg);
-        Ok(BackupVm { inner, disks })
-    });
-    *stream.lock().unwrap_or_else(PoisonError::into_inner) = None;
-    let exit = match built {
-        Ok(exit) => exit,
-        Err(e) => {
+        let detector = FailureDetector::new(s.failure_timeout);
+        status.attach_detector(detector.clone());
+        let hooks = Arc::new(BackupPairHooks {
+            disks: OnceLock::new(),
+            status: status.clone(),
+            channel: detector.channel_hook(),
+        });
+        let config: OnceLock<VmConfig> = OnceLock::new();
+        let build_hooks = hooks.clone();
+        let (guest_events, on_failure) = (guest_events.clone(), on_failure.clone());
+        let built = FtBackup::run_built(conn, &opts, hooks.clone(), |id| {
+            let cfg = localize(&id.config)?;
+            let mut disks = Vec::new();
+            // Disk gates are numbered by virtio device position, disks first (VirtioDevices).
+            for (index, d) in cfg.disks.iter().enumerate() {
+                let disk = RawDisk::open(&d.path, false).map_err(|e| {
+                    format!("cannot open disk {:?} at {}: {e}", d.id, d.path.display())
+                })?;
+                disks.push(BackupDisk {
+                    index: index as u32,
+                    disk,
+                });
+            }
+            let disks = Arc::new(BackupDiskHooks::new(mode, disks));
+            let _ = build_hooks.disks.set(disks.clone());
+            let inner = IncomingVm::new(cfg.clone(), guest_events, on_failure)
+                .map_err(|e| crate::controller::chain(&e))?;
+            let _ = config.set(cfg);
+            Ok(BackupVm { inner, disks })
+        });
+        *stream.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        let exit = match built {
+            Ok(exit) => exit,
+            Err(e) => {
+                detector.close();
+                return end(format!("initial sync failed: {}", error_chain(&e)));
+            }
+        };
+        // An Abort from the primary: the pair ended on purpose, never go live from it.
+        if let CheckpointError::BackupStopped { cause, .. } = &exit.error {
+            if let CheckpointError::Stream(MigrationError::PeerAborted { reason }) = &**cause {
+                detector.close();
+                if !is_resync(reason) {
+                    return end(format!(
+                        "the primary ended the pair ({reason}); copy discarded"
+                    ));
+                }
+                // The guest rebooted: its old state is worthless, and a half-done reboot is
+                // nothing to go live from. Drop the copy and wait for the fresh sync.
+                drop(exit);
+                status.set_guest_paused(false);
+                let _ = status.transition(
+                    FtState::Syncing,
+                    "the primary's guest rebooted: copy discarded, waiting for a fresh sync",
+                );
+                log::info!("ft backup: the primary's guest rebooted; waiting for a fresh sync");
+                waiting_since = Instant::now();
+                continue;
+            }
+        }
+        if let Some(e) = hooks.disks.get().and_then(|d| d.error()) {
             detector.close();
-            return end(format!("initial sync failed: {}", error_chain(&e)));
+            let _ = status.transition(FtState::Halted, &format!("disk replication failed: {e}"));
+            return None;
         }
+        let config = config.get()?.clone();
+        break (exit, detector, config);
     };
-    // An Abort from the primary: the pair ended on purpose, never go live from it.
-    if let CheckpointError::BackupStopped { cause, .. } = &exit.error {
-        if let CheckpointError::Stream(MigrationError::PeerAborted { reason }) = &**cause {
-            detector.close();
-            return end(format!(
-                "the primary ended the pair ({reason}); copy discarded"
-            ));
-        }
-    }
-    if let Some(e) = hooks.disks.get().and_then(|d| d.error()) {
-        detector.close();
-        let _ = status.transition(FtState::Halted, &format!("disk replication failed: {e}"));
-        return None;
-    }
+    let (exit, detector, config) = exit;
     log::warn!("ft backup: stream ended: {}", error_chain(&exit.error));
     let mut coordinator = FailoverCoordinator::new(s.arbiter, status.clone());
     let mut backup = Some(exit.backup);
@@ -568,9 +710,18 @@ fn run_backup(
     let mut promote = false;
     loop {
         match commands.recv_timeout(TICK) {
-            Ok(PairCommand::Disable) | Ok(PairCommand::PowerOff) => {
+            Ok(
+                PairCommand::Disable
+                | PairCommand::PowerOff
+                | PairCommand::Leave
+                | PairCommand::Shutdown(_)
+                | PairCommand::Reboot,
+            ) => {
                 detector.close();
                 return end("ft.disable on the backup; copy discarded".into());
+            }
+            Ok(PairCommand::Pause(reply) | PairCommand::Resume(reply)) => {
+                let _ = reply.send(Err("a backup runs no guest".into()));
             }
             Ok(PairCommand::Promote) => promote = true,
             Err(RecvTimeoutError::Timeout) => {}
@@ -596,6 +747,7 @@ fn run_backup(
             Decision::GoLive { generation } => {
                 let b = backup.take()?;
                 let from = b.last_committed();
+                let paused = b.committed_guest_paused();
                 let t0 = Instant::now();
                 match b.go_live() {
                     Ok(vm) => {
@@ -603,11 +755,12 @@ fn run_backup(
                         detector.close();
                         log::warn!(
                             "ft backup: live as primary in generation {generation} from checkpoint \
-                             {from:?} in {:?}",
+                             {from:?}{} in {:?}",
+                            if paused { ", paused" } else { "" },
                             t0.elapsed()
                         );
                         let vm = vm.inner.into_vm()?;
-                        return Some((config.get()?.clone(), vm));
+                        return Some((config, vm, paused));
                     }
                     Err(e) => {
                         detector.close();
