@@ -291,7 +291,8 @@ impl Vmm {
                 log::info!("ft: guest {action}d; still protected");
                 Ok(())
             }
-            Err(why) => Err(VmmError::FtOp { action, why }),
+            Err(Some(why)) => Err(VmmError::FtOp { action, why }),
+            Err(None) => Err(VmmError::FtEndedMeanwhile),
         })
     }
 

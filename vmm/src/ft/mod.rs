@@ -2,7 +2,8 @@
 //! the real VM (DESIGN.md, "The epoch"). So far: the owned primary VM
 //! ([`crate::migration::source::PrimaryVm`]) and the hooks through which the checkpoint engine
 //! drives the output gates ([`hooks`]), and each side's thread ([`pair`]): checkpointing,
-//! failure detection, arbitration and failover.
+//! failure detection, arbitration, failover, and the VM operations carried to the backup
+//! (pause, resume, shutdown, reboot).
 
 pub mod hooks;
 pub mod pair;

@@ -140,20 +140,18 @@ pub struct PairHandle {
 
 impl PairHandle {
     /// Asks a primary's thread for a synchronised operation (pause, resume) and waits for its
-    /// answer, at most `timeout`.
+    /// answer, at most `timeout`. `Err(None)`: the pair ended (or is ending) meanwhile.
     pub fn op(
         &self,
         c: impl FnOnce(OpReply) -> PairCommand,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), Option<String>> {
         let (tx, rx) = std::sync::mpsc::channel();
-        self.commands
-            .send(c(tx))
-            .map_err(|_| "the pair has ended".to_string())?;
+        self.commands.send(c(tx)).map_err(|_| None)?;
         match rx.recv_timeout(timeout) {
-            Ok(r) => r,
-            Err(RecvTimeoutError::Timeout) => Err(format!("no answer within {timeout:?}")),
-            Err(RecvTimeoutError::Disconnected) => Err("the pair has ended".into()),
+            Ok(r) => r.map_err(Some),
+            Err(RecvTimeoutError::Timeout) => Err(Some(format!("no answer within {timeout:?}"))),
+            Err(RecvTimeoutError::Disconnected) => Err(None),
         }
     }
 
