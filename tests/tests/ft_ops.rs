@@ -346,3 +346,29 @@ fn failover_then_ft_enable_to_a_new_backup_protects_again() {
     assert_counts_up(&seen);
     assert_eq!(counter_on_disk(&pair.p_image), seen.last().copied());
 }
+
+#[test]
+fn primary_killed_during_the_reboot_re_sync_the_backup_never_goes_live() {
+    let name = "primary_killed_during_the_reboot_re_sync_the_backup_never_goes_live";
+    require_kvm_and_netns!(name);
+    let mut pair = protected_pair("fox", "shared");
+    pair.p.put_ok("vm.reboot", None);
+    // Slow the fresh sync down so that the primary dies in the middle of it.
+    pair.net.throttle_link(Node::HostP, "1mbit");
+    wait_status(&pair.b, "waiting for the fresh sync", |s| {
+        s["role"] == "backup" && s["state"] == "syncing"
+    });
+    pair.p.child.kill().expect("SIGKILL the primary");
+    pair.p.wait_exit(T);
+    // Its old copy is discarded and the new one incomplete: nothing to go live from.
+    let s = wait_status(&pair.b, "out of the pair", |s| {
+        s["role"] == "standalone" || s["state"] == "halted"
+    });
+    eprintln!(
+        "[fox] backup after the primary died mid re-sync: {}",
+        s["reason"]
+    );
+    std::thread::sleep(Duration::from_millis(2000));
+    assert_eq!(pair.b.get("vm.info").0, 404, "the backup went live");
+    assert_eq!(ft_status(&pair.b)["failover_count"], 0);
+}
