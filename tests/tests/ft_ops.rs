@@ -121,6 +121,22 @@ fn pause_and_resume_keep_the_pair_protected_on_one_connection() {
     );
     assert_eq!(pair.p.put("vm.resume", None).0, 409, "resumed twice");
     assert_eq!(counter_on_disk(&pair.p_image), seen.last().copied());
+    // Paused when the pair ends: the VM comes back paused, standalone, and resumes.
+    pair.p.put_ok("vm.pause", None);
+    pair.p.put_ok("ft.disable", None);
+    let start = Instant::now();
+    loop {
+        assert_eq!(pair.p.state(), "Paused");
+        let (code, v) = pair.p.put("vm.resume", None);
+        if code == 204 {
+            break;
+        }
+        assert_eq!(code, 409, "{v}");
+        assert!(start.elapsed() < T, "the VM never came back: {v}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(pair.p.state(), "Running");
+    assert_eq!(ft_status(&pair.p)["role"], "standalone");
 }
 
 #[test]

@@ -35,7 +35,7 @@ enum Command {
     Boot,
     /// Show config and state (GET vm.info).
     Info,
-    /// Pause the vCPUs (PUT vm.pause).
+    /// Pause the vCPUs (PUT vm.pause); an FT primary stays protected, its backup told.
     Pause,
     /// Resume the vCPUs (PUT vm.resume).
     Resume,
@@ -66,7 +66,8 @@ enum Command {
     ReceiveMigration(ReceiveArgs),
     /// Become the FT backup of a VM, in a VMM without one (PUT ft.receive); poll `ft-status`.
     FtReceive(FtReceiveArgs),
-    /// Protect the running VM with the backup at PEER (PUT ft.enable); poll `ft-status`.
+    /// Protect the running VM with the backup at PEER, or protect again a primary running
+    /// unprotected after a failover or a lost backup (PUT ft.enable); poll `ft-status`.
     FtEnable(FtEnableArgs),
     /// This VMM's FT role, state and figures (GET ft.status).
     FtStatus,

@@ -388,7 +388,9 @@ impl Vmm {
         } else {
             self.vm = vm;
             // A guest paused through the pair stays paused (FtPrimary hands it back so).
-            if self.state != VmState::Paused {
+            if self.state == VmState::Paused {
+                self.ft_status.set_guest_paused(true);
+            } else {
                 self.state = VmState::Running;
             }
         }
