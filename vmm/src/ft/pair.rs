@@ -306,6 +306,10 @@ fn run_primary(
             }
             Ok(PairCommand::Promote) | Err(RecvTimeoutError::Timeout) => {}
         }
+        if let Some(why) = primary.failure() {
+            // Named in the claim and in the winner's or loser's reason.
+            coordinator.set_cause(format!("checkpointing stopped: {why}"));
+        }
         if Instant::now() < next_try {
             continue;
         }
@@ -561,8 +565,12 @@ fn run_backup(
         let _ = status.transition(FtState::Halted, &format!("disk replication failed: {e}"));
         return None;
     }
-    log::warn!("ft backup: stream ended: {}", error_chain(&exit.error));
+    let why = error_chain(&exit.error);
+    log::warn!("ft backup: stream ended: {why}");
     let mut coordinator = FailoverCoordinator::new(s.arbiter, status.clone());
+    // A primary that closed cleanly or fell silent leaves "the peer closed the connection" or a
+    // timeout here; a corrupt, truncated or unexpected frame is named: the reasons say which.
+    coordinator.set_cause(format!("the replication stream ended: {why}"));
     let mut backup = Some(exit.backup);
     let mut next_try = Instant::now();
     let mut promote = false;
