@@ -5,7 +5,7 @@
 //! test can tell which checkpoints the backup received whole.
 
 use crate::net::{Node, TestNet};
-use ft::frame::{encode_frame, Frame, FrameHeader, FrameType, HEADER_LEN, MAX_PAYLOAD};
+use ft::frame::{encode_frame, Decoder, Frame, FrameHeader, FrameType, HEADER_LEN, MAX_PAYLOAD};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -46,10 +46,13 @@ impl Tamper {
 /// What the proxy saw and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TamperReport {
-    /// Epochs of the Commit frames passed intact to the backup, in order.
+    /// Checkpoints whose Commit frame passed intact to the backup, in order: 0 is the initial
+    /// sync's (its header carries the pre-copy round), then each checkpoint's epoch.
     pub commits: Vec<u64>,
-    /// Epochs of the Acks the backup sent back, in order.
+    /// Checkpoints whose Commit the backup acked, in order.
     pub acks: Vec<u64>,
+    /// Sequence number of each Commit passed, with its checkpoint, to match the Acks.
+    commit_seqs: Vec<(u64, u64)>,
     /// The frame tampered with: (type, epoch, sequence number), once done.
     pub tampered: Option<(FrameType, u64, u64)>,
     /// Bytes passed from the primary to the backup.
@@ -166,10 +169,10 @@ fn relay(primary: TcpStream, backup: TcpStream, tamper: Tamper, report: &Arc<Mut
     lock(report).closed = true;
 }
 
-/// Backup → primary: bytes pass untouched; Acks are noted.
+/// Backup → primary: bytes pass untouched; Acks of Commits are noted.
 fn backward(mut from: TcpStream, mut to: TcpStream, report: &Mutex<TamperReport>) {
     let mut buf = vec![0u8; 64 << 10];
-    let mut pending: Vec<u8> = Vec::new();
+    let mut decoder = Decoder::new();
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
@@ -178,25 +181,18 @@ fn backward(mut from: TcpStream, mut to: TcpStream, report: &Mutex<TamperReport>
         if to.write_all(&buf[..n]).is_err() {
             break;
         }
-        pending.extend_from_slice(&buf[..n]);
-        while let Some((h, len)) = complete_frame(&pending) {
-            if h.frame_type == FrameType::Ack {
-                lock(report).acks.push(h.epoch);
+        decoder.push(&buf[..n]);
+        while let Ok(Some(f)) = decoder.next_frame() {
+            if let Frame::Ack { seq } = f.frame {
+                let mut r = lock(report);
+                let acked = r.commit_seqs.iter().find(|c| c.0 == seq).map(|c| c.1);
+                r.acks.extend(acked);
             }
-            pending.drain(..len);
         }
     }
     // Whichever side closed, the other must see it.
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
-}
-
-/// The header and total length of the frame at the start of `b`, once it is all there.
-fn complete_frame(b: &[u8]) -> Option<(FrameHeader, usize)> {
-    let h: &[u8; HEADER_LEN] = b.get(..HEADER_LEN)?.try_into().ok()?;
-    let h = FrameHeader::parse(h, MAX_PAYLOAD).ok()?;
-    let len = HEADER_LEN + h.payload_len as usize;
-    (b.len() >= len).then_some((h, len))
 }
 
 fn is_body(t: FrameType) -> bool {
@@ -257,14 +253,17 @@ fn forward(mut from: &TcpStream, mut to: &TcpStream, tamper: Tamper, report: &Mu
                 }
             }
         }
+        if h.frame_type == FrameType::Commit && !done {
+            // Noted before the backup can see it, so that its Ack finds it.
+            let checkpoint = if commits == 0 { 0 } else { h.epoch };
+            commits += 1;
+            let mut r = lock(report);
+            r.commits.push(checkpoint);
+            r.commit_seqs.push((h.seq, checkpoint));
+        }
         if to.write_all(&frame).is_err() {
             return;
         }
-        let mut r = lock(report);
-        r.forward_bytes += frame.len() as u64;
-        if h.frame_type == FrameType::Commit && !done {
-            commits += 1;
-            r.commits.push(h.epoch);
-        }
+        lock(report).forward_bytes += frame.len() as u64;
     }
 }

@@ -238,9 +238,10 @@ type Replies = Arc<Mutex<Vec<(u64, Instant)>>>;
 struct Client {
     replies: Replies,
     stop: Arc<AtomicBool>,
-    /// Set to make the client report the moment its next INC has been sent (reply pending).
+    /// Set to make the client report the moment its next INC has been sent (reply pending),
+    /// with the number of replies it had then.
     arm: Arc<AtomicBool>,
-    sent: Receiver<Instant>,
+    sent: Receiver<(Instant, usize)>,
     thread: std::thread::JoinHandle<Result<(), String>>,
 }
 
@@ -304,7 +305,7 @@ fn client_loop(
     replies: &Mutex<Vec<(u64, Instant)>>,
     stop: &AtomicBool,
     arm: &AtomicBool,
-    sent: &Sender<Instant>,
+    sent: &Sender<(Instant, usize)>,
 ) -> Result<(), String> {
     let addr: std::net::SocketAddr = format!("{GUEST_IP}:7000").parse().unwrap();
     let start = Instant::now();
@@ -324,7 +325,7 @@ fn client_loop(
     while !stop.load(Ordering::Relaxed) {
         writer.write_all(b"INC\n").map_err(io)?;
         if arm.swap(false, Ordering::SeqCst) {
-            let _ = sent.send(Instant::now());
+            let _ = sent.send((Instant::now(), replies.lock().unwrap().len()));
         }
         line.clear();
         if reader.read_line(&mut line).map_err(io)? == 0 {
@@ -446,6 +447,8 @@ struct RunFigures {
     takeover: Duration,
     incs: usize,
     from_epoch: Option<u64>,
+    /// MidRequest: when the INC in flight at the kill was answered.
+    pending: Option<String>,
 }
 
 fn fmt_figures(d: &mut [Duration]) -> String {
@@ -473,6 +476,8 @@ fn kill_chaos(tag: &str, disk_mode: &'static str, stream: u64) {
         let plan = match run % 5 {
             0 => KillAt::FirstCheckpoint,
             1 | 3 => KillAt::MidRequest(delay),
+            // Right after protection.
+            2 => KillAt::After(delay / 20),
             _ => KillAt::After(delay),
         };
         let spec = Spec::new(&format!("{tag}{run}"), disk_mode);
@@ -481,8 +486,13 @@ fn kill_chaos(tag: &str, disk_mode: &'static str, stream: u64) {
         });
         eprintln!(
             "[{tag}] run {run}: {plan:?}: backup live {:?} after SIGKILL, from checkpoint \
-             {:?}; {} INCs",
-            f.takeover, f.from_epoch, f.incs
+             {:?}; {} INCs{}",
+            f.takeover,
+            f.from_epoch,
+            f.incs,
+            f.pending
+                .map(|p| format!("; the INC in flight answered {p}"))
+                .unwrap_or_default()
         );
         takeovers.push(f.takeover);
     }
@@ -538,10 +548,12 @@ fn kill_run(net: &TestNet, spec: &Spec, plan: KillAt, where_: &dyn Fn() -> Strin
         }
     }
     let b_epoch = w.b_epoch;
+    let mut in_flight = None;
     if let KillAt::MidRequest(_) = plan {
         client.arm.store(true, Ordering::SeqCst);
         let sent = client.sent.recv_timeout(T);
         assert!(sent.is_ok(), "the client sent no INC{}", ctx(&pair));
+        in_flight = sent.ok().map(|s| s.1);
     }
     let acked = client.last();
     pair.p.child.kill().expect("SIGKILL the primary");
@@ -569,6 +581,16 @@ fn kill_run(net: &TestNet, spec: &Spec, plan: KillAt, where_: &dyn Fn() -> Strin
     pair.b.wait_state("Running", T);
     // The same connection carries on, served by the new primary.
     let progressed = client.wait_replies_after(live_at, 3);
+    // When the INC sent just before the kill was answered, relative to the kill.
+    let pending = in_flight.and_then(|n| {
+        let r = client.replies.lock().unwrap();
+        r.get(n).map(|(_, at)| {
+            at.checked_duration_since(killed)
+                .map_or("before the kill".into(), |d| {
+                    format!("{d:?} after the kill")
+                })
+        })
+    });
     let (seen, result) = client.finish();
     if let Err(e) = result.and_then(|()| counts_up(&seen)) {
         panic!("client: {e}{}", ctx(&pair));
@@ -602,6 +624,7 @@ fn kill_run(net: &TestNet, spec: &Spec, plan: KillAt, where_: &dyn Fn() -> Strin
         takeover: took,
         incs: seen.len(),
         from_epoch,
+        pending,
     }
 }
 
@@ -840,7 +863,7 @@ fn tamper_truncated_stream_backup_goes_live_from_the_last_whole_checkpoint() {
     tampered(TamperCase {
         tag: "ttr",
         disk_mode: "replicated",
-        tamper: Tamper::Truncate { after_commits: 40 },
+        tamper: Tamper::Truncate { after_commits: 1 },
         backup_wins: true,
         says: "truncated frame",
     });
