@@ -63,6 +63,8 @@ pub struct FailoverCoordinator<A: Arbiter> {
     /// The claim of a generation whose attempt errored, reused on retry.
     pending: Option<(u64, Claim)>,
     retry_after: Duration,
+    /// What this member saw go wrong before the silence (e.g. a corrupt frame), if anything.
+    cause: Option<String>,
 }
 
 /// An error and its causes on one line, for status and logs.
@@ -85,6 +87,24 @@ impl<A: Arbiter> FailoverCoordinator<A> {
             status,
             pending: None,
             retry_after: DEFAULT_RETRY_AFTER,
+            cause: None,
+        }
+    }
+
+    /// Records what this member saw fail before the peer fell silent (a corrupt, truncated or
+    /// unexpected frame, the peer's Abort), so that the claim, the status reason of the winner
+    /// and of the loser say why and not only "silent". The first cause is kept.
+    pub fn set_cause(&mut self, cause: impl Into<String>) {
+        if self.cause.is_none() {
+            self.cause = Some(cause.into());
+        }
+    }
+
+    /// `what`, followed by the recorded cause if there is one.
+    fn with_cause(&self, what: String) -> String {
+        match &self.cause {
+            Some(c) => format!("{what}; before that: {c}"),
+            None => what,
         }
     }
 
@@ -122,7 +142,7 @@ impl<A: Arbiter> FailoverCoordinator<A> {
             Some((g, c)) if g == generation => c,
             _ => Claim::here(
                 role,
-                format!("peer silent for {:.1} s", silent_for.as_secs_f64()),
+                self.with_cause(format!("peer silent for {:.1} s", silent_for.as_secs_f64())),
             ),
         };
         match self.arbiter.try_acquire(generation, &claim) {
@@ -169,6 +189,7 @@ impl<A: Arbiter> FailoverCoordinator<A> {
     }
 
     fn halt(&self, reason: String) -> Decision {
+        let reason = self.with_cause(reason);
         log::error!("halting: {reason}");
         // Refused only if already halted or standalone: nothing to record then.
         let _ = self.status.transition(FtState::Halted, &reason);
@@ -180,7 +201,7 @@ impl<A: Arbiter> FailoverCoordinator<A> {
         let g = self.status.generation();
         self.status.transition(
             FtState::Unprotected,
-            &format!("live as primary in generation {g}"),
+            &self.with_cause(format!("live as primary in generation {g}")),
         )
     }
 }

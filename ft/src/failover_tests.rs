@@ -235,3 +235,39 @@ fn partitioned_pair_on_a_real_arbiter_has_one_survivor() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_recorded_cause_is_in_the_claim_and_in_both_reasons() {
+    // Winner: the claim and the reason after going live say what failed, not only "silent".
+    let mut m = member(Role::Backup, FtState::Protected, &[Answer::Won]);
+    m.set_cause("stream failed: checksum mismatch");
+    m.set_cause("a later, lesser cause");
+    assert_eq!(m.on_verdict(SILENT), Decision::GoLive { generation: 11 });
+    let claim = &m.arbiter().calls()[0].1;
+    assert!(
+        claim.reason.contains("silent") && claim.reason.contains("checksum mismatch"),
+        "{claim}"
+    );
+    m.went_live().unwrap();
+    let r = m.status.snapshot().reason;
+    assert!(
+        r.contains("live as primary") && r.contains("checksum mismatch"),
+        "{r}"
+    );
+    assert!(!r.contains("lesser"), "{r}");
+    // Loser: the halt reason names the winner and its own cause.
+    let mut m = member(Role::Primary, FtState::Protected, &[Answer::Lost]);
+    m.set_cause("the peer aborted: unexpected Ack frame");
+    let Decision::Halt { reason } = m.on_verdict(SILENT) else {
+        panic!("a loser must halt");
+    };
+    assert!(
+        reason.contains("lost arbitration") && reason.contains("unexpected Ack"),
+        "{reason}"
+    );
+    assert_eq!(m.status.snapshot().reason, reason);
+    // No cause: the reasons are as before.
+    let mut m = member(Role::Backup, FtState::Protected, &[Answer::Won]);
+    m.on_verdict(SILENT);
+    assert!(!m.arbiter().calls()[0].1.reason.contains("before that"));
+}

@@ -7,6 +7,7 @@ pub mod guest;
 pub mod net;
 pub mod process;
 pub mod serial;
+pub mod tamper;
 
 pub use process::Tandem;
 pub use serial::SerialLog;

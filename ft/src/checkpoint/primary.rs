@@ -229,6 +229,11 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
         self.shared.failed()
     }
 
+    /// The error that stopped checkpointing, with its causes, once one did.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.shared.error).as_ref().map(|e| error_chain(e))
+    }
+
     /// The last checkpoint the backup acked (0 is the initial sync).
     pub fn committed(&self) -> Option<u64> {
         *lock(&self.shared.committed)

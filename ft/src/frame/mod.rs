@@ -127,7 +127,7 @@ pub enum FrameError {
         computed: u32,
     },
     /// The stream ended inside a frame.
-    #[error("stream ended inside a frame: {have} of {need} bytes")]
+    #[error("truncated frame: the stream ended after {have} of its {need} bytes")]
     Truncated {
         /// Bytes of the frame received.
         have: usize,

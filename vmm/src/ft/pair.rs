@@ -410,6 +410,10 @@ fn run_primary(
             }
             Ok(PairCommand::Promote | PairCommand::Leave) | Err(RecvTimeoutError::Timeout) => {}
         }
+        if let Some(why) = primary.failure() {
+            // Named in the claim and in the winner's or loser's reason.
+            coordinator.set_cause(format!("checkpointing stopped: {why}"));
+        }
         if Instant::now() < next_try {
             continue;
         }
@@ -701,8 +705,12 @@ fn run_backup(
         break (exit, detector, config);
     };
     let (exit, detector, config) = exit;
-    log::warn!("ft backup: stream ended: {}", error_chain(&exit.error));
+    let why = error_chain(&exit.error);
+    log::warn!("ft backup: stream ended: {why}");
     let mut coordinator = FailoverCoordinator::new(s.arbiter, status.clone());
+    // A primary that closed cleanly or fell silent leaves "the peer closed the connection" or a
+    // timeout here; a corrupt, truncated or unexpected frame is named: the reasons say which.
+    coordinator.set_cause(format!("the replication stream ended: {why}"));
     let mut backup = Some(exit.backup);
     let mut next_try = Instant::now();
     let mut promote = false;
