@@ -7,6 +7,7 @@
 //! split-brain fencing) and `failover` (the decision). The `vmm` wires them into a pair (`vmm::ft`).
 
 pub mod arbiter;
+pub mod auth;
 pub mod bitmap;
 pub mod checkpoint;
 pub mod failover;
