@@ -21,7 +21,7 @@ use super::conn::SecureConn;
 use super::crypto::{derive, mac, sha256, verify, TAG_LEN};
 use super::{AuthError, DatagramKey, PairKey, Session};
 use crate::transport::Connection;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::time::Duration;
 
 /// The four bytes a handshake starts with.
