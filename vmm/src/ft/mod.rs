@@ -2,7 +2,9 @@
 //! the real VM (DESIGN.md, "The epoch"). So far: the owned primary VM
 //! ([`crate::migration::source::PrimaryVm`]) and the hooks through which the checkpoint engine
 //! drives the output gates ([`hooks`]), and each side's thread ([`pair`]): checkpointing,
-//! failure detection, arbitration and failover.
+//! failure detection, arbitration and failover; [`second_path`]: UDP heartbeats and the rule
+//! that uses them.
 
 pub mod hooks;
 pub mod pair;
+pub mod second_path;
