@@ -2,6 +2,7 @@
 //! `api_client`, and watch the guest's serial console.
 
 pub mod client;
+pub mod ft_pair;
 pub mod guest;
 pub mod net;
 pub mod process;
