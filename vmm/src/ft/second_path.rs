@@ -158,3 +158,7 @@ pub fn defer<A: Arbiter>(
     ));
     Deferral::Wait
 }
+
+#[cfg(test)]
+#[path = "second_path_tests.rs"]
+mod tests;
