@@ -69,6 +69,9 @@ fn wrong_or_missing_key_is_refused_on_both_sides_and_the_right_key_survives_sigk
     let t0 = Instant::now();
     let err = refused(&h, json!({"key": {"path": other}}), "authentication failed");
     let refused_in = t0.elapsed();
+    let ps = ft_status(&h.p);
+    assert!(reason(&ps).contains("authentication failed"), "{ps}");
+    assert_eq!(ps["authenticated"], false, "{ps}");
     let bs = wait_status(&h.b, "noting the refusal", |s| {
         reason(s).contains("authentication failed")
     });
