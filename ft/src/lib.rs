@@ -1,12 +1,14 @@
 //! Fault tolerance: the replication stream, checkpoint engine, output gates, heartbeats, arbiter and
-//! failover (DESIGN.md). So far: the framed stream, its transports, the VM trait the `vmm`
-//! implements, pre-copy live migration over them, the checkpoint engine (`checkpoint`: primary
+//! failover (DESIGN.md). So far: the framed stream, its transports, its authentication (`auth`:
+//! pair key, handshake, HMAC records), the VM trait the `vmm` implements, pre-copy live migration
+//! over them, the checkpoint engine (`checkpoint`: primary
 //! epochs, backup staging/ack/apply, go-live), and the FT building blocks around it: `gate` (the
 //! epoch clock and output rule the device gates follow), `status` (state machine, ft.status),
 //! `heartbeat` (UDP second path, channel hook, failure detector), `arbiter` (per-generation
 //! split-brain fencing) and `failover` (the decision). The `vmm` wires them into a pair (`vmm::ft`).
 
 pub mod arbiter;
+pub mod auth;
 pub mod bitmap;
 pub mod checkpoint;
 pub mod failover;

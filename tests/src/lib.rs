@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod ft;
+pub mod ft_pair;
 pub mod guest;
 pub mod net;
 pub mod process;

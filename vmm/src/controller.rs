@@ -93,6 +93,12 @@ pub enum VmmError {
     FtPeer(String),
     #[error("cannot start FT: {0}")]
     FtStart(String),
+    #[error("pair key: {0}")]
+    FtKey(String),
+    #[error("the FT peer was refused: {0}")]
+    FtAuth(String),
+    #[error("heartbeat path: {0}")]
+    FtHeartbeat(String),
 }
 
 impl VmmError {
@@ -109,7 +115,11 @@ impl VmmError {
             | VmmError::FtSyncing
             | VmmError::FtEndedMeanwhile => 409,
             VmmError::FtOp { .. } => 500,
-            VmmError::FtArbiter(_) | VmmError::FtPeer(_) => 400,
+            VmmError::FtArbiter(_)
+            | VmmError::FtPeer(_)
+            | VmmError::FtKey(_)
+            | VmmError::FtAuth(_)
+            | VmmError::FtHeartbeat(_) => 400,
             VmmError::FtStart(_) => 500,
             // A malformed URL, an unreachable peer or an address we cannot listen on.
             VmmError::MigrationUrl(_)

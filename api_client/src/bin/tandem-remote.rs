@@ -92,6 +92,35 @@ impl DiskMode {
     }
 }
 
+/// Pair key and second heartbeat path, the same flags for both sides.
+#[derive(Args)]
+struct FtSecurityArgs {
+    /// Pair key file: at least 32 random bytes, owner-only (chmod 600), the same on both hosts.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// udp:ADDR:PORT to receive the peer's heartbeats on (second network path).
+    #[arg(long, requires = "peer_heartbeat")]
+    heartbeat_listen: Option<String>,
+    /// udp:ADDR:PORT where the peer receives ours.
+    #[arg(long, requires = "heartbeat_listen")]
+    peer_heartbeat: Option<String>,
+}
+
+impl FtSecurityArgs {
+    fn add_to(&self, body: &mut serde_json::Value) -> Result<(), String> {
+        if let Some(k) = &self.key {
+            body["key"] = json!({"path": absolute(k)?});
+        }
+        if let Some(l) = &self.heartbeat_listen {
+            body["heartbeat_listen"] = json!(l);
+        }
+        if let Some(p) = &self.peer_heartbeat {
+            body["peer_heartbeat"] = json!(p);
+        }
+        Ok(())
+    }
+}
+
 #[derive(Args)]
 struct FtReceiveArgs {
     /// Where to listen for the primary: tcp:ADDR:PORT.
@@ -107,6 +136,8 @@ struct FtReceiveArgs {
     failure_timeout_ms: Option<u64>,
     #[command(flatten)]
     host: HostOverrides,
+    #[command(flatten)]
+    security: FtSecurityArgs,
 }
 
 #[derive(Args)]
@@ -128,6 +159,8 @@ struct FtEnableArgs {
     /// Silence from the backup after which it counts as failed, in milliseconds.
     #[arg(long)]
     failure_timeout_ms: Option<u64>,
+    #[command(flatten)]
+    security: FtSecurityArgs,
 }
 
 #[derive(Args)]
@@ -348,6 +381,7 @@ fn request_for(command: &Command) -> Result<(Verb, &'static str, Option<Value>),
                 "arbiter": {"path": absolute(&a.arbiter)?},
             });
             a.host.add_to(&mut body)?;
+            a.security.add_to(&mut body)?;
             if let Some(m) = a.disk_mode {
                 body["disk_mode"] = json!(m.as_str());
             }
@@ -371,6 +405,7 @@ fn request_for(command: &Command) -> Result<(Verb, &'static str, Option<Value>),
                     body[k] = json!(v);
                 }
             }
+            a.security.add_to(&mut body)?;
             (Verb::Put, "ft.enable", Some(body))
         }
         Command::FtStatus => (Verb::Get, "ft.status", None),
@@ -580,6 +615,41 @@ mod tests {
         assert_eq!(body["arbiter"]["path"], "/arb");
         assert_eq!(body["disks"][0]["path"], "/img");
         assert_eq!(body["disk_mode"], "replicated");
+        assert!(body.get("key").is_none() && body.get("heartbeat_listen").is_none());
+        let cli = Cli::parse_from([
+            "tandem-remote",
+            "--api-socket",
+            "/s",
+            "ft-receive",
+            "tcp:10.99.0.2:7600",
+            "--arbiter",
+            "/arb",
+            "--key",
+            "/etc/tandem/ft.key",
+            "--heartbeat-listen",
+            "udp:10.77.0.12:7700",
+            "--peer-heartbeat",
+            "udp:10.77.0.11:7700",
+        ]);
+        let body = request_for(&cli.command).unwrap().2.unwrap();
+        assert_eq!(body["key"]["path"], "/etc/tandem/ft.key");
+        assert_eq!(body["heartbeat_listen"], "udp:10.77.0.12:7700");
+        assert_eq!(body["peer_heartbeat"], "udp:10.77.0.11:7700");
+        // One heartbeat flag without the other is refused by the parser.
+        assert!(Cli::try_parse_from([
+            "tandem-remote",
+            "--api-socket",
+            "/s",
+            "ft-enable",
+            "tcp:10.99.0.2:7600",
+            "--disk-mode",
+            "shared",
+            "--arbiter",
+            "/arb",
+            "--heartbeat-listen",
+            "udp:10.77.0.11:7700",
+        ])
+        .is_err());
         let cli = Cli::parse_from([
             "tandem-remote",
             "--api-socket",

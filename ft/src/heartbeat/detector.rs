@@ -104,6 +104,16 @@ impl FailureDetector {
         }
     }
 
+    /// How long `path` has been silent: since it last heard the peer, or since arming if never.
+    pub fn silent_for(&self, path: Path) -> Duration {
+        let s = self.lock();
+        let last = match path {
+            Path::Channel => s.channel,
+            Path::Udp => s.udp,
+        };
+        last.unwrap_or(s.armed_at).elapsed()
+    }
+
     /// Forgets what was heard and restarts the silence clock (a new peer, a new generation).
     pub fn rearm(&self) {
         let mut s = self.lock();

@@ -9,16 +9,18 @@
 //! second network alone (or the channel stalling while UDP flows) is not a failover.
 //!
 //! Datagrams carry a pair id and generation so that two pairs on one host, or a member left over
-//! from an older generation, are not mistaken for the peer. The CRC guards against corruption, not
-//! forgery: anyone who can send to the port can keep a dead peer "alive" (a missed failover, never
-//! a split brain, since going live always needs the arbiter).
+//! from an older generation, are not mistaken for the peer. Without a pair key the CRC guards
+//! against corruption, not forgery: anyone who can send to the port can keep a dead peer "alive"
+//! (a missed failover, never a split brain, since going live always needs the arbiter). With a
+//! pair key each datagram carries an HMAC under a key of this connection (`crate::auth`) and
+//! replays are refused by sequence number, so only the peer can vouch for itself.
 
 mod datagram;
 mod detector;
 mod receiver;
 mod sender;
 
-pub use datagram::{DatagramError, Heartbeat};
+pub use datagram::{DatagramError, Heartbeat, AUTH_LEN, LEN};
 pub use detector::{ChannelHook, FailureDetector, Path, Verdict};
 pub use receiver::{HeartbeatReceiver, ReceiverStats};
 pub use sender::HeartbeatSender;
@@ -58,6 +60,17 @@ pub enum HeartbeatError {
     /// The heartbeat thread could not be started.
     #[error("cannot start the heartbeat thread")]
     Spawn(#[source] std::io::Error),
+}
+
+/// Parses the API's `udp:ADDR:PORT` form of a heartbeat address.
+pub fn parse_udp_endpoint(s: &str) -> Result<SocketAddr, HeartbeatError> {
+    match s.strip_prefix("udp:") {
+        Some(rest) => parse_addr(rest),
+        None => Err(HeartbeatError::InvalidAddress {
+            addr: s.to_owned(),
+            source: std::io::Error::other("expected udp:ADDR:PORT"),
+        }),
+    }
 }
 
 /// Resolves `ADDR:PORT` (numeric or a host name) to its first address.

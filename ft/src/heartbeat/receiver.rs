@@ -3,6 +3,7 @@
 use super::datagram::{DatagramError, Heartbeat};
 use super::detector::{FailureDetector, Path};
 use super::{parse_addr, HeartbeatError};
+use crate::auth::DatagramKey;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +27,10 @@ pub struct ReceiverStats {
     pub stale_generation: u64,
     /// Socket read errors other than timeouts.
     pub read_errors: u64,
+    /// A key is in force and the datagram's tag is missing or does not verify.
+    pub bad_tag: u64,
+    /// Authenticated, but its sequence number is not above the last accepted (a replay).
+    pub replayed: u64,
 }
 
 #[derive(Default)]
@@ -35,6 +40,8 @@ struct Counters {
     foreign_pair: AtomicU64,
     stale_generation: AtomicU64,
     read_errors: AtomicU64,
+    bad_tag: AtomicU64,
+    replayed: AtomicU64,
     min_generation: AtomicU64,
     last_reject: std::sync::Mutex<Option<DatagramError>>,
 }
@@ -59,6 +66,18 @@ impl HeartbeatReceiver {
         let addr = parse_addr(bind)?;
         let socket =
             UdpSocket::bind(addr).map_err(|source| HeartbeatError::Bind { addr, source })?;
+        Self::start_on(socket, pair_id, min_generation, detector, None)
+    }
+
+    /// As [`HeartbeatReceiver::start`] on a socket bound already (so that a caller can refuse a
+    /// bad address before the peer is known), taking only datagrams tagged with `key` when given.
+    pub fn start_on(
+        socket: UdpSocket,
+        pair_id: u64,
+        min_generation: u64,
+        detector: FailureDetector,
+        key: Option<DatagramKey>,
+    ) -> Result<HeartbeatReceiver, HeartbeatError> {
         let socket_err = |op| move |source| HeartbeatError::Socket { op, source };
         socket
             .set_read_timeout(Some(POLL))
@@ -72,7 +91,7 @@ impl HeartbeatReceiver {
         let (c, s) = (counters.clone(), stop.clone());
         let thread = std::thread::Builder::new()
             .name("ft-hb-recv".into())
-            .spawn(move || receive_loop(socket, pair_id, detector, &c, &s))
+            .spawn(move || receive_loop(socket, pair_id, key, detector, &c, &s))
             .map_err(HeartbeatError::Spawn)?;
         Ok(HeartbeatReceiver {
             counters,
@@ -103,6 +122,8 @@ impl HeartbeatReceiver {
             foreign_pair: c.foreign_pair.load(Ordering::Relaxed),
             stale_generation: c.stale_generation.load(Ordering::Relaxed),
             read_errors: c.read_errors.load(Ordering::Relaxed),
+            bad_tag: c.bad_tag.load(Ordering::Relaxed),
+            replayed: c.replayed.load(Ordering::Relaxed),
         }
     }
 
@@ -139,13 +160,16 @@ impl Drop for HeartbeatReceiver {
 fn receive_loop(
     socket: UdpSocket,
     pair_id: u64,
+    key: Option<DatagramKey>,
     detector: FailureDetector,
     c: &Counters,
     stop: &AtomicBool,
 ) {
-    // One byte more than a heartbeat, so that an oversized datagram shows as too long instead
-    // of being silently truncated to a valid-looking prefix.
-    let mut buf = [0u8; super::datagram::LEN + 1];
+    // One byte more than the longest heartbeat, so that an oversized datagram shows as too long
+    // instead of being silently truncated to a valid-looking prefix.
+    let mut buf = [0u8; super::datagram::AUTH_LEN + 1];
+    // Highest sequence number accepted, for replay protection under a key.
+    let mut last_seq: Option<u64> = None;
     while !stop.load(Ordering::Relaxed) {
         let n = match socket.recv_from(&mut buf) {
             Ok((n, _from)) => n,
@@ -159,7 +183,12 @@ fn receive_loop(
                 continue;
             }
         };
-        match Heartbeat::decode(&buf[..n]) {
+        match Heartbeat::decode_with(&buf[..n], key.as_ref()) {
+            Err(DatagramError::BadTag) => {
+                c.bad_tag.fetch_add(1, Ordering::Relaxed);
+                *c.last_reject.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(DatagramError::BadTag);
+            }
             Err(e) => {
                 c.malformed.fetch_add(1, Ordering::Relaxed);
                 *c.last_reject.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
@@ -170,7 +199,11 @@ fn receive_loop(
             Ok(hb) if hb.generation < c.min_generation.load(Ordering::Relaxed) => {
                 c.stale_generation.fetch_add(1, Ordering::Relaxed);
             }
-            Ok(_) => {
+            Ok(hb) if key.is_some() && last_seq.is_some_and(|l| hb.seq <= l) => {
+                c.replayed.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(hb) => {
+                last_seq = Some(hb.seq);
                 c.accepted.fetch_add(1, Ordering::Relaxed);
                 detector.heard(Path::Udp);
             }

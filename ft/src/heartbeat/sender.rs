@@ -2,6 +2,7 @@
 
 use super::datagram::Heartbeat;
 use super::{parse_addr, HeartbeatError};
+use crate::auth::DatagramKey;
 use crate::status::Role;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +39,20 @@ impl HeartbeatSender {
     ) -> Result<HeartbeatSender, HeartbeatError> {
         let bind_addr = parse_addr(bind)?;
         let peer = parse_addr(peer)?;
+        Self::start_keyed(bind_addr, peer, pair_id, role, generation, interval, None)
+    }
+
+    /// As [`HeartbeatSender::start`], with addresses resolved, tagging each datagram with `key`
+    /// when given (the authenticated format).
+    pub fn start_keyed(
+        bind_addr: SocketAddr,
+        peer: SocketAddr,
+        pair_id: u64,
+        role: Role,
+        generation: u64,
+        interval: Duration,
+        key: Option<DatagramKey>,
+    ) -> Result<HeartbeatSender, HeartbeatError> {
         let socket = UdpSocket::bind(bind_addr).map_err(|source| HeartbeatError::Bind {
             addr: bind_addr,
             source,
@@ -66,7 +81,11 @@ impl HeartbeatSender {
                     };
                     // A send error (no route while a link is down) is what heartbeats are for
                     // detecting on the other side; count it and keep going.
-                    match socket.send_to(&hb.encode(), peer) {
+                    let sent = match &key {
+                        Some(k) => socket.send_to(&hb.encode_authenticated(k), peer),
+                        None => socket.send_to(&hb.encode(), peer),
+                    };
+                    match sent {
                         Ok(_) => t_shared.sent.fetch_add(1, Ordering::Relaxed),
                         Err(e) => {
                             log::debug!("heartbeat to {peer}: {e}");

@@ -259,3 +259,85 @@ fn two_pairs_on_one_host_do_not_mix() {
     assert_eq!(rx2.stats().accepted, 0);
     assert!(d1.last_heard(Path::Udp).is_none());
 }
+
+#[test]
+fn authenticated_datagrams_verify_only_under_their_key() {
+    let k = crate::auth::DatagramKey([1; 32]);
+    let other = crate::auth::DatagramKey([2; 32]);
+    let b = hb().encode_authenticated(&k);
+    assert_eq!(b.len(), AUTH_LEN);
+    assert_eq!(Heartbeat::decode_with(&b, Some(&k)), Ok(hb()));
+    assert_eq!(
+        Heartbeat::decode_with(&b, Some(&other)),
+        Err(DatagramError::BadTag)
+    );
+    // A plain heartbeat where a key is in force, and a tagged one where none is.
+    assert_eq!(
+        Heartbeat::decode_with(&hb().encode(), Some(&k)),
+        Err(DatagramError::BadTag)
+    );
+    assert!(Heartbeat::decode_with(&b, None).is_err());
+    for at in 0..AUTH_LEN {
+        let mut m = b;
+        m[at] ^= 0x04;
+        assert!(
+            Heartbeat::decode_with(&m, Some(&k)).is_err(),
+            "byte {at} flipped"
+        );
+    }
+    assert_eq!(
+        Heartbeat::decode_with(&b[..AUTH_LEN - 1], Some(&k)),
+        Err(DatagramError::BadLength(AUTH_LEN - 1))
+    );
+}
+
+#[test]
+fn a_keyed_receiver_takes_only_tagged_fresh_heartbeats() {
+    let k = crate::auth::DatagramKey([7; 32]);
+    let d = FailureDetector::new(Duration::from_secs(60));
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rx = HeartbeatReceiver::start_on(sock, PAIR, 0, d.clone(), Some(k.clone())).unwrap();
+    let to = rx.local_addr();
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // Forged (plain, or tagged with another key): not a sign of life.
+    s.send_to(&hb().encode(), to).unwrap();
+    let forged = hb().encode_authenticated(&crate::auth::DatagramKey([8; 32]));
+    s.send_to(&forged, to).unwrap();
+    assert!(eventually(|| rx.stats().bad_tag == 2), "{:?}", rx.stats());
+    assert!(d.last_heard(Path::Udp).is_none());
+    // The real one, then the same again (a replay) and an older one.
+    let fresh = hb().encode_authenticated(&k);
+    s.send_to(&fresh, to).unwrap();
+    assert!(eventually(|| rx.stats().accepted == 1));
+    s.send_to(&fresh, to).unwrap();
+    let older = Heartbeat { seq: 3, ..hb() }.encode_authenticated(&k);
+    s.send_to(&older, to).unwrap();
+    assert!(eventually(|| rx.stats().replayed == 2), "{:?}", rx.stats());
+    assert_eq!(rx.stats().accepted, 1);
+    // A keyed sender gets through.
+    let tx = HeartbeatSender::start_keyed(
+        "127.0.0.1:0".parse().unwrap(),
+        to,
+        PAIR,
+        Role::Primary,
+        3,
+        INTERVAL,
+        Some(k),
+    )
+    .unwrap();
+    // Its sequence numbers start at 0, below the 7 accepted above: they count as replays
+    // until they pass it, then are accepted.
+    assert!(eventually(|| rx.stats().accepted >= 3), "{:?}", rx.stats());
+    tx.stop();
+}
+
+#[test]
+fn udp_endpoints_parse() {
+    assert_eq!(
+        parse_udp_endpoint("udp:127.0.0.1:7700").unwrap(),
+        "127.0.0.1:7700".parse().unwrap()
+    );
+    for bad in ["127.0.0.1:7700", "tcp:127.0.0.1:1", "udp:nope", "udp:"] {
+        assert!(parse_udp_endpoint(bad).is_err(), "{bad}");
+    }
+}

@@ -27,6 +27,9 @@ pub struct FtStatus {
     pub generation: u64,
     /// The peer's address, if paired.
     pub peer: Option<String>,
+    /// Whether the pair's stream and heartbeats are authenticated with a pair key (`false`:
+    /// anyone who can reach the link can alter or forge replication traffic).
+    pub authenticated: bool,
     /// Last epoch acked by the backup (primary) or committed (backup).
     pub last_committed_epoch: Option<u64>,
     /// Checkpoints taken (primary) or applied (backup) since FT was enabled.
@@ -65,6 +68,7 @@ struct Inner {
     state: FtState,
     generation: u64,
     peer: Option<String>,
+    authenticated: bool,
     last_committed_epoch: Option<u64>,
     last_ack: Option<Instant>,
     checkpoint_count: u64,
@@ -90,6 +94,7 @@ impl Inner {
             state: FtState::Unprotected,
             generation: 0,
             peer: None,
+            authenticated: false,
             last_committed_epoch: None,
             last_ack: None,
             checkpoint_count: 0,
@@ -248,6 +253,19 @@ impl StatusHandle {
         Ok(())
     }
 
+    /// Records whether the pair authenticates its traffic with a key.
+    pub fn set_authenticated(&self, on: bool) {
+        self.lock().authenticated = on;
+    }
+
+    /// Updates `reason` without a change of state (a refused connection while waiting, a
+    /// decision deferred to the peer).
+    pub fn note(&self, reason: &str) {
+        let mut g = self.lock();
+        g.reason = reason.to_owned();
+        g.reason_at_unix_ms = unix_ms();
+    }
+
     /// Sets or clears the peer's address.
     pub fn set_peer(&self, peer: Option<String>) {
         self.lock().peer = peer;
@@ -318,6 +336,7 @@ impl StatusHandle {
             state: g.state,
             generation: g.generation,
             peer: g.peer.clone(),
+            authenticated: g.authenticated,
             last_committed_epoch: g.last_committed_epoch,
             checkpoint_count: g.checkpoint_count,
             pause: PauseStats {

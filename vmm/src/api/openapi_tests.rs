@@ -203,7 +203,8 @@ fn snapshot_schemas_match_serde() {
 #[test]
 fn ft_schemas_match_serde() {
     use crate::api::types::{
-        FtArbiterConfig, FtDiskMode, FtEnableConfig, FtReceiveConfig, RestoreDisk, RestoreNet,
+        FtArbiterConfig, FtDiskMode, FtEnableConfig, FtKeyConfig, FtReceiveConfig, RestoreDisk,
+        RestoreNet,
     };
     let doc = document();
     let receive = FtReceiveConfig {
@@ -223,6 +224,9 @@ fn ft_schemas_match_serde() {
         arbiter: FtArbiterConfig { path: "/a".into() },
         disk_mode: Some(FtDiskMode::Replicated),
         failure_timeout_ms: Some(1000),
+        key: Some(FtKeyConfig { path: "/k".into() }),
+        heartbeat_listen: Some("udp:0.0.0.0:7700".into()),
+        peer_heartbeat: Some("udp:10.0.0.1:7700".into()),
     };
     let json = serde_json::to_value(&receive).expect("serialize");
     check_object(
@@ -238,6 +242,9 @@ fn ft_schemas_match_serde() {
         checkpoint_interval_ms: Some(25),
         heartbeat_interval_ms: Some(100),
         failure_timeout_ms: Some(1000),
+        key: Some(FtKeyConfig { path: "/k".into() }),
+        heartbeat_listen: Some("udp:0.0.0.0:7700".into()),
+        peer_heartbeat: Some("udp:10.0.0.2:7700".into()),
     };
     let json = serde_json::to_value(&enable).expect("serialize");
     check_object(

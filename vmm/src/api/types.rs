@@ -41,6 +41,15 @@ pub struct FtArbiterConfig {
     pub path: PathBuf,
 }
 
+/// The pair key both members hold (`ft.enable` and `ft.receive`): a file of at least 32 random
+/// bytes, readable by its owner only. With it the replication stream and the heartbeats are
+/// authenticated; without it on both sides they are not; on one side only, the pair is refused.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FtKeyConfig {
+    pub path: PathBuf,
+}
+
 /// How the pair shares each disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -73,6 +82,16 @@ pub struct FtReceiveConfig {
     /// Silence from the primary after which it counts as failed (default 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_timeout_ms: Option<u64>,
+    /// The pair key (default: none, unauthenticated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<FtKeyConfig>,
+    /// `udp:ADDR:PORT` to receive the primary's heartbeats on, over a second network path
+    /// (with `peer_heartbeat`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_listen: Option<String>,
+    /// `udp:ADDR:PORT` where the primary receives this backup's heartbeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_heartbeat: Option<String>,
 }
 
 /// `ft.enable`: on a Running VM, start protecting it with the backup at `peer`.
@@ -92,6 +111,16 @@ pub struct FtEnableConfig {
     /// Silence from the backup after which it counts as failed (default 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_timeout_ms: Option<u64>,
+    /// The pair key (default: none, unauthenticated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<FtKeyConfig>,
+    /// `udp:ADDR:PORT` to receive the backup's heartbeats on, over a second network path
+    /// (with `peer_heartbeat`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_listen: Option<String>,
+    /// `udp:ADDR:PORT` where the backup receives this primary's heartbeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_heartbeat: Option<String>,
 }
 
 /// `vm.send-migration`: where the destination listens, and the pause we accept.

@@ -28,8 +28,10 @@ use crate::ft::pair::{
     spawn_backup, spawn_primary, start_generation, BackupSetup, PairCommand, PairHandle,
     PairTiming, PrimaryEnd, PrimarySetup, OP_TIMEOUT,
 };
+use crate::ft::second_path::HeartbeatPaths;
 use devices::virtio::block::gate::DiskMode;
 use ft::arbiter::FileArbiter;
+use ft::auth::{handshake, PairKey, Side};
 use ft::status::{FtState, Role};
 use ft::transport::{self, Endpoint, Listener};
 use std::time::Duration;
@@ -51,6 +53,20 @@ fn mode(m: FtDiskMode) -> DiskMode {
         FtDiskMode::Shared => DiskMode::Shared,
         FtDiskMode::Replicated => DiskMode::Replicated,
     }
+}
+
+/// Reads the pair key a call names (400 when the file is missing, short or readable by others).
+fn load_key(c: Option<&crate::api::types::FtKeyConfig>) -> Result<Option<PairKey>, VmmError> {
+    c.map(|k| PairKey::load(&k.path).map_err(|e| VmmError::FtKey(chain(&e))))
+        .transpose()
+}
+
+fn heartbeat_paths(
+    listen: Option<&String>,
+    peer: Option<&String>,
+) -> Result<Option<HeartbeatPaths>, VmmError> {
+    HeartbeatPaths::from_api(listen.map(String::as_str), peer.map(String::as_str))
+        .map_err(VmmError::FtHeartbeat)
 }
 
 fn ms(v: Option<u64>, default: u64) -> Duration {
@@ -86,8 +102,27 @@ impl Vmm {
         if !matches!(endpoint, Endpoint::Tcp { .. }) {
             return Err(VmmError::FtPeer("the peer must be tcp:HOST:PORT".into()));
         }
+        let key = load_key(c.key.as_ref())?;
+        let heartbeat = heartbeat_paths(c.heartbeat_listen.as_ref(), c.peer_heartbeat.as_ref())?;
         let conn = transport::connect(&endpoint, CONNECT_TIMEOUT)
             .map_err(|e| VmmError::FtPeer(chain(&e)))?;
+        // Before anything is gated or sent: a peer with another key (or none) is this call's
+        // error, and the VM runs on untouched.
+        let (conn, session) = handshake(conn, key.as_ref(), Side::Initiator, CONNECT_TIMEOUT)
+            .map_err(|e| {
+                let why = chain(&e);
+                log::error!("ft.enable: the backup at {endpoint} was refused: {why}");
+                self.ft_status.note(&format!(
+                    "ft.enable refused the backup at {endpoint}: {why}"
+                ));
+                VmmError::FtAuth(why)
+            })?;
+        if !session.authenticated {
+            log::warn!(
+                "ft: the replication stream to {endpoint} is NOT authenticated (no pair key): \
+                 anyone on the link can alter or forge it"
+            );
+        }
         let peer = Some(endpoint.to_string());
         let entered = if reprotect {
             self.ft_status
@@ -97,6 +132,7 @@ impl Vmm {
                 .enable(Role::Primary, generation, peer, "ft.enable")
         };
         entered.map_err(|_| VmmError::FtAlready)?;
+        self.ft_status.set_authenticated(session.authenticated);
         let vm = self.vm.take().ok_or(VmmError::NoVm)?;
         let setup = PrimarySetup {
             vm,
@@ -111,6 +147,8 @@ impl Vmm {
                 failure_timeout: ms(c.failure_timeout_ms, 1000),
             },
             events: self.events.clone(),
+            session,
+            heartbeat,
         };
         match spawn_primary(setup) {
             Ok(handle) => {
@@ -150,6 +188,8 @@ impl Vmm {
             return Err(VmmError::FtAlready);
         }
         let (arbiter, generation) = Self::open_arbiter(&c.arbiter.path)?;
+        let key = load_key(c.key.as_ref())?;
+        let heartbeat = heartbeat_paths(c.heartbeat_listen.as_ref(), c.peer_heartbeat.as_ref())?;
         let endpoint: Endpoint = c.listen.parse().map_err(VmmError::MigrationUrl)?;
         let listener = Listener::bind(&endpoint).map_err(VmmError::MigrationListen)?;
         self.ft_status
@@ -160,6 +200,8 @@ impl Vmm {
                 "ft.receive: waiting for the primary",
             )
             .map_err(|_| VmmError::FtAlready)?;
+        // What this side requires; the handshake with the primary confirms it.
+        self.ft_status.set_authenticated(key.is_some());
         let (guest_events, on_failure) = self.new_boot_handlers();
         let overrides = c.clone();
         let setup = BackupSetup {
@@ -184,6 +226,8 @@ impl Vmm {
             guest_events,
             on_failure,
             events: self.events.clone(),
+            key,
+            heartbeat,
         };
         match spawn_backup(setup) {
             Ok(handle) => {

@@ -28,9 +28,14 @@
 //!   reboot) and waits on the same listener; the VMM reboots the guest and enables FT again with
 //!   the same settings, a fresh initial sync.
 //!
-//! Not yet: UDP heartbeats on a second path (the detector has only the stream).
+//! Every stream opens with the authentication handshake (`ft::auth`): the primary's in
+//! `ft.enable` (a refusal is the call's error), the backup's here, where a refused connection is
+//! noted in ft.status and the backup keeps waiting for its real primary. Optional UDP heartbeats
+//! on a second path feed the same detector (`second_path`, which also holds the rule for a lost
+//! stream with a live peer).
 
 use super::hooks::{BackupDisk, BackupDiskHooks, PrimaryHooks};
+use super::second_path::{self, Deferral, HeartbeatPaths};
 use crate::api::{VmBox, VmmEvent};
 use crate::config::VmConfig;
 use crate::migration::incoming::IncomingVm;
@@ -234,6 +239,10 @@ pub struct PrimarySetup {
     pub status: StatusHandle,
     pub timing: PairTiming,
     pub events: Sender<VmmEvent>,
+    /// What the handshake in `ft.enable` established.
+    pub session: ft::auth::Session,
+    /// The second liveness path, if configured.
+    pub heartbeat: Option<HeartbeatPaths>,
 }
 
 /// Gates the VM's outputs and starts the primary's thread; on error the VM comes back untouched
@@ -265,6 +274,20 @@ pub fn spawn_primary(s: PrimarySetup) -> Result<PairHandle, Box<(Vm, String)>> {
     };
     let detector = FailureDetector::new(s.timing.failure_timeout);
     s.status.attach_detector(detector.clone());
+    let heartbeats = match s.heartbeat.map(|paths| {
+        second_path::start(
+            paths,
+            &s.session,
+            ft::status::Role::Primary,
+            s.status.generation(),
+            s.timing.heartbeat_interval,
+            &detector,
+        )
+    }) {
+        Some(Err(e)) => return Err(Box::new((s.vm, format!("heartbeats: {e}")))),
+        Some(Ok(h)) => Some(h),
+        None => None,
+    };
     let hooks = Arc::new(PrimaryPairHooks {
         gates: PrimaryHooks::new(clock.clone(), &gates),
         channel: detector.channel_hook(),
@@ -281,6 +304,7 @@ pub fn spawn_primary(s: PrimarySetup) -> Result<PairHandle, Box<(Vm, String)>> {
             let (vm, end) = run_primary(
                 vm, conn, &config, hooks, &clock, detector, arbiter, &status, timing, &rx,
             );
+            drop(heartbeats);
             drop(releaser);
             if matches!(end, PrimaryEnd::Shutdown | PrimaryEnd::Reboot) {
                 return Some(Box::new((vm, end)));
@@ -417,7 +441,15 @@ fn run_primary(
         if Instant::now() < next_try {
             continue;
         }
-        let verdict = detector.wait_for_failure(Instant::now());
+        let verdict = match detector.wait_for_failure(Instant::now()) {
+            // The stream is dead though the heartbeats say the backup lives: the primary
+            // arbitrates (second_path's rule); the backup defers to it.
+            Verdict::Alive => match second_path::stream_lost(&detector) {
+                Some(silent_for) => Verdict::Failed { silent_for },
+                None => Verdict::Alive,
+            },
+            v => v,
+        };
         match coordinator.on_verdict(verdict) {
             Decision::Stay => {}
             Decision::Retry { after, .. } => next_try = Instant::now() + after,
@@ -555,12 +587,18 @@ pub struct BackupSetup {
     pub guest_events: GuestEventHandler,
     pub on_failure: VcpuFailureHandler,
     pub events: Sender<VmmEvent>,
+    /// The pair key, if any: the primary must prove it holds the same.
+    pub key: Option<ft::auth::PairKey>,
+    /// The second liveness path, if configured.
+    pub heartbeat: Option<HeartbeatPaths>,
 }
 
 /// How long a backup waits for its primary to connect.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often a waiting backup looks at its commands.
 const ACCEPT_TURN: Duration = Duration::from_millis(100);
+/// Longest authentication handshake a backup waits through before taking the next connection.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Starts the backup's thread: accept, receive, then discard or go live.
 pub fn spawn_backup(s: BackupSetup) -> std::io::Result<PairHandle> {
@@ -606,6 +644,7 @@ fn run_backup(
     };
     let (localize, guest_events, on_failure, mode) =
         (s.localize, s.guest_events, s.on_failure, s.disk_mode);
+    let hb_on = s.heartbeat.is_some();
     let opts = BackupOptions {
         sync: ReceiveOptions {
             io_timeout: s.failure_timeout.max(SYNC_IO_TIMEOUT),
@@ -622,7 +661,21 @@ fn run_backup(
                 return end(format!("{c:?} before the primary connected"));
             }
             match s.listener.accept(Some(ACCEPT_TURN)) {
-                Ok(c) => break c,
+                Ok(c) => {
+                    use ft::auth::{handshake, Side};
+                    match handshake(c, s.key.as_ref(), Side::Responder, HANDSHAKE_TIMEOUT) {
+                        Ok(done) => break done,
+                        // Whoever connected cannot end the wait: the real primary may come next.
+                        Err(e) => {
+                            let why = format!(
+                                "refused a connection: {}; still waiting for the primary",
+                                crate::controller::chain(&e)
+                            );
+                            log::warn!("ft backup: {why}");
+                            status.note(&why);
+                        }
+                    }
+                }
                 Err(ft::transport::TransportError::AcceptTimeout { .. })
                     if waiting_since.elapsed() < ACCEPT_TIMEOUT => {}
                 Err(e) => {
@@ -633,11 +686,42 @@ fn run_backup(
                 }
             }
         };
+        let (conn, session) = conn;
+        if !session.authenticated {
+            log::warn!("ft backup: the replication stream is NOT authenticated (no pair key)");
+        }
+        status.set_authenticated(session.authenticated);
         if let Ok(c) = conn.try_clone_box() {
             *stream.lock().unwrap_or_else(PoisonError::into_inner) = Some(c);
         }
         let detector = FailureDetector::new(s.failure_timeout);
         status.attach_detector(detector.clone());
+        // Heartbeats are keyed per connection: a re-sync after a reboot starts them afresh on
+        // the same socket.
+        let paths = match s.heartbeat.as_ref().map(HeartbeatPaths::try_clone).transpose() {
+            Ok(p) => p,
+            Err(e) => {
+                detector.close();
+                return end(format!("heartbeats: {e}"));
+            }
+        };
+        let heartbeats = match paths.map(|paths| {
+            second_path::start(
+                paths,
+                &session,
+                ft::status::Role::Backup,
+                status.generation(),
+                Duration::from_millis(100),
+                &detector,
+            )
+        }) {
+            Some(Err(e)) => {
+                detector.close();
+                return end(format!("heartbeats: {e}"));
+            }
+            Some(Ok(h)) => Some(h),
+            None => None,
+        };
         let hooks = Arc::new(BackupPairHooks {
             disks: OnceLock::new(),
             status: status.clone(),
@@ -702,9 +786,9 @@ fn run_backup(
             return None;
         }
         let config = config.get()?.clone();
-        break (exit, detector, config);
+        break (exit, detector, config, heartbeats);
     };
-    let (exit, detector, config) = exit;
+    let (exit, detector, config, _heartbeats) = exit;
     let why = error_chain(&exit.error);
     log::warn!("ft backup: stream ended: {why}");
     let mut coordinator = FailoverCoordinator::new(s.arbiter, status.clone());
@@ -745,6 +829,22 @@ fn run_backup(
                     .last_heard(ft::heartbeat::Path::Channel)
                     .map_or(Duration::ZERO, |t| t.elapsed()),
             },
+            v => v,
+        };
+        // The stream is gone but the primary still heard on the heartbeat path: defer to it.
+        let verdict = match verdict {
+            Verdict::Alive if hb_on => {
+                match second_path::defer(coordinator.arbiter(), &status, &detector) {
+                    Deferral::Wait => Verdict::Alive,
+                    Deferral::Claim(silent_for) => Verdict::Failed { silent_for },
+                    Deferral::Lost(why) => {
+                        detector.close();
+                        log::error!("ft backup: halting: {why}");
+                        let _ = status.transition(FtState::Halted, &why);
+                        return None;
+                    }
+                }
+            }
             v => v,
         };
         match coordinator.on_verdict(verdict) {

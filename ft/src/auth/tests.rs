@@ -1,0 +1,463 @@
+//! Handshake outcomes for every key combination, record tampering of every kind, key file
+//! checks, and a bounded mutation loop over the record opener (the stable stand-in for the
+//! `ft/fuzz` target).
+
+use super::*;
+use crate::frame::{encode_frame, Decoder, Frame};
+use crate::transport::Connection;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(5);
+
+fn key(b: u8) -> PairKey {
+    PairKey::from_bytes(&[b; 32]).unwrap()
+}
+
+type Outcome = Result<(Box<dyn Connection>, Session), AuthError>;
+
+/// Runs both ends of a handshake over a socket pair.
+fn pair(a: Option<PairKey>, b: Option<PairKey>) -> (Outcome, Outcome) {
+    let (x, y) = UnixStream::pair().unwrap();
+    let t = std::thread::spawn(move || handshake(Box::new(y), b.as_ref(), Side::Responder, T));
+    let l = handshake(Box::new(x), a.as_ref(), Side::Initiator, T);
+    (l, t.join().unwrap())
+}
+
+fn err(o: Outcome) -> AuthError {
+    match o {
+        Ok(_) => panic!("handshake succeeded"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn same_key_authenticates_and_frames_flow_both_ways() {
+    let (a, b) = pair(Some(key(1)), Some(key(1)));
+    let ((mut ca, sa), (mut cb, sb)) = (a.unwrap(), b.unwrap());
+    assert!(sa.authenticated && sb.authenticated);
+    assert_eq!(sa.pair_id, sb.pair_id);
+    let (ha, hb) = (sa.heartbeat.unwrap(), sb.heartbeat.unwrap());
+    // What one side tags, the other verifies; the directions differ.
+    assert!(hb.1.verify(b"x", &ha.0.tag(b"x")));
+    assert!(!hb.0.verify(b"x", &ha.0.tag(b"x")));
+    // A frame bigger than one record crosses intact.
+    let f = Frame::DeviceState(vec![7; super::MAX_RECORD * 2 + 5]);
+    let mut bytes = Vec::new();
+    encode_frame(&f, 0, 0, 0, &mut bytes).unwrap();
+    let w = std::thread::spawn(move || {
+        ca.write_all(&bytes).unwrap();
+        ca
+    });
+    let mut d = Decoder::new();
+    let mut buf = vec![0u8; 1000];
+    let got = loop {
+        if let Some(g) = d.next_frame().unwrap() {
+            break g;
+        }
+        let n = cb.read(&mut buf).unwrap();
+        assert!(n > 0);
+        d.push(&buf[..n]);
+    };
+    assert_eq!(got.frame, f);
+    let mut ca = w.join().unwrap();
+    cb.write_all(b"back").unwrap();
+    let mut four = [0u8; 4];
+    ca.read_exact(&mut four).unwrap();
+    assert_eq!(&four, b"back");
+}
+
+#[test]
+fn no_key_on_either_side_is_unauthenticated_and_plain() {
+    let (a, b) = pair(None, None);
+    let ((mut ca, sa), (mut cb, sb)) = (a.unwrap(), b.unwrap());
+    assert!(!sa.authenticated && !sb.authenticated);
+    assert!(sa.heartbeat.is_none());
+    assert_eq!(sa.pair_id, sb.pair_id);
+    ca.write_all(b"TNDM").unwrap();
+    let mut four = [0u8; 4];
+    cb.read_exact(&mut four).unwrap();
+    assert_eq!(&four, b"TNDM", "no records: the bytes go as they are");
+}
+
+#[test]
+fn a_different_key_fails_on_both_sides() {
+    let (a, b) = pair(Some(key(1)), Some(key(2)));
+    for e in [err(a), err(b)] {
+        assert!(matches!(e, AuthError::Failed), "{e:?}");
+        assert!(e.to_string().starts_with("authentication failed"), "{e}");
+    }
+}
+
+#[test]
+fn a_key_on_one_side_only_is_refused_on_both() {
+    let (a, b) = pair(Some(key(1)), None);
+    assert!(matches!(err(a), AuthError::PeerHasNoKey));
+    assert!(matches!(err(b), AuthError::WeHaveNoKey));
+    let (a, b) = pair(None, Some(key(1)));
+    assert!(matches!(err(a), AuthError::WeHaveNoKey));
+    let e = err(b);
+    assert!(e.to_string().starts_with("authentication failed"), "{e}");
+}
+
+#[test]
+fn nonces_differ_per_connection() {
+    let (a1, _) = pair(None, None);
+    let (a2, _) = pair(None, None);
+    assert_ne!(a1.unwrap().1.pair_id, a2.unwrap().1.pair_id);
+}
+
+#[test]
+fn an_older_peer_or_garbage_is_refused_clearly() {
+    let (x, mut y) = UnixStream::pair().unwrap();
+    let mut hello = Vec::new();
+    encode_frame(&Frame::Heartbeat { timestamp_ms: 1 }, 0, 0, 0, &mut hello).unwrap();
+    hello.resize(64, 0);
+    y.write_all(&hello).unwrap();
+    let e = err(handshake(Box::new(x), Some(&key(1)), Side::Responder, T));
+    assert!(matches!(e, AuthError::OldPeer), "{e:?}");
+    let (x, mut y) = UnixStream::pair().unwrap();
+    y.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n")
+        .unwrap();
+    assert!(matches!(
+        err(handshake(Box::new(x), None, Side::Responder, T)),
+        AuthError::NotTandem
+    ));
+    drop(y);
+    // A reflected handshake (our own message back) claims our side.
+    let (x, y) = UnixStream::pair().unwrap();
+    let t = std::thread::spawn(move || handshake(Box::new(y), None, Side::Initiator, T));
+    let e = err(handshake(Box::new(x), None, Side::Initiator, T));
+    assert!(matches!(e, AuthError::BadHandshake(_)), "{e:?}");
+    let _ = t.join();
+}
+
+#[test]
+fn a_silent_or_vanishing_peer_times_out_or_closes() {
+    let (x, _y) = UnixStream::pair().unwrap();
+    let e = err(handshake(
+        Box::new(x),
+        None,
+        Side::Initiator,
+        Duration::from_millis(50),
+    ));
+    assert!(matches!(e, AuthError::Timeout { .. }), "{e:?}");
+    let (x, y) = UnixStream::pair().unwrap();
+    drop(y);
+    let e = err(handshake(Box::new(x), None, Side::Initiator, T));
+    assert!(
+        matches!(e, AuthError::PeerClosed | AuthError::Io { .. }),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn handshake_messages_round_trip_and_reject_edits() {
+    let h = AuthHello {
+        keyed: true,
+        side: Side::Responder,
+        nonce: [9; 32],
+    };
+    let b = h.encode();
+    assert_eq!(AuthHello::decode(&b).unwrap(), h);
+    for at in 0..MSG_LEN {
+        let mut m = b;
+        m[at] ^= 0x10;
+        assert!(AuthHello::decode(&m).is_err(), "byte {at}");
+    }
+    assert!(AuthHello::decode(&b[..10]).is_err());
+}
+
+// Records.
+
+fn sealed(key: [u8; 32], pieces: &[&[u8]]) -> Vec<Vec<u8>> {
+    let mut s = Sealer::new(key);
+    pieces
+        .iter()
+        .map(|p| {
+            let mut out = Vec::new();
+            s.seal(p, &mut out);
+            out
+        })
+        .collect()
+}
+
+fn open_all(key: [u8; 32], bytes: &[u8]) -> Result<Vec<Vec<u8>>, RecordError> {
+    let mut o = Opener::new(key);
+    o.push(bytes);
+    let mut out = Vec::new();
+    while let Some(r) = o.next_record()? {
+        out.push(r);
+    }
+    o.finish()?;
+    Ok(out)
+}
+
+const K: [u8; 32] = [3; 32];
+
+#[test]
+fn records_round_trip_in_any_pieces() {
+    let recs = sealed(K, &[b"one", b"two", &[5; 300]]);
+    let all: Vec<u8> = recs.concat();
+    for step in [1, 7, 64, all.len()] {
+        let mut o = Opener::new(K);
+        let mut got = Vec::new();
+        for c in all.chunks(step) {
+            o.push(c);
+            while let Some(r) = o.next_record().unwrap() {
+                got.push(r);
+            }
+        }
+        assert_eq!(o.finish(), Ok(()));
+        assert_eq!(got, vec![b"one".to_vec(), b"two".to_vec(), vec![5; 300]]);
+    }
+}
+
+#[test]
+fn every_altered_byte_fails() {
+    let rec = sealed(K, &[b"checkpoint bytes"]).concat();
+    for at in 0..rec.len() {
+        let mut b = rec.clone();
+        b[at] ^= 1;
+        let e = open_all(K, &b).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                RecordError::BadMac { .. }
+                    | RecordError::BadLength { .. }
+                    | RecordError::Truncated { .. }
+            ),
+            "byte {at}: {e:?}"
+        );
+        // A changed length or content never yields data.
+    }
+}
+
+#[test]
+fn replayed_and_reordered_records_fail() {
+    let r = sealed(K, &[b"a", b"b", b"c"]);
+    let replay = [r[0].clone(), r[1].clone(), r[1].clone()].concat();
+    assert_eq!(
+        open_all(K, &replay),
+        Err(RecordError::BadMac { record: 2 }),
+        "a record sent twice"
+    );
+    let reorder = [r[0].clone(), r[2].clone(), r[1].clone()].concat();
+    assert_eq!(
+        open_all(K, &reorder),
+        Err(RecordError::BadMac { record: 1 })
+    );
+    let dropped = [r[0].clone(), r[2].clone()].concat();
+    assert_eq!(
+        open_all(K, &dropped),
+        Err(RecordError::BadMac { record: 1 })
+    );
+}
+
+#[test]
+fn a_cut_tag_is_truncation_and_a_wrong_key_fails() {
+    let rec = sealed(K, &[b"abc"]).concat();
+    let cut = &rec[..rec.len() - 5];
+    assert!(matches!(
+        open_all(K, cut),
+        Err(RecordError::Truncated { record: 0, .. })
+    ));
+    assert_eq!(
+        open_all([4; 32], &rec),
+        Err(RecordError::BadMac { record: 0 })
+    );
+}
+
+#[test]
+fn hostile_lengths_are_refused_before_buffering() {
+    let mut o = Opener::new(K);
+    o.push(&u32::MAX.to_le_bytes());
+    assert!(matches!(
+        o.next_record(),
+        Err(RecordError::BadLength { .. })
+    ));
+    assert_eq!(o.next_record(), Err(RecordError::Poisoned));
+    let mut o = Opener::new(K);
+    o.push(&0u32.to_le_bytes());
+    assert!(matches!(
+        o.next_record(),
+        Err(RecordError::BadLength { len: 0, .. })
+    ));
+}
+
+/// Connects an initiator and a responder through a man in the middle that passes the responder's
+/// bytes as they are and the initiator's through `edit(offset, byte)`; returns both ends after
+/// the handshake (keyed with `k`).
+fn through_mitm(
+    k: u8,
+    edit: impl FnMut(usize, u8) -> u8 + Send + 'static,
+) -> (Box<dyn Connection>, Box<dyn Connection>) {
+    let (x, mid_a) = UnixStream::pair().unwrap();
+    let (mid_b, y) = UnixStream::pair().unwrap();
+    let (mut ra, mut wb) = (mid_a.try_clone().unwrap(), mid_b.try_clone().unwrap());
+    let mut edit = edit;
+    std::thread::spawn(move || {
+        let mut at = 0usize;
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match ra.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                *b = edit(at + i, *b);
+            }
+            at += n;
+            if wb.write_all(&buf[..n]).is_err() {
+                return;
+            }
+        }
+    });
+    let (mut rb, mut wa) = (mid_b, mid_a);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut rb, &mut wa);
+    });
+    let t = std::thread::spawn(move || handshake(Box::new(y), Some(&key(k)), Side::Responder, T));
+    let (ca, _) = handshake(Box::new(x), Some(&key(k)), Side::Initiator, T).unwrap();
+    let (cb, _) = t.join().unwrap().unwrap();
+    (ca, cb)
+}
+
+/// Where the initiator's records start: after its handshake message and key confirmation.
+const RECORDS_AT: usize = MSG_LEN + TAG_LEN;
+
+fn expect_auth_failure(cb: &mut Box<dyn Connection>) {
+    let mut buf = [0u8; 100];
+    let e = cb.read(&mut buf).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+    assert!(e.to_string().contains("authentication failed"), "{e}");
+    // The stream stays failed.
+    assert!(cb.read(&mut buf).is_err());
+}
+
+/// A flipped byte in transit: the receiver's read fails with "authentication failed" and the
+/// decoder above it never sees the frame.
+#[test]
+fn a_flipped_byte_in_transit_fails_the_read() {
+    let (mut ca, mut cb) = through_mitm(5, |at, b| if at == RECORDS_AT + 10 { b ^ 1 } else { b });
+    ca.write_all(&[0x42; 100]).unwrap();
+    expect_auth_failure(&mut cb);
+}
+
+/// A stream recorded from an earlier connection with the same pair key, replayed into a new
+/// one: the new connection's nonces give it other keys, so the first replayed record fails.
+#[test]
+fn a_stream_recorded_from_another_connection_fails() {
+    let recorded = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let rec = recorded.clone();
+    let (mut ca, mut cb) = through_mitm(6, move |at, b| {
+        if at >= RECORDS_AT {
+            rec.lock().unwrap().push(b);
+        }
+        b
+    });
+    ca.write_all(b"ack checkpoint 7").unwrap();
+    let mut got = [0u8; 16];
+    cb.read_exact(&mut got).unwrap();
+    let old = recorded.lock().unwrap().clone();
+    assert!(!old.is_empty());
+    let (mut ca, mut cb) = through_mitm(6, move |at, b| {
+        if at >= RECORDS_AT {
+            old.get(at - RECORDS_AT).copied().unwrap_or(b)
+        } else {
+            b
+        }
+    });
+    ca.write_all(b"ack checkpoint 7").unwrap();
+    expect_auth_failure(&mut cb);
+}
+
+#[test]
+fn key_files_are_checked_like_ssh_keys() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("ft-auth-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, len: usize, mode: u32| {
+        let p = dir.join(name);
+        std::fs::write(&p, vec![0xa5; len]).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    };
+    let good = write("good", 32, 0o600);
+    assert!(PairKey::load(&good).is_ok());
+    assert!(PairKey::load(&write("ro", 64, 0o400)).is_ok());
+    let e = PairKey::load(&write("open", 32, 0o644)).unwrap_err();
+    assert!(matches!(e, AuthError::KeyPermissions { mode: 0o644, .. }));
+    assert!(e.to_string().contains("chmod 600"), "{e}");
+    assert!(matches!(
+        PairKey::load(&write("group", 32, 0o640)),
+        Err(AuthError::KeyPermissions { .. })
+    ));
+    assert!(matches!(
+        PairKey::load(&write("short", 31, 0o600)),
+        Err(AuthError::KeyTooShort { len: 31, .. })
+    ));
+    assert!(matches!(
+        PairKey::load(&write("long", MAX_KEY_LEN + 1, 0o600)),
+        Err(AuthError::KeyTooLong { .. })
+    ));
+    assert!(matches!(
+        PairKey::load(&dir),
+        Err(AuthError::KeyNotAFile { .. })
+    ));
+    let e = PairKey::load(&dir.join("missing")).unwrap_err();
+    assert!(matches!(e, AuthError::KeyFile { .. }) && e.is_key_error());
+    assert_eq!(format!("{:?}", key(1)), "PairKey(32 bytes)");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// xorshift64*: deterministic, so a failure reproduces from the printed iteration.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// Random edits never panic and never yield data that was not sealed; every bit flip fails.
+#[test]
+fn bounded_mutation_loop() {
+    let pieces: Vec<Vec<u8>> = (0..5).map(|i| vec![i as u8; 10 + i * 40]).collect();
+    let refs: Vec<&[u8]> = pieces.iter().map(|p| p.as_slice()).collect();
+    let clean = sealed(K, &refs).concat();
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    for iter in 0..2000 {
+        let mut b = clean.clone();
+        match iter % 3 {
+            0 => {
+                let bit = rng.below(b.len() * 8);
+                b[bit / 8] ^= 1 << (bit % 8);
+                assert!(open_all(K, &b).is_err(), "iteration {iter}: bit {bit}");
+            }
+            1 => {
+                for _ in 0..1 + rng.below(10) {
+                    let at = rng.below(b.len());
+                    b[at] = rng.next() as u8;
+                }
+                if let Ok(got) = open_all(K, &b) {
+                    assert_eq!(got, pieces, "iteration {iter}");
+                }
+            }
+            _ => {
+                let len = rng.below(300);
+                let g: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                let mut o = Opener::new(K);
+                o.push(&g);
+                let _ = o.next_record();
+                let _ = o.finish();
+            }
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! A pair of real `tandem` processes on the test network for FT tests that set up the pair
+//! themselves (keys, heartbeat paths): P runs the counter guest on a shared disk, B has no VM
+//! until it receives one.
+
+use crate::client::CounterConn;
+use crate::net::{Node, TestNet, HOST_B_LINK_IP};
+use crate::{Tandem, TempDir};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Longest wait for anything in these tests.
+pub const T: Duration = Duration::from_secs(60);
+/// The counter guest's address on the LAN.
+pub const GUEST_IP: &str = "10.77.0.2";
+/// Where B listens for the stream, on the host-to-host link.
+pub const FT_PORT: u16 = 7600;
+
+/// Two hosts, P running the guest, B idle; nothing paired yet.
+pub struct Hosts {
+    pub net: TestNet,
+    pub p: Tandem,
+    pub b: Tandem,
+    /// Shared storage: the disk image and the arbiter's directory.
+    pub store: TempDir,
+}
+
+impl Hosts {
+    /// Builds the network and boots the counter guest on P.
+    pub fn up(tag: &str) -> Hosts {
+        let net = TestNet::up(tag);
+        net.add_tap(Node::HostP, "tap0");
+        net.add_tap(Node::HostB, "tap0");
+        let p = Tandem::start_in_netns(&format!("{tag}-p"), &net.ns(Node::HostP));
+        let b = Tandem::start_in_netns(&format!("{tag}-b"), &net.ns(Node::HostB));
+        let store = TempDir::new(&format!("{tag}-store"));
+        std::fs::write(store.path("counter.img"), vec![0u8; 1 << 20]).unwrap();
+        std::fs::create_dir(store.path("arbiter")).unwrap();
+        let mut cfg = p.builtin_config(1, 128, &format!("workload=counter ip={GUEST_IP}/24"));
+        cfg["disks"] = json!([{"id": "disk0", "path": store.path("counter.img")}]);
+        cfg["net"] = json!([{"id": "nic0", "tap": "tap0"}]);
+        p.put_ok("vm.create", Some(&cfg));
+        p.put_ok("vm.boot", None);
+        p.serial().wait_for("tandem-guest: ready", T);
+        Hosts { net, p, b, store }
+    }
+
+    /// The stream's URL (B's end of the host-to-host link).
+    pub fn url(&self) -> String {
+        format!("tcp:{HOST_B_LINK_IP}:{FT_PORT}")
+    }
+
+    /// B's ft.receive body, with `extra` fields merged in.
+    pub fn receive_body(&self, extra: Value) -> Value {
+        let mut body = json!({
+            "listen": self.url(),
+            "net": [{"id": "nic0", "tap": "tap0"}],
+            "serial": {"mode": "File", "file": self.b.serial_path},
+            "arbiter": {"path": self.store.path("arbiter")},
+            "disk_mode": "shared",
+            "failure_timeout_ms": 1000,
+        });
+        merge(&mut body, extra);
+        body
+    }
+
+    /// P's ft.enable body, with `extra` fields merged in.
+    pub fn enable_body(&self, extra: Value) -> Value {
+        let mut body = json!({
+            "peer": self.url(),
+            "disk_mode": "shared",
+            "arbiter": {"path": self.store.path("arbiter")},
+            "failure_timeout_ms": 1000,
+        });
+        merge(&mut body, extra);
+        body
+    }
+
+    /// Writes a key file of `len` random bytes with permission bits `mode`.
+    pub fn key_file(&self, name: &str, len: usize, mode: u32) -> std::path::PathBuf {
+        use std::io::Read;
+        use std::os::unix::fs::PermissionsExt;
+        let mut k = vec![0u8; len];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut k))
+            .expect("random key");
+        let p = self.store.path(name);
+        std::fs::write(&p, k).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+}
+
+fn merge(body: &mut Value, extra: Value) {
+    if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+        b.extend(e);
+    }
+}
+
+/// ft.status of `t`.
+pub fn ft_status(t: &Tandem) -> Value {
+    let (code, v) = t.get("ft.status");
+    assert_eq!(code, 200, "ft.status: {v}");
+    v
+}
+
+/// Waits until `t` reports `role`/`state` (printing both logs if it never does).
+pub fn wait_ft(t: &Tandem, role: &str, state: &str, other: &Tandem) -> Duration {
+    let start = Instant::now();
+    loop {
+        let s = ft_status(t);
+        if s["role"] == role && s["state"] == state {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < T,
+            "ft.status never {role}/{state}: {s}\nlog:\n{}\npeer log:\n{}",
+            t.log(),
+            other.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits until `check` holds on `t`'s ft.status; returns that status.
+pub fn wait_status(t: &Tandem, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let s = ft_status(t);
+        if check(&s) {
+            return s;
+        }
+        assert!(
+            start.elapsed() < T,
+            "ft.status never {what}: {s}\nlog:\n{}",
+            t.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A client on one connection, INC after INC, until `stop`: (replies, slowest INC).
+pub fn client(
+    net: &TestNet,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(Vec<u64>, Duration)> {
+    net.run_in(Node::Client, move || {
+        let mut c = CounterConn::connect(&format!("{GUEST_IP}:7000"), T).expect("connect");
+        let mut seen = Vec::new();
+        let mut slowest = Duration::ZERO;
+        while !stop.load(Ordering::Relaxed) {
+            let t0 = Instant::now();
+            seen.push(c.inc().expect("INC"));
+            slowest = slowest.max(t0.elapsed());
+        }
+        (seen, slowest)
+    })
+}
+
+/// Every INC answered once, in order, none lost, never going back.
+pub fn assert_counts_up(seen: &[u64]) {
+    assert!(
+        seen.len() > 10,
+        "the client made too little progress: {seen:?}"
+    );
+    for (i, v) in seen.iter().enumerate() {
+        assert_eq!(*v, i as u64 + 1, "INC #{i} answered {v}; all: {seen:?}");
+    }
+}
