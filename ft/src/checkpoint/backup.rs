@@ -230,6 +230,7 @@ impl<V: MigratableVm> FtBackup<V> {
                         if let Err(e) = writer.send(&hb, next - 1, 0) {
                             return e.into();
                         }
+                        hooks.heartbeat_sent();
                         continue;
                     }
                     Err(e) => return e.into(),
