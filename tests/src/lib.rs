@@ -145,6 +145,29 @@ pub fn tandem_bin() -> PathBuf {
     bin
 }
 
+/// The `tandem-remote` binary of this build, beside [`tandem_bin`]; panics with the fix when it
+/// is missing or older than api_client's sources.
+pub fn tandem_remote_bin() -> PathBuf {
+    let bin = tandem_bin().with_file_name("tandem-remote");
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: run `cargo build --workspace`",
+                bin.display()
+            )
+        });
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../api_client/src");
+    if let Some(newer) = newest_file(&src).filter(|(t, _)| *t > built) {
+        panic!(
+            "{} is older than {}: run `cargo build --workspace`",
+            bin.display(),
+            newer.1.display()
+        );
+    }
+    bin
+}
+
 /// The most recently modified file under `dir`, with its time.
 fn newest_file(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
     let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
