@@ -72,7 +72,7 @@ pub fn run(client: &ApiClient, socket: &Path, interval: Duration) -> ExitCode {
             // Home, clear, redraw: one screen that updates in place.
             format!(
                 "\x1b[H\x1b[2J{}",
-                ft_view::screen(&status, &format!("{title}   {}", ft_view::clock_utc()))
+                ft_view::screen(&status, &format!("{title}   {} UTC", ft_view::clock_utc()))
             )
         } else {
             format!("{}\n", ft_view::line(&status))
