@@ -110,14 +110,15 @@ fn ft_metrics_follow_a_real_pair_through_a_failover() {
                 .unwrap_or(-1.0)
     );
     for m in [&p2, &b2] {
-        // An idle peer is heard at least every heartbeat; far below the failure timeout.
+        // In seconds, recent: a unit slip (ms as s) would read hundreds. Loose bounds: a loaded
+        // host may starve a thread for a while without the pair failing.
         let age = m.value("tandem_ft_heartbeat_age_seconds", Some(("path", "channel")));
-        assert!((0.0..1.0).contains(&age), "heartbeat age {age}");
+        assert!((0.0..10.0).contains(&age), "heartbeat age {age}");
         let backlog = m.value("tandem_ft_backlog_checkpoints", None);
         assert!(backlog <= 2.0, "backlog {backlog} above the window");
     }
     let ack_age = p2.value("tandem_ft_ack_age_seconds", None);
-    assert!((0.0..1.0).contains(&ack_age), "ack age {ack_age}");
+    assert!((0.0..10.0).contains(&ack_age), "ack age {ack_age}");
     let (p_cp, b_cp) = (
         p2.value("tandem_ft_checkpoints_total", None),
         b2.value("tandem_ft_checkpoints_total", None),
