@@ -1,5 +1,6 @@
 //! Client for the Tandem REST API over a Unix socket. Standalone: it does not link the VMM.
 
+pub mod ft_view;
 pub mod http;
 
 use serde_json::Value;

@@ -17,7 +17,7 @@ use ft::vm::{MigratableVm, VmState};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -86,11 +86,42 @@ impl StatsSink for Stats {
 }
 
 #[derive(Default)]
-struct BackupLog(Mutex<Vec<(u64, Vec<u8>)>>);
+struct BackupLog(Mutex<Vec<(u64, Vec<u8>)>>, AtomicU64);
 
 impl BackupHooks for BackupLog {
     fn backup_committed(&self, n: u64, extras: &[u8]) {
         self.0.lock().unwrap().push((n, extras.to_vec()));
+    }
+    fn heartbeat_sent(&self) {
+        self.1.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// The metrics' view of a primary: in-flight reports and heartbeats sent.
+#[derive(Default)]
+struct Metered {
+    in_flight: Mutex<Vec<(usize, u64)>>,
+    beats: AtomicU64,
+}
+
+impl StatsSink for Metered {
+    fn checkpoint_committed(&self, _s: &CheckpointStats) {}
+    fn in_flight(&self, epochs: usize, staged_bytes: u64) {
+        self.in_flight.lock().unwrap().push((epochs, staged_bytes));
+    }
+}
+
+impl EpochHooks for Metered {
+    fn epoch_captured(&self, _n: u64) {}
+    fn take_epoch_extras(&self, _n: u64) -> Vec<u8> {
+        Vec::new()
+    }
+    fn epoch_committed(&self, _n: u64) {}
+    fn output_waiting(&self) -> bool {
+        false
+    }
+    fn heartbeat_sent(&self) {
+        self.beats.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -437,6 +468,58 @@ fn slow_backup_bounds_in_flight_and_stalls_epochs() {
     );
     print_figures("slow backup (50 ms ack delay, K=2)", &stats);
     let _ = backup.join().unwrap();
+}
+
+/// Runs a primary against `addr` with `opts` for `run_for`, metered.
+fn run_metered(addr: SocketAddr, opts: &PrimaryOptions, run_for: Duration) -> Arc<Metered> {
+    let m = Arc::new(Metered::default());
+    let ep: Endpoint = format!("tcp:{addr}").parse().unwrap();
+    let conn = connect(&ep, Duration::from_secs(5)).unwrap();
+    let src = FakeVm::source(PAGES, VCPUS, 2000, 3);
+    let p = FtPrimary::start(src, conn, opts, m.clone(), m.clone())
+        .unwrap_or_else(|e| panic!("start: {}", ft::migration::error_chain(&e.1)));
+    std::thread::sleep(run_for);
+    let exit = p.stop().unwrap();
+    assert!(exit.error.is_none(), "{:?}", exit.error);
+    m
+}
+
+#[test]
+fn backlog_reports_follow_the_window_and_heartbeats_are_counted() {
+    // A slow backup: the window fills up to K and drains on each ack.
+    let (baddr, backup) = spawn_backup();
+    let (paddr, _p) = proxy::start(baddr, Fault::DelayReplies(Duration::from_millis(30)));
+    let opts = PrimaryOptions {
+        checkpoint_interval: Duration::from_millis(2),
+        max_in_flight: 2,
+        ..primary_opts()
+    };
+    let m = run_metered(paddr, &opts, Duration::from_millis(400));
+    let reports = m.in_flight.lock().unwrap().clone();
+    assert!(reports.len() > 4, "{reports:?}");
+    assert!(reports.iter().all(|&(n, _)| n <= 2), "{reports:?}");
+    assert!(reports.iter().any(|&(n, _)| n == 2), "{reports:?}");
+    assert!(
+        reports.iter().all(|&(n, b)| (n == 0) == (b == 0)),
+        "bytes follow the count: {reports:?}"
+    );
+    let _ = backup.join().unwrap();
+
+    // Idle between long epochs: both sides send heartbeats (the backup's every 20 ms of
+    // silence, so the primary's come less often).
+    let (addr, backup) = spawn_backup();
+    let opts = PrimaryOptions {
+        checkpoint_interval: Duration::from_millis(400),
+        heartbeat_interval: Duration::from_millis(60),
+        ..primary_opts()
+    };
+    let m = run_metered(addr, &opts, Duration::from_millis(300));
+    let beats = m.beats.load(Ordering::SeqCst);
+    let (_, log) = backup.join().unwrap();
+    let backup_beats = log.1.load(Ordering::SeqCst);
+    println!("[idle 300 ms] primary sent {beats}, backup sent {backup_beats}");
+    assert!(beats >= 2, "primary heartbeats: {beats}");
+    assert!(backup_beats >= 2, "backup heartbeats: {backup_beats}");
 }
 
 /// Runs a fast-dirtying primary through a faulty proxy; returns the backup's exit, and the gates.

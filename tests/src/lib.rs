@@ -5,7 +5,9 @@ pub mod client;
 pub mod ft;
 pub mod ft_pair;
 pub mod guest;
+pub mod metrics;
 pub mod net;
+pub mod pair;
 pub mod process;
 pub mod serial;
 pub mod tamper;
@@ -39,7 +41,38 @@ pub const METRIC_FAMILIES: &[&str] = &[
     "tandem_migration_round",
     "tandem_migration_dirty_rate_pages_per_second",
     "tandem_migration_downtime_seconds",
+    "tandem_ft_role",
+    "tandem_ft_state",
+    "tandem_ft_generation",
+    "tandem_ft_last_committed_epoch",
+    "tandem_ft_checkpoints_total",
+    "tandem_ft_checkpoint_pause_seconds",
+    "tandem_ft_checkpoint_bytes",
+    "tandem_ft_replicated_bytes_total",
+    "tandem_ft_backlog_checkpoints",
+    "tandem_ft_backlog_bytes",
+    "tandem_ft_acks_total",
+    "tandem_ft_ack_age_seconds",
+    "tandem_ft_heartbeats_sent_total",
+    "tandem_ft_heartbeats_received_total",
+    "tandem_ft_heartbeat_age_seconds",
+    "tandem_ft_failovers_total",
 ];
+
+/// The families of [`METRIC_FAMILIES`] that are histograms: their series are `<family>_bucket`,
+/// `<family>_sum` and `<family>_count`.
+pub const HISTOGRAM_FAMILIES: &[&str] = &["tandem_ft_checkpoint_pause_seconds"];
+
+/// Whether `series` is one Tandem exports: a family's own name, or a histogram family's
+/// `_bucket`, `_sum` or `_count` series.
+pub fn is_exported_series(series: &str) -> bool {
+    METRIC_FAMILIES.contains(&series)
+        || ["_bucket", "_sum", "_count"].iter().any(|sfx| {
+            series
+                .strip_suffix(sfx)
+                .is_some_and(|base| HISTOGRAM_FAMILIES.contains(&base))
+        })
+}
 
 /// Whether this host can run KVM guests; prints a loud notice when it cannot.
 pub fn kvm_available(test: &str) -> bool {
@@ -111,6 +144,29 @@ pub fn tandem_bin() -> PathBuf {
                 newer.1.display()
             );
         }
+    }
+    bin
+}
+
+/// The `tandem-remote` binary of this build, beside [`tandem_bin`]; panics with the fix when it
+/// is missing or older than api_client's sources.
+pub fn tandem_remote_bin() -> PathBuf {
+    let bin = tandem_bin().with_file_name("tandem-remote");
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: run `cargo build --workspace`",
+                bin.display()
+            )
+        });
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../api_client/src");
+    if let Some(newer) = newest_file(&src).filter(|(t, _)| *t > built) {
+        panic!(
+            "{} is older than {}: run `cargo build --workspace`",
+            bin.display(),
+            newer.1.display()
+        );
     }
     bin
 }

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
-use tandem_tests::{require_kvm, Tandem};
+use tandem_tests::metrics::free_port;
+use tandem_tests::{require_kvm, Tandem, TempDir};
 
 fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -92,4 +93,103 @@ fn operator_scripts_create_watch_migrate_and_shut_down() {
     let down = run("shutdown.sh", &p.socket, &[]);
     assert!(down.status.success(), "{down:?}");
     assert!(p.wait_exit(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn ft_scripts_set_up_watch_promote_and_disable_a_pair() {
+    require_kvm!("ft_scripts_set_up_watch_promote_and_disable_a_pair");
+    if !tools_available() {
+        return;
+    }
+    let p = Tandem::start("curlft-p");
+    let b = Tandem::start("curlft-b");
+    p.boot_builtin(1, 64, "workload=idle");
+    let store = TempDir::new("curlft-store");
+    let arbiter = store.path("arbiter");
+    std::fs::create_dir(&arbiter).unwrap();
+    let arb = ("ARBITER", arbiter.display().to_string());
+    let url = format!("tcp:127.0.0.1:{}", free_port());
+    let text = |o: &Output| String::from_utf8_lossy(&o.stdout).to_string();
+
+    // A refused call is a failing script with the API's reason.
+    let bad = run("ft-promote.sh", &b.socket, &[]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("HTTP 409"), "{err}");
+    let bad = run("ft-receive.sh", &b.socket, &[("LISTEN", url.clone())]);
+    assert!(!bad.status.success(), "ARBITER is required");
+    let bad = run(
+        "ft-receive.sh",
+        &b.socket,
+        &[
+            ("LISTEN", url.clone()),
+            arb.clone(),
+            ("DISKS", "disk0".into()),
+        ],
+    );
+    assert!(!bad.status.success(), "DISKS wants ID=PATH");
+
+    let recv = run(
+        "ft-receive.sh",
+        &b.socket,
+        &[
+            ("LISTEN", url.clone()),
+            arb.clone(),
+            ("SERIAL_FILE", b.serial_path.display().to_string()),
+            ("FAILURE_TIMEOUT_MS", "1000".into()),
+        ],
+    );
+    assert!(recv.status.success(), "{recv:?}");
+    assert!(text(&recv).contains("\"role\":\"backup\""), "{recv:?}");
+    let enable = run(
+        "ft-enable.sh",
+        &p.socket,
+        &[
+            ("PEER", url.clone()),
+            arb.clone(),
+            ("CHECKPOINT_INTERVAL_MS", "50".into()),
+        ],
+    );
+    assert!(enable.status.success(), "{enable:?}\nlog:\n{}", p.log());
+    assert!(
+        text(&enable).contains("\"role\":\"primary\",\"state\":\"protected\""),
+        "{enable:?}"
+    );
+
+    // The watch shows the backup protected, one line per refresh.
+    let watch = run(
+        "ft-watch.sh",
+        &b.socket,
+        &[("COUNT", "2".into()), ("INTERVAL", "0.1".into())],
+    );
+    assert!(watch.status.success(), "{watch:?}");
+    let lines = text(&watch);
+    assert_eq!(
+        lines
+            .lines()
+            .filter(|l| l.contains("\"role\":\"backup\",\"state\":\"protected\""))
+            .count(),
+        2,
+        "{lines}"
+    );
+
+    // Promote on the backup: it runs the guest now; the old primary loses and halts.
+    let promote = run("ft-promote.sh", &b.socket, &[]);
+    assert!(promote.status.success(), "{promote:?}\nlog:\n{}", b.log());
+    assert!(text(&promote).contains("state: Running"), "{promote:?}");
+    assert_eq!(b.state(), "Running");
+    let start = std::time::Instant::now();
+    while p.get("ft.status").1["state"] != "halted" {
+        assert!(start.elapsed() < Duration::from_secs(60), "{}", p.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Disable ends it on both: standalone, and the live one takes VM calls again.
+    for t in [&b, &p] {
+        let off = run("ft-disable.sh", &t.socket, &[]);
+        assert!(off.status.success(), "{off:?}");
+        assert!(text(&off).contains("\"role\":\"standalone\""), "{off:?}");
+    }
+    assert_eq!(b.put("vm.pause", None).0, 204);
+    assert_eq!(b.state(), "Paused");
 }

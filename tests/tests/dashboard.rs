@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 use std::collections::BTreeSet;
-use tandem_tests::METRIC_FAMILIES as FAMILIES;
+use tandem_tests::{is_exported_series, HISTOGRAM_FAMILIES, METRIC_FAMILIES as FAMILIES};
 
 fn exprs(v: &Value, out: &mut Vec<String>) {
     match v {
@@ -34,11 +34,13 @@ fn dashboard_queries_only_exported_metrics() {
     let mut ids = BTreeSet::new();
     for p in panels {
         assert!(ids.insert(p["id"].as_u64().unwrap()), "duplicate panel id");
-        assert!(
-            !p["targets"].as_array().unwrap().is_empty(),
-            "{}",
-            p["title"]
-        );
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{}", p["title"]);
+        // Every query of every panel reads at least one Tandem series (checked below).
+        for t in targets {
+            let e = t["expr"].as_str().unwrap_or_default();
+            assert!(e.contains("tandem_"), "{}: {e:?}", p["title"]);
+        }
     }
     let mut all = Vec::new();
     exprs(&dash, &mut all);
@@ -56,9 +58,17 @@ fn dashboard_queries_only_exported_metrics() {
     }
     for name in &used {
         assert!(
-            FAMILIES.contains(&name.as_str()),
+            is_exported_series(name),
             "dashboard queries unknown metric {name}"
         );
     }
     assert!(used.len() >= 10, "{used:?}");
+    // The FT panels cover every FT family (a histogram through its series).
+    for family in FAMILIES.iter().filter(|f| f.starts_with("tandem_ft_")) {
+        assert!(
+            used.iter().any(|u| u == family
+                || (HISTOGRAM_FAMILIES.contains(family) && u.starts_with(&format!("{family}_")))),
+            "no panel shows {family}"
+        );
+    }
 }

@@ -568,6 +568,11 @@ impl Vmm {
         if let Some(m) = &self.migration {
             m.add_metrics(&mut e);
         }
+        crate::api::ft_metrics::add_ft(
+            &mut e,
+            &self.ft_status.snapshot(),
+            &self.ft_status.counters(),
+        );
         e.render()
     }
 

@@ -8,6 +8,10 @@ use serde_json::{json, Map, Value};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
+
+#[path = "tandem-remote/watch.rs"]
+mod watch;
 
 #[derive(Parser)]
 #[command(
@@ -69,8 +73,8 @@ enum Command {
     /// Protect the running VM with the backup at PEER, or protect again a primary running
     /// unprotected after a failover or a lost backup (PUT ft.enable); poll `ft-status`.
     FtEnable(FtEnableArgs),
-    /// This VMM's FT role, state and figures (GET ft.status).
-    FtStatus,
+    /// This VMM's FT role, state and figures (GET ft.status); `--watch` refreshes them.
+    FtStatus(FtStatusArgs),
     /// Backup only: go live now, through arbitration (PUT ft.promote).
     FtPromote,
     /// End the pair on purpose (PUT ft.disable).
@@ -138,6 +142,18 @@ struct FtReceiveArgs {
     host: HostOverrides,
     #[command(flatten)]
     security: FtSecurityArgs,
+}
+
+#[derive(Args)]
+struct FtStatusArgs {
+    /// Refresh until Ctrl-C: a screen on a terminal, one line per refresh otherwise. Exits
+    /// non-zero, saying why, once the VMM stops answering.
+    #[arg(long)]
+    watch: bool,
+    /// Refresh interval in milliseconds (with --watch).
+    #[arg(long, value_name = "MS", default_value_t = 1000, requires = "watch",
+          value_parser = clap::value_parser!(u64).range(10..))]
+    interval: u64,
 }
 
 #[derive(Args)]
@@ -408,7 +424,7 @@ fn request_for(command: &Command) -> Result<(Verb, &'static str, Option<Value>),
             a.security.add_to(&mut body)?;
             (Verb::Put, "ft.enable", Some(body))
         }
-        Command::FtStatus => (Verb::Get, "ft.status", None),
+        Command::FtStatus(_) => (Verb::Get, "ft.status", None),
         Command::FtPromote => (Verb::Put, "ft.promote", None),
         Command::FtDisable => (Verb::Put, "ft.disable", None),
     })
@@ -454,6 +470,11 @@ fn main() -> ExitCode {
     // clap prints usage errors itself and exits with 2.
     let cli = Cli::parse();
     let client = ApiClient::new(&cli.api_socket);
+    if let Command::FtStatus(a) = &cli.command {
+        if a.watch {
+            return watch::run(&client, &cli.api_socket, Duration::from_millis(a.interval));
+        }
+    }
     let (verb, endpoint, body) = match request_for(&cli.command) {
         Ok(r) => r,
         Err(msg) => {
@@ -678,6 +699,29 @@ mod tests {
             let cli = Cli::parse_from(["tandem-remote", "--api-socket", "/s", cmd]);
             assert_eq!(request_for(&cli.command).unwrap().1, ep);
         }
+    }
+
+    #[test]
+    fn ft_status_watch_flags() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["tandem-remote", "--api-socket", "/s", "ft-status"];
+            all.extend(args);
+            Cli::try_parse_from(all)
+        };
+        let Command::FtStatus(a) = parse(&["--watch", "--interval", "250"]).unwrap().command else {
+            panic!("not ft-status")
+        };
+        assert!(a.watch);
+        assert_eq!(a.interval, 250);
+        let Command::FtStatus(a) = parse(&[]).unwrap().command else {
+            panic!("not ft-status")
+        };
+        assert!(!a.watch);
+        assert!(
+            parse(&["--interval", "250"]).is_err(),
+            "--interval needs --watch"
+        );
+        assert!(parse(&["--watch", "--interval", "5"]).is_err(), "too fast");
     }
 
     #[test]

@@ -243,6 +243,7 @@ impl<V: MigratableVm> FtBackup<V> {
                         return e.into();
                     }
                     last_sent = Instant::now();
+                    hooks.heartbeat_sent();
                 }
                 let before = reader.bytes();
                 let f = match reader.recv() {

@@ -18,6 +18,8 @@ pub trait EpochHooks: Send + Sync {
     fn output_waiting(&self) -> bool;
     /// Any frame arrived from the peer (for the failure detector); default: ignored.
     fn on_peer_frame(&self, _kind: FrameType) {}
+    /// A heartbeat frame went to the backup (for the metrics); default: ignored.
+    fn heartbeat_sent(&self) {}
 }
 
 /// The backup's callbacks; the disk gate and the failure detector implement it.
@@ -28,6 +30,8 @@ pub trait BackupHooks: Send + Sync {
     fn checkpoint_received(&self, _r: &ReceivedCheckpoint) {}
     /// Any frame arrived from the primary (for the failure detector); default: ignored.
     fn on_peer_frame(&self, _kind: FrameType) {}
+    /// A heartbeat frame went to the primary (for the metrics); default: ignored.
+    fn heartbeat_sent(&self) {}
 }
 
 /// Hooks that hold nothing and ask for nothing.

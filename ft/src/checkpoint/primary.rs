@@ -197,24 +197,25 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
         let (tx, rx) = mpsc::channel::<Captured>();
         let spawned = (|| -> std::io::Result<()> {
             let (s, o) = (shared.clone(), opts.clone());
-            let h = hooks.clone();
+            let (h, st) = (hooks.clone(), stats.clone());
             p.ack_thread = Some(
                 std::thread::Builder::new()
                     .name("ft-ack".into())
-                    .spawn(move || ack_loop(&s, synced.inbox, &o, &*h, &*stats))?,
+                    .spawn(move || ack_loop(&s, synced.inbox, &o, &*h, &*st))?,
             );
             let (s, o) = (shared.clone(), opts.clone());
             let writer = synced.writer;
+            let h = hooks.clone();
             p.sender_thread = Some(
                 std::thread::Builder::new()
                     .name("ft-send".into())
-                    .spawn(move || send_loop(&s, writer, rx, &o))?,
+                    .spawn(move || send_loop(&s, writer, rx, &o, &*h))?,
             );
             let (s, o) = (shared.clone(), opts.clone());
             p.epoch_thread = Some(
                 std::thread::Builder::new()
                     .name("ft-epoch".into())
-                    .spawn(move || epoch_loop(&s, &vm, tx, &o, &*hooks))?,
+                    .spawn(move || epoch_loop(&s, &vm, tx, &o, &*hooks, &*stats))?,
             );
             Ok(())
         })();
@@ -391,6 +392,7 @@ fn epoch_loop<V: MigratableVm>(
     tx: mpsc::Sender<Captured>,
     o: &PrimaryOptions,
     hooks: &dyn EpochHooks,
+    stats: &dyn StatsSink,
 ) -> (u64, Duration) {
     let mut epoch = 0u64;
     let mut total_stall = Duration::ZERO;
@@ -430,7 +432,8 @@ fn epoch_loop<V: MigratableVm>(
         cap.guest_paused = keep_paused;
         epoch += 1;
         started = Instant::now();
-        lock(&s.window).push(InFlight {
+        let mut w = lock(&s.window);
+        w.push(InFlight {
             epoch,
             staged_bytes: cap.staged_bytes(),
             pages: cap.pages(),
@@ -443,6 +446,9 @@ fn epoch_loop<V: MigratableVm>(
             wire_bytes: 0,
             sent_at: None,
         });
+        let (epochs, bytes) = (w.len(), w.bytes());
+        drop(w);
+        stats.in_flight(epochs, bytes);
         if tx.send(cap).is_err() {
             break; // the sender ended on an error it has recorded
         }
@@ -548,6 +554,7 @@ fn send_loop(
     mut writer: FrameWriter,
     rx: mpsc::Receiver<Captured>,
     o: &PrimaryOptions,
+    hooks: &dyn EpochHooks,
 ) -> FrameWriter {
     let mut last_sent = Instant::now();
     let mut last_epoch = 0;
@@ -568,7 +575,11 @@ fn send_loop(
                 let hb = Frame::Heartbeat {
                     timestamp_ms: now_ms(),
                 };
-                writer.send(&hb, last_epoch, 0).map(|_| ())
+                let sent = writer.send(&hb, last_epoch, 0).map(|_| ());
+                if sent.is_ok() {
+                    hooks.heartbeat_sent();
+                }
+                sent
             }
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return writer,
@@ -674,8 +685,10 @@ fn on_ack(
             )))
         }
     };
+    let (epochs, bytes) = (w.len(), w.bytes());
     drop(w);
     s.changed.notify_all();
+    stats.in_flight(epochs, bytes);
     let Some(e) = e else { return Ok(()) };
     *lock(&s.committed) = Some(e.epoch);
     hooks.epoch_committed(e.epoch);

@@ -54,6 +54,9 @@ pub struct ReceivedCheckpoint {
 pub trait StatsSink: Send + Sync {
     /// Checkpoint `s.epoch` was acked.
     fn checkpoint_committed(&self, s: &CheckpointStats);
+    /// The in-flight window changed (a checkpoint was captured or acked): `epochs` checkpoints
+    /// of `staged_bytes` are captured but not acked. Default: ignored.
+    fn in_flight(&self, _epochs: usize, _staged_bytes: u64) {}
 }
 
 /// A sink that drops everything.

@@ -65,6 +65,11 @@ impl Window {
         self.entries.len()
     }
 
+    /// Staged bytes of the checkpoints in flight.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     pub(crate) fn push(&mut self, e: InFlight) {
         self.bytes += e.staged_bytes;
         self.entries.push_back(e);

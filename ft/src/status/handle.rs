@@ -1,5 +1,6 @@
 //! The shared status handle and the snapshot it gives the API.
 
+use super::counters::FtCounters;
 use super::samples::{PauseStats, Ring};
 use super::transitions::transition_allowed;
 use super::{FtState, Role, StatusError};
@@ -85,6 +86,8 @@ struct Inner {
     state_since: Instant,
     arbiter_error: Option<String>,
     detector: Option<FailureDetector>,
+    /// Kept across enable/disable: they count over the VMM's life.
+    counters: FtCounters,
 }
 
 impl Inner {
@@ -111,6 +114,7 @@ impl Inner {
             state_since: Instant::now(),
             arbiter_error: None,
             detector: None,
+            counters: FtCounters::default(),
         }
     }
 
@@ -173,11 +177,13 @@ impl StatusHandle {
             });
         }
         let detector = g.detector.take();
+        let counters = std::mem::take(&mut g.counters);
         *g = Inner::standalone(reason);
         g.role = role;
         g.generation = generation;
         g.peer = peer;
         g.detector = detector;
+        g.counters = counters;
         g.set_state(FtState::Syncing, reason);
         Ok(())
     }
@@ -218,7 +224,10 @@ impl StatusHandle {
 
     /// ft.disable: back to standalone from any state (the only way out of `Halted`); figures reset.
     pub fn disable(&self, reason: &str) {
-        *self.lock() = Inner::standalone(reason);
+        let mut g = self.lock();
+        let counters = std::mem::take(&mut g.counters);
+        *g = Inner::standalone(reason);
+        g.counters = counters;
     }
 
     /// Changes state if the table allows it; `FailingOver -> Unprotected` also makes this member
@@ -235,6 +244,7 @@ impl StatusHandle {
         if g.state == FtState::FailingOver && to == FtState::Unprotected {
             g.role = Role::Primary;
             g.failover_count += 1;
+            g.counters.failovers += 1;
         }
         g.set_state(to, reason);
         Ok(())
@@ -280,6 +290,8 @@ impl StatusHandle {
         g.pause_max_us = g.pause_max_us.max(us);
         g.bytes.push(bytes);
         g.bytes_last = bytes;
+        g.counters.pause_us.observe(us);
+        g.counters.replicated_bytes = g.counters.replicated_bytes.saturating_add(bytes);
     }
 
     /// Engine: epoch acked by the backup (primary) or committed (backup).
@@ -287,6 +299,30 @@ impl StatusHandle {
         let mut g = self.lock();
         g.last_committed_epoch = Some(epoch);
         g.last_ack = Some(Instant::now());
+        // Epoch 0 is the initial sync, not a checkpoint.
+        if epoch > 0 {
+            g.counters.checkpoints += 1;
+        }
+    }
+
+    /// Engine: an ack received (primary) or sent (backup).
+    pub fn record_ack(&self) {
+        self.lock().counters.acks += 1;
+    }
+
+    /// A heartbeat sent to the peer on `path`.
+    pub fn record_heartbeat_sent(&self, path: Path) {
+        self.lock().counters.heartbeats_mut(path).sent += 1;
+    }
+
+    /// A heartbeat received from the peer on `path`.
+    pub fn record_heartbeat_received(&self, path: Path) {
+        self.lock().counters.heartbeats_mut(path).received += 1;
+    }
+
+    /// The counters since the VMM started (for metrics).
+    pub fn counters(&self) -> FtCounters {
+        self.lock().counters.clone()
     }
 
     /// Engine: what is captured but not acked yet.

@@ -5,10 +5,12 @@
 //! [`StatusHandle::transition`], which refuses anything [`transition_allowed`] does not list, so a
 //! bug elsewhere cannot, say, take a failing-over backup back to `protected` without a new sync.
 
+mod counters;
 mod handle;
 mod samples;
 mod transitions;
 
+pub use counters::{FtCounters, HeartbeatCounts, Histogram, PAUSE_BUCKETS_US};
 pub(crate) use handle::unix_ms;
 pub use handle::{FtStatus, PathAges, StatusHandle};
 pub use samples::PauseStats;

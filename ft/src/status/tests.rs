@@ -206,3 +206,37 @@ fn reprotect_only_from_an_unprotected_primary_and_keeps_the_failover_count() {
     b.transition(Protected, "synced").unwrap();
     b.transition(Syncing, "the primary rebooted").unwrap();
 }
+
+#[test]
+fn counters_count_over_the_vmm_life_not_per_pair() {
+    let s = StatusHandle::new();
+    s.enable(Role::Backup, 1, None, "ft.receive").unwrap();
+    s.record_commit(0);
+    assert_eq!(
+        s.counters().checkpoints,
+        0,
+        "the initial sync is no checkpoint"
+    );
+    s.record_commit(1);
+    s.record_checkpoint(Duration::from_micros(300), 4096);
+    s.record_ack();
+    s.record_heartbeat_sent(Path::Channel);
+    s.record_heartbeat_received(Path::Udp);
+    s.transition(Protected, "synced").unwrap();
+    s.set_generation(2).unwrap();
+    s.transition(FailingOver, "won").unwrap();
+    s.transition(Unprotected, "live").unwrap();
+    s.disable("ft.disable");
+    s.enable(Role::Primary, 3, None, "ft.enable").unwrap();
+    s.record_commit(1);
+    let c = s.counters();
+    assert_eq!(s.snapshot().failover_count, 0, "status figures restart");
+    assert_eq!(c.failovers, 1);
+    assert_eq!(c.checkpoints, 2);
+    assert_eq!((c.acks, c.replicated_bytes), (1, 4096));
+    assert_eq!(c.pause_us.count, 1);
+    assert_eq!(c.pause_us.sum, 300);
+    assert_eq!(c.heartbeats(Path::Channel).sent, 1);
+    assert_eq!(c.heartbeats(Path::Udp).received, 1);
+    assert_eq!(c.heartbeats(Path::Udp).sent, 0);
+}

@@ -7,11 +7,15 @@ use std::fmt::Write;
 /// Content type of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// A metric family being built: its help, type and samples (labels, value).
+/// Labels of one sample.
+type Labels = Vec<(&'static str, String)>;
+
+/// A metric family being built: its help, type and samples (name suffix such as a histogram's
+/// `_bucket`, labels, value).
 struct Family {
     help: &'static str,
     kind: &'static str,
-    samples: Vec<(Vec<(&'static str, String)>, f64)>,
+    samples: Vec<(&'static str, Labels, f64)>,
 }
 
 /// Collects samples and renders them grouped by family, each with HELP and TYPE once.
@@ -30,6 +34,19 @@ impl Exposition {
         labels: Vec<(&'static str, String)>,
         value: f64,
     ) {
+        self.add_series(name, "", kind, help, labels, value);
+    }
+
+    /// Adds one sample of family `name` named `name` + `suffix`.
+    fn add_series(
+        &mut self,
+        name: &str,
+        suffix: &'static str,
+        kind: &'static str,
+        help: &'static str,
+        labels: Labels,
+        value: f64,
+    ) {
         self.families
             .entry(name.to_string())
             .or_insert_with(|| Family {
@@ -38,7 +55,30 @@ impl Exposition {
                 samples: Vec::new(),
             })
             .samples
-            .push((labels, value));
+            .push((suffix, labels, value));
+    }
+
+    /// A histogram: `buckets` are (upper bound, observations ≤ it) ascending, `None` for `+Inf`
+    /// (which must come last); rendered as `_bucket{le}`, `_sum` and `_count`.
+    pub fn histogram(
+        &mut self,
+        name: &str,
+        help: &'static str,
+        labels: Labels,
+        buckets: &[(Option<f64>, u64)],
+        sum: f64,
+        count: u64,
+    ) {
+        for (le, n) in buckets {
+            let mut l = labels.clone();
+            l.push((
+                "le",
+                le.map_or_else(|| "+Inf".to_string(), |b| b.to_string()),
+            ));
+            self.add_series(name, "_bucket", "histogram", help, l, *n as f64);
+        }
+        self.add_series(name, "_sum", "histogram", help, labels.clone(), sum);
+        self.add_series(name, "_count", "histogram", help, labels, count as f64);
     }
 
     /// A gauge sample.
@@ -101,8 +141,9 @@ impl Exposition {
         for (name, f) in &self.families {
             let _ = writeln!(out, "# HELP {name} {}", f.help);
             let _ = writeln!(out, "# TYPE {name} {}", f.kind);
-            for (labels, v) in &f.samples {
+            for (suffix, labels, v) in &f.samples {
                 out.push_str(name);
+                out.push_str(suffix);
                 if !labels.is_empty() {
                     out.push('{');
                     for (i, (k, val)) in labels.iter().enumerate() {
@@ -185,6 +226,36 @@ mod tests {
             .find(|s| s.metric == "tandem_net_rx_frames_total")
             .expect("net counter");
         assert_eq!(nic.labels.get("nic"), Some("nic0"));
+    }
+
+    #[test]
+    fn histograms_render_buckets_sum_and_count_under_one_type() {
+        let mut e = Exposition::default();
+        e.histogram(
+            "x_seconds",
+            "pauses",
+            vec![],
+            &[(Some(0.001), 2), (Some(0.01), 5), (None, 6)],
+            0.5,
+            6,
+        );
+        let text = e.render();
+        assert_eq!(text.matches("# TYPE").count(), 1, "{text}");
+        assert!(text.contains("x_seconds_bucket{le=\"+Inf\"} 6\n"), "{text}");
+        assert!(text.contains("x_seconds_sum 0.5\n"), "{text}");
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("valid exposition");
+        let h = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == "x_seconds")
+            .expect("histogram sample");
+        let prometheus_parse::Value::Histogram(b) = &h.value else {
+            panic!("not a histogram: {:?}", h.value)
+        };
+        assert_eq!(b.len(), 3);
+        assert_eq!((b[0].less_than, b[0].count), (0.001, 2.0));
+        assert!(b[2].less_than.is_infinite());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! REST API over a Unix socket, Cloud Hypervisor's endpoint names under `/api/v1/`.
 
+pub mod ft_metrics;
 pub mod metrics;
 pub mod metrics_server;
 pub mod routes;

@@ -55,7 +55,7 @@ use ft::checkpoint::{
 use ft::failover::{Decision, FailoverCoordinator};
 use ft::frame::{FrameType, PAGE_SIZE};
 use ft::gate::{EpochClock, Releaser};
-use ft::heartbeat::{ChannelHook, FailureDetector, Verdict};
+use ft::heartbeat::{ChannelHook, FailureDetector, Path, Verdict};
 use ft::migration::{error_chain, MigrationError, ReceiveOptions, SendOptions};
 use ft::status::{FtState, StatusHandle};
 use ft::transport::Connection;
@@ -194,12 +194,25 @@ impl StatsSink for StatusStats {
         self.0.record_checkpoint(s.pause, s.bytes);
         self.0.record_commit(s.epoch);
     }
+    fn in_flight(&self, epochs: usize, staged_bytes: u64) {
+        self.0.set_backlog(staged_bytes, epochs as u64);
+    }
+}
+
+/// Counts a frame from the peer for the metrics (acks only where `acks` says they count here).
+fn count_peer_frame(status: &StatusHandle, kind: FrameType, acks: bool) {
+    match kind {
+        FrameType::Heartbeat => status.record_heartbeat_received(Path::Channel),
+        FrameType::Ack if acks => status.record_ack(),
+        _ => {}
+    }
 }
 
 /// The primary's hooks plus the failure detector's channel path.
 struct PrimaryPairHooks {
     gates: PrimaryHooks,
     channel: ChannelHook,
+    status: StatusHandle,
 }
 
 impl EpochHooks for PrimaryPairHooks {
@@ -215,8 +228,12 @@ impl EpochHooks for PrimaryPairHooks {
     fn output_waiting(&self) -> bool {
         self.gates.output_waiting()
     }
-    fn on_peer_frame(&self, _kind: FrameType) {
-        self.channel.frame_received()
+    fn on_peer_frame(&self, kind: FrameType) {
+        self.channel.frame_received();
+        count_peer_frame(&self.status, kind, true);
+    }
+    fn heartbeat_sent(&self) {
+        self.status.record_heartbeat_sent(Path::Channel);
     }
 }
 
@@ -291,6 +308,7 @@ pub fn spawn_primary(s: PrimarySetup) -> Result<PairHandle, Box<(Vm, String)>> {
     let hooks = Arc::new(PrimaryPairHooks {
         gates: PrimaryHooks::new(clock.clone(), &gates),
         channel: detector.channel_hook(),
+        status: s.status.clone(),
     });
     let slot = Arc::new(Mutex::new(Some((s.vm, s.conn))));
     let thread_slot = slot.clone();
@@ -369,6 +387,8 @@ fn run_primary(
     let mut coordinator = FailoverCoordinator::new(arbiter, status.clone());
     let mut next_try = Instant::now();
     let finish = |p: FtPrimary<PrimaryVm>, reason: Option<&str>| -> Option<Vm> {
+        // Nothing is in flight once the engine stops, whatever it last reported.
+        status.set_backlog(0, 0);
         let exit = match reason {
             Some(r) => p.end(r),
             None => p.stop(),
@@ -560,14 +580,22 @@ impl BackupHooks for BackupPairHooks {
             );
         }
         self.status.record_commit(n);
+        // The ack went out just before this call; the initial sync's commit is no checkpoint.
+        if n > 0 {
+            self.status.record_ack();
+        }
     }
     fn checkpoint_received(&self, r: &ReceivedCheckpoint) {
         self.status
             .record_checkpoint(r.pause.unwrap_or_default(), r.bytes);
         self.status.set_guest_paused(r.guest_paused);
     }
-    fn on_peer_frame(&self, _kind: FrameType) {
-        self.channel.frame_received()
+    fn on_peer_frame(&self, kind: FrameType) {
+        self.channel.frame_received();
+        count_peer_frame(&self.status, kind, false);
+    }
+    fn heartbeat_sent(&self) {
+        self.status.record_heartbeat_sent(Path::Channel);
     }
 }
 

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Primary side: protect the running VM with the backup waiting on PEER (see ft-receive.sh), then
+# wait until the pair is protected (the initial sync is done), or say why it is not.
+#   TANDEM_SOCKET=/run/p.sock PEER=tcp:10.99.0.2:7600 ARBITER=/shared/arb [DISK_MODE=shared] \
+#   [CHECKPOINT_INTERVAL_MS=25] [HEARTBEAT_INTERVAL_MS=100] [FAILURE_TIMEOUT_MS=1000] \
+#   [TIMEOUT=60] ./ft-enable.sh
+set -euo pipefail
+. "$(dirname "$0")/ft-common.sh"
+: "${PEER:?set PEER (tcp:HOST:PORT of the backup)}" "${ARBITER:?set ARBITER (a directory both hosts see)}"
+body=$(jq -n --arg p "$PEER" --arg a "$ARBITER" --arg m "${DISK_MODE:-shared}" \
+    '{peer: $p, arbiter: {path: $a}, disk_mode: $m}')
+for v in CHECKPOINT_INTERVAL_MS HEARTBEAT_INTERVAL_MS FAILURE_TIMEOUT_MS; do
+    if [ -n "${!v:-}" ]; then
+        body=$(jq --arg k "${v,,}" --argjson x "${!v}" '. + {($k): $x}' <<<"$body")
+    fi
+done
+api PUT ft.enable "$body"
+ft_wait primary protected

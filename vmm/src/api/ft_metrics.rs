@@ -1,0 +1,227 @@
+//! The FT families of the metrics endpoint, from `ft.status`'s snapshot (gauges: role, state,
+//! backlog, ages) and the status handle's life-long counters (checkpoints, pause histogram, bytes,
+//! acks, heartbeats, failovers). Present on every VMM, paired or not, so dashboards need no
+//! special case for a standalone one.
+
+use super::metrics::Exposition;
+use ft::heartbeat::Path;
+use ft::status::{FtCounters, FtState, FtStatus, Role};
+
+const ROLES: [Role; 3] = [Role::Standalone, Role::Primary, Role::Backup];
+const STATES: [FtState; 5] = [
+    FtState::Syncing,
+    FtState::Protected,
+    FtState::Unprotected,
+    FtState::FailingOver,
+    FtState::Halted,
+];
+const PATHS: [(Path, &str); 2] = [(Path::Channel, "channel"), (Path::Udp, "udp")];
+
+/// The API's name of a role or state (`ft.status` spells them the same way).
+fn api_name(v: impl serde::Serialize) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn seconds(ms: u64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+/// Adds every `tandem_ft_*` family.
+pub fn add_ft(e: &mut Exposition, s: &FtStatus, c: &FtCounters) {
+    for r in ROLES {
+        e.gauge(
+            "tandem_ft_role",
+            "1 for this VMM's FT role (standalone, primary, backup)",
+            vec![("role", api_name(r))],
+            f64::from(u8::from(s.role == r)),
+        );
+    }
+    for st in STATES {
+        e.gauge(
+            "tandem_ft_state",
+            "1 for this VMM's FT state",
+            vec![("state", api_name(st))],
+            f64::from(u8::from(s.state == st)),
+        );
+    }
+    e.gauge(
+        "tandem_ft_generation",
+        "arbitration generation this VMM belongs to",
+        vec![],
+        s.generation as f64,
+    );
+    if let Some(n) = s.last_committed_epoch {
+        e.gauge(
+            "tandem_ft_last_committed_epoch",
+            "last checkpoint acked by the backup (primary) or committed (backup)",
+            vec![],
+            n as f64,
+        );
+    }
+    e.counter(
+        "tandem_ft_checkpoints_total",
+        "checkpoints committed: acked (primary) or verified and applied (backup)",
+        vec![],
+        c.checkpoints as f64,
+    );
+    let buckets: Vec<(Option<f64>, u64)> = c
+        .pause_us
+        .cumulative()
+        .into_iter()
+        .map(|(le, n)| (le.map(|us| us as f64 / 1e6), n))
+        .collect();
+    e.histogram(
+        "tandem_ft_checkpoint_pause_seconds",
+        "guest pause per checkpoint",
+        vec![],
+        &buckets,
+        c.pause_us.sum as f64 / 1e6,
+        c.pause_us.count,
+    );
+    e.gauge(
+        "tandem_ft_checkpoint_bytes",
+        "stream bytes of the latest checkpoint",
+        vec![],
+        s.bytes_last_checkpoint as f64,
+    );
+    e.counter(
+        "tandem_ft_replicated_bytes_total",
+        "stream bytes of all checkpoints",
+        vec![],
+        c.replicated_bytes as f64,
+    );
+    e.gauge(
+        "tandem_ft_backlog_checkpoints",
+        "checkpoints captured but not yet acked",
+        vec![],
+        s.backlog_epochs as f64,
+    );
+    e.gauge(
+        "tandem_ft_backlog_bytes",
+        "staged bytes of checkpoints captured but not yet acked",
+        vec![],
+        s.backlog_bytes as f64,
+    );
+    e.counter(
+        "tandem_ft_acks_total",
+        "checkpoint acks received (primary) or sent (backup)",
+        vec![],
+        c.acks as f64,
+    );
+    if let Some(ms) = s.ack_age_ms {
+        e.gauge(
+            "tandem_ft_ack_age_seconds",
+            "time since the last ack (primary) or commit (backup)",
+            vec![],
+            seconds(ms),
+        );
+    }
+    for (path, name) in PATHS {
+        let h = c.heartbeats(path);
+        e.counter(
+            "tandem_ft_heartbeats_sent_total",
+            "heartbeats sent to the peer, per liveness path",
+            vec![("path", name.to_string())],
+            h.sent as f64,
+        );
+        e.counter(
+            "tandem_ft_heartbeats_received_total",
+            "heartbeats received from the peer, per liveness path",
+            vec![("path", name.to_string())],
+            h.received as f64,
+        );
+        let age = match path {
+            Path::Channel => s.heartbeat_age.channel_ms,
+            Path::Udp => s.heartbeat_age.udp_ms,
+        };
+        if let Some(ms) = age {
+            e.gauge(
+                "tandem_ft_heartbeat_age_seconds",
+                "time since the peer was last heard, per liveness path",
+                vec![("path", name.to_string())],
+                seconds(ms),
+            );
+        }
+    }
+    e.counter(
+        "tandem_ft_failovers_total",
+        "failovers completed here (a backup that went live)",
+        vec![],
+        c.failovers as f64,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ft::status::StatusHandle;
+    use std::time::Duration;
+
+    fn value(s: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
+        s.samples
+            .iter()
+            .filter(|x| x.metric == name)
+            .filter(|x| label.is_none_or(|(k, v)| x.labels.get(k) == Some(v)))
+            .map(|x| match x.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .sum()
+    }
+
+    #[test]
+    fn ft_families_follow_the_status() {
+        let st = StatusHandle::new();
+        st.enable(Role::Primary, 3, None, "ft.enable").unwrap();
+        st.transition(FtState::Protected, "synced").unwrap();
+        for us in [80, 400, 3000] {
+            st.record_checkpoint(Duration::from_micros(us), 1000);
+        }
+        st.record_commit(3);
+        st.record_ack();
+        st.set_backlog(8192, 2);
+        st.record_heartbeat_sent(Path::Channel);
+        let mut e = Exposition::default();
+        add_ft(&mut e, &st.snapshot(), &st.counters());
+        let text = e.render();
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .expect("valid exposition");
+        let v = |n, l| value(&scrape, n, l);
+        assert_eq!(v("tandem_ft_role", Some(("role", "primary"))), 1.0);
+        assert_eq!(v("tandem_ft_role", None), 1.0, "one role at a time");
+        assert_eq!(v("tandem_ft_state", Some(("state", "protected"))), 1.0);
+        assert_eq!(v("tandem_ft_state", Some(("state", "failing_over"))), 0.0);
+        assert_eq!(v("tandem_ft_generation", None), 3.0);
+        assert_eq!(v("tandem_ft_last_committed_epoch", None), 3.0);
+        assert_eq!(v("tandem_ft_checkpoints_total", None), 1.0);
+        assert_eq!(v("tandem_ft_replicated_bytes_total", None), 3000.0);
+        assert_eq!(v("tandem_ft_backlog_checkpoints", None), 2.0);
+        assert_eq!(v("tandem_ft_backlog_bytes", None), 8192.0);
+        assert_eq!(
+            v("tandem_ft_heartbeats_sent_total", Some(("path", "channel"))),
+            1.0
+        );
+        assert_eq!(v("tandem_ft_checkpoint_pause_seconds_count", None), 3.0);
+        assert!((v("tandem_ft_checkpoint_pause_seconds_sum", None) - 0.00348).abs() < 1e-9);
+        let h = scrape
+            .samples
+            .iter()
+            .find(|x| x.metric == "tandem_ft_checkpoint_pause_seconds")
+            .expect("pause histogram");
+        let prometheus_parse::Value::Histogram(b) = &h.value else {
+            panic!("not a histogram")
+        };
+        let at = |le: f64| b.iter().find(|c| c.less_than == le).map(|c| c.count);
+        assert_eq!(at(0.0001), Some(1.0));
+        assert_eq!(at(0.0005), Some(2.0));
+        assert_eq!(at(0.005), Some(3.0));
+        // No ack age or heartbeat age without a peer heard: absent rather than a fake zero.
+        assert!(text.contains("tandem_ft_ack_age_seconds "));
+        assert!(!text.contains("tandem_ft_heartbeat_age_seconds"));
+    }
+}
