@@ -27,6 +27,7 @@ fn ft_bench_quick_prints_every_figure() {
         "ft: checkpoints, idle guest:",
         "ft: checkpoints, echo round trips:",
         "ft: compute throughput",
+        "ft: compute per vCPU-thread CPU second",
         "ft: checkpoints, compute",
         "ft: dirty:64:20000 throughput",
         "ft: checkpoints, dirty:64:20000",

@@ -81,3 +81,38 @@ pub fn console_count(t: &Tandem, parse: fn(&str) -> Option<(u32, u64)>) -> usize
         .filter(|l| parse(l).is_some())
         .count()
 }
+
+/// Console samples over a stretch, with the vCPU thread's CPU time and the wall time it took.
+pub struct Window {
+    /// The samples (one per guest second).
+    pub samples: Vec<u64>,
+    /// CPU time the vCPU thread used meanwhile.
+    pub cpu: Duration,
+    /// Wall time.
+    pub wall: Duration,
+}
+
+impl Window {
+    /// Samples `from..from + k` of `t`'s console; call it once sample `from - 1` is out, so that
+    /// the window is the seconds they cover.
+    pub fn take(t: &Tandem, parse: fn(&str) -> Option<(u32, u64)>, from: usize, k: usize) -> Self {
+        let cpu = || t.thread_cpu_time("tandem_vcpu0").unwrap_or_default();
+        let (c0, t0) = (cpu(), Instant::now());
+        let samples = console_rates(t, parse, from, k);
+        Window {
+            samples,
+            cpu: cpu().saturating_sub(c0),
+            wall: t0.elapsed(),
+        }
+    }
+
+    /// Units of work per second of vCPU thread CPU time.
+    pub fn per_cpu_second(&self) -> f64 {
+        self.samples.iter().sum::<u64>() as f64 / self.cpu.as_secs_f64().max(1e-3)
+    }
+
+    /// Share of one core the vCPU thread had.
+    pub fn cpu_share(&self) -> f64 {
+        self.cpu.as_secs_f64() / self.wall.as_secs_f64().max(1e-3)
+    }
+}

@@ -9,6 +9,7 @@ mod pair;
 
 use super::{median, percentile, us};
 use crate::guest::{parse_compute, parse_dirty};
+use load::Window;
 use pair::{DiskMode, Guest, Mark, Site, FAILURE_TIMEOUT_MS};
 use std::time::Duration;
 
@@ -124,36 +125,57 @@ fn throughput(
         nic: false,
         disk: None,
     };
-    let (mut standalone, mut ft, mut ratios, mut ck) = (Vec::new(), Vec::new(), Vec::new(), None);
+    let (mut standalone, mut ft, mut ck) = (Vec::new(), Vec::new(), None);
     for _ in 0..z.rounds {
-        // The first sample covers a partial second.
-        let s = {
+        {
             let vm = site.boot(&g);
-            load::console_rates(&vm.p, parse, 1, z.samples)
-        };
+            // The first sample covers a partial second.
+            load::console_rates(&vm.p, parse, 0, 1);
+            standalone.push(Window::take(&vm.p, parse, 1, z.samples));
+        }
         let mut vm = site.boot(&g);
         vm.protect(site);
         // Skip the sample that straddles ft.enable.
         let straddles = load::console_count(&vm.p, parse);
         load::console_rates(&vm.p, parse, straddles, 1);
         let mark = Mark::now(&vm, &site.net);
-        let f = load::console_rates(&vm.p, parse, straddles + 1, z.samples);
+        ft.push(Window::take(&vm.p, parse, straddles + 1, z.samples));
         ck = Some(mark.since(&vm, &site.net));
-        ratios.push(median(&f) as f64 / median(&s).max(1) as f64);
-        standalone.extend(s);
-        ft.extend(f);
     }
+    let all = |w: &[Window]| median(&w.iter().flat_map(|w| w.samples.clone()).collect::<Vec<_>>());
+    let mut ratios: Vec<f64> = standalone
+        .iter()
+        .zip(&ft)
+        .map(|(s, f)| median(&f.samples) as f64 / median(&s.samples).max(1) as f64)
+        .collect();
     ratios.sort_by(f64::total_cmp);
-    let (s, f) = (median(&standalone), median(&ft));
+    let (s, f) = (all(&standalone), all(&ft));
+    let mid = |w: &[Window], f: fn(&Window) -> f64| {
+        let mut v: Vec<f64> = w.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     println!(
         "ft: {workload} throughput (median of {} one-second samples each, {} alternating rounds): standalone {:.2} {unit}, FT {:.2} {unit}, FT/standalone {:.3} (per round {:.3}..{:.3})",
-        standalone.len(),
+        z.samples * z.rounds,
         z.rounds,
         s as f64 / scale,
         f as f64 / scale,
         f as f64 / s.max(1) as f64,
         ratios[0],
         ratios[ratios.len() - 1]
+    );
+    let (sc, fc) = (
+        mid(&standalone, Window::per_cpu_second),
+        mid(&ft, Window::per_cpu_second),
+    );
+    println!(
+        "ft: {workload} per vCPU-thread CPU second: standalone {:.2} {unit}, FT {:.2} {unit}, FT/standalone {:.3}; vCPU thread had {:.0}% of a core standalone, {:.0}% under FT",
+        sc / scale,
+        fc / scale,
+        fc / sc.max(1e-9),
+        mid(&standalone, Window::cpu_share) * 100.0,
+        mid(&ft, Window::cpu_share) * 100.0
     );
     if let Some(ck) = ck {
         println!("ft: checkpoints, {workload} (last round): {ck}");
