@@ -1,6 +1,7 @@
 //! Test support: start real `tandem` processes, talk to them over their API socket with
 //! `api_client`, and watch the guest's serial console.
 
+pub mod bench;
 pub mod client;
 pub mod ft;
 pub mod ft_pair;

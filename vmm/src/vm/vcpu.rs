@@ -124,6 +124,9 @@ impl VcpuHandle {
     /// Asks the thread to park and waits until it has.
     pub fn pause(&self, timeout: Duration) -> Result<(), VcpuError> {
         self.shared.set(|c| c.pause = true);
+        // A thread inside KVM_RUN sees the flag only once it exits: kick it now, not after
+        // wait_for's first 1 ms wait (every FT checkpoint pauses, so that wait was most of it).
+        self.kick();
         self.wait_for(timeout, |c| c.parked || self.finished())
     }
 
