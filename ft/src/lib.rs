@@ -15,6 +15,7 @@ pub mod gate;
 pub mod heartbeat;
 pub mod migration;
 pub mod status;
+pub mod thread_hook;
 pub mod transport;
 pub mod vm;
 

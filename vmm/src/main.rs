@@ -53,10 +53,12 @@ struct Cli {
     /// Append log lines to this file instead of standard error.
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
-    /// Confine every thread with a seccomp filter for its kind. Off by default until the whole
-    /// suite passes with it on (see README, "Security: seccomp").
-    #[arg(long, value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set)]
-    seccomp: bool,
+    /// Seccomp filter per thread kind: true (a forbidden syscall ends the process, naming thread
+    /// and syscall), false (no filters), or log (the kernel logs forbidden syscalls and lets them
+    /// through). See README, "Security: seccomp".
+    #[arg(long, value_name = "true|false|log", default_value = "true", num_args = 0..=1,
+          default_missing_value = "true")]
+    seccomp: vmm::seccomp::Mode,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -224,10 +226,17 @@ fn main() -> ExitCode {
     devices::virtio::worker::set_thread_start_hook(|| {
         vmm::seccomp::apply(vmm::seccomp::ThreadKind::Worker)
     });
-    if cli.seccomp {
-        log::info!("seccomp: on (a filter per thread kind; a forbidden syscall ends the process)");
-    } else {
-        log::warn!("seccomp: off: threads are not confined (--seccomp=true confines them)");
+    ft::thread_hook::set_thread_start_hook(|| vmm::seccomp::apply(vmm::seccomp::ThreadKind::Ft));
+    match cli.seccomp {
+        vmm::seccomp::Mode::Trap => log::info!(
+            "seccomp: on (a filter per thread kind; a forbidden syscall ends the process)"
+        ),
+        vmm::seccomp::Mode::Log => log::warn!(
+            "seccomp: log: forbidden syscalls are let through and only logged by the kernel"
+        ),
+        vmm::seccomp::Mode::Off => log::warn!(
+            "seccomp: off: threads are NOT confined (--seccomp=false); drop it to confine them"
+        ),
     }
     vmm::seccomp::apply(vmm::seccomp::ThreadKind::Vmm);
 

@@ -207,6 +207,7 @@ pub fn spawn_primary(s: PrimarySetup) -> Result<PairHandle, Box<(Vm, String)>> {
     let spawned = std::thread::Builder::new()
         .name("tandem_ft_primary".into())
         .spawn(move || {
+            crate::seccomp::apply(crate::seccomp::ThreadKind::Ft);
             let taken = thread_slot.lock().ok().and_then(|mut s| s.take());
             let Some((vm, conn)) = taken else { return };
             let (vm, end) = run_primary(
@@ -456,6 +457,7 @@ pub fn spawn_backup(s: BackupSetup) -> std::io::Result<PairHandle> {
     std::thread::Builder::new()
         .name("tandem_ft_backup".into())
         .spawn(move || {
+            crate::seccomp::apply(crate::seccomp::ThreadKind::Ft);
             let events = s.events.clone();
             let ev = match run_backup(s, &stream, &rx) {
                 Some((config, vm)) => VmmEvent::FtBackupLive {
