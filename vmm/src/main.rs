@@ -193,7 +193,11 @@ fn main() -> ExitCode {
             .append(true)
             .open(p)
         {
-            Ok(f) => env_logger::Target::Pipe(Box::new(f)),
+            Ok(f) => {
+                // A seccomp violation is reported in the log file too, not only on stderr.
+                vmm::seccomp::report_also_to(&f);
+                env_logger::Target::Pipe(Box::new(f))
+            }
             Err(e) => {
                 eprintln!("tandem: cannot open log file {}: {e}", p.display());
                 return ExitCode::from(2);
@@ -219,6 +223,18 @@ fn main() -> ExitCode {
     if let Err(e) = vmm::seccomp::install_sigsys_handler() {
         eprintln!("tandem: cannot install the SIGSYS handler: {e}");
         return ExitCode::FAILURE;
+    }
+    // Hidden, for CI: append seccomp violations to this file too, so that a suite run can tell
+    // whether any tandem it started died of one (even where the test then passed).
+    if let Some(p) = std::env::var_os("TANDEM_SECCOMP_REPORT") {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+        {
+            Ok(f) => vmm::seccomp::report_also_to(&f),
+            Err(e) => log::warn!("cannot open TANDEM_SECCOMP_REPORT file: {e}"),
+        }
     }
     // Hidden, for tests/tests/seccomp.rs: a thread of this kind makes a forbidden syscall.
     let selftest = std::env::var("TANDEM_SECCOMP_SELFTEST").ok();

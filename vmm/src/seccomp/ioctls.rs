@@ -82,7 +82,7 @@ ioctl_iow_nr!(TUNSETVNETHDRSZ, TUNTAP, 216, libc::c_int);
 /// KVM system and VM ioctls: building a VM, its devices and its memory, dirty logging, and
 /// capturing/restoring the VM-wide state (irqchip, PIT, clock).
 pub fn kvm_vm() -> Vec<u64> {
-    [
+    vec![
         KVM_GET_API_VERSION(),
         KVM_CREATE_VM(),
         KVM_GET_MSR_INDEX_LIST(),
@@ -106,14 +106,11 @@ pub fn kvm_vm() -> Vec<u64> {
         KVM_GET_PIT2(),
         KVM_SET_PIT2(),
     ]
-    .into_iter()
-    .map(u64::from)
-    .collect()
 }
 
 /// vCPU ioctls: running, and setting up, capturing and restoring a vCPU's state.
 pub fn kvm_vcpu() -> Vec<u64> {
-    [
+    vec![
         KVM_RUN(),
         KVM_GET_REGS(),
         KVM_SET_REGS(),
@@ -142,28 +139,22 @@ pub fn kvm_vcpu() -> Vec<u64> {
         // The vCPU state code asks the VM fd how large XSAVE2 is (KVM_CAP_XSAVE2).
         KVM_CHECK_EXTENSION(),
     ]
-    .into_iter()
-    .map(u64::from)
-    .collect()
 }
 
 /// Opening a tap and bringing its link up (SIOCGIFFLAGS/SIOCSIFFLAGS on an AF_INET socket).
 pub fn tap_setup() -> Vec<u64> {
-    [
+    vec![
         TUNSETIFF(),
         TUNSETOFFLOAD(),
         TUNSETVNETHDRSZ(),
         libc::SIOCGIFFLAGS,
         libc::SIOCSIFFLAGS,
     ]
-    .into_iter()
-    .map(u64::from)
-    .collect()
 }
 
 /// Setting a socket non-blocking (std uses FIONBIO) or close-on-exec.
 pub fn fd_flags() -> Vec<u64> {
-    [libc::FIONBIO, libc::FIOCLEX].into_iter().collect()
+    vec![libc::FIONBIO, libc::FIOCLEX]
 }
 
 #[cfg(test)]

@@ -18,6 +18,8 @@
 
 pub mod api;
 pub mod common;
+#[cfg(test)]
+mod filter_tests;
 pub mod ft;
 pub mod ioctls;
 pub mod migration;
@@ -30,7 +32,7 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 /// Exit status of a process that made a forbidden syscall.
@@ -258,6 +260,18 @@ pub fn apply(kind: ThreadKind) {
     }
 }
 
+/// A second fd the SIGSYS handler writes its report to (the `--log-file`), or -1.
+static REPORT_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// Has the SIGSYS handler write its report to (a duplicate of) `file` as well as to stderr.
+pub fn report_also_to(file: &std::fs::File) {
+    if let Ok(dup) = file.try_clone() {
+        use std::os::fd::IntoRawFd;
+        // Kept open for the life of the process: the handler may run at any time.
+        REPORT_FD.store(dup.into_raw_fd(), Ordering::SeqCst);
+    }
+}
+
 /// Installs the SIGSYS handler that reports a forbidden syscall and ends the process.
 pub fn install_sigsys_handler() -> std::io::Result<()> {
     // SAFETY: a zeroed sigaction is valid; the handler only uses async-signal-safe calls.
@@ -317,9 +331,13 @@ extern "C" fn sigsys_handler(
     }
     put(&digits[i..]);
     put(b" (see ausyscall or /usr/include/asm/unistd_64.h); exiting\n");
-    // SAFETY: write(2) and _exit(2) are async-signal-safe.
+    let also = REPORT_FD.load(Ordering::Relaxed);
+    // SAFETY: write(2) and _exit(2) are async-signal-safe; an atomic load is too.
     unsafe {
         libc::write(2, buf.as_ptr().cast(), n);
+        if also >= 0 {
+            libc::write(also, buf.as_ptr().cast(), n);
+        }
         libc::_exit(SIGSYS_EXIT_CODE);
     }
 }
