@@ -300,6 +300,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn seccomp_is_on_unless_turned_off() {
+        use vmm::seccomp::Mode;
+        let mode =
+            |args: &[&str]| Cli::try_parse_from([&["tandem"], args].concat()).map(|c| c.seccomp);
+        assert_eq!(mode(&[]).unwrap(), Mode::Trap);
+        assert_eq!(mode(&["--seccomp"]).unwrap(), Mode::Trap);
+        assert_eq!(mode(&["--seccomp=true"]).unwrap(), Mode::Trap);
+        assert_eq!(mode(&["--seccomp", "false"]).unwrap(), Mode::Off);
+        assert_eq!(mode(&["--seccomp=false"]).unwrap(), Mode::Off);
+        assert_eq!(mode(&["--seccomp=log"]).unwrap(), Mode::Log);
+        assert!(mode(&["--seccomp=maybe"]).is_err());
+    }
+
+    #[test]
     fn sizes_parse_with_suffixes() {
         assert_eq!(parse_size("512M"), Ok(512 << 20));
         assert_eq!(parse_size("1g"), Ok(1 << 30));
