@@ -104,8 +104,10 @@ pub fn files(r: &mut Rules) {
             libc::SYS_stat,
         ],
     );
-    allow_ioctls(r, &ioctls::kvm_vm());
+    // vCPU ioctls first, KVM_RUN at their head: the BPF tests requests in this order, and vCPU
+    // threads started here run every KVM_RUN through this filter too.
     allow_ioctls(r, &ioctls::kvm_vcpu());
+    allow_ioctls(r, &ioctls::kvm_vm());
     allow_ioctls(r, &ioctls::tap_setup());
     allow_ioctls(r, &ioctls::fd_flags());
 }
