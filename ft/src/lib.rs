@@ -17,6 +17,7 @@ pub mod gate;
 pub mod heartbeat;
 pub mod migration;
 pub mod status;
+pub mod thread_hook;
 pub mod transport;
 pub mod vm;
 

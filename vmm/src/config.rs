@@ -193,7 +193,7 @@ impl VmConfig {
             ("initramfs", &self.payload.initramfs),
         ] {
             if let Some(p) = path {
-                if !p.is_file() || std::fs::File::open(p).is_err() {
+                if !p.is_file() || !readable(p) {
                     return Err(ConfigError::PayloadFile {
                         field,
                         path: p.display().to_string(),
@@ -225,7 +225,7 @@ impl VmConfig {
         }
         for d in &self.disks {
             let meta = std::fs::metadata(&d.path);
-            if !meta.is_ok_and(|m| m.is_file()) || std::fs::File::open(&d.path).is_err() {
+            if !meta.is_ok_and(|m| m.is_file()) || !readable(&d.path) {
                 return Err(ConfigError::DiskFile {
                     id: d.id.clone(),
                     path: d.path.display().to_string(),
@@ -273,6 +273,17 @@ pub fn host_memory_limit() -> u64 {
         return u64::MAX;
     }
     (pages as u64).saturating_mul(page_size as u64)
+}
+
+/// Whether this process may read `path`. access(2) rather than opening it: validation runs on
+/// the API thread, whose seccomp filter allows no opens.
+fn readable(path: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    unsafe { libc::access(c.as_ptr(), libc::R_OK) == 0 }
 }
 
 #[cfg(test)]

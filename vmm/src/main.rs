@@ -53,10 +53,12 @@ struct Cli {
     /// Append log lines to this file instead of standard error.
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
-    /// Confine every thread with a seccomp filter for its kind. Off by default until the whole
-    /// suite passes with it on (see README, "Security: seccomp").
-    #[arg(long, value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set)]
-    seccomp: bool,
+    /// Seccomp filter per thread kind: true (a forbidden syscall ends the process, naming thread
+    /// and syscall), false (no filters), or log (the kernel logs forbidden syscalls and lets them
+    /// through). See README, "Security: seccomp".
+    #[arg(long, value_name = "true|false|log", default_value = "true", num_args = 0..=1,
+          default_missing_value = "true")]
+    seccomp: vmm::seccomp::Mode,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -191,7 +193,11 @@ fn main() -> ExitCode {
             .append(true)
             .open(p)
         {
-            Ok(f) => env_logger::Target::Pipe(Box::new(f)),
+            Ok(f) => {
+                // A seccomp violation is reported in the log file too, not only on stderr.
+                vmm::seccomp::report_also_to(&f);
+                env_logger::Target::Pipe(Box::new(f))
+            }
             Err(e) => {
                 eprintln!("tandem: cannot open log file {}: {e}", p.display());
                 return ExitCode::from(2);
@@ -218,16 +224,35 @@ fn main() -> ExitCode {
         eprintln!("tandem: cannot install the SIGSYS handler: {e}");
         return ExitCode::FAILURE;
     }
+    // Hidden, for CI: append seccomp violations to this file too, so that a suite run can tell
+    // whether any tandem it started died of one (even where the test then passed).
+    if let Some(p) = std::env::var_os("TANDEM_SECCOMP_REPORT") {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+        {
+            Ok(f) => vmm::seccomp::report_also_to(&f),
+            Err(e) => log::warn!("cannot open TANDEM_SECCOMP_REPORT file: {e}"),
+        }
+    }
     // Hidden, for tests/tests/seccomp.rs: a thread of this kind makes a forbidden syscall.
     let selftest = std::env::var("TANDEM_SECCOMP_SELFTEST").ok();
     vmm::seccomp::configure(cli.seccomp, selftest);
     devices::virtio::worker::set_thread_start_hook(|| {
         vmm::seccomp::apply(vmm::seccomp::ThreadKind::Worker)
     });
-    if cli.seccomp {
-        log::info!("seccomp: on (a filter per thread kind; a forbidden syscall ends the process)");
-    } else {
-        log::warn!("seccomp: off: threads are not confined (--seccomp=true confines them)");
+    ft::thread_hook::set_thread_start_hook(|| vmm::seccomp::apply(vmm::seccomp::ThreadKind::Ft));
+    match cli.seccomp {
+        vmm::seccomp::Mode::Trap => log::info!(
+            "seccomp: on (a filter per thread kind; a forbidden syscall ends the process)"
+        ),
+        vmm::seccomp::Mode::Log => log::warn!(
+            "seccomp: log: forbidden syscalls are let through and only logged by the kernel"
+        ),
+        vmm::seccomp::Mode::Off => log::warn!(
+            "seccomp: off: threads are NOT confined (--seccomp=false); drop it to confine them"
+        ),
     }
     vmm::seccomp::apply(vmm::seccomp::ThreadKind::Vmm);
 
@@ -273,6 +298,20 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seccomp_is_on_unless_turned_off() {
+        use vmm::seccomp::Mode;
+        let mode =
+            |args: &[&str]| Cli::try_parse_from([&["tandem"], args].concat()).map(|c| c.seccomp);
+        assert_eq!(mode(&[]).unwrap(), Mode::Trap);
+        assert_eq!(mode(&["--seccomp"]).unwrap(), Mode::Trap);
+        assert_eq!(mode(&["--seccomp=true"]).unwrap(), Mode::Trap);
+        assert_eq!(mode(&["--seccomp", "false"]).unwrap(), Mode::Off);
+        assert_eq!(mode(&["--seccomp=false"]).unwrap(), Mode::Off);
+        assert_eq!(mode(&["--seccomp=log"]).unwrap(), Mode::Log);
+        assert!(mode(&["--seccomp=maybe"]).is_err());
+    }
 
     #[test]
     fn sizes_parse_with_suffixes() {

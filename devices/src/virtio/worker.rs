@@ -63,6 +63,14 @@ pub fn set_thread_start_hook(hook: fn()) {
     let _ = THREAD_START_HOOK.set(hook);
 }
 
+/// Runs the hook set by [`set_thread_start_hook`] on the calling thread (device threads that are
+/// not [`Worker`]s call it themselves).
+pub fn thread_started() {
+    if let Some(hook) = THREAD_START_HOOK.get() {
+        hook();
+    }
+}
+
 impl<T: Send + 'static> Worker<T> {
     /// Starts a thread named `name` running `body`.
     pub fn spawn(
@@ -82,9 +90,7 @@ impl<T: Send + 'static> Worker<T> {
             _stop: thread_stop,
         };
         let thread = std::thread::Builder::new().name(name).spawn(move || {
-            if let Some(hook) = THREAD_START_HOOK.get() {
-                hook();
-            }
+            thread_started();
             body(ep)
         })?;
         Ok(Worker {

@@ -40,6 +40,7 @@ impl Releaser {
         let thread = std::thread::Builder::new()
             .name("tandem_ft_release".into())
             .spawn(move || {
+                crate::thread_hook::thread_started();
                 let mut seen = t_clock.generation();
                 while !t_stop.load(Ordering::Acquire) {
                     for g in &gates {

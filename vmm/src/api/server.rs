@@ -92,20 +92,27 @@ pub fn start_server_with_timeout(
 ) -> Result<ApiServerHandle, ApiServerError> {
     let socket::BoundSocket { listener, lock } =
         socket::bind(socket).map_err(ApiServerError::Socket)?;
-    let server = match Server::from_listener(listener, None) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            let _ = std::fs::remove_file(socket);
-            return Err(ApiServerError::Http(e));
-        }
-    };
-    let weak = Arc::downgrade(&server);
     let stopping = Arc::new(AtomicBool::new(false));
     let thread_stopping = stopping.clone();
+    // tiny_http starts its accept thread when the server is built: build it on the API thread,
+    // after its seccomp filter is on, so that the accept thread inherits the API filter.
+    let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+    let thread_socket = socket.to_path_buf();
     let thread = std::thread::Builder::new()
         .name("tandem_api".into())
         .spawn(move || {
             crate::seccomp::apply(crate::seccomp::ThreadKind::Api);
+            let server = match Server::from_listener(listener, None) {
+                Ok(s) => Arc::new(s),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&thread_socket);
+                    let _ = ready_tx.send(Err(ApiServerError::Http(e)));
+                    return Ok(());
+                }
+            };
+            if ready_tx.send(Ok(Arc::downgrade(&server))).is_err() {
+                return Ok(());
+            }
             let result = serve(&server, &tx, &thread_stopping, timeout);
             // Dropping the last Arc closes the listener and removes the socket file; only then
             // is the path released to another VMM.
@@ -114,6 +121,17 @@ pub fn start_server_with_timeout(
             result
         })
         .map_err(ApiServerError::Spawn)?;
+    let weak = match ready_rx.recv() {
+        Ok(Ok(weak)) => weak,
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            return Err(e);
+        }
+        Err(_) => {
+            let _ = thread.join();
+            return Err(ApiServerError::Panicked);
+        }
+    };
     Ok(ApiServerHandle {
         thread,
         server: weak,

@@ -317,6 +317,7 @@ pub fn spawn_primary(s: PrimarySetup) -> Result<PairHandle, Box<(Vm, String)>> {
     let spawned = std::thread::Builder::new()
         .name("tandem_ft_primary".into())
         .spawn(move || {
+            crate::seccomp::apply(crate::seccomp::ThreadKind::Ft);
             let taken = thread_slot.lock().ok().and_then(|mut s| s.take());
             let (vm, conn) = taken?;
             let (vm, end) = run_primary(
@@ -640,6 +641,7 @@ pub fn spawn_backup(s: BackupSetup) -> std::io::Result<PairHandle> {
     let thread = std::thread::Builder::new()
         .name("tandem_ft_backup".into())
         .spawn(move || {
+            crate::seccomp::apply(crate::seccomp::ThreadKind::Ft);
             let events = s.events.clone();
             let ev = match run_backup(s, &stream, &rx) {
                 Some((config, vm, paused)) => VmmEvent::FtBackupLive {

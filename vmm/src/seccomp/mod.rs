@@ -1,4 +1,6 @@
-//! Seccomp filters, one per kind of thread (`--seccomp=true`, the default).
+//! Seccomp filters, one per kind of thread (`--seccomp=true`, the default; `false` turns them
+//! off, `log` lets forbidden calls through and has the kernel log them, for auditing a new
+//! deployment).
 //!
 //! Every Tandem thread installs the filter of its kind as its first action, on itself only (no
 //! TSYNC). A thread created later inherits its creator's filter *and* adds its own, so a creator's
@@ -11,10 +13,15 @@
 //! what went wrong, where `KillProcess` leaves only "killed by signal 31".
 //!
 //! The rules, kind by kind, are in this folder: [`api`], [`vmm`], [`vcpu`], [`worker`],
-//! [`migration`]; [`common`] holds what every Rust thread needs.
+//! [`migration`], [`ft`]; [`common`] holds what every Rust thread needs and [`ioctls`] the ioctl
+//! requests, by full number.
 
 pub mod api;
 pub mod common;
+#[cfg(test)]
+mod filter_tests;
+pub mod ft;
+pub mod ioctls;
 pub mod migration;
 pub mod vcpu;
 pub mod vmm;
@@ -25,7 +32,7 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 /// Exit status of a process that made a forbidden syscall.
@@ -44,15 +51,19 @@ pub enum ThreadKind {
     Worker,
     /// `tandem_migrate_out` / `tandem_migrate_in` and the ft stream threads under them.
     Migration,
+    /// `tandem_ft_primary` / `tandem_ft_backup`, everything the ft crate starts under them, and
+    /// the output releaser.
+    Ft,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 5] = [
+    pub const ALL: [ThreadKind; 6] = [
         ThreadKind::Api,
         ThreadKind::Vmm,
         ThreadKind::Vcpu,
         ThreadKind::Worker,
         ThreadKind::Migration,
+        ThreadKind::Ft,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +73,7 @@ impl ThreadKind {
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Worker => "worker",
             ThreadKind::Migration => "migration",
+            ThreadKind::Ft => "ft",
         }
     }
 
@@ -73,6 +85,7 @@ impl ThreadKind {
             ThreadKind::Vcpu => vcpu::add(&mut r),
             ThreadKind::Worker => worker::add(&mut r),
             ThreadKind::Migration => migration::add(&mut r),
+            ThreadKind::Ft => ft::add(&mut r),
         }
         r
     }
@@ -100,11 +113,14 @@ pub(crate) fn allow_arg(r: &mut Rules, syscall: libc::c_long, arg: u8, values: &
     }
 }
 
-/// Allows `ioctl` for requests whose type byte (bits 8..16, `_IOC_TYPE`) is one of `types`.
-pub(crate) fn allow_ioctl_types(r: &mut Rules, types: &[u8]) {
+/// Allows `ioctl` for these full request numbers (see [`ioctls`]), on top of what was allowed.
+pub(crate) fn allow_ioctls(r: &mut Rules, requests: &[u64]) {
     let entry = r.entry(libc::SYS_ioctl).or_default();
-    for t in types {
-        entry.push(rule(1, SeccompCmpOp::MaskedEq(0xff00), u64::from(*t) << 8));
+    for q in requests {
+        let rule = rule(1, SeccompCmpOp::Eq, *q);
+        if !entry.contains(&rule) {
+            entry.push(rule);
+        }
     }
 }
 
@@ -119,38 +135,103 @@ fn rule(arg: u8, op: SeccompCmpOp, value: u64) -> SeccompRule {
     .expect("valid rule")
 }
 
-/// Compiles the filter of `kind` to BPF for x86_64.
-pub fn compile(kind: ThreadKind) -> Result<BpfProgram, seccompiler::BackendError> {
+/// What `--seccomp` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// No filters (`false`).
+    Off,
+    /// A forbidden syscall ends the process through the SIGSYS handler (`true`, the default).
+    Trap,
+    /// A forbidden syscall goes through and the kernel logs it (`log`: dmesg/audit show
+    /// `type=1326 ... comm="THREAD" ... syscall=NR`), for auditing a deployment.
+    Log,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "true" | "on" => Ok(Mode::Trap),
+            "false" | "off" => Ok(Mode::Off),
+            "log" => Ok(Mode::Log),
+            _ => Err(format!("'{s}': use true, false or log")),
+        }
+    }
+}
+
+/// Compiles the filter of `kind` to BPF for x86_64; a syscall off its list gets `on_forbidden`.
+pub fn compile_with(
+    kind: ThreadKind,
+    on_forbidden: SeccompAction,
+) -> Result<BpfProgram, seccompiler::BackendError> {
     let filter = SeccompFilter::new(
         kind.rules(),
-        SeccompAction::Trap,
+        on_forbidden,
         SeccompAction::Allow,
         TargetArch::x86_64,
     )?;
     filter.try_into()
 }
 
-static ENABLED: AtomicBool = AtomicBool::new(false);
+/// Compiles the filter of `kind` as `--seccomp=true` installs it.
+pub fn compile(kind: ThreadKind) -> Result<BpfProgram, seccompiler::BackendError> {
+    compile_with(kind, SeccompAction::Trap)
+}
+
+/// 0 off, 1 trap, 2 log.
+static MODE: AtomicU8 = AtomicU8::new(0);
 static SELFTEST: OnceLock<Option<String>> = OnceLock::new();
 
-/// Turns filters on for the threads that start from now on (the `tandem` binary does this for
-/// `--seccomp=true`; library users and unit tests run unfiltered). `selftest` names a kind whose
+/// Sets the mode for the threads that start from now on (the `tandem` binary does this from
+/// `--seccomp`; library users and unit tests run unfiltered). `selftest` names a kind whose
 /// threads make a forbidden syscall right after installing their filter (`TANDEM_SECCOMP_SELFTEST`,
 /// for the integration tests only).
-pub fn configure(enabled: bool, selftest: Option<String>) {
-    ENABLED.store(enabled, Ordering::SeqCst);
+pub fn configure(mode: Mode, selftest: Option<String>) {
+    if mode != Mode::Off {
+        cap_malloc_arenas();
+    }
+    MODE.store(
+        match mode {
+            Mode::Off => 0,
+            Mode::Trap => 1,
+            Mode::Log => 2,
+        },
+        Ordering::SeqCst,
+    );
     let _ = SELFTEST.set(selftest);
 }
 
-pub fn enabled() -> bool {
-    ENABLED.load(Ordering::SeqCst)
+/// glibc's malloc, when the 9th thread needs an arena, counts CPUs by opening
+/// `/sys/devices/system/cpu/online` — an `openat(2)` from whatever thread that is (an API or a
+/// worker thread, neither of which may open files). With `M_ARENA_MAX` set it never counts, so
+/// set it to glibc's own default (8 per CPU) while opening files is still allowed.
+fn cap_malloc_arenas() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let arenas = libc::c_int::try_from(cpus.saturating_mul(8)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: mallopt only changes a malloc tunable; it is called before any filter is on.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) };
 }
 
-/// Installs the filter of `kind` on the calling thread when filters are on. A filter that cannot
-/// be installed ends the process: running unconfined when asked not to is not an option.
+/// The mode set by [`configure`].
+pub fn mode() -> Mode {
+    match MODE.load(Ordering::SeqCst) {
+        1 => Mode::Trap,
+        2 => Mode::Log,
+        _ => Mode::Off,
+    }
+}
+
+/// Installs the filter of `kind` on the calling thread unless filters are off. A filter that
+/// cannot be installed ends the process: running unconfined when asked not to is not an option.
 pub fn apply(kind: ThreadKind) {
-    if enabled() {
-        let result = compile(kind)
+    let action = match mode() {
+        Mode::Off => None,
+        Mode::Trap => Some(SeccompAction::Trap),
+        Mode::Log => Some(SeccompAction::Log),
+    };
+    if let Some(action) = action {
+        let result = compile_with(kind, action)
             .map_err(|e| e.to_string())
             .and_then(|p| seccompiler::apply_filter(&p).map_err(|e| e.to_string()));
         if let Err(e) = result {
@@ -176,6 +257,18 @@ pub fn apply(kind: ThreadKind) {
             "seccomp self-test: the {} thread called mount(2) and survived (rc {rc}: {err})",
             kind.name()
         );
+    }
+}
+
+/// A second fd the SIGSYS handler writes its report to (the `--log-file`), or -1.
+static REPORT_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// Has the SIGSYS handler write its report to (a duplicate of) `file` as well as to stderr.
+pub fn report_also_to(file: &std::fs::File) {
+    if let Ok(dup) = file.try_clone() {
+        use std::os::fd::IntoRawFd;
+        // Kept open for the life of the process: the handler may run at any time.
+        REPORT_FD.store(dup.into_raw_fd(), Ordering::SeqCst);
     }
 }
 
@@ -238,9 +331,13 @@ extern "C" fn sigsys_handler(
     }
     put(&digits[i..]);
     put(b" (see ausyscall or /usr/include/asm/unistd_64.h); exiting\n");
-    // SAFETY: write(2) and _exit(2) are async-signal-safe.
+    let also = REPORT_FD.load(Ordering::Relaxed);
+    // SAFETY: write(2) and _exit(2) are async-signal-safe; an atomic load is too.
     unsafe {
         libc::write(2, buf.as_ptr().cast(), n);
+        if also >= 0 {
+            libc::write(also, buf.as_ptr().cast(), n);
+        }
         libc::_exit(SIGSYS_EXIT_CODE);
     }
 }

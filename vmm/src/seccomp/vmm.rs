@@ -4,15 +4,7 @@
 //! here too, since they inherit this filter. Still refused: mount, ptrace, execve, module loading,
 //! namespaces, chroot, bpf, perf, keyctl, ... and sockets outside AF_UNIX/AF_INET/AF_INET6.
 
-use super::{allow, allow_arg, allow_ioctl_types, common, Rules};
-
-/// `_IOC_TYPE` of KVM ioctls.
-pub const KVMIO: u8 = 0xAE;
-/// `'T'`: TUN/TAP (TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ), terminals (TCGETS, TCSETS) and
-/// FIONBIO/FIOCLEX.
-pub const TTY_TUN: u8 = b'T';
-/// Block device ioctls (BLKGETSIZE64) for disks that are block devices.
-pub const BLOCK: u8 = 0x12;
+use super::{allow, allow_arg, allow_ioctls, common, ioctls, Rules};
 
 /// AF_UNIX, AF_INET, AF_INET6.
 pub const SOCKET_FAMILIES: [u64; 3] = [
@@ -112,7 +104,12 @@ pub fn files(r: &mut Rules) {
             libc::SYS_stat,
         ],
     );
-    allow_ioctl_types(r, &[KVMIO, TTY_TUN, BLOCK]);
+    // vCPU ioctls first, KVM_RUN at their head: the BPF tests requests in this order, and vCPU
+    // threads started here run every KVM_RUN through this filter too.
+    allow_ioctls(r, &ioctls::kvm_vcpu());
+    allow_ioctls(r, &ioctls::kvm_vm());
+    allow_ioctls(r, &ioctls::tap_setup());
+    allow_ioctls(r, &ioctls::fd_flags());
 }
 
 /// Sockets of the allowed families, and their use.

@@ -44,6 +44,7 @@ pub fn announce_in_background(announcers: Vec<(String, Announcer)>) {
     let spawned = std::thread::Builder::new()
         .name("tandem_announce".into())
         .spawn(move || {
+            crate::virtio::worker::thread_started();
             let start = std::time::Instant::now();
             for ms in ANNOUNCE_SCHEDULE_MS {
                 let at = std::time::Duration::from_millis(ms);
