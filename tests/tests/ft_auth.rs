@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_tests::ft_pair::{assert_counts_up, client, ft_status, wait_ft, wait_status, Hosts, T};
+use tandem_tests::metrics::Metrics;
 use tandem_tests::net::{HOST_B_LAN_IP, HOST_P_LAN_IP};
 use tandem_tests::require_kvm_and_netns;
 
@@ -109,6 +110,19 @@ fn wrong_or_missing_key_is_refused_on_both_sides_and_the_right_key_survives_sigk
     }
     std::thread::sleep(Duration::from_millis(1500));
     let checkpoints = ft_status(&h.p)["checkpoint_count"].clone();
+    // The second path's heartbeats are counted in the metrics while they run, both ways.
+    for t in [&h.p, &h.b] {
+        let m = Metrics::scrape_unix(&t.socket);
+        let udp = Some(("path", "udp"));
+        assert!(
+            m.value("tandem_ft_heartbeats_sent_total", udp) > 0.0,
+            "udp sent"
+        );
+        assert!(
+            m.value("tandem_ft_heartbeats_received_total", udp) > 0.0,
+            "udp received"
+        );
+    }
 
     h.p.child.kill().expect("SIGKILL the primary");
     let killed = Instant::now();

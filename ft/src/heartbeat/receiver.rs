@@ -91,7 +91,10 @@ impl HeartbeatReceiver {
         let (c, s) = (counters.clone(), stop.clone());
         let thread = std::thread::Builder::new()
             .name("ft-hb-recv".into())
-            .spawn(move || receive_loop(socket, pair_id, key, detector, &c, &s))
+            .spawn(move || {
+                crate::thread_hook::thread_started();
+                receive_loop(socket, pair_id, key, detector, &c, &s)
+            })
             .map_err(HeartbeatError::Spawn)?;
         Ok(HeartbeatReceiver {
             counters,
@@ -111,6 +114,12 @@ impl HeartbeatReceiver {
         self.counters
             .min_generation
             .store(generation, Ordering::Relaxed);
+    }
+
+    /// A reader of the accepted count, for the metrics while the receiver runs.
+    pub fn accepted_reader(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
+        let counters = self.counters.clone();
+        move || counters.accepted.load(Ordering::Relaxed)
     }
 
     /// What arrived so far.

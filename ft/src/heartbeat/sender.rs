@@ -70,6 +70,7 @@ impl HeartbeatSender {
         let thread = std::thread::Builder::new()
             .name("ft-hb-send".into())
             .spawn(move || {
+                crate::thread_hook::thread_started();
                 let mut seq = 0u64;
                 loop {
                     let hb = Heartbeat {
@@ -116,6 +117,12 @@ impl HeartbeatSender {
     /// Carries a new generation from the next datagram on.
     pub fn set_generation(&self, generation: u64) {
         self.shared.generation.store(generation, Ordering::Relaxed);
+    }
+
+    /// A reader of [`Self::sent`] that outlives no one: for the metrics while the sender runs.
+    pub fn sent_reader(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        move || shared.sent.load(Ordering::Relaxed)
     }
 
     /// Datagrams handed to the kernel so far.

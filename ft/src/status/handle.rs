@@ -1,6 +1,6 @@
 //! The shared status handle and the snapshot it gives the API.
 
-use super::counters::FtCounters;
+use super::counters::{FtCounters, HeartbeatCounts};
 use super::samples::{PauseStats, Ring};
 use super::transitions::transition_allowed;
 use super::{FtState, Role, StatusError};
@@ -88,7 +88,12 @@ struct Inner {
     detector: Option<FailureDetector>,
     /// Kept across enable/disable: they count over the VMM's life.
     counters: FtCounters,
+    /// The running second-path heartbeats' live counts, added to `counters` when read.
+    udp_source: Option<UdpCounts>,
 }
+
+/// Reads the running second path's heartbeat counts (sent, received).
+pub type UdpCounts = Box<dyn Fn() -> HeartbeatCounts + Send>;
 
 impl Inner {
     fn standalone(reason: &str) -> Self {
@@ -115,6 +120,7 @@ impl Inner {
             arbiter_error: None,
             detector: None,
             counters: FtCounters::default(),
+            udp_source: None,
         }
     }
 
@@ -226,8 +232,10 @@ impl StatusHandle {
     pub fn disable(&self, reason: &str) {
         let mut g = self.lock();
         let counters = std::mem::take(&mut g.counters);
+        let udp_source = g.udp_source.take();
         *g = Inner::standalone(reason);
         g.counters = counters;
+        g.udp_source = udp_source;
     }
 
     /// Changes state if the table allows it; `FailingOver -> Unprotected` also makes this member
@@ -322,7 +330,34 @@ impl StatusHandle {
 
     /// The counters since the VMM started (for metrics).
     pub fn counters(&self) -> FtCounters {
-        self.lock().counters.clone()
+        let g = self.lock();
+        let mut c = g.counters.clone();
+        if let Some(live) = g.udp_source.as_ref().map(|f| f()) {
+            let udp = c.heartbeats_mut(Path::Udp);
+            udp.sent += live.sent;
+            udp.received += live.received;
+        }
+        c
+    }
+
+    /// The second path's heartbeats started: their counts are read live from `source`.
+    pub fn attach_udp_counts(&self, source: UdpCounts) {
+        let mut g = self.lock();
+        Self::fold_udp(&mut g);
+        g.udp_source = Some(source);
+    }
+
+    /// The second path's heartbeats stopped: their final counts stay in the totals.
+    pub fn detach_udp_counts(&self) {
+        Self::fold_udp(&mut self.lock());
+    }
+
+    fn fold_udp(g: &mut Inner) {
+        if let Some(live) = g.udp_source.take().map(|f| f()) {
+            let udp = g.counters.heartbeats_mut(Path::Udp);
+            udp.sent += live.sent;
+            udp.received += live.received;
+        }
     }
 
     /// Engine: what is captured but not acked yet.

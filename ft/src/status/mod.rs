@@ -12,7 +12,7 @@ mod transitions;
 
 pub use counters::{FtCounters, HeartbeatCounts, Histogram, PAUSE_BUCKETS_US};
 pub(crate) use handle::unix_ms;
-pub use handle::{FtStatus, PathAges, StatusHandle};
+pub use handle::{FtStatus, PathAges, StatusHandle, UdpCounts};
 pub use samples::PauseStats;
 pub use transitions::transition_allowed;
 

@@ -299,6 +299,7 @@ pub fn spawn_primary(s: PrimarySetup) -> Result<PairHandle, Box<(Vm, String)>> {
             s.status.generation(),
             s.timing.heartbeat_interval,
             &detector,
+            &s.status,
         )
     }) {
         Some(Err(e)) => return Err(Box::new((s.vm, format!("heartbeats: {e}")))),
@@ -728,7 +729,12 @@ fn run_backup(
         status.attach_detector(detector.clone());
         // Heartbeats are keyed per connection: a re-sync after a reboot starts them afresh on
         // the same socket.
-        let paths = match s.heartbeat.as_ref().map(HeartbeatPaths::try_clone).transpose() {
+        let paths = match s
+            .heartbeat
+            .as_ref()
+            .map(HeartbeatPaths::try_clone)
+            .transpose()
+        {
             Ok(p) => p,
             Err(e) => {
                 detector.close();
@@ -743,6 +749,7 @@ fn run_backup(
                 status.generation(),
                 Duration::from_millis(100),
                 &detector,
+                &status,
             )
         }) {
             Some(Err(e)) => {

@@ -14,7 +14,7 @@ use ft::auth::Session;
 use ft::heartbeat::{
     parse_udp_endpoint, FailureDetector, HeartbeatError, HeartbeatReceiver, HeartbeatSender, Path,
 };
-use ft::status::{Role, StatusHandle};
+use ft::status::{HeartbeatCounts, Role, StatusHandle};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
@@ -62,6 +62,13 @@ impl HeartbeatPaths {
 pub struct Heartbeats {
     _sender: HeartbeatSender,
     _receiver: HeartbeatReceiver,
+    status: StatusHandle,
+}
+
+impl Drop for Heartbeats {
+    fn drop(&mut self) {
+        self.status.detach_udp_counts();
+    }
 }
 
 /// Starts sending to the peer and feeding `detector` with what it sends, tagged under the
@@ -73,6 +80,7 @@ pub fn start(
     generation: u64,
     interval: Duration,
     detector: &FailureDetector,
+    status: &StatusHandle,
 ) -> Result<Heartbeats, String> {
     let chain = |e: HeartbeatError| crate::controller::chain(&e);
     let (send_key, recv_key) = match &session.heartbeat {
@@ -109,9 +117,15 @@ pub fn start(
             ""
         }
     );
+    let (sent, received) = (sender.sent_reader(), receiver.accepted_reader());
+    status.attach_udp_counts(Box::new(move || HeartbeatCounts {
+        sent: sent(),
+        received: received(),
+    }));
     Ok(Heartbeats {
         _sender: sender,
         _receiver: receiver,
+        status: status.clone(),
     })
 }
 
