@@ -31,6 +31,13 @@ pub enum Tamper {
         /// Commits to pass intact first.
         after_commits: u64,
     },
+    /// For an authenticated stream, whose frames travel inside MAC'd records the proxy cannot
+    /// read: flip the first byte the primary sends once this long has passed since the
+    /// connection opened (well after the initial sync, while checkpoints flow).
+    FlipRaw {
+        /// Time from the connection to the flip.
+        after: Duration,
+    },
 }
 
 impl Tamper {
@@ -39,6 +46,7 @@ impl Tamper {
             Tamper::FlipByte { after_commits }
             | Tamper::Truncate { after_commits }
             | Tamper::InjectAck { after_commits } => after_commits,
+            Tamper::FlipRaw { .. } => u64::MAX,
         }
     }
 }
@@ -55,6 +63,8 @@ pub struct TamperReport {
     commit_seqs: Vec<(u64, u64)>,
     /// The frame tampered with: (type, epoch, sequence number), once done.
     pub tampered: Option<(FrameType, u64, u64)>,
+    /// `FlipRaw`: the byte was flipped.
+    pub flipped_raw: bool,
     /// Bytes passed from the primary to the backup.
     pub forward_bytes: u64,
     /// Both connections are closed.
@@ -128,7 +138,7 @@ impl TamperProxy {
         let start = Instant::now();
         loop {
             let r = self.report();
-            if r.tampered.is_some() || r.closed || start.elapsed() > timeout {
+            if r.tampered.is_some() || r.flipped_raw || r.closed || start.elapsed() > timeout {
                 return r;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -171,6 +181,9 @@ fn relay(primary: TcpStream, backup: TcpStream, tamper: Tamper, report: &Arc<Mut
 
 /// Backup → primary: bytes pass untouched; Acks of Commits are noted.
 fn backward(mut from: TcpStream, mut to: TcpStream, report: &Mutex<TamperReport>) {
+    if !pass_handshake(&mut from, &mut to) {
+        return;
+    }
     let mut buf = vec![0u8; 64 << 10];
     let mut decoder = Decoder::new();
     loop {
@@ -195,6 +208,42 @@ fn backward(mut from: TcpStream, mut to: TcpStream, report: &Mutex<TamperReport>
     let _ = to.shutdown(Shutdown::Both);
 }
 
+/// Every FT stream opens with each side's authentication hello (`ft::auth`); with no pair key
+/// (the proxy's case) frames follow it directly. Passed untouched.
+fn pass_handshake(mut from: impl Read, mut to: impl Write) -> bool {
+    let mut hello = [0u8; ft::auth::MSG_LEN];
+    from.read_exact(&mut hello).is_ok() && to.write_all(&hello).is_ok()
+}
+
+/// Copies the stream as bytes, flipping one (in the middle of a read) once `at` has passed.
+fn forward_raw(
+    mut from: &TcpStream,
+    mut to: &TcpStream,
+    at: Instant,
+    report: &Mutex<TamperReport>,
+) {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut passed = 0u64;
+    let mut done = false;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let end = passed + n as u64;
+        if !done && Instant::now() >= at {
+            done = true;
+            buf[n / 2] ^= 0x5a;
+            lock(report).flipped_raw = true;
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            return;
+        }
+        passed = end;
+        lock(report).forward_bytes = passed;
+    }
+}
+
 fn is_body(t: FrameType) -> bool {
     matches!(
         t,
@@ -207,6 +256,12 @@ fn forward(mut from: &TcpStream, mut to: &TcpStream, tamper: Tamper, report: &Mu
     let mut done = false;
     let mut commits = 0u64;
     let mut frame = Vec::new();
+    if !pass_handshake(&mut from, &mut to) {
+        return;
+    }
+    if let Tamper::FlipRaw { after } = tamper {
+        return forward_raw(from, to, Instant::now() + after, report);
+    }
     loop {
         let mut header = [0u8; HEADER_LEN];
         if from.read_exact(&mut header).is_err() {
@@ -232,6 +287,8 @@ fn forward(mut from: &TcpStream, mut to: &TcpStream, tamper: Tamper, report: &Mu
             done = true;
             lock(report).tampered = Some((h.frame_type, h.epoch, h.seq));
             match tamper {
+                // Handled by `forward_raw` before any frame is read.
+                Tamper::FlipRaw { .. } => {}
                 Tamper::FlipByte { .. } => {
                     let at = HEADER_LEN + h.payload_len as usize / 2;
                     frame[at] ^= 0x5a;

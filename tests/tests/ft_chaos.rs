@@ -64,6 +64,8 @@ struct Spec {
     b_timeout_ms: u64,
     /// The backup listens behind a proxy on host B instead of on the link address.
     behind_proxy: bool,
+    /// Both members share a pair key (an authenticated stream).
+    keyed: bool,
 }
 
 impl Spec {
@@ -74,6 +76,7 @@ impl Spec {
             p_timeout_ms: 1000,
             b_timeout_ms: 1000,
             behind_proxy: false,
+            keyed: false,
         }
     }
 }
@@ -94,6 +97,8 @@ struct Pair {
     p_image: PathBuf,
     b_image: PathBuf,
     arbiter: PathBuf,
+    /// The pair key file (used when `spec.keyed`).
+    key: PathBuf,
     _store: TempDir,
 }
 
@@ -119,6 +124,18 @@ impl Pair {
         };
         let arbiter = store.path("arbiter");
         std::fs::create_dir(&arbiter).unwrap();
+        let key = store.path("ft.key");
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&key)
+                .unwrap();
+            std::io::Write::write_all(&mut f, &[0x5au8; 32]).unwrap();
+        }
 
         let mut cfg = p.builtin_config(1, 64, &format!("workload=counter ip={GUEST_IP}/24"));
         cfg["disks"] = json!([{"id": "disk0", "path": p_image}]);
@@ -132,19 +149,21 @@ impl Pair {
         } else {
             format!("tcp:{HOST_B_LINK_IP}:{FT_PORT}")
         };
-        b.put_ok(
-            "ft.receive",
-            Some(&json!({
-                "listen": listen,
-                "disks": [{"id": "disk0", "path": b_image}],
-                "net": [{"id": "nic0", "tap": "tap0"}],
-                "serial": {"mode": "File", "file": b.serial_path},
-                "arbiter": {"path": arbiter},
-                "disk_mode": spec.disk_mode,
-                "failure_timeout_ms": spec.b_timeout_ms,
-            })),
-        );
+        let mut receive = json!({
+            "listen": listen,
+            "disks": [{"id": "disk0", "path": b_image}],
+            "net": [{"id": "nic0", "tap": "tap0"}],
+            "serial": {"mode": "File", "file": b.serial_path},
+            "arbiter": {"path": arbiter},
+            "disk_mode": spec.disk_mode,
+            "failure_timeout_ms": spec.b_timeout_ms,
+        });
+        if spec.keyed {
+            receive["key"] = json!({ "path": key });
+        }
+        b.put_ok("ft.receive", Some(&receive));
         Pair {
+            key,
             spec: spec.clone(),
             p,
             b,
@@ -163,6 +182,10 @@ impl Pair {
             "arbiter": {"path": self.arbiter},
             "failure_timeout_ms": self.spec.p_timeout_ms,
         });
+        let mut enable = enable;
+        if self.spec.keyed {
+            enable["key"] = json!({ "path": self.key });
+        }
         self.p.put_ok("ft.enable", Some(&enable));
     }
 
@@ -880,6 +903,76 @@ fn tamper_unexpected_frame_the_primary_wins_and_the_backup_says_why() {
         backup_wins: false,
         says: "unexpected Ack frame",
     });
+}
+
+#[test]
+fn tamper_authenticated_stream_altered_byte_is_refused_and_the_backup_goes_live_from_whole_checkpoints(
+) {
+    let name = "tamper_authenticated_stream_altered_byte_is_refused_and_the_backup_goes_live_from_whole_checkpoints";
+    require_kvm_and_netns!(name);
+    let tag = "tau";
+    let net = network(tag);
+    let mut spec = Spec::new(tag, "shared");
+    spec.behind_proxy = true;
+    spec.keyed = true;
+    (spec.p_timeout_ms, spec.b_timeout_ms) = (5000, 800);
+    let pair = Pair::boot(&net, &spec);
+    let ctx = || pair.logs();
+    let listen = format!("{HOST_B_LINK_IP}:{FT_PORT}").parse().unwrap();
+    let upstream = format!("127.0.0.1:{BEHIND_PROXY_PORT}").parse().unwrap();
+    let after = Duration::from_secs(3);
+    let proxy = TamperProxy::start(
+        &net,
+        Node::HostB,
+        listen,
+        upstream,
+        Tamper::FlipRaw { after },
+    );
+    let client = Client::start(&net);
+    let generation = ft_status(&pair.b)["generation"].as_u64().unwrap();
+    pair.enable();
+    let (ps, bs) = pair.wait_protected();
+    assert!(
+        ps["authenticated"] == true && bs["authenticated"] == true,
+        "{ps}\n{bs}"
+    );
+    let report = proxy.wait_tampered(T);
+    assert!(
+        report.flipped_raw,
+        "the proxy never flipped: {report:?}{}",
+        ctx()
+    );
+    let committed_before = committed(&ft_status(&pair.b));
+    let acked = client.last();
+    let (ps, bs) = wait_one_live(&pair, &ctx);
+    // The record layer refuses the altered byte before any frame decoder sees it; the backup
+    // goes live from the last checkpoint it verified whole.
+    assert!(
+        is(&bs, "primary", "unprotected"),
+        "B: {bs}\nP: {ps}{}",
+        ctx()
+    );
+    assert!(
+        reason(&bs).contains("authentication failed"),
+        "B's reason: {bs}{}",
+        ctx()
+    );
+    assert!(reason(&ps).contains("lost arbitration"), "P: {ps}");
+    assert_eq!(bs["generation"].as_u64(), Some(generation + 1), "{bs}");
+    assert!(committed(&bs) >= committed_before, "{bs}");
+    let progressed = client.wait_replies_after(Instant::now(), 3);
+    let (seen, result) = client.finish();
+    if let Err(e) = result.and_then(|()| counts_up(&seen)) {
+        panic!("client: {e}{}", ctx());
+    }
+    assert!(
+        progressed && seen.last() > acked.as_ref(),
+        "no progress{}",
+        ctx()
+    );
+    let last = seen.last().copied();
+    assert_eq!(wait_disk(&pair.b_image, last), last, "counter on B's disk");
+    drop(proxy);
 }
 
 // ---------------------------------------------------------------------------------------------

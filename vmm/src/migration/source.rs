@@ -118,7 +118,8 @@ impl<V: BorrowMut<Vm>> MigratableVm for SourceVm<V> {
             .borrow_mut()
             .capture()
             .map_err(backend("capture the state"))?;
-        log::info!(
+        // Once per FT checkpoint (up to a thousand a second): debug, not info.
+        log::debug!(
             "migration: state captured (vCPUs {:?}, KVM {:?}, devices {:?})",
             times.vcpus,
             times.kvm,
