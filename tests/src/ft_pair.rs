@@ -2,20 +2,12 @@
 //! themselves (keys, heartbeat paths): P runs the counter guest on a shared disk, B has no VM
 //! until it receives one.
 
-use crate::client::CounterConn;
 use crate::net::{Node, TestNet, HOST_B_LINK_IP};
 use crate::{Tandem, TempDir};
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Longest wait for anything in these tests.
-pub const T: Duration = Duration::from_secs(60);
-/// The counter guest's address on the LAN.
-pub const GUEST_IP: &str = "10.77.0.2";
-/// Where B listens for the stream, on the host-to-host link.
-pub const FT_PORT: u16 = 7600;
+pub use crate::ft::{assert_counts_up, client, ft_status, wait_ft, FT_PORT, GUEST_IP, T};
 
 /// Two hosts, P running the guest, B idle; nothing paired yet.
 pub struct Hosts {
@@ -98,31 +90,6 @@ fn merge(body: &mut Value, extra: Value) {
     }
 }
 
-/// ft.status of `t`.
-pub fn ft_status(t: &Tandem) -> Value {
-    let (code, v) = t.get("ft.status");
-    assert_eq!(code, 200, "ft.status: {v}");
-    v
-}
-
-/// Waits until `t` reports `role`/`state` (printing both logs if it never does).
-pub fn wait_ft(t: &Tandem, role: &str, state: &str, other: &Tandem) -> Duration {
-    let start = Instant::now();
-    loop {
-        let s = ft_status(t);
-        if s["role"] == role && s["state"] == state {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < T,
-            "ft.status never {role}/{state}: {s}\nlog:\n{}\npeer log:\n{}",
-            t.log(),
-            other.log()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Waits until `check` holds on `t`'s ft.status; returns that status.
 pub fn wait_status(t: &Tandem, what: &str, check: impl Fn(&Value) -> bool) -> Value {
     let start = Instant::now();
@@ -137,34 +104,5 @@ pub fn wait_status(t: &Tandem, what: &str, check: impl Fn(&Value) -> bool) -> Va
             t.log()
         );
         std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A client on one connection, INC after INC, until `stop`: (replies, slowest INC).
-pub fn client(
-    net: &TestNet,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<(Vec<u64>, Duration)> {
-    net.run_in(Node::Client, move || {
-        let mut c = CounterConn::connect(&format!("{GUEST_IP}:7000"), T).expect("connect");
-        let mut seen = Vec::new();
-        let mut slowest = Duration::ZERO;
-        while !stop.load(Ordering::Relaxed) {
-            let t0 = Instant::now();
-            seen.push(c.inc().expect("INC"));
-            slowest = slowest.max(t0.elapsed());
-        }
-        (seen, slowest)
-    })
-}
-
-/// Every INC answered once, in order, none lost, never going back.
-pub fn assert_counts_up(seen: &[u64]) {
-    assert!(
-        seen.len() > 10,
-        "the client made too little progress: {seen:?}"
-    );
-    for (i, v) in seen.iter().enumerate() {
-        assert_eq!(*v, i as u64 + 1, "INC #{i} answered {v}; all: {seen:?}");
     }
 }

@@ -23,20 +23,12 @@ use tandem_tests::net::{Node, TestNet, HOST_B_LINK_IP};
 use tandem_tests::tamper::{Tamper, TamperProxy};
 use tandem_tests::{require_kvm_and_netns, Tandem, TempDir};
 
-const T: Duration = Duration::from_secs(60);
-const GUEST_IP: &str = "10.77.0.2";
-const FT_PORT: u16 = 7600;
+use tandem_tests::ft::{ft_status, FT_PORT, GUEST_IP, T};
 /// Where a backup behind the tampering proxy listens (host B's loopback).
 const BEHIND_PROXY_PORT: u16 = 7601;
 
 // ---------------------------------------------------------------------------------------------
 // Status helpers
-
-fn ft_status(t: &Tandem) -> Value {
-    let (code, v) = t.get("ft.status");
-    assert_eq!(code, 200, "ft.status: {v}");
-    v
-}
 
 fn is(s: &Value, role: &str, state: &str) -> bool {
     s["role"] == role && s["state"] == state
