@@ -9,8 +9,14 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "quickstart-ft: needs root (network namespaces, taps)" >&2; exit 1; }
 [ -w /dev/kvm ] || { echo "quickstart-ft: /dev/kvm is not usable here" >&2; exit 1; }
 
-cargo build --release --quiet --bin tandem --bin tandem-remote
-bin=$PWD/target/release
+# TANDEM_BIN_DIR: binaries already built (the test suite runs this script on its debug build).
+if [ -n "${TANDEM_BIN_DIR:-}" ]; then
+    bin=$TANDEM_BIN_DIR
+else
+    cargo build --release --quiet --bin tandem --bin tandem-remote
+    bin=$PWD/target/release
+fi
+fail() { echo "quickstart-ft: FAILED: $*" >&2; for l in "$work"/*.log; do echo "--- $l" >&2; tail -20 "$l" >&2; done; exit 1; }
 net=tqs$$
 net=${net:0:10}
 work=$(mktemp -d /tmp/tandem-ft-quickstart.XXXXXX)
@@ -51,13 +57,17 @@ JSON
 remote "$work/p.sock" boot
 for _ in $(seq 200); do grep -q "tandem-guest: ready" "$work/p-console.log" 2>/dev/null && break; sleep 0.05; done
 
-step "host B: ft.receive; host P: ft.enable (shared disk, arbiter on shared storage)"
-api "$work/b.sock" ft.receive "{\"listen\":\"tcp:10.99.0.2:7600\",\"arbiter\":{\"path\":\"$work/arbiter\"},\"serial\":{\"mode\":\"File\",\"file\":\"$work/b-console.log\"}}"
-api "$work/p.sock" ft.enable "{\"peer\":\"tcp:10.99.0.2:7600\",\"disk_mode\":\"shared\",\"arbiter\":{\"path\":\"$work/arbiter\"}}"
+step "host B: ft.receive; host P: ft.enable (shared disk, arbiter on shared storage, a pair key, heartbeats also over the LAN)"
+# The pair key authenticates the replication stream and the heartbeats (owner-only, like ssh keys).
+(umask 077 && head -c 32 /dev/urandom > "$work/ft.key")
+api "$work/b.sock" ft.receive "{\"listen\":\"tcp:10.99.0.2:7600\",\"arbiter\":{\"path\":\"$work/arbiter\"},\"key\":{\"path\":\"$work/ft.key\"},\"heartbeat_listen\":\"udp:10.77.0.12:7700\",\"peer_heartbeat\":\"udp:10.77.0.11:7700\",\"serial\":{\"mode\":\"File\",\"file\":\"$work/b-console.log\"}}"
+api "$work/p.sock" ft.enable "{\"peer\":\"tcp:10.99.0.2:7600\",\"disk_mode\":\"shared\",\"arbiter\":{\"path\":\"$work/arbiter\"},\"key\":{\"path\":\"$work/ft.key\"},\"heartbeat_listen\":\"udp:10.77.0.11:7700\",\"peer_heartbeat\":\"udp:10.77.0.12:7700\"}"
 for _ in $(seq 200); do
     curl -s --unix-socket "$work/p.sock" http://localhost/api/v1/ft.status | grep -q '"state":"protected"' && break
     sleep 0.05
 done
+curl -s --unix-socket "$work/p.sock" http://localhost/api/v1/ft.status | grep -q '"state":"protected"' \
+    || fail "the pair never became protected"
 echo "primary: $(curl -s --unix-socket "$work/p.sock" http://localhost/api/v1/ft.status)"
 echo "backup:  $(curl -s --unix-socket "$work/b.sock" http://localhost/api/v1/ft.status)"
 
@@ -89,8 +99,11 @@ for _ in $(seq 400); do
     curl -s --unix-socket "$work/b.sock" http://localhost/api/v1/ft.status | grep -q '"role":"primary"' && break
     sleep 0.025
 done
+curl -s --unix-socket "$work/b.sock" http://localhost/api/v1/ft.status | grep -q '"role":"primary"' \
+    || fail "the backup never took over"
 echo "backup took over after $(python3 -c "print(round($(date +%s.%N) - $start, 2))") s:"
 echo "new primary: $(curl -s --unix-socket "$work/b.sock" http://localhost/api/v1/ft.status)"
 
 step "the client carried on"
-wait "$client"; client=
+wait "$client" || fail "the client saw an error or a wrong reply"
+client=
