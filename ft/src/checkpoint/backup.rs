@@ -6,6 +6,7 @@ use super::hooks::BackupHooks;
 use super::staging::Staging;
 use super::stats::ReceivedCheckpoint;
 use super::{now_ms, vm_err, CheckpointError};
+use crate::bitmap::DirtyBitmap;
 use crate::frame::{DecodedFrame, Frame, StreamPurpose};
 use crate::migration::channel::{FrameReader, FrameWriter};
 use crate::migration::{
@@ -225,6 +226,8 @@ impl<V: MigratableVm> FtBackup<V> {
             return MigrationError::Connection(e).into();
         }
         let (pages, vcpus) = (self.vm.page_count(), self.vm.vcpu_count());
+        // Pages this stream's checkpoints carried: the only ones the primary may send deltas of.
+        let mut sent = DirtyBitmap::new(pages);
         let mut last_heard = Instant::now();
         // Heartbeats go out when this side has sent nothing for the interval, whatever arrives:
         // the primary's own heartbeats (a paused guest, no checkpoints to ack) must not keep
@@ -264,7 +267,7 @@ impl<V: MigratableVm> FtBackup<V> {
                 if !matches!(f.frame, Frame::Heartbeat { .. }) {
                     bytes += reader.bytes().saturating_sub(before);
                 }
-                match self.on_frame(f, next, &mut staging, writer, hooks, bytes) {
+                match self.on_frame(f, next, &mut staging, &mut sent, writer, hooks, bytes) {
                     Ok(true) => {
                         last_sent = Instant::now(); // the Ack
                         break;
@@ -282,6 +285,7 @@ impl<V: MigratableVm> FtBackup<V> {
         f: DecodedFrame,
         next: u64,
         staging: &mut Staging,
+        sent: &mut DirtyBitmap,
         writer: &mut FrameWriter,
         hooks: &dyn BackupHooks,
         bytes: u64,
@@ -309,6 +313,7 @@ impl<V: MigratableVm> FtBackup<V> {
                     self.committed = None;
                     return Err(e);
                 }
+                verified.mark_sent(sent);
                 hooks.backup_committed(next, &verified.extras);
                 let guest_paused = info.is_some_and(|i| i.guest_paused);
                 hooks.checkpoint_received(&ReceivedCheckpoint {
@@ -328,7 +333,7 @@ impl<V: MigratableVm> FtBackup<V> {
             f @ (Frame::Hello(_) | Frame::Ack { .. } | Frame::EndOfRound { .. }) => {
                 return Err(unexpected("a checkpoint frame", f.frame_type()).into())
             }
-            body => staging.add(body)?,
+            body => staging.add(body, &self.vm, sent)?,
         }
         Ok(false)
     }
