@@ -52,6 +52,8 @@ pub struct FtBackup<V> {
     vm: V,
     committed: Option<Committed>,
     sync: Option<ReceiveReport>,
+    /// Pages this stream's checkpoints carried: the only ones the primary may send deltas of.
+    sent: DirtyBitmap,
 }
 
 /// How `run` ended: the backup (to `go_live` or drop) and why the stream stopped, as
@@ -77,6 +79,7 @@ impl<V: MigratableVm> FtBackup<V> {
             vm,
             committed: None,
             sync: None,
+            sent: DirtyBitmap::new(0),
         };
         let cause = b.receive(conn, opts, &*hooks);
         let error = CheckpointError::BackupStopped {
@@ -113,6 +116,7 @@ impl<V: MigratableVm> FtBackup<V> {
             vm,
             committed: None,
             sync: None,
+            sent: DirtyBitmap::new(0),
         };
         let cause = b.receive_accepted(Ok(inc), opts, &*hooks);
         let error = CheckpointError::BackupStopped {
@@ -226,8 +230,7 @@ impl<V: MigratableVm> FtBackup<V> {
             return MigrationError::Connection(e).into();
         }
         let (pages, vcpus) = (self.vm.page_count(), self.vm.vcpu_count());
-        // Pages this stream's checkpoints carried: the only ones the primary may send deltas of.
-        let mut sent = DirtyBitmap::new(pages);
+        self.sent = DirtyBitmap::new(pages);
         let mut last_heard = Instant::now();
         // Heartbeats go out when this side has sent nothing for the interval, whatever arrives:
         // the primary's own heartbeats (a paused guest, no checkpoints to ack) must not keep
@@ -267,7 +270,7 @@ impl<V: MigratableVm> FtBackup<V> {
                 if !matches!(f.frame, Frame::Heartbeat { .. }) {
                     bytes += reader.bytes().saturating_sub(before);
                 }
-                match self.on_frame(f, next, &mut staging, &mut sent, writer, hooks, bytes) {
+                match self.on_frame(f, next, &mut staging, writer, hooks, bytes) {
                     Ok(true) => {
                         last_sent = Instant::now(); // the Ack
                         break;
@@ -285,7 +288,6 @@ impl<V: MigratableVm> FtBackup<V> {
         f: DecodedFrame,
         next: u64,
         staging: &mut Staging,
-        sent: &mut DirtyBitmap,
         writer: &mut FrameWriter,
         hooks: &dyn BackupHooks,
         bytes: u64,
@@ -313,7 +315,7 @@ impl<V: MigratableVm> FtBackup<V> {
                     self.committed = None;
                     return Err(e);
                 }
-                verified.mark_sent(sent);
+                verified.mark_sent(&mut self.sent);
                 hooks.backup_committed(next, &verified.extras);
                 let guest_paused = info.is_some_and(|i| i.guest_paused);
                 hooks.checkpoint_received(&ReceivedCheckpoint {
@@ -333,7 +335,7 @@ impl<V: MigratableVm> FtBackup<V> {
             f @ (Frame::Hello(_) | Frame::Ack { .. } | Frame::EndOfRound { .. }) => {
                 return Err(unexpected("a checkpoint frame", f.frame_type()).into())
             }
-            body => staging.add(body, &self.vm, sent)?,
+            body => staging.add(body, &self.vm, &self.sent)?,
         }
         Ok(false)
     }

@@ -289,7 +289,8 @@ impl Frame {
 
 impl Hello {
     /// A Hello for this build's protocol version range; migration still speaks version 1 (it
-    /// sends no frame that version lacks), fault tolerance needs version 4 (Extras, CommitInfo, deltas).
+    /// sends no frame that version lacks), fault tolerance needs version 4 (Extras, CommitInfo,
+    /// delta pages).
     pub fn new(purpose: StreamPurpose, identity: VmIdentity) -> Hello {
         Hello {
             min_version: purpose.min_protocol_version(),
