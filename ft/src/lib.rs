@@ -22,6 +22,7 @@ pub mod transport;
 pub mod vm;
 
 /// The newest stream protocol version this build speaks (announced in Hello). Version 2 adds the
-/// Extras frame for FT checkpoints, version 3 the FT Commit's `CommitInfo` (pause, guest paused);
-/// a version-1 migration stream is still accepted.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// Extras frame for FT checkpoints, version 3 the FT Commit's `CommitInfo` (pause, guest paused),
+/// version 4 delta page entries in FT checkpoints; a version-1 migration stream is still accepted
+/// (migration never sends deltas).
+pub const PROTOCOL_VERSION: u16 = 4;

@@ -531,6 +531,9 @@ fn through_fault(fault: Fault) -> (BackupExit<FakeVm>, Arc<Gates>, PrimaryExit<F
         20000,
         &PrimaryOptions {
             checkpoint_interval: Duration::from_millis(20),
+            // A small, evicting cache: most pages still go whole, so the stream reaches the
+            // fault's offset in time, and deltas are in the stream around it.
+            delta_cache_bytes: 64 * PAGE_SIZE as u64,
             ..primary_opts()
         },
         |vm| Gates::new(Some(vm.probe())),
@@ -917,4 +920,166 @@ fn paused_guest_stays_paused_the_backup_knows_and_goes_live_paused() {
         "went live running from a paused checkpoint"
     );
     assert!(live.restored_state().is_some());
+}
+
+/// Wire bytes per page over the second half of a run's checkpoints (the cache is warm there).
+fn bytes_per_page(stats: &[CheckpointStats]) -> u64 {
+    let late = &stats[stats.len() / 2..];
+    let pages: u64 = late.iter().map(|s| s.pages).sum();
+    late.iter().map(|s| s.bytes).sum::<u64>() / pages.max(1)
+}
+
+#[test]
+fn deltas_keep_the_backup_equal_through_many_checkpoints() {
+    let (addr, backup) = spawn_backup();
+    let (exit, gates, stats) = run_primary(
+        addr,
+        20_000,
+        &primary_opts(),
+        |vm| Gates::new(Some(vm.probe())),
+        Duration::from_millis(800),
+    );
+    assert!(exit.error.is_none(), "{:?}", exit.error);
+    let last = exit.report.committed.unwrap();
+    assert!(last >= 4, "only {last} checkpoints");
+    let (bexit, _) = backup.join().unwrap();
+    assert_eq!(cause(&bexit.error).1, Some(last));
+    assert_backup_at(&bexit.backup, &gates, last);
+    // The fake guest changes one word per write (or zeroes the page): whole pages would cost
+    // over 3000 bytes per page on average.
+    let per_page = bytes_per_page(&stats);
+    assert!(
+        per_page < 1024,
+        "{per_page} wire bytes per page: no deltas?"
+    );
+    print_figures("20000 pages/s, deltas", &stats);
+    println!("wire bytes per page: {per_page}");
+}
+
+#[test]
+fn an_evicting_delta_cache_keeps_the_backup_equal() {
+    for cache_pages in [0u64, 3, 64] {
+        let (addr, backup) = spawn_backup();
+        let opts = PrimaryOptions {
+            delta_cache_bytes: cache_pages * PAGE_SIZE as u64,
+            ..primary_opts()
+        };
+        let (exit, gates, stats) = run_primary(
+            addr,
+            20_000,
+            &opts,
+            |vm| Gates::new(Some(vm.probe())),
+            Duration::from_millis(400),
+        );
+        assert!(exit.error.is_none(), "{:?}", exit.error);
+        let last = exit.report.committed.unwrap();
+        let (bexit, _) = backup.join().unwrap();
+        assert_eq!(cause(&bexit.error).1, Some(last));
+        assert_backup_at(&bexit.backup, &gates, last);
+        println!(
+            "cache of {cache_pages} pages: {} wire bytes per page",
+            bytes_per_page(&stats)
+        );
+    }
+}
+
+/// Sends checkpoint `epoch` made of `batch` (one page) and its state; the backup acks it or not.
+fn delta_checkpoint(s: &mut Script, epoch: u64, batch: PageBatch) {
+    s.send(&Frame::MemoryPages(batch), epoch);
+    s.state(epoch, &format!("cp{epoch}"));
+    s.extras(epoch, b"log");
+    s.send(
+        &Frame::Commit {
+            vcpus: 2,
+            pages: 1,
+            info: None,
+        },
+        epoch,
+    );
+}
+
+/// A delta that turns a page of `from` bytes into one whose first 16 bytes are `to`, with the
+/// result's CRC.
+fn fill_delta(from: u8, to: u8) -> (u32, Vec<u8>) {
+    let mut new = [from; PAGE_SIZE];
+    new[..16].fill(to);
+    let mut d = Vec::new();
+    assert!(ft::frame::encode_delta(
+        &[from; PAGE_SIZE],
+        &new,
+        64,
+        &mut d
+    ));
+    (crc32fast::hash(&new), d)
+}
+
+#[test]
+fn a_delta_against_the_committed_page_applies() {
+    let exit = scripted(|s| {
+        let mut b = PageBatch::new();
+        let mut d = Vec::new();
+        let mut new = [0x11u8; PAGE_SIZE];
+        new[100..108].copy_from_slice(b"changed!");
+        assert!(ft::frame::encode_delta(
+            &[0x11; PAGE_SIZE],
+            &new,
+            64,
+            &mut d
+        ));
+        b.push_delta(5, crc32fast::hash(&new), &d);
+        delta_checkpoint(s, 2, b);
+        assert!(matches!(s.recv(), Frame::Ack { .. }));
+    });
+    assert_eq!(cause(&exit.error).1, Some(2));
+    let mem = exit.backup.vm().memory();
+    assert_eq!(&mem[5 * PAGE_SIZE + 100..5 * PAGE_SIZE + 108], b"changed!");
+    assert_eq!(mem[5 * PAGE_SIZE + 99], 0x11);
+}
+
+#[test]
+fn hostile_deltas_end_the_stream_with_nothing_applied() {
+    // A delta for a page no checkpoint sent (page 7), one whose result is not what the primary
+    // had (wrong base: 0x22 instead of the 0x11 committed), and one that runs past the page.
+    let (crc, d) = fill_delta(0x00, 0x33);
+    let (crc2, d2) = fill_delta(0x22, 0x33);
+    let past = [0xffu8, 0x0f, 2, 0, 1, 1]; // 2 bytes at offset 4095
+    type Check = fn(&CheckpointError) -> bool;
+    let cases: Vec<(u64, u32, Vec<u8>, Check)> = vec![
+        (7, crc, d, |c| {
+            matches!(c, CheckpointError::Incomplete { epoch: 2, reason }
+                if reason.contains("no earlier checkpoint sent"))
+        }),
+        (5, crc2, d2, |c| {
+            matches!(c, CheckpointError::Incomplete { epoch: 2, reason }
+                if reason.contains("does not give the page"))
+        }),
+        (5, 0, past.to_vec(), |c| {
+            matches!(
+                c,
+                CheckpointError::Stream(MigrationError::Frame(
+                    ft::frame::FrameError::Malformed { .. }
+                ))
+            )
+        }),
+    ];
+    for (pfn, crc, delta, check) in cases {
+        let exit = scripted(|s| {
+            let mut b = PageBatch::new();
+            b.push_delta(pfn, crc, &delta);
+            // The backup ends at this frame (it resolves deltas as they arrive), before the
+            // Commit could be sent.
+            s.send(&Frame::MemoryPages(b), 2);
+        });
+        let (c, last) = cause(&exit.error);
+        assert_eq!(last, Some(1), "{c:?}");
+        assert!(
+            check(c),
+            "page {pfn}: {}",
+            ft::migration::error_chain(&exit.error)
+        );
+        assert_at_checkpoint_1(&exit.backup);
+        assert!(exit.backup.vm().memory()[7 * PAGE_SIZE..8 * PAGE_SIZE]
+            .iter()
+            .all(|&x| x == 0));
+    }
 }

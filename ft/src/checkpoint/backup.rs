@@ -6,6 +6,7 @@ use super::hooks::BackupHooks;
 use super::staging::Staging;
 use super::stats::ReceivedCheckpoint;
 use super::{now_ms, vm_err, CheckpointError};
+use crate::bitmap::DirtyBitmap;
 use crate::frame::{DecodedFrame, Frame, StreamPurpose};
 use crate::migration::channel::{FrameReader, FrameWriter};
 use crate::migration::{
@@ -51,6 +52,8 @@ pub struct FtBackup<V> {
     vm: V,
     committed: Option<Committed>,
     sync: Option<ReceiveReport>,
+    /// Pages this stream's checkpoints carried: the only ones the primary may send deltas of.
+    sent: DirtyBitmap,
 }
 
 /// How `run` ended: the backup (to `go_live` or drop) and why the stream stopped, as
@@ -76,6 +79,7 @@ impl<V: MigratableVm> FtBackup<V> {
             vm,
             committed: None,
             sync: None,
+            sent: DirtyBitmap::new(0),
         };
         let cause = b.receive(conn, opts, &*hooks);
         let error = CheckpointError::BackupStopped {
@@ -112,6 +116,7 @@ impl<V: MigratableVm> FtBackup<V> {
             vm,
             committed: None,
             sync: None,
+            sent: DirtyBitmap::new(0),
         };
         let cause = b.receive_accepted(Ok(inc), opts, &*hooks);
         let error = CheckpointError::BackupStopped {
@@ -225,6 +230,7 @@ impl<V: MigratableVm> FtBackup<V> {
             return MigrationError::Connection(e).into();
         }
         let (pages, vcpus) = (self.vm.page_count(), self.vm.vcpu_count());
+        self.sent = DirtyBitmap::new(pages);
         let mut last_heard = Instant::now();
         // Heartbeats go out when this side has sent nothing for the interval, whatever arrives:
         // the primary's own heartbeats (a paused guest, no checkpoints to ack) must not keep
@@ -309,6 +315,7 @@ impl<V: MigratableVm> FtBackup<V> {
                     self.committed = None;
                     return Err(e);
                 }
+                verified.mark_sent(&mut self.sent);
                 hooks.backup_committed(next, &verified.extras);
                 let guest_paused = info.is_some_and(|i| i.guest_paused);
                 hooks.checkpoint_received(&ReceivedCheckpoint {
@@ -328,7 +335,7 @@ impl<V: MigratableVm> FtBackup<V> {
             f @ (Frame::Hello(_) | Frame::Ack { .. } | Frame::EndOfRound { .. }) => {
                 return Err(unexpected("a checkpoint frame", f.frame_type()).into())
             }
-            body => staging.add(body)?,
+            body => staging.add(body, &self.vm, &self.sent)?,
         }
         Ok(false)
     }

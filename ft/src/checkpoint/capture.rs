@@ -1,6 +1,7 @@
 //! A captured checkpoint on the primary: the staging buffer filled while the VM is paused, and
 //! how it goes on the wire afterwards (zero detection and framing happen there, not in the pause).
 
+use super::sent_pages::SentPages;
 use super::{vm_err, CheckpointError};
 use crate::frame::{CommitInfo, Frame, PageBatch, FLAG_ACK_REQUESTED, PAGE_SIZE};
 use crate::migration::channel::FrameWriter;
@@ -69,17 +70,19 @@ impl Captured {
             + self.state.vcpus.iter().map(Vec::len).sum::<usize>()) as u64
     }
 
-    /// Sends everything but the Commit; returns the page count the Commit must announce.
+    /// Sends everything but the Commit, pages as deltas against `sent` where that is shorter;
+    /// returns the page count the Commit must announce.
     pub(crate) fn send_body(
         &self,
         w: &mut FrameWriter,
         batch_pages: usize,
+        sent_pages: &mut SentPages,
     ) -> Result<u64, MigrationError> {
         let mut sent = 0;
         let mut batch = PageBatch::new();
         for (pfn, page) in self.pfns.iter().zip(self.data.chunks_exact(PAGE_SIZE)) {
             if let Ok(page) = <&[u8; PAGE_SIZE]>::try_from(page) {
-                batch.push_page(*pfn, page);
+                sent_pages.push(&mut batch, *pfn, page);
             }
             if batch.page_count() as usize >= batch_pages.max(1) {
                 sent += batch.page_count();

@@ -9,9 +9,13 @@
 //! with `Heartbeat` between checkpoints when idle. Backup → primary: `Ack{seq of Commit}` with
 //! header epoch n, `Heartbeat` when idle, `Abort` when it gives up.
 //!
-//! FT streams speak protocol version 3 and up: each checkpoint's Commit carries `CommitInfo`
+//! FT streams speak protocol version 4 and up: each checkpoint's Commit carries `CommitInfo`
 //! (the guest pause it cost, and whether the guest was left paused, so that a backup going live
-//! from it comes up paused as the primary was).
+//! from it comes up paused as the primary was), and a dirty page the primary sent in an earlier
+//! checkpoint may go out as a delta against that copy (XOR, zero-run-length encoded, with the
+//! CRC-32 of the result). The backup resolves deltas against its memory, which holds the
+//! previous checkpoint, while staging, so a bad one ends the stream before the Ack and nothing
+//! is half applied.
 //!
 //! Backup apply rule: pages go into the backup VM's memory once their checkpoint is verified and
 //! acked, but the vCPU/device state blob is only *kept*; it is restored once, by `go_live`,
@@ -23,6 +27,7 @@ mod backup;
 mod capture;
 mod hooks;
 mod primary;
+mod sent_pages;
 mod staging;
 mod stats;
 mod window;

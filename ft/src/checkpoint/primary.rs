@@ -12,6 +12,7 @@
 
 use super::capture::Captured;
 use super::hooks::EpochHooks;
+use super::sent_pages::SentPages;
 use super::stats::{CheckpointStats, StatsSink, Trigger};
 use super::window::{InFlight, Window};
 use super::{now_ms, vm_err, CheckpointError};
@@ -45,6 +46,9 @@ pub struct PrimaryOptions {
     pub heartbeat_interval: Duration,
     /// An unacked checkpoint older than this ends checkpointing.
     pub ack_timeout: Duration,
+    /// Bytes of last-sent page copies kept for delta encoding (capped at guest memory); 0 sends
+    /// every dirty page whole.
+    pub delta_cache_bytes: u64,
 }
 
 impl Default for PrimaryOptions {
@@ -57,6 +61,7 @@ impl Default for PrimaryOptions {
             max_in_flight_bytes: 256 << 20,
             heartbeat_interval: Duration::from_millis(100),
             ack_timeout: Duration::from_secs(5),
+            delta_cache_bytes: 64 << 20,
         }
     }
 }
@@ -167,6 +172,7 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
                 return Err(Box::new((vm, e)));
             }
         };
+        let sent_pages = SentPages::new(opts.delta_cache_bytes, vm.page_count());
         let progress = ProgressHandle::new(Role::Source);
         let mut captured = || hooks.epoch_captured(0);
         let synced = match ft_initial_sync(&mut vm, conn, &opts.sync, &progress, &mut captured) {
@@ -209,7 +215,7 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
             p.sender_thread = Some(
                 std::thread::Builder::new()
                     .name("ft-send".into())
-                    .spawn(move || send_loop(&s, writer, rx, &o, &*h))?,
+                    .spawn(move || send_loop(&s, writer, rx, &o, &*h, sent_pages))?,
             );
             let (s, o) = (shared.clone(), opts.clone());
             p.epoch_thread = Some(
@@ -555,6 +561,7 @@ fn send_loop(
     rx: mpsc::Receiver<Captured>,
     o: &PrimaryOptions,
     hooks: &dyn EpochHooks,
+    mut sent_pages: SentPages,
 ) -> FrameWriter {
     let mut last_sent = Instant::now();
     let mut last_epoch = 0;
@@ -569,7 +576,7 @@ fn send_loop(
         let r = match rx.recv_timeout(wait) {
             Ok(cap) => {
                 last_epoch = cap.epoch;
-                send_checkpoint(s, &mut writer, &cap, o)
+                send_checkpoint(s, &mut writer, &cap, o, &mut sent_pages)
             }
             Err(RecvTimeoutError::Timeout) if last_sent.elapsed() >= o.heartbeat_interval => {
                 let hb = Frame::Heartbeat {
@@ -597,9 +604,10 @@ fn send_checkpoint(
     w: &mut FrameWriter,
     cap: &Captured,
     o: &PrimaryOptions,
+    sent_pages: &mut SentPages,
 ) -> Result<(), MigrationError> {
     let before = w.bytes();
-    let pages = cap.send_body(w, o.sync.batch_pages)?;
+    let pages = cap.send_body(w, o.sync.batch_pages, sent_pages)?;
     let (commit, flags) = cap.commit_frame(pages);
     // Recorded before the write: the ack may be read before this thread runs again.
     if let Some(e) = lock(&s.window).get_mut(cap.epoch) {

@@ -2,7 +2,8 @@
 //! proves the checkpoint complete. Nothing here touches the VM except `apply`.
 
 use super::{vm_err, CheckpointError};
-use crate::frame::{Frame, PageBatch, PageRef, PAGE_SIZE};
+use crate::bitmap::DirtyBitmap;
+use crate::frame::{apply_delta, Frame, PageBatch, PageRef, PAGE_SIZE};
 use crate::vm::{MigratableVm, VmState};
 
 static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
@@ -50,14 +51,26 @@ impl Staging {
     }
 
     /// Takes one body frame (pages, state or extras); anything else is the caller's business.
-    pub(crate) fn add(&mut self, frame: Frame) -> Result<(), CheckpointError> {
+    /// Deltas are resolved now against `vm`, whose memory holds the previous checkpoint, for
+    /// pages `sent` says an earlier checkpoint carried.
+    pub(crate) fn add<V: MigratableVm + ?Sized>(
+        &mut self,
+        frame: Frame,
+        vm: &V,
+        sent: &DirtyBitmap,
+    ) -> Result<(), CheckpointError> {
         match frame {
             Frame::MemoryPages(batch) => {
                 // Checked here, not at apply, so that a verified checkpoint cannot fail halfway.
+                let mut deltas = false;
                 for entry in batch.iter() {
                     let end = match entry {
                         PageRef::Data { pfn, .. } => pfn.saturating_add(1),
                         PageRef::Zero { pfn, count } => pfn.saturating_add(u64::from(count)),
+                        PageRef::Delta { pfn, .. } => {
+                            deltas = true;
+                            pfn.saturating_add(1)
+                        }
                     };
                     if end > self.guest_pages {
                         return Err(self.bad(format!(
@@ -67,6 +80,11 @@ impl Staging {
                         )));
                     }
                 }
+                let batch = if deltas {
+                    self.resolve(&batch, vm, sent)?
+                } else {
+                    batch
+                };
                 self.pages += batch.page_count();
                 self.batches.push(batch);
             }
@@ -112,6 +130,45 @@ impl Staging {
             }
         }
         Ok(())
+    }
+
+    /// `batch` with every delta applied to the page the VM holds, as whole pages; page numbers
+    /// are already range-checked.
+    fn resolve<V: MigratableVm + ?Sized>(
+        &self,
+        batch: &PageBatch,
+        vm: &V,
+        sent: &DirtyBitmap,
+    ) -> Result<PageBatch, CheckpointError> {
+        let mut out = PageBatch::new();
+        let mut page = [0u8; PAGE_SIZE];
+        for entry in batch.iter() {
+            match entry {
+                PageRef::Data { pfn, data } => out.push_data(pfn, data),
+                PageRef::Zero { pfn, count } => {
+                    for p in pfn..pfn.saturating_add(u64::from(count)) {
+                        out.push_zero(p);
+                    }
+                }
+                PageRef::Delta { pfn, crc, delta } => {
+                    if !sent.is_set(pfn) {
+                        return Err(self.bad(format!(
+                            "delta for page {pfn}, which no earlier checkpoint sent"
+                        )));
+                    }
+                    vm.read_page(pfn, &mut page).map_err(vm_err("read_page"))?;
+                    apply_delta(&mut page, delta)
+                        .map_err(|e| self.bad(format!("delta for page {pfn}: {e}")))?;
+                    if crc32fast::hash(&page) != crc {
+                        return Err(self.bad(format!(
+                            "delta for page {pfn} does not give the page the primary sent"
+                        )));
+                    }
+                    out.push_data(pfn, &page);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Checks the staged checkpoint against its Commit: every page announced arrived, every vCPU
@@ -182,9 +239,30 @@ impl Verified {
                             vm.write_page(p, &ZERO_PAGE).map_err(vm_err("write_page"))?;
                         }
                     }
+                    // Resolved into whole pages when staged.
+                    PageRef::Delta { pfn, .. } => {
+                        return Err(CheckpointError::Protocol(format!(
+                            "unresolved delta for page {pfn}"
+                        )))
+                    }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Records the pages this (applied) checkpoint carried: later ones may send deltas of them.
+    pub(crate) fn mark_sent(&self, sent: &mut DirtyBitmap) {
+        for batch in &self.batches {
+            for entry in batch.iter() {
+                let (pfn, count) = match entry {
+                    PageRef::Data { pfn, .. } | PageRef::Delta { pfn, .. } => (pfn, 1),
+                    PageRef::Zero { pfn, count } => (pfn, count),
+                };
+                for p in pfn..pfn.saturating_add(u64::from(count)) {
+                    sent.set(p);
+                }
+            }
+        }
     }
 }

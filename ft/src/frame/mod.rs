@@ -16,6 +16,7 @@
 //! ```
 
 mod decoder;
+mod delta;
 mod encoder;
 mod header;
 mod pages;
@@ -23,6 +24,7 @@ mod payload;
 mod wire;
 
 pub use decoder::Decoder;
+pub use delta::{apply_delta, check_delta, encode_delta, DeltaError};
 pub use encoder::encode_frame;
 pub use header::FrameHeader;
 pub use pages::{is_zero_page, PageBatch, PageRef, PAGE_SIZE};

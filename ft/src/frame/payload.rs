@@ -22,8 +22,9 @@ impl StreamPurpose {
     pub fn min_protocol_version(self) -> u16 {
         match self {
             StreamPurpose::Migration => 1,
-            // The Commit's CommitInfo: a backup must know when the guest was left paused.
-            StreamPurpose::FaultTolerance => 3,
+            // Version 3: the Commit's CommitInfo (a backup must know when the guest was left
+            // paused); version 4: checkpoints carry delta page entries.
+            StreamPurpose::FaultTolerance => 4,
         }
     }
 }
@@ -288,7 +289,8 @@ impl Frame {
 
 impl Hello {
     /// A Hello for this build's protocol version range; migration still speaks version 1 (it
-    /// sends no frame that version lacks), fault tolerance needs version 3 (Extras, CommitInfo).
+    /// sends no frame that version lacks), fault tolerance needs version 4 (Extras, CommitInfo,
+    /// delta pages).
     pub fn new(purpose: StreamPurpose, identity: VmIdentity) -> Hello {
         Hello {
             min_version: purpose.min_protocol_version(),

@@ -388,6 +388,12 @@ fn apply_pages<V: MigratableVm + ?Sized>(
                     vm.write_page(p, &ZERO_PAGE).map_err(vm_err("write_page"))?;
                 }
             }
+            // Only FT checkpoints carry deltas; migration and the initial sync send whole pages.
+            PageRef::Delta { pfn, .. } => {
+                return Err(MigrationError::Protocol(format!(
+                    "delta for page {pfn} in a migration stream"
+                )))
+            }
         }
     }
     Ok(batch.page_count())
