@@ -388,3 +388,47 @@ fn primary_killed_during_the_reboot_re_sync_the_backup_never_goes_live() {
     assert_eq!(pair.b.get("vm.info").0, 404, "the backup went live");
     assert_eq!(ft_status(&pair.b)["failover_count"], 0);
 }
+
+#[test]
+fn reboot_that_cannot_reprotect_says_unprotected_in_ft_status() {
+    let name = "reboot_that_cannot_reprotect_says_unprotected_in_ft_status";
+    require_kvm_and_netns!(name);
+    let mut pair = protected_pair("fou", "shared");
+    // The backup dies, and the reboot comes before the primary's failure timeout notices: the
+    // re-sync after the reboot finds nobody listening.
+    pair.b.child.kill().expect("SIGKILL the backup");
+    pair.b.wait_exit(T);
+    pair.p.put_ok("vm.reboot", None);
+    pair.p.serial().wait_count("tandem-guest: ready", 2, T);
+    let start = Instant::now();
+    let s = loop {
+        let s = ft_status(&pair.p);
+        if s["reason"].as_str().unwrap_or("").contains("UNPROTECTED") {
+            break s;
+        }
+        assert!(
+            start.elapsed() < T,
+            "ft.status never says so: {s}\n{}",
+            pair.p.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_ne!(s["state"], "protected", "{s}");
+    assert!(
+        s["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("ft.enable failed"),
+        "{s}"
+    );
+    // The rebooted guest serves, unprotected (its replies are not held).
+    let v = pair
+        .net
+        .run_in(Node::Client, || {
+            let mut c = CounterConn::connect(&format!("{GUEST_IP}:7000"), T).expect("connect");
+            c.inc().expect("INC")
+        })
+        .join()
+        .expect("client thread");
+    assert!(v >= 1);
+}

@@ -382,10 +382,13 @@ impl Vmm {
         self.ft_status.set_guest_paused(false);
         if let Some(c) = enable {
             if let Err(e) = self.ft_enable(&c) {
-                log::error!(
-                    "ft: vm.reboot: cannot protect the rebooted guest again: {}",
+                let why = format!(
+                    "vm.reboot: the rebooted guest runs UNPROTECTED: ft.enable failed: {}",
                     chain(&e)
                 );
+                log::error!("ft: {why}");
+                // The operator polling ft.status must see it, not only the log.
+                self.ft_status.note(&why);
             }
         }
         Some(Ok(()))
