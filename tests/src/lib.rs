@@ -50,6 +50,7 @@ pub const METRIC_FAMILIES: &[&str] = &[
     "tandem_ft_checkpoint_pause_seconds",
     "tandem_ft_checkpoint_bytes",
     "tandem_ft_replicated_bytes_total",
+    "tandem_ft_checkpoint_pages_total",
     "tandem_ft_backlog_checkpoints",
     "tandem_ft_backlog_bytes",
     "tandem_ft_acks_total",

@@ -130,6 +130,12 @@ fn ft_metrics_follow_a_real_pair_through_a_failover() {
         p2.value("tandem_ft_replicated_bytes_total", None)
     );
 
+    // The primary's checkpoint pages, by encoding: an idle guest dirties the same pages again
+    // and again (timer, stacks), so once cached they go as deltas.
+    let pages = |enc| p2.value("tandem_ft_checkpoint_pages_total", Some(("encoding", enc)));
+    assert!(pages("delta") > 0.0, "no delta pages:\n{}", p2.text);
+    assert!(pages("whole") > 0.0, "no whole pages:\n{}", p2.text);
+
     // Over TCP too.
     let t = Metrics::scrape_tcp(&tcp);
     assert_eq!(role(&t), ["primary"], "{}", t.text);

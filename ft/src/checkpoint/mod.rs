@@ -35,7 +35,9 @@ mod window;
 pub use backup::{BackupExit, BackupOptions, FtBackup};
 pub use hooks::{BackupHooks, EpochHooks, NoHooks};
 pub use primary::{FtPrimary, PrimaryExit, PrimaryOptions, PrimaryReport};
-pub use stats::{CheckpointStats, NoStats, ReceivedCheckpoint, StatsSink, Summary, Trigger};
+pub use stats::{
+    CheckpointStats, NoStats, PageEncodings, ReceivedCheckpoint, StatsSink, Summary, Trigger,
+};
 
 /// Start of an Abort reason by which a primary asks its backup to discard its copy and wait, on
 /// the same listener, for a fresh initial sync (the guest rebooted: its old state is worthless,

@@ -450,6 +450,7 @@ fn epoch_loop<V: MigratableVm>(
             in_flight_before,
             commit_seq: None,
             wire_bytes: 0,
+            encodings: Default::default(),
             sent_at: None,
         });
         let (epochs, bytes) = (w.len(), w.bytes());
@@ -607,12 +608,14 @@ fn send_checkpoint(
     sent_pages: &mut SentPages,
 ) -> Result<(), MigrationError> {
     let before = w.bytes();
+    let counted = sent_pages.counts;
     let pages = cap.send_body(w, o.sync.batch_pages, sent_pages)?;
     let (commit, flags) = cap.commit_frame(pages);
     // Recorded before the write: the ack may be read before this thread runs again.
     if let Some(e) = lock(&s.window).get_mut(cap.epoch) {
         e.commit_seq = Some(w.next_seq());
         e.wire_bytes = w.bytes() - before + COMMIT_WIRE_LEN;
+        e.encodings = sent_pages.counts.since(&counted);
         e.sent_at = Some(Instant::now());
     }
     w.send(&commit, cap.epoch, flags)?;
@@ -701,6 +704,7 @@ fn on_ack(
     *lock(&s.committed) = Some(e.epoch);
     hooks.epoch_committed(e.epoch);
     stats.checkpoint_committed(&CheckpointStats {
+        encodings: e.encodings,
         epoch: e.epoch,
         trigger: e.trigger,
         pause: e.pause,

@@ -9,16 +9,8 @@ use crate::frame::{encode_delta, is_zero_page, PageBatch, PAGE_SIZE};
 /// a delta is only worth sending when it is shorter than this.
 const DELTA_LIMIT: usize = (1 + 8 + PAGE_SIZE) - (1 + 8 + 4 + 2);
 
-/// How the pages of a checkpoint went out.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct SentCounts {
-    /// Sent whole.
-    pub(crate) whole: u64,
-    /// Sent as a delta.
-    pub(crate) delta: u64,
-    /// Sent as a zero marker.
-    pub(crate) zero: u64,
-}
+/// How the pages went out, counted over the stream.
+pub(crate) type SentCounts = super::stats::PageEncodings;
 
 /// Last sent content of up to `slots` pages.
 pub(crate) struct SentPages {

@@ -17,6 +17,8 @@ pub enum Trigger {
 /// One committed checkpoint, as the primary saw it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct CheckpointStats {
+    /// How its pages went out (whole, as deltas against the last sent copy, as zero markers).
+    pub encodings: PageEncodings,
     /// Checkpoint number.
     pub epoch: u64,
     /// Why the epoch ended.
@@ -33,6 +35,28 @@ pub struct CheckpointStats {
     pub ack_latency: Duration,
     /// Checkpoints in flight when this one was captured (itself excluded).
     pub in_flight_before: usize,
+}
+
+/// How the pages of a checkpoint went out on the stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PageEncodings {
+    /// Sent whole.
+    pub whole: u64,
+    /// Sent as a delta against the copy last sent.
+    pub delta: u64,
+    /// Sent as a zero marker.
+    pub zero: u64,
+}
+
+impl PageEncodings {
+    /// What was counted since `earlier` (both cumulative).
+    pub fn since(&self, earlier: &PageEncodings) -> PageEncodings {
+        PageEncodings {
+            whole: self.whole.saturating_sub(earlier.whole),
+            delta: self.delta.saturating_sub(earlier.delta),
+            zero: self.zero.saturating_sub(earlier.zero),
+        }
+    }
 }
 
 /// One checkpoint as the backup received it (committed, acked, applied).
@@ -127,6 +151,7 @@ mod tests {
     #[test]
     fn percentiles_of_a_small_series() {
         let s = |ms: u64, bytes: u64| CheckpointStats {
+            encodings: PageEncodings::default(),
             epoch: ms,
             trigger: Trigger::Timer,
             pause: Duration::from_millis(ms),

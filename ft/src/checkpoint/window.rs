@@ -21,6 +21,8 @@ pub(crate) struct InFlight {
     pub(crate) commit_seq: Option<u64>,
     /// Stream bytes, once sent.
     pub(crate) wire_bytes: u64,
+    /// How its pages went out, once sent.
+    pub(crate) encodings: super::stats::PageEncodings,
     /// When the Commit went out, for the ack timeout.
     pub(crate) sent_at: Option<Instant>,
 }
@@ -108,6 +110,7 @@ mod tests {
             in_flight_before: 0,
             commit_seq: None,
             wire_bytes: 0,
+            encodings: Default::default(),
             sent_at: None,
         }
     }

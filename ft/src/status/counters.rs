@@ -2,6 +2,7 @@
 //! and a new ft.enable do not reset them, so Prometheus `rate()` sees no false resets), unlike the
 //! `ft.status` figures, which start again with each pair.
 
+use crate::checkpoint::PageEncodings;
 use crate::heartbeat::Path;
 
 /// Upper bounds of the pause histogram's buckets, microseconds (`+Inf` is implied). From 50 µs (a
@@ -86,6 +87,8 @@ pub struct FtCounters {
     pub heartbeats_udp: HeartbeatCounts,
     /// Failovers completed here (this VMM was a backup and went live).
     pub failovers: u64,
+    /// Checkpoint pages sent (primary), by how they went out.
+    pub pages: PageEncodings,
 }
 
 impl Default for FtCounters {
@@ -98,6 +101,7 @@ impl Default for FtCounters {
             heartbeats_channel: HeartbeatCounts::default(),
             heartbeats_udp: HeartbeatCounts::default(),
             failovers: 0,
+            pages: PageEncodings::default(),
         }
     }
 }

@@ -302,6 +302,15 @@ impl StatusHandle {
         g.counters.replicated_bytes = g.counters.replicated_bytes.saturating_add(bytes);
     }
 
+    /// Primary: how a committed checkpoint's pages went out (whole, delta, zero).
+    pub fn record_page_encodings(&self, e: &crate::checkpoint::PageEncodings) {
+        let mut g = self.lock();
+        let p = &mut g.counters.pages;
+        p.whole = p.whole.saturating_add(e.whole);
+        p.delta = p.delta.saturating_add(e.delta);
+        p.zero = p.zero.saturating_add(e.zero);
+    }
+
     /// Engine: epoch acked by the backup (primary) or committed (backup).
     pub fn record_commit(&self, epoch: u64) {
         let mut g = self.lock();

@@ -93,6 +93,18 @@ pub fn add_ft(e: &mut Exposition, s: &FtStatus, c: &FtCounters) {
         vec![],
         c.replicated_bytes as f64,
     );
+    for (encoding, n) in [
+        ("whole", c.pages.whole),
+        ("delta", c.pages.delta),
+        ("zero", c.pages.zero),
+    ] {
+        e.counter(
+            "tandem_ft_checkpoint_pages_total",
+            "checkpoint pages sent (primary), by encoding: whole, delta against the last sent copy, zero",
+            vec![("encoding", encoding.to_string())],
+            n as f64,
+        );
+    }
     e.gauge(
         "tandem_ft_backlog_checkpoints",
         "checkpoints captured but not yet acked",

@@ -192,6 +192,7 @@ struct StatusStats(StatusHandle);
 impl StatsSink for StatusStats {
     fn checkpoint_committed(&self, s: &CheckpointStats) {
         self.0.record_checkpoint(s.pause, s.bytes);
+        self.0.record_page_encodings(&s.encodings);
         self.0.record_commit(s.epoch);
     }
     fn in_flight(&self, epochs: usize, staged_bytes: u64) {
