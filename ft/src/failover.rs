@@ -198,11 +198,15 @@ impl<A: Arbiter> FailoverCoordinator<A> {
 
     /// The backup is live after [`Decision::GoLive`]: it becomes the primary, unprotected.
     pub fn went_live(&self) -> Result<(), StatusError> {
+        self.status
+            .transition(FtState::Unprotected, &self.live_reason())
+    }
+
+    /// The reason [`Self::went_live`] records, for a caller that makes the transition itself
+    /// once the live VM is really in place (so ft.status never says live before it is).
+    pub fn live_reason(&self) -> String {
         let g = self.status.generation();
-        self.status.transition(
-            FtState::Unprotected,
-            &self.with_cause(format!("live as primary in generation {g}")),
-        )
+        self.with_cause(format!("live as primary in generation {g}"))
     }
 }
 

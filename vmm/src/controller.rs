@@ -241,9 +241,12 @@ impl Vmm {
             VmmEvent::MigrationSent { vm, result } => self.migration_sent(vm, result),
             VmmEvent::MigrationReceived { result } => self.migration_received(result),
             VmmEvent::FtPrimaryEnded { vm, end } => return self.ft_primary_ended(vm, end),
-            VmmEvent::FtBackupLive { config, vm, paused } => {
-                self.ft_backup_live(*config, vm, paused)
-            }
+            VmmEvent::FtBackupLive {
+                config,
+                vm,
+                paused,
+                reason,
+            } => self.ft_backup_live(*config, vm, paused, &reason),
             VmmEvent::FtBackupEnded => self.ft_backup_ended(),
             stale => log::debug!("ignoring event from an earlier boot: {stale:?}"),
         }

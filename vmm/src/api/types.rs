@@ -268,6 +268,8 @@ pub enum VmmEvent {
         vm: VmBox,
         /// The primary's guest was paused at the checkpoint it went live from: it stays paused.
         paused: bool,
+        /// ft.status's reason once the VMM thread holds the VM (it turns Unprotected then).
+        reason: String,
     },
     /// The FT backup stopped without going live (discarded or halted; see ft.status).
     FtBackupEnded,

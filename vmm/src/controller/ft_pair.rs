@@ -446,7 +446,7 @@ impl Vmm {
 
     /// The backup went live: the VM runs here now, or is paused here if the primary's guest was
     /// paused at the checkpoint it went live from (its MACs are announced on `vm.resume`).
-    pub(super) fn ft_backup_live(&mut self, config: VmConfig, vm: VmBox, paused: bool) {
+    pub(super) fn ft_backup_live(&mut self, config: VmConfig, vm: VmBox, paused: bool, why: &str) {
         self.ft = None;
         self.config = Some(config);
         self.vm = Some(vm.0);
@@ -456,6 +456,10 @@ impl Vmm {
             VmState::Running
         };
         self.announce_on_resume = paused;
+        // Only now: a client that sees "unprotected" on ft.status finds the VM on vm.info.
+        if let Err(e) = self.ft_status.transition(FtState::Unprotected, why) {
+            log::error!("ft: status after going live: {}", chain(&e));
+        }
         log::warn!(
             "ft: this VMM holds the guest now (failover){}",
             if paused { ", paused" } else { "" }

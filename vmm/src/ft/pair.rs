@@ -646,10 +646,11 @@ pub fn spawn_backup(s: BackupSetup) -> std::io::Result<PairHandle> {
             crate::seccomp::apply(crate::seccomp::ThreadKind::Ft);
             let events = s.events.clone();
             let ev = match run_backup(s, &stream, &rx) {
-                Some((config, vm, paused)) => VmmEvent::FtBackupLive {
+                Some((config, vm, paused, reason)) => VmmEvent::FtBackupLive {
                     config: Box::new(config),
                     vm: VmBox(vm),
                     paused,
+                    reason,
                 },
                 None => VmmEvent::FtBackupEnded,
             };
@@ -662,12 +663,12 @@ pub fn spawn_backup(s: BackupSetup) -> std::io::Result<PairHandle> {
 
 /// The backup's thread: accept, receive, then discard, go live, or (the primary's guest
 /// rebooted) discard and wait on the same listener for a fresh sync. `Some((config, vm,
-/// paused))` once live.
+/// paused, reason))` once live; the VMM thread makes ft.status say so once it holds the VM.
 fn run_backup(
     s: BackupSetup,
     stream: &Mutex<Option<Box<dyn Connection>>>,
     commands: &Receiver<PairCommand>,
-) -> Option<(VmConfig, Vm, bool)> {
+) -> Option<(VmConfig, Vm, bool, String)> {
     let status = s.status.clone();
     let end = |why: String| {
         log::warn!("ft backup: {why}");
@@ -895,7 +896,8 @@ fn run_backup(
                 let t0 = Instant::now();
                 match b.go_live() {
                     Ok(vm) => {
-                        let _ = coordinator.went_live();
+                        // ft.status turns Unprotected on the VMM thread once it holds the VM.
+                        let reason = coordinator.live_reason();
                         detector.close();
                         log::warn!(
                             "ft backup: live as primary in generation {generation} from checkpoint \
@@ -904,7 +906,7 @@ fn run_backup(
                             t0.elapsed()
                         );
                         let vm = vm.inner.into_vm()?;
-                        return Some((config, vm, paused));
+                        return Some((config, vm, paused, reason));
                     }
                     Err(e) => {
                         detector.close();
