@@ -223,13 +223,22 @@ pub fn signal(t: &Tandem, sig: &str) {
 
 /// Waits until `t` says halted; returns its status.
 pub fn wait_halted(t: &Tandem) -> Value {
+    wait_status(t, "halted", |s| s["state"] == "halted")
+}
+
+/// Waits until `check` holds on `t`'s ft.status; returns that status.
+pub fn wait_status(t: &Tandem, what: &str, check: impl Fn(&Value) -> bool) -> Value {
     let start = Instant::now();
     loop {
         let s = ft_status(t);
-        if s["state"] == "halted" {
+        if check(&s) {
             return s;
         }
-        assert!(start.elapsed() < T, "never halted: {s}\nlog:\n{}", t.log());
+        assert!(
+            start.elapsed() < T,
+            "ft.status never {what}: {s}\nlog:\n{}",
+            t.log()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -5,9 +5,10 @@
 use crate::net::{Node, TestNet, HOST_B_LINK_IP};
 use crate::{Tandem, TempDir};
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
 
-pub use crate::ft::{assert_counts_up, client, ft_status, wait_ft, FT_PORT, GUEST_IP, T};
+pub use crate::ft::{
+    assert_counts_up, client, ft_status, wait_ft, wait_status, FT_PORT, GUEST_IP, T,
+};
 
 /// Two hosts, P running the guest, B idle; nothing paired yet.
 pub struct Hosts {
@@ -87,22 +88,5 @@ impl Hosts {
 fn merge(body: &mut Value, extra: Value) {
     if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
         b.extend(e);
-    }
-}
-
-/// Waits until `check` holds on `t`'s ft.status; returns that status.
-pub fn wait_status(t: &Tandem, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let start = Instant::now();
-    loop {
-        let s = ft_status(t);
-        if check(&s) {
-            return s;
-        }
-        assert!(
-            start.elapsed() < T,
-            "ft.status never {what}: {s}\nlog:\n{}",
-            t.log()
-        );
-        std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tandem_tests::client::{counter_on_disk, CounterConn};
 use tandem_tests::ft::{
     assert_counts_up, client, ft_status, protected_pair, protected_pair_with, signal, wait_halted,
-    wait_takeover, GUEST_IP, T,
+    wait_status, wait_takeover, GUEST_IP, T,
 };
 use tandem_tests::net::Node;
 use tandem_tests::{require_kvm, require_kvm_and_netns, Tandem, TempDir};
@@ -122,15 +122,7 @@ fn disable_ends_the_pair_the_primary_runs_standalone_and_the_backup_discards() {
     let s = ft_status(&pair.p);
     assert_eq!(s["role"], "standalone", "{s}");
     // The backup was told and discarded its copy: it never goes live.
-    let start = Instant::now();
-    let s = loop {
-        let s = ft_status(&pair.b);
-        if s["role"] == "standalone" {
-            break s;
-        }
-        assert!(start.elapsed() < T, "backup still in the pair: {s}");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let s = wait_status(&pair.b, "standalone", |s| s["role"] == "standalone");
     assert!(
         s["reason"]
             .as_str()
@@ -157,15 +149,7 @@ fn promoted_backup_wins_and_the_old_primary_halts() {
     pair.b.put_ok("ft.promote", None);
     let took_over = wait_takeover(&pair.b);
     // The old primary, its stream gone, claims the next generation too and loses it.
-    let start = Instant::now();
-    let s = loop {
-        let s = ft_status(&pair.p);
-        if s["state"] == "halted" {
-            break s;
-        }
-        assert!(start.elapsed() < T, "the old primary did not halt: {s}");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let s = wait_halted(&pair.p);
     eprintln!(
         "[ftp] backup live after {took_over:?}; old primary: {}",
         s["reason"]
@@ -202,19 +186,7 @@ fn guest_power_off_on_the_primary_ends_both() {
     let s = ft_status(&pair.p);
     assert_eq!(s["role"], "standalone", "{s}");
     // The backup was told the pair ended: it discards its copy instead of going live.
-    let start = Instant::now();
-    let s = loop {
-        let s = ft_status(&pair.b);
-        if s["role"] == "standalone" {
-            break s;
-        }
-        assert!(
-            start.elapsed() < T,
-            "backup still in the pair: {s}\nlog:\n{}",
-            pair.b.log()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let s = wait_status(&pair.b, "standalone", |s| s["role"] == "standalone");
     assert!(
         s["reason"]
             .as_str()

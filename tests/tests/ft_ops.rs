@@ -5,30 +5,17 @@
 //! the backup; after a failover or the loss of the backup, ft.enable to a fresh `tandem` protects
 //! the guest again, and the new backup takes over when the re-protected primary is killed.
 
-use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::channel;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_tests::client::{counter_on_disk, CounterConn};
 use tandem_tests::ft::{
-    assert_counts_up, client, ft_status, protected_pair, wait_ft, wait_takeover, Pair, GUEST_IP, T,
+    assert_counts_up, client, ft_status, protected_pair, wait_ft, wait_status, wait_takeover, Pair,
+    GUEST_IP, T,
 };
 use tandem_tests::net::{Node, HOST_B_LINK_IP, HOST_P_LINK_IP};
 use tandem_tests::{require_kvm_and_netns, Tandem};
-
-/// Polls `t`'s ft.status until `ok` holds; returns it.
-fn wait_status(t: &Tandem, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let start = Instant::now();
-    loop {
-        let s = ft_status(t);
-        if ok(&s) {
-            return s;
-        }
-        assert!(start.elapsed() < T, "never {what}: {s}\nlog:\n{}", t.log());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// What [`stepped_client`] gives the test: its "ready" (last value), its "go", its thread.
 type Stepped = (
@@ -400,19 +387,9 @@ fn reboot_that_cannot_reprotect_says_unprotected_in_ft_status() {
     pair.b.wait_exit(T);
     pair.p.put_ok("vm.reboot", None);
     pair.p.serial().wait_count("tandem-guest: ready", 2, T);
-    let start = Instant::now();
-    let s = loop {
-        let s = ft_status(&pair.p);
-        if s["reason"].as_str().unwrap_or("").contains("UNPROTECTED") {
-            break s;
-        }
-        assert!(
-            start.elapsed() < T,
-            "ft.status never says so: {s}\n{}",
-            pair.p.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let s = wait_status(&pair.p, "UNPROTECTED in the reason", |s| {
+        s["reason"].as_str().unwrap_or("").contains("UNPROTECTED")
+    });
     assert_ne!(s["state"], "protected", "{s}");
     assert!(
         s["reason"]
