@@ -18,6 +18,9 @@ ARG RUST_IMAGE=rust:1.95-slim-bookworm
 # binaries from DIR in the build context (build.sh --prebuilt: a checkout's own build, so the
 # tests need no second compile and no toolchain image).
 FROM ${RUST_IMAGE} AS build
+# build.sh --prebuilt removes old untagged stages by this label (copies of binaries, no cache
+# worth keeping).
+LABEL org.tandem.stage=build
 ARG PREBUILT=
 WORKDIR /src
 COPY . .
@@ -37,6 +40,8 @@ RUN set -eu; \
 # Runtime: glibc (the binaries are dynamically linked against Debian 12's), curl and jq for the
 # scripts, iproute2 to set up taps. A base that already has them (debian-base.sh) installs nothing.
 FROM ${BASE_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="tandem" \
+      org.opencontainers.image.description="Tandem VMM (fault-tolerant VMs on KVM): tandem, tandem-remote and the operator scripts"
 RUN set -eu; need=""; \
     for t in curl:curl jq:jq ip:iproute2; do \
         command -v "${t%%:*}" >/dev/null 2>&1 || need="$need ${t#*:}"; \

@@ -111,6 +111,12 @@ fi
 [ -z "$iidfile" ] || args+=(--iidfile "$iidfile")
 
 say "docker build -t $tag (${args[*]})"
-docker build "${args[@]}" -t "$tag" . >&2
+docker build --force-rm "${args[@]}" -t "$tag" . >&2
+if [ -n "$prebuilt" ]; then
+    # Earlier --prebuilt builds leave untagged images (their build stages, replaced images)
+    # holding old copies of the binaries; images a container still uses stay.
+    docker image prune -f --filter label=org.tandem.stage=build >/dev/null
+    docker image prune -f --filter label=org.opencontainers.image.title=tandem >/dev/null
+fi
 size=$(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.0f MB", $1/1e6}')
 say "built $tag ($size) in $(($(date +%s) - start)) s"
