@@ -18,6 +18,9 @@ mod progress;
 mod receiver;
 mod sender;
 
+/// The error and its causes on one line (the workspace's one helper, under the name this
+/// crate's modules use).
+pub use errors::chain as error_chain;
 pub use policy::{ConvergencePolicy, StopReason};
 pub use progress::{MigrationPhase, MigrationProgress, ProgressHandle, Role};
 pub use receiver::{receive_migration, IncomingMigration, ReceiveOptions, ReceiveReport};
@@ -26,7 +29,6 @@ pub use sender::{send_migration, SendOptions, SendReport};
 
 use crate::frame::{FrameError, FrameType};
 use crate::vm::VmOpError;
-use std::error::Error;
 
 /// Why a migration failed, on either side.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +86,15 @@ pub enum MigrationError {
         #[source]
         source: VmOpError,
     },
+    /// The final Commit went out (or may have) but its ack never came: the peer may hold the
+    /// whole state and act on it (a destination resumes, an FT backup counts itself protected).
+    /// The sender must not act as if it never happened.
+    #[error("the peer may have committed the final state: its ack never came")]
+    CommitUnconfirmed {
+        /// What went wrong after the Commit was sent.
+        #[source]
+        source: Box<MigrationError>,
+    },
     /// Migration failed and then the paused source could not be resumed: the guest is stopped.
     #[error("migration failed ({cause}) and the source VM could not be resumed")]
     SourceNotResumed {
@@ -99,31 +110,27 @@ impl MigrationError {
     /// Whether the peer already knows the migration is over (it aborted or the stream is gone),
     /// so sending it an Abort is pointless.
     pub(crate) fn peer_knows(&self) -> bool {
-        matches!(
-            self,
-            MigrationError::PeerAborted { .. }
-                | MigrationError::PeerClosed
-                | MigrationError::Send(_)
-                | MigrationError::Receive(_)
-        )
+        match self {
+            MigrationError::CommitUnconfirmed { source } => source.peer_knows(),
+            e => matches!(
+                e,
+                MigrationError::PeerAborted { .. }
+                    | MigrationError::PeerClosed
+                    | MigrationError::Send(_)
+                    | MigrationError::Receive(_)
+            ),
+        }
+    }
+
+    /// Whether the peer may hold the complete final state although this side saw no ack.
+    pub fn commit_unconfirmed(&self) -> bool {
+        matches!(self, MigrationError::CommitUnconfirmed { .. })
     }
 }
 
 /// Wraps a VM error with the trait method that produced it.
 fn vm_err(op: &'static str) -> impl FnOnce(VmOpError) -> MigrationError {
     move |source| MigrationError::Vm { op, source }
-}
-
-/// An error and all its causes on one line, for logs, Abort reasons and the progress view.
-pub fn error_chain(e: &dyn Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// An error for a frame type the protocol does not expect at this point.
