@@ -68,6 +68,27 @@ fn a_container_with_dev_kvm_boots_the_builtin_guest() {
         start.elapsed()
     );
 
+    // The image's quickstart.sh (the single-VM tour) on the image's own binaries.
+    let out = std::process::Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--init",
+            "--device",
+            "/dev/kvm",
+            "--entrypoint",
+        ])
+        .args(["/usr/share/tandem/resources/quickstart.sh", &image()])
+        .output()
+        .expect("docker run quickstart.sh");
+    let tour = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && tour.contains("tandem-guest: ready") && tour.ends_with("done\n"),
+        "quickstart.sh in the container: {}\n{tour}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // The image's default command: tandem with its API socket in /run/tandem.
     let c = Container::run("guest", &["--device", "/dev/kvm", "--network", "none"], &[]);
     let api = c.wait_api(T);
