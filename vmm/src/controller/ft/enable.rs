@@ -138,6 +138,7 @@ impl Vmm {
                     pair,
                     paused: false,
                     powering_off: false,
+                    reset_pending: false,
                     enable: c,
                 };
                 (Owner::Primary(p), Ok(None))

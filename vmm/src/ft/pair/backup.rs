@@ -352,7 +352,8 @@ fn run_backup(
                 let _ = reply.send(Err(PairError::NotPrimary));
             }
             Ok(PairCommand::Promote) => promote = true,
-            Err(RecvTimeoutError::Timeout) => {}
+            // A backup runs no guest that could reset.
+            Ok(PairCommand::GuestReset) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 detector.close();
                 return end("the VMM went away".into());

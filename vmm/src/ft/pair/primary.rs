@@ -66,6 +66,8 @@ enum Ending {
     Disable,
     Shutdown(&'static str),
     Reboot,
+    /// The guest's own reset: a reboot the VMM thread does not wait for.
+    GuestReset,
     PowerOff,
 }
 
@@ -76,6 +78,7 @@ impl Ending {
             Ending::Disable => "ft.disable on the primary".into(),
             Ending::Shutdown(why) => why.into(),
             Ending::Reboot => format!("{RESYNC_PREFIX}vm.reboot on the primary"),
+            Ending::GuestReset => format!("{RESYNC_PREFIX}the guest reset itself"),
             Ending::PowerOff => "guest powered off".into(),
         }
     }
@@ -337,6 +340,7 @@ impl PrimaryRun {
                 }
                 Ok(PairCommand::Shutdown(why)) => Some(Ending::Shutdown(why)),
                 Ok(PairCommand::Reboot) => Some(Ending::Reboot),
+                Ok(PairCommand::GuestReset) => Some(Ending::GuestReset),
                 Ok(PairCommand::PowerOff) => Some(Ending::PowerOff),
                 Ok(PairCommand::Pause(reply)) => {
                     let r = primary
@@ -507,7 +511,7 @@ impl PrimaryRun {
                     .disable(&format!("guest powered off; the pair has ended ({how})"));
                 PrimaryEnd::PoweredOff
             }
-            Ending::Reboot => {
+            Ending::Reboot | Ending::GuestReset => {
                 let _ = self.status.transition(
                     FtState::Unprotected,
                     &format!(
@@ -552,6 +556,7 @@ impl PrimaryRun {
                             }
                             Ok(PairCommand::Shutdown(why)) => Some(Ending::Shutdown(why)),
                             Ok(PairCommand::Reboot) => Some(Ending::Reboot),
+                            Ok(PairCommand::GuestReset) => Some(Ending::GuestReset),
                             Ok(PairCommand::PowerOff) => Some(Ending::PowerOff),
                             Ok(_) | Err(_) => None,
                         };
