@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod etcd;
 pub mod ft;
 pub mod ft_pair;
 pub mod guest;

@@ -30,7 +30,7 @@ use crate::ft::pair::{
 };
 use crate::ft::second_path::HeartbeatPaths;
 use devices::virtio::block::gate::DiskMode;
-use ft::arbiter::FileArbiter;
+use ft::arbiter::{Arbiter, ArbiterConfig};
 use ft::auth::{handshake, PairKey, Side};
 use ft::status::{FtState, Role};
 use ft::transport::{self, Endpoint, Listener};
@@ -82,8 +82,8 @@ impl Vmm {
         }
     }
 
-    fn open_arbiter(path: &std::path::Path) -> Result<(FileArbiter, u64), VmmError> {
-        let arbiter = FileArbiter::open(path).map_err(|e| VmmError::FtArbiter(chain(&e)))?;
+    fn open_arbiter(c: &ArbiterConfig) -> Result<(std::sync::Arc<dyn Arbiter>, u64), VmmError> {
+        let arbiter = ft::arbiter::open(c).map_err(|e| VmmError::FtArbiter(chain(&e)))?;
         let generation = start_generation(&arbiter).map_err(VmmError::FtArbiter)?;
         Ok((arbiter, generation))
     }
@@ -97,7 +97,7 @@ impl Vmm {
             (Role::Primary, FtState::Unprotected) => true,
             _ => return Err(VmmError::FtAlready),
         };
-        let (arbiter, generation) = Self::open_arbiter(&c.arbiter.path)?;
+        let (arbiter, generation) = Self::open_arbiter(&c.arbiter)?;
         let endpoint: Endpoint = c.peer.parse().map_err(VmmError::MigrationUrl)?;
         if !matches!(endpoint, Endpoint::Tcp { .. }) {
             return Err(VmmError::FtPeer("the peer must be tcp:HOST:PORT".into()));
@@ -187,7 +187,7 @@ impl Vmm {
         if self.ft_status.role() != Role::Standalone {
             return Err(VmmError::FtAlready);
         }
-        let (arbiter, generation) = Self::open_arbiter(&c.arbiter.path)?;
+        let (arbiter, generation) = Self::open_arbiter(&c.arbiter)?;
         let key = load_key(c.key.as_ref())?;
         let heartbeat = heartbeat_paths(c.heartbeat_listen.as_ref(), c.peer_heartbeat.as_ref())?;
         let endpoint: Endpoint = c.listen.parse().map_err(VmmError::MigrationUrl)?;

@@ -46,7 +46,7 @@ use devices::virtio::block::disk::RawDisk;
 use devices::virtio::block::gate::DiskMode;
 use devices::virtio::ft::FtSetup;
 use devices::GuestEventHandler;
-use ft::arbiter::{Arbiter, FileArbiter};
+use ft::arbiter::Arbiter;
 use ft::bitmap::DirtyBitmap;
 use ft::checkpoint::{
     is_resync, BackupHooks, BackupOptions, CheckpointError, CheckpointStats, EpochHooks, FtBackup,
@@ -240,7 +240,7 @@ impl EpochHooks for PrimaryPairHooks {
 
 /// The generation to start a pair in: the highest the arbiter has seen, so that a directory used
 /// by an earlier pair does not make the first claim lose.
-pub fn start_generation(arbiter: &FileArbiter) -> Result<u64, String> {
+pub fn start_generation(arbiter: &dyn Arbiter) -> Result<u64, String> {
     arbiter
         .current()
         .map(|h| h.map_or(0, |h| h.generation))
@@ -253,7 +253,7 @@ pub struct PrimarySetup {
     pub config: VmConfig,
     pub conn: Box<dyn Connection>,
     pub disk_mode: DiskMode,
-    pub arbiter: FileArbiter,
+    pub arbiter: Arc<dyn Arbiter>,
     pub status: StatusHandle,
     pub timing: PairTiming,
     pub events: Sender<VmmEvent>,
@@ -356,7 +356,7 @@ fn run_primary(
     hooks: Arc<PrimaryPairHooks>,
     clock: &EpochClock,
     detector: FailureDetector,
-    arbiter: FileArbiter,
+    arbiter: Arc<dyn Arbiter>,
     status: &StatusHandle,
     timing: PairTiming,
     commands: &Receiver<PairCommand>,
@@ -612,7 +612,7 @@ pub struct BackupSetup {
     /// Turns the primary's config (JSON) into this host's (taps, disk paths, serial).
     pub localize: Localize,
     pub disk_mode: DiskMode,
-    pub arbiter: FileArbiter,
+    pub arbiter: Arc<dyn Arbiter>,
     pub status: StatusHandle,
     pub failure_timeout: Duration,
     pub guest_events: GuestEventHandler,
