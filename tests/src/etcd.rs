@@ -3,6 +3,7 @@
 //! scratch folder (on /dev/shm where there is one, so that its fsyncs stay cheap on a loaded
 //! host). Killed when dropped; it can be killed, restarted on the same data, paused and resumed.
 
+use crate::net::{Node, TestNet};
 use crate::TempDir;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -394,4 +395,39 @@ impl Drop for Etcd {
         // SIGKILL ends a stopped (paused) member too.
         self.kill();
     }
+}
+
+/// etcd's address on the test network's LAN (in the switch namespace): both hosts reach it
+/// through their LAN bridge, not through the host-to-host link.
+pub const LAN_IP: &str = "10.77.0.5";
+
+impl Etcd {
+    /// A member on the LAN of `net`, at [`LAN_IP`]:2379.
+    pub fn start_on_lan(net: &TestNet, tag: &str) -> Etcd {
+        let lan = net.ns(Node::Lan);
+        run(Command::new("ip").args([
+            "-n",
+            &lan,
+            "addr",
+            "add",
+            &format!("{LAN_IP}/24"),
+            "dev",
+            "lan",
+        ]));
+        Etcd::start_in(tag, &lan, LAN_IP)
+    }
+}
+
+/// Makes host `node` unable to reach etcd on the LAN (an `unreachable` route to [`LAN_IP`]:
+/// connections fail at once, established ones stop getting through), or able again. The host's
+/// LAN and its link to the other host are untouched.
+pub fn cut_off(net: &TestNet, node: Node, cut: bool) {
+    run(Command::new("ip").args([
+        "-n",
+        &net.ns(node),
+        "route",
+        if cut { "add" } else { "del" },
+        "unreachable",
+        &format!("{LAN_IP}/32"),
+    ]));
 }
