@@ -4,18 +4,18 @@
 //! backup reaches etcd (the primary must stay held, then halt), and a partition where both
 //! reach it and race (exactly one wins).
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_tests::client::counter_on_disk;
-use tandem_tests::etcd::{cut_off, Etcd};
+use tandem_tests::etcd::{cut_off, free_port, Etcd};
 use tandem_tests::ft::{
     assert_counts_up, client, ft_status, protected_pair_using, wait_halted, wait_status,
     wait_takeover, Pair, T,
 };
 use tandem_tests::net::Node;
-use tandem_tests::{require_etcd, require_kvm_and_netns, Tandem};
+use tandem_tests::{require_etcd, require_kvm_and_netns, Tandem, TempDir};
 
 /// A protected pair (shared disk, 1 s failure timeout) arbitrated by an etcd on its LAN, under
 /// pair key `/tandem/pairs/<tag>`.
@@ -235,4 +235,69 @@ fn partition_where_both_reach_etcd_exactly_one_wins_the_race() {
     let role = if p_won { "primary" } else { "backup" };
     assert!(rec.contains(&format!("\"role\": \"{role}\"")), "{rec}");
     assert_eq!(record(&etcd, tag, 2), None);
+}
+
+#[test]
+fn ft_receive_checks_the_etcd_arbiter_up_front() {
+    let name = "ft_receive_checks_the_etcd_arbiter_up_front";
+    require_etcd!(name);
+    let etcd = Etcd::start("fer");
+    let b = Tandem::start("fer-b");
+    let receive = |arbiter: Value| json!({"listen": "tcp:127.0.0.1:0", "arbiter": arbiter});
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let dir = TempDir::new("fer");
+    let pw = dir.path("pw");
+    std::fs::write(&pw, "x\n").unwrap();
+    // Each a 400 with the reason, nothing changed.
+    for (arbiter, why) in [
+        (
+            json!({"etcd": {"endpoints": [dead], "key": "/k"}}),
+            "no endpoint answered",
+        ),
+        (
+            json!({"etcd": {"endpoints": [], "key": "/k"}}),
+            "endpoints is empty",
+        ),
+        (
+            json!({"etcd": {"endpoints": ["2379"], "key": "/k"}}),
+            "scheme must be http",
+        ),
+        (
+            json!({"etcd": {"endpoints": [etcd.url], "key": "/k/"}}),
+            "must not end with '/'",
+        ),
+        (
+            json!({"etcd": {"endpoints": [etcd.url], "key": "/k", "ca_file": "/ca.pem"}}),
+            "the endpoint is http",
+        ),
+        (
+            json!({"etcd": {"endpoints": [etcd.url], "key": "/k", "user": "u", "password_file": pw}}),
+            "chmod 600",
+        ),
+        (
+            json!({"etcd": {"endpoints": [etcd.url], "key": "/k", "pasword": "x"}}),
+            "pasword",
+        ),
+        (
+            json!({"path": "/a", "etcd": {"endpoints": [etcd.url], "key": "/k"}}),
+            "",
+        ),
+    ] {
+        let (code, v) = b.put("ft.receive", Some(&receive(arbiter.clone())));
+        assert_eq!(code, 400, "{arbiter}: {v}");
+        assert!(v.to_string().contains(why), "{arbiter}: {v}");
+        assert_eq!(ft_status(&b)["role"], "standalone");
+    }
+    // A host name (resolved on the VMM thread, under its seccomp filter) that reaches etcd.
+    let by_name = etcd.url.replace("127.0.0.1", "localhost");
+    b.put_ok(
+        "ft.receive",
+        Some(&receive(
+            json!({"etcd": {"endpoints": [dead, by_name], "key": "/tandem/pairs/fer"}}),
+        )),
+    );
+    assert_eq!(ft_status(&b)["role"], "backup");
+    assert!(etcd.get("/tandem/pairs/fer/identity").is_some());
+    b.put_ok("ft.disable", None);
+    assert!(b.client().get("vmm.ping").is_ok(), "log:\n{}", b.log());
 }
