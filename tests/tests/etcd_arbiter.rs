@@ -49,7 +49,7 @@ fn claims_follow_the_file_arbiters_rules() {
     let etcd = Etcd::start("rules");
     let c = config(&[&etcd.url], "/tandem/pairs/rules");
     let a = EtcdArbiter::open(&c).unwrap();
-    let b: Arc<dyn Arbiter> = open(&ArbiterConfig::Etcd(c.clone())).unwrap();
+    let b: Arc<dyn Arbiter> = open(&ArbiterConfig::Etcd(Box::new(c.clone()))).unwrap();
     assert_eq!(a.current().unwrap(), None);
 
     let p = claim(Role::Primary, "backup silent");

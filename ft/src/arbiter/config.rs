@@ -13,8 +13,9 @@ use std::sync::Arc;
 pub enum ArbiterConfig {
     /// A directory on shared storage ([`FileArbiter`]).
     Path(PathBuf),
-    /// An etcd cluster ([`EtcdArbiter`]).
-    Etcd(EtcdConfig),
+    /// An etcd cluster ([`EtcdArbiter`]); boxed, since every holder of an `ArbiterConfig` would
+    /// otherwise carry its size.
+    Etcd(Box<EtcdConfig>),
 }
 
 /// Opens the arbiter `config` names and checks up front that it can be used: the directory

@@ -207,7 +207,7 @@ fn ft_schemas_match_serde() {
         RestoreNet,
     };
     // Every field of the etcd form, so that each must be in the schema.
-    let etcd = ArbiterConfig::Etcd(ft::arbiter::EtcdConfig {
+    let etcd = ArbiterConfig::Etcd(Box::new(ft::arbiter::EtcdConfig {
         endpoints: vec!["https://10.0.0.9:2379".into()],
         key: "/tandem/pairs/a".into(),
         ca_file: Some("/ca.pem".into()),
@@ -215,7 +215,7 @@ fn ft_schemas_match_serde() {
         key_file: Some("/k.pem".into()),
         user: Some("tandem".into()),
         password_file: Some("/pw".into()),
-    });
+    }));
     let doc = document();
     let receive = FtReceiveConfig {
         listen: "tcp:0.0.0.0:7000".into(),
