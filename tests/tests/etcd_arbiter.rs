@@ -30,14 +30,7 @@ fn claim(role: Role, reason: &str) -> Claim {
 
 /// An arbiter call's error, with its causes.
 fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+    ft::migration::error_chain(e)
 }
 
 /// Bound on one arbiter call that errors (its own 3 s limit, plus a loaded machine).

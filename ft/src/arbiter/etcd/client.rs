@@ -104,7 +104,7 @@ impl Client {
                     log::warn!(
                         "etcd arbiter: {} failed: {}",
                         self.endpoints[i],
-                        crate::migration::error_chain(&e)
+                        errors::chain(&e)
                     );
                     last = Some(e);
                 }

@@ -22,7 +22,7 @@ fn config(endpoints: &[&str]) -> EtcdConfig {
 
 fn open_err(c: &EtcdConfig) -> String {
     let e = EtcdArbiter::open(c).unwrap_err();
-    crate::migration::error_chain(&e)
+    errors::chain(&e)
 }
 
 /// A loopback port nothing listens on.
@@ -205,7 +205,7 @@ fn an_unreachable_cluster_is_an_error_in_bounded_time() {
         .try_acquire(1, &Claim::here(Role::Backup, "test"))
         .unwrap_err();
     assert!(t0.elapsed() < OPERATION_TIMEOUT + Duration::from_secs(1));
-    let text = crate::migration::error_chain(&e);
+    let text = errors::chain(&e);
     assert!(
         text.contains("etcd: no endpoint answered (2 of 2 tried)"),
         "{text}"
