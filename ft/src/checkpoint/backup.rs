@@ -211,7 +211,12 @@ impl<V: MigratableVm> FtBackup<V> {
         hooks.backup_committed(0, &[]);
         let (mut reader, mut writer) = (synced.reader, synced.writer);
         let e = self.checkpoints(&mut reader, &mut writer, opts, hooks);
-        if !matches!(&e, CheckpointError::Stream(m) if m.peer_knows()) {
+        if let CheckpointError::Stream(MigrationError::PeerAborted { .. }) = &e {
+            // The primary ends the pair on purpose: this copy is never going live (the pair
+            // thread discards it on this error), and the primary may run alone once it reads
+            // this.
+            let _ = writer.send(&Frame::EndConfirmed, 0, 0);
+        } else if !matches!(&e, CheckpointError::Stream(m) if m.peer_knows()) {
             let reason = format!("backup: {}", error_chain(&e));
             let _ = writer.send(&Frame::Abort { reason }, 0, 0);
         }
@@ -332,7 +337,10 @@ impl<V: MigratableVm> FtBackup<V> {
                 });
                 return Ok(true);
             }
-            f @ (Frame::Hello(_) | Frame::Ack { .. } | Frame::EndOfRound { .. }) => {
+            f @ (Frame::Hello(_)
+            | Frame::Ack { .. }
+            | Frame::EndOfRound { .. }
+            | Frame::EndConfirmed) => {
                 return Err(unexpected("a checkpoint frame", f.frame_type()).into())
             }
             body => staging.add(body, &self.vm, &self.sent)?,

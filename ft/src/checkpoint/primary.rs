@@ -49,6 +49,8 @@ pub struct PrimaryOptions {
     /// Bytes of last-sent page copies kept for delta encoding (capped at guest memory); 0 sends
     /// every dirty page whole.
     pub delta_cache_bytes: u64,
+    /// How long [`FtPrimary::end`] waits for the backup to confirm that it discarded its copy.
+    pub end_confirm_timeout: Duration,
 }
 
 impl Default for PrimaryOptions {
@@ -62,6 +64,7 @@ impl Default for PrimaryOptions {
             heartbeat_interval: Duration::from_millis(100),
             ack_timeout: Duration::from_secs(5),
             delta_cache_bytes: 64 << 20,
+            end_confirm_timeout: Duration::from_millis(500),
         }
     }
 }
@@ -94,6 +97,9 @@ pub struct PrimaryExit<V> {
     pub report: PrimaryReport,
     /// Why checkpointing stopped before `stop` was called.
     pub error: Option<CheckpointError>,
+    /// [`FtPrimary::end`]: the backup confirmed that it discarded its copy and will never go
+    /// live from it (`EndConfirmed`). Only then may the guest run alone without the arbiter.
+    pub end_confirmed: bool,
 }
 
 /// The guest's run state as the epoch thread sees it; the pair asks, the epoch thread acts.
@@ -119,6 +125,11 @@ struct Shared {
     committed: Mutex<Option<u64>>,
     /// The epoch thread has ended: no checkpoint will join the window any more.
     epoch_done: AtomicBool,
+    /// The backup answered our Abort with EndConfirmed.
+    end_confirmed: AtomicBool,
+    /// The pair ends on purpose: unacked checkpoints no longer matter (the backup discards
+    /// everything, or the caller must win the arbiter), so the ack thread stops waiting for them.
+    ending: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -150,6 +161,7 @@ pub struct FtPrimary<V> {
     vm: Option<Arc<Mutex<V>>>,
     conn: Box<dyn Connection>,
     sync: SendReport,
+    end_confirm_timeout: Duration,
     epoch_thread: Option<JoinHandle<(u64, Duration)>>,
     sender_thread: Option<JoinHandle<FrameWriter>>,
     ack_thread: Option<JoinHandle<Inbox>>,
@@ -189,6 +201,8 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
             error: Mutex::new(None),
             committed: Mutex::new(Some(0)),
             epoch_done: AtomicBool::new(false),
+            end_confirmed: AtomicBool::new(false),
+            ending: AtomicBool::new(false),
         });
         let vm = Arc::new(Mutex::new(vm));
         let mut p = FtPrimary {
@@ -196,6 +210,7 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
             vm: Some(vm.clone()),
             conn: control,
             sync: synced.report,
+            end_confirm_timeout: opts.end_confirm_timeout,
             epoch_thread: None,
             sender_thread: None,
             ack_thread: None,
@@ -320,12 +335,22 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
 
     /// As [`FtPrimary::stop`], but first tells the backup, with an Abort naming `reason`, that
     /// the pair is ending on purpose (FT disabled, guest powered off), so that it discards its
-    /// copy rather than going live: a crash closes the stream without one.
+    /// copy rather than going live: a crash closes the stream without one. Waits (at most
+    /// `end_confirm_timeout`) for the backup's EndConfirmed: [`PrimaryExit::end_confirmed`]
+    /// says whether it came. Without it the Abort may never have arrived, and the guest must
+    /// not run alone before this member wins the next generation at the arbiter.
     pub fn end(self, reason: &str) -> Result<PrimaryExit<V>, CheckpointError> {
         self.finish(Some(reason))
     }
 
     fn finish(mut self, reason: Option<&str>) -> Result<PrimaryExit<V>, CheckpointError> {
+        // Ending on purpose is bounded: the backup either confirms within the timeout or the
+        // caller must win the arbiter, and a backup that lost the link claims after its failure
+        // timeout, so the primary must not spend longer than that on a blocked stream.
+        let deadline = reason.map(|_| Instant::now() + self.end_confirm_timeout);
+        if reason.is_some() {
+            self.shared.ending.store(true, Ordering::SeqCst);
+        }
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.changed.notify_all();
         let join_err = |what: &str| CheckpointError::Thread(format!("{what} panicked"));
@@ -340,8 +365,24 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
         // Once the backup has our Abort it closes the stream; the ack thread seeing that is
         // the pair ending as asked, not an error.
         let mut told = false;
+        if let (Some(deadline), Some(t)) = (deadline, &self.sender_thread) {
+            // A write stuck on a dead link would hold the join up to the I/O timeout.
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if !t.is_finished() {
+                log::warn!("ft primary: the stream is blocked; ending without telling the backup");
+                let _ = self.conn.shutdown(std::net::Shutdown::Both);
+            }
+        }
         match self.sender_thread.take().map(JoinHandle::join) {
             Some(Ok(mut writer)) => {
+                if let Some(deadline) = deadline {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let _ = self
+                        .conn
+                        .set_write_timeout(Some(left.max(Duration::from_millis(1))));
+                }
                 if let Some(reason) = reason.filter(|_| !self.shared.failed()) {
                     let abort = Frame::Abort {
                         reason: reason.to_string(),
@@ -358,6 +399,11 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
             None => {}
         }
         let inbox = self.ack_thread.take().map(JoinHandle::join);
+        if let (Some(Ok(inbox)), Some(deadline)) = (&inbox, deadline) {
+            if told {
+                wait_end_confirmed(&self.shared, inbox, deadline);
+            }
+        }
         let _ = self.conn.shutdown(std::net::Shutdown::Both);
         match inbox {
             Some(Ok(mut inbox)) => inbox.join(),
@@ -387,7 +433,33 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
             guest_paused,
             report,
             error: lock(&self.shared.error).take().filter(|_| !told),
+            end_confirmed: told && self.shared.end_confirmed.load(Ordering::SeqCst),
         })
+    }
+}
+
+/// After our Abort: reads what the backup still sends until its EndConfirmed, the stream's end,
+/// or `deadline`.
+fn wait_end_confirmed(s: &Shared, inbox: &Inbox, deadline: Instant) {
+    while !s.end_confirmed.load(Ordering::SeqCst) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            log::warn!("ft primary: the backup did not confirm the end of the pair in time");
+            return;
+        }
+        match inbox.wait(left) {
+            Ok(Waited::Frame(f)) if f.frame == Frame::EndConfirmed => {
+                s.end_confirmed.store(true, Ordering::SeqCst);
+            }
+            Ok(Waited::Frame(_) | Waited::TimedOut) => {}
+            Err(e) => {
+                log::warn!(
+                    "ft primary: the stream ended before the backup confirmed the end: {}",
+                    error_chain(&e)
+                );
+                return;
+            }
+        }
     }
 }
 
@@ -638,7 +710,9 @@ fn ack_loop(
         if s.failed() {
             return inbox;
         }
-        if s.epoch_done.load(Ordering::SeqCst) && lock(&s.window).is_empty() {
+        if s.epoch_done.load(Ordering::SeqCst)
+            && (s.ending.load(Ordering::SeqCst) || lock(&s.window).is_empty())
+        {
             return inbox;
         }
         match inbox.wait(tick) {
@@ -647,6 +721,11 @@ fn ack_loop(
                 let r = match f.frame {
                     Frame::Ack { seq } => on_ack(s, f.epoch, seq, hooks, stats),
                     Frame::Heartbeat { .. } => Ok(()),
+                    // Only ever after our Abort: everything before it was acked already.
+                    Frame::EndConfirmed => {
+                        s.end_confirmed.store(true, Ordering::SeqCst);
+                        return inbox;
+                    }
                     Frame::Abort { reason } => Err(MigrationError::PeerAborted { reason }.into()),
                     other => Err(crate::migration::unexpected(
                         "Ack or Heartbeat",

@@ -23,8 +23,10 @@ impl StreamPurpose {
         match self {
             StreamPurpose::Migration => 1,
             // Version 3: the Commit's CommitInfo (a backup must know when the guest was left
-            // paused); version 4: checkpoints carry delta page entries.
-            StreamPurpose::FaultTolerance => 4,
+            // paused); version 4: checkpoints carry delta page entries; version 5: the backup
+            // confirms an intended end (EndConfirmed), without which a primary must not run
+            // alone before winning the arbiter.
+            StreamPurpose::FaultTolerance => 5,
         }
     }
 }
@@ -114,6 +116,9 @@ pub enum Frame {
         /// The chunk.
         data: Vec<u8>,
     },
+    /// The answer to an Abort that ends a pair on purpose: this side will never go live from
+    /// its copy. Empty.
+    EndConfirmed,
 }
 
 impl Frame {
@@ -130,6 +135,7 @@ impl Frame {
             Frame::Abort { .. } => FrameType::Abort,
             Frame::Heartbeat { .. } => FrameType::Heartbeat,
             Frame::Extras { .. } => FrameType::Extras,
+            Frame::EndConfirmed => FrameType::EndConfirmed,
         }
     }
 
@@ -164,6 +170,7 @@ impl Frame {
                 }
             }
             Frame::Ack { seq } => out.extend_from_slice(&seq.to_le_bytes()),
+            Frame::EndConfirmed => {}
             Frame::Abort { reason } => out.extend_from_slice(reason.as_bytes()),
             Frame::Heartbeat { timestamp_ms } => out.extend_from_slice(&timestamp_ms.to_le_bytes()),
             Frame::Extras {
@@ -257,6 +264,7 @@ impl Frame {
             FrameType::Ack => Frame::Ack {
                 seq: r.u64().map_err(short)?,
             },
+            FrameType::EndConfirmed => Frame::EndConfirmed,
             FrameType::Abort => Frame::Abort {
                 // Lossy: a garbled reason should still reach the log rather than hide the abort.
                 reason: String::from_utf8_lossy(r.bytes(r.remaining()).map_err(short)?)

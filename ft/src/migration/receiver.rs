@@ -266,7 +266,10 @@ impl IncomingMigration {
                 }
                 Frame::Heartbeat { .. } => {}
                 Frame::Abort { reason } => return Err(MigrationError::PeerAborted { reason }),
-                other @ (Frame::Hello(_) | Frame::Ack { .. } | Frame::Extras { .. }) => {
+                other @ (Frame::Hello(_)
+                | Frame::Ack { .. }
+                | Frame::Extras { .. }
+                | Frame::EndConfirmed) => {
                     return Err(unexpected("pages, state or Commit", other.frame_type()))
                 }
             }
@@ -415,6 +418,9 @@ fn fail(
             writer.shutdown_write();
             reader.drain(DRAIN_LIMIT);
         }
+    } else if matches!(e, MigrationError::PeerAborted { .. }) {
+        // The sender ended the stream on purpose: say that nothing here will run from it.
+        let _ = writer.send(&Frame::EndConfirmed, 0, 0);
     }
     writer.shutdown();
     progress.fail(cause);

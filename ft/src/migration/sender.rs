@@ -118,6 +118,9 @@ pub(crate) fn ft_initial_sync<V: MigratableVm + ?Sized>(
     }
 }
 
+/// How many pages the full pass scans between looks at the keep-alive clock.
+const KEEPALIVE_CHECK_PAGES: u64 = 256;
+
 /// Whether the source hands over at the end (migration) or resumes and goes on (FT).
 enum Mode<'a> {
     Migrate,
@@ -137,6 +140,11 @@ struct Sender<'a, V: MigratableVm + ?Sized> {
     pages_sent: u64,
     /// Time spent copying pages, for the bandwidth estimate.
     send_time: Duration,
+    /// The final Commit was handed to the stream: from here on a failure leaves the peer
+    /// possibly holding the whole state.
+    commit_sent: bool,
+    /// When the last frame went out, for keep-alives during long silent stretches.
+    last_sent: Instant,
     started: Instant,
 }
 
@@ -165,6 +173,8 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
             round: 0,
             pages_sent: 0,
             send_time: Duration::ZERO,
+            commit_sent: false,
+            last_sent: Instant::now(),
             started: Instant::now(),
         })
     }
@@ -177,7 +187,14 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
                 Ok(report)
             }
             Err(e) => {
-                let e = self.unwind(e);
+                let mut e = self.unwind(e);
+                // A peer that aborted said it did not take the state; any other failure after
+                // the Commit leaves that open.
+                if self.commit_sent && !matches!(e, MigrationError::PeerAborted { .. }) {
+                    e = MigrationError::CommitUnconfirmed {
+                        source: Box::new(e),
+                    };
+                }
                 self.progress.fail(error_chain(&e));
                 Err(e)
             }
@@ -279,6 +296,8 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
             pages: final_pages,
             info: None,
         };
+        // Before the write: a write that fails part-way may still have delivered the frame.
+        self.commit_sent = true;
         let seq = self.send(&commit, FLAG_ACK_REQUESTED)?;
         self.set_phase(MigrationPhase::Completing);
         self.wait_ack(
@@ -339,6 +358,8 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
                 if batch.page_count() as usize >= self.opts.batch_pages {
                     sent += self.flush(&mut batch)?;
                 }
+            } else if pfn % KEEPALIVE_CHECK_PAGES == 0 {
+                self.keep_alive()?;
             }
         }
         sent += self.flush(&mut batch)?;
@@ -401,9 +422,23 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
 
     /// Sends one frame in the current round; a write failure is explained by the peer's Abort
     /// when one is waiting.
+    /// A heartbeat if nothing went out for a quarter of the peer's read timeout: a long stretch
+    /// of zero pages (a large, mostly empty guest on a slow or loaded host) sends nothing, and
+    /// the receiver would take the silence for a dead source.
+    fn keep_alive(&mut self) -> Result<(), MigrationError> {
+        if self.last_sent.elapsed() < self.opts.io_timeout / 4 {
+            return Ok(());
+        }
+        let hb = Frame::Heartbeat {
+            timestamp_ms: crate::status::unix_ms(),
+        };
+        self.send(&hb, 0).map(|_| ())
+    }
+
     fn send(&mut self, frame: &Frame, flags: u8) -> Result<u64, MigrationError> {
         match self.writer.send(frame, u64::from(self.round), flags) {
             Ok(seq) => {
+                self.last_sent = Instant::now();
                 let bytes = self.writer.bytes();
                 self.progress.update(|p| p.bytes = bytes);
                 Ok(seq)
