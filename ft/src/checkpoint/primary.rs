@@ -13,13 +13,15 @@
 use super::capture::Captured;
 use super::hooks::EpochHooks;
 use super::sent_pages::SentPages;
+use super::settings::{PairDiskMode, PairSettings};
 use super::stats::{CheckpointStats, StatsSink, Trigger};
 use super::window::{InFlight, Window};
 use super::{now_ms, vm_err, CheckpointError};
 use crate::frame::Frame;
 use crate::migration::channel::{FrameWriter, Inbox, Waited};
 use crate::migration::{
-    error_chain, ft_initial_sync, MigrationError, ProgressHandle, Role, SendOptions, SendReport,
+    error_chain, ft_initial_sync, open_ft_stream, MigrationError, OpenedStream, ProgressHandle,
+    Role, SendOptions, SendReport,
 };
 use crate::transport::Connection;
 use crate::vm::MigratableVm;
@@ -127,9 +129,10 @@ struct Shared {
     epoch_done: AtomicBool,
     /// The backup answered our Abort with EndConfirmed.
     end_confirmed: AtomicBool,
-    /// The pair ends on purpose: unacked checkpoints no longer matter (the backup discards
-    /// everything, or the caller must win the arbiter), so the ack thread stops waiting for them.
-    ending: AtomicBool,
+    /// The pair ends on purpose: unacked checkpoints stop mattering at this deadline (the
+    /// backup discards everything, or the caller must win the arbiter), so the ack thread
+    /// waits for them no longer than that.
+    end_deadline: Mutex<Option<Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -168,18 +171,42 @@ pub struct FtPrimary<V> {
 }
 
 impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
-    /// Runs the FT initial sync over `conn` (blocking), then starts epochs. On error the VM is
-    /// returned running and unprotected, with the cause.
+    /// Opens the FT stream over `conn` ([`open_ft_stream`], with settings taken from `opts` and
+    /// shared disks), then as [`FtPrimary::start_opened`].
     pub fn start(
-        mut vm: V,
+        vm: V,
         conn: Box<dyn Connection>,
         opts: &PrimaryOptions,
         hooks: Arc<dyn EpochHooks>,
         stats: Arc<dyn StatsSink>,
     ) -> Result<FtPrimary<V>, Box<(V, CheckpointError)>> {
-        let control = match conn.try_clone_box() {
+        let ms = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
+        let pair = PairSettings {
+            disk_mode: PairDiskMode::Shared,
+            failure_timeout_ms: ms(opts.ack_timeout),
+            heartbeat_interval_ms: ms(opts.heartbeat_interval),
+            checkpoint_interval_ms: ms(opts.checkpoint_interval),
+            arbiter_id: None,
+        };
+        match open_ft_stream(conn, vm.identity(), pair.to_json(), opts.sync.io_timeout) {
+            Ok(stream) => Self::start_opened(vm, stream, opts, hooks, stats),
+            Err(e) => Err(Box::new((vm, CheckpointError::InitialSync(e)))),
+        }
+    }
+
+    /// Runs the FT initial sync on a stream the backup accepted (blocking), then starts epochs.
+    /// On error the VM is returned running and unprotected, with the cause.
+    pub fn start_opened(
+        mut vm: V,
+        stream: OpenedStream,
+        opts: &PrimaryOptions,
+        hooks: Arc<dyn EpochHooks>,
+        stats: Arc<dyn StatsSink>,
+    ) -> Result<FtPrimary<V>, Box<(V, CheckpointError)>> {
+        let control = match stream.control.try_clone_box() {
             Ok(c) => c,
             Err(e) => {
+                stream.close();
                 let e = CheckpointError::InitialSync(MigrationError::Connection(e));
                 return Err(Box::new((vm, e)));
             }
@@ -187,7 +214,7 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
         let sent_pages = SentPages::new(opts.delta_cache_bytes, vm.page_count());
         let progress = ProgressHandle::new(Role::Source);
         let mut captured = || hooks.epoch_captured(0);
-        let synced = match ft_initial_sync(&mut vm, conn, &opts.sync, &progress, &mut captured) {
+        let synced = match ft_initial_sync(&mut vm, stream, &opts.sync, &progress, &mut captured) {
             Ok(s) => s,
             Err(e) => return Err(Box::new((vm, CheckpointError::InitialSync(e)))),
         };
@@ -202,7 +229,7 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
             committed: Mutex::new(Some(0)),
             epoch_done: AtomicBool::new(false),
             end_confirmed: AtomicBool::new(false),
-            ending: AtomicBool::new(false),
+            end_deadline: Mutex::new(None),
         });
         let vm = Arc::new(Mutex::new(vm));
         let mut p = FtPrimary {
@@ -348,9 +375,7 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
         // caller must win the arbiter, and a backup that lost the link claims after its failure
         // timeout, so the primary must not spend longer than that on a blocked stream.
         let deadline = reason.map(|_| Instant::now() + self.end_confirm_timeout);
-        if reason.is_some() {
-            self.shared.ending.store(true, Ordering::SeqCst);
-        }
+        *lock(&self.shared.end_deadline) = deadline;
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.changed.notify_all();
         let join_err = |what: &str| CheckpointError::Thread(format!("{what} panicked"));
@@ -710,9 +735,8 @@ fn ack_loop(
         if s.failed() {
             return inbox;
         }
-        if s.epoch_done.load(Ordering::SeqCst)
-            && (s.ending.load(Ordering::SeqCst) || lock(&s.window).is_empty())
-        {
+        let ending_past = lock(&s.end_deadline).is_some_and(|d| Instant::now() >= d);
+        if s.epoch_done.load(Ordering::SeqCst) && (ending_past || lock(&s.window).is_empty()) {
             return inbox;
         }
         match inbox.wait(tick) {

@@ -44,6 +44,9 @@ pub struct Hello {
     pub page_size: u32,
     /// The VM being sent.
     pub identity: VmIdentity,
+    /// FT streams (protocol 5): the pair's settings as JSON (`checkpoint::PairSettings`), after
+    /// the identity; absent from a migration's Hello.
+    pub pair: Option<String>,
 }
 
 /// What an FT checkpoint's Commit adds (protocol version 3): 9 bytes after `vcpus` and `pages`.
@@ -149,6 +152,9 @@ impl Frame {
                 out.extend_from_slice(&h.identity.memory_size.to_le_bytes());
                 out.extend_from_slice(&h.identity.vcpu_count.to_le_bytes());
                 put_len_prefixed(out, h.identity.config.as_bytes());
+                if let Some(pair) = &h.pair {
+                    put_len_prefixed(out, pair.as_bytes());
+                }
             }
             Frame::MemoryPages(b) => b.encode(out),
             Frame::DeviceState(d) => out.extend_from_slice(d),
@@ -215,6 +221,17 @@ impl Frame {
                 if min_version > max_version {
                     return Err(malformed("version range is empty"));
                 }
+                // Optional, so that an older peer's Hello still decodes and is refused by its
+                // version range with a clear reason.
+                let pair = if r.remaining() > 0 {
+                    Some(
+                        std::str::from_utf8(r.len_prefixed().map_err(short)?)
+                            .map_err(|_| malformed("pair settings are not UTF-8"))?
+                            .to_owned(),
+                    )
+                } else {
+                    None
+                };
                 Frame::Hello(Hello {
                     min_version,
                     max_version,
@@ -225,6 +242,7 @@ impl Frame {
                         vcpu_count,
                         config,
                     },
+                    pair,
                 })
             }
             FrameType::MemoryPages => {
@@ -306,6 +324,15 @@ impl Hello {
             purpose,
             page_size: PAGE_SIZE as u32,
             identity,
+            pair: None,
+        }
+    }
+
+    /// An FT stream's Hello, with the pair's settings (JSON).
+    pub fn fault_tolerance(identity: VmIdentity, pair: String) -> Hello {
+        Hello {
+            pair: Some(pair),
+            ..Hello::new(StreamPurpose::FaultTolerance, identity)
         }
     }
 }

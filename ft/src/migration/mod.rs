@@ -25,6 +25,7 @@ pub use policy::{ConvergencePolicy, StopReason};
 pub use progress::{MigrationPhase, MigrationProgress, ProgressHandle, Role};
 pub use receiver::{receive_migration, IncomingMigration, ReceiveOptions, ReceiveReport};
 pub(crate) use sender::ft_initial_sync;
+pub use sender::{open_ft_stream, OpenedStream};
 pub use sender::{send_migration, SendOptions, SendReport};
 
 use crate::frame::{FrameError, FrameType};

@@ -116,6 +116,11 @@ impl IncomingMigration {
         &self.hello.identity
     }
 
+    /// The source's Hello: its versions, the VM and (FT) the pair's settings.
+    pub fn hello(&self) -> &Hello {
+        &self.hello
+    }
+
     /// Refuses the migration, telling the source why; returns the error to report locally.
     pub fn reject(mut self, reason: &str) -> MigrationError {
         let e = MigrationError::Incompatible(reason.to_owned());

@@ -106,6 +106,8 @@ pub enum VmmError {
     FtKey(#[source] AuthError),
     #[error("the FT peer was refused")]
     FtAuth(#[source] AuthError),
+    #[error("the backup refused the pair")]
+    FtRefused(#[source] ft::migration::MigrationError),
     #[error("bad heartbeat path")]
     FtHeartbeat(#[source] HeartbeatSetupError),
 }
@@ -136,6 +138,7 @@ impl VmmError {
             | VmmError::FtPeer(_)
             | VmmError::FtKey(_)
             | VmmError::FtAuth(_)
+            | VmmError::FtRefused(_)
             | VmmError::FtHeartbeat(_)
             | VmmError::MigrationUrl(_)
             | VmmError::MigrationConnect(_)

@@ -31,9 +31,9 @@ use ft::failover::{Decision, FailoverCoordinator};
 use ft::frame::FrameType;
 use ft::gate::{EpochClock, Releaser};
 use ft::heartbeat::{ChannelHook, FailureDetector, Path, Verdict};
+use ft::migration::OpenedStream;
 use ft::migration::SendOptions;
 use ft::status::{FtState, StatusHandle};
-use ft::transport::Connection;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -132,7 +132,8 @@ impl EpochHooks for PrimaryPairHooks {
 pub struct PrimarySetup {
     pub vm: Vm,
     pub config: VmConfig,
-    pub conn: Box<dyn Connection>,
+    /// The stream, its Hello accepted by the backup (`ft.enable` opened it).
+    pub stream: OpenedStream,
     pub disk_mode: DiskMode,
     pub arbiter: Arc<dyn Arbiter>,
     pub status: StatusHandle,
@@ -164,14 +165,20 @@ pub fn spawn_primary(
     let clock = Arc::new(EpochClock::new());
     let gates = match s.vm.enable_ft(&FtSetup::new(clock.clone(), s.disk_mode)) {
         Ok(g) => g,
-        Err(e) => return Err(Box::new((s.vm, PairError::Gates(e)))),
+        Err(e) => {
+            s.stream.close();
+            return Err(Box::new((s.vm, PairError::Gates(e))));
+        }
     };
     let releaser = match Releaser::spawn(
         clock.clone(),
         gates.iter().map(|g| g.output_gate()).collect(),
     ) {
         Ok(r) => r,
-        Err(e) => return Err(Box::new((s.vm, PairError::Releaser(e)))),
+        Err(e) => {
+            s.stream.close();
+            return Err(Box::new((s.vm, PairError::Releaser(e))));
+        }
     };
     let (tx, rx) = std::sync::mpsc::channel();
     let mut handle = PairHandle {
@@ -192,7 +199,10 @@ pub fn spawn_primary(
             &s.status,
         )
     }) {
-        Some(Err(e)) => return Err(Box::new((s.vm, PairError::Heartbeats(e)))),
+        Some(Err(e)) => {
+            s.stream.close();
+            return Err(Box::new((s.vm, PairError::Heartbeats(e))));
+        }
         Some(Ok(h)) => Some(h),
         None => None,
     };
@@ -201,7 +211,7 @@ pub fn spawn_primary(
         channel: detector.channel_hook(),
         status: s.status.clone(),
     });
-    let slot = Arc::new(Mutex::new(Some((s.vm, s.conn))));
+    let slot = Arc::new(Mutex::new(Some((s.vm, s.stream))));
     let thread_slot = slot.clone();
     let run = PrimaryRun {
         config: s.config,
@@ -218,8 +228,8 @@ pub fn spawn_primary(
         .spawn(move || -> Joined {
             crate::seccomp::apply(crate::seccomp::ThreadKind::Ft);
             let taken = thread_slot.lock().ok().and_then(|mut s| s.take());
-            let (vm, conn) = taken?;
-            let (vm, end, joined) = run.run(vm, conn);
+            let (vm, stream) = taken?;
+            let (vm, end, joined) = run.run(vm, stream);
             drop(heartbeats);
             drop(releaser);
             if joined {
@@ -235,7 +245,10 @@ pub fn spawn_primary(
                 .lock()
                 .ok()
                 .and_then(|mut s| s.take())
-                .map(|(vm, _)| vm);
+                .map(|(vm, stream)| {
+                    stream.close();
+                    vm
+                });
             if let Some(vm) = vm {
                 return Err(Box::new((vm, PairError::Thread(e))));
             }
@@ -247,7 +260,7 @@ pub fn spawn_primary(
 impl PrimaryRun {
     /// Initial sync, then checkpoints until the pair ends; the VM comes back with how, and
     /// whether the VMM thread is waiting for it in a join (`true`) or needs a report.
-    fn run(self, vm: Vm, conn: Box<dyn Connection>) -> (Option<Vm>, PrimaryEnd, bool) {
+    fn run(self, vm: Vm, stream: OpenedStream) -> (Option<Vm>, PrimaryEnd, bool) {
         let config_json = serde_json::to_string(&self.config).unwrap_or_default();
         let source = PrimaryVm::new(vm, self.config.cpus.boot_vcpus, config_json);
         let t = self.timing;
@@ -266,7 +279,8 @@ impl PrimaryRun {
             ..PrimaryOptions::default()
         };
         let stats = Arc::new(StatusStats(self.status.clone()));
-        let primary = match FtPrimary::start(source, conn, &opts, self.hooks.clone(), stats) {
+        let started = FtPrimary::start_opened(source, stream, &opts, self.hooks.clone(), stats);
+        let primary = match started {
             Ok(p) => p,
             Err(b) => {
                 let (source, e) = *b;
