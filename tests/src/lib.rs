@@ -10,6 +10,7 @@ pub mod ft;
 pub mod ft_pair;
 pub mod guest;
 pub mod metrics;
+pub mod nemesis;
 pub mod net;
 pub mod pair;
 pub mod process;
