@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 use tandem_tests::metrics::free_port;
-use tandem_tests::{require_kvm, Tandem, TempDir};
+use tandem_tests::{require, Tandem, TempDir};
 
 fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -21,22 +21,9 @@ fn run(name: &str, socket: &std::path::Path, env: &[(&str, String)]) -> Output {
     c.output().unwrap_or_else(|e| panic!("run {name}: {e}"))
 }
 
-fn tools_available() -> bool {
-    let ok = ["curl", "jq"]
-        .iter()
-        .all(|t| Command::new(t).arg("--version").output().is_ok());
-    if !ok {
-        eprintln!("\n*** SKIPPED: curl scripts need curl and jq (.ci/run installs them) ***\n");
-    }
-    ok
-}
-
 #[test]
 fn operator_scripts_create_watch_migrate_and_shut_down() {
-    require_kvm!("operator_scripts_create_watch_migrate_and_shut_down");
-    if !tools_available() {
-        return;
-    }
+    require!(kvm, curl, jq);
     let p = Tandem::start("curl-p");
     let b = Tandem::start("curl-b");
 
@@ -97,10 +84,7 @@ fn operator_scripts_create_watch_migrate_and_shut_down() {
 
 #[test]
 fn ft_scripts_set_up_watch_promote_and_disable_a_pair() {
-    require_kvm!("ft_scripts_set_up_watch_promote_and_disable_a_pair");
-    if !tools_available() {
-        return;
-    }
+    require!(kvm, curl, jq);
     let p = Tandem::start("curlft-p");
     let b = Tandem::start("curlft-b");
     p.boot_builtin(1, 64, "workload=idle");

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tandem_tests::client::counter_on_disk;
 use tandem_tests::net::{Node, TestNet, HOST_B_LINK_IP};
 use tandem_tests::tamper::{Tamper, TamperProxy};
-use tandem_tests::{require_kvm_and_netns, Tandem, TempDir};
+use tandem_tests::{require, Tandem, TempDir};
 
 use tandem_tests::ft::{ft_status, FT_PORT, GUEST_IP, T};
 /// Where a backup behind the tampering proxy listens (host B's loopback).
@@ -645,15 +645,13 @@ fn kill_run(net: &TestNet, spec: &Spec, plan: KillAt, where_: &dyn Fn() -> Strin
 
 #[test]
 fn chaos_primary_sigkill_at_random_moments_shared_disk() {
-    let name = "chaos_primary_sigkill_at_random_moments_shared_disk";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     kill_chaos("cks", "shared", 0x5348_4152_4544);
 }
 
 #[test]
 fn chaos_primary_sigkill_at_random_moments_replicated_disks() {
-    let name = "chaos_primary_sigkill_at_random_moments_replicated_disks";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     kill_chaos("ckr", "replicated", 0x5245_504c_4943);
 }
 
@@ -860,8 +858,7 @@ fn tampered(case: TamperCase) {
 
 #[test]
 fn tamper_flipped_byte_backup_goes_live_from_the_last_whole_checkpoint() {
-    let name = "tamper_flipped_byte_backup_goes_live_from_the_last_whole_checkpoint";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     tampered(TamperCase {
         tag: "tfl",
         disk_mode: "shared",
@@ -873,8 +870,7 @@ fn tamper_flipped_byte_backup_goes_live_from_the_last_whole_checkpoint() {
 
 #[test]
 fn tamper_truncated_stream_backup_goes_live_from_the_last_whole_checkpoint() {
-    let name = "tamper_truncated_stream_backup_goes_live_from_the_last_whole_checkpoint";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     tampered(TamperCase {
         tag: "ttr",
         disk_mode: "replicated",
@@ -886,8 +882,7 @@ fn tamper_truncated_stream_backup_goes_live_from_the_last_whole_checkpoint() {
 
 #[test]
 fn tamper_unexpected_frame_the_primary_wins_and_the_backup_says_why() {
-    let name = "tamper_unexpected_frame_the_primary_wins_and_the_backup_says_why";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     tampered(TamperCase {
         tag: "tin",
         disk_mode: "shared",
@@ -900,8 +895,7 @@ fn tamper_unexpected_frame_the_primary_wins_and_the_backup_says_why() {
 #[test]
 fn tamper_authenticated_stream_altered_byte_is_refused_and_the_backup_goes_live_from_whole_checkpoints(
 ) {
-    let name = "tamper_authenticated_stream_altered_byte_is_refused_and_the_backup_goes_live_from_whole_checkpoints";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let tag = "tau";
     let net = network(tag);
     let mut spec = Spec::new(tag, "shared");
@@ -972,8 +966,7 @@ fn tamper_authenticated_stream_altered_byte_is_refused_and_the_backup_goes_live_
 
 #[test]
 fn link_partition_the_backup_wins_and_the_old_primary_halts_with_outputs_frozen() {
-    let name = "link_partition_the_backup_wins_and_the_old_primary_halts_with_outputs_frozen";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let net = network("fpb");
     let mut spec = Spec::new("fpb", "shared");
     (spec.p_timeout_ms, spec.b_timeout_ms) = (5000, 800);

@@ -10,12 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_tests::ft_pair::{assert_counts_up, client, ft_status, wait_ft, wait_status, Hosts, T};
 use tandem_tests::net::{Node, HOST_B_LAN_IP, HOST_P_LAN_IP};
-use tandem_tests::require_kvm_and_netns;
+use tandem_tests::require;
 
 #[test]
 fn link_cut_with_live_heartbeats_the_primary_wins_and_the_backup_defers_then_halts() {
-    let name = "link_cut_with_live_heartbeats_the_primary_wins_and_the_backup_defers_then_halts";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let h = Hosts::up("fhb");
     h.b.put_ok(
         "ft.receive",

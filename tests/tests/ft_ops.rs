@@ -15,7 +15,7 @@ use tandem_tests::ft::{
     GUEST_IP, T,
 };
 use tandem_tests::net::{Node, HOST_B_LINK_IP, HOST_P_LINK_IP};
-use tandem_tests::{require_kvm_and_netns, Tandem};
+use tandem_tests::{require, Tandem};
 
 /// What [`stepped_client`] gives the test: its "ready" (last value), its "go", its thread.
 type Stepped = (
@@ -46,8 +46,7 @@ fn stepped_client(pair: &Pair, more: usize) -> Stepped {
 
 #[test]
 fn pause_and_resume_keep_the_pair_protected_on_one_connection() {
-    let name = "pause_and_resume_keep_the_pair_protected_on_one_connection";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let pair = protected_pair("fop", "shared");
     let (ready, go, client) = stepped_client(&pair, 20);
     ready.recv().expect("client ready");
@@ -128,8 +127,7 @@ fn pause_and_resume_keep_the_pair_protected_on_one_connection() {
 
 #[test]
 fn primary_killed_while_paused_the_backup_takes_over_paused() {
-    let name = "primary_killed_while_paused_the_backup_takes_over_paused";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let mut pair = protected_pair("fok", "shared");
     let (ready, go, client) = stepped_client(&pair, 10);
     ready.recv().expect("client ready");
@@ -181,8 +179,7 @@ fn assert_backup_discarded(b: &Tandem, why: &str) {
 
 #[test]
 fn vm_shutdown_on_the_primary_ends_both() {
-    let name = "vm_shutdown_on_the_primary_ends_both";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let pair = protected_pair("fos", "shared");
     let seen: Vec<u64> = pair
         .net
@@ -205,8 +202,7 @@ fn vm_shutdown_on_the_primary_ends_both() {
 
 #[test]
 fn vmm_shutdown_on_the_primary_is_an_intended_end_not_a_crash() {
-    let name = "vmm_shutdown_on_the_primary_is_an_intended_end_not_a_crash";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let mut pair = protected_pair("fov", "shared");
     pair.p.put_ok("vmm.shutdown", None);
     pair.p.wait_exit(T);
@@ -215,8 +211,7 @@ fn vmm_shutdown_on_the_primary_is_an_intended_end_not_a_crash() {
 
 #[test]
 fn reboot_re_syncs_the_backup_which_then_takes_over() {
-    let name = "reboot_re_syncs_the_backup_which_then_takes_over";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let mut pair = protected_pair("fob", "shared");
     let generation = ft_status(&pair.p)["generation"].clone();
     let before: Vec<u64> = pair
@@ -303,8 +298,7 @@ fn reprotect_then_fail_over(pair: &Pair, primary: &mut Tandem, backup: &Tandem, 
 
 #[test]
 fn backup_killed_then_ft_enable_to_a_new_backup_protects_again() {
-    let name = "backup_killed_then_ft_enable_to_a_new_backup_protects_again";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let mut pair = protected_pair("fob2", "shared");
     let stop = Arc::new(AtomicBool::new(false));
     let c = client(&pair.net, stop.clone());
@@ -327,8 +321,7 @@ fn backup_killed_then_ft_enable_to_a_new_backup_protects_again() {
 
 #[test]
 fn failover_then_ft_enable_to_a_new_backup_protects_again() {
-    let name = "failover_then_ft_enable_to_a_new_backup_protects_again";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let mut pair = protected_pair("fof", "shared");
     let stop = Arc::new(AtomicBool::new(false));
     let c = client(&pair.net, stop.clone());
@@ -352,8 +345,7 @@ fn failover_then_ft_enable_to_a_new_backup_protects_again() {
 
 #[test]
 fn primary_killed_during_the_reboot_re_sync_the_backup_never_goes_live() {
-    let name = "primary_killed_during_the_reboot_re_sync_the_backup_never_goes_live";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let mut pair = protected_pair("fox", "shared");
     pair.p.put_ok("vm.reboot", None);
     // Slow the fresh sync down so that the primary dies in the middle of it.
@@ -378,8 +370,7 @@ fn primary_killed_during_the_reboot_re_sync_the_backup_never_goes_live() {
 
 #[test]
 fn reboot_that_cannot_reprotect_says_unprotected_in_ft_status() {
-    let name = "reboot_that_cannot_reprotect_says_unprotected_in_ft_status";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let mut pair = protected_pair("fou", "shared");
     // The backup dies, and the reboot comes before the primary's failure timeout notices: the
     // re-sync after the reboot finds nobody listening.

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 use tandem_tests::guest::compute_samples;
-use tandem_tests::{require_kvm, Tandem};
+use tandem_tests::{require, Tandem};
 
 const T: Duration = Duration::from_secs(30);
 
 #[test]
 fn boots_to_ready_and_reports_running() {
-    require_kvm!("boots_to_ready_and_reports_running");
+    require!(kvm);
     let t = Tandem::start("boot");
     t.put_ok(
         "vm.create",
@@ -30,7 +30,7 @@ fn boots_to_ready_and_reports_running() {
 
 #[test]
 fn pause_stops_the_compute_counter_and_resume_continues_it() {
-    require_kvm!("pause_stops_the_compute_counter_and_resume_continues_it");
+    require!(kvm);
     let t = Tandem::start("pause");
     t.boot_builtin(1, 128, "workload=compute");
     let serial = t.serial();
@@ -62,7 +62,7 @@ fn pause_stops_the_compute_counter_and_resume_continues_it() {
 
 #[test]
 fn two_vcpus_both_report() {
-    require_kvm!("two_vcpus_both_report");
+    require!(kvm);
     let t = Tandem::start("smp");
     t.boot_builtin(2, 128, "workload=compute");
     let serial = t.serial();
@@ -83,7 +83,7 @@ fn two_vcpus_both_report() {
 
 #[test]
 fn shutdown_then_vmm_shutdown_end_cleanly() {
-    require_kvm!("shutdown_then_vmm_shutdown_end_cleanly");
+    require!(kvm);
     let mut t = Tandem::start("shutdown");
     t.boot_builtin(1, 64, "workload=idle");
     t.put_ok("vm.shutdown", None);
@@ -105,7 +105,7 @@ fn shutdown_then_vmm_shutdown_end_cleanly() {
 
 #[test]
 fn guest_power_off_ends_the_vm() {
-    require_kvm!("guest_power_off_ends_the_vm");
+    require!(kvm);
     let t = Tandem::start("poweroff");
     t.boot_builtin(1, 64, "workload=poweroff");
     t.wait_state("Shutdown", T);
@@ -116,7 +116,7 @@ fn guest_power_off_ends_the_vm() {
 
 #[test]
 fn guest_power_off_exits_a_vmm_started_from_flags() {
-    require_kvm!("guest_power_off_exits_a_vmm_started_from_flags");
+    require!(kvm);
     let dir = tandem_tests::TempDir::new("flags");
     let serial = dir.path("serial.log");
     let out = std::process::Command::new(tandem_tests::tandem_bin())
@@ -140,7 +140,7 @@ fn guest_power_off_exits_a_vmm_started_from_flags() {
 
 #[test]
 fn api_reboot_comes_back_to_ready() {
-    require_kvm!("api_reboot_comes_back_to_ready");
+    require!(kvm);
     let t = Tandem::start("reboot");
     t.boot_builtin(2, 64, "workload=idle");
     t.put_ok("vm.reboot", None);
@@ -155,7 +155,7 @@ fn api_reboot_comes_back_to_ready() {
 
 #[test]
 fn guest_reset_reboots_the_vm() {
-    require_kvm!("guest_reset_reboots_the_vm");
+    require!(kvm);
     let t = Tandem::start("guest-reset");
     // The `reboot` workload resets through the i8042 every boot, so the VM keeps coming back.
     t.boot_builtin(1, 64, "workload=reboot");
@@ -166,7 +166,7 @@ fn guest_reset_reboots_the_vm() {
 
 #[test]
 fn idle_guest_costs_little_cpu() {
-    require_kvm!("idle_guest_costs_little_cpu");
+    require!(kvm);
     let t = Tandem::start("idle");
     t.boot_builtin(1, 64, "workload=idle");
     // Let boot work settle, then measure CPU time, not wall time, over a window.
@@ -189,7 +189,7 @@ fn idle_guest_costs_little_cpu() {
 
 #[test]
 fn guest_triggered_log_messages_are_rate_limited() {
-    require_kvm!("guest_triggered_log_messages_are_rate_limited");
+    require!(kvm);
     let dir = tandem_tests::TempDir::new("ratelimit");
     let log = dir.path("tandem.log");
     let t = Tandem::start_with_args("ratelimit", &["--log-file", log.to_str().unwrap()]);
