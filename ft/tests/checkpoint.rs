@@ -522,10 +522,18 @@ fn backlog_reports_follow_the_window_and_heartbeats_are_counted() {
     assert!(backup_beats >= 2, "backup heartbeats: {backup_beats}");
 }
 
-/// Runs a fast-dirtying primary through a faulty proxy; returns the backup's exit, and the gates.
-fn through_fault(fault: Fault) -> (BackupExit<FakeVm>, Arc<Gates>, PrimaryExit<FakeVm>) {
+/// Runs a fast-dirtying primary through a faulty proxy; returns the backup's exit, the gates,
+/// the primary's exit and where a mid-checkpoint cut fell.
+fn through_fault(
+    fault: Fault,
+) -> (
+    BackupExit<FakeVm>,
+    Arc<Gates>,
+    PrimaryExit<FakeVm>,
+    Option<proxy::MidCheckpointCut>,
+) {
     let (baddr, backup) = spawn_backup();
-    let (paddr, _p) = proxy::start(baddr, fault);
+    let (paddr, proxy) = proxy::start(baddr, fault);
     let (exit, gates, _) = run_primary(
         paddr,
         20000,
@@ -539,15 +547,29 @@ fn through_fault(fault: Fault) -> (BackupExit<FakeVm>, Arc<Gates>, PrimaryExit<F
         |vm| Gates::new(Some(vm.probe())),
         Duration::from_secs(3),
     );
-    (backup.join().unwrap().0, gates, exit)
+    let cut = proxy.join().unwrap();
+    (backup.join().unwrap().0, gates, exit, cut)
 }
 
 #[test]
 fn cut_mid_checkpoint_keeps_the_previous_one() {
-    let (bexit, gates, pexit) = through_fault(Fault::CutAfter(12 << 20));
+    let (bexit, gates, pexit, cut) = through_fault(Fault::CutMidCheckpoint(12 << 20));
+    let cut = cut.expect("the proxy never cut inside a checkpoint");
+    println!("cut: {cut:?}: {}", ft::migration::error_chain(&bexit.error));
+    // The backup held part of checkpoint `cut.epoch` (a whole page frame and more), no Commit of
+    // it, and the Commit of the one before.
+    assert!(cut.whole_frames >= 1, "{cut:?}");
+    assert_eq!(cut.last_commit + 1, cut.epoch, "{cut:?}");
     let (c, last) = cause(&bexit.error);
-    let last = last.unwrap();
-    assert!(last >= 1, "cut fell in the initial sync; move it");
+    assert_eq!(
+        last,
+        Some(cut.last_commit),
+        "the backup's last committed checkpoint is the last whole one"
+    );
+    assert!(
+        gates.events('c').iter().any(|(n, _)| *n >= cut.epoch),
+        "the primary captured the cut checkpoint"
+    );
     assert!(
         matches!(
             c,
@@ -560,16 +582,15 @@ fn cut_mid_checkpoint_keeps_the_previous_one() {
         ),
         "{c:?}"
     );
-    println!("cut: {}", ft::migration::error_chain(&bexit.error));
-    assert_backup_at(&bexit.backup, &gates, last);
+    assert_backup_at(&bexit.backup, &gates, cut.last_commit);
     assert!(pexit.error.is_some(), "the primary notices the cut");
-    assert!(pexit.report.committed.unwrap() <= last);
+    assert!(pexit.report.committed.unwrap() <= cut.last_commit);
     assert!(pexit.vm.is_running());
 }
 
 #[test]
 fn corrupt_frame_is_a_clean_error_and_nothing_of_it_is_applied() {
-    let (bexit, gates, _) = through_fault(Fault::FlipBitAt(12 << 20));
+    let (bexit, gates, _, _) = through_fault(Fault::FlipBitAt(12 << 20));
     let (c, last) = cause(&bexit.error);
     assert!(
         matches!(c, CheckpointError::Stream(MigrationError::Frame(_))),
