@@ -11,12 +11,14 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy)]
 pub enum Fault {
     /// Closes both connections after forwarding this many source → destination bytes.
+    #[allow(dead_code)] // each test binary uses some of the faults
     CutAfter(u64),
     /// Inverts one bit of the source → destination byte at this offset.
     FlipBitAt(u64),
     /// Forwards source → destination frame by frame; once past this many bytes and after the
     /// initial sync, closes both connections in the middle of the frame that follows a whole
     /// page frame of a checkpoint: the destination holds part of a checkpoint, for sure.
+    #[allow(dead_code)]
     CutMidCheckpoint(u64),
     /// Forwards everything, but holds each chunk of destination → source bytes this long (a
     /// backup slow to ack).
