@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tandem_tests::client::{counter_on_disk, CounterConn};
+use tandem_tests::client::{wait_counter_on_disk, CounterConn};
 use tandem_tests::ft::{
     assert_counts_up, client, ft_status, protected_pair, protected_pair_with, signal, wait_halted,
     wait_status, wait_takeover, GUEST_IP, T,
@@ -44,7 +44,10 @@ fn primary_killed(tag: &str, disk_mode: &str) {
     );
     assert_counts_up(&seen);
     // Every acknowledged INC is on the disk the guest now runs from (invariant 4).
-    assert_eq!(counter_on_disk(&pair.b_image), seen.last().copied());
+    assert_eq!(
+        wait_counter_on_disk(&pair.b_image, seen.last().copied()),
+        seen.last().copied()
+    );
 }
 
 #[test]
@@ -83,11 +86,10 @@ fn backup_killed_primary_runs_on_unprotected_and_the_client_never_notices() {
     assert_eq!(ft_status(&pair.p)["failover_count"], 0);
     assert_counts_up(&seen);
     // Held writes were released once the primary ran alone.
-    let start = Instant::now();
-    while counter_on_disk(&pair.p_image) != seen.last().copied() && start.elapsed() < T {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(counter_on_disk(&pair.p_image), seen.last().copied());
+    assert_eq!(
+        wait_counter_on_disk(&pair.p_image, seen.last().copied()),
+        seen.last().copied()
+    );
     // Running alone, the VM takes API calls again once the pair is reset.
     pair.p.put_ok("ft.disable", None);
     assert_eq!(ft_status(&pair.p)["role"], "standalone");
@@ -155,7 +157,10 @@ fn promoted_backup_wins_and_the_old_primary_halts() {
     stop.store(true, Ordering::Relaxed);
     let (seen, _) = client.join().expect("client thread");
     assert_counts_up(&seen);
-    assert_eq!(counter_on_disk(&pair.b_image), seen.last().copied());
+    assert_eq!(
+        wait_counter_on_disk(&pair.b_image, seen.last().copied()),
+        seen.last().copied()
+    );
 }
 
 #[test]
@@ -386,9 +391,8 @@ fn link_partition_exactly_one_member_stays_live() {
     }
     assert_counts_up(&seen);
     // Every acknowledged INC is on the shared disk (held writes released by the winner).
-    let start = Instant::now();
-    while counter_on_disk(&pair.p_image) != seen.last().copied() && start.elapsed() < T {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(counter_on_disk(&pair.p_image), seen.last().copied());
+    assert_eq!(
+        wait_counter_on_disk(&pair.p_image, seen.last().copied()),
+        seen.last().copied()
+    );
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::channel;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tandem_tests::client::{counter_on_disk, CounterConn};
+use tandem_tests::client::{wait_counter_on_disk, CounterConn};
 use tandem_tests::ft::{
     assert_counts_up, client, ft_status, protected_pair, wait_ft, wait_status, wait_takeover, Pair,
     GUEST_IP, T,
@@ -106,7 +106,10 @@ fn pause_and_resume_keep_the_pair_protected_on_one_connection() {
         "no epochs after resume: {ps}"
     );
     assert_eq!(pair.p.put("vm.resume", None).0, 409, "resumed twice");
-    assert_eq!(counter_on_disk(&pair.p_image), seen.last().copied());
+    assert_eq!(
+        wait_counter_on_disk(&pair.p_image, seen.last().copied()),
+        seen.last().copied()
+    );
     // Paused when the pair ends: the VM comes back paused, standalone, and resumes.
     pair.p.put_ok("vm.pause", None);
     pair.p.put_ok("ft.disable", None);
@@ -160,7 +163,10 @@ fn primary_killed_while_paused_the_backup_takes_over_paused() {
         !b.serial().text().contains("tandem-guest: boot"),
         "the guest rebooted"
     );
-    assert_eq!(counter_on_disk(&pair.b_image), seen.last().copied());
+    assert_eq!(
+        wait_counter_on_disk(&pair.b_image, seen.last().copied()),
+        seen.last().copied()
+    );
 }
 
 /// Waits until the backup has left the pair with a reason containing `why`; checks that it
@@ -194,7 +200,10 @@ fn vm_shutdown_on_the_primary_ends_both() {
     assert_eq!(ft_status(&pair.p)["role"], "standalone");
     assert_backup_discarded(&pair.b, "vm.shutdown");
     assert_counts_up(&seen);
-    assert_eq!(counter_on_disk(&pair.p_image), seen.last().copied());
+    assert_eq!(
+        wait_counter_on_disk(&pair.p_image, seen.last().copied()),
+        seen.last().copied()
+    );
     // Standalone again: it boots and takes VM calls.
     pair.p.put_ok("vm.boot", None);
     pair.p.put_ok("vm.pause", None);
@@ -254,7 +263,10 @@ fn reboot_re_syncs_the_backup_which_then_takes_over() {
     // The rebooted guest read the counter back from the disk, and none was lost since.
     let all: Vec<u64> = before.iter().chain(after.iter()).copied().collect();
     assert_counts_up(&all);
-    assert_eq!(counter_on_disk(&pair.b_image), all.last().copied());
+    assert_eq!(
+        wait_counter_on_disk(&pair.b_image, all.last().copied()),
+        all.last().copied()
+    );
 }
 
 /// A fresh `tandem` on `node` waiting as the backup of `pair`'s guest, listening on `ip`.
@@ -316,7 +328,10 @@ fn backup_killed_then_ft_enable_to_a_new_backup_protects_again() {
     let (seen, slowest) = c.join().expect("client thread");
     eprintln!("[fob2] {} INCs, slowest {slowest:?}", seen.len());
     assert_counts_up(&seen);
-    assert_eq!(counter_on_disk(&pair.p_image), seen.last().copied());
+    assert_eq!(
+        wait_counter_on_disk(&pair.p_image, seen.last().copied()),
+        seen.last().copied()
+    );
 }
 
 #[test]
@@ -340,7 +355,10 @@ fn failover_then_ft_enable_to_a_new_backup_protects_again() {
     let (seen, slowest) = c.join().expect("client thread");
     eprintln!("[fof] {} INCs, slowest {slowest:?}", seen.len());
     assert_counts_up(&seen);
-    assert_eq!(counter_on_disk(&pair.p_image), seen.last().copied());
+    assert_eq!(
+        wait_counter_on_disk(&pair.p_image, seen.last().copied()),
+        seen.last().copied()
+    );
 }
 
 #[test]
