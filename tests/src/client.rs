@@ -80,7 +80,7 @@ pub fn wait_counter_on_disk(image: &std::path::Path, want: Option<u64>) -> Optio
     let start = std::time::Instant::now();
     loop {
         let v = counter_on_disk(image);
-        if v == want || v > want || start.elapsed() > Duration::from_secs(60) {
+        if v >= want || start.elapsed() > Duration::from_secs(60) {
             return v;
         }
         std::thread::sleep(Duration::from_millis(20));
