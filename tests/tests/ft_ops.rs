@@ -407,14 +407,36 @@ fn reboot_that_cannot_reprotect_says_unprotected_in_ft_status() {
             .contains("ft.enable failed"),
         "{s}"
     );
-    // The rebooted guest serves, unprotected (its replies are not held).
-    let v = pair
+    // The rebooted guest serves, unprotected: its replies and disk writes are not held for a
+    // checkpoint (none is taken: the count does not move), and the counter it read back from
+    // the fresh disk starts at 1.
+    let before = ft_status(&pair.p);
+    let (seen, slowest) = pair
         .net
         .run_in(Node::Client, || {
             let mut c = CounterConn::connect(&format!("{GUEST_IP}:7000"), T).expect("connect");
-            c.inc().expect("INC")
+            let mut slowest = Duration::ZERO;
+            let seen: Vec<u64> = (0..20)
+                .map(|_| {
+                    let t = Instant::now();
+                    let v = c.inc().expect("INC");
+                    slowest = slowest.max(t.elapsed());
+                    v
+                })
+                .collect();
+            (seen, slowest)
         })
         .join()
         .expect("client thread");
-    assert!(v >= 1);
+    let after = ft_status(&pair.p);
+    eprintln!(
+        "[fou] 20 INCs unprotected, slowest {slowest:?}; checkpoints {} -> {}; {after}",
+        before["checkpoint_count"], after["checkpoint_count"]
+    );
+    assert_eq!(seen, (1..=20).collect::<Vec<u64>>());
+    assert_eq!(
+        before["checkpoint_count"], after["checkpoint_count"],
+        "replies waited for checkpoints: {before}\n{after}"
+    );
+    assert_eq!(wait_counter_on_disk(&pair.p_image, Some(20)), Some(20));
 }
