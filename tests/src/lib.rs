@@ -1,5 +1,21 @@
 //! Test support: start real `tandem` processes, talk to them over their API socket with
 //! `api_client`, and watch the guest's serial console.
+//!
+//! A test first says what it needs from the host; where that is missing it is skipped (and
+//! listed in the skip report), or fails where `.ci/run` declared it (`TANDEM_REQUIRE`):
+//!
+//! ```no_run
+//! use tandem_tests::require;
+//!
+//! fn a_test() {
+//!     require!(kvm, netns); // also: tap, gcc, curl, jq, etcd, prometheus, docker, tcpdump, hwvirt
+//!     // Anything else: a name and a probe that does what the test will do.
+//!     require!("minio" => tandem_tests::require::probe::command("minio", &["--version"]));
+//! }
+//! ```
+//!
+//! A test that can never run on our CI hosts gets `#[ignore = "why"]` on top (see
+//! `tests/tests/linux_guest.rs`). Details: the `tandem_require` crate (tests/require).
 
 pub mod bench;
 pub mod client;
