@@ -18,6 +18,9 @@ mod progress;
 mod receiver;
 mod sender;
 
+/// The error and its causes on one line (the workspace's one helper, under the name this
+/// crate's modules use).
+pub use errors::chain as error_chain;
 pub use policy::{ConvergencePolicy, StopReason};
 pub use progress::{MigrationPhase, MigrationProgress, ProgressHandle, Role};
 pub use receiver::{receive_migration, IncomingMigration, ReceiveOptions, ReceiveReport};
@@ -26,7 +29,6 @@ pub use sender::{send_migration, SendOptions, SendReport};
 
 use crate::frame::{FrameError, FrameType};
 use crate::vm::VmOpError;
-use std::error::Error;
 
 /// Why a migration failed, on either side.
 #[derive(Debug, thiserror::Error)]
@@ -112,18 +114,6 @@ impl MigrationError {
 /// Wraps a VM error with the trait method that produced it.
 fn vm_err(op: &'static str) -> impl FnOnce(VmOpError) -> MigrationError {
     move |source| MigrationError::Vm { op, source }
-}
-
-/// An error and all its causes on one line, for logs, Abort reasons and the progress view.
-pub fn error_chain(e: &dyn Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// An error for a frame type the protocol does not expect at this point.
