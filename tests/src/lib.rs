@@ -19,6 +19,9 @@
 
 pub mod bench;
 pub mod client;
+pub mod dashboard;
+pub mod docker;
+pub mod etcd;
 pub mod ft;
 pub mod ft_pair;
 pub mod guest;
@@ -26,6 +29,7 @@ pub mod metrics;
 pub mod net;
 pub mod pair;
 pub mod process;
+pub mod prometheus;
 pub mod serial;
 pub mod tamper;
 

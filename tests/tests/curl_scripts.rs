@@ -278,3 +278,54 @@ fn shutdown_script_fails_when_vm_shutdown_is_refused_and_stops_nothing_else() {
         ]
     );
 }
+
+#[test]
+fn ft_receive_script_takes_an_etcd_arbiter() {
+    require!(etcd, curl, jq);
+    let etcd = tandem_tests::etcd::Etcd::start("curl");
+    let b = Tandem::start("curletcd-b");
+    let listen = ("LISTEN", format!("tcp:127.0.0.1:{}", free_port()));
+    let etcd_env = |key: &str| {
+        vec![
+            listen.clone(),
+            ("ARBITER_ETCD", format!("http://127.0.0.1:1,{}", etcd.url)),
+            ("ARBITER_KEY", key.to_string()),
+        ]
+    };
+    // Both kinds at once, or a URL list without a key: refused before any call.
+    let mut both = etcd_env("/tandem/pairs/curl");
+    both.push(("ARBITER", "/tmp".into()));
+    let bad = run("ft-receive.sh", &b.socket, &both);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("not both"),
+        "{bad:?}"
+    );
+    let bad = run(
+        "ft-receive.sh",
+        &b.socket,
+        &[listen.clone(), ("ARBITER_ETCD", etcd.url.clone())],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("ARBITER_KEY"),
+        "{bad:?}"
+    );
+    // The API's 400 for a bad key comes through.
+    let bad = run("ft-receive.sh", &b.socket, &etcd_env("/tandem/"));
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("HTTP 400"),
+        "{bad:?}"
+    );
+
+    let ok = run("ft-receive.sh", &b.socket, &etcd_env("/tandem/pairs/curl"));
+    assert!(ok.status.success(), "{ok:?}\nlog:\n{}", b.log());
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).contains("\"role\":\"backup\""),
+        "{ok:?}"
+    );
+    assert!(etcd.get("/tandem/pairs/curl/identity").is_some());
+    let off = run("ft-disable.sh", &b.socket, &[]);
+    assert!(off.status.success(), "{off:?}");
+}

@@ -152,7 +152,7 @@ requirement!(
     jq
 );
 requirement!(
-    /// `etcd` runs (Debian's etcd-server).
+    /// `etcd` and `etcdctl` run (Debian's etcd-server and etcd-client).
     etcd
 );
 requirement!(
@@ -160,7 +160,7 @@ requirement!(
     prometheus
 );
 requirement!(
-    /// The docker engine: `dockerd` and `docker` run, as root.
+    /// A Docker engine answers `docker version`.
     docker
 );
 requirement!(
