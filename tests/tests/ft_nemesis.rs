@@ -28,7 +28,10 @@ fn run(tag: &str, disk_mode: &'static str, faults: usize) {
         r.faults.len(),
         r.seed
     );
-    assert!(r.acked > 10 * faults, "the client made too little progress: {r:?}");
+    assert!(
+        r.acked > 10 * faults,
+        "the client made too little progress: {r:?}"
+    );
 }
 
 #[test]

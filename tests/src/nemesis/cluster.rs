@@ -4,9 +4,7 @@
 
 use super::watch::Sockets;
 use crate::ft::{ft_status, GUEST_IP, T};
-use crate::net::{
-    Node, TestNet, HOST_B_LAN_IP, HOST_B_LINK_IP, HOST_P_LAN_IP, HOST_P_LINK_IP,
-};
+use crate::net::{Node, TestNet, HOST_B_LAN_IP, HOST_B_LINK_IP, HOST_P_LAN_IP, HOST_P_LINK_IP};
 use crate::{Tandem, TempDir};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -231,10 +229,11 @@ impl Cluster {
     /// Which slot runs the guest on its own now (standalone or unprotected, VM up), if one.
     pub fn alone(&self) -> Option<usize> {
         (0..2).find(|&i| {
-            self.look(i, Duration::from_secs(2)).is_some_and(|(s, info)| {
-                matches!(info["state"].as_str(), Some("Running" | "Paused"))
-                    && (s["role"] == "standalone" || s["state"] == "unprotected")
-            })
+            self.look(i, Duration::from_secs(2))
+                .is_some_and(|(s, info)| {
+                    matches!(info["state"].as_str(), Some("Running" | "Paused"))
+                        && (s["role"] == "standalone" || s["state"] == "unprotected")
+                })
         })
     }
 

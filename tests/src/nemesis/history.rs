@@ -47,7 +47,10 @@ impl History {
 
     /// The last acknowledged value, if any.
     pub fn last_acked(&self) -> Option<u64> {
-        self.ops.iter().rev().find_map(|o| o.reply.as_ref().ok().copied())
+        self.ops
+            .iter()
+            .rev()
+            .find_map(|o| o.reply.as_ref().ok().copied())
     }
 
     /// Acknowledged INCs.
@@ -92,7 +95,15 @@ impl History {
         self.ops[from..to]
             .iter()
             .enumerate()
-            .map(|(i, o)| format!("  #{} at {:?} (took {:?}): {:?}", from + i, o.sent, o.took, o.reply))
+            .map(|(i, o)| {
+                format!(
+                    "  #{} at {:?} (took {:?}): {:?}",
+                    from + i,
+                    o.sent,
+                    o.took,
+                    o.reply
+                )
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }

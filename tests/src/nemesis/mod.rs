@@ -125,7 +125,10 @@ impl Client {
         self.hold.store(true, Ordering::Relaxed);
         let start = Instant::now();
         while !self.idle.load(Ordering::Relaxed) {
-            assert!(start.elapsed() < Duration::from_secs(60), "the client never went idle");
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the client never went idle"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -185,7 +188,11 @@ pub fn soak(tag: &str, disk_mode: &'static str, faults: usize, budget: Duration)
         };
         let f = schedule.fault();
         let t0 = Instant::now();
-        eprintln!("[{tag}] fault {} at {:?}: {f:?}", done.len() + 1, run_start.elapsed());
+        eprintln!(
+            "[{tag}] fault {} at {:?}: {f:?}",
+            done.len() + 1,
+            run_start.elapsed()
+        );
         inject(&mut c, p, f);
         recover(&mut c);
         done.push((f, t0.elapsed()));
@@ -194,7 +201,11 @@ pub fn soak(tag: &str, disk_mode: &'static str, faults: usize, budget: Duration)
         }
         let h = client.history();
         if let Some(v) = h.check() {
-            fail(&c, format!("lost write: {}\n{}", v.what, h.around(v.at)), &done);
+            fail(
+                &c,
+                format!("lost write: {}\n{}", v.what, h.around(v.at)),
+                &done,
+            );
         }
         if done.len() % 10 == 0 {
             if let Err(why) = quiet_check(&c, &client) {
@@ -212,7 +223,11 @@ pub fn soak(tag: &str, disk_mode: &'static str, faults: usize, budget: Duration)
         fail(&c, format!("two live VMs: {v}"), &done);
     }
     if let Some(v) = history.check() {
-        fail(&c, format!("lost write: {}\n{}", v.what, history.around(v.at)), &done);
+        fail(
+            &c,
+            format!("lost write: {}\n{}", v.what, history.around(v.at)),
+            &done,
+        );
     }
     Report {
         seed,

@@ -49,7 +49,8 @@ impl Watcher {
         let (s, p, v) = (stop.clone(), polls.clone(), violations.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                let now: [Option<PathBuf>; 2] = sockets.lock().map(|g| g.clone()).unwrap_or_default();
+                let now: [Option<PathBuf>; 2] =
+                    sockets.lock().map(|g| g.clone()).unwrap_or_default();
                 let seen: Vec<Option<(bool, String)>> = now
                     .iter()
                     .map(|sock| sock.as_ref().and_then(runs_alone))
@@ -79,7 +80,10 @@ impl Watcher {
 
     /// The violations so far.
     pub fn violations(&self) -> Vec<String> {
-        self.violations.lock().map(|v| v.clone()).unwrap_or_default()
+        self.violations
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
     }
 
     /// How many times both hosts were polled.
