@@ -151,6 +151,8 @@ impl Client {
 #[derive(Debug)]
 pub struct Report {
     pub seed: String,
+    /// The faults it was to inject (`TANDEM_NEMESIS_FAULTS` overrides the caller's number).
+    pub target: usize,
     pub faults: Vec<(Fault, Duration)>,
     pub acked: usize,
     pub ops: usize,
@@ -231,6 +233,7 @@ pub fn soak(tag: &str, disk_mode: &'static str, faults: usize, budget: Duration)
     }
     Report {
         seed,
+        target: faults,
         faults: done,
         acked: history.acked(),
         ops: history.ops.len(),
