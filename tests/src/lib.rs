@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod client;
 pub mod ft;
+pub mod ft_disks;
 pub mod ft_pair;
 pub mod guest;
 pub mod metrics;
