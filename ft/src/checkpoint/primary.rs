@@ -241,6 +241,17 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
         lock(&self.shared.error).as_ref().map(|e| error_chain(e))
     }
 
+    /// The backup's reason, once checkpointing stopped on the backup's Abort (a withdrawal,
+    /// `super::is_withdrawal`, lets the pair end without arbitration).
+    pub fn backup_abort(&self) -> Option<String> {
+        match lock(&self.shared.error).as_ref() {
+            Some(CheckpointError::Stream(MigrationError::PeerAborted { reason })) => {
+                Some(reason.clone())
+            }
+            _ => None,
+        }
+    }
+
     /// The last checkpoint the backup acked (0 is the initial sync).
     pub fn committed(&self) -> Option<u64> {
         *lock(&self.shared.committed)

@@ -17,6 +17,7 @@
 
 mod decoder;
 mod delta;
+mod disk;
 mod encoder;
 mod header;
 mod pages;
@@ -25,6 +26,7 @@ mod wire;
 
 pub use decoder::Decoder;
 pub use delta::{apply_delta, check_delta, encode_delta, DeltaError};
+pub use disk::{BlockRef, DiskBatch};
 pub use encoder::encode_frame;
 pub use header::FrameHeader;
 pub use pages::{is_zero_page, PageBatch, PageRef, PAGE_SIZE};
@@ -68,6 +70,8 @@ pub enum FrameType {
     /// A chunk of an FT checkpoint's opaque extras (e.g. the epoch's disk write log); protocol
     /// version 2 and later.
     Extras = 10,
+    /// Blocks of a replicated disk, in the FT initial sync; protocol version 5 and later.
+    DiskBlocks = 12,
 }
 
 impl FrameType {
@@ -84,6 +88,7 @@ impl FrameType {
             8 => FrameType::Abort,
             9 => FrameType::Heartbeat,
             10 => FrameType::Extras,
+            12 => FrameType::DiskBlocks,
             _ => return None,
         })
     }

@@ -1,9 +1,11 @@
 //! Typed payloads of each frame type and their wire forms (all integers little-endian, byte
 //! strings as a u32 length and the bytes).
 
+use super::disk::DiskBatch;
 use super::pages::{PageBatch, PAGE_SIZE};
 use super::wire::{put_len_prefixed, WireError, WireReader};
 use super::{FrameError, FrameType};
+use crate::disk::DiskInfo;
 use crate::vm::VmIdentity;
 
 /// Why a stream was opened; a receiver refuses a purpose it was not set up for.
@@ -23,8 +25,10 @@ impl StreamPurpose {
         match self {
             StreamPurpose::Migration => 1,
             // Version 3: the Commit's CommitInfo (a backup must know when the guest was left
-            // paused); version 4: checkpoints carry delta page entries.
-            StreamPurpose::FaultTolerance => 4,
+            // paused); version 4: checkpoints carry delta page entries; version 5: replicated
+            // disks are copied in the initial sync (DiskBlocks), and a backup that cannot keep
+            // its copy withdraws with an Abort the primary may take as final.
+            StreamPurpose::FaultTolerance => 5,
         }
     }
 }
@@ -40,7 +44,9 @@ pub struct Hello {
     pub purpose: StreamPurpose,
     /// Guest page size in bytes (must be `PAGE_SIZE`).
     pub page_size: u32,
-    /// The VM being sent.
+    /// The VM being sent, with the disks the stream copies (protocol version 5: a u32 count
+    /// and per disk its u32 index and u64 size after the config, present only when there are
+    /// disks, so that a Hello without any reads the same to an older receiver).
     pub identity: VmIdentity,
 }
 
@@ -114,6 +120,8 @@ pub enum Frame {
         /// The chunk.
         data: Vec<u8>,
     },
+    /// Blocks of a replicated disk (FT initial sync, protocol version 5).
+    DiskBlocks(DiskBatch),
 }
 
 impl Frame {
@@ -130,6 +138,7 @@ impl Frame {
             Frame::Abort { .. } => FrameType::Abort,
             Frame::Heartbeat { .. } => FrameType::Heartbeat,
             Frame::Extras { .. } => FrameType::Extras,
+            Frame::DiskBlocks(_) => FrameType::DiskBlocks,
         }
     }
 
@@ -143,6 +152,13 @@ impl Frame {
                 out.extend_from_slice(&h.identity.memory_size.to_le_bytes());
                 out.extend_from_slice(&h.identity.vcpu_count.to_le_bytes());
                 put_len_prefixed(out, h.identity.config.as_bytes());
+                if !h.identity.disks.is_empty() {
+                    out.extend_from_slice(&(h.identity.disks.len() as u32).to_le_bytes());
+                    for d in &h.identity.disks {
+                        out.extend_from_slice(&d.index.to_le_bytes());
+                        out.extend_from_slice(&d.size.to_le_bytes());
+                    }
+                }
             }
             Frame::MemoryPages(b) => b.encode(out),
             Frame::DeviceState(d) => out.extend_from_slice(d),
@@ -175,6 +191,7 @@ impl Frame {
                 out.extend_from_slice(&total.to_le_bytes());
                 out.extend_from_slice(data);
             }
+            Frame::DiskBlocks(b) => b.encode(out),
         }
     }
 
@@ -205,6 +222,11 @@ impl Frame {
                 let config = std::str::from_utf8(r.len_prefixed().map_err(short)?)
                     .map_err(|_| malformed("config is not UTF-8"))?
                     .to_owned();
+                let disks = if r.remaining() == 0 {
+                    Vec::new()
+                } else {
+                    decode_disks(&mut r).map_err(malformed)?
+                };
                 if min_version > max_version {
                     return Err(malformed("version range is empty"));
                 }
@@ -217,6 +239,7 @@ impl Frame {
                         memory_size,
                         vcpu_count,
                         config,
+                        disks,
                     },
                 })
             }
@@ -265,6 +288,9 @@ impl Frame {
             FrameType::Heartbeat => Frame::Heartbeat {
                 timestamp_ms: r.u64().map_err(short)?,
             },
+            FrameType::DiskBlocks => {
+                Frame::DiskBlocks(DiskBatch::decode(&mut r).map_err(malformed)?)
+            }
             FrameType::Extras => {
                 let offset = r.u64().map_err(short)?;
                 let total = r.u64().map_err(short)?;
@@ -285,6 +311,35 @@ impl Frame {
         r.finish().map_err(short)?;
         Ok(frame)
     }
+}
+
+/// Bytes of one disk in a Hello's list (index, size).
+const HELLO_DISK_LEN: usize = 4 + 8;
+
+/// A Hello's disk list: a u32 count (at least 1: an empty list is not sent) and the disks, in
+/// strictly rising index order, each a whole number of sectors.
+fn decode_disks(r: &mut WireReader<'_>) -> Result<Vec<DiskInfo>, &'static str> {
+    let short = |_: WireError| "disk list ends early";
+    let n = r.u32().map_err(short)? as usize;
+    if n == 0 {
+        return Err("empty disk list");
+    }
+    if n > r.remaining() / HELLO_DISK_LEN {
+        return Err("disk count larger than the payload can hold");
+    }
+    let mut disks: Vec<DiskInfo> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let index = r.u32().map_err(short)?;
+        let size = r.u64().map_err(short)?;
+        if disks.last().is_some_and(|d| d.index >= index) {
+            return Err("disk indices not rising");
+        }
+        if size == 0 || size % crate::disk::SECTOR_SIZE != 0 {
+            return Err("disk size not a whole, non-zero number of sectors");
+        }
+        disks.push(DiskInfo { index, size });
+    }
+    Ok(disks)
 }
 
 impl Hello {

@@ -13,7 +13,13 @@
 //! * reboot: ends the pair with an Abort that asks for a re-sync ([`RESYNC_PREFIX`]): the backup
 //!   discards its copy and waits on the same listener; the VMM reboots the guest and enables FT
 //!   again with the same settings, a fresh initial sync.
+//!
+//! Replicated disks: the initial sync copies them with memory ([`GateDisks`]). A backup that
+//! cannot keep its copy withdraws with an Abort ([`is_withdrawal`]): it has discarded its copy and
+//! will never go live, so its word ends the pair without arbitration, and the primary releases
+//! what it holds and runs on unprotected, its reason naming the backup's error.
 
+use super::super::disks::GateDisks;
 use super::super::hooks::PrimaryHooks;
 use super::super::second_path::{self, HeartbeatPaths, Heartbeats};
 use super::{
@@ -24,9 +30,11 @@ use crate::config::VmConfig;
 use crate::migration::source::PrimaryVm;
 use crate::vm::Vm;
 use devices::virtio::block::gate::DiskMode;
-use devices::virtio::ft::FtSetup;
+use devices::virtio::ft::{DeviceGate, FtSetup};
 use ft::arbiter::FileArbiter;
-use ft::checkpoint::{EpochHooks, FtPrimary, PrimaryOptions, RESYNC_PREFIX};
+use ft::checkpoint::{
+    is_withdrawal, EpochHooks, FtPrimary, PrimaryOptions, RESYNC_PREFIX, WITHDRAW_PREFIX,
+};
 use ft::failover::{Decision, FailoverCoordinator};
 use ft::frame::FrameType;
 use ft::gate::{EpochClock, Releaser};
@@ -110,6 +118,8 @@ struct PrimaryRun {
     status: StatusHandle,
     timing: PairTiming,
     commands: Receiver<PairCommand>,
+    /// Replicated mode: the disks the initial sync copies.
+    disks: Option<GateDisks>,
 }
 
 /// Gates the VM's outputs and starts the primary's thread; on error the VM comes back untouched
@@ -122,6 +132,22 @@ pub fn spawn_primary(
     let gates = match s.vm.enable_ft(&FtSetup::new(clock.clone(), s.disk_mode)) {
         Ok(g) => g,
         Err(e) => return Err(Box::new((s.vm, PairError::Gates(e)))),
+    };
+    // Replicated: the initial sync copies the images, reading them through handles of its own.
+    let disks = if s.disk_mode == DiskMode::Replicated {
+        let disk_gates: Vec<_> = gates
+            .iter()
+            .filter_map(|g| match g {
+                DeviceGate::Disk(d) => Some(d.clone()),
+                DeviceGate::Net(_) => None,
+            })
+            .collect();
+        match GateDisks::new(&disk_gates) {
+            Ok(d) => Some(d),
+            Err(e) => return Err(Box::new((s.vm, PairError::DiskImages(e)))),
+        }
+    } else {
+        None
     };
     let releaser = match Releaser::spawn(
         clock.clone(),
@@ -169,6 +195,7 @@ pub fn spawn_primary(
         status: s.status,
         timing: s.timing,
         commands: rx,
+        disks,
     };
     let spawned = std::thread::Builder::new()
         .name("tandem_ft_primary".into())
@@ -213,13 +240,18 @@ impl PrimaryRun {
             status,
             timing,
             commands,
+            disks,
         } = self;
         let config_json = serde_json::to_string(&config).unwrap_or_default();
-        let source = PrimaryVm::new(vm, config.cpus.boot_vcpus, config_json);
+        let mut source = PrimaryVm::new(vm, config.cpus.boot_vcpus, config_json);
+        if let Some(d) = disks {
+            source = source.with_disks(Box::new(d));
+        }
         let opts = PrimaryOptions {
             sync: SendOptions {
                 io_timeout: timing.failure_timeout.max(SYNC_IO_TIMEOUT),
                 commit_timeout: Duration::from_secs(15),
+                disk_progress: status.disk_progress(),
                 ..SendOptions::default()
             },
             checkpoint_interval: timing.checkpoint_interval,
@@ -311,6 +343,20 @@ impl PrimaryRun {
                     return (vm, PrimaryEnd::PoweredOff);
                 }
                 Ok(PairCommand::Promote | PairCommand::Leave) | Err(RecvTimeoutError::Timeout) => {}
+            }
+            if let Some(reason) = primary.backup_abort().filter(|r| is_withdrawal(r)) {
+                // The backup discarded its copy and will never go live: its word ends the pair,
+                // nobody need claim a generation. Nothing may stay held behind it.
+                let _ = clock.unprotect();
+                let why = format!(
+                    "the backup left the pair ({}); running UNPROTECTED",
+                    reason.strip_prefix(WITHDRAW_PREFIX).unwrap_or(&reason)
+                );
+                log::error!("ft primary: {why}");
+                let vm = finish(primary, None);
+                detector.close();
+                let _ = status.transition(FtState::Unprotected, &why);
+                return (vm, PrimaryEnd::Alone);
             }
             if let Some(why) = primary.failure() {
                 // Named in the claim and in the winner's or loser's reason.
