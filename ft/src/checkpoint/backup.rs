@@ -321,12 +321,12 @@ impl<V: MigratableVm> FtBackup<V> {
                 let verified = done.verify(vcpus, pages)?;
                 // Our own copy first (replicated disks): a backup that cannot keep this
                 // checkpoint must not ack it; it withdraws instead.
-                hooks
-                    .before_ack(next, &verified.extras)
-                    .map_err(|source| CheckpointError::Withdrawn {
+                hooks.before_ack(next, &verified.extras).map_err(|source| {
+                    CheckpointError::Withdrawn {
                         epoch: next,
                         source,
-                    })?;
+                    }
+                })?;
                 let acked = writer.send(&Frame::Ack { seq }, next, 0);
                 // Acked means the primary may release this epoch's outputs; our copy must now
                 // reach it. Should applying fail, nothing committed is left to go live from.

@@ -104,7 +104,9 @@ impl DiskCopy {
     /// blocks are pending in all.
     pub(crate) fn take_dirty(&mut self, disks: &mut dyn VmDisks) -> Result<u64, MigrationError> {
         for (d, pending) in self.disks.iter().zip(self.pending.iter_mut()) {
-            let dirty = disks.take_dirty(d.index).map_err(vm_err("take_dirty_blocks"))?;
+            let dirty = disks
+                .take_dirty(d.index)
+                .map_err(vm_err("take_dirty_blocks"))?;
             pending.merge(&dirty);
         }
         let n = self.pending.iter().map(DirtyBitmap::count).sum();

@@ -325,7 +325,7 @@ mod tests {
             Err("unknown disk entry tag")
         );
         assert_eq!(
-            dec(&enc(1, 0, &data(0, 0))),
+            dec(&enc(1, 0, &data(0, 2))),
             Err("block data empty or longer than a block")
         );
         assert_eq!(
@@ -340,7 +340,10 @@ mod tests {
             dec(&enc(1, u64::MAX, &data(512, 512))),
             Err("block number past any disk")
         );
-        assert_eq!(dec(&enc(1, 0, &data(512, 10))), Err("entry list ends early"));
+        assert_eq!(
+            dec(&enc(1, 0, &data(512, 10))),
+            Err("entry list ends early")
+        );
         assert!(dec(&enc(1, 5, &data(512, 512))).is_ok());
         let mut huge = 0u32.to_le_bytes().to_vec();
         huge.extend_from_slice(&u32::MAX.to_le_bytes());

@@ -223,7 +223,9 @@ impl IncomingMigration {
                 }
                 Frame::DiskBlocks(batch) => {
                     if final_since.is_some() {
-                        return Err(MigrationError::Protocol("disk blocks after VM state".into()));
+                        return Err(MigrationError::Protocol(
+                            "disk blocks after VM state".into(),
+                        ));
                     }
                     apply_batch(vm.disks(), &disks, &batch, &self.disk_progress, round == 0)?;
                 }

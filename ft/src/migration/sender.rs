@@ -249,8 +249,7 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
                 p.bandwidth_bytes_per_s = bandwidth;
                 p.estimated_downtime_ms = estimate.as_millis().min(u64::MAX.into()) as u64;
             });
-            if let Some(reason) = conv.decide(self.round, dirty.count() + dirty_blocks, estimate)
-            {
+            if let Some(reason) = conv.decide(self.round, dirty.count() + dirty_blocks, estimate) {
                 log::info!(
                     "migration: pausing after {} dirty rounds ({reason:?}), {} pages left, estimate {estimate:?}",
                     self.round,

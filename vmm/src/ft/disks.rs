@@ -145,8 +145,10 @@ impl VmDisks for ReplicaDisks {
     }
 
     fn name(&self, index: u32) -> String {
-        self.get(index)
-            .map_or_else(|_| format!("disk {index}"), |d| format!("disk {:?}", d.name))
+        self.get(index).map_or_else(
+            |_| format!("disk {index}"),
+            |d| format!("disk {:?}", d.name),
+        )
     }
 
     fn write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), VmOpError> {

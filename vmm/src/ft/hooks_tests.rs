@@ -73,12 +73,20 @@ fn replicated_backup_writes_each_verified_epoch_before_its_ack() {
     // withdraw, and nothing of that epoch is written.
     let e = extras(0, vec![write(2, 0, 0x33), write(5, 0, 0x22)]);
     let err = hooks.before_ack(2, &e).unwrap_err();
-    assert!(errors::chain(&*err).contains("disk 5"), "{}", errors::chain(&*err));
+    assert!(
+        errors::chain(&*err).contains("disk 5"),
+        "{}",
+        errors::chain(&*err)
+    );
     assert_eq!(sector(&p, 0), 0);
     let err = hooks
         .before_ack(3, &extras(0, vec![write(2, 8 * 512, 0x44)]))
         .unwrap_err();
-    assert!(errors::chain(&*err).contains("past the end"), "{}", errors::chain(&*err));
+    assert!(
+        errors::chain(&*err).contains("past the end"),
+        "{}",
+        errors::chain(&*err)
+    );
     assert!(hooks.before_ack(4, &[0xff; 3]).is_err());
     std::fs::remove_file(p).unwrap();
 }

@@ -199,7 +199,9 @@ impl DiskGate {
     fn mark_written(&self, offset: u64, len: usize) {
         if let Some(b) = self.tracked().as_mut() {
             let first = offset / BLOCK_SIZE as u64;
-            let end = offset.saturating_add(len as u64).div_ceil(BLOCK_SIZE as u64);
+            let end = offset
+                .saturating_add(len as u64)
+                .div_ceil(BLOCK_SIZE as u64);
             for block in first..end {
                 b.set(block);
             }
