@@ -354,6 +354,7 @@ impl StatusHandle {
     pub fn counters(&self) -> FtCounters {
         let g = self.lock();
         let mut c = g.counters.clone();
+        c.disk_sync_bytes = g.disk.sent_ever();
         if let Some(live) = g.udp_source.as_ref().map(|f| f()) {
             let udp = c.heartbeats_mut(Path::Udp);
             udp.sent += live.sent;
