@@ -2,8 +2,9 @@
 //! primary's byte for byte whenever the pair is quiet and after a failover, whatever the guest
 //! wrote before FT was enabled, during the initial sync, around a reboot's re-sync and before a
 //! re-protect (the disk is copied with memory: pre-copy with dirty-block tracking); an image of
-//! the wrong size is refused on both sides; and a backup that cannot write its copy (ENOSPC on a
-//! small tmpfs) ends the pair at once while the primary's client goes on being served.
+//! the wrong size is refused on both sides; a backup without room for the copy ends the sync on
+//! both sides; and a backup that cannot write its copy later (ENOSPC on a small tmpfs) ends the
+//! pair at once while the primary's client goes on being served.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -262,6 +263,50 @@ fn replicated_backup_out_of_space_ends_the_pair_and_the_primary_runs_on() {
     assert_eq!(bs["failover_count"], 0, "{bs}");
     assert_eq!(pair.b.get("vm.info").0, 404, "the backup went live");
     assert_eq!(ft_status(&pair.p)["state"], "unprotected");
+    drop(pair);
+    drop(small);
+}
+
+#[test]
+fn replicated_backup_without_room_for_the_copy_ends_the_sync_on_both_sides() {
+    let name = "replicated_backup_without_room_for_the_copy_ends_the_sync_on_both_sides";
+    require_kvm_and_netns!(name);
+    // The primary's image is full of data; the backup's sparse one sits on a 1 MiB tmpfs.
+    let small = SmallFs::mount("fdr-small", 1 << 20);
+    let store = TempDir::new("fdr-store");
+    let (p_image, b_image) = (store.path("p.img"), small.path("b.img"));
+    make_image(&p_image, SIZE, |i| (i > 0).then_some(0x42));
+    make_image(&b_image, SIZE, |_| None);
+    let pair = replicated_pair("fdr", store, p_image, b_image);
+    pair.p.put_ok("ft.enable", Some(&pair.enable_body()));
+    let enospc = |s: &serde_json::Value| {
+        s["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("No space left on device")
+    };
+    let ps = wait_status(&pair.p, "standalone, saying why", |s| {
+        s["role"] == "standalone" && enospc(s)
+    });
+    let bs = wait_status(&pair.b, "standalone, saying why", |s| {
+        s["role"] == "standalone" && enospc(s)
+    });
+    eprintln!(
+        "[fdr] primary: {}\n[fdr] backup: {}",
+        ps["reason"], bs["reason"]
+    );
+    // The guest runs on, unprotected and served; the backup has no VM.
+    assert_eq!(pair.p.state(), "Running");
+    let v = pair
+        .net
+        .run_in(Node::Client, || {
+            let mut c = CounterConn::connect(&format!("{GUEST_IP}:7000"), T).expect("connect");
+            c.inc().expect("INC")
+        })
+        .join()
+        .expect("client thread");
+    assert_eq!(v, 1);
+    assert_eq!(pair.b.get("vm.info").0, 404);
     drop(pair);
     drop(small);
 }

@@ -324,15 +324,23 @@ fn run_backup(
             }
         }
         // This backup refused the primary's VM at its Hello (a disk of another size, disks
-        // copied or not): nothing was received, nothing can go live; the primary was told why.
+        // copied or not), or could not take the initial copy (its own image failed): nothing
+        // is committed, nothing can go live, and the primary was told why.
         if let CheckpointError::BackupStopped {
             cause,
             last_committed: None,
         } = &exit.error
         {
-            if let CheckpointError::InitialSync(e @ MigrationError::Incompatible(_)) = &**cause {
+            if let CheckpointError::InitialSync(
+                e @ (MigrationError::Incompatible(_) | MigrationError::Vm { .. }),
+            ) = &**cause
+            {
                 detector.close();
-                return end(format!("refused the primary's VM: {}", errors::chain(e)));
+                let what = match e {
+                    MigrationError::Incompatible(_) => "refused the primary's VM",
+                    _ => "could not take the initial copy",
+                };
+                return end(format!("{what}: {}", errors::chain(e)));
             }
         }
         // This backup could not keep its copy and told the primary so: it never goes live
