@@ -514,3 +514,39 @@ fn commit_info_is_optional_and_checked() {
     reseal(&mut b);
     assert_eq!(malformed(&b), "payload ends early");
 }
+
+#[test]
+fn disk_payload_garbage_never_panics() {
+    // Behind a valid header and CRC, so that every mutation reaches the DiskBlocks and Hello
+    // disk-list parsers: whatever decodes must re-encode to the same frame.
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let ft_hello = samples()
+        .into_iter()
+        .find(|f| matches!(f, Frame::Hello(h) if !h.identity.disks.is_empty()))
+        .expect("an FT Hello with disks");
+    let bases = [
+        encoded(&Frame::DiskBlocks(disk_blocks())),
+        encoded(&ft_hello),
+    ];
+    for iter in 0..4000 {
+        let base = &bases[iter % 2];
+        let mut b = base.clone();
+        match iter % 3 {
+            0 => {
+                for _ in 0..1 + rng.below(8) {
+                    let at = HEADER_LEN + rng.below(b.len() - HEADER_LEN);
+                    b[at] = rng.next() as u8;
+                }
+            }
+            1 => b.truncate(HEADER_LEN + rng.below(b.len() - HEADER_LEN)),
+            _ => {
+                b.truncate(HEADER_LEN);
+                b.extend((0..rng.below(600)).map(|_| rng.next() as u8));
+            }
+        }
+        let len = (b.len() - HEADER_LEN) as u32;
+        b[24..28].copy_from_slice(&len.to_le_bytes());
+        reseal(&mut b);
+        check_decoded_reencode(&b, &[1 + rng.below(64), b.len()]);
+    }
+}
