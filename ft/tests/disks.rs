@@ -73,7 +73,11 @@ impl DiskVm {
                             s ^= s >> 7;
                             s ^= s << 17;
                             let b = (s % BLOCKS) as usize;
-                            let v = if s.is_multiple_of(5) { 0 } else { (s >> 32) as u8 | 1 };
+                            let v = if s.is_multiple_of(5) {
+                                0
+                            } else {
+                                (s >> 32) as u8 | 1
+                            };
                             d.image.lock().unwrap()[b * BS..(b + 1) * BS].fill(v);
                             if let Some(t) = d.dirty.lock().unwrap().as_mut() {
                                 t.set(b as u64);

@@ -347,10 +347,13 @@ fn run_backup(
         // from this stream, whatever follows (the primary runs on unprotected on its word).
         if exit.error.is_withdrawal() {
             detector.close();
+            let cause = match &exit.error {
+                CheckpointError::BackupStopped { cause, .. } => errors::chain(&**cause),
+                e => errors::chain(e),
+            };
             let why = format!(
-                "left the pair: {}; copy discarded, the primary was told (it runs on \
-                 unprotected)",
-                errors::chain(&exit.error)
+                "left the pair: {cause}; copy discarded, the primary was told (it runs on \
+                 unprotected)"
             );
             log::error!("ft backup: {why}");
             drop(exit);
