@@ -24,7 +24,8 @@ pub mod vm;
 
 /// The newest stream protocol version this build speaks (announced in Hello). Version 2 adds the
 /// Extras frame for FT checkpoints, version 3 the FT Commit's `CommitInfo` (pause, guest paused),
-/// version 4 delta page entries in FT checkpoints, version 5 the replicated disks' copy in the FT
-/// initial sync (DiskBlocks, the Hello's disk list) and a backup's withdrawal; a version-1
-/// migration stream is still accepted (migration sends none of these).
+/// version 4 delta page entries in FT checkpoints, version 5 the FT Hello's pair settings, the
+/// backup's EndConfirmed answer to an intended end, the replicated disks' copy in the FT initial
+/// sync (DiskBlocks, the Hello's disk list) and a backup's withdrawal; a version-1 migration
+/// stream is still accepted (migration sends none of these).
 pub const PROTOCOL_VERSION: u16 = 5;

@@ -164,22 +164,18 @@ fn replicated_disk_of_another_size_is_refused_on_both_sides() {
     make_image(&b_image, SIZE / 2, garbage);
     let pair = replicated_pair("fds", store, p_image, b_image);
     let before = std::fs::read(&pair.b_image).expect("read the backup's image");
-    pair.p.put_ok("ft.enable", Some(&pair.enable_body()));
-    let says_sizes = |s: &serde_json::Value| {
-        let r = s["reason"].as_str().unwrap_or("");
-        r.contains(&SIZE.to_string()) && r.contains(&(SIZE / 2).to_string())
-    };
-    let ps = wait_status(&pair.p, "standalone, naming both sizes", |s| {
-        s["role"] == "standalone" && says_sizes(s)
+    let says_sizes = |r: &str| r.contains(&SIZE.to_string()) && r.contains(&(SIZE / 2).to_string());
+    // ft.enable fails with the backup's reason, before the VM is touched.
+    let (code, err) = pair.p.put("ft.enable", Some(&pair.enable_body()));
+    assert_eq!(code, 400, "{err}");
+    assert!(says_sizes(&err.to_string()), "{err}");
+    let ps = ft_status(&pair.p);
+    assert_eq!(ps["role"], "standalone", "{ps}");
+    // The backup refused that Hello and waits on, saying why; its image was not written.
+    let bs = wait_status(&pair.b, "the refusal noted", |s| {
+        s["role"] == "backup" && says_sizes(s["reason"].as_str().unwrap_or(""))
     });
-    let bs = wait_status(&pair.b, "out of the pair, naming both sizes", |s| {
-        s["role"] != "backup" && says_sizes(s)
-    });
-    eprintln!(
-        "[fds] primary: {}\n[fds] backup: {}",
-        ps["reason"], bs["reason"]
-    );
-    // The VM runs on untouched; the backup's image was not written.
+    eprintln!("[fds] ft.enable: {err}\n[fds] backup: {}", bs["reason"]);
     assert_eq!(pair.p.state(), "Running");
     let v = pair
         .net
@@ -192,6 +188,17 @@ fn replicated_disk_of_another_size_is_refused_on_both_sides() {
     assert_eq!(v, 1);
     assert_eq!(pair.b.get("vm.info").0, 404);
     assert!(std::fs::read(&pair.b_image).expect("read") == before);
+    // Fixed as the reason says, the same backup takes the pair and a full copy.
+    std::fs::File::options()
+        .write(true)
+        .open(&pair.b_image)
+        .and_then(|f| f.set_len(SIZE))
+        .expect("truncate -s");
+    pair.p.put_ok("ft.enable", Some(&pair.enable_body()));
+    wait_ft(&pair.p, "primary", "protected", &pair.b);
+    wait_ft(&pair.b, "backup", "protected", &pair.p);
+    wait_two_commits(&pair.b);
+    assert_same_image("after fixing the size", &pair.b_image, &pair.p_image);
 }
 
 #[test]

@@ -7,8 +7,8 @@ use crate::frame::{BlockRef, DiskBatch};
 use crate::migration::MigrationError;
 
 /// Whether this destination's disks (`ours`: `None` when it takes no disk copy) match what the
-/// source announced; the error names the disk and both sizes.
-pub(crate) fn check_disks(
+/// source announced; the error (`MigrationError::Incompatible`) names the disk and both sizes.
+pub fn check_disks(
     announced: &[DiskInfo],
     ours: Option<&mut dyn VmDisks>,
 ) -> Result<(), MigrationError> {

@@ -20,7 +20,8 @@ mod apply;
 mod copy;
 mod progress;
 
-pub(crate) use apply::{apply_batch, check_disks};
+pub(crate) use apply::apply_batch;
+pub use apply::check_disks;
 pub(crate) use copy::DiskCopy;
 pub use progress::{DiskProgress, DiskSync};
 

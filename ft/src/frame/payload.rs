@@ -25,9 +25,11 @@ impl StreamPurpose {
         match self {
             StreamPurpose::Migration => 1,
             // Version 3: the Commit's CommitInfo (a backup must know when the guest was left
-            // paused); version 4: checkpoints carry delta page entries; version 5: replicated
-            // disks are copied in the initial sync (DiskBlocks), and a backup that cannot keep
-            // its copy withdraws with an Abort the primary may take as final.
+            // paused); version 4: checkpoints carry delta page entries; version 5: the pair's
+            // settings in the Hello, the backup confirms an intended end (EndConfirmed), without
+            // which a primary must not run alone before winning the arbiter, replicated disks are
+            // copied in the initial sync (DiskBlocks), and a backup that cannot keep its copy
+            // withdraws with an Abort the primary may take as final.
             StreamPurpose::FaultTolerance => 5,
         }
     }
@@ -44,10 +46,13 @@ pub struct Hello {
     pub purpose: StreamPurpose,
     /// Guest page size in bytes (must be `PAGE_SIZE`).
     pub page_size: u32,
-    /// The VM being sent, with the disks the stream copies (protocol version 5: a u32 count
-    /// and per disk its u32 index and u64 size after the config, present only when there are
-    /// disks, so that a Hello without any reads the same to an older receiver).
+    /// The VM being sent, with the disks the stream copies (protocol version 5: after the pair
+    /// settings, a u32 count and per disk its u32 index and u64 size, present only when there
+    /// are disks).
     pub identity: VmIdentity,
+    /// FT streams (protocol 5): the pair's settings as JSON (`checkpoint::PairSettings`), after
+    /// the identity; absent from a migration's Hello.
+    pub pair: Option<String>,
 }
 
 /// What an FT checkpoint's Commit adds (protocol version 3): 9 bytes after `vcpus` and `pages`.
@@ -120,6 +125,9 @@ pub enum Frame {
         /// The chunk.
         data: Vec<u8>,
     },
+    /// The answer to an Abort that ends a pair on purpose: this side will never go live from
+    /// its copy. Empty.
+    EndConfirmed,
     /// Blocks of a replicated disk (FT initial sync, protocol version 5).
     DiskBlocks(DiskBatch),
 }
@@ -138,6 +146,7 @@ impl Frame {
             Frame::Abort { .. } => FrameType::Abort,
             Frame::Heartbeat { .. } => FrameType::Heartbeat,
             Frame::Extras { .. } => FrameType::Extras,
+            Frame::EndConfirmed => FrameType::EndConfirmed,
             Frame::DiskBlocks(_) => FrameType::DiskBlocks,
         }
     }
@@ -152,11 +161,16 @@ impl Frame {
                 out.extend_from_slice(&h.identity.memory_size.to_le_bytes());
                 out.extend_from_slice(&h.identity.vcpu_count.to_le_bytes());
                 put_len_prefixed(out, h.identity.config.as_bytes());
-                if !h.identity.disks.is_empty() {
-                    out.extend_from_slice(&(h.identity.disks.len() as u32).to_le_bytes());
-                    for d in &h.identity.disks {
-                        out.extend_from_slice(&d.index.to_le_bytes());
-                        out.extend_from_slice(&d.size.to_le_bytes());
+                if let Some(pair) = &h.pair {
+                    put_len_prefixed(out, pair.as_bytes());
+                    // The disk list follows the settings, which every FT Hello carries (a Hello
+                    // without them has no disks to copy).
+                    if !h.identity.disks.is_empty() {
+                        out.extend_from_slice(&(h.identity.disks.len() as u32).to_le_bytes());
+                        for d in &h.identity.disks {
+                            out.extend_from_slice(&d.index.to_le_bytes());
+                            out.extend_from_slice(&d.size.to_le_bytes());
+                        }
                     }
                 }
             }
@@ -180,6 +194,7 @@ impl Frame {
                 }
             }
             Frame::Ack { seq } => out.extend_from_slice(&seq.to_le_bytes()),
+            Frame::EndConfirmed => {}
             Frame::Abort { reason } => out.extend_from_slice(reason.as_bytes()),
             Frame::Heartbeat { timestamp_ms } => out.extend_from_slice(&timestamp_ms.to_le_bytes()),
             Frame::Extras {
@@ -222,14 +237,25 @@ impl Frame {
                 let config = std::str::from_utf8(r.len_prefixed().map_err(short)?)
                     .map_err(|_| malformed("config is not UTF-8"))?
                     .to_owned();
+                if min_version > max_version {
+                    return Err(malformed("version range is empty"));
+                }
+                // Optional, so that an older peer's Hello still decodes and is refused by its
+                // version range with a clear reason.
+                let pair = if r.remaining() > 0 {
+                    Some(
+                        std::str::from_utf8(r.len_prefixed().map_err(short)?)
+                            .map_err(|_| malformed("pair settings are not UTF-8"))?
+                            .to_owned(),
+                    )
+                } else {
+                    None
+                };
                 let disks = if r.remaining() == 0 {
                     Vec::new()
                 } else {
                     decode_disks(&mut r).map_err(malformed)?
                 };
-                if min_version > max_version {
-                    return Err(malformed("version range is empty"));
-                }
                 Frame::Hello(Hello {
                     min_version,
                     max_version,
@@ -241,6 +267,7 @@ impl Frame {
                         config,
                         disks,
                     },
+                    pair,
                 })
             }
             FrameType::MemoryPages => {
@@ -280,6 +307,7 @@ impl Frame {
             FrameType::Ack => Frame::Ack {
                 seq: r.u64().map_err(short)?,
             },
+            FrameType::EndConfirmed => Frame::EndConfirmed,
             FrameType::Abort => Frame::Abort {
                 // Lossy: a garbled reason should still reach the log rather than hide the abort.
                 reason: String::from_utf8_lossy(r.bytes(r.remaining()).map_err(short)?)
@@ -353,6 +381,15 @@ impl Hello {
             purpose,
             page_size: PAGE_SIZE as u32,
             identity,
+            pair: None,
+        }
+    }
+
+    /// An FT stream's Hello, with the pair's settings (JSON).
+    pub fn fault_tolerance(identity: VmIdentity, pair: String) -> Hello {
+        Hello {
+            pair: Some(pair),
+            ..Hello::new(StreamPurpose::FaultTolerance, identity)
         }
     }
 }

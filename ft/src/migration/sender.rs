@@ -5,12 +5,13 @@ use super::policy::{transfer_time, Convergence, ConvergencePolicy, StopReason};
 use super::progress::{MigrationPhase, ProgressHandle};
 use super::{error_chain, unexpected, vm_err, MigrationError};
 use crate::bitmap::DirtyBitmap;
-use crate::disk::{DiskCopy, DiskProgress, BLOCK_SIZE};
+use crate::disk::{DiskCopy, DiskInfo, DiskProgress, BLOCK_SIZE};
 use crate::frame::{
     is_zero_page, Frame, Hello, PageBatch, StreamPurpose, FLAG_ACK_REQUESTED, PAGE_SIZE,
 };
 use crate::transport::Connection;
 use crate::vm::MigratableVm;
+use crate::vm::VmIdentity;
 use std::time::{Duration, Instant};
 
 /// Wire bytes one data page costs (tag, page number, data), for downtime estimates.
@@ -97,20 +98,83 @@ pub(crate) struct SyncedChannel {
     pub(crate) report: SendReport,
 }
 
-/// FT-enable: the same pre-copy rounds as a migration, announced as a fault-tolerance stream,
-/// but it never hands over: once the backup has acked the full state the VM is resumed and dirty
-/// logging stays on, so that the first checkpoint sends exactly what changed since. A VM with
-/// replicated disks (`MigratableVm::disks`) has them copied in the same rounds (`crate::disk`).
-/// `captured` runs while the VM is paused, after its state was saved (gates start epoch 1 there).
-/// On failure the VM runs as before, dirty logging off, unless the error is `SourceNotResumed`.
+/// An FT stream whose Hello the backup has accepted: it built its replica and agreed to the
+/// pair's settings. The initial sync continues on it.
+pub struct OpenedStream {
+    pub(crate) control: Box<dyn Connection>,
+    pub(crate) writer: FrameWriter,
+    pub(crate) inbox: Inbox,
+    /// The disks the Hello announced: the initial sync copies exactly these.
+    pub(crate) disks: Vec<DiskInfo>,
+}
+
+impl OpenedStream {
+    /// Closes it without syncing (the caller changed its mind).
+    pub fn close(mut self) {
+        self.writer.shutdown();
+        let _ = self.control.shutdown(std::net::Shutdown::Both);
+        self.inbox.join();
+    }
+}
+
+impl std::fmt::Debug for OpenedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OpenedStream")
+    }
+}
+
+/// Opens an FT stream: sends the Hello (the VM's identity and the pair's settings, JSON) and
+/// waits up to `timeout` for the backup's ack, which it gives once its replica is built and the
+/// settings agree. A refusal is the peer's Abort, with its reason; nothing of the VM was sent.
+pub fn open_ft_stream(
+    conn: Box<dyn Connection>,
+    identity: VmIdentity,
+    pair: String,
+    timeout: Duration,
+) -> Result<OpenedStream, MigrationError> {
+    conn.set_write_timeout(Some(timeout))
+        .and_then(|()| conn.set_read_timeout(None))
+        .map_err(MigrationError::Connection)?;
+    let control = conn.try_clone_box().map_err(MigrationError::Connection)?;
+    let reader = FrameReader::new(conn.try_clone_box().map_err(MigrationError::Connection)?);
+    let mut inbox = Inbox::spawn(reader)?;
+    let mut writer = FrameWriter::new(conn);
+    let disks = identity.disks.clone();
+    let hello = Frame::Hello(Hello::fault_tolerance(identity, pair));
+    let acked = writer
+        .send(&hello, 0, FLAG_ACK_REQUESTED)
+        .and_then(|seq| await_ack(&inbox, seq, timeout, "the backup's Hello ack"));
+    match acked {
+        Ok(()) => Ok(OpenedStream {
+            control,
+            writer,
+            inbox,
+            disks,
+        }),
+        Err(e) => {
+            writer.shutdown();
+            let _ = control.shutdown(std::net::Shutdown::Both);
+            inbox.join();
+            Err(e)
+        }
+    }
+}
+
+/// FT-enable: the same pre-copy rounds as a migration, on a stream whose Hello the backup
+/// accepted ([`open_ft_stream`]), but it never hands over: once the backup has acked the full
+/// state the VM is resumed and dirty logging stays on, so that the first checkpoint sends
+/// exactly what changed since. A VM with replicated disks (`MigratableVm::disks`, announced in
+/// the Hello) has them copied in the same rounds (`crate::disk`). `captured` runs while the VM
+/// is paused, after its state was saved (gates start epoch 1 there). On failure the VM runs as before, dirty logging off,
+/// unless the error is `SourceNotResumed`.
 pub(crate) fn ft_initial_sync<V: MigratableVm + ?Sized>(
     vm: &mut V,
-    conn: Box<dyn Connection>,
+    stream: OpenedStream,
     opts: &SendOptions,
     progress: &ProgressHandle,
     captured: &mut dyn FnMut(),
 ) -> Result<SyncedChannel, MigrationError> {
-    let mut s = Sender::new(vm, conn, opts, progress, Mode::KeepRunning(captured))?;
+    let mut s = Sender::opened(vm, stream, opts, progress, captured)?;
     match s.finish_run() {
         Ok(report) => Ok(SyncedChannel {
             writer: s.writer,
@@ -124,6 +188,9 @@ pub(crate) fn ft_initial_sync<V: MigratableVm + ?Sized>(
         }
     }
 }
+
+/// How many pages the full pass scans between looks at the keep-alive clock.
+const KEEPALIVE_CHECK_PAGES: u64 = 256;
 
 /// Whether the source hands over at the end (migration) or resumes and goes on (FT).
 enum Mode<'a> {
@@ -146,6 +213,15 @@ struct Sender<'a, V: MigratableVm + ?Sized> {
     pages_sent: u64,
     /// Time spent copying pages, for the bandwidth estimate.
     send_time: Duration,
+    /// The Hello was sent and acked already ([`open_ft_stream`]).
+    hello_done: bool,
+    /// The disks the Hello announced (the FT stream's opener sent it).
+    announced: Vec<DiskInfo>,
+    /// The final Commit was handed to the stream: from here on a failure leaves the peer
+    /// possibly holding the whole state.
+    commit_sent: bool,
+    /// When the last frame went out, for keep-alives during long silent stretches.
+    last_sent: Instant,
     started: Instant,
 }
 
@@ -175,6 +251,43 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
             round: 0,
             pages_sent: 0,
             send_time: Duration::ZERO,
+            hello_done: false,
+            announced: Vec::new(),
+            commit_sent: false,
+            last_sent: Instant::now(),
+            started: Instant::now(),
+        })
+    }
+
+    /// An FT sender on an opened stream.
+    fn opened(
+        vm: &'a mut V,
+        stream: OpenedStream,
+        opts: &'a SendOptions,
+        progress: &'a ProgressHandle,
+        captured: &'a mut dyn FnMut(),
+    ) -> Result<Self, MigrationError> {
+        stream
+            .control
+            .set_write_timeout(Some(opts.io_timeout))
+            .map_err(MigrationError::Connection)?;
+        Ok(Sender {
+            vm,
+            mode: Mode::KeepRunning(captured),
+            writer: stream.writer,
+            inbox: stream.inbox,
+            opts,
+            progress,
+            paused: false,
+            dirty_log: false,
+            disks: None,
+            round: 0,
+            pages_sent: 0,
+            send_time: Duration::ZERO,
+            hello_done: true,
+            announced: stream.disks,
+            commit_sent: false,
+            last_sent: Instant::now(),
             started: Instant::now(),
         })
     }
@@ -187,7 +300,14 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
                 Ok(report)
             }
             Err(e) => {
-                let e = self.unwind(e);
+                let mut e = self.unwind(e);
+                // A peer that aborted said it did not take the state; any other failure after
+                // the Commit leaves that open.
+                if self.commit_sent && !matches!(e, MigrationError::PeerAborted { .. }) {
+                    e = MigrationError::CommitUnconfirmed {
+                        source: Box::new(e),
+                    };
+                }
                 self.progress.fail(error_chain(&e));
                 Err(e)
             }
@@ -202,12 +322,24 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
     }
 
     fn run(&mut self) -> Result<SendReport, MigrationError> {
-        let mut identity = self.vm.identity();
-        identity.disks = self.vm.disks().map(|d| d.list()).unwrap_or_default();
-        let copy_disks = !identity.disks.is_empty();
-        let hello = Frame::Hello(Hello::new(self.purpose(), identity));
-        let seq = self.send(&hello, FLAG_ACK_REQUESTED)?;
-        self.wait_ack(seq, self.opts.io_timeout, "the destination's Hello ack")?;
+        if !self.hello_done {
+            let mut identity = self.vm.identity();
+            identity.disks = self.vm.disks().map(|d| d.list()).unwrap_or_default();
+            self.announced = identity.disks.clone();
+            let hello = Frame::Hello(Hello::new(self.purpose(), identity));
+            let seq = self.send(&hello, FLAG_ACK_REQUESTED)?;
+            self.wait_ack(seq, self.opts.io_timeout, "the destination's Hello ack")?;
+        }
+        // Exactly the disks the Hello announced (`open_ft_stream` sent it for FT): the backup
+        // checked its images against them.
+        let ours = self.vm.disks().map(|d| d.list()).unwrap_or_default();
+        if ours != self.announced {
+            return Err(MigrationError::Protocol(format!(
+                "the Hello announced disks {:?}, the VM has {ours:?}",
+                self.announced
+            )));
+        }
+        let copy_disks = !ours.is_empty();
 
         // Before the first read, so that a page written during the full pass is sent again.
         self.vm
@@ -309,6 +441,8 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
             pages: final_pages,
             info: None,
         };
+        // Before the write: a write that fails part-way may still have delivered the frame.
+        self.commit_sent = true;
         let seq = self.send(&commit, FLAG_ACK_REQUESTED)?;
         self.set_phase(MigrationPhase::Completing);
         self.wait_ack(
@@ -369,6 +503,8 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
                 if batch.page_count() as usize >= self.opts.batch_pages {
                     sent += self.flush(&mut batch)?;
                 }
+            } else if pfn % KEEPALIVE_CHECK_PAGES == 0 {
+                self.keep_alive()?;
             }
         }
         sent += self.flush(&mut batch)?;
@@ -423,6 +559,19 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
         Ok(n)
     }
 
+    /// A heartbeat if nothing went out for a quarter of the peer's read timeout: a long stretch
+    /// of zero pages (a large, mostly empty guest on a slow or loaded host) sends nothing, and
+    /// the receiver would take the silence for a dead source.
+    fn keep_alive(&mut self) -> Result<(), MigrationError> {
+        if self.last_sent.elapsed() < self.opts.io_timeout / 4 {
+            return Ok(());
+        }
+        let hb = Frame::Heartbeat {
+            timestamp_ms: crate::status::unix_ms(),
+        };
+        self.send(&hb, 0).map(|_| ())
+    }
+
     /// Sends one frame in the current round; a write failure is explained by the peer's Abort
     /// when one is waiting.
     fn send(&mut self, frame: &Frame, flags: u8) -> Result<u64, MigrationError> {
@@ -431,6 +580,7 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
             &mut self.writer,
             &self.inbox,
             self.progress,
+            &mut self.last_sent,
             frame,
             round,
             flags,
@@ -443,24 +593,7 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
         timeout: Duration,
         what: &'static str,
     ) -> Result<(), MigrationError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.inbox.wait(left)? {
-                Waited::TimedOut => return Err(MigrationError::Timeout { waiting_for: what }),
-                Waited::Frame(f) => match f.frame {
-                    Frame::Ack { seq: s } if s == seq => return Ok(()),
-                    Frame::Ack { seq: s } => {
-                        return Err(MigrationError::Protocol(format!(
-                            "ack of frame {s} while waiting for {seq}"
-                        )))
-                    }
-                    Frame::Abort { reason } => return Err(MigrationError::PeerAborted { reason }),
-                    Frame::Heartbeat { .. } => {}
-                    other => return Err(unexpected("Ack", other.frame_type())),
-                },
-            }
-        }
+        await_ack(&self.inbox, seq, timeout, what)
     }
 
     /// Starts the copy of the VM's replicated disks: tracking on, progress from zero.
@@ -493,6 +626,7 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
             inbox,
             round,
             progress,
+            last_sent,
             ..
         } = self;
         let (Some(copy), Some(disks)) = (copy.as_mut(), vm.disks()) else {
@@ -501,7 +635,7 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
         let round = u64::from(*round);
         let mut out = |frame: Frame| -> Result<(), MigrationError> {
             poll_abort(inbox)?;
-            send_frame(writer, inbox, progress, &frame, round, 0).map(|_| ())
+            send_frame(writer, inbox, progress, last_sent, &frame, round, 0).map(|_| ())
         };
         if full {
             copy.full_pass(disks, &mut out)?;
@@ -596,12 +730,14 @@ fn send_frame(
     writer: &mut FrameWriter,
     inbox: &Inbox,
     progress: &ProgressHandle,
+    last_sent: &mut Instant,
     frame: &Frame,
     round: u64,
     flags: u8,
 ) -> Result<u64, MigrationError> {
     match writer.send(frame, round, flags) {
         Ok(seq) => {
+            *last_sent = Instant::now();
             let bytes = writer.bytes();
             progress.update(|p| p.bytes = bytes);
             Ok(seq)
@@ -616,5 +752,32 @@ fn send_frame(
             Err(other) => Err(other),
         },
         Err(e) => Err(e),
+    }
+}
+
+/// Waits up to `timeout` for the peer's Ack of frame `seq`; its Abort is its reason.
+fn await_ack(
+    inbox: &Inbox,
+    seq: u64,
+    timeout: Duration,
+    what: &'static str,
+) -> Result<(), MigrationError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match inbox.wait(left)? {
+            Waited::TimedOut => return Err(MigrationError::Timeout { waiting_for: what }),
+            Waited::Frame(f) => match f.frame {
+                Frame::Ack { seq: s } if s == seq => return Ok(()),
+                Frame::Ack { seq: s } => {
+                    return Err(MigrationError::Protocol(format!(
+                        "ack of frame {s} while waiting for {seq}"
+                    )))
+                }
+                Frame::Abort { reason } => return Err(MigrationError::PeerAborted { reason }),
+                Frame::Heartbeat { .. } => {}
+                other => return Err(unexpected("Ack", other.frame_type())),
+            },
+        }
     }
 }

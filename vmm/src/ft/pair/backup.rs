@@ -30,8 +30,10 @@ use devices::virtio::block::gate::DiskMode;
 use devices::GuestEventHandler;
 use ft::arbiter::FileArbiter;
 use ft::checkpoint::{
-    is_resync, BackupHooks, BackupOptions, CheckpointError, FtBackup, ReceivedCheckpoint,
+    agree, is_resync, BackupHooks, BackupOptions, BackupWants, CheckpointError, FtBackup,
+    PairDiskMode, PairSettings, ReceivedCheckpoint, SettingsError,
 };
+use ft::disk::{check_disks, VmDisks};
 use ft::failover::{Decision, FailoverCoordinator};
 use ft::frame::FrameType;
 use ft::heartbeat::{ChannelHook, FailureDetector, Path, Verdict};
@@ -104,7 +106,8 @@ pub struct BackupSetup {
     pub listener: ft::transport::Listener,
     /// Turns the primary's config (JSON) into this host's (taps, disk paths, serial).
     pub localize: Localize,
-    pub disk_mode: DiskMode,
+    /// What `ft.receive` said of the pair's settings; the primary's Hello must agree.
+    pub wants: BackupWants,
     pub arbiter: FileArbiter,
     pub status: StatusHandle,
     pub failure_timeout: Duration,
@@ -166,8 +169,7 @@ fn run_backup(
         status.disable(&why);
         None
     };
-    let (localize, guest_events, on_failure, mode) =
-        (s.localize, s.guest_events, s.on_failure, s.disk_mode);
+    let (localize, guest_events, on_failure) = (s.localize, s.guest_events, s.on_failure);
     let hb_on = s.heartbeat.is_some();
     let opts = BackupOptions {
         sync: ReceiveOptions {
@@ -256,8 +258,24 @@ fn run_backup(
         let config: OnceLock<VmConfig> = OnceLock::new();
         let build_hooks = hooks.clone();
         let (guest_events, on_failure) = (guest_events.clone(), on_failure.clone());
-        let built = FtBackup::run_built(conn, &opts, hooks.clone(), |id| {
-            let cfg = localize(&id.config).map_err(|e| errors::chain(&*e))?;
+        let wants = &s.wants;
+        let built_detector = detector.clone();
+        let built = FtBackup::run_built(conn, &opts, hooks.clone(), |hello| {
+            // The pair's settings first: a mismatch refuses the Hello before anything is built,
+            // and the primary's ft.enable answers with this reason.
+            let pair = hello
+                .pair
+                .as_deref()
+                .ok_or(SettingsError::Missing)
+                .and_then(PairSettings::from_json)
+                .and_then(|p| agree(&p, wants))
+                .map_err(|e| errors::chain(&e))?;
+            built_detector.set_timeout(pair.failure_timeout);
+            let mode = match pair.disk_mode {
+                PairDiskMode::Shared => DiskMode::Shared,
+                PairDiskMode::Replicated => DiskMode::Replicated,
+            };
+            let cfg = localize(&hello.identity.config).map_err(|e| errors::chain(&*e))?;
             let mut disks = Vec::new();
             let mut replica = Vec::new();
             // Disk gates are numbered by virtio device position, disks first (VirtioDevices).
@@ -280,22 +298,43 @@ fn run_backup(
                     });
                 }
             }
-            // Replicated: the initial sync copies the primary's images into ours.
-            let replica = (mode == DiskMode::Replicated).then(|| ReplicaDisks::new(replica));
+            // Replicated: the initial sync copies the primary's images into ours, which must
+            // match what its Hello announced (refused here, before anything is written).
+            let mut replica = (mode == DiskMode::Replicated).then(|| ReplicaDisks::new(replica));
+            check_disks(
+                &hello.identity.disks,
+                replica.as_mut().map(|r| r as &mut dyn VmDisks),
+            )
+            .map_err(|e| match e {
+                MigrationError::Incompatible(why) => why,
+                e => errors::chain(&e),
+            })?;
             let disks = Arc::new(BackupDiskHooks::new(mode, disks));
             let _ = build_hooks.disks.set(disks.clone());
             let inner = IncomingVm::new(cfg.clone(), guest_events, on_failure)
                 .map_err(|e| format!("cannot build the replica: {}", errors::chain(&e)))?;
             let _ = config.set(cfg);
-            Ok(BackupVm {
-                inner,
-                disks,
-                replica,
-            })
+            Ok((
+                BackupVm {
+                    inner,
+                    disks,
+                    replica,
+                },
+                Some(pair),
+            ))
         });
         *stream.lock().unwrap_or_else(PoisonError::into_inner) = None;
         let exit = match built {
             Ok(exit) => exit,
+            // This backup refused that primary's Hello (settings, config, disks): like a refused
+            // handshake, whoever connected cannot end the wait; the right primary may come next.
+            Err(CheckpointError::InitialSync(MigrationError::Incompatible(why))) => {
+                detector.close();
+                let why = format!("refused a primary: {why}; still waiting for the primary");
+                log::warn!("ft backup: {why}");
+                status.note(&why);
+                continue;
+            }
             Err(e) => {
                 detector.close();
                 return end(format!("initial sync failed: {}", errors::chain(&e)));
@@ -323,24 +362,31 @@ fn run_backup(
                 continue;
             }
         }
-        // This backup refused the primary's VM at its Hello (a disk of another size, disks
-        // copied or not), or could not take the initial copy (its own image failed): nothing
-        // is committed, nothing can go live, and the primary was told why.
+        // Nothing committed yet: this backup refused the primary's VM at its Hello (like a
+        // refused settings check: the right primary may come next), or could not take the
+        // initial copy (its own image failed: it ends, saying why). The primary was told.
         if let CheckpointError::BackupStopped {
             cause,
             last_committed: None,
         } = &exit.error
         {
-            if let CheckpointError::InitialSync(
-                e @ (MigrationError::Incompatible(_) | MigrationError::Vm { .. }),
-            ) = &**cause
-            {
-                detector.close();
-                let what = match e {
-                    MigrationError::Incompatible(_) => "refused the primary's VM",
-                    _ => "could not take the initial copy",
-                };
-                return end(format!("{what}: {}", errors::chain(e)));
+            match &**cause {
+                CheckpointError::InitialSync(MigrationError::Incompatible(why)) => {
+                    detector.close();
+                    let why = format!("refused a primary: {why}; still waiting for the primary");
+                    log::warn!("ft backup: {why}");
+                    status.note(&why);
+                    drop(exit);
+                    continue;
+                }
+                CheckpointError::InitialSync(e @ MigrationError::Vm { .. }) => {
+                    detector.close();
+                    return end(format!(
+                        "could not take the initial copy: {}",
+                        errors::chain(e)
+                    ));
+                }
+                _ => {}
             }
         }
         // This backup could not keep its copy and told the primary so: it never goes live
