@@ -87,6 +87,7 @@ pub fn replicated_pair(tag: &str, store: TempDir, p_image: PathBuf, b_image: Pat
         b,
         p_image,
         b_image,
+        arbiter_config: json!({ "path": arbiter }),
         arbiter,
         disk_mode: "replicated".into(),
         failure_timeout_ms: 1000,

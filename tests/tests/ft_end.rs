@@ -196,3 +196,39 @@ fn initial_sync_ack_lost_the_primary_does_not_run_alone_beside_the_backup() {
         "{s}"
     );
 }
+
+/// Issue 11 item 7: output held when a pair ends leaves at once (not at the guest's next I/O)
+/// and the disk holds what the reply said. The INC's write and reply are held (the link is cut,
+/// nothing is acked); ft.disable ends the pair; the reply must arrive with no more guest
+/// activity, and the image must hold that value.
+#[test]
+fn output_held_when_the_pair_ends_is_released_at_once() {
+    let name = "output_held_when_the_pair_ends_is_released_at_once";
+    require_kvm_and_netns!(name);
+    let pair = protected_pair_with("feo", "shared", TIMEOUT_MS);
+    let reply = pair.net.run_in(Node::Client, move || {
+        let addr = format!("{}:7000", tandem_tests::ft::GUEST_IP);
+        let mut c = tandem_tests::client::CounterConn::connect(&addr, Duration::from_secs(60))
+            .expect("connect");
+        let first = c.inc().expect("an INC while protected");
+        (first, c)
+    });
+    let (first, mut conn) = reply.join().expect("client");
+    pair.net.set_link(Node::HostP, false);
+    let inc = pair.net.run_in(Node::Client, move || {
+        let t0 = Instant::now();
+        let v = conn.inc();
+        (v, t0.elapsed())
+    });
+    // The INC is in the guest: its reply waits behind the cut link.
+    std::thread::sleep(Duration::from_millis(300));
+    pair.p.put_ok("ft.disable", None);
+    let (v, took) = inc.join().expect("client");
+    let v = v.expect("the held reply arrives once the pair has ended");
+    assert_eq!(v, first + 1);
+    // Confirmation wait (half the timeout) plus the claim; a reply stranded until the guest's
+    // next I/O would never come (the client sends nothing more).
+    assert!(took < Duration::from_secs(10), "the reply took {took:?}");
+    let on_disk = tandem_tests::client::counter_on_disk(&pair.p_image);
+    assert_eq!(on_disk, Some(v), "the image holds what the reply said");
+}

@@ -31,7 +31,7 @@ use crate::migration::source::PrimaryVm;
 use crate::vm::Vm;
 use devices::virtio::block::gate::DiskMode;
 use devices::virtio::ft::{DeviceGate, FtSetup};
-use ft::arbiter::FileArbiter;
+use ft::arbiter::Arbiter;
 use ft::checkpoint::{
     is_withdrawal, CheckpointError, EpochHooks, FtPrimary, PrimaryOptions, RESYNC_PREFIX,
     WITHDRAW_PREFIX,
@@ -75,6 +75,8 @@ enum Ending {
     Disable,
     Shutdown(&'static str),
     Reboot,
+    /// The guest's own reset: a reboot the VMM thread does not wait for.
+    GuestReset,
     PowerOff,
 }
 
@@ -85,6 +87,7 @@ impl Ending {
             Ending::Disable => "ft.disable on the primary".into(),
             Ending::Shutdown(why) => why.into(),
             Ending::Reboot => format!("{RESYNC_PREFIX}vm.reboot on the primary"),
+            Ending::GuestReset => format!("{RESYNC_PREFIX}the guest reset itself"),
             Ending::PowerOff => "guest powered off".into(),
         }
     }
@@ -144,7 +147,7 @@ pub struct PrimarySetup {
     /// The stream, its Hello accepted by the backup (`ft.enable` opened it).
     pub stream: OpenedStream,
     pub disk_mode: DiskMode,
-    pub arbiter: FileArbiter,
+    pub arbiter: Arc<dyn Arbiter>,
     pub status: StatusHandle,
     pub timing: PairTiming,
     /// What the handshake in `ft.enable` established.
@@ -159,7 +162,7 @@ struct PrimaryRun {
     hooks: Arc<PrimaryPairHooks>,
     clock: Arc<EpochClock>,
     detector: FailureDetector,
-    arbiter: FileArbiter,
+    arbiter: Arc<dyn Arbiter>,
     status: StatusHandle,
     timing: PairTiming,
     commands: Receiver<PairCommand>,
@@ -372,6 +375,7 @@ impl PrimaryRun {
                 }
                 Ok(PairCommand::Shutdown(why)) => Some(Ending::Shutdown(why)),
                 Ok(PairCommand::Reboot) => Some(Ending::Reboot),
+                Ok(PairCommand::GuestReset) => Some(Ending::GuestReset),
                 Ok(PairCommand::PowerOff) => Some(Ending::PowerOff),
                 Ok(PairCommand::Pause(reply)) => {
                     let r = primary
@@ -490,7 +494,7 @@ impl PrimaryRun {
         &self,
         primary: FtPrimary<PrimaryVm>,
         ending: Ending,
-        mut coordinator: FailoverCoordinator<FileArbiter>,
+        mut coordinator: FailoverCoordinator<Arc<dyn Arbiter>>,
     ) -> (Option<Vm>, PrimaryEnd, bool) {
         let reason = ending.reason();
         let (vm, confirmed) = self.finish(primary, Some(&reason));
@@ -556,7 +560,7 @@ impl PrimaryRun {
                     .disable(&format!("guest powered off; the pair has ended ({how})"));
                 PrimaryEnd::PoweredOff
             }
-            Ending::Reboot => {
+            Ending::Reboot | Ending::GuestReset => {
                 let _ = self.status.transition(
                     FtState::Unprotected,
                     &format!(
@@ -574,7 +578,7 @@ impl PrimaryRun {
     /// reboot or power-off asked for meanwhile replaces `ending`.
     fn settle(
         &self,
-        coordinator: &mut FailoverCoordinator<FileArbiter>,
+        coordinator: &mut FailoverCoordinator<Arc<dyn Arbiter>>,
         why: &str,
         ending: &mut Option<Ending>,
     ) -> Settled {
@@ -601,6 +605,7 @@ impl PrimaryRun {
                             }
                             Ok(PairCommand::Shutdown(why)) => Some(Ending::Shutdown(why)),
                             Ok(PairCommand::Reboot) => Some(Ending::Reboot),
+                            Ok(PairCommand::GuestReset) => Some(Ending::GuestReset),
                             Ok(PairCommand::PowerOff) => Some(Ending::PowerOff),
                             Ok(_) | Err(_) => None,
                         };
