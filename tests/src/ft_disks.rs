@@ -101,13 +101,19 @@ pub fn replicated_pair(tag: &str, store: TempDir, p_image: PathBuf, b_image: Pat
 }
 
 /// A client that has the guest write blocks `1..blocks` (a few at a time, spread by a fixed
-/// pseudo-random walk) on one connection until `stop`; returns how many `WRITE`s it made.
-pub fn writer(net: &TestNet, stop: Arc<AtomicBool>, blocks: u64) -> std::thread::JoinHandle<u64> {
+/// pseudo-random walk) on one connection until `stop`, and at least `min` times however late
+/// the connection comes up; returns how many `WRITE`s it made.
+pub fn writer(
+    net: &TestNet,
+    stop: Arc<AtomicBool>,
+    blocks: u64,
+    min: u64,
+) -> std::thread::JoinHandle<u64> {
     net.run_in(Node::Client, move || {
         let mut c = CounterConn::connect(&format!("{GUEST_IP}:7000"), T).expect("connect");
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         let mut n = 0;
-        while !stop.load(Ordering::Relaxed) {
+        while n < min || !stop.load(Ordering::Relaxed) {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;

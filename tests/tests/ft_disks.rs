@@ -39,10 +39,11 @@ fn garbage(_: u64) -> Option<u8> {
     Some(0xee)
 }
 
-/// Runs the guest's writer for `d` and stops it; returns the WRITEs it made.
+/// Runs the guest's writer for `d` (and at least 20 WRITEs) and stops it; returns the WRITEs
+/// it made.
 fn write_for(pair: &tandem_tests::ft::Pair, d: Duration) -> u64 {
     let stop = Arc::new(AtomicBool::new(false));
-    let w = writer(&pair.net, stop.clone(), BLOCKS);
+    let w = writer(&pair.net, stop.clone(), BLOCKS, 20);
     std::thread::sleep(d);
     stop.store(true, Ordering::Relaxed);
     w.join().expect("writer thread")
@@ -59,11 +60,11 @@ fn replicated_disk_is_copied_on_enable_reboot_and_reprotect() {
     let mut pair = replicated_pair("fdc", store, p_image, b_image);
     let (p_img, b_img) = (pair.p_image.clone(), pair.b_image.clone());
     // Written by the guest before FT is enabled.
-    assert!(write_for(&pair, Duration::from_millis(300)) > 0);
+    assert!(write_for(&pair, Duration::from_millis(300)) >= 20);
 
     // Enabled while the guest writes: blocks written during the copy are sent again.
     let stop = Arc::new(AtomicBool::new(false));
-    let w = writer(&pair.net, stop.clone(), BLOCKS);
+    let w = writer(&pair.net, stop.clone(), BLOCKS, 20);
     std::thread::sleep(Duration::from_millis(200));
     pair.p.put_ok("ft.enable", Some(&pair.enable_body()));
     wait_ft(&pair.p, "primary", "protected", &pair.b);
@@ -91,7 +92,7 @@ fn replicated_disk_is_copied_on_enable_reboot_and_reprotect() {
     // A reboot: the old guest's last writes and the new guest's, during the re-sync.
     pair.p.put_ok("vm.reboot", None);
     stop.store(false, Ordering::Relaxed);
-    let w = writer(&pair.net, stop.clone(), BLOCKS);
+    let w = writer(&pair.net, stop.clone(), BLOCKS, 20);
     pair.p.serial().wait_count("tandem-guest: ready", 2, T);
     wait_ft(&pair.p, "primary", "protected", &pair.b);
     wait_ft(&pair.b, "backup", "protected", &pair.p);
@@ -111,7 +112,7 @@ fn replicated_disk_is_copied_on_enable_reboot_and_reprotect() {
     assert_same_image("after failover", &b_img, &p_img);
 
     // Written while unprotected, then re-protected to a fresh backup with a garbage image.
-    assert!(write_for(&pair, Duration::from_millis(300)) > 0);
+    assert!(write_for(&pair, Duration::from_millis(300)) >= 20);
     let c_img = pair.store.path("c.img");
     make_image(&c_img, SIZE, garbage);
     let c = Tandem::start_in_netns("fdc-c", &pair.net.ns(Node::HostP));
@@ -120,7 +121,7 @@ fn replicated_disk_is_copied_on_enable_reboot_and_reprotect() {
         Some(&pair.receive_body_on(&c, &c_img, HOST_P_LINK_IP)),
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let w = writer(&pair.net, stop.clone(), BLOCKS);
+    let w = writer(&pair.net, stop.clone(), BLOCKS, 20);
     std::thread::sleep(Duration::from_millis(100));
     pair.b
         .put_ok("ft.enable", Some(&pair.enable_body_to(HOST_P_LINK_IP)));
