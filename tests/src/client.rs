@@ -61,6 +61,19 @@ impl CounterConn {
     pub fn get(&mut self) -> std::io::Result<u64> {
         self.call("GET")
     }
+
+    /// `WRITE <first> <count>`: the guest fills those 4 KiB blocks of its disks with a new
+    /// pattern and flushes them before it answers.
+    pub fn write_blocks(&mut self, first: u64, count: u64) -> std::io::Result<()> {
+        let n = self.call(&format!("WRITE {first} {count}"))?;
+        if n != count {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("WRITE {first} {count} answered {n}"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The counter value the guest stored in block 0 of a disk image, if the block holds one:

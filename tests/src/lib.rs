@@ -23,6 +23,7 @@ pub mod dashboard;
 pub mod docker;
 pub mod etcd;
 pub mod ft;
+pub mod ft_disks;
 pub mod ft_pair;
 pub mod guest;
 pub mod metrics;
@@ -80,6 +81,10 @@ pub const METRIC_FAMILIES: &[&str] = &[
     "tandem_ft_heartbeats_received_total",
     "tandem_ft_heartbeat_age_seconds",
     "tandem_ft_failovers_total",
+    "tandem_ft_disk_sync_size_bytes",
+    "tandem_ft_disk_sync_copied_bytes",
+    "tandem_ft_disk_sync_dirty_blocks",
+    "tandem_ft_disk_sync_sent_bytes_total",
 ];
 
 /// The families of [`METRIC_FAMILIES`] that are histograms: their series are `<family>_bucket`,
