@@ -122,6 +122,9 @@ pub fn inject(c: &mut Cluster, p: usize, f: Fault) {
         }
         Fault::Disable => {
             c.member(p).put_ok("ft.disable", None);
+            // ft.disable answers once the pair has ended.
+            let s = crate::ft::ft_status(c.member(p));
+            assert_eq!(s["role"], "standalone", "right after ft.disable: {s}");
         }
         Fault::DisableDuringCut => {
             cut(c, true);
@@ -132,6 +135,20 @@ pub fn inject(c: &mut Cluster, p: usize, f: Fault) {
         Fault::Promote => {
             // Refused (409) only if the backup has nothing complete yet: it has, it is protected.
             c.member(b).put_ok("ft.promote", None);
+            // ft.promote answers before the backup stops receiving: the pair must not look
+            // protected to the recovery that follows.
+            let start = std::time::Instant::now();
+            while c
+                .look(b, Duration::from_secs(2))
+                .is_some_and(|(s, _)| s["role"] == "backup" && s["state"] == "protected")
+            {
+                assert!(
+                    start.elapsed() < Duration::from_secs(15),
+                    "the promoted backup still says protected\n{}",
+                    c.logs()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         Fault::Reboot => {
             let (code, v) = c.member(p).put("vm.reboot", None);

@@ -245,10 +245,7 @@ impl Vmm {
             (R::VmResume, O::Primary(p)) if protected && p.paused => self.ft_pause(p, false),
             (R::VmShutdown, O::Primary(p)) if protected => self.ft_shutdown(p),
             (R::VmReboot, O::Primary(p)) if protected => self.ft_reboot(p),
-            (R::FtDisable, O::Primary(p)) => {
-                p.pair.command(crate::ft::pair::PairCommand::Disable);
-                (O::Primary(p), Ok(None))
-            }
+            (R::FtDisable, O::Primary(p)) => self.ft_disable_primary(p),
 
             (R::FtPromote, O::Backup(b)) if protected => {
                 b.pair.command(crate::ft::pair::PairCommand::Promote);

@@ -134,6 +134,7 @@ pub fn spawn_backup(s: BackupSetup, report: ReportSink) -> Result<PairHandle, Pa
         commands: tx,
         stream: stream.clone(),
         thread: None,
+        waiter: Arc::default(),
     };
     let thread = std::thread::Builder::new()
         .name("tandem_ft_backup".into())

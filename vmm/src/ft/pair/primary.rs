@@ -23,8 +23,8 @@ use super::super::disks::GateDisks;
 use super::super::hooks::PrimaryHooks;
 use super::super::second_path::{self, HeartbeatPaths, Heartbeats};
 use super::{
-    count_peer_frame, Joined, PairCommand, PairError, PairHandle, PairReport, PairTiming,
-    ReportSink, StatusStats, OP_TIMEOUT, SYNC_IO_TIMEOUT, TICK,
+    count_peer_frame, joined_by_waiter, Joined, PairCommand, PairError, PairHandle, PairReport,
+    PairTiming, ReportSink, StatusStats, OP_TIMEOUT, SYNC_IO_TIMEOUT, TICK,
 };
 use crate::config::VmConfig;
 use crate::migration::source::PrimaryVm;
@@ -218,6 +218,7 @@ pub fn spawn_primary(
         commands: tx,
         stream: Arc::default(),
         thread: None,
+        waiter: Arc::default(),
     };
     let detector = FailureDetector::new(s.timing.failure_timeout);
     s.status.attach_detector(detector.clone());
@@ -246,6 +247,7 @@ pub fn spawn_primary(
     });
     let slot = Arc::new(Mutex::new(Some((s.vm, s.stream))));
     let thread_slot = slot.clone();
+    let waiter = handle.waiter.clone();
     let run = PrimaryRun {
         config: s.config,
         hooks,
@@ -266,7 +268,7 @@ pub fn spawn_primary(
             let (vm, end, joined) = run.run(vm, stream);
             drop(heartbeats);
             drop(releaser);
-            if joined {
+            if joined || joined_by_waiter(&waiter) {
                 return Some(Box::new((vm, end)));
             }
             report(PairReport::PrimaryEnded { vm, end });
@@ -596,6 +598,11 @@ impl PrimaryRun {
                     if deadline.is_some_and(|d| Instant::now() + after > d) {
                         return Settled::Unknown(error);
                     }
+                    // An ft.disable answered before this settles: ft.status tells the operator.
+                    self.status.note(&format!(
+                        "{why}: the backup did not confirm; output held until the arbiter \
+                         records the end: {error}"
+                    ));
                     let until = Instant::now() + after;
                     while Instant::now() < until {
                         let next = match self.commands.recv_timeout(TICK) {
