@@ -11,6 +11,7 @@ pub mod net;
 pub mod pair;
 pub mod process;
 pub mod serial;
+pub mod stall;
 pub mod tamper;
 
 pub use process::Tandem;
