@@ -168,4 +168,93 @@ fn a_stopped_primary_never_writes_over_the_new_primary() {
     );
     assert_eq!(c.get().expect("GET"), 7);
     assert_eq!(ft_status(&f.b)["state"], "unprotected");
+    // Whether its releaser met the expired lease or the halt first is a race; either way the
+    // image above is the proof.
+    eprintln!(
+        "[fst] old primary held its writes back on the lease: {}",
+        f.p.log().contains("committed writes held back")
+    );
+}
+
+/// `ft.promote` makes the window plain timing: the backup goes live at once, while a primary
+/// that was stopped for less than the failure timeout (a host hiccup) still holds committed
+/// writes. Promote must wait until the old primary's lease is over.
+#[test]
+fn promote_waits_out_the_lease_of_a_stalled_primary() {
+    let name = "promote_waits_out_the_lease_of_a_stalled_primary";
+    require_kvm_and_netns!(name);
+    let Some(fs) = StallableFs::new(name, 32) else {
+        return;
+    };
+    // Long enough that the backup does not fail over on its own while the primary is stopped.
+    let timeout = Duration::from_millis(4000);
+    let f = pair_on("fpr", &fs, timeout.as_millis() as u64);
+    let mut c = connect(&f.net);
+    assert_eq!(c.inc().expect("INC"), 1);
+    let frozen = fs.freeze();
+    commit_unapplied_incs(&f, &mut c, 3);
+    signal(&f.p, "STOP");
+    let stopped = Instant::now();
+    drop(frozen);
+    f.b.put_ok("ft.promote", None);
+    wait_takeover(&f.b);
+    let live_after = stopped.elapsed();
+    for want in 2..=4 {
+        assert_eq!(c.reply().expect("held INC answered"), want);
+    }
+    for want in 5..=7 {
+        assert_eq!(c.inc().expect("INC on the new primary"), want);
+    }
+    // A hiccup, not a crash: the old primary continues before any timeout of its own.
+    signal(&f.p, "CONT");
+    let halted = wait_halted(&f.p);
+    eprintln!("[fpr] promoted backup live {live_after:?} after the primary stopped; old: {halted}");
+    assert_eq!(
+        settled_counter(&f.image),
+        Some(7),
+        "the old primary wrote its stale committed writes over the promoted backup's\n\
+         old primary's log:\n{}\npromoted backup's log:\n{}",
+        f.p.log(),
+        f.b.log()
+    );
+    assert!(
+        live_after >= timeout.mul_f64(0.9),
+        "the promoted backup wrote {live_after:?} after the primary stopped, before its \
+         {timeout:?} lease could have run out"
+    );
+    assert_eq!(c.get().expect("GET"), 7);
+}
+
+/// `ft.promote` while the primary runs and serves a client: exactly one member runs afterwards,
+/// the client loses no INC, and the disk holds its last reply.
+#[test]
+fn promote_of_a_live_primary_leaves_one_member_and_loses_nothing() {
+    let name = "promote_of_a_live_primary_leaves_one_member_and_loses_nothing";
+    require_kvm_and_netns!(name);
+    let Some(fs) = StallableFs::new(name, 32) else {
+        return;
+    };
+    let f = pair_on("fpl", &fs, 1000);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = tandem_tests::ft::client(&f.net, stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    let asked = Instant::now();
+    f.b.put_ok("ft.promote", None);
+    wait_takeover(&f.b);
+    let live_after = asked.elapsed();
+    let halted = wait_halted(&f.p);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (seen, slowest) = client.join().expect("client");
+    eprintln!(
+        "[fpl] promoted in {live_after:?}; {} INCs, slowest {slowest:?}; old primary: {}",
+        seen.len(),
+        halted["reason"]
+    );
+    tandem_tests::ft::assert_counts_up(&seen);
+    let last = *seen.last().unwrap();
+    assert_eq!(settled_counter(&f.image), Some(last));
+    // One member runs the guest: the old primary is halted with its VM stopped.
+    assert_eq!(ft_status(&f.b)["state"], "unprotected");
+    assert_ne!(f.p.state(), "Running");
 }
