@@ -14,6 +14,11 @@ pub trait EpochHooks: Send + Sync {
     fn take_epoch_extras(&self, n: u64) -> Vec<u8>;
     /// The backup acked checkpoint `n`: outputs of epochs ≤ `n` may leave. Called in order.
     fn epoch_committed(&self, n: u64);
+    /// The backup acked a checkpoint whose Commit was sent at `sent` (this host's monotonic
+    /// clock), so it heard this primary at or after `sent`: the shared-disk lease
+    /// (`gate::Lease`) runs from there. Called just before that checkpoint's `epoch_committed`;
+    /// default: ignored.
+    fn lease_renewed(&self, _sent: std::time::Instant) {}
     /// Whether outputs are being held; with the last checkpoint acked, this ends the epoch early.
     fn output_waiting(&self) -> bool;
     /// Any frame arrived from the peer (for the failure detector); default: ignored.

@@ -9,7 +9,7 @@
 //! with `Heartbeat` between checkpoints when idle. Backup → primary: `Ack{seq of Commit}` with
 //! header epoch n, `Heartbeat` when idle, `Abort` when it gives up.
 //!
-//! FT streams speak protocol version 4 and up: each checkpoint's Commit carries `CommitInfo`
+//! FT streams speak protocol version 5 and up: each checkpoint's Commit carries `CommitInfo`
 //! (the guest pause it cost, and whether the guest was left paused, so that a backup going live
 //! from it comes up paused as the primary was), and a dirty page the primary sent in an earlier
 //! checkpoint may go out as a delta against that copy (XOR, zero-run-length encoded, with the

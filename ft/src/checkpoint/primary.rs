@@ -702,6 +702,9 @@ fn on_ack(
     stats.in_flight(epochs, bytes);
     let Some(e) = e else { return Ok(()) };
     *lock(&s.committed) = Some(e.epoch);
+    if let Some(sent) = e.sent_at {
+        hooks.lease_renewed(sent);
+    }
     hooks.epoch_committed(e.epoch);
     stats.checkpoint_committed(&CheckpointStats {
         encodings: e.encodings,

@@ -23,8 +23,9 @@ impl StreamPurpose {
         match self {
             StreamPurpose::Migration => 1,
             // Version 3: the Commit's CommitInfo (a backup must know when the guest was left
-            // paused); version 4: checkpoints carry delta page entries.
-            StreamPurpose::FaultTolerance => 4,
+            // paused); version 4: checkpoints carry delta page entries; version 5: the
+            // primary's shared-disk lease in the extras (a backup must wait it out).
+            StreamPurpose::FaultTolerance => 5,
         }
     }
 }

@@ -265,7 +265,7 @@ fn malformed_payloads_are_named() {
     reseal(&mut b);
     assert_eq!(malformed(&b), "unknown stream purpose");
     let mut b = hello.clone();
-    b[HEADER_LEN..HEADER_LEN + 2].copy_from_slice(&5u16.to_le_bytes());
+    b[HEADER_LEN..HEADER_LEN + 2].copy_from_slice(&(crate::PROTOCOL_VERSION + 1).to_le_bytes());
     reseal(&mut b);
     assert_eq!(malformed(&b), "version range is empty");
     let mut b = hello;

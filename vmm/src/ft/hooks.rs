@@ -12,6 +12,12 @@
 //! its state is restored and before the guest runs (`crate::ft::pair::BackupVm`). The primary tells
 //! the backup, in every Extras blob, through which epoch its shared disks are durable, so the
 //! stash only holds the epochs that a dead primary may not have finished.
+//!
+//! Fencing (shared mode, `ft::gate::Lease`): each ack renews the primary's lease on the shared
+//! disk ([`PrimaryHooks`]' `lease_renewed`), and every Extras blob tells the backup how long that
+//! lease lasts; a backup going live waits until [`BackupDiskHooks::lease_end`] (the last frame it
+//! heard plus that duration) before its first write, so that a primary stopped with committed
+//! writes cannot still be writing them (the pair thread does the wait, also for `ft.promote`).
 
 use devices::virtio::block::disk::RawDisk;
 use devices::virtio::block::gate::{apply_writes, ApplyError, DiskGate, DiskMode};
@@ -22,6 +28,7 @@ use ft::gate::{DiskWrite, EpochClock};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// What travels in a checkpoint's Extras blob (postcard).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -30,6 +37,9 @@ pub struct EpochExtras {
     pub durable_through: u64,
     /// The epoch's guest writes, every disk's, in the order the guest issued them per disk.
     pub writes: Vec<DiskWrite>,
+    /// The primary's shared-disk lease, milliseconds from the send of a Commit the backup acks
+    /// (0: none): a backup going live writes nothing before its last frame heard plus this.
+    pub lease_ms: u64,
 }
 
 impl EpochExtras {
@@ -98,8 +108,15 @@ impl EpochHooks for PrimaryHooks {
         EpochExtras {
             durable_through: self.clock.release_bound(),
             writes,
+            lease_ms: self.clock.lease().terms().map_or(0, |t| {
+                t.duration.as_millis().min(u128::from(u64::MAX)) as u64
+            }),
         }
         .encode()
+    }
+
+    fn lease_renewed(&self, sent: std::time::Instant) {
+        self.clock.lease().renew(sent);
     }
 
     fn epoch_committed(&self, n: u64) {
@@ -133,6 +150,8 @@ struct Stash {
     pending: BTreeMap<u64, Vec<DiskWrite>>,
     /// The first error, if applying or decoding ever failed (the backup is then not safe).
     error: Option<String>,
+    /// The primary's shared-disk lease, as its latest checkpoint announced it.
+    lease: Option<Duration>,
 }
 
 /// The backup's hooks: apply (replicated) or stash (shared) each committed epoch's writes.
@@ -159,6 +178,20 @@ impl BackupDiskHooks {
     /// The first failure to decode or apply a committed epoch's writes, if any.
     pub fn error(&self) -> Option<String> {
         self.stash().error.clone()
+    }
+
+    /// When the old primary's shared-disk lease is over for sure, given the last time this
+    /// backup heard it on the stream (`None`: the stream never carried a frame): no write of
+    /// this member may start before. `None` when there is nothing to wait for: replicated
+    /// disks (each host writes its own copy), or no lease announced (no checkpoint after the
+    /// initial sync was committed, so the primary never held one).
+    pub fn lease_end(&self, last_heard: Option<Instant>) -> Option<Instant> {
+        if self.mode != DiskMode::Shared {
+            return None;
+        }
+        let lease = self.stash().lease?;
+        // Never heard yet would mean nothing was acked; waiting from now is the safe reading.
+        Some(last_heard.unwrap_or_else(Instant::now) + lease)
     }
 
     /// Epochs stashed for re-issue (shared mode).
@@ -227,6 +260,9 @@ impl BackupHooks for BackupDiskHooks {
             }
             DiskMode::Shared => {
                 let mut st = self.stash();
+                if extras.lease_ms > 0 {
+                    st.lease = Some(Duration::from_millis(extras.lease_ms));
+                }
                 let keep = st
                     .pending
                     .split_off(&extras.durable_through.saturating_add(1));

@@ -21,13 +21,20 @@
 //! it): when full the gate reports no room and the block worker stops taking requests until a
 //! commit frees space. Unprotected: everything held is applied and synced, then writes go
 //! straight to the image. Halted: nothing is applied or dropped.
+//!
+//! Fencing (shared mode): while protected, each write of a committed epoch to the image first
+//! checks the clock's lease ([`EpochClock::shared_write_allowed`], `ft::gate::Lease`); a
+//! primary that was stopped past it keeps the writes held instead of writing them over what a
+//! backup gone live has written since, until it wins the generation (then they are its own to
+//! write) or halts.
 
 use super::disk::{RawDisk, SECTOR_SIZE};
 use super::io::DiskIo;
-use ft::gate::{DiskWrite, DurabilityId, EpochClock, OutputGate, Protection};
+use ft::gate::{DiskWrite, DurabilityId, EpochClock, FenceError, OutputGate, Protection};
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -59,6 +66,8 @@ pub enum ApplyError {
     OutOfRange { offset: u64, len: usize },
     #[error("disk I/O")]
     Io(#[source] io::Error),
+    #[error("committed writes held back: this member may not write the shared disk now")]
+    Fenced(#[source] FenceError),
 }
 
 /// Gate counters, readable at any time.
@@ -74,6 +83,9 @@ pub struct DiskGateCounters {
     pub durable_epoch: AtomicU64,
     /// Failed attempts to make committed writes durable (retried).
     pub apply_errors: AtomicU64,
+    /// Attempts refused for want of a valid lease (shared mode; retried, or held for good once
+    /// halted).
+    pub fenced: AtomicU64,
     /// Times the gate was full and pushed back on the guest.
     pub full: AtomicU64,
 }
@@ -88,6 +100,7 @@ impl DiskGateCounters {
             ("disk_gate_applied_writes", l(&self.applied_writes)),
             ("disk_gate_durable_epoch", l(&self.durable_epoch)),
             ("disk_gate_apply_errors", l(&self.apply_errors)),
+            ("disk_gate_fenced", l(&self.fenced)),
             ("disk_gate_full", l(&self.full)),
         ]
     }
@@ -117,6 +130,8 @@ pub struct DiskGate {
     apply: Mutex<()>,
     room: EventFd,
     counters: DiskGateCounters,
+    /// The last apply attempt was fenced (logged once per spell, not every retry).
+    fenced: AtomicBool,
 }
 
 impl DiskGate {
@@ -142,6 +157,7 @@ impl DiskGate {
             apply: Mutex::new(()),
             room: EventFd::new(EFD_NONBLOCK)?,
             counters: DiskGateCounters::default(),
+            fenced: AtomicBool::new(false),
         })
     }
 
@@ -215,7 +231,11 @@ impl DiskGate {
         };
         if self.mode == DiskMode::Shared && !batch.is_empty() {
             if let Err(e) = self.write_batch(&batch) {
-                self.counters.apply_errors.fetch_add(1, Ordering::Relaxed);
+                let counter = match e {
+                    ApplyError::Fenced(_) => &self.counters.fenced,
+                    _ => &self.counters.apply_errors,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
                 self.lock().log.extend(batch);
                 return Err(e);
             }
@@ -242,6 +262,10 @@ impl DiskGate {
     fn write_batch(&self, batch: &[(u64, Vec<DiskWrite>)]) -> Result<(), ApplyError> {
         for (_, writes) in batch {
             for w in writes {
+                // Before every write, not once per batch: the process may stop between two.
+                self.clock
+                    .shared_write_allowed()
+                    .map_err(ApplyError::Fenced)?;
                 self.disk
                     .write_at(&w.data, w.offset)
                     .map_err(ApplyError::Io)?;
@@ -358,11 +382,22 @@ impl OutputGate for DiskGate {
             Protection::Off | Protection::Unprotected => ALL,
             Protection::Halted => return,
         };
-        if let Err(e) = self.make_durable(through) {
-            log::warn!(
-                "{}: committed writes not yet durable, will retry: {e}",
-                self.name
-            );
+        match self.make_durable(through) {
+            Ok(()) => {
+                if self.fenced.swap(false, Ordering::Relaxed) {
+                    log::info!("{}: lease valid again; committed writes applied", self.name);
+                }
+            }
+            Err(ApplyError::Fenced(e)) => {
+                if !self.fenced.swap(true, Ordering::Relaxed) {
+                    log::warn!("{}: committed writes held back: {e}", self.name);
+                }
+            }
+            Err(e) => log::warn!(
+                "{}: committed writes not yet durable, will retry: {}",
+                self.name,
+                errors::chain(&e)
+            ),
         }
     }
 }

@@ -103,6 +103,20 @@ pub struct BackupSetup {
     pub heartbeat: Option<HeartbeatPaths>,
 }
 
+/// Sleeps until `end` (the old primary's shared-disk lease is over), saying so in ft.status.
+fn wait_out_lease(end: Option<Instant>, status: &StatusHandle) {
+    let Some(left) = end.and_then(|e| e.checked_duration_since(Instant::now())) else {
+        return;
+    };
+    let why = format!(
+        "won the generation; waiting {left:?} for the old primary's disk lease to run out \
+         before the first write"
+    );
+    log::info!("ft backup: {why}");
+    status.note(&why);
+    std::thread::sleep(left);
+}
+
 /// How long a backup waits for its primary to connect.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often a waiting backup looks at its commands.
@@ -298,9 +312,10 @@ fn run_backup(
             return None;
         }
         let config = config.get()?.clone();
-        break (exit, detector, config, heartbeats);
+        let disks = hooks.disks.get().cloned();
+        break (exit, detector, config, heartbeats, disks);
     };
-    let (exit, detector, config, _heartbeats) = exit;
+    let (exit, detector, config, _heartbeats, disks) = exit;
     let why = errors::chain(&exit.error);
     log::warn!("ft backup: stream ended: {why}");
     let mut coordinator = FailoverCoordinator::new(s.arbiter, status.clone());
@@ -363,6 +378,12 @@ fn run_backup(
             Decision::Stay => {}
             Decision::Retry { after, .. } => next_try = Instant::now() + after,
             Decision::GoLive { generation } => {
+                // Fencing: the old primary may hold a lease on the shared disk until the last
+                // frame we heard plus its duration; nothing of ours is written before that.
+                let lease_end = disks
+                    .as_ref()
+                    .and_then(|d| d.lease_end(detector.last_heard(Path::Channel)));
+                wait_out_lease(lease_end, &status);
                 let b = backup.take()?;
                 let from = b.last_committed();
                 let paused = b.committed_guest_paused();

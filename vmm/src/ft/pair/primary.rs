@@ -29,7 +29,7 @@ use ft::arbiter::FileArbiter;
 use ft::checkpoint::{EpochHooks, FtPrimary, PrimaryOptions, RESYNC_PREFIX};
 use ft::failover::{Decision, FailoverCoordinator};
 use ft::frame::FrameType;
-use ft::gate::{EpochClock, Releaser};
+use ft::gate::{EpochClock, LeaseTerms, Releaser};
 use ft::heartbeat::{ChannelHook, FailureDetector, Path, Verdict};
 use ft::migration::SendOptions;
 use ft::status::{FtState, StatusHandle};
@@ -72,6 +72,9 @@ impl EpochHooks for PrimaryPairHooks {
     }
     fn epoch_committed(&self, n: u64) {
         self.gates.epoch_committed(n)
+    }
+    fn lease_renewed(&self, sent: Instant) {
+        self.gates.lease_renewed(sent)
     }
     fn output_waiting(&self) -> bool {
         self.gates.output_waiting()
@@ -119,6 +122,10 @@ pub fn spawn_primary(
     report: ReportSink,
 ) -> Result<PairHandle, Box<(Vm, PairError)>> {
     let clock = Arc::new(EpochClock::new());
+    // Shared-disk writes of committed epochs need a lease that each ack renews (fencing).
+    clock
+        .lease()
+        .set_terms(LeaseTerms::for_failure_timeout(s.timing.failure_timeout));
     let gates = match s.vm.enable_ft(&FtSetup::new(clock.clone(), s.disk_mode)) {
         Ok(g) => g,
         Err(e) => return Err(Box::new((s.vm, PairError::Gates(e)))),
