@@ -6,6 +6,7 @@ pub mod client;
 pub mod ft;
 pub mod ft_pair;
 pub mod guest;
+pub mod handover_proxy;
 pub mod metrics;
 pub mod net;
 pub mod pair;
