@@ -152,6 +152,7 @@ fn backup_opts() -> BackupOptions {
     BackupOptions {
         sync: ReceiveOptions {
             io_timeout: Duration::from_secs(10),
+            ..ReceiveOptions::default()
         },
         heartbeat_interval: Duration::from_millis(20),
         peer_timeout: Duration::from_secs(5),

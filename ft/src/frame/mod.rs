@@ -68,6 +68,9 @@ pub enum FrameType {
     /// A chunk of an FT checkpoint's opaque extras (e.g. the epoch's disk write log); protocol
     /// version 2 and later.
     Extras = 10,
+    /// A migration's hand-over terms: the arbiter generation whose winner runs the VM
+    /// (protocol version 5 and later; `migration::handover`).
+    Handover = 13,
 }
 
 impl FrameType {
@@ -84,6 +87,7 @@ impl FrameType {
             8 => FrameType::Abort,
             9 => FrameType::Heartbeat,
             10 => FrameType::Extras,
+            13 => FrameType::Handover,
             _ => return None,
         })
     }

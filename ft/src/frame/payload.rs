@@ -21,7 +21,9 @@ impl StreamPurpose {
     /// Oldest protocol version that can carry a stream of this purpose.
     pub fn min_protocol_version(self) -> u16 {
         match self {
-            StreamPurpose::Migration => 1,
+            // Version 5: a source that never resumes once the destination may run, and the
+            // Handover frame; an older source resumes when the final ack is lost.
+            StreamPurpose::Migration => 5,
             // Version 3: the Commit's CommitInfo (a backup must know when the guest was left
             // paused); version 4: checkpoints carry delta page entries; version 5: the
             // primary's shared-disk lease in the extras (a backup must wait it out).
@@ -115,6 +117,15 @@ pub enum Frame {
         /// The chunk.
         data: Vec<u8>,
     },
+    /// Migration, source → destination, right after the Hello (ack requested): the VM runs
+    /// wherever `generation` is won at the arbiter both were given; `token` names this
+    /// migration in the claims, so that the source can recognise the destination's win.
+    Handover {
+        /// The generation both sides claim when the outcome is in question.
+        generation: u64,
+        /// Random, per migration.
+        token: u64,
+    },
 }
 
 impl Frame {
@@ -131,6 +142,7 @@ impl Frame {
             Frame::Abort { .. } => FrameType::Abort,
             Frame::Heartbeat { .. } => FrameType::Heartbeat,
             Frame::Extras { .. } => FrameType::Extras,
+            Frame::Handover { .. } => FrameType::Handover,
         }
     }
 
@@ -175,6 +187,10 @@ impl Frame {
                 out.extend_from_slice(&offset.to_le_bytes());
                 out.extend_from_slice(&total.to_le_bytes());
                 out.extend_from_slice(data);
+            }
+            Frame::Handover { generation, token } => {
+                out.extend_from_slice(&generation.to_le_bytes());
+                out.extend_from_slice(&token.to_le_bytes());
             }
         }
     }
@@ -282,6 +298,10 @@ impl Frame {
                     data,
                 }
             }
+            FrameType::Handover => Frame::Handover {
+                generation: r.u64().map_err(short)?,
+                token: r.u64().map_err(short)?,
+            },
         };
         r.finish().map_err(short)?;
         Ok(frame)
@@ -289,9 +309,8 @@ impl Frame {
 }
 
 impl Hello {
-    /// A Hello for this build's protocol version range; migration still speaks version 1 (it
-    /// sends no frame that version lacks), fault tolerance needs version 4 (Extras, CommitInfo,
-    /// delta pages).
+    /// A Hello for this build's protocol version range from the oldest its purpose can use
+    /// ([`StreamPurpose::min_protocol_version`]).
     pub fn new(purpose: StreamPurpose, identity: VmIdentity) -> Hello {
         Hello {
             min_version: purpose.min_protocol_version(),

@@ -42,6 +42,10 @@ fn samples() -> Vec<Frame> {
             }),
         },
         Frame::Ack { seq: 42 },
+        Frame::Handover {
+            generation: 7,
+            token: 0x0123_4567_89ab_cdef,
+        },
         Frame::Abort {
             reason: "disk full".into(),
         },

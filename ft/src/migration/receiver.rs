@@ -1,6 +1,7 @@
 //! The destination side of a pre-copy migration.
 
 use super::channel::{FrameReader, FrameWriter};
+use super::handover::{self, Claimed, HandoverArbiter, Terms, Unsettled};
 use super::progress::{MigrationPhase, ProgressHandle};
 use super::{error_chain, unexpected, vm_err, MigrationError};
 use crate::frame::{DecodedFrame, Frame, Hello, PageBatch, PageRef, StreamPurpose, PAGE_SIZE};
@@ -18,12 +19,16 @@ static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 pub struct ReceiveOptions {
     /// Longest wait for any one frame from the source.
     pub io_timeout: Duration,
+    /// Take the VM over only by winning the source's generation at this arbiter
+    /// (`handover`); the source must be given the same.
+    pub arbiter: Option<HandoverArbiter>,
 }
 
 impl Default for ReceiveOptions {
     fn default() -> Self {
         ReceiveOptions {
             io_timeout: Duration::from_secs(30),
+            arbiter: None,
         }
     }
 }
@@ -57,6 +62,7 @@ pub struct IncomingMigration {
     hello_seq: u64,
     progress: ProgressHandle,
     started: Instant,
+    arbiter: Option<HandoverArbiter>,
 }
 
 /// Reads the Hello, then receives into `vm`; see `IncomingMigration`.
@@ -106,6 +112,7 @@ impl IncomingMigration {
                 hello_seq,
                 progress: progress.clone(),
                 started,
+                arbiter: opts.arbiter.clone(),
             }),
             Err(e) => Err(fail(&mut reader, &mut writer, progress, e)),
         }
@@ -123,8 +130,10 @@ impl IncomingMigration {
     }
 
     /// Receives the VM into `vm`, which must not be running and whose memory must be zero (a fresh
-    /// VM): zero pages are skipped in the full pass. On success `vm` has been restored and resumed.
-    /// On error it was not resumed, the source has been told why, and the caller should discard it.
+    /// VM): zero pages are skipped in the full pass. On success `vm` has been restored and resumed
+    /// (with an arbiter, after winning the source's generation), whether or not the final ack
+    /// reached the source. On error it was not resumed, the source has been told why if it can
+    /// be reached, and the caller should discard it.
     pub fn receive_into<V: MigratableVm + ?Sized>(
         mut self,
         vm: &mut V,
@@ -173,6 +182,11 @@ impl IncomingMigration {
             0,
             0,
         )?;
+        let terms = if handover {
+            self.handover_terms()?
+        } else {
+            None
+        };
         self.progress.update(|p| p.phase = MigrationPhase::Precopy);
 
         let vcpus = vm.vcpu_count() as usize;
@@ -248,11 +262,21 @@ impl IncomingMigration {
                     let state = state.complete(n)?;
                     if handover {
                         vm.restore_state(&state).map_err(vm_err("restore_state"))?;
-                    }
-                    self.writer.send(&Frame::Ack { seq }, round, 0)?;
-                    if handover {
-                        // The source has handed over now: from here on this VM is the only copy.
+                        if let Some(t) = terms {
+                            self.claim(t)?;
+                        }
+                        // Ours now: a source that gets no ack stays paused unless it wins the
+                        // generation we hold, so the ack below may be lost without harm.
                         vm.resume().map_err(vm_err("resume"))?;
+                        if let Err(e) = self.writer.send(&Frame::Ack { seq }, round, 0) {
+                            log::warn!(
+                                "incoming migration: the VM runs here, but the final ack did \
+                                 not reach the source: {}",
+                                error_chain(&e)
+                            );
+                        }
+                    } else {
+                        self.writer.send(&Frame::Ack { seq }, round, 0)?;
                     }
                     let report = ReceiveReport {
                         identity: self.hello.identity.clone(),
@@ -266,9 +290,75 @@ impl IncomingMigration {
                 }
                 Frame::Heartbeat { .. } => {}
                 Frame::Abort { reason } => return Err(MigrationError::PeerAborted { reason }),
-                other @ (Frame::Hello(_) | Frame::Ack { .. } | Frame::Extras { .. }) => {
+                other @ (Frame::Hello(_)
+                | Frame::Ack { .. }
+                | Frame::Extras { .. }
+                | Frame::Handover { .. }) => {
                     return Err(unexpected("pages, state or Commit", other.frame_type()))
                 }
+            }
+        }
+    }
+}
+
+impl IncomingMigration {
+    /// A migration's first frame after the Hello: the source's hand-over terms if it hands over
+    /// through an arbiter. Both sides must have one, or neither (else one of them could run
+    /// the VM without the arbiter's word); a mismatch is refused before anything is copied.
+    fn handover_terms(&mut self) -> Result<Option<Terms>, MigrationError> {
+        let arbiter = self.arbiter.clone();
+        let first = self.reader.peek()?;
+        let terms = match (&first.frame, arbiter) {
+            (Frame::Handover { generation, token }, Some(a)) => {
+                let t = Terms {
+                    generation: *generation,
+                    token: *token,
+                };
+                handover::check_terms(&*a.0, &t)?;
+                t
+            }
+            (Frame::Handover { .. }, None) => {
+                return Err(MigrationError::Incompatible(
+                    "the source hands over through an arbiter and this destination has none: \
+                     give vm.receive-migration the same arbiter"
+                        .into(),
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(MigrationError::Incompatible(
+                    "this destination takes a VM over only through its arbiter and the source \
+                     has none: give vm.send-migration the same arbiter"
+                        .into(),
+                ))
+            }
+            (_, None) => return Ok(None),
+        };
+        let f = self.reader.recv()?;
+        self.writer.send(&Frame::Ack { seq: f.seq }, 0, 0)?;
+        log::info!(
+            "incoming migration: hand-over through the arbiter in generation {}",
+            terms.generation
+        );
+        Ok(Some(terms))
+    }
+
+    /// Wins the hand-over's generation before the VM runs here, or refuses to run it.
+    fn claim(&mut self, t: Terms) -> Result<(), MigrationError> {
+        let Some(a) = self.arbiter.clone() else {
+            return Ok(());
+        };
+        self.progress.update(|p| p.phase = MigrationPhase::Settling);
+        match handover::claim(&*a.0, t.generation, &t.destination_claim()) {
+            Claimed::Won => {
+                log::info!("incoming migration: won generation {}", t.generation);
+                Ok(())
+            }
+            Claimed::Lost(holder) => Err(MigrationError::SourceKeptVm { holder }),
+            Claimed::Unreachable(source) => {
+                Err(MigrationError::Unsettled(Unsettled::Unreachable {
+                    generation: t.generation,
+                    source,
+                }))
             }
         }
     }

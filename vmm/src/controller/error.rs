@@ -92,6 +92,11 @@ pub enum VmmError {
     FtNothingToPromote,
     #[error("this member must not run the guest: {reason}; ft.disable clears it once the operator knows where the guest runs")]
     Fenced { reason: String },
+    #[error(
+        "the migration's outcome is unknown ({reason}): {}",
+        super::migration::IN_DOUBT_ACTION
+    )]
+    OutcomeUnknown { reason: String },
     #[error("cannot use the arbiter")]
     FtArbiter(#[source] ArbiterError),
     #[error("the FT peer must be tcp:HOST:PORT, got {peer}")]
@@ -124,7 +129,8 @@ impl VmmError {
             | VmmError::FtNothingToPromote
             | VmmError::FtSyncing
             | VmmError::FtEndedMeanwhile
-            | VmmError::Fenced { .. } => 409,
+            | VmmError::Fenced { .. }
+            | VmmError::OutcomeUnknown { .. } => 409,
             VmmError::FtOp { .. } | VmmError::FtStart(_) | VmmError::MigrationThread(_) => 500,
             // The caller's input: a bad URL or key file, an unreachable peer or arbiter, an
             // address we cannot listen on, a config that does not fit this host.

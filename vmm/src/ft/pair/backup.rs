@@ -173,6 +173,7 @@ fn run_backup(
     let opts = BackupOptions {
         sync: ReceiveOptions {
             io_timeout: s.failure_timeout.max(SYNC_IO_TIMEOUT),
+            ..ReceiveOptions::default()
         },
         heartbeat_interval: Duration::from_millis(100),
         peer_timeout: s.failure_timeout,
