@@ -257,4 +257,17 @@ fn promote_of_a_live_primary_leaves_one_member_and_loses_nothing() {
     // One member runs the guest: the old primary is halted with its VM stopped.
     assert_eq!(ft_status(&f.b)["state"], "unprotected");
     assert_ne!(f.p.state(), "Running");
+    // A live primary answers the promoted backup's Fence: no need to wait out its lease.
+    assert!(
+        f.b.log()
+            .contains("the old primary confirmed it stopped writing the shared disk"),
+        "the primary did not confirm its fence:\nbackup:\n{}\nprimary:\n{}",
+        f.b.log(),
+        f.p.log()
+    );
+    assert!(
+        f.p.log().contains("gave up its shared-disk lease"),
+        "{}",
+        f.p.log()
+    );
 }

@@ -107,6 +107,20 @@ pub enum CheckpointError {
     /// `go_live` without a committed checkpoint.
     #[error("no committed checkpoint to go live from")]
     NothingCommitted,
+    /// Primary: the backup is being promoted (`ft.promote`); this primary gave its shared-disk
+    /// lease up and told it so.
+    #[error("the backup is taking over (ft.promote, generation {generation}): this primary stopped writing the shared disk")]
+    Fenced {
+        /// The generation the backup is about to claim.
+        generation: u64,
+    },
+    /// Backup: `ft.promote` stopped receiving; `confirmed` when the primary answered that it
+    /// stopped writing the shared disk (else its lease must run out first).
+    #[error("promoted (ft.promote); the primary {}", if *confirmed { "confirmed it stopped writing the shared disk" } else { "did not confirm it stopped writing" })]
+    Promoted {
+        /// The primary's Fence answer arrived.
+        confirmed: bool,
+    },
 }
 
 impl From<MigrationError> for CheckpointError {

@@ -119,6 +119,8 @@ struct Shared {
     committed: Mutex<Option<u64>>,
     /// The epoch thread has ended: no checkpoint will join the window any more.
     epoch_done: AtomicBool,
+    /// The backup's Fence was honoured (lease given up): the sender answers it, then stops.
+    fenced: Mutex<Option<u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -189,6 +191,7 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
             error: Mutex::new(None),
             committed: Mutex::new(Some(0)),
             epoch_done: AtomicBool::new(false),
+            fenced: Mutex::new(None),
         });
         let vm = Arc::new(Mutex::new(vm));
         let mut p = FtPrimary {
@@ -567,6 +570,12 @@ fn send_loop(
     let mut last_sent = Instant::now();
     let mut last_epoch = 0;
     loop {
+        if let Some(generation) = lock(&s.fenced).take() {
+            // ft.promote: the lease is given up and no write is in flight; say so, and stop.
+            let _ = writer.send(&Frame::Fence { generation }, last_epoch, 0);
+            s.fail(CheckpointError::Fenced { generation });
+            return writer;
+        }
         if s.failed() {
             return writer;
         }
@@ -647,6 +656,11 @@ fn ack_loop(
                 let r = match f.frame {
                     Frame::Ack { seq } => on_ack(s, f.epoch, seq, hooks, stats),
                     Frame::Heartbeat { .. } => Ok(()),
+                    Frame::Fence { generation } => {
+                        hooks.fence(generation);
+                        *lock(&s.fenced) = Some(generation);
+                        Ok(())
+                    }
                     Frame::Abort { reason } => Err(MigrationError::PeerAborted { reason }.into()),
                     other => Err(crate::migration::unexpected(
                         "Ack or Heartbeat",

@@ -71,6 +71,9 @@ pub enum FrameType {
     /// A migration's hand-over terms: the arbiter generation whose winner runs the VM
     /// (protocol version 5 and later; `migration::handover`).
     Handover = 13,
+    /// FT `ft.promote`: the backup asks the primary to stop writing the shared disk; the
+    /// primary answers with the same frame once it has (protocol version 5 and later).
+    Fence = 14,
 }
 
 impl FrameType {
@@ -88,6 +91,7 @@ impl FrameType {
             9 => FrameType::Heartbeat,
             10 => FrameType::Extras,
             13 => FrameType::Handover,
+            14 => FrameType::Fence,
             _ => return None,
         })
     }

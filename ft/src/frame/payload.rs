@@ -126,6 +126,13 @@ pub enum Frame {
         /// Random, per migration.
         token: u64,
     },
+    /// FT, backup → primary on `ft.promote`: "I am taking over in `generation`: stop writing
+    /// the shared disk". Primary → backup, the answer: "no write of mine is in flight and none
+    /// will start", so the promoted backup need not wait for the primary's lease to run out.
+    Fence {
+        /// The generation the backup is about to claim.
+        generation: u64,
+    },
 }
 
 impl Frame {
@@ -143,6 +150,7 @@ impl Frame {
             Frame::Heartbeat { .. } => FrameType::Heartbeat,
             Frame::Extras { .. } => FrameType::Extras,
             Frame::Handover { .. } => FrameType::Handover,
+            Frame::Fence { .. } => FrameType::Fence,
         }
     }
 
@@ -192,6 +200,7 @@ impl Frame {
                 out.extend_from_slice(&generation.to_le_bytes());
                 out.extend_from_slice(&token.to_le_bytes());
             }
+            Frame::Fence { generation } => out.extend_from_slice(&generation.to_le_bytes()),
         }
     }
 
@@ -301,6 +310,9 @@ impl Frame {
             FrameType::Handover => Frame::Handover {
                 generation: r.u64().map_err(short)?,
                 token: r.u64().map_err(short)?,
+            },
+            FrameType::Fence => Frame::Fence {
+                generation: r.u64().map_err(short)?,
             },
         };
         r.finish().map_err(short)?;

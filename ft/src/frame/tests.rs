@@ -46,6 +46,7 @@ fn samples() -> Vec<Frame> {
             generation: 7,
             token: 0x0123_4567_89ab_cdef,
         },
+        Frame::Fence { generation: 3 },
         Frame::Abort {
             reason: "disk full".into(),
         },

@@ -12,6 +12,8 @@
 //!   `last frame heard + duration` before its first write (`vmm::ft::hooks`, which also covers
 //!   `ft.promote`). The lease therefore runs from `s`, not from the ack's arrival, and lasts
 //!   [`LeaseTerms::duration`], which every checkpoint announces to the backup.
+//! * **Revoked** for good when the backup is promoted (`ft.promote`) and asks this primary to
+//!   stop: no renewal brings it back, so the promoted backup may write at once.
 //! * **Margin.** A write is started only if the lease still has [`LeaseTerms::margin`] to run:
 //!   the check and the write it allows are not atomic, and the margin bounds the time between
 //!   them (being scheduled out, the write itself). Monotonic clocks of two hosts drift by parts
@@ -59,6 +61,9 @@ pub enum FenceError {
     /// No lease terms were set or no checkpoint has been acked yet.
     #[error("no disk lease: the backup has acknowledged no checkpoint yet")]
     NoLease,
+    /// The backup is being promoted and this primary gave its lease up.
+    #[error("the disk lease was given up: the backup is being promoted")]
+    Revoked,
     /// The lease ended, or ends within the margin.
     #[error("the disk lease ran out {late:?} ago (counting its {margin:?} margin): the backup may have taken over")]
     Expired {
@@ -76,9 +81,13 @@ pub struct Lease {
     base: Instant,
     duration_ns: AtomicU64,
     margin_ns: AtomicU64,
-    /// End of the lease, nanoseconds after `base`; 0 while none was granted.
+    /// End of the lease, nanoseconds after `base`; 0 while none was granted, `u64::MAX`
+    /// once revoked.
     end_ns: AtomicU64,
 }
+
+/// `end_ns` of a revoked lease.
+const REVOKED: u64 = u64::MAX;
 
 impl Default for Lease {
     fn default() -> Self {
@@ -121,7 +130,15 @@ impl Lease {
     pub fn renew(&self, sent: Instant) {
         let since = nanos(sent.saturating_duration_since(self.base));
         let end = since.saturating_add(self.duration_ns.load(Ordering::Acquire));
-        self.end_ns.fetch_max(end.max(1), Ordering::AcqRel);
+        // Never past REVOKED, which fetch_max then keeps.
+        self.end_ns
+            .fetch_max(end.clamp(1, REVOKED - 1), Ordering::AcqRel);
+    }
+
+    /// Gives the lease up for good (the backup is promoted): every later check fails, whatever
+    /// acks still arrive. The caller must still wait for a write already past its check.
+    pub fn revoke(&self) {
+        self.end_ns.store(REVOKED, Ordering::Release);
     }
 
     /// Whether a write may start now.
@@ -132,6 +149,9 @@ impl Lease {
     /// [`Lease::check`] at `now`.
     pub fn check_at(&self, now: Instant) -> Result<(), FenceError> {
         let end = self.end_ns.load(Ordering::Acquire);
+        if end == REVOKED {
+            return Err(FenceError::Revoked);
+        }
         if end == 0 || self.duration_ns.load(Ordering::Acquire) == 0 {
             return Err(FenceError::NoLease);
         }
@@ -150,6 +170,9 @@ impl Lease {
     /// How long writes may still start (zero once expired or never granted).
     pub fn remaining(&self) -> Duration {
         let end = self.end_ns.load(Ordering::Acquire);
+        if end == REVOKED {
+            return Duration::ZERO;
+        }
         let usable_end = end.saturating_sub(self.margin_ns.load(Ordering::Acquire));
         let now = nanos(self.base.elapsed());
         Duration::from_nanos(usable_end.saturating_sub(now))
@@ -193,6 +216,17 @@ mod tests {
             }
             r => panic!("{r:?}"),
         }
+    }
+
+    #[test]
+    fn a_revoked_lease_stays_revoked() {
+        let l = lease(1000);
+        l.renew(Instant::now());
+        l.revoke();
+        assert_eq!(l.check(), Err(FenceError::Revoked));
+        l.renew(Instant::now());
+        assert_eq!(l.check(), Err(FenceError::Revoked));
+        assert_eq!(l.remaining(), Duration::ZERO);
     }
 
     #[test]

@@ -293,7 +293,8 @@ impl IncomingMigration {
                 other @ (Frame::Hello(_)
                 | Frame::Ack { .. }
                 | Frame::Extras { .. }
-                | Frame::Handover { .. }) => {
+                | Frame::Handover { .. }
+                | Frame::Fence { .. }) => {
                     return Err(unexpected("pages, state or Commit", other.frame_type()))
                 }
             }

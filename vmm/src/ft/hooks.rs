@@ -119,6 +119,14 @@ impl EpochHooks for PrimaryHooks {
         self.clock.lease().renew(sent);
     }
 
+    fn fence(&self, _generation: u64) {
+        self.clock.lease().revoke();
+        // A write already past its lease check finishes before the backup hears we stopped.
+        for d in &self.disks {
+            d.wait_idle();
+        }
+    }
+
     fn epoch_committed(&self, n: u64) {
         if let Err(e) = self.clock.commit(n) {
             log::error!("ft: commit of epoch {n}: {e}");

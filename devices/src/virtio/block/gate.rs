@@ -259,6 +259,12 @@ impl DiskGate {
         Ok(())
     }
 
+    /// Returns once no write to the image is in progress; with the lease revoked (or the clock
+    /// halted) first, none starts afterwards while protected.
+    pub fn wait_idle(&self) {
+        drop(self.apply.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
     fn write_batch(&self, batch: &[(u64, Vec<DiskWrite>)]) -> Result<(), ApplyError> {
         for (_, writes) in batch {
             for w in writes {

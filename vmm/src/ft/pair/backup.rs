@@ -37,6 +37,7 @@ use ft::heartbeat::{ChannelHook, FailureDetector, Path, Verdict};
 use ft::migration::{MigrationError, ReceiveOptions};
 use ft::status::{FtState, StatusHandle};
 use ft::transport::Connection;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
@@ -46,6 +47,8 @@ struct BackupPairHooks {
     disks: OnceLock<Arc<BackupDiskHooks>>,
     status: StatusHandle,
     channel: ChannelHook,
+    /// Set by ft.promote ([`PairHandle::command`]).
+    promote: Arc<AtomicBool>,
 }
 
 impl BackupHooks for BackupPairHooks {
@@ -76,6 +79,11 @@ impl BackupHooks for BackupPairHooks {
     }
     fn heartbeat_sent(&self) {
         self.status.record_heartbeat_sent(Path::Channel);
+    }
+    fn promote_requested(&self) -> Option<u64> {
+        self.promote
+            .load(Ordering::SeqCst)
+            .then(|| self.status.generation().saturating_add(1))
     }
 }
 
@@ -128,16 +136,18 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn spawn_backup(s: BackupSetup, report: ReportSink) -> Result<PairHandle, PairError> {
     let (tx, rx) = std::sync::mpsc::channel();
     let stream: Arc<Mutex<Option<Box<dyn Connection>>>> = Arc::default();
+    let promote: Arc<AtomicBool> = Arc::default();
     let mut handle = PairHandle {
         commands: tx,
         stream: stream.clone(),
+        promote: promote.clone(),
         thread: None,
     };
     let thread = std::thread::Builder::new()
         .name("tandem_ft_backup".into())
         .spawn(move || {
             crate::seccomp::apply(crate::seccomp::ThreadKind::Ft);
-            report(match run_backup(s, &stream, &rx) {
+            report(match run_backup(s, &stream, &promote, &rx) {
                 Some((config, vm, paused, reason)) => PairReport::BackupLive {
                     config: Box::new(config),
                     vm,
@@ -159,6 +169,7 @@ pub fn spawn_backup(s: BackupSetup, report: ReportSink) -> Result<PairHandle, Pa
 fn run_backup(
     s: BackupSetup,
     stream: &Mutex<Option<Box<dyn Connection>>>,
+    promote_asked: &Arc<AtomicBool>,
     commands: &Receiver<PairCommand>,
 ) -> Option<(VmConfig, Vm, bool, String)> {
     let status = s.status.clone();
@@ -249,10 +260,13 @@ fn run_backup(
             Some(Ok(h)) => Some(h),
             None => None,
         };
+        // A promote is only taken while protected, so none can be meant for this new stream.
+        promote_asked.store(false, Ordering::SeqCst);
         let hooks = Arc::new(BackupPairHooks {
             disks: OnceLock::new(),
             status: status.clone(),
             channel: detector.channel_hook(),
+            promote: promote_asked.clone(),
         });
         let config: OnceLock<VmConfig> = OnceLock::new();
         let build_hooks = hooks.clone();
@@ -323,9 +337,16 @@ fn run_backup(
     // A primary that closed cleanly or fell silent leaves "the peer closed the connection" or a
     // timeout here; a corrupt, truncated or unexpected frame is named: the reasons say which.
     coordinator.set_cause(format!("the replication stream ended: {why}"));
+    // ft.promote ended the stream: the primary may have confirmed it stopped writing.
+    let (mut promote, fenced) = match &exit.error {
+        CheckpointError::BackupStopped { cause, .. } => match **cause {
+            CheckpointError::Promoted { confirmed } => (true, confirmed),
+            _ => (false, false),
+        },
+        _ => (false, false),
+    };
     let mut backup = Some(exit.backup);
     let mut next_try = Instant::now();
-    let mut promote = false;
     loop {
         match commands.recv_timeout(TICK) {
             Ok(
@@ -381,10 +402,16 @@ fn run_backup(
             Decision::GoLive { generation } => {
                 // Fencing: the old primary may hold a lease on the shared disk until the last
                 // frame we heard plus its duration; nothing of ours is written before that.
-                let lease_end = disks
-                    .as_ref()
-                    .and_then(|d| d.lease_end(detector.last_heard(Path::Channel)));
-                wait_out_lease(lease_end, &status);
+                if fenced {
+                    log::info!(
+                        "ft backup: the old primary confirmed it stopped writing the shared disk"
+                    );
+                } else {
+                    let lease_end = disks
+                        .as_ref()
+                        .and_then(|d| d.lease_end(detector.last_heard(Path::Channel)));
+                    wait_out_lease(lease_end, &status);
+                }
                 let b = backup.take()?;
                 let from = b.last_committed();
                 let paused = b.committed_guest_paused();

@@ -76,6 +76,15 @@ impl EpochHooks for PrimaryPairHooks {
     fn lease_renewed(&self, sent: Instant) {
         self.gates.lease_renewed(sent)
     }
+    fn fence(&self, generation: u64) {
+        self.gates.fence(generation);
+        let why = format!(
+            "the backup is being promoted (ft.promote, generation {generation}): this primary \
+             gave up its shared-disk lease and writes nothing more until it wins a generation"
+        );
+        log::warn!("ft primary: {why}");
+        self.status.note(&why);
+    }
     fn output_waiting(&self) -> bool {
         self.gates.output_waiting()
     }
@@ -141,6 +150,7 @@ pub fn spawn_primary(
     let mut handle = PairHandle {
         commands: tx,
         stream: Arc::default(),
+        promote: Arc::default(),
         thread: None,
     };
     let detector = FailureDetector::new(s.timing.failure_timeout);
