@@ -23,7 +23,8 @@ pub mod vm;
 
 /// The newest stream protocol version this build speaks (announced in Hello). Version 2 adds the
 /// Extras frame for FT checkpoints, version 3 the FT Commit's `CommitInfo` (pause, guest paused),
-/// version 4 delta page entries in FT checkpoints, version 5 the shared-disk lease in each FT
-/// checkpoint's extras (fencing) and the migration hand-over (a source that never resumes once
-/// the destination may run: `migration::handover`).
+/// version 4 delta page entries in FT checkpoints, version 5 the backup's EndConfirmed answer to
+/// an intended end, the shared-disk lease in each FT checkpoint's extras (fencing) and the
+/// migration hand-over (a source that never resumes once the destination may run:
+/// `migration::handover`).
 pub const PROTOCOL_VERSION: u16 = 5;

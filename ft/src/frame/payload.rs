@@ -25,8 +25,10 @@ impl StreamPurpose {
             // Handover frame; an older source resumes when the final ack is lost.
             StreamPurpose::Migration => 5,
             // Version 3: the Commit's CommitInfo (a backup must know when the guest was left
-            // paused); version 4: checkpoints carry delta page entries; version 5: the
-            // primary's shared-disk lease in the extras (a backup must wait it out).
+            // paused); version 4: checkpoints carry delta page entries; version 5: the backup
+            // confirms an intended end (EndConfirmed), without which a primary must not run
+            // alone before winning the arbiter, and the primary's shared-disk lease travels in
+            // the extras (a backup must wait it out).
             StreamPurpose::FaultTolerance => 5,
         }
     }
@@ -45,6 +47,9 @@ pub struct Hello {
     pub page_size: u32,
     /// The VM being sent.
     pub identity: VmIdentity,
+    /// FT streams (protocol 5): the pair's settings as JSON (`checkpoint::PairSettings`), after
+    /// the identity; absent from a migration's Hello.
+    pub pair: Option<String>,
 }
 
 /// What an FT checkpoint's Commit adds (protocol version 3): 9 bytes after `vcpus` and `pages`.
@@ -117,6 +122,9 @@ pub enum Frame {
         /// The chunk.
         data: Vec<u8>,
     },
+    /// The answer to an Abort that ends a pair on purpose: this side will never go live from
+    /// its copy. Empty.
+    EndConfirmed,
     /// Migration, source → destination, right after the Hello (ack requested): the VM runs
     /// wherever `generation` is won at the arbiter both were given; `token` names this
     /// migration in the claims, so that the source can recognise the destination's win.
@@ -149,6 +157,7 @@ impl Frame {
             Frame::Abort { .. } => FrameType::Abort,
             Frame::Heartbeat { .. } => FrameType::Heartbeat,
             Frame::Extras { .. } => FrameType::Extras,
+            Frame::EndConfirmed => FrameType::EndConfirmed,
             Frame::Handover { .. } => FrameType::Handover,
             Frame::Fence { .. } => FrameType::Fence,
         }
@@ -164,6 +173,9 @@ impl Frame {
                 out.extend_from_slice(&h.identity.memory_size.to_le_bytes());
                 out.extend_from_slice(&h.identity.vcpu_count.to_le_bytes());
                 put_len_prefixed(out, h.identity.config.as_bytes());
+                if let Some(pair) = &h.pair {
+                    put_len_prefixed(out, pair.as_bytes());
+                }
             }
             Frame::MemoryPages(b) => b.encode(out),
             Frame::DeviceState(d) => out.extend_from_slice(d),
@@ -185,6 +197,7 @@ impl Frame {
                 }
             }
             Frame::Ack { seq } => out.extend_from_slice(&seq.to_le_bytes()),
+            Frame::EndConfirmed => {}
             Frame::Abort { reason } => out.extend_from_slice(reason.as_bytes()),
             Frame::Heartbeat { timestamp_ms } => out.extend_from_slice(&timestamp_ms.to_le_bytes()),
             Frame::Extras {
@@ -234,6 +247,17 @@ impl Frame {
                 if min_version > max_version {
                     return Err(malformed("version range is empty"));
                 }
+                // Optional, so that an older peer's Hello still decodes and is refused by its
+                // version range with a clear reason.
+                let pair = if r.remaining() > 0 {
+                    Some(
+                        std::str::from_utf8(r.len_prefixed().map_err(short)?)
+                            .map_err(|_| malformed("pair settings are not UTF-8"))?
+                            .to_owned(),
+                    )
+                } else {
+                    None
+                };
                 Frame::Hello(Hello {
                     min_version,
                     max_version,
@@ -244,6 +268,7 @@ impl Frame {
                         vcpu_count,
                         config,
                     },
+                    pair,
                 })
             }
             FrameType::MemoryPages => {
@@ -283,6 +308,7 @@ impl Frame {
             FrameType::Ack => Frame::Ack {
                 seq: r.u64().map_err(short)?,
             },
+            FrameType::EndConfirmed => Frame::EndConfirmed,
             FrameType::Abort => Frame::Abort {
                 // Lossy: a garbled reason should still reach the log rather than hide the abort.
                 reason: String::from_utf8_lossy(r.bytes(r.remaining()).map_err(short)?)
@@ -330,6 +356,15 @@ impl Hello {
             purpose,
             page_size: PAGE_SIZE as u32,
             identity,
+            pair: None,
+        }
+    }
+
+    /// An FT stream's Hello, with the pair's settings (JSON).
+    pub fn fault_tolerance(identity: VmIdentity, pair: String) -> Hello {
+        Hello {
+            pair: Some(pair),
+            ..Hello::new(StreamPurpose::FaultTolerance, identity)
         }
     }
 }

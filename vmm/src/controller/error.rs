@@ -97,6 +97,8 @@ pub enum VmmError {
         super::migration::IN_DOUBT_ACTION
     )]
     OutcomeUnknown { reason: String },
+    #[error("the VM is stopped, but the end of the pair is not settled: {reason}")]
+    FtEndUnconfirmed { reason: String },
     #[error("cannot use the arbiter")]
     FtArbiter(#[source] ArbiterError),
     #[error("the FT peer must be tcp:HOST:PORT, got {peer}")]
@@ -109,6 +111,8 @@ pub enum VmmError {
     FtKey(#[source] AuthError),
     #[error("the FT peer was refused")]
     FtAuth(#[source] AuthError),
+    #[error("the backup refused the pair")]
+    FtRefused(#[source] ft::migration::MigrationError),
     #[error("bad heartbeat path")]
     FtHeartbeat(#[source] HeartbeatSetupError),
 }
@@ -132,6 +136,7 @@ impl VmmError {
             | VmmError::Fenced { .. }
             | VmmError::OutcomeUnknown { .. } => 409,
             VmmError::FtOp { .. } | VmmError::FtStart(_) | VmmError::MigrationThread(_) => 500,
+            VmmError::FtEndUnconfirmed { .. } => 503,
             // The caller's input: a bad URL or key file, an unreachable peer or arbiter, an
             // address we cannot listen on, a config that does not fit this host.
             VmmError::FtArbiter(_)
@@ -139,6 +144,7 @@ impl VmmError {
             | VmmError::FtPeer(_)
             | VmmError::FtKey(_)
             | VmmError::FtAuth(_)
+            | VmmError::FtRefused(_)
             | VmmError::FtHeartbeat(_)
             | VmmError::MigrationUrl(_)
             | VmmError::MigrationConnect(_)

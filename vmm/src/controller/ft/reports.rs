@@ -2,10 +2,9 @@
 //! went live (the VM runs here now) or stopped without going live.
 
 use super::super::lifecycle::stop_vm;
-use super::super::owner::{Fenced, Local, Owner, Stopped};
+use super::super::owner::{Local, Owner};
 use super::super::{Flow, Vmm};
-use super::ops::{after_primary, AfterPrimary};
-use crate::ft::pair::PairReport;
+use crate::ft::pair::{PairReport, PrimaryEnd};
 use ft::status::FtState;
 
 impl Vmm {
@@ -15,35 +14,14 @@ impl Vmm {
             (PairReport::PrimaryEnded { vm, end }, Owner::Primary(p)) => {
                 log::info!("ft: primary pair thread ended ({end:?})");
                 let exit = p.powering_off && self.exit_on_guest_shutdown;
-                let config = p.config;
-                let owner = match (vm, after_primary(&end, p.powering_off)) {
-                    (Some(vm), AfterPrimary::Run) => {
-                        // A guest paused through the pair stays paused (FtPrimary hands it back so).
-                        if p.paused {
-                            self.ft_status.set_guest_paused(true);
-                        }
-                        Owner::Local(Local {
-                            config,
-                            vm,
-                            paused: p.paused,
-                            announce_on_resume: false,
-                        })
-                    }
-                    (vm, after) => {
-                        if let Some(vm) = vm {
-                            stop_vm(vm);
-                        }
-                        self.forget_boot();
-                        if after == AfterPrimary::Fence {
-                            let reason = self.ft_status.snapshot().reason;
-                            Owner::Fenced(Fenced { config, reason })
-                        } else {
-                            Owner::Stopped(Stopped {
-                                config,
-                                booted: true,
-                            })
-                        }
-                    }
+                let (reset, enable) = (p.reset_pending, p.enable.clone());
+                let (owner, _) = self.primary_returned(p, vm, &end);
+                let owner = match (owner, end) {
+                    // The guest's reset ended the pair for a re-sync: reboot, protect again.
+                    (Owner::Stopped(s), PrimaryEnd::Reboot) => self.reboot_protected(s, enable).0,
+                    // The pair ended otherwise meanwhile; the guest still wants its reset.
+                    (Owner::Local(l), _) if reset => self.reboot(l).0,
+                    (owner, _) => owner,
                 };
                 (owner, if exit { Flow::Exit } else { Flow::Continue })
             }
