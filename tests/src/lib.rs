@@ -5,6 +5,7 @@ pub mod bench;
 pub mod client;
 pub mod dashboard;
 pub mod docker;
+pub mod etcd;
 pub mod ft;
 pub mod ft_pair;
 pub mod guest;

@@ -4,6 +4,7 @@
 use super::pages::{PageBatch, PAGE_SIZE};
 use super::wire::{put_len_prefixed, WireError, WireReader};
 use super::{FrameError, FrameType};
+use crate::arbiter::Identity;
 use crate::vm::VmIdentity;
 
 /// Why a stream was opened; a receiver refuses a purpose it was not set up for.
@@ -133,6 +134,8 @@ pub enum Frame {
         generation: u64,
         /// Random, per migration.
         token: u64,
+        /// The source's arbiter store's identity: the destination's must be the same.
+        identity: Identity,
     },
     /// FT, backup → primary on `ft.promote`: "I am taking over in `generation`: stop writing
     /// the shared disk". Primary → backup, the answer: "no write of mine is in flight and none
@@ -209,9 +212,14 @@ impl Frame {
                 out.extend_from_slice(&total.to_le_bytes());
                 out.extend_from_slice(data);
             }
-            Frame::Handover { generation, token } => {
+            Frame::Handover {
+                generation,
+                token,
+                identity,
+            } => {
                 out.extend_from_slice(&generation.to_le_bytes());
                 out.extend_from_slice(&token.to_le_bytes());
+                put_len_prefixed(out, identity.as_str().as_bytes());
             }
             Frame::Fence { generation } => out.extend_from_slice(&generation.to_le_bytes()),
         }
@@ -336,6 +344,10 @@ impl Frame {
             FrameType::Handover => Frame::Handover {
                 generation: r.u64().map_err(short)?,
                 token: r.u64().map_err(short)?,
+                identity: std::str::from_utf8(r.len_prefixed().map_err(short)?)
+                    .ok()
+                    .and_then(Identity::parse)
+                    .ok_or_else(|| malformed("arbiter identity is not one"))?,
             },
             FrameType::Fence => Frame::Fence {
                 generation: r.u64().map_err(short)?,

@@ -21,7 +21,7 @@
 //!   reached within [`CLAIM_TIMEOUT`] leaves the outcome unknown (then neither side runs).
 
 use super::MigrationError;
-use crate::arbiter::{Arbiter, ArbiterError, Claim, Holder, Outcome};
+use crate::arbiter::{Arbiter, ArbiterError, Claim, Holder, Identity, Outcome};
 use crate::status::Role;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,20 +41,24 @@ impl std::fmt::Debug for HandoverArbiter {
     }
 }
 
-/// What a migration's claims are about: the generation and this migration's token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a migration's claims are about: the generation, this migration's token, and the
+/// arbiter store both sides must name.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Terms {
     pub(crate) generation: u64,
     pub(crate) token: u64,
+    pub(crate) identity: Identity,
 }
 
 impl Terms {
     /// The source's terms: the generation after the highest taken, a fresh token.
     pub(crate) fn new(arbiter: &dyn Arbiter) -> Result<Terms, ArbiterError> {
+        let identity = arbiter.identity()?;
         let current = arbiter.current()?.map_or(0, |h| h.generation);
         Ok(Terms {
             generation: current.saturating_add(1),
             token: fresh_token(),
+            identity,
         })
     }
 
@@ -148,10 +152,23 @@ pub(crate) fn claim(arbiter: &dyn Arbiter, generation: u64, claim: &Claim) -> Cl
     }
 }
 
-/// The destination's check of the source's terms, before pre-copy: the generation must still
-/// be free here (a taken one means the source read another store, or a stale one).
+/// The destination's check of the source's terms, before pre-copy: the same arbiter store
+/// (else each side could win "its" generation), and the generation still free.
 pub(crate) fn check_terms(arbiter: &dyn Arbiter, t: &Terms) -> Result<(), MigrationError> {
-    match arbiter.current().map_err(MigrationError::Arbiter)? {
+    let ours = arbiter
+        .identity()
+        .map_err(|e| MigrationError::Arbiter(Box::new(e)))?;
+    if ours != t.identity {
+        return Err(MigrationError::Incompatible(format!(
+            "the source hands over through arbiter store {} and this destination names store \
+             {ours}: the two sides must name the same arbiter",
+            t.identity
+        )));
+    }
+    match arbiter
+        .current()
+        .map_err(|e| MigrationError::Arbiter(Box::new(e)))?
+    {
         Some(h) if h.generation >= t.generation => Err(MigrationError::Incompatible(format!(
             "the source hands over in generation {}, but this destination's arbiter already \
              has {h}: the two sides must name the same arbiter",
@@ -196,8 +213,8 @@ mod tests {
         }
         // Another migration's destination is not this one's.
         let other = Terms {
-            generation: t.generation,
             token: t.token ^ 1,
+            ..t.clone()
         };
         match claim(&a, t.generation, &other.source_claim("x")) {
             Claimed::Lost(h) => assert!(!other.is_destination(&h)),

@@ -112,7 +112,7 @@ pub enum MigrationError {
     },
     /// The arbiter the hand-over goes through cannot be used.
     #[error("the hand-over's arbiter failed")]
-    Arbiter(#[source] ArbiterError),
+    Arbiter(#[source] Box<ArbiterError>),
     /// The final state left and neither an ack, the destination's Abort nor the arbiter says
     /// who runs the VM: the source VM is left paused; the destination may be running it.
     #[error(
@@ -125,7 +125,7 @@ pub enum MigrationError {
         #[source]
         cause: Box<MigrationError>,
         /// With an arbiter: why it did not settle it.
-        unsettled: Option<Unsettled>,
+        unsettled: Option<Box<Unsettled>>,
     },
     /// The final ack was lost, and the source won the hand-over's generation: it runs the VM
     /// again (the destination, should it have the state, lost the same claim and never runs).
@@ -141,11 +141,11 @@ pub enum MigrationError {
     #[error("the source kept the VM: {holder}")]
     SourceKeptVm {
         /// Who holds the generation.
-        holder: Holder,
+        holder: Box<Holder>,
     },
     /// Destination: the arbiter did not answer, so the VM is not run here.
     #[error("cannot claim the VM")]
-    Unsettled(#[source] Unsettled),
+    Unsettled(#[source] Box<Unsettled>),
 }
 
 impl MigrationError {

@@ -267,7 +267,7 @@ impl IncomingMigration {
                     let state = state.complete(n)?;
                     if handover {
                         vm.restore_state(&state).map_err(vm_err("restore_state"))?;
-                        if let Some(t) = terms {
+                        if let Some(t) = &terms {
                             self.claim(t)?;
                         }
                         // Ours now: a source that gets no ack stays paused unless it wins the
@@ -316,10 +316,18 @@ impl IncomingMigration {
         let arbiter = self.arbiter.clone();
         let first = self.reader.peek()?;
         let terms = match (&first.frame, arbiter) {
-            (Frame::Handover { generation, token }, Some(a)) => {
+            (
+                Frame::Handover {
+                    generation,
+                    token,
+                    identity,
+                },
+                Some(a),
+            ) => {
                 let t = Terms {
                     generation: *generation,
                     token: *token,
+                    identity: identity.clone(),
                 };
                 handover::check_terms(&*a.0, &t)?;
                 t
@@ -350,7 +358,7 @@ impl IncomingMigration {
     }
 
     /// Wins the hand-over's generation before the VM runs here, or refuses to run it.
-    fn claim(&mut self, t: Terms) -> Result<(), MigrationError> {
+    fn claim(&mut self, t: &Terms) -> Result<(), MigrationError> {
         let Some(a) = self.arbiter.clone() else {
             return Ok(());
         };
@@ -360,13 +368,15 @@ impl IncomingMigration {
                 log::info!("incoming migration: won generation {}", t.generation);
                 Ok(())
             }
-            Claimed::Lost(holder) => Err(MigrationError::SourceKeptVm { holder }),
-            Claimed::Unreachable(source) => {
-                Err(MigrationError::Unsettled(Unsettled::Unreachable {
+            Claimed::Lost(holder) => Err(MigrationError::SourceKeptVm {
+                holder: Box::new(holder),
+            }),
+            Claimed::Unreachable(source) => Err(MigrationError::Unsettled(Box::new(
+                Unsettled::Unreachable {
                     generation: t.generation,
                     source,
-                }))
-            }
+                },
+            ))),
         }
     }
 }

@@ -339,7 +339,7 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
     fn settle(&mut self, e: MigrationError, c: Committing) -> Result<SendReport, MigrationError> {
         let cause = error_chain(&e);
         log::warn!("migration: the final state was sent, but {cause}");
-        let (Some(terms), Some(arbiter)) = (self.terms, self.opts.arbiter.clone()) else {
+        let (Some(terms), Some(arbiter)) = (self.terms.clone(), self.opts.arbiter.clone()) else {
             // The destination's Abort: it will not run the VM (it never does after aborting).
             if matches!(e, MigrationError::PeerAborted { .. }) {
                 let e = self.unwind(e);
@@ -371,16 +371,21 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
                 Ok(report)
             }
             Claimed::Lost(holder) => {
-                Err(self.in_doubt(e, Some(Unsettled::Other { generation, holder })))
+                Err(self.in_doubt(e, Some(Box::new(Unsettled::Other { generation, holder }))))
             }
             Claimed::Unreachable(source) => {
-                Err(self.in_doubt(e, Some(Unsettled::Unreachable { generation, source })))
+                let u = Unsettled::Unreachable { generation, source };
+                Err(self.in_doubt(e, Some(Box::new(u))))
             }
         }
     }
 
     /// Leaves the VM paused (the destination may run it) and says so.
-    fn in_doubt(&mut self, cause: MigrationError, unsettled: Option<Unsettled>) -> MigrationError {
+    fn in_doubt(
+        &mut self,
+        cause: MigrationError,
+        unsettled: Option<Box<Unsettled>>,
+    ) -> MigrationError {
         if self.dirty_log {
             if let Err(d) = self.vm.stop_dirty_log() {
                 log::warn!("migration: stop_dirty_log: {}", error_chain(&d));
@@ -421,10 +426,11 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
         }
         if let (Mode::Migrate, Some(a)) = (&self.mode, &self.opts.arbiter) {
             // Fixed before anything is copied, so that both sides claim the same generation.
-            let terms = Terms::new(&*a.0).map_err(MigrationError::Arbiter)?;
+            let terms = Terms::new(&*a.0).map_err(|e| MigrationError::Arbiter(Box::new(e)))?;
             let frame = Frame::Handover {
                 generation: terms.generation,
                 token: terms.token,
+                identity: terms.identity.clone(),
             };
             let seq = self.send(&frame, FLAG_ACK_REQUESTED)?;
             self.wait_ack(

@@ -36,12 +36,9 @@ pub enum ApiRequest {
     FtDisable,
 }
 
-/// Where the pair's arbiter lives (a directory on storage both hosts see).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct FtArbiterConfig {
-    pub path: PathBuf,
-}
+/// Where the pair's arbiter lives: `{"path": DIR}` on storage both hosts see, or
+/// `{"etcd": {...}}`; the same object wherever a member must win a generation.
+pub use ft::arbiter::ArbiterConfig;
 
 /// The pair key both members hold (`ft.enable` and `ft.receive`): a file of at least 32 random
 /// bytes, readable by its owner only. With it the replication stream and the heartbeats are
@@ -77,7 +74,7 @@ pub struct FtReceiveConfig {
     /// Where this process sends the guest's console once live (default: the primary's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<SerialConfig>,
-    pub arbiter: FtArbiterConfig,
+    pub arbiter: ArbiterConfig,
     /// How the disks are shared (default: the primary's); given and different from the
     /// primary's, its Hello is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,7 +101,7 @@ pub struct FtEnableConfig {
     /// `tcp:HOST:PORT` where the backup's `ft.receive` listens.
     pub peer: String,
     pub disk_mode: FtDiskMode,
-    pub arbiter: FtArbiterConfig,
+    pub arbiter: ArbiterConfig,
     /// Longest epoch (default 25).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_interval_ms: Option<u64>,
@@ -138,7 +135,7 @@ pub struct SendMigrationConfig {
     /// Hand over through this arbiter (the destination must name the same): the VM then runs
     /// on whichever side wins the hand-over's generation, also when the final ack is lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub arbiter: Option<FtArbiterConfig>,
+    pub arbiter: Option<ArbiterConfig>,
 }
 
 /// `vm.resume`'s optional body.
@@ -169,7 +166,7 @@ pub struct ReceiveMigrationConfig {
     /// Take the VM over only by winning the source's generation at this arbiter (the source
     /// must name the same).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub arbiter: Option<FtArbiterConfig>,
+    pub arbiter: Option<ArbiterConfig>,
 }
 
 /// `vm.snapshot`: where to write the snapshot.

@@ -12,7 +12,7 @@
 use super::overrides::{arriving_config, ArrivingConfigError};
 use super::owner::{InDoubt, Incoming, Local, Outgoing, Owner};
 use super::{Step, Vmm, VmmError, VmmEvent};
-use crate::api::types::FtArbiterConfig;
+use crate::api::types::ArbiterConfig;
 use crate::api::{ReceiveMigrationConfig, SendMigrationConfig};
 use crate::config::VmConfig;
 use crate::migration::incoming::IncomingVm;
@@ -45,10 +45,11 @@ pub(super) const IN_DOUBT_ACTION: &str = "check the destination's vm.info: if th
     gone), vm.resume here with {\"force\": true}";
 
 /// Opens the arbiter a migration call names, if any (the same object as FT's `arbiter`).
-fn handover_arbiter(c: Option<&FtArbiterConfig>) -> Result<Option<HandoverArbiter>, VmmError> {
+fn handover_arbiter(c: Option<&ArbiterConfig>) -> Result<Option<HandoverArbiter>, VmmError> {
     c.map(|c| {
-        let a = ft::arbiter::FileArbiter::open(&c.path).map_err(VmmError::FtArbiter)?;
-        Ok(HandoverArbiter(std::sync::Arc::new(a)))
+        ft::arbiter::open(c)
+            .map(HandoverArbiter)
+            .map_err(VmmError::FtArbiter)
     })
     .transpose()
 }

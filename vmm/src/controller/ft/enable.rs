@@ -32,7 +32,7 @@ impl Vmm {
 
     /// Everything `ft.enable` checks before the VM is touched.
     fn connect_backup(&self, c: &FtEnableConfig) -> Result<Connected, VmmError> {
-        let (arbiter, generation) = open_arbiter(&c.arbiter.path)?;
+        let (arbiter, generation) = open_arbiter(&c.arbiter)?;
         let endpoint: Endpoint = c.peer.parse().map_err(VmmError::MigrationUrl)?;
         if !matches!(endpoint, Endpoint::Tcp { .. }) {
             return Err(VmmError::FtPeerNotTcp {
@@ -181,7 +181,7 @@ const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A backup that accepted the pair, and what the pair will use.
 struct Opened {
-    arbiter: ft::arbiter::FileArbiter,
+    arbiter: std::sync::Arc<dyn ft::arbiter::Arbiter>,
     generation: u64,
     endpoint: Endpoint,
     stream: OpenedStream,
@@ -192,7 +192,7 @@ struct Opened {
 
 /// A backup reached and authenticated, and what the pair will use.
 struct Connected {
-    arbiter: ft::arbiter::FileArbiter,
+    arbiter: std::sync::Arc<dyn ft::arbiter::Arbiter>,
     generation: u64,
     endpoint: Endpoint,
     conn: Box<dyn ft::transport::Connection>,

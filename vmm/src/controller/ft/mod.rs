@@ -30,7 +30,7 @@ use crate::api::types::{FtDiskMode, FtKeyConfig};
 use crate::ft::pair::{start_generation, ReportSink};
 use crate::ft::second_path::HeartbeatPaths;
 use devices::virtio::block::gate::DiskMode;
-use ft::arbiter::FileArbiter;
+use ft::arbiter::{Arbiter, ArbiterConfig};
 use ft::auth::PairKey;
 use ft::checkpoint::PairDiskMode;
 use std::time::Duration;
@@ -72,9 +72,9 @@ fn ms(v: Option<u64>, default: u64) -> Duration {
 }
 
 /// Opens the arbiter a call names and the generation a pair starts in.
-fn open_arbiter(path: &std::path::Path) -> Result<(FileArbiter, u64), VmmError> {
-    let arbiter = FileArbiter::open(path).map_err(VmmError::FtArbiter)?;
-    let generation = start_generation(&arbiter).map_err(VmmError::FtArbiter)?;
+fn open_arbiter(c: &ArbiterConfig) -> Result<(std::sync::Arc<dyn Arbiter>, u64), VmmError> {
+    let arbiter = ft::arbiter::open(c).map_err(VmmError::FtArbiter)?;
+    let generation = start_generation(arbiter.as_ref()).map_err(VmmError::FtArbiter)?;
     Ok((arbiter, generation))
 }
 

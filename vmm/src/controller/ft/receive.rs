@@ -21,7 +21,7 @@ impl Vmm {
     }
 
     fn start_backup(&mut self, c: FtReceiveConfig) -> Result<Backup, VmmError> {
-        let (arbiter, generation) = open_arbiter(&c.arbiter.path)?;
+        let (arbiter, generation) = open_arbiter(&c.arbiter)?;
         let key = load_key(c.key.as_ref())?;
         let heartbeat = heartbeat_paths(c.heartbeat_listen.as_ref(), c.peer_heartbeat.as_ref())?;
         let endpoint: Endpoint = c.listen.parse().map_err(VmmError::MigrationUrl)?;

@@ -25,7 +25,7 @@ use crate::migration::source::PrimaryVm;
 use crate::vm::Vm;
 use devices::virtio::block::gate::DiskMode;
 use devices::virtio::ft::FtSetup;
-use ft::arbiter::FileArbiter;
+use ft::arbiter::Arbiter;
 use ft::checkpoint::{CheckpointError, EpochHooks, FtPrimary, PrimaryOptions, RESYNC_PREFIX};
 use ft::failover::{Decision, FailoverCoordinator};
 use ft::frame::FrameType;
@@ -150,7 +150,7 @@ pub struct PrimarySetup {
     /// The stream, its Hello accepted by the backup (`ft.enable` opened it).
     pub stream: OpenedStream,
     pub disk_mode: DiskMode,
-    pub arbiter: FileArbiter,
+    pub arbiter: Arc<dyn Arbiter>,
     pub status: StatusHandle,
     pub timing: PairTiming,
     /// What the handshake in `ft.enable` established.
@@ -165,7 +165,7 @@ struct PrimaryRun {
     hooks: Arc<PrimaryPairHooks>,
     clock: Arc<EpochClock>,
     detector: FailureDetector,
-    arbiter: FileArbiter,
+    arbiter: Arc<dyn Arbiter>,
     status: StatusHandle,
     timing: PairTiming,
     commands: Receiver<PairCommand>,
@@ -462,7 +462,7 @@ impl PrimaryRun {
         &self,
         primary: FtPrimary<PrimaryVm>,
         ending: Ending,
-        mut coordinator: FailoverCoordinator<FileArbiter>,
+        mut coordinator: FailoverCoordinator<Arc<dyn Arbiter>>,
     ) -> (Option<Vm>, PrimaryEnd, bool) {
         let reason = ending.reason();
         let (vm, confirmed) = self.finish(primary, Some(&reason));
@@ -546,7 +546,7 @@ impl PrimaryRun {
     /// reboot or power-off asked for meanwhile replaces `ending`.
     fn settle(
         &self,
-        coordinator: &mut FailoverCoordinator<FileArbiter>,
+        coordinator: &mut FailoverCoordinator<Arc<dyn Arbiter>>,
         why: &str,
         ending: &mut Option<Ending>,
     ) -> Settled {
