@@ -92,3 +92,17 @@ pub fn counter_on_disk(image: &std::path::Path) -> Option<u64> {
     }
     Some(u64::from_le_bytes(b.get(8..16)?.try_into().ok()?))
 }
+
+/// Waits until the counter on `image` is `want` and returns what it read last: after a failover
+/// or a release the guest's last writes may still be on their way to the disk, so one read is
+/// not enough. Gives up after 60 s, or at once past `want` (the counter never goes back).
+pub fn wait_counter_on_disk(image: &std::path::Path, want: Option<u64>) -> Option<u64> {
+    let start = std::time::Instant::now();
+    loop {
+        let v = counter_on_disk(image);
+        if v >= want || start.elapsed() > Duration::from_secs(60) {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -34,10 +34,20 @@ pub struct StallableFs {
     _dir: TempDir,
 }
 
+/// Whether this host can make a [`StallableFs`] (root, loop devices, mkfs.ext4, fsfreeze):
+/// the probe for `require!("stallable-fs" => tandem_tests::stall::probe())`.
+pub fn probe() -> Result<(), String> {
+    StallableFs::make(8).map(drop)
+}
+
 impl StallableFs {
-    /// Makes and mounts a `size_mib` filesystem, or prints a loud SKIPPED line for `test` and
-    /// returns `None` where this host cannot (no root, loop devices, mkfs.ext4 or fsfreeze).
-    pub fn new(test: &str, size_mib: u64) -> Option<StallableFs> {
+    /// Makes and mounts a `size_mib` filesystem; panics where this host cannot (guard the test
+    /// with [`probe`]).
+    pub fn new(size_mib: u64) -> StallableFs {
+        StallableFs::make(size_mib).unwrap_or_else(|e| panic!("stallable filesystem: {e}"))
+    }
+
+    fn make(size_mib: u64) -> Result<StallableFs, String> {
         let dir = TempDir::new("stallfs");
         let image = dir.path("fs.img");
         let mount = dir.path("mnt");
@@ -53,14 +63,13 @@ impl StallableFs {
             run("fsfreeze", &[&"-u", &mount])
         })();
         match made {
-            Ok(()) => Some(StallableFs { mount, _dir: dir }),
+            Ok(()) => Ok(StallableFs { mount, _dir: dir }),
             Err(e) => {
                 let _ = run("umount", &[&mount]);
-                eprintln!(
-                    "\n*** SKIPPED: {test}: needs a loop-mounted ext4 that fsfreeze can freeze \
-                     (root, /dev/loop-control, e2fsprogs, util-linux): {e} ***\n"
-                );
-                None
+                Err(format!(
+                    "needs a loop-mounted ext4 that fsfreeze can freeze (root, \
+                     /dev/loop-control, e2fsprogs, util-linux): {e}"
+                ))
             }
         }
     }

@@ -15,7 +15,7 @@ use tandem_tests::ft::{
 };
 use tandem_tests::net::{Node, TestNet, HOST_B_LINK_IP};
 use tandem_tests::stall::StallableFs;
-use tandem_tests::{require_kvm_and_netns, Tandem, TempDir};
+use tandem_tests::{require, Tandem, TempDir};
 
 /// A protected pair whose shared disk is on `fs`.
 struct Fenced {
@@ -125,11 +125,9 @@ fn settled_counter(image: &std::path::Path) -> Option<u64> {
 
 #[test]
 fn a_stopped_primary_never_writes_over_the_new_primary() {
-    let name = "a_stopped_primary_never_writes_over_the_new_primary";
-    require_kvm_and_netns!(name);
-    let Some(fs) = StallableFs::new(name, 32) else {
-        return;
-    };
+    require!(kvm, netns);
+    require!("stallable-fs" => tandem_tests::stall::probe());
+    let fs = StallableFs::new(32);
     let f = pair_on("fst", &fs, 1000);
     let mut c = connect(&f.net);
     assert_eq!(c.inc().expect("INC"), 1);
@@ -181,11 +179,9 @@ fn a_stopped_primary_never_writes_over_the_new_primary() {
 /// writes. Promote must wait until the old primary's lease is over.
 #[test]
 fn promote_waits_out_the_lease_of_a_stalled_primary() {
-    let name = "promote_waits_out_the_lease_of_a_stalled_primary";
-    require_kvm_and_netns!(name);
-    let Some(fs) = StallableFs::new(name, 32) else {
-        return;
-    };
+    require!(kvm, netns);
+    require!("stallable-fs" => tandem_tests::stall::probe());
+    let fs = StallableFs::new(32);
     // Long enough that the backup does not fail over on its own while the primary is stopped.
     let timeout = Duration::from_millis(4000);
     let f = pair_on("fpr", &fs, timeout.as_millis() as u64);
@@ -229,11 +225,9 @@ fn promote_waits_out_the_lease_of_a_stalled_primary() {
 /// the client loses no INC, and the disk holds its last reply.
 #[test]
 fn promote_of_a_live_primary_leaves_one_member_and_loses_nothing() {
-    let name = "promote_of_a_live_primary_leaves_one_member_and_loses_nothing";
-    require_kvm_and_netns!(name);
-    let Some(fs) = StallableFs::new(name, 32) else {
-        return;
-    };
+    require!(kvm, netns);
+    require!("stallable-fs" => tandem_tests::stall::probe());
+    let fs = StallableFs::new(32);
     let f = pair_on("fpl", &fs, 1000);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let client = tandem_tests::ft::client(&f.net, stop.clone());

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tandem_tests::client::CounterConn;
 use tandem_tests::handover_proxy::{Cut, HandoverProxy};
 use tandem_tests::net::{Node, TestNet, HOST_B_LINK_IP, HOST_P_LINK_IP};
-use tandem_tests::{require_kvm_and_netns, Tandem, TempDir};
+use tandem_tests::{require, Tandem, TempDir};
 
 const T: Duration = Duration::from_secs(60);
 const GUEST_IP: &str = "10.77.0.2";
@@ -147,8 +147,7 @@ fn assert_counts_up(seen: &[u64]) {
 /// sees the VM running on the destination and deletes it here. The client loses nothing.
 #[test]
 fn a_lost_final_ack_leaves_the_source_paused_with_outcome_unknown() {
-    let name = "a_lost_final_ack_leaves_the_source_paused_with_outcome_unknown";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let h = Hosts::up("mha");
     let stop = Arc::new(AtomicBool::new(false));
     let c = client(&h.net, stop.clone());
@@ -188,8 +187,7 @@ fn a_lost_final_ack_leaves_the_source_paused_with_outcome_unknown() {
 /// forces the source to resume. The guest goes on where it stopped: no INC lost.
 #[test]
 fn an_operator_resumes_a_source_whose_destination_never_ran_the_vm() {
-    let name = "an_operator_resumes_a_source_whose_destination_never_ran_the_vm";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let h = Hosts::up("mhc");
     let stop = Arc::new(AtomicBool::new(false));
     let c = client(&h.net, stop.clone());
@@ -215,8 +213,7 @@ fn an_operator_resumes_a_source_whose_destination_never_ran_the_vm() {
 /// through all of it loses no INC. `TANDEM_HANDOVER_ROUNDS` repeats the sequence.
 #[test]
 fn with_an_arbiter_exactly_one_side_runs_every_time() {
-    let name = "with_an_arbiter_exactly_one_side_runs_every_time";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let h = Hosts::up("mhr");
     let arbiter = Some(h.arbiter());
     let rounds: usize = std::env::var("TANDEM_HANDOVER_ROUNDS")
