@@ -26,6 +26,8 @@ pub mod vm;
 /// Extras frame for FT checkpoints, version 3 the FT Commit's `CommitInfo` (pause, guest paused),
 /// version 4 delta page entries in FT checkpoints, version 5 the FT Hello's pair settings, the
 /// backup's EndConfirmed answer to an intended end, the replicated disks' copy in the FT initial
-/// sync (DiskBlocks, the Hello's disk list) and a backup's withdrawal; a version-1 migration
-/// stream is still accepted (migration sends none of these).
+/// sync (DiskBlocks, the Hello's disk list), a backup's withdrawal, the shared-disk lease in each
+/// FT checkpoint's extras (fencing) and the migration hand-over (a source that never resumes
+/// once the destination may run: `migration::handover`); a version-1 migration stream is still
+/// accepted (migration sends none of these).
 pub const PROTOCOL_VERSION: u16 = 5;

@@ -26,6 +26,7 @@ pub mod ft;
 pub mod ft_disks;
 pub mod ft_pair;
 pub mod guest;
+pub mod handover_proxy;
 pub mod metrics;
 pub mod nemesis;
 pub mod net;
@@ -33,6 +34,7 @@ pub mod pair;
 pub mod process;
 pub mod prometheus;
 pub mod serial;
+pub mod stall;
 pub mod tamper;
 
 pub use process::Tandem;

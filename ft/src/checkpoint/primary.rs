@@ -135,6 +135,8 @@ struct Shared {
     /// backup discards everything, or the caller must win the arbiter), so the ack thread
     /// waits for them no longer than that.
     end_deadline: Mutex<Option<Instant>>,
+    /// The backup's Fence was honoured (lease given up): the sender answers it, then stops.
+    fenced: Mutex<Option<u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -240,6 +242,7 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
             epoch_done: AtomicBool::new(false),
             end_confirmed: AtomicBool::new(false),
             end_deadline: Mutex::new(None),
+            fenced: Mutex::new(None),
         });
         let vm = Arc::new(Mutex::new(vm));
         let mut p = FtPrimary {
@@ -718,6 +721,12 @@ fn send_loop(
     let mut last_sent = Instant::now();
     let mut last_epoch = 0;
     loop {
+        if let Some(generation) = lock(&s.fenced).take() {
+            // ft.promote: the lease is given up and no write is in flight; say so, and stop.
+            let _ = writer.send(&Frame::Fence { generation }, last_epoch, 0);
+            s.fail(CheckpointError::Fenced { generation });
+            return writer;
+        }
         if s.failed() {
             return writer;
         }
@@ -799,6 +808,11 @@ fn ack_loop(
                 let r = match f.frame {
                     Frame::Ack { seq } => on_ack(s, f.epoch, seq, hooks, stats),
                     Frame::Heartbeat { .. } => Ok(()),
+                    Frame::Fence { generation } => {
+                        hooks.fence(generation);
+                        *lock(&s.fenced) = Some(generation);
+                        Ok(())
+                    }
                     // Only ever after our Abort: everything before it was acked already.
                     Frame::EndConfirmed => {
                         s.end_confirmed.store(true, Ordering::SeqCst);
@@ -859,6 +873,9 @@ fn on_ack(
     stats.in_flight(epochs, bytes);
     let Some(e) = e else { return Ok(()) };
     *lock(&s.committed) = Some(e.epoch);
+    if let Some(sent) = e.sent_at {
+        hooks.lease_renewed(sent);
+    }
     hooks.epoch_committed(e.epoch);
     stats.checkpoint_committed(&CheckpointStats {
         encodings: e.encodings,
