@@ -99,6 +99,13 @@ pub enum VmmError {
     FtAuth(String),
     #[error("heartbeat path: {0}")]
     FtHeartbeat(String),
+    /// A keyless listener other hosts could reach, without `"insecure": true`.
+    #[error(transparent)]
+    InsecureListen(ft::auth::AuthError),
+    #[error("migration key")]
+    MigrationKey(#[source] ft::auth::AuthError),
+    #[error("the migration destination was refused")]
+    MigrationAuth(#[source] ft::auth::AuthError),
 }
 
 impl VmmError {
@@ -119,7 +126,10 @@ impl VmmError {
             | VmmError::FtPeer(_)
             | VmmError::FtKey(_)
             | VmmError::FtAuth(_)
-            | VmmError::FtHeartbeat(_) => 400,
+            | VmmError::FtHeartbeat(_)
+            | VmmError::InsecureListen(_)
+            | VmmError::MigrationKey(_)
+            | VmmError::MigrationAuth(_) => 400,
             VmmError::FtStart(_) => 500,
             // A malformed URL, an unreachable peer or an address we cannot listen on.
             VmmError::MigrationUrl(_)

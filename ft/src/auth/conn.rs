@@ -1,7 +1,8 @@
-//! A connection whose bytes travel in authenticated records: the frame layer above it is
-//! unchanged, and a record that does not verify is a read error, so nothing of it reaches the
+//! A connection whose bytes travel in encrypted, authenticated records: the frame layer above it
+//! is unchanged, and a record that does not verify is a read error, so nothing of it reaches the
 //! decoder (let alone the replica).
 
+use super::crypto::KEY_LEN;
 use super::record::{Opener, RecordError, Sealer};
 use crate::transport::Connection;
 use std::io::{self, Read, Write};
@@ -47,7 +48,11 @@ fn record_error(e: RecordError) -> io::Error {
 
 impl SecureConn {
     /// Wraps `inner`; `send`/`recv` are this side's direction keys from the handshake.
-    pub(crate) fn new(inner: Box<dyn Connection>, send: [u8; 32], recv: [u8; 32]) -> SecureConn {
+    pub(crate) fn new(
+        inner: Box<dyn Connection>,
+        send: [u8; KEY_LEN],
+        recv: [u8; KEY_LEN],
+    ) -> SecureConn {
         SecureConn {
             inner,
             tx: Arc::new(Mutex::new(Tx {
@@ -116,7 +121,10 @@ impl Write for SecureConn {
         let n = data.len().min(super::record::MAX_RECORD);
         let tx = &mut *tx;
         tx.buf.clear();
-        tx.sealer.seal(&data[..n], &mut tx.buf);
+        if let Err(e) = tx.sealer.seal(&data[..n], &mut tx.buf) {
+            tx.broken = true;
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
         if let Err(e) = self.inner.write_all(&tx.buf) {
             tx.broken = true;
             return Err(e);

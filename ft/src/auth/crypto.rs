@@ -1,76 +1,158 @@
-//! HMAC-SHA256 and the key schedule of one authenticated connection.
+//! The cryptography of one keyed connection, all from `ring`: the HKDF-SHA256 key schedule,
+//! ChaCha20-Poly1305 for stream records and heartbeat datagrams (nonce = the record or datagram
+//! number), HMAC-SHA256 for the key confirmation, SHA-256 for the pair id.
+//!
+//! ChaCha20-Poly1305 rather than AES-GCM: constant-time on any CPU, and no per-key data limit
+//! that a long-lived pair could reach (AES-GCM would need rekeying after some hundred GiB).
 
-use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
+use ring::{aead, digest, hkdf, hmac};
 
-/// Bytes of every tag and derived key.
-pub const TAG_LEN: usize = 32;
-
-type HmacSha256 = Hmac<Sha256>;
-
-fn keyed(key: &[u8], parts: &[&[u8]]) -> HmacSha256 {
-    // HMAC takes keys of any length (long ones are hashed), so this cannot fail.
-    let mut m = match HmacSha256::new_from_slice(key) {
-        Ok(m) => m,
-        Err(_) => unreachable!("HMAC accepts keys of any length"),
-    };
-    for p in parts {
-        m.update(p);
-    }
-    m
-}
+/// Bytes of every derived key.
+pub const KEY_LEN: usize = 32;
+/// Bytes of an AEAD tag (Poly1305).
+pub const TAG_LEN: usize = 16;
+/// Bytes of a key confirmation (HMAC-SHA256).
+pub const CONFIRM_LEN: usize = 32;
 
 /// HMAC-SHA256 of the concatenated `parts` under `key`.
-pub fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; TAG_LEN] {
-    keyed(key, parts).finalize().into_bytes().into()
+pub fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; CONFIRM_LEN] {
+    let mut ctx = hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, key));
+    for p in parts {
+        ctx.update(p);
+    }
+    let mut out = [0u8; CONFIRM_LEN];
+    out.copy_from_slice(ctx.sign().as_ref());
+    out
 }
 
-/// Whether `tag` is the HMAC of `parts` under `key`, compared in constant time (a
-/// byte-by-byte early exit would tell a forger how many leading bytes were right).
+/// Whether `tag` is the HMAC of `parts` under `key`, compared in constant time (a byte-by-byte
+/// early exit would tell a forger how many leading bytes were right).
 pub fn verify(key: &[u8], parts: &[&[u8]], tag: &[u8]) -> bool {
-    keyed(key, parts).verify_slice(tag).is_ok()
+    hmac::verify(
+        &hmac::Key::new(hmac::HMAC_SHA256, key),
+        &parts.concat(),
+        tag,
+    )
+    .is_ok()
 }
 
 /// SHA-256 of the concatenated `parts`.
 pub fn sha256(parts: &[&[u8]]) -> [u8; 32] {
-    let mut h = Sha256::new();
+    let mut ctx = digest::Context::new(&digest::SHA256);
     for p in parts {
-        h.update(p);
+        ctx.update(p);
     }
-    h.finalize().into()
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// The 96-bit nonce of message number `counter`: four zero bytes, then the counter. Each key
+/// seals under one counter that only goes up, so no nonce repeats under a key.
+fn nonce(counter: u64) -> aead::Nonce {
+    let mut n = [0u8; aead::NONCE_LEN];
+    n[4..].copy_from_slice(&counter.to_le_bytes());
+    aead::Nonce::assume_unique_for_key(n)
+}
+
+/// One direction's ChaCha20-Poly1305 key.
+pub(crate) struct AeadKey(aead::LessSafeKey);
+
+impl AeadKey {
+    /// The key from its 32 bytes.
+    pub(crate) fn new(bytes: &[u8; KEY_LEN]) -> AeadKey {
+        match aead::UnboundKey::new(&aead::CHACHA20_POLY1305, bytes) {
+            Ok(k) => AeadKey(aead::LessSafeKey::new(k)),
+            Err(_) => unreachable!("ChaCha20-Poly1305 takes any 32-byte key"),
+        }
+    }
+
+    /// Encrypts `in_out` in place as message `counter`, binding `aad`; returns the tag.
+    pub(crate) fn seal(&self, counter: u64, aad: &[u8], in_out: &mut [u8]) -> [u8; TAG_LEN] {
+        // Fails only above ChaCha20's 256 GiB per message; records are at most 64 KiB.
+        match self
+            .0
+            .seal_in_place_separate_tag(nonce(counter), aead::Aad::from(aad), in_out)
+        {
+            Ok(tag) => {
+                let mut t = [0u8; TAG_LEN];
+                t.copy_from_slice(tag.as_ref());
+                t
+            }
+            Err(_) => unreachable!("messages here are far below ChaCha20's length limit"),
+        }
+    }
+
+    /// Decrypts `in_out` (ciphertext then tag) in place as message `counter`; the plaintext, or
+    /// `None` if it does not verify (then `in_out` holds garbage).
+    pub(crate) fn open<'a>(
+        &self,
+        counter: u64,
+        aad: &[u8],
+        in_out: &'a mut [u8],
+    ) -> Option<&'a mut [u8]> {
+        self.0
+            .open_in_place(nonce(counter), aead::Aad::from(aad), in_out)
+            .ok()
+    }
 }
 
 /// The keys of one connection, as seen from one side.
 pub(crate) struct SessionKeys {
     /// Seals the records we send.
-    pub(crate) send: [u8; TAG_LEN],
+    pub(crate) send: [u8; KEY_LEN],
     /// Opens the records we receive.
-    pub(crate) recv: [u8; TAG_LEN],
-    /// Tags the heartbeat datagrams we send.
-    pub(crate) hb_send: [u8; TAG_LEN],
-    /// Checks the peer's heartbeat datagrams.
-    pub(crate) hb_recv: [u8; TAG_LEN],
-    /// What we send to prove we hold the key.
-    pub(crate) confirm_ours: [u8; TAG_LEN],
-    /// What the peer must send.
-    pub(crate) confirm_theirs: [u8; TAG_LEN],
+    pub(crate) recv: [u8; KEY_LEN],
+    /// Seals the heartbeat datagrams we send.
+    pub(crate) hb_send: [u8; KEY_LEN],
+    /// Opens the peer's heartbeat datagrams.
+    pub(crate) hb_recv: [u8; KEY_LEN],
+    /// MACs [`CONFIRM_LABEL`] into what we send to prove we hold the key.
+    pub(crate) confirm_ours: [u8; KEY_LEN],
+    /// Checks the peer's proof.
+    pub(crate) confirm_theirs: [u8; KEY_LEN],
 }
 
-/// Derives the connection's keys from the pair key and both handshake messages (each carrying
-/// a fresh random nonce), so that nothing recorded from another connection verifies on this one,
-/// and each direction and purpose has its own key (a frame reflected back to its sender, or a
-/// stream record replayed as a datagram, does not verify).
+/// A length for HKDF-Expand.
+struct Len(usize);
+
+impl hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+/// HKDF-Expand of `prk` for `label`, 32 bytes.
+fn expand(prk: &hkdf::Prk, label: &[u8]) -> [u8; KEY_LEN] {
+    let mut out = [0u8; KEY_LEN];
+    let info: [&[u8]; 2] = [b"tandem auth v2 ", label];
+    // 32 bytes is far below HKDF-SHA256's 255 * 32 byte limit.
+    match prk
+        .expand(&info, Len(KEY_LEN))
+        .and_then(|okm| okm.fill(&mut out))
+    {
+        Ok(()) => out,
+        Err(_) => unreachable!("HKDF-SHA256 expands to 32 bytes"),
+    }
+}
+
+/// What each side MACs under its confirmation key to prove it holds the pair key.
+pub(crate) const CONFIRM_LABEL: &[u8] = b"tandem auth v2 key confirmation";
+
+/// Derives the connection's keys with HKDF-SHA256: extract with both handshake messages (each
+/// carrying a fresh random nonce, the version and the stream's purpose) as the salt and the pair
+/// key as the secret, then expand one key per direction and purpose. So nothing recorded from
+/// another connection opens on this one, a record reflected back to its sender does not open,
+/// and a stream record replayed as a datagram does not either.
 pub(crate) fn derive(
     pair_key: &[u8],
     initiator_msg: &[u8],
     responder_msg: &[u8],
     we_initiate: bool,
 ) -> SessionKeys {
-    let prk = mac(
-        pair_key,
-        &[b"tandem ft auth v1", initiator_msg, responder_msg],
-    );
-    let k = |label: &[u8]| mac(&prk, &[label]);
+    let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, &[initiator_msg, responder_msg].concat());
+    let prk = salt.extract(pair_key);
+    let k = |label: &[u8]| expand(&prk, label);
     let (i2r, r2i) = (k(b"stream i2r"), k(b"stream r2i"));
     let (hb_i2r, hb_r2i) = (k(b"heartbeat i2r"), k(b"heartbeat r2i"));
     let (c_i, c_r) = (k(b"confirm i"), k(b"confirm r"));

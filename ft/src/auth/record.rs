@@ -1,24 +1,26 @@
-//! Authenticated records: after a keyed handshake every byte of the stream travels in records
+//! Encrypted records: after a keyed handshake every byte of the stream travels in records
 //!
 //! ```text
 //! offset   size  field
-//!  0       4     data length n (little-endian, 1..=MAX_RECORD)
-//!  4       n     data (frame bytes, cut anywhere)
-//!  4+n     32    HMAC-SHA256(direction key, counter ‖ n ‖ data)
+//!  0       4     data length n (little-endian, 1..=MAX_RECORD), authenticated as associated data
+//!  4       n     ChaCha20-Poly1305 ciphertext of the data (frame bytes, cut anywhere)
+//!  4+n     16    Poly1305 tag
 //! ```
 //!
-//! The counter is implicit: 0, 1, 2... per direction, never on the wire. Binding it into the
-//! tag makes a replayed, dropped or reordered record fail like an altered one; the direction key
-//! comes from both sides' handshake nonces, so a record from another connection fails too.
+//! under the direction's key, with the record's number as the nonce (`crypto`). The counter is
+//! implicit: 0, 1, 2... per direction, never on the wire. So a replayed, dropped or reordered
+//! record fails like an altered one; the direction key comes from both sides' handshake nonces,
+//! so a record from another connection fails too. A counter never wraps: a direction that would
+//! need record number 2^64 - 1 fails instead (the connection ends long before that).
 
-use super::crypto::{mac, verify, TAG_LEN};
+use super::crypto::{AeadKey, KEY_LEN, TAG_LEN};
 
 /// Most data bytes in one record; checked before anything is buffered for it.
 pub const MAX_RECORD: usize = 64 << 10;
 /// Length prefix size.
 const LEN_LEN: usize = 4;
 
-/// Why received bytes are not a valid record.
+/// Why received bytes are not a valid record, or a record cannot be sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
     /// The declared length is 0 or above `MAX_RECORD`: not a record of ours.
@@ -39,7 +41,7 @@ pub enum RecordError {
         record: u64,
     },
     /// The stream ended inside a record (its tag cut off, say).
-    #[error("the stream ended inside authenticated record {record}: {have} of {need} bytes")]
+    #[error("the stream ended inside encrypted record {record}: {have} of {need} bytes")]
     Truncated {
         /// The record's number.
         record: u64,
@@ -51,45 +53,55 @@ pub enum RecordError {
     /// An earlier record failed; an authenticated stream is not resumed after a failure.
     #[error("authenticated stream already failed on an earlier record")]
     Poisoned,
-}
-
-fn tag(key: &[u8], counter: u64, data: &[u8]) -> [u8; TAG_LEN] {
-    mac(
-        key,
-        &[
-            &counter.to_le_bytes(),
-            &(data.len() as u32).to_le_bytes(),
-            data,
-        ],
-    )
+    /// This direction has used every record number: a nonce would repeat, so it ends.
+    #[error("record counter exhausted: the connection must end before a nonce repeats")]
+    Exhausted,
 }
 
 /// Seals outgoing data into records.
 pub struct Sealer {
-    key: [u8; TAG_LEN],
+    key: AeadKey,
     counter: u64,
 }
 
 impl Sealer {
     /// A sealer whose first record is number 0.
-    pub fn new(key: [u8; TAG_LEN]) -> Sealer {
-        Sealer { key, counter: 0 }
+    pub fn new(key: [u8; KEY_LEN]) -> Sealer {
+        Sealer::starting_at(key, 0)
     }
 
-    /// Appends records carrying all of `data` (cut into `MAX_RECORD` pieces) to `out`.
-    pub fn seal(&mut self, data: &[u8], out: &mut Vec<u8>) {
+    /// A sealer whose next record is number `counter` (tests of the counter's end).
+    pub fn starting_at(key: [u8; KEY_LEN], counter: u64) -> Sealer {
+        Sealer {
+            key: AeadKey::new(&key),
+            counter,
+        }
+    }
+
+    /// Appends records carrying all of `data` (cut into `MAX_RECORD` pieces) to `out`; fails,
+    /// with `out` as it was, once the counter is used up.
+    pub fn seal(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
+        let pieces = data.chunks(MAX_RECORD).count() as u64;
+        // Record u64::MAX is never sealed: the counter after the last record must still fit.
+        if self.counter.checked_add(pieces).is_none() {
+            return Err(RecordError::Exhausted);
+        }
         for piece in data.chunks(MAX_RECORD) {
-            out.extend_from_slice(&(piece.len() as u32).to_le_bytes());
+            let len = (piece.len() as u32).to_le_bytes();
+            out.extend_from_slice(&len);
+            let start = out.len();
             out.extend_from_slice(piece);
-            out.extend_from_slice(&tag(&self.key, self.counter, piece));
+            let tag = self.key.seal(self.counter, &len, &mut out[start..]);
+            out.extend_from_slice(&tag);
             self.counter += 1;
         }
+        Ok(())
     }
 }
 
-/// Checks incoming records; bytes go in as they arrive, verified data comes out.
+/// Checks and decrypts incoming records; bytes go in as they arrive, verified data comes out.
 pub struct Opener {
-    key: [u8; TAG_LEN],
+    key: AeadKey,
     counter: u64,
     buf: Vec<u8>,
     poisoned: bool,
@@ -97,10 +109,15 @@ pub struct Opener {
 
 impl Opener {
     /// An opener expecting record 0 first.
-    pub fn new(key: [u8; TAG_LEN]) -> Opener {
+    pub fn new(key: [u8; KEY_LEN]) -> Opener {
+        Opener::starting_at(key, 0)
+    }
+
+    /// An opener expecting record `counter` next (tests of the counter's end).
+    pub fn starting_at(key: [u8; KEY_LEN], counter: u64) -> Opener {
         Opener {
-            key,
-            counter: 0,
+            key: AeadKey::new(&key),
+            counter,
             buf: Vec::new(),
             poisoned: false,
         }
@@ -163,14 +180,16 @@ impl Opener {
         if self.buf.len() < end {
             return Ok(None);
         }
-        let data = &self.buf[LEN_LEN..LEN_LEN + n];
-        let parts: [&[u8]; 3] = [&self.counter.to_le_bytes(), &(n as u32).to_le_bytes(), data];
-        if !verify(&self.key, &parts, &self.buf[LEN_LEN + n..end]) {
+        if self.counter == u64::MAX {
+            return Err(RecordError::Exhausted);
+        }
+        let (len, rest) = self.buf.split_at_mut(LEN_LEN);
+        let Some(plain) = self.key.open(self.counter, len, &mut rest[..n + TAG_LEN]) else {
             return Err(RecordError::BadMac {
                 record: self.counter,
             });
-        }
-        let out = data.to_vec();
+        };
+        let out = plain.to_vec();
         self.buf.drain(..end);
         self.counter += 1;
         Ok(Some(out))

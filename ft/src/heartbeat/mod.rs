@@ -20,7 +20,7 @@ mod detector;
 mod receiver;
 mod sender;
 
-pub use datagram::{DatagramError, Heartbeat, AUTH_LEN, LEN};
+pub use datagram::{DatagramError, Heartbeat, LEN, SEALED_LEN};
 pub use detector::{ChannelHook, FailureDetector, Path, Verdict};
 pub use receiver::{HeartbeatReceiver, ReceiverStats};
 pub use sender::HeartbeatSender;

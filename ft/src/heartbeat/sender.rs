@@ -42,8 +42,8 @@ impl HeartbeatSender {
         Self::start_keyed(bind_addr, peer, pair_id, role, generation, interval, None)
     }
 
-    /// As [`HeartbeatSender::start`], with addresses resolved, tagging each datagram with `key`
-    /// when given (the authenticated format).
+    /// As [`HeartbeatSender::start`], with addresses resolved, sealing each datagram with `key`
+    /// when given (the sealed format).
     pub fn start_keyed(
         bind_addr: SocketAddr,
         peer: SocketAddr,
@@ -83,7 +83,7 @@ impl HeartbeatSender {
                     // A send error (no route while a link is down) is what heartbeats are for
                     // detecting on the other side; count it and keep going.
                     let sent = match &key {
-                        Some(k) => socket.send_to(&hb.encode_authenticated(k), peer),
+                        Some(k) => socket.send_to(&hb.encode_sealed(k), peer),
                         None => socket.send_to(&hb.encode(), peer),
                     };
                     match sent {
@@ -93,7 +93,13 @@ impl HeartbeatSender {
                             t_shared.send_errors.fetch_add(1, Ordering::Relaxed)
                         }
                     };
-                    seq = seq.wrapping_add(1);
+                    // The sequence number is the sealed datagrams' nonce: never reuse one (at
+                    // one datagram a millisecond it would take 584 million years to run out).
+                    let Some(next) = seq.checked_add(1) else {
+                        log::error!("heartbeat to {peer}: sequence numbers used up; stopping");
+                        return;
+                    };
+                    seq = next;
                     match stopped.recv_timeout(interval) {
                         Err(RecvTimeoutError::Timeout) => {}
                         Ok(()) | Err(RecvTimeoutError::Disconnected) => return,

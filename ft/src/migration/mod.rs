@@ -7,17 +7,23 @@
 //! `VcpuState`* `DeviceState` `Commit` (ack requested). Destination → source: `Ack` of Hello, `Ack`
 //! of Commit once the state is restored, or `Abort` at any point. The header's epoch is the round.
 //!
+//! Both ends open the stream with `auth`'s handshake for a migration first (with or without a
+//! key; with one, every byte travels encrypted): `accept_source` on the destination, which goes
+//! on waiting through refused connections.
+//!
 //! Handover: the destination acks Commit after restoring and before resuming, and the source
 //! reports success only on that ack. If the ack is lost after it was sent (the link dies in that
 //! instant), the source resumes while the destination runs too: the two-generals window every
 //! pre-copy VMM has. FT must fence it with the arbiter's generation (DESIGN.md) before relying on it.
 
+mod accept;
 pub(crate) mod channel;
 mod policy;
 mod progress;
 mod receiver;
 mod sender;
 
+pub use accept::accept_source;
 pub use policy::{ConvergencePolicy, StopReason};
 pub use progress::{MigrationPhase, MigrationProgress, ProgressHandle, Role};
 pub use receiver::{receive_migration, IncomingMigration, ReceiveOptions, ReceiveReport};
@@ -31,6 +37,9 @@ use std::error::Error;
 /// Why a migration failed, on either side.
 #[derive(Debug, thiserror::Error)]
 pub enum MigrationError {
+    /// No source passed the handshake before the wait ended (or the listener failed).
+    #[error("no migration source was accepted")]
+    Accept(#[source] crate::transport::TransportError),
     /// Setting up the connection (timeouts, reader thread) failed.
     #[error("cannot set up the migration connection")]
     Connection(#[source] std::io::Error),

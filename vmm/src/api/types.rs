@@ -41,9 +41,10 @@ pub struct FtArbiterConfig {
     pub path: PathBuf,
 }
 
-/// The pair key both members hold (`ft.enable` and `ft.receive`): a file of at least 32 random
-/// bytes, readable by its owner only. With it the replication stream and the heartbeats are
-/// authenticated; without it on both sides they are not; on one side only, the pair is refused.
+/// The key both ends hold (`ft.enable` / `ft.receive`, `vm.send-migration` /
+/// `vm.receive-migration`): a file of at least 32 random bytes, readable by its owner only. With
+/// it the stream (and an FT pair's heartbeats) is encrypted and authenticated; without it on both
+/// sides it is neither; on one side only, the connection is refused.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FtKeyConfig {
@@ -82,9 +83,12 @@ pub struct FtReceiveConfig {
     /// Silence from the primary after which it counts as failed (default 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_timeout_ms: Option<u64>,
-    /// The pair key (default: none, unauthenticated).
+    /// The pair key (default: none, unencrypted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<FtKeyConfig>,
+    /// Without a key, listen on an address other hosts can reach anyway (default: refused).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
     /// `udp:ADDR:PORT` to receive the primary's heartbeats on, over a second network path
     /// (with `peer_heartbeat`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,7 +115,7 @@ pub struct FtEnableConfig {
     /// Silence from the backup after which it counts as failed (default 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_timeout_ms: Option<u64>,
-    /// The pair key (default: none, unauthenticated).
+    /// The pair key (default: none, unencrypted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<FtKeyConfig>,
     /// `udp:ADDR:PORT` to receive the backup's heartbeats on, over a second network path
@@ -132,6 +136,9 @@ pub struct SendMigrationConfig {
     /// Longest acceptable guest pause in milliseconds (default 300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downtime_ms: Option<u64>,
+    /// The key the destination holds too (default: none, unencrypted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<FtKeyConfig>,
 }
 
 /// `vm.receive-migration`: where to listen, and host resources that replace the source's.
@@ -149,6 +156,12 @@ pub struct ReceiveMigrationConfig {
     /// Where this process sends the guest's console (default: the source's setting).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<SerialConfig>,
+    /// The key the source holds too (default: none, unencrypted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<FtKeyConfig>,
+    /// Without a key, listen on an address other hosts can reach anyway (default: refused).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
 }
 
 /// `vm.snapshot`: where to write the snapshot.

@@ -31,7 +31,7 @@ use crate::ft::pair::{
 use crate::ft::second_path::HeartbeatPaths;
 use devices::virtio::block::gate::DiskMode;
 use ft::arbiter::FileArbiter;
-use ft::auth::{handshake, PairKey, Side};
+use ft::auth::{check_listener, handshake, PairKey, Purpose, Side};
 use ft::status::{FtState, Role};
 use ft::transport::{self, Endpoint, Listener};
 use std::time::Duration;
@@ -108,19 +108,25 @@ impl Vmm {
             .map_err(|e| VmmError::FtPeer(chain(&e)))?;
         // Before anything is gated or sent: a peer with another key (or none) is this call's
         // error, and the VM runs on untouched.
-        let (conn, session) = handshake(conn, key.as_ref(), Side::Initiator, CONNECT_TIMEOUT)
-            .map_err(|e| {
-                let why = chain(&e);
-                log::error!("ft.enable: the backup at {endpoint} was refused: {why}");
-                self.ft_status.note(&format!(
-                    "ft.enable refused the backup at {endpoint}: {why}"
-                ));
-                VmmError::FtAuth(why)
-            })?;
+        let (conn, session) = handshake(
+            conn,
+            key.as_ref(),
+            Side::Initiator,
+            Purpose::Ft,
+            CONNECT_TIMEOUT,
+        )
+        .map_err(|e| {
+            let why = chain(&e);
+            log::error!("ft.enable: the backup at {endpoint} was refused: {why}");
+            self.ft_status.note(&format!(
+                "ft.enable refused the backup at {endpoint}: {why}"
+            ));
+            VmmError::FtAuth(why)
+        })?;
         if !session.authenticated {
             log::warn!(
-                "ft: the replication stream to {endpoint} is NOT authenticated (no pair key): \
-                 anyone on the link can alter or forge it"
+                "ft: the replication stream to {endpoint} is NOT encrypted or authenticated (no \
+                 pair key): anyone on the link can read, alter or forge it"
             );
         }
         let peer = Some(endpoint.to_string());
@@ -191,6 +197,8 @@ impl Vmm {
         let key = load_key(c.key.as_ref())?;
         let heartbeat = heartbeat_paths(c.heartbeat_listen.as_ref(), c.peer_heartbeat.as_ref())?;
         let endpoint: Endpoint = c.listen.parse().map_err(VmmError::MigrationUrl)?;
+        // Safe by default: a keyless backup takes a VM from whoever connects.
+        check_listener(&endpoint, key.is_some(), c.insecure).map_err(VmmError::InsecureListen)?;
         let listener = Listener::bind(&endpoint).map_err(VmmError::MigrationListen)?;
         self.ft_status
             .enable(

@@ -1,14 +1,19 @@
-//! `vm.send-migration` and `vm.receive-migration`: the VMM thread checks and connects (so that a
-//! bad URL or an unreachable peer is the caller's immediate 4xx), then a migration thread runs
-//! ft's pre-copy engine and reports back with a `VmmEvent`. `vm.info` shows the progress meanwhile.
+//! `vm.send-migration` and `vm.receive-migration`: the VMM thread checks, connects and runs the
+//! handshake (so that a bad URL, an unreachable peer or a wrong key is the caller's immediate 4xx
+//! and the VM runs on untouched), then a migration thread runs ft's pre-copy engine and reports
+//! back with a `VmmEvent`. `vm.info` shows the progress meanwhile. With a key (the same file on
+//! both ends) the stream is encrypted and authenticated as an FT pair's is; without one a
+//! destination listens only on a local address unless the call says `"insecure": true`.
 
 use super::{apply_overrides, chain, VmState, Vmm, VmmError};
 use crate::api::{ReceiveMigrationConfig, SendMigrationConfig, VmBox, VmmEvent};
 use crate::config::{host_memory_limit, VmConfig};
 use crate::migration::incoming::IncomingVm;
 use crate::migration::source::SourceVm;
+use ft::auth::{check_listener, handshake, PairKey, Purpose, Side};
 use ft::migration::{
-    send_migration, IncomingMigration, ProgressHandle, ReceiveOptions, Role, SendOptions,
+    accept_source, send_migration, IncomingMigration, ProgressHandle, ReceiveOptions, Role,
+    SendOptions,
 };
 use ft::transport::{self, Endpoint, Listener};
 use serde_json::json;
@@ -25,6 +30,14 @@ const IO_TIMEOUT: Duration = Duration::from_secs(15);
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a destination waits for the source to connect.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Longest handshake either end waits through (a destination then takes the next connection).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads the key a migration call names (400 when the file is missing, short or open to others).
+fn load_key(c: Option<&crate::api::types::FtKeyConfig>) -> Result<Option<PairKey>, VmmError> {
+    c.map(|k| PairKey::load(&k.path).map_err(VmmError::MigrationKey))
+        .transpose()
+}
 
 /// The current or last migration.
 pub(super) struct MigrationStatus {
@@ -108,8 +121,26 @@ impl Vmm {
     pub(super) fn send_migration(&mut self, c: &SendMigrationConfig) -> Result<(), VmmError> {
         let cfg = self.require("migrate", &[VmState::Running])?.clone();
         let endpoint: Endpoint = c.destination_url.parse().map_err(VmmError::MigrationUrl)?;
+        let key = load_key(c.key.as_ref())?;
         let conn =
             transport::connect(&endpoint, CONNECT_TIMEOUT).map_err(VmmError::MigrationConnect)?;
+        // Before the VM is touched: a destination with another key (or none) is this call's error.
+        let (conn, session) = handshake(
+            conn,
+            key.as_ref(),
+            Side::Initiator,
+            Purpose::Migration,
+            HANDSHAKE_TIMEOUT,
+        )
+        .map_err(|e| {
+            log::error!("migration to {endpoint} refused: {}", chain(&e));
+            VmmError::MigrationAuth(e)
+        })?;
+        if !session.authenticated {
+            log::warn!(
+                "migration to {endpoint}: the stream is NOT encrypted or authenticated (no key)"
+            );
+        }
         let Some(vm) = self.vm.take() else {
             return Err(VmmError::NoVm);
         };
@@ -123,6 +154,7 @@ impl Vmm {
             ..SendOptions::default()
         };
         let progress = ProgressHandle::new(Role::Source);
+        progress.set_authenticated(session.authenticated);
         let p = progress.clone();
         let events = self.events.clone();
         let config_json = serde_json::to_string(&cfg).unwrap_or_default();
@@ -194,6 +226,9 @@ impl Vmm {
             return Err(VmmError::VmExists);
         }
         let endpoint: Endpoint = c.receiver_url.parse().map_err(VmmError::MigrationUrl)?;
+        let key = load_key(c.key.as_ref())?;
+        // Safe by default: a keyless destination runs whatever VM whoever connects sends it.
+        check_listener(&endpoint, key.is_some(), c.insecure).map_err(VmmError::InsecureListen)?;
         let listener = Listener::bind(&endpoint).map_err(VmmError::MigrationListen)?;
         let (guest_events, on_failure) = self.new_boot_handlers();
         let progress = ProgressHandle::new(Role::Destination);
@@ -204,9 +239,14 @@ impl Vmm {
             .spawn(move || {
                 crate::seccomp::apply(crate::seccomp::ThreadKind::Migration);
                 let result = (|| -> Result<(Box<VmConfig>, VmBox), String> {
-                    let conn = listener
-                        .accept(Some(ACCEPT_TIMEOUT))
-                        .map_err(|e| chain(&e))?;
+                    let (conn, _) = accept_source(
+                        &listener,
+                        key.as_ref(),
+                        ACCEPT_TIMEOUT,
+                        HANDSHAKE_TIMEOUT,
+                        &p,
+                    )
+                    .map_err(|e| chain(&e))?;
                     let opts = ReceiveOptions {
                         io_timeout: IO_TIMEOUT,
                     };
