@@ -2,6 +2,7 @@
 //! `api_client`, and watch the guest's serial console.
 
 pub mod bench;
+pub mod capture;
 pub mod client;
 pub mod ft;
 pub mod ft_pair;
