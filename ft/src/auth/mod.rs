@@ -180,6 +180,11 @@ impl std::fmt::Debug for DatagramKey {
 }
 
 impl DatagramKey {
+    /// A key from its bytes (tests and fuzzing; a pair's keys come from the handshake).
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> DatagramKey {
+        DatagramKey(bytes)
+    }
+
     /// Encrypts `body` in place as datagram `seq`, binding `header`; returns the tag. A sender
     /// never seals two datagrams with the same `seq` under one key.
     pub fn seal(&self, seq: u64, header: &[u8], body: &mut [u8]) -> [u8; TAG_LEN] {
