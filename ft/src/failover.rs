@@ -21,6 +21,7 @@
 use crate::arbiter::{Arbiter, Claim, Outcome};
 use crate::heartbeat::Verdict;
 use crate::status::{FtState, Role, StatusError, StatusHandle};
+use errors::chain;
 use std::time::Duration;
 
 /// How long to wait before asking an unreachable arbiter again.
@@ -65,18 +66,6 @@ pub struct FailoverCoordinator<A: Arbiter> {
     retry_after: Duration,
     /// What this member saw go wrong before the silence (e.g. a corrupt frame), if anything.
     cause: Option<String>,
-}
-
-/// An error and its causes on one line, for status and logs.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 impl<A: Arbiter> FailoverCoordinator<A> {

@@ -40,7 +40,8 @@ fn wrong_sources_are_refused_and_the_right_key_migrates_encrypted() {
     let p = progress.clone();
     let dest = std::thread::spawn(move || {
         let mut dst = FakeVm::destination(PAGES, 1);
-        let (conn, session) = accept_source(&l, Some(&key(1)), T * 3, T, &p)?;
+        let (conn, session) =
+            accept_source(&l, Some(&key(1)), T * 3, T, &p).expect("the right source passes");
         let opts = ReceiveOptions { io_timeout: T };
         IncomingMigration::accept(conn, &opts, &p)
             .and_then(|m| m.receive_into(&mut dst))

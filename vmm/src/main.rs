@@ -2,6 +2,7 @@
 //! command-line flags.
 
 use clap::Parser;
+use errors::chain;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
@@ -10,7 +11,7 @@ use vmm::config::{
     CpusConfig, DiskConfig, MemoryConfig, NetConfig, PayloadConfig, SerialConfig, SerialMode,
     VmConfig, DEFAULT_MEMORY_BYTES,
 };
-use vmm::controller::{chain, Vmm};
+use vmm::controller::Vmm;
 
 /// A rust-vmm VMM whose VMs can be made fault tolerant.
 #[derive(Parser, Debug)]
@@ -260,7 +261,7 @@ fn main() -> ExitCode {
     let mut vmm = Vmm::new(tx.clone(), cli.api_socket.is_none());
 
     let server = match &cli.api_socket {
-        Some(path) => match vmm::api::start_server(path, tx.clone()) {
+        Some(path) => match vmm::api::start_server(path, tx.clone(), Some(vmm.view())) {
             Ok(s) => Some(s),
             Err(e) => {
                 eprintln!("tandem: {}", chain(&e));
@@ -271,7 +272,7 @@ fn main() -> ExitCode {
     };
 
     if let Some(addr) = &cli.metrics_listen {
-        if let Err(e) = vmm::api::metrics_server::start_metrics_server(addr, tx.clone()) {
+        if let Err(e) = vmm::api::metrics_server::start_metrics_server(addr, vmm.view()) {
             eprintln!("tandem: {}", chain(&e));
             return ExitCode::FAILURE;
         }

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver};
 use std::thread::JoinHandle;
 use std::time::Duration;
-use vmm::api::{start_server, start_server_with_timeout, ApiError, ApiRequest, VmmEvent};
+use vmm::api::{start_server, start_server_with_timeout, ApiError, ApiRequest};
+use vmm::controller::VmmEvent;
 
 /// A fresh directory for one test's socket.
 fn temp_socket() -> PathBuf {
@@ -92,7 +93,7 @@ fn every_endpoint_round_trips() {
     let socket = temp_socket();
     let (tx, rx) = channel();
     let vmm = fake_vmm(rx);
-    let server = start_server(&socket, tx).expect("start");
+    let server = start_server(&socket, tx, None).expect("start");
     let c = ApiClient::new(&socket);
 
     assert_eq!(c.ping().expect("ping")["pid"], json!(std::process::id()));
@@ -136,7 +137,7 @@ fn bad_requests_get_json_errors() {
     let socket = temp_socket();
     let (tx, rx) = channel();
     let vmm = fake_vmm(rx);
-    let server = start_server(&socket, tx).expect("start");
+    let server = start_server(&socket, tx, None).expect("start");
     let c = ApiClient::new(&socket);
 
     let r = c.get("/api/v1/nope").expect("answer");
@@ -206,7 +207,7 @@ fn hostile_framing_does_not_kill_the_server() {
     let socket = temp_socket();
     let (tx, rx) = channel();
     let vmm = fake_vmm(rx);
-    let server = start_server(&socket, tx).expect("start");
+    let server = start_server(&socket, tx, None).expect("start");
     let c = ApiClient::new(&socket);
 
     // A declared length tiny_http would try to allocate while draining.
@@ -254,7 +255,7 @@ fn socket_is_private_and_stale_ones_are_replaced() {
     assert!(socket.exists());
     let (tx, rx) = channel();
     let vmm = fake_vmm(rx);
-    let server = start_server(&socket, tx).expect("stale socket replaced");
+    let server = start_server(&socket, tx, None).expect("stale socket replaced");
     let mode = std::fs::metadata(&socket)
         .expect("socket")
         .permissions()
@@ -264,8 +265,8 @@ fn socket_is_private_and_stale_ones_are_replaced() {
 
     // A second server on the same path is refused by the lock, and the first one is untouched.
     let (tx2, _rx2) = channel();
-    let err = start_server(&socket, tx2).unwrap_err();
-    let chain = error_chain(&err);
+    let err = start_server(&socket, tx2, None).unwrap_err();
+    let chain = errors::chain(&err);
     assert!(chain.contains("another VMM owns"), "{chain}");
     assert!(ApiClient::new(&socket).ping().is_ok());
 
@@ -274,7 +275,7 @@ fn socket_is_private_and_stale_ones_are_replaced() {
     // The lock went with the server: the path can be taken again.
     let (tx3, rx3) = channel();
     let vmm3 = fake_vmm(rx3);
-    let again = start_server(&socket, tx3).expect("path free after stop");
+    let again = start_server(&socket, tx3, None).expect("path free after stop");
     again.stop().expect("stop");
     drop(vmm);
     drop(vmm3);
@@ -285,8 +286,8 @@ fn other_files_are_never_replaced() {
     let socket = temp_socket();
     std::fs::write(&socket, b"precious").expect("file");
     let (tx, _rx) = channel();
-    let err = start_server(&socket, tx).unwrap_err();
-    assert!(error_chain(&err).contains("not a socket"));
+    let err = start_server(&socket, tx, None).unwrap_err();
+    assert!(errors::chain(&err).contains("not a socket"));
     assert_eq!(std::fs::read(&socket).expect("still there"), b"precious");
 }
 
@@ -301,7 +302,8 @@ fn slow_vmm_gets_504_and_gone_vmm_503() {
         let _ = release_rx.recv();
         drop(first);
     });
-    let server = start_server_with_timeout(&socket, tx, Duration::from_millis(200)).expect("start");
+    let server =
+        start_server_with_timeout(&socket, tx, None, Duration::from_millis(200)).expect("start");
     let c = ApiClient::new(&socket);
     let (status, chain) = api_error(c.ping().unwrap_err());
     assert_eq!(status, 504);
@@ -315,13 +317,39 @@ fn slow_vmm_gets_504_and_gone_vmm_503() {
     assert!(!socket.exists());
 }
 
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
+/// Issue 10 item 5: reads answer from the VMM's published view while the VMM thread is busy
+/// with a slow call (here: never answers at all).
+#[test]
+fn reads_never_wait_behind_a_slow_call() {
+    let socket = temp_socket();
+    let (tx, rx) = channel::<VmmEvent>();
+    let (view_tx, _view_rx) = channel::<VmmEvent>();
+    let view = vmm::controller::Vmm::new(view_tx, false).view();
+    let server =
+        start_server_with_timeout(&socket, tx, Some(view), Duration::from_secs(3)).expect("start");
+    let slow = {
+        let socket = socket.clone();
+        std::thread::spawn(move || ApiClient::new(&socket).pause())
+    };
+    // The pause reaches the VMM thread, which sits on it.
+    let held = rx.recv_timeout(Duration::from_secs(10)).expect("the pause");
+    let c = ApiClient::new(&socket);
+    for _ in 0..5 {
+        let t0 = std::time::Instant::now();
+        let metrics = raw_exchange(&socket, b"GET /api/v1/metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(metrics.status, 200);
+        assert_eq!(c.get("ft.status").expect("ft.status").status, 200);
+        assert_eq!(api_error(c.info().unwrap_err()).0, 404);
+        assert_eq!(c.ping().expect("ping")["pid"], json!(std::process::id()));
+        let took = t0.elapsed();
+        assert!(
+            took < Duration::from_millis(250),
+            "four reads took {took:?} while a call was pending"
+        );
     }
-    out
+    let (status, _) = api_error(slow.join().expect("slow caller").unwrap_err());
+    assert_eq!(status, 504, "the pause itself still times out");
+    drop(held);
+    drop(rx);
+    server.stop().expect("stop");
 }

@@ -312,9 +312,10 @@ fn vm_with_disks_and_nics_boots_and_leaves_nothing_behind() {
         let mut vmm = vmm::controller::Vmm::new(tx, false);
         let mut bad = cfg.clone();
         bad.net[0].tap = "lo".into();
-        vmm.create(bad).unwrap();
-        let err = vmm.boot().unwrap_err();
-        assert_eq!(err.status(), 400, "{err:?}");
+        vmm.handle_api(vmm::api::ApiRequest::VmCreate(Box::new(bad)))
+            .unwrap();
+        let err = vmm.handle_api(vmm::api::ApiRequest::VmBoot).unwrap_err();
+        assert_eq!(err.status, 400, "{err:?}");
         assert_eq!(open_fds(), fds_before, "failed boot leaked fds");
     }
 }

@@ -3,8 +3,8 @@
 //! noted in the progress and logged, and the wait goes on, so that whoever can reach the port
 //! cannot end it (as an FT backup waits for its primary).
 
+use super::error_chain;
 use super::progress::ProgressHandle;
-use super::{error_chain, MigrationError};
 use crate::auth::{handshake, PairKey, Purpose, Session, Side};
 use crate::transport::{Connection, Listener, TransportError};
 use std::time::{Duration, Instant};
@@ -18,19 +18,17 @@ pub fn accept_source(
     wait: Duration,
     handshake_timeout: Duration,
     progress: &ProgressHandle,
-) -> Result<(Box<dyn Connection>, Session), MigrationError> {
+) -> Result<(Box<dyn Connection>, Session), TransportError> {
     let deadline = Instant::now() + wait;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(MigrationError::Accept(TransportError::AcceptTimeout {
+            return Err(TransportError::AcceptTimeout {
                 endpoint: listener.local_endpoint().clone(),
                 timeout: wait,
-            }));
+            });
         }
-        let conn = listener
-            .accept(Some(left))
-            .map_err(MigrationError::Accept)?;
+        let conn = listener.accept(Some(left))?;
         match handshake(
             conn,
             key,

@@ -24,6 +24,9 @@ mod receiver;
 mod sender;
 
 pub use accept::accept_source;
+/// The error and its causes on one line (the workspace's one helper, under the name this
+/// crate's modules use).
+pub use errors::chain as error_chain;
 pub use policy::{ConvergencePolicy, StopReason};
 pub use progress::{MigrationPhase, MigrationProgress, ProgressHandle, Role};
 pub use receiver::{receive_migration, IncomingMigration, ReceiveOptions, ReceiveReport};
@@ -32,14 +35,10 @@ pub use sender::{send_migration, SendOptions, SendReport};
 
 use crate::frame::{FrameError, FrameType};
 use crate::vm::VmOpError;
-use std::error::Error;
 
 /// Why a migration failed, on either side.
 #[derive(Debug, thiserror::Error)]
 pub enum MigrationError {
-    /// No source passed the handshake before the wait ended (or the listener failed).
-    #[error("no migration source was accepted")]
-    Accept(#[source] crate::transport::TransportError),
     /// Setting up the connection (timeouts, reader thread) failed.
     #[error("cannot set up the migration connection")]
     Connection(#[source] std::io::Error),
@@ -121,18 +120,6 @@ impl MigrationError {
 /// Wraps a VM error with the trait method that produced it.
 fn vm_err(op: &'static str) -> impl FnOnce(VmOpError) -> MigrationError {
     move |source| MigrationError::Vm { op, source }
-}
-
-/// An error and all its causes on one line, for logs, Abort reasons and the progress view.
-pub fn error_chain(e: &dyn Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// An error for a frame type the protocol does not expect at this point.

@@ -1,14 +1,9 @@
 //! `--metrics-listen ADDR:PORT`: the Prometheus exposition over plain TCP for scrapers that cannot
 //! reach the API's Unix socket. Read-only: it serves `GET /metrics` and nothing else.
 
-use super::server::{ask_vmm, metrics_response};
-use super::{ApiRequest, VmmEvent};
-use std::sync::mpsc::Sender;
-use std::time::Duration;
+use super::server::metrics_response;
+use crate::controller::View;
 use tiny_http::{Method, Response, Server};
-
-/// How long a scrape waits for the VMM thread.
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the metrics listener could not start.
 #[derive(Debug, thiserror::Error)]
@@ -23,8 +18,9 @@ pub enum MetricsServerError {
     Spawn(#[source] std::io::Error),
 }
 
-/// Binds `addr` and serves scrapes on a thread of its own for the life of the process.
-pub fn start_metrics_server(addr: &str, tx: Sender<VmmEvent>) -> Result<(), MetricsServerError> {
+/// Binds `addr` and serves scrapes on a thread of its own for the life of the process, from the
+/// VMM's published view (a scrape never waits for the VMM thread).
+pub fn start_metrics_server(addr: &str, view: View) -> Result<(), MetricsServerError> {
     // Bound here (socket(2) is the VMM thread's); tiny_http's threads start on the metrics
     // thread, under its seccomp filter.
     let listener = std::net::TcpListener::bind(addr).map_err(|e| MetricsServerError::Bind {
@@ -54,12 +50,7 @@ pub fn start_metrics_server(addr: &str, tx: Sender<VmmEvent>) -> Result<(), Metr
                 } else if path != "/metrics" && path != "/api/v1/metrics" {
                     Response::from_string("try /metrics\n").with_status_code(404)
                 } else {
-                    match ask_vmm(ApiRequest::Metrics, &tx, SCRAPE_TIMEOUT).0 {
-                        Ok(Some(serde_json::Value::String(text))) => metrics_response(text),
-                        _ => {
-                            Response::from_string("the VMM did not answer\n").with_status_code(503)
-                        }
-                    }
+                    metrics_response(view.metrics())
                 };
                 if let Err(e) = request.respond(response) {
                     log::debug!("metrics: cannot answer a scrape: {e}");

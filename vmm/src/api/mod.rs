@@ -11,7 +11,7 @@ pub mod types;
 pub use server::{start_server, start_server_with_timeout, ApiServerError, ApiServerHandle};
 pub use types::{
     ApiError, ApiRequest, ApiResponse, ReceiveMigrationConfig, RestoreConfig, SendMigrationConfig,
-    SnapshotConfig, VmBox, VmmEvent,
+    SnapshotConfig,
 };
 
 #[cfg(test)]

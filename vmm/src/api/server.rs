@@ -1,10 +1,14 @@
-//! The API thread: accepts HTTP/1.1 on a Unix socket, hands each request to the VMM thread and
-//! answers with what comes back. Requests are served one at a time, as the VMM handles them.
+//! The API thread: accepts HTTP/1.1 on a Unix socket. Read-only calls (`vm.info`, `vm.counters`,
+//! `ft.status`, metrics, `vmm.ping`) are answered on this thread from the VMM's published
+//! [`View`]; every other call goes, in order, through one caller thread that hands it to the VMM
+//! thread and answers with what comes back. So a call the VMM is slow to answer (`ft.enable`
+//! reaching for a silent peer) never holds up a dashboard's reads.
 
 use super::routes::{self, RouteError, MAX_BODY_BYTES};
 use super::socket::{self, SocketError};
-use super::types::{ApiError, ApiRequest, ApiResponse, VmmEvent};
+use super::types::{ApiError, ApiRequest, ApiResponse};
 use crate::config;
+use crate::controller::{View, VmmEvent};
 use std::io::{Cursor, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,18 +80,22 @@ impl std::fmt::Debug for ApiServerHandle {
 }
 
 /// Binds `socket` (mode 0600, replacing a stale socket, refusing a live one) and serves the API
-/// on a thread named `tandem_api`, sending each request to the VMM thread through `tx`.
+/// on a thread named `tandem_api`, sending each request that changes something to the VMM
+/// thread through `tx`, and answering reads from `view` (without one, reads go to the VMM thread
+/// too).
 pub fn start_server(
     socket: &Path,
     tx: Sender<VmmEvent>,
+    view: Option<View>,
 ) -> Result<ApiServerHandle, ApiServerError> {
-    start_server_with_timeout(socket, tx, RESPONSE_TIMEOUT)
+    start_server_with_timeout(socket, tx, view, RESPONSE_TIMEOUT)
 }
 
 /// [`start_server`] with another limit on how long to wait for the VMM's answer.
 pub fn start_server_with_timeout(
     socket: &Path,
     tx: Sender<VmmEvent>,
+    view: Option<View>,
     timeout: Duration,
 ) -> Result<ApiServerHandle, ApiServerError> {
     let socket::BoundSocket { listener, lock } =
@@ -113,7 +121,7 @@ pub fn start_server_with_timeout(
             if ready_tx.send(Ok(Arc::downgrade(&server))).is_err() {
                 return Ok(());
             }
-            let result = serve(&server, &tx, &thread_stopping, timeout);
+            let result = serve(&server, tx, view, &thread_stopping, timeout);
             // Dropping the last Arc closes the listener and removes the socket file; only then
             // is the path released to another VMM.
             drop(server);
@@ -148,28 +156,46 @@ pub(crate) enum Flow {
 }
 
 fn serve(
-    server: &Server,
-    tx: &Sender<VmmEvent>,
-    stopping: &AtomicBool,
+    server: &Arc<Server>,
+    tx: Sender<VmmEvent>,
+    view: Option<View>,
+    stopping: &Arc<AtomicBool>,
     timeout: Duration,
 ) -> Result<(), ApiServerError> {
-    loop {
+    let caller = Caller::spawn(
+        tx.clone(),
+        Arc::downgrade(server),
+        stopping.clone(),
+        timeout,
+    )
+    .map_err(ApiServerError::Spawn)?;
+    let reads = match view {
+        Some(v) => Reads::View(v),
+        None => Reads::Vmm(tx),
+    };
+    let result = loop {
         if stopping.load(Ordering::SeqCst) {
-            return Ok(());
+            break Ok(());
         }
         let request = match server.recv() {
             Ok(r) => r,
             // recv fails after unblock() (our stop) or when the accept thread died.
-            Err(_) if stopping.load(Ordering::SeqCst) => return Ok(()),
-            Err(e) => return Err(ApiServerError::Accept(e)),
+            Err(_) if stopping.load(Ordering::SeqCst) => break Ok(()),
+            Err(e) => break Err(ApiServerError::Accept(e)),
         };
-        if handle(request, tx, timeout) == Flow::Stop {
-            return Ok(());
+        if let Some((request, call)) = parse(request) {
+            if let Some((request, call)) = reads.answer(request, call, timeout) {
+                caller.call(request, call);
+            }
         }
-    }
+    };
+    // The caller thread answers what it holds, then lets go of the server (and the socket).
+    caller.join();
+    result
 }
 
-fn handle(mut request: Request, tx: &Sender<VmmEvent>, timeout: Duration) -> Flow {
+/// Reads the request's route and body; answers it at once when they are bad.
+fn parse(mut request: Request) -> Option<(Request, ApiRequest)> {
     if let Some(len) = request.body_length() {
         if len > MAX_BODY_BYTES {
             let err = RouteError::BodyTooLarge { len }.to_api_error();
@@ -178,7 +204,7 @@ fn handle(mut request: Request, tx: &Sender<VmmEvent>, timeout: Duration) -> Flo
             } else {
                 respond(request, error_response(&err, None));
             }
-            return Flow::Continue;
+            return None;
         }
     }
     let method = request.method().as_str().to_string();
@@ -186,36 +212,122 @@ fn handle(mut request: Request, tx: &Sender<VmmEvent>, timeout: Duration) -> Flo
     // Find the route first so a 404/405 does not depend on the body.
     if let Err(e) = routes::find_route(&method, &url) {
         respond(request, error_response(&e.to_api_error(), e.allow()));
-        return Flow::Continue;
+        return None;
     }
     let mut body = Vec::new();
     let limit = MAX_BODY_BYTES as u64 + 1; // one more, so that "too large" is seen
     if let Err(e) = request.as_reader().take(limit).read_to_end(&mut body) {
         let err = ApiError::from_error(400, &BodyReadError(e));
         respond(request, error_response(&err, None));
-        return Flow::Continue;
+        return None;
     }
-    let api_request = match routes::parse_request(&method, &url, &body, config::host_memory_limit())
-    {
-        Ok(r) => r,
+    match routes::parse_request(&method, &url, &body, config::host_memory_limit()) {
+        Ok(r) => Some((request, r)),
         Err(e) => {
             respond(request, error_response(&e.to_api_error(), e.allow()));
-            return Flow::Continue;
+            None
         }
-    };
-    let is_vmm_shutdown = matches!(api_request, ApiRequest::VmmShutdown);
-    let is_metrics = matches!(api_request, ApiRequest::Metrics);
-    let (answer, flow) = ask_vmm(api_request, tx, timeout);
-    let flow = match (&answer, is_vmm_shutdown) {
-        (Ok(_), true) => Flow::Stop,
-        _ => flow,
-    };
-    let response = match answer {
-        Ok(Some(serde_json::Value::String(text))) if is_metrics => metrics_response(text),
-        other => answer_response(other),
-    };
-    respond(request, response);
-    flow
+    }
+}
+
+/// Where the read-only calls are answered from.
+enum Reads {
+    /// The VMM's published view, on the API thread.
+    View(View),
+    /// The VMM thread, like every other call.
+    Vmm(Sender<VmmEvent>),
+}
+
+impl Reads {
+    /// Answers `call` if it is a read this source serves; hands it back otherwise.
+    fn answer(
+        &self,
+        request: Request,
+        call: ApiRequest,
+        timeout: Duration,
+    ) -> Option<(Request, ApiRequest)> {
+        let Reads::View(view) = self else {
+            // Metrics still come back as text, whoever answers.
+            if matches!(call, ApiRequest::Metrics) {
+                if let Reads::Vmm(tx) = self {
+                    let (answer, _) = ask_vmm(call, tx, timeout);
+                    respond(request, answer_response(answer, true));
+                    return None;
+                }
+            }
+            return Some((request, call));
+        };
+        let response = match call {
+            ApiRequest::VmmPing => answer_response(Ok(Some(view.ping())), false),
+            ApiRequest::VmInfo => {
+                answer_response(view.info().map(Some).map_err(ApiError::from), false)
+            }
+            ApiRequest::VmCounters => {
+                answer_response(view.counters().map(Some).map_err(ApiError::from), false)
+            }
+            ApiRequest::FtStatus => answer_response(Ok(Some(view.ft_status())), false),
+            ApiRequest::Metrics => metrics_response(view.metrics()),
+            other => return Some((request, other)),
+        };
+        respond(request, response);
+        None
+    }
+}
+
+/// The thread that takes calls to the VMM thread, in order, and answers each.
+struct Caller {
+    calls: Option<Sender<(Request, ApiRequest)>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Caller {
+    fn spawn(
+        tx: Sender<VmmEvent>,
+        server: Weak<Server>,
+        stopping: Arc<AtomicBool>,
+        timeout: Duration,
+    ) -> std::io::Result<Caller> {
+        let (calls, rx) = mpsc::channel::<(Request, ApiRequest)>();
+        // Built on the API thread, it inherits the API thread's seccomp filter.
+        let thread = std::thread::Builder::new()
+            .name("tandem_api_call".into())
+            .spawn(move || {
+                while let Ok((request, call)) = rx.recv() {
+                    let is_vmm_shutdown = matches!(call, ApiRequest::VmmShutdown);
+                    let is_metrics = matches!(call, ApiRequest::Metrics);
+                    let (answer, flow) = ask_vmm(call, &tx, timeout);
+                    let stop = flow == Flow::Stop || (is_vmm_shutdown && answer.is_ok());
+                    respond(request, answer_response(answer, is_metrics));
+                    if stop {
+                        stopping.store(true, Ordering::SeqCst);
+                        if let Some(s) = server.upgrade() {
+                            s.unblock();
+                        }
+                        return;
+                    }
+                }
+            })?;
+        Ok(Caller {
+            calls: Some(calls),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `call`; its answer goes to `request` once the VMM thread gives it.
+    fn call(&self, request: Request, call: ApiRequest) {
+        let Some(calls) = &self.calls else { return };
+        if let Err(mpsc::SendError((request, _))) = calls.send((request, call)) {
+            let err = ApiError::new(503, "the VMM is shutting down");
+            respond(request, error_response(&err, None));
+        }
+    }
+
+    fn join(mut self) {
+        self.calls = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The Prometheus exposition as text, not JSON.
@@ -259,8 +371,9 @@ pub(crate) fn ask_vmm(
 #[error("cannot read request body")]
 struct BodyReadError(#[source] std::io::Error);
 
-fn answer_response(answer: ApiResponse) -> Response<Cursor<Vec<u8>>> {
+fn answer_response(answer: ApiResponse, metrics: bool) -> Response<Cursor<Vec<u8>>> {
     match answer {
+        Ok(Some(serde_json::Value::String(text))) if metrics => metrics_response(text),
         Ok(Some(value)) => json_response(200, &value),
         Ok(None) => Response::from_data(Vec::new()).with_status_code(204),
         Err(e) => error_response(&e, None),

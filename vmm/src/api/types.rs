@@ -3,7 +3,6 @@
 use crate::config::{SerialConfig, VmConfig};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use std::sync::mpsc::Sender;
 
 /// One API call, already parsed and validated for shape (not for state).
 #[derive(Debug)]
@@ -208,15 +207,6 @@ pub struct RestoreDisk {
     pub path: PathBuf,
 }
 
-/// A VM travelling between the VMM thread and a migration thread.
-pub struct VmBox(pub crate::vm::Vm);
-
-impl std::fmt::Debug for VmBox {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Vm")
-    }
-}
-
 /// An API call that failed: the HTTP status to answer with and the error chain, outermost first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ApiError {
@@ -228,14 +218,11 @@ pub struct ApiError {
 
 impl ApiError {
     /// Builds an API error from any error, walking its `source()` chain.
-    pub fn from_error(status: u16, err: &(dyn std::error::Error + 'static)) -> Self {
-        let mut error = vec![err.to_string()];
-        let mut cur = err.source();
-        while let Some(e) = cur {
-            error.push(e.to_string());
-            cur = e.source();
+    pub fn from_error(status: u16, err: &dyn std::error::Error) -> Self {
+        ApiError {
+            status,
+            error: errors::messages(err),
         }
-        ApiError { status, error }
     }
 
     /// An API error with a single message.
@@ -249,41 +236,3 @@ impl ApiError {
 
 /// Successful answer: `None` is 204 No Content, `Some` is 200 with that JSON body.
 pub type ApiResponse = Result<Option<serde_json::Value>, ApiError>;
-
-/// Everything the VMM thread reacts to.
-#[derive(Debug)]
-pub enum VmmEvent {
-    /// An API call and where to send its answer.
-    Api(ApiRequest, Sender<ApiResponse>),
-    /// The guest of boot `boot_id` asked for a reset (i8042, ACPI reset register, triple fault).
-    GuestReset { boot_id: u64 },
-    /// The guest of boot `boot_id` powered itself off (ACPI S5).
-    GuestPowerOff { boot_id: u64 },
-    /// A vCPU thread of boot `boot_id` stopped on an error it could not handle.
-    VcpuFailed { boot_id: u64, id: u8, error: String },
-    /// An outgoing migration ended; on success `vm` now lives on the destination.
-    MigrationSent {
-        vm: VmBox,
-        result: Result<serde_json::Value, String>,
-    },
-    /// An incoming migration ended; on success the VM runs here.
-    MigrationReceived {
-        result: Result<(Box<VmConfig>, VmBox), String>,
-    },
-    /// The FT primary's thread handed the VM back (`None`: the engine lost it).
-    FtPrimaryEnded {
-        vm: Option<VmBox>,
-        end: crate::ft::pair::PrimaryEnd,
-    },
-    /// The FT backup went live: the VM runs here now, as the primary.
-    FtBackupLive {
-        config: Box<VmConfig>,
-        vm: VmBox,
-        /// The primary's guest was paused at the checkpoint it went live from: it stays paused.
-        paused: bool,
-        /// ft.status's reason once the VMM thread holds the VM (it turns Unprotected then).
-        reason: String,
-    },
-    /// The FT backup stopped without going live (discarded or halted; see ft.status).
-    FtBackupEnded,
-}

@@ -5,17 +5,21 @@
 //! both ends) the stream is encrypted and authenticated as an FT pair's is; without one a
 //! destination listens only on a local address unless the call says `"insecure": true`.
 
-use super::{apply_overrides, chain, VmState, Vmm, VmmError};
-use crate::api::{ReceiveMigrationConfig, SendMigrationConfig, VmBox, VmmEvent};
-use crate::config::{host_memory_limit, VmConfig};
+use super::overrides::{arriving_config, ArrivingConfigError};
+use super::owner::{Incoming, Local, Outgoing, Owner};
+use super::{Step, Vmm, VmmError, VmmEvent};
+use crate::api::{ReceiveMigrationConfig, SendMigrationConfig};
+use crate::config::VmConfig;
 use crate::migration::incoming::IncomingVm;
 use crate::migration::source::SourceVm;
+use crate::vm::memory::MemoryError;
+use crate::vm::Vm;
 use ft::auth::{check_listener, handshake, PairKey, Purpose, Side};
 use ft::migration::{
-    accept_source, send_migration, IncomingMigration, ProgressHandle, ReceiveOptions, Role,
-    SendOptions,
+    accept_source, send_migration, IncomingMigration, MigrationError, ProgressHandle,
+    ReceiveOptions, Role, SendOptions, SendReport,
 };
-use ft::transport::{self, Endpoint, Listener};
+use ft::transport::{self, Endpoint, Listener, TransportError};
 use serde_json::json;
 use std::time::Duration;
 
@@ -39,17 +43,57 @@ fn load_key(c: Option<&crate::api::types::FtKeyConfig>) -> Result<Option<PairKey
         .transpose()
 }
 
+/// Why an incoming migration did not produce a VM here.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    #[error("no source connected")]
+    Accept(#[source] TransportError),
+    #[error("the migration stream failed")]
+    Stream(#[source] MigrationError),
+    #[error("the source's VM cannot run here")]
+    Refused(#[source] MigrationError),
+    #[error("the stream ended without a VM")]
+    NoVm,
+}
+
+/// Why the source's VM cannot be built here.
+#[derive(Debug, thiserror::Error)]
+pub enum DestinationConfigError {
+    #[error(transparent)]
+    Config(#[from] ArrivingConfigError),
+    #[error("cannot allocate the guest's memory")]
+    Memory(#[source] MemoryError),
+}
+
 /// The current or last migration.
+#[derive(Clone)]
 pub(super) struct MigrationStatus {
     role: Role,
     peer: String,
     progress: ProgressHandle,
     active: bool,
-    /// The report of a finished migration, or why it failed.
-    outcome: Option<Result<serde_json::Value, String>>,
+    /// The report of a finished migration, or why it failed (its causes, outermost first).
+    outcome: Option<Result<serde_json::Value, Vec<String>>>,
 }
 
 impl MigrationStatus {
+    fn new(role: Role, peer: String, progress: ProgressHandle) -> Self {
+        MigrationStatus {
+            role,
+            peer,
+            progress,
+            active: true,
+            outcome: None,
+        }
+    }
+
+    /// Marks it ended with `outcome`.
+    fn ended(mut self, outcome: Result<serde_json::Value, &dyn std::error::Error>) -> Self {
+        self.active = false;
+        self.outcome = Some(outcome.map_err(errors::messages));
+        self
+    }
+
     /// What `vm.info` shows under `migration`.
     pub(super) fn to_json(&self) -> serde_json::Value {
         let mut v = json!({
@@ -60,14 +104,12 @@ impl MigrationStatus {
         });
         match &self.outcome {
             Some(Ok(report)) => v["report"] = report.clone(),
-            Some(Err(e)) => v["error"] = json!(e),
+            Some(Err(e)) => v["error"] = json!(e.join(": ")),
             None => {}
         }
         v
     }
-}
 
-impl MigrationStatus {
     /// Migration gauges for the metrics endpoint.
     pub(super) fn add_metrics(&self, e: &mut crate::api::metrics::Exposition) {
         let p = self.progress.snapshot();
@@ -112,38 +154,15 @@ impl MigrationStatus {
 }
 
 impl Vmm {
-    /// Whether a migration thread owns (or is building) the VM right now.
-    pub(super) fn migration_active(&self) -> bool {
-        self.migration.as_ref().is_some_and(|m| m.active)
-    }
-
-    /// `vm.send-migration`: connects, then migrates the running VM in the background.
-    pub(super) fn send_migration(&mut self, c: &SendMigrationConfig) -> Result<(), VmmError> {
-        let cfg = self.require("migrate", &[VmState::Running])?.clone();
-        let endpoint: Endpoint = c.destination_url.parse().map_err(VmmError::MigrationUrl)?;
-        let key = load_key(c.key.as_ref())?;
-        let conn =
-            transport::connect(&endpoint, CONNECT_TIMEOUT).map_err(VmmError::MigrationConnect)?;
-        // Before the VM is touched: a destination with another key (or none) is this call's error.
-        let (conn, session) = handshake(
-            conn,
-            key.as_ref(),
-            Side::Initiator,
-            Purpose::Migration,
-            HANDSHAKE_TIMEOUT,
-        )
-        .map_err(|e| {
-            log::error!("migration to {endpoint} refused: {}", chain(&e));
-            VmmError::MigrationAuth(e)
-        })?;
-        if !session.authenticated {
-            log::warn!(
-                "migration to {endpoint}: the stream is NOT encrypted or authenticated (no key)"
-            );
-        }
-        let Some(vm) = self.vm.take() else {
-            return Err(VmmError::NoVm);
+    /// `vm.send-migration` on a running VM: connects and runs the handshake, then migrates it
+    /// in the background.
+    pub(super) fn send_migration(&mut self, l: Local, c: &SendMigrationConfig) -> Step {
+        let (endpoint, conn, authenticated) = match connect_destination(c) {
+            Ok(c) => c,
+            Err(e) => return (Owner::Local(l), Err(e)),
         };
+        let Local { config, vm, .. } = l;
+        let counters = vm.counter_source();
         // The thread takes the VM from this slot, so it can be put back if the thread never starts.
         let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(vm)));
         let thread_slot = slot.clone();
@@ -154,11 +173,11 @@ impl Vmm {
             ..SendOptions::default()
         };
         let progress = ProgressHandle::new(Role::Source);
-        progress.set_authenticated(session.authenticated);
+        progress.set_authenticated(authenticated);
         let p = progress.clone();
         let events = self.events.clone();
-        let config_json = serde_json::to_string(&cfg).unwrap_or_default();
-        let vcpus = cfg.cpus.boot_vcpus;
+        let config_json = serde_json::to_string(&config).unwrap_or_default();
+        let vcpus = config.cpus.boot_vcpus;
         let spawned = std::thread::Builder::new()
             .name("tandem_migrate_out".into())
             .spawn(move || {
@@ -169,67 +188,83 @@ impl Vmm {
                     let mut source = SourceVm::new(&mut vm, vcpus, config_json);
                     send_migration(&mut source, conn, &opts, &p)
                 };
-                let result = result
-                    .map(|r| serde_json::to_value(r).unwrap_or_default())
-                    .map_err(|e| chain(&e));
-                let _ = events.send(VmmEvent::MigrationSent {
-                    vm: VmBox(vm),
-                    result,
-                });
+                let _ = events.send(VmmEvent::MigrationSent { vm, result });
             });
         if let Err(e) = spawned {
-            self.vm = slot.lock().ok().and_then(|mut s| s.take());
-            return Err(VmmError::MigrationThread(e));
+            return match slot.lock().ok().and_then(|mut s| s.take()) {
+                Some(vm) => (
+                    Owner::Local(Local {
+                        config,
+                        vm,
+                        paused: false,
+                        announce_on_resume: false,
+                    }),
+                    Err(VmmError::MigrationThread(e)),
+                ),
+                None => (
+                    Owner::Stopped(super::owner::Stopped {
+                        config,
+                        booted: true,
+                    }),
+                    { Err(VmmError::MigrationThread(e)) },
+                ),
+            };
         }
-        self.migration = Some(MigrationStatus {
-            role: Role::Source,
-            peer: endpoint.to_string(),
-            progress,
-            active: true,
-            outcome: None,
-        });
         log::info!("migrating to {endpoint}");
-        Ok(())
+        let migration = MigrationStatus::new(Role::Source, endpoint.to_string(), progress);
+        (
+            Owner::MigratingOut(Outgoing {
+                config,
+                counters,
+                migration,
+            }),
+            Ok(None),
+        )
     }
 
     /// The migration thread is done with the VM.
-    pub(super) fn migration_sent(&mut self, vm: VmBox, result: Result<serde_json::Value, String>) {
-        let mut vm = vm.0;
-        match &result {
+    pub(super) fn migration_sent(
+        &mut self,
+        o: Outgoing,
+        mut vm: Vm,
+        result: Result<SendReport, MigrationError>,
+    ) -> Owner {
+        let Outgoing {
+            config, migration, ..
+        } = o;
+        match result {
             Ok(report) => {
+                let report = serde_json::to_value(report).unwrap_or_default();
                 log::info!("migration completed: {report}");
                 // The guest runs on the destination now; this copy must never run again.
                 if let Err(e) = vm.stop() {
-                    log::error!("stopping the migrated VM: {}", chain(&e));
+                    log::error!("stopping the migrated VM: {}", errors::chain(&e));
                 }
-                self.state = VmState::Migrated;
+                self.last_migration = Some(migration.ended(Ok(report)));
+                Owner::Migrated(config)
             }
             Err(e) => {
-                log::warn!("migration failed, the VM keeps running here: {e}");
-                self.vm = Some(vm);
-                self.state = VmState::Running;
+                log::warn!(
+                    "migration failed, the VM keeps running here: {}",
+                    errors::chain(&e)
+                );
+                self.last_migration = Some(migration.ended(Err(&e)));
+                Owner::Local(Local {
+                    config,
+                    vm,
+                    paused: false,
+                    announce_on_resume: false,
+                })
             }
-        }
-        if let Some(m) = &mut self.migration {
-            m.active = false;
-            m.outcome = Some(result);
         }
     }
 
-    /// `vm.receive-migration`: listens, then receives a VM in the background.
-    pub(super) fn receive_migration(&mut self, c: ReceiveMigrationConfig) -> Result<(), VmmError> {
-        self.ft_guard()?;
-        if self.migration_active() {
-            return Err(VmmError::MigrationInProgress);
-        }
-        if self.config.is_some() {
-            return Err(VmmError::VmExists);
-        }
-        let endpoint: Endpoint = c.receiver_url.parse().map_err(VmmError::MigrationUrl)?;
-        let key = load_key(c.key.as_ref())?;
-        // Safe by default: a keyless destination runs whatever VM whoever connects sends it.
-        check_listener(&endpoint, key.is_some(), c.insecure).map_err(VmmError::InsecureListen)?;
-        let listener = Listener::bind(&endpoint).map_err(VmmError::MigrationListen)?;
+    /// `vm.receive-migration` on an empty VMM: listens, then receives a VM in the background.
+    pub(super) fn receive_migration(&mut self, c: ReceiveMigrationConfig) -> Step {
+        let (endpoint, key, listener) = match listen(&c) {
+            Ok(l) => l,
+            Err(e) => return (Owner::Empty, Err(e)),
+        };
         let (guest_events, on_failure) = self.new_boot_handlers();
         let progress = ProgressHandle::new(Role::Destination);
         let p = progress.clone();
@@ -238,7 +273,7 @@ impl Vmm {
             .name("tandem_migrate_in".into())
             .spawn(move || {
                 crate::seccomp::apply(crate::seccomp::ThreadKind::Migration);
-                let result = (|| -> Result<(Box<VmConfig>, VmBox), String> {
+                let result = (|| -> Result<(Box<VmConfig>, Vm), ReceiveError> {
                     let (conn, _) = accept_source(
                         &listener,
                         key.as_ref(),
@@ -246,68 +281,107 @@ impl Vmm {
                         HANDSHAKE_TIMEOUT,
                         &p,
                     )
-                    .map_err(|e| chain(&e))?;
+                    .map_err(ReceiveError::Accept)?;
                     let opts = ReceiveOptions {
                         io_timeout: IO_TIMEOUT,
                     };
                     let incoming =
-                        IncomingMigration::accept(conn, &opts, &p).map_err(|e| chain(&e))?;
-                    let config = match destination_config(&incoming.identity().config, &c) {
-                        Ok(cfg) => cfg,
-                        Err(e) => return Err(chain(&incoming.reject(&e))),
+                        IncomingMigration::accept(conn, &opts, &p).map_err(ReceiveError::Stream)?;
+                    let built = arriving_config(
+                        &incoming.identity().config,
+                        &c.net,
+                        &c.disks,
+                        c.serial.as_ref(),
+                    )
+                    .map_err(DestinationConfigError::Config)
+                    .and_then(|config| {
+                        IncomingVm::new(config.clone(), guest_events, on_failure)
+                            .map(|vm| (config, vm))
+                            .map_err(DestinationConfigError::Memory)
+                    });
+                    let (config, mut vm) = match built {
+                        Ok(b) => b,
+                        Err(e) => {
+                            let refused = incoming.reject(&errors::chain(&e));
+                            return Err(ReceiveError::Refused(refused));
+                        }
                     };
-                    let mut vm = match IncomingVm::new(config.clone(), guest_events, on_failure) {
-                        Ok(vm) => vm,
-                        Err(e) => return Err(chain(&incoming.reject(&chain(&e)))),
-                    };
-                    incoming.receive_into(&mut vm).map_err(|e| chain(&e))?;
-                    let vm = vm
-                        .into_vm()
-                        .ok_or_else(|| "the stream ended without a VM".to_string())?;
-                    Ok((Box::new(config), VmBox(vm)))
+                    incoming
+                        .receive_into(&mut vm)
+                        .map_err(ReceiveError::Stream)?;
+                    let vm = vm.into_vm().ok_or(ReceiveError::NoVm)?;
+                    Ok((Box::new(config), vm))
                 })();
                 let _ = events.send(VmmEvent::MigrationReceived { result });
-            })
-            .map_err(VmmError::MigrationThread)?;
-        drop(spawned);
-        self.migration = Some(MigrationStatus {
-            role: Role::Destination,
-            peer: endpoint.to_string(),
-            progress,
-            active: true,
-            outcome: None,
-        });
+            });
+        if let Err(e) = spawned {
+            return (Owner::Empty, Err(VmmError::MigrationThread(e)));
+        }
         log::info!("waiting for a migration on {endpoint}");
-        Ok(())
+        let migration = MigrationStatus::new(Role::Destination, endpoint.to_string(), progress);
+        (Owner::Receiving(Incoming { migration }), Ok(None))
     }
 
     /// The migration thread built (or failed to build) the VM.
-    pub(super) fn migration_received(&mut self, result: Result<(Box<VmConfig>, VmBox), String>) {
-        let outcome = match result {
+    pub(super) fn migration_received(
+        &mut self,
+        i: Incoming,
+        result: Result<(Box<VmConfig>, Vm), ReceiveError>,
+    ) -> Owner {
+        match result {
             Ok((config, vm)) => {
                 log::info!("migration received; the VM runs here now");
-                self.config = Some(*config);
-                self.vm = Some(vm.0);
-                self.state = VmState::Running;
-                Ok(json!({}))
+                self.last_migration = Some(i.migration.ended(Ok(json!({}))));
+                Owner::Local(Local {
+                    config: *config,
+                    vm,
+                    paused: false,
+                    announce_on_resume: false,
+                })
             }
             Err(e) => {
-                log::warn!("incoming migration failed: {e}");
-                Err(e)
+                log::warn!("incoming migration failed: {}", errors::chain(&e));
+                self.last_migration = Some(i.migration.ended(Err(&e)));
+                Owner::Empty
             }
-        };
-        if let Some(m) = &mut self.migration {
-            m.active = false;
-            m.outcome = Some(outcome);
         }
     }
 }
 
-/// The source's config with this host's resources, checked like a `vm.create`.
-fn destination_config(source_json: &str, c: &ReceiveMigrationConfig) -> Result<VmConfig, String> {
-    let mut cfg: VmConfig = serde_json::from_str(source_json)
-        .map_err(|e| format!("the source's VM config is not valid here: {e}"))?;
-    apply_overrides(&mut cfg, &c.net, &c.disks, c.serial.as_ref()).map_err(|e| chain(&e))?;
-    cfg.validate(host_memory_limit()).map_err(|e| chain(&e))?;
-    Ok(cfg)
+/// Everything `vm.send-migration` checks before the VM is touched: the URL, the key file, the
+/// connection, and the handshake (a destination with another key, or none, is refused here).
+/// Returns where, the stream, and whether it is encrypted.
+fn connect_destination(
+    c: &SendMigrationConfig,
+) -> Result<(Endpoint, Box<dyn ft::transport::Connection>, bool), VmmError> {
+    let endpoint: Endpoint = c.destination_url.parse().map_err(VmmError::MigrationUrl)?;
+    let key = load_key(c.key.as_ref())?;
+    let conn =
+        transport::connect(&endpoint, CONNECT_TIMEOUT).map_err(VmmError::MigrationConnect)?;
+    let (conn, session) = handshake(
+        conn,
+        key.as_ref(),
+        Side::Initiator,
+        Purpose::Migration,
+        HANDSHAKE_TIMEOUT,
+    )
+    .map_err(|e| {
+        log::error!("migration to {endpoint} refused: {}", errors::chain(&e));
+        VmmError::MigrationAuth(e)
+    })?;
+    if !session.authenticated {
+        log::warn!("migration to {endpoint}: the stream is NOT encrypted or authenticated (no key)");
+    }
+    Ok((endpoint, conn, session.authenticated))
+}
+
+/// Everything `vm.receive-migration` checks before it listens: the URL, the key file, and that a
+/// keyless listener is local or said `insecure` (a keyless destination runs whatever VM whoever
+/// connects sends it).
+fn listen(c: &ReceiveMigrationConfig) -> Result<(Endpoint, Option<PairKey>, Listener), VmmError> {
+    let endpoint: Endpoint = c.receiver_url.parse().map_err(VmmError::MigrationUrl)?;
+    let key = load_key(c.key.as_ref())?;
+    check_listener(&endpoint, key.is_some(), c.insecure).map_err(VmmError::InsecureListen)?;
+    let listener = Listener::bind(&endpoint).map_err(VmmError::MigrationListen)?;
+    Ok((endpoint, key, listener))
 }

@@ -218,7 +218,7 @@ impl BackupHooks for BackupDiskHooks {
         match self.mode {
             DiskMode::Replicated => {
                 if let Err(e) = self.apply(&extras.writes) {
-                    let why = crate::controller::chain(&e);
+                    let why = errors::chain(&e);
                     log::error!("ft backup: checkpoint {n}: applying disk writes: {why}");
                     self.stash()
                         .error

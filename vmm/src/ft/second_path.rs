@@ -21,6 +21,20 @@ use std::time::Duration;
 /// How many failure timeouts a backup defers to a primary it still hears before claiming anyway.
 pub const DEFER_LIMIT: u32 = 5;
 
+/// Why the heartbeat path could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum HeartbeatSetupError {
+    /// One of the two addresses without the other.
+    #[error("heartbeat_listen and peer_heartbeat go together")]
+    Unpaired,
+    /// A bad address, a socket that cannot be bound, a thread that cannot start.
+    #[error("cannot start the heartbeat path")]
+    Heartbeat(#[from] HeartbeatError),
+    /// The socket cannot be duplicated for a re-sync.
+    #[error("cannot reuse the heartbeat socket")]
+    Clone(#[source] std::io::Error),
+}
+
 /// Both ends of the heartbeat path, checked and bound when the API call is made.
 pub struct HeartbeatPaths {
     /// Bound to `heartbeat_listen`: the peer's heartbeats arrive here.
@@ -31,9 +45,12 @@ pub struct HeartbeatPaths {
 
 impl HeartbeatPaths {
     /// The same paths on a duplicate of the socket, for a pair that starts over (a re-sync).
-    pub fn try_clone(&self) -> std::io::Result<HeartbeatPaths> {
+    pub fn try_clone(&self) -> Result<HeartbeatPaths, HeartbeatSetupError> {
         Ok(HeartbeatPaths {
-            socket: self.socket.try_clone()?,
+            socket: self
+                .socket
+                .try_clone()
+                .map_err(HeartbeatSetupError::Clone)?,
             peer: self.peer,
         })
     }
@@ -43,17 +60,16 @@ impl HeartbeatPaths {
     pub fn from_api(
         listen: Option<&str>,
         peer: Option<&str>,
-    ) -> Result<Option<HeartbeatPaths>, String> {
+    ) -> Result<Option<HeartbeatPaths>, HeartbeatSetupError> {
         let (listen, peer) = match (listen, peer) {
             (None, None) => return Ok(None),
             (Some(l), Some(p)) => (l, p),
-            _ => return Err("heartbeat_listen and peer_heartbeat go together".into()),
+            _ => return Err(HeartbeatSetupError::Unpaired),
         };
-        let chain = |e: HeartbeatError| crate::controller::chain(&e);
-        let at = parse_udp_endpoint(listen).map_err(chain)?;
-        let peer = parse_udp_endpoint(peer).map_err(chain)?;
-        let socket = UdpSocket::bind(at)
-            .map_err(|source| chain(HeartbeatError::Bind { addr: at, source }))?;
+        let at = parse_udp_endpoint(listen)?;
+        let peer = parse_udp_endpoint(peer)?;
+        let socket =
+            UdpSocket::bind(at).map_err(|source| HeartbeatError::Bind { addr: at, source })?;
         Ok(Some(HeartbeatPaths { socket, peer }))
     }
 }
@@ -81,18 +97,18 @@ pub fn start(
     interval: Duration,
     detector: &FailureDetector,
     status: &StatusHandle,
-) -> Result<Heartbeats, String> {
-    let chain = |e: HeartbeatError| crate::controller::chain(&e);
+) -> Result<Heartbeats, HeartbeatSetupError> {
     let (send_key, recv_key) = match &session.heartbeat {
         Some((s, r)) => (Some(s.clone()), Some(r.clone())),
         None => (None, None),
     };
-    let local = paths.socket.local_addr().map_err(|source| {
-        chain(HeartbeatError::Socket {
+    let local = paths
+        .socket
+        .local_addr()
+        .map_err(|source| HeartbeatError::Socket {
             op: "local_addr",
             source,
-        })
-    })?;
+        })?;
     // Leave from the listening address, so that the datagrams take the second path's network.
     let from = SocketAddr::new(local.ip(), 0);
     let sender = HeartbeatSender::start_keyed(
@@ -103,11 +119,9 @@ pub fn start(
         generation,
         interval,
         send_key,
-    )
-    .map_err(chain)?;
+    )?;
     let receiver =
-        HeartbeatReceiver::start_on(paths.socket, session.pair_id, 0, detector.clone(), recv_key)
-            .map_err(chain)?;
+        HeartbeatReceiver::start_on(paths.socket, session.pair_id, 0, detector.clone(), recv_key)?;
     log::info!(
         "ft: heartbeats on the second path: listening on {local}, sending to {}{}",
         paths.peer,
@@ -167,7 +181,7 @@ pub fn defer<A: Arbiter>(
         Ok(_) => {}
         Err(e) => log::warn!(
             "ft backup: cannot read the arbiter while deferring: {}",
-            crate::controller::chain(&e)
+            errors::chain(&e)
         ),
     }
     if stream_silent >= detector.timeout() * DEFER_LIMIT {

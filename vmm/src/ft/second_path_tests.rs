@@ -70,10 +70,12 @@ fn heartbeat_fields_go_together_and_are_checked() {
     assert!(HeartbeatPaths::from_api(None, None).unwrap().is_none());
     let e = HeartbeatPaths::from_api(Some("udp:127.0.0.1:0"), None)
         .err()
+        .map(|e| errors::chain(&e))
         .unwrap();
     assert!(e.contains("together"), "{e}");
     let e = HeartbeatPaths::from_api(Some("127.0.0.1:0"), Some("udp:127.0.0.1:9"))
         .err()
+        .map(|e| errors::chain(&e))
         .unwrap();
     assert!(e.contains("invalid heartbeat address"), "{e}");
     let p = HeartbeatPaths::from_api(Some("udp:127.0.0.1:0"), Some("udp:127.0.0.1:9"))
@@ -82,6 +84,7 @@ fn heartbeat_fields_go_together_and_are_checked() {
     let taken = p.socket.local_addr().unwrap().to_string();
     let e = HeartbeatPaths::from_api(Some(&format!("udp:{taken}")), Some("udp:127.0.0.1:9"))
         .err()
+        .map(|e| errors::chain(&e))
         .unwrap();
     assert!(e.contains("cannot bind"), "{e}");
 }

@@ -144,7 +144,7 @@ impl MigratableVm for IncomingVm {
             self.on_failure.clone(),
         )
         .map_err(|e| VmOpError::StateRejected {
-            reason: crate::controller::chain(&e),
+            reason: errors::chain(&e),
         })?;
         self.vm = Some(vm);
         Ok(())

@@ -33,7 +33,7 @@ pub fn encode_state(mut snapshot: VmSnapshot) -> Result<VmState, VmOpError> {
 /// The inverse of [`encode_state`]; every blob's header and checksum are checked.
 pub fn decode_state(state: &VmState) -> Result<VmSnapshot, VmOpError> {
     let rejected = |e: format::FormatError| VmOpError::StateRejected {
-        reason: crate::controller::chain(&e),
+        reason: errors::chain(&e),
     };
     let mut snapshot = format::decode(&state.devices).map_err(rejected)?;
     snapshot.vcpus = state

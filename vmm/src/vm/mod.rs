@@ -1,5 +1,6 @@
 //! A VM: the KVM VM, guest memory, devices and vCPU threads, from creation to teardown.
 
+pub mod counters;
 pub mod irq_routing;
 pub mod memory;
 pub mod vcpu;
@@ -21,9 +22,7 @@ use devices::serial::{SerialCounters, SerialDevice, SerialRestoreError, SerialSn
 use devices::GuestEventHandler;
 use kvm_ioctls::{Kvm, VmFd};
 use memory::GuestMemoryMmap;
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vcpu::{VcpuContext, VcpuFailureHandler, VcpuHandle};
@@ -440,43 +439,30 @@ impl Vm {
         &self.memory
     }
 
+    /// Handles on the VM's counters, for readers on other threads (`vm.counters`, metrics).
+    pub fn counter_source(&self) -> counters::CounterSource {
+        counters::CounterSource {
+            vcpus: self
+                .vcpus
+                .iter()
+                .map(|v| (v.id, v.shared.clone()))
+                .collect(),
+            net: self.virtio.net_counters.clone(),
+            serial: self.serial_counters.clone(),
+        }
+    }
+
     /// Counters for `vm.counters`: one map per vCPU and per device.
-    pub fn counters(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
-        let mut out = BTreeMap::new();
-        for v in &self.vcpus {
-            let c = &v.shared.counters;
-            let m = [
-                ("exits", c.exits.load(Ordering::Relaxed)),
-                ("io_exits", c.io_exits.load(Ordering::Relaxed)),
-                ("mmio_exits", c.mmio_exits.load(Ordering::Relaxed)),
-                ("unhandled_mmio", c.unhandled_mmio.load(Ordering::Relaxed)),
-                ("unhandled_io", c.unhandled_io.load(Ordering::Relaxed)),
-            ];
-            out.insert(
-                format!("vcpu{}", v.id),
-                m.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-            );
-        }
-        for (id, c) in &self.virtio.net_counters {
-            out.insert(
-                format!("net_{id}"),
-                c.snapshot()
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect(),
-            );
-        }
-        if let Some(s) = &self.serial_counters {
-            let m = [
-                ("tx_bytes", s.tx_bytes.load(Ordering::Relaxed)),
-                ("tx_lost_bytes", s.tx_lost_bytes.load(Ordering::Relaxed)),
-            ];
-            out.insert(
-                "serial".to_string(),
-                m.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-            );
-        }
-        out
+    pub fn counters(&self) -> counters::CounterMap {
+        self.counter_source().read()
+    }
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("vcpus", &self.vcpus.len())
+            .finish_non_exhaustive()
     }
 }
 

@@ -5,6 +5,7 @@ use super::disk::SECTOR_SIZE;
 use super::io::DiskIo;
 use crate::virtio::chain::{ChainBuffers, ChainError};
 use crate::virtio::GuestMemoryMmap;
+use errors::chain;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
@@ -86,17 +87,6 @@ pub fn execute(
             None
         }
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Does the work; returns the data bytes written into the chain (status excluded).

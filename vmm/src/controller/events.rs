@@ -1,0 +1,31 @@
+//! The VMM thread's inbox: everything it reacts to, one at a time.
+
+use crate::api::{ApiRequest, ApiResponse};
+use crate::config::VmConfig;
+use crate::ft::pair::PairReport;
+use crate::vm::Vm;
+use std::sync::mpsc::Sender;
+
+/// Everything the VMM thread reacts to.
+#[derive(Debug)]
+pub enum VmmEvent {
+    /// An API call and where to send its answer.
+    Api(ApiRequest, Sender<ApiResponse>),
+    /// The guest of boot `boot_id` asked for a reset (i8042, ACPI reset register, triple fault).
+    GuestReset { boot_id: u64 },
+    /// The guest of boot `boot_id` powered itself off (ACPI S5).
+    GuestPowerOff { boot_id: u64 },
+    /// A vCPU thread of boot `boot_id` stopped on an error it could not handle.
+    VcpuFailed { boot_id: u64, id: u8, error: String },
+    /// An outgoing migration ended; on success the VM now lives on the destination.
+    MigrationSent {
+        vm: Vm,
+        result: Result<ft::migration::SendReport, ft::migration::MigrationError>,
+    },
+    /// An incoming migration ended; on success the VM runs here.
+    MigrationReceived {
+        result: Result<(Box<VmConfig>, Vm), super::migration::ReceiveError>,
+    },
+    /// A pair member's thread ended on its own.
+    Pair(PairReport),
+}

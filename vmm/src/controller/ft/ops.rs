@@ -1,0 +1,134 @@
+//! VM operations on a pair member, carried to the backup by the primary's pair thread: pause,
+//! resume, shutdown, reboot, the guest's own power-off, and leaving the pair when the VMM exits.
+
+use super::super::lifecycle::stop_vm;
+use super::super::owner::{Backup, Local, Owner, Primary, Stopped};
+use super::super::{Step, Vmm, VmmError};
+use crate::ft::pair::{PairCommand, PrimaryEnd, OP_TIMEOUT};
+use std::time::Duration;
+
+impl Vmm {
+    /// `vm.pause` (`pause`) or `vm.resume` on a protected primary: the guest pauses after a
+    /// checkpoint that tells the backup so, and stays protected.
+    pub(in super::super) fn ft_pause(&mut self, mut p: Primary, pause: bool) -> Step {
+        let (action, op): (_, fn(_) -> _) = if pause {
+            ("pause", PairCommand::Pause)
+        } else {
+            ("resume", PairCommand::Resume)
+        };
+        // The pair thread answers within OP_TIMEOUT; a little more for the thread's own turn.
+        let r = p.pair.op(op, OP_TIMEOUT + Duration::from_secs(1));
+        let r = match r {
+            Ok(()) => {
+                p.paused = pause;
+                log::info!("ft: guest {action}d; still protected");
+                Ok(None)
+            }
+            Err(crate::ft::pair::PairError::Ended) => Err(VmmError::FtEndedMeanwhile),
+            Err(source) => Err(VmmError::FtOp { action, source }),
+        };
+        (Owner::Primary(p), r)
+    }
+
+    /// Ends a protected primary's pair synchronously with `c` and stops the VM it hands back.
+    /// `Err(p)`: the pair thread had ended on its own just now; its report brings the VM back.
+    fn ft_end_primary(&mut self, mut p: Primary, c: PairCommand) -> Result<Stopped, Box<Primary>> {
+        let Some((vm, end)) = p.pair.end(c) else {
+            return Err(Box::new(p));
+        };
+        log::info!("ft: primary pair thread ended ({end:?})");
+        if let Some(vm) = vm {
+            stop_vm(vm);
+        }
+        self.forget_boot();
+        Ok(Stopped {
+            config: p.config,
+            booted: true,
+        })
+    }
+
+    /// `vm.shutdown` on a protected primary: the pair ends on purpose, the backup discards.
+    pub(in super::super) fn ft_shutdown(&mut self, p: Primary) -> Step {
+        match self.ft_end_primary(p, PairCommand::Shutdown("vm.shutdown on the primary")) {
+            Ok(s) => (Owner::Stopped(s), Ok(None)),
+            Err(p) => (Owner::Primary(*p), Err(VmmError::FtEndedMeanwhile)),
+        }
+    }
+
+    /// `vm.reboot` on a protected primary: the backup discards its copy and waits; the guest
+    /// reboots; FT is enabled again with the same settings (a fresh initial sync). Should that
+    /// fail, the guest runs on unprotected (see ft.status) and `ft.enable` can protect it again.
+    pub(in super::super) fn ft_reboot(&mut self, p: Primary) -> Step {
+        let enable = p.enable.clone();
+        let s = match self.ft_end_primary(p, PairCommand::Reboot) {
+            Ok(s) => s,
+            Err(p) => return (Owner::Primary(*p), Err(VmmError::FtEndedMeanwhile)),
+        };
+        let vm = match self.build(&s.config) {
+            Ok(vm) => vm,
+            Err(e) => return (Owner::Stopped(s), Err(e)),
+        };
+        self.ft_status.set_guest_paused(false);
+        let l = Local {
+            config: s.config,
+            vm,
+            paused: false,
+            announce_on_resume: false,
+        };
+        let (owner, r) = self.ft_enable(l, enable, true);
+        if let Err(e) = r {
+            let why = format!(
+                "vm.reboot: the rebooted guest runs UNPROTECTED: ft.enable failed: {}",
+                errors::chain(&e)
+            );
+            log::error!("ft: {why}");
+            // The operator polling ft.status must see it, not only the log.
+            self.ft_status.note(&why);
+        }
+        (owner, Ok(None))
+    }
+
+    /// The guest powered off (or a vCPU failed) on an FT primary: end the pair on purpose; the
+    /// VM is stopped when the pair thread hands it back.
+    pub(in super::super) fn ft_guest_stopped(&mut self, mut p: Primary) -> Owner {
+        p.powering_off = true;
+        p.pair.command(PairCommand::PowerOff);
+        Owner::Primary(p)
+    }
+
+    /// `vmm.shutdown` on a primary: the pair ends on purpose (the backup discards) before the
+    /// process exits.
+    pub(in super::super) fn ft_leave_primary(&mut self, p: Primary) -> Owner {
+        match self.ft_end_primary(p, PairCommand::Shutdown("vmm.shutdown on the primary")) {
+            Ok(s) => Owner::Stopped(s),
+            Err(p) => Owner::Primary(*p),
+        }
+    }
+
+    /// `vmm.shutdown` on a backup: it leaves the pair; its primary goes on unprotected.
+    pub(in super::super) fn ft_leave_backup(&mut self, mut b: Backup) -> Owner {
+        let _ = b.pair.end(PairCommand::Leave);
+        Owner::Empty
+    }
+}
+
+/// What a primary's VM becomes when its pair thread hands it back on its own.
+pub(super) fn after_primary(end: &PrimaryEnd, powering_off: bool) -> AfterPrimary {
+    match end {
+        _ if powering_off => AfterPrimary::Stop,
+        PrimaryEnd::PoweredOff | PrimaryEnd::Shutdown => AfterPrimary::Stop,
+        PrimaryEnd::Halted => AfterPrimary::Fence,
+        PrimaryEnd::Alone | PrimaryEnd::Disabled | PrimaryEnd::Reboot => AfterPrimary::Run,
+    }
+}
+
+/// See [`after_primary`].
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum AfterPrimary {
+    /// Keep running it here, alone.
+    Run,
+    /// Stop it; the config stays.
+    Stop,
+    /// Stop it and refuse to boot it again: the guest runs elsewhere.
+    Fence,
+}

@@ -1,0 +1,92 @@
+//! A pair thread's report, when it ends on its own: the primary hands its VM back, the backup
+//! went live (the VM runs here now) or stopped without going live.
+
+use super::super::lifecycle::stop_vm;
+use super::super::owner::{Fenced, Local, Owner, Stopped};
+use super::super::{Flow, Vmm};
+use super::ops::{after_primary, AfterPrimary};
+use crate::ft::pair::PairReport;
+use ft::status::FtState;
+
+impl Vmm {
+    /// Applies a pair thread's report to the member it belongs to.
+    pub(in super::super) fn pair_report(&mut self, r: PairReport, owner: Owner) -> (Owner, Flow) {
+        match (r, owner) {
+            (PairReport::PrimaryEnded { vm, end }, Owner::Primary(p)) => {
+                log::info!("ft: primary pair thread ended ({end:?})");
+                let exit = p.powering_off && self.exit_on_guest_shutdown;
+                let config = p.config;
+                let owner = match (vm, after_primary(&end, p.powering_off)) {
+                    (Some(vm), AfterPrimary::Run) => {
+                        // A guest paused through the pair stays paused (FtPrimary hands it back so).
+                        if p.paused {
+                            self.ft_status.set_guest_paused(true);
+                        }
+                        Owner::Local(Local {
+                            config,
+                            vm,
+                            paused: p.paused,
+                            announce_on_resume: false,
+                        })
+                    }
+                    (vm, after) => {
+                        if let Some(vm) = vm {
+                            stop_vm(vm);
+                        }
+                        self.forget_boot();
+                        if after == AfterPrimary::Fence {
+                            let reason = self.ft_status.snapshot().reason;
+                            Owner::Fenced(Fenced { config, reason })
+                        } else {
+                            Owner::Stopped(Stopped {
+                                config,
+                                booted: true,
+                            })
+                        }
+                    }
+                };
+                (owner, if exit { Flow::Exit } else { Flow::Continue })
+            }
+            (
+                PairReport::BackupLive {
+                    config,
+                    vm,
+                    paused,
+                    reason,
+                },
+                Owner::Backup(_),
+            ) => {
+                log::warn!(
+                    "ft: this VMM holds the guest now (failover){}",
+                    if paused { ", paused" } else { "" }
+                );
+                let owner = Owner::Local(Local {
+                    config: *config,
+                    vm,
+                    paused,
+                    announce_on_resume: paused,
+                });
+                // Only now: a client that sees "unprotected" on ft.status finds the VM on vm.info.
+                self.publish_owner(&owner);
+                if let Err(e) = self.ft_status.transition(FtState::Unprotected, &reason) {
+                    log::error!("ft: status after going live: {}", errors::chain(&e));
+                }
+                (owner, Flow::Continue)
+            }
+            (PairReport::BackupEnded, Owner::Backup(_)) => {
+                log::info!("ft: backup ended: {}", self.ft_status.snapshot().reason);
+                (Owner::Empty, Flow::Continue)
+            }
+            (r, owner) => {
+                // A report from a member this VMM no longer is: never let its VM run.
+                log::error!("ft: ignoring a report from a pair that ended already: {r:?}");
+                match r {
+                    PairReport::PrimaryEnded { vm: Some(vm), .. }
+                    | PairReport::BackupLive { vm, .. } => stop_vm(vm),
+                    _ => {}
+                }
+                (owner, Flow::Continue)
+            }
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Host resources named at restore, incoming migration or `ft.receive`: the taps, disk images and
+//! console of this host replace the saved (or the source's) ones, by device id.
+
+use crate::api::types::{RestoreDisk, RestoreNet};
+use crate::config::{SerialConfig, VmConfig};
+
+/// An override names a device the VM does not have.
+#[derive(Debug, thiserror::Error)]
+pub enum OverrideError {
+    #[error("the VM has no NIC {id:?}")]
+    NoNic { id: String },
+    #[error("the VM has no disk {id:?}")]
+    NoDisk { id: String },
+}
+
+/// Puts the caller's taps, disk paths and serial output into `cfg`.
+pub fn apply_overrides(
+    cfg: &mut VmConfig,
+    net: &[RestoreNet],
+    disks: &[RestoreDisk],
+    serial: Option<&SerialConfig>,
+) -> Result<(), OverrideError> {
+    for n in net {
+        let nic = cfg
+            .net
+            .iter_mut()
+            .find(|x| x.id == n.id)
+            .ok_or_else(|| OverrideError::NoNic { id: n.id.clone() })?;
+        nic.tap = n.tap.clone();
+    }
+    for d in disks {
+        let disk = cfg
+            .disks
+            .iter_mut()
+            .find(|x| x.id == d.id)
+            .ok_or_else(|| OverrideError::NoDisk { id: d.id.clone() })?;
+        disk.path = d.path.clone();
+    }
+    if let Some(s) = serial {
+        cfg.serial = s.clone();
+    }
+    Ok(())
+}
+
+/// Why a VM config sent by a peer (a migration's source, an FT primary) cannot run here.
+#[derive(Debug, thiserror::Error)]
+pub enum ArrivingConfigError {
+    #[error("the peer's VM config is not valid here")]
+    Parse(#[source] serde_json::Error),
+    #[error(transparent)]
+    Override(#[from] OverrideError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// The peer's config (JSON) with this host's resources, checked like a `vm.create`.
+pub fn arriving_config(
+    json: &str,
+    net: &[RestoreNet],
+    disks: &[RestoreDisk],
+    serial: Option<&SerialConfig>,
+) -> Result<VmConfig, ArrivingConfigError> {
+    let mut cfg: VmConfig = serde_json::from_str(json).map_err(ArrivingConfigError::Parse)?;
+    apply_overrides(&mut cfg, net, disks, serial)?;
+    cfg.validate(crate::config::host_memory_limit())?;
+    Ok(cfg)
+}

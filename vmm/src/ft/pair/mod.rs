@@ -1,0 +1,207 @@
+//! A pair member's thread, one per side, started by the VMM thread (`ft.enable` / `ft.receive`)
+//! and reporting back once, when it ends, through the [`ReportSink`] it was given (the VMM
+//! thread turns the [`PairReport`] into its own event; this module knows nothing of the
+//! controller).
+//!
+//! * [`primary`]: gates the VM's outputs, runs the checkpoint engine, watches the backup,
+//!   arbitrates when it falls silent, and carries pause, resume, shutdown and reboot to it.
+//! * [`backup`]: builds the replica from the primary's Hello, receives checkpoints, and when the
+//!   stream ends tells an intended end (the primary's Abort: discard) from a crash (arbitrate and
+//!   go live from the last complete checkpoint).
+//! * [`backup_vm`]: the replica VM, which re-issues committed shared-disk writes as it goes live.
+//!
+//! Every stream opens with the authentication handshake (`ft::auth`); optional UDP heartbeats on a
+//! second path feed the same failure detector (`super::second_path`).
+
+mod backup;
+mod backup_vm;
+mod error;
+mod primary;
+
+pub use backup::{spawn_backup, BackupSetup, Localize, LocalizeError};
+pub use backup_vm::BackupVm;
+pub use error::PairError;
+pub use primary::{spawn_primary, PrimaryEnd, PrimarySetup};
+
+use crate::config::VmConfig;
+use crate::vm::Vm;
+use ft::arbiter::Arbiter;
+use ft::checkpoint::{CheckpointStats, StatsSink};
+use ft::frame::FrameType;
+use ft::heartbeat::Path;
+use ft::status::StatusHandle;
+use ft::transport::Connection;
+use std::sync::mpsc::{RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+/// Longest silence during the initial sync (a full pass over guest memory, the backup building
+/// its VM): the failure timeout applies from the first checkpoint on.
+const SYNC_IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a pair thread looks at its commands and the detector.
+const TICK: Duration = Duration::from_millis(20);
+
+/// Longest wait for the epoch thread to pause or resume the guest (it may first wait for room
+/// in the in-flight window, which the ack timeout bounds).
+pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Timing of a pair.
+#[derive(Debug, Clone, Copy)]
+pub struct PairTiming {
+    /// Longest epoch.
+    pub checkpoint_interval: Duration,
+    /// Heartbeat on the stream when nothing else was sent for this long.
+    pub heartbeat_interval: Duration,
+    /// Silence from the peer after which it counts as failed.
+    pub failure_timeout: Duration,
+}
+
+/// The answer to a pause or resume: an error says why it was not done.
+pub type OpReply = Sender<Result<(), PairError>>;
+
+/// What the VMM thread asks of a pair thread.
+#[derive(Debug)]
+pub enum PairCommand {
+    /// ft.disable: end the pair on purpose (primary runs on alone, backup discards).
+    Disable,
+    /// The primary's guest powered off (or its VM failed): end the pair, the backup must halt.
+    PowerOff,
+    /// ft.promote on the backup: stop receiving and go live, through arbitration.
+    Promote,
+    /// vm.pause on the primary: answered once the guest is paused and its last checkpoint
+    /// captured; it stays protected.
+    Pause(OpReply),
+    /// vm.resume on the primary.
+    Resume(OpReply),
+    /// vm.shutdown or vmm.shutdown on the primary (the reason the backup is told): end the pair
+    /// on purpose; the VM comes back through [`PairHandle::end`].
+    Shutdown(&'static str),
+    /// vm.reboot on the primary: end the pair asking the backup to wait for a fresh sync; the VM
+    /// comes back through [`PairHandle::end`].
+    Reboot,
+    /// vmm.shutdown on a backup: stop and discard, like ft.disable.
+    Leave,
+}
+
+/// What a pair thread reports when it ends on its own (not through [`PairHandle::end`]).
+pub enum PairReport {
+    /// The primary's thread handed the VM back (`None`: the engine lost it).
+    PrimaryEnded { vm: Option<Vm>, end: PrimaryEnd },
+    /// The backup went live: the VM runs here now, as the primary.
+    BackupLive {
+        config: Box<VmConfig>,
+        vm: Vm,
+        /// The primary's guest was paused at the checkpoint it went live from: it stays paused.
+        paused: bool,
+        /// ft.status's reason once the VMM thread holds the VM (it turns Unprotected then).
+        reason: String,
+    },
+    /// The backup stopped without going live (discarded or halted; see ft.status).
+    BackupEnded,
+}
+
+impl std::fmt::Debug for PairReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PairReport::PrimaryEnded { vm, end } => f
+                .debug_struct("PrimaryEnded")
+                .field("vm", &vm.is_some())
+                .field("end", end)
+                .finish(),
+            PairReport::BackupLive { paused, .. } => f
+                .debug_struct("BackupLive")
+                .field("paused", paused)
+                .finish_non_exhaustive(),
+            PairReport::BackupEnded => f.write_str("BackupEnded"),
+        }
+    }
+}
+
+/// Where a pair thread sends its one report.
+pub type ReportSink = Box<dyn FnOnce(PairReport) + Send>;
+
+/// What a primary's thread hands back through its join when the VMM thread ended it
+/// synchronously (shutdown, reboot); `None` when it ended on its own and sent its report.
+type Joined = Option<Box<(Option<Vm>, PrimaryEnd)>>;
+
+/// What the VMM thread keeps of a running pair member.
+pub struct PairHandle {
+    commands: Sender<PairCommand>,
+    /// The backup's stream, so that ft.promote/ft.disable can end `FtBackup::run` at once.
+    stream: Arc<Mutex<Option<Box<dyn Connection>>>>,
+    thread: Option<std::thread::JoinHandle<Joined>>,
+}
+
+impl PairHandle {
+    /// Asks a primary's thread for a synchronised operation (pause, resume) and waits for its
+    /// answer, at most `timeout`.
+    pub fn op(
+        &self,
+        c: impl FnOnce(OpReply) -> PairCommand,
+        timeout: Duration,
+    ) -> Result<(), PairError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.commands.send(c(tx)).map_err(|_| PairError::Ended)?;
+        match rx.recv_timeout(timeout) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => Err(PairError::NoAnswer(timeout)),
+            Err(RecvTimeoutError::Disconnected) => Err(PairError::Ended),
+        }
+    }
+
+    /// Passes `c` (Shutdown, Reboot, Leave) and waits for the thread to end; a primary's VM
+    /// comes back. `None`: the thread had ended on its own (its report is on the way), or was
+    /// already joined.
+    pub fn end(&mut self, c: PairCommand) -> Option<(Option<Vm>, PrimaryEnd)> {
+        self.command(c);
+        let joined = self.thread.take()?.join().ok()??;
+        Some(*joined)
+    }
+
+    /// Passes `c` to the thread; a backup's stream is closed so that it stops receiving.
+    pub fn command(&self, c: PairCommand) {
+        let stops_backup = !matches!(c, PairCommand::Pause(_) | PairCommand::Resume(_));
+        let _ = self.commands.send(c);
+        if !stops_backup {
+            return;
+        }
+        if let Some(s) = self
+            .stream
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Feeds the engine's figures into the status.
+struct StatusStats(StatusHandle);
+
+impl StatsSink for StatusStats {
+    fn checkpoint_committed(&self, s: &CheckpointStats) {
+        self.0.record_checkpoint(s.pause, s.bytes);
+        self.0.record_page_encodings(&s.encodings);
+        self.0.record_commit(s.epoch);
+    }
+    fn in_flight(&self, epochs: usize, staged_bytes: u64) {
+        self.0.set_backlog(staged_bytes, epochs as u64);
+    }
+}
+
+/// Counts a frame from the peer for the metrics (acks only where `acks` says they count here).
+fn count_peer_frame(status: &StatusHandle, kind: FrameType, acks: bool) {
+    match kind {
+        FrameType::Heartbeat => status.record_heartbeat_received(Path::Channel),
+        FrameType::Ack if acks => status.record_ack(),
+        _ => {}
+    }
+}
+
+/// The generation to start a pair in: the highest the arbiter has seen, so that a directory used
+/// by an earlier pair does not make the first claim lose.
+pub fn start_generation(arbiter: &dyn Arbiter) -> Result<u64, ft::arbiter::ArbiterError> {
+    arbiter.current().map(|h| h.map_or(0, |h| h.generation))
+}
