@@ -23,7 +23,7 @@ fn ft_crypto_bench_quick_prints_every_figure() {
         "tandem-bench ft-crypto --quick failed:\n{text}\n{err}"
     );
     for want in [
-        "ft-crypto: records of 64 KiB, one core: seal ",
+        "ft-crypto: records of 64 KiB: seal ",
         "ft-crypto: link throughput",
         "ft-crypto: migration 64 MiB idle, no key: downtime",
         "ft-crypto: migration 64 MiB idle, key: downtime",

@@ -4,7 +4,7 @@
 //! offset size field
 //!  0     4    magic "TNAU"
 //!  4     1    handshake version (2: encrypted records; 1 was HMAC-only and is refused)
-//!  5     1    mode: 0 no pair key, 1 the pair key (HKDF-SHA256, ChaCha20-Poly1305 records)
+//!  5     1    mode: 0 no pair key, 1 the pair key (HKDF-SHA256, AES-256-GCM records)
 //!  6     1    side: 1 initiator (connected: primary, migration source), 2 responder (accepted)
 //!  7     1    purpose: 1 FT replication stream, 2 live migration
 //!  8     32   nonce, fresh random bytes per connection

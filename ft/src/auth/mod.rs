@@ -7,8 +7,9 @@
 //! * [`handshake`]: opens every FT and migration stream, keyed or not, so that a peer with another
 //!   key, no key, another purpose, an older handshake or none at all is refused before the first
 //!   frame, on both sides.
-//! * `record`: the encrypted records (ChaCha20-Poly1305) a keyed stream travels in, under
-//!   per-connection, per-direction keys (HKDF-SHA256) and an implicit counter as the nonce.
+//! * `record`: the encrypted records (AES-256-GCM) a keyed stream travels in, under
+//!   per-connection, per-direction keys (HKDF-SHA256, renewed every 2^20 records) and an implicit
+//!   counter as the nonce.
 //! * [`DatagramKey`]: seals heartbeat datagrams under per-connection keys.
 //! * [`check_listener`]: without a key, only a local listener unless the caller says insecure.
 
@@ -19,7 +20,11 @@ mod handshake;
 mod key;
 mod record;
 
-pub use crypto::{CONFIRM_LEN, KEY_LEN, TAG_LEN};
+pub use crypto::{CONFIRM_LEN, KEY_LEN, RECORDS_PER_KEY, TAG_LEN};
+
+/// Most datagrams one [`DatagramKey`] seals: 2^32 of 44 bytes keep its AES-GCM usage far inside
+/// the limits (a sender at 10 Hz would take 13 years).
+pub const MAX_SEALED: u64 = 1 << 32;
 pub use exposure::check_listener;
 pub use handshake::{handshake, AuthHello, Purpose, Side, MSG_LEN};
 pub use key::{PairKey, MAX_KEY_LEN, MIN_KEY_LEN};
@@ -168,8 +173,8 @@ impl AuthError {
     }
 }
 
-/// Seals or opens heartbeat datagrams of one connection and direction (ChaCha20-Poly1305; the
-/// sender's sequence number is the nonce).
+/// Seals or opens heartbeat datagrams of one connection and direction (AES-256-GCM; the
+/// sender's sequence number is the nonce, below [`MAX_SEALED`] per key).
 #[derive(Clone)]
 pub struct DatagramKey(pub(crate) [u8; KEY_LEN]);
 

@@ -3,17 +3,19 @@
 //! ```text
 //! offset   size  field
 //!  0       4     data length n (little-endian, 1..=MAX_RECORD), authenticated as associated data
-//!  4       n     ChaCha20-Poly1305 ciphertext of the data (frame bytes, cut anywhere)
-//!  4+n     16    Poly1305 tag
+//!  4       n     AES-256-GCM ciphertext of the data (frame bytes, cut anywhere)
+//!  4+n     16    GCM tag
 //! ```
 //!
-//! under the direction's key, with the record's number as the nonce (`crypto`). The counter is
-//! implicit: 0, 1, 2... per direction, never on the wire. So a replayed, dropped or reordered
-//! record fails like an altered one; the direction key comes from both sides' handshake nonces,
-//! so a record from another connection fails too. A counter never wraps: a direction that would
-//! need record number 2^64 - 1 fails instead (the connection ends long before that).
+//! under the direction's key of the record's epoch (a fresh one every 2^20 records, derived from
+//! the direction's secret: `crypto::DirectionKeys`), with the record's number as the nonce. The
+//! counter is implicit: 0, 1, 2... per direction, never on the wire. So a replayed, dropped or
+//! reordered record fails like an altered one; the direction's secret comes from both sides'
+//! handshake nonces, so a record from another connection fails too. A counter never wraps: a
+//! direction that would need record number 2^64 - 1 fails instead (the connection ends long
+//! before that).
 
-use super::crypto::{AeadKey, KEY_LEN, TAG_LEN};
+use super::crypto::{DirectionKeys, KEY_LEN, TAG_LEN};
 
 /// Most data bytes in one record; checked before anything is buffered for it.
 pub const MAX_RECORD: usize = 64 << 10;
@@ -60,20 +62,20 @@ pub enum RecordError {
 
 /// Seals outgoing data into records.
 pub struct Sealer {
-    key: AeadKey,
+    keys: DirectionKeys,
     counter: u64,
 }
 
 impl Sealer {
-    /// A sealer whose first record is number 0.
-    pub fn new(key: [u8; KEY_LEN]) -> Sealer {
-        Sealer::starting_at(key, 0)
+    /// A sealer of the direction whose secret is `secret`, first record number 0.
+    pub fn new(secret: [u8; KEY_LEN]) -> Sealer {
+        Sealer::starting_at(secret, 0)
     }
 
-    /// A sealer whose next record is number `counter` (tests of the counter's end).
-    pub fn starting_at(key: [u8; KEY_LEN], counter: u64) -> Sealer {
+    /// A sealer whose next record is number `counter` (tests of key epochs and the counter's end).
+    pub fn starting_at(secret: [u8; KEY_LEN], counter: u64) -> Sealer {
         Sealer {
-            key: AeadKey::new(&key),
+            keys: DirectionKeys::new(&secret),
             counter,
         }
     }
@@ -91,7 +93,10 @@ impl Sealer {
             out.extend_from_slice(&len);
             let start = out.len();
             out.extend_from_slice(piece);
-            let tag = self.key.seal(self.counter, &len, &mut out[start..]);
+            let tag =
+                self.keys
+                    .for_record(self.counter)
+                    .seal(self.counter, &len, &mut out[start..]);
             out.extend_from_slice(&tag);
             self.counter += 1;
         }
@@ -101,22 +106,22 @@ impl Sealer {
 
 /// Checks and decrypts incoming records; bytes go in as they arrive, verified data comes out.
 pub struct Opener {
-    key: AeadKey,
+    keys: DirectionKeys,
     counter: u64,
     buf: Vec<u8>,
     poisoned: bool,
 }
 
 impl Opener {
-    /// An opener expecting record 0 first.
-    pub fn new(key: [u8; KEY_LEN]) -> Opener {
-        Opener::starting_at(key, 0)
+    /// An opener of the direction whose secret is `secret`, expecting record 0 first.
+    pub fn new(secret: [u8; KEY_LEN]) -> Opener {
+        Opener::starting_at(secret, 0)
     }
 
-    /// An opener expecting record `counter` next (tests of the counter's end).
-    pub fn starting_at(key: [u8; KEY_LEN], counter: u64) -> Opener {
+    /// An opener expecting record `counter` next (tests of key epochs and the counter's end).
+    pub fn starting_at(secret: [u8; KEY_LEN], counter: u64) -> Opener {
         Opener {
-            key: AeadKey::new(&key),
+            keys: DirectionKeys::new(&secret),
             counter,
             buf: Vec::new(),
             poisoned: false,
@@ -184,7 +189,8 @@ impl Opener {
             return Err(RecordError::Exhausted);
         }
         let (len, rest) = self.buf.split_at_mut(LEN_LEN);
-        let Some(plain) = self.key.open(self.counter, len, &mut rest[..n + TAG_LEN]) else {
+        let key = self.keys.for_record(self.counter);
+        let Some(plain) = key.open(self.counter, len, &mut rest[..n + TAG_LEN]) else {
             return Err(RecordError::BadMac {
                 record: self.counter,
             });

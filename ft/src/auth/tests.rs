@@ -390,6 +390,36 @@ fn records_hide_their_data() {
 }
 
 #[test]
+fn records_change_key_every_epoch_and_open_across_the_boundary() {
+    use super::crypto::{epoch_key, AeadKey};
+    let first = RECORDS_PER_KEY - 2;
+    let mut s = Sealer::starting_at(K, first);
+    let mut wire = Vec::new();
+    for i in 0..4u8 {
+        s.seal(&[i; 100], &mut wire).unwrap();
+    }
+    let mut o = Opener::starting_at(K, first);
+    o.push(&wire);
+    for i in 0..4u8 {
+        assert_eq!(o.next_record().unwrap(), Some(vec![i; 100]), "record {i}");
+    }
+    // The third record (the first of epoch 1) does not open under epoch 0's key: the key changed.
+    let rec = 4 + 100 + TAG_LEN;
+    let mut third = wire[2 * rec..3 * rec].to_vec();
+    let (len, rest) = third.split_at_mut(4);
+    let secret = ring::hkdf::Prk::new_less_safe(ring::hkdf::HKDF_SHA256, &K);
+    let old = AeadKey::new(&epoch_key(&secret, 0));
+    assert!(old.open(RECORDS_PER_KEY, len, rest).is_none());
+    let mut third = wire[2 * rec..3 * rec].to_vec();
+    let (len, rest) = third.split_at_mut(4);
+    let new = AeadKey::new(&epoch_key(&secret, 1));
+    assert_eq!(
+        new.open(RECORDS_PER_KEY, len, rest),
+        Some(&mut [2u8; 100][..])
+    );
+}
+
+#[test]
 fn the_counter_never_wraps() {
     let mut s = Sealer::starting_at(K, u64::MAX - 2);
     let mut out = Vec::new();

@@ -14,7 +14,7 @@
 //! ```
 //!
 //! A pair with a key sends version 3 instead, sealed under the connection's heartbeat key for
-//! that direction (`auth`, ChaCha20-Poly1305), 76 bytes in all:
+//! that direction (`auth`, AES-256-GCM), 76 bytes in all:
 //!
 //! ```text
 //! offset size field

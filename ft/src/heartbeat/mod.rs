@@ -12,7 +12,7 @@
 //! from an older generation, are not mistaken for the peer. Without a pair key the CRC guards
 //! against corruption, not forgery: anyone who can send to the port can keep a dead peer "alive"
 //! (a missed failover, never a split brain, since going live always needs the arbiter). With a
-//! pair key each datagram is sealed (ChaCha20-Poly1305) under a key of this connection
+//! pair key each datagram is sealed (AES-256-GCM) under a key of this connection
 //! (`crate::auth`) and replays are refused by sequence number, so only the peer can vouch for
 //! itself, and nobody else can read it.
 

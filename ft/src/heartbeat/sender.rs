@@ -93,13 +93,15 @@ impl HeartbeatSender {
                             t_shared.send_errors.fetch_add(1, Ordering::Relaxed)
                         }
                     };
-                    // The sequence number is the sealed datagrams' nonce: never reuse one (at
-                    // one datagram a millisecond it would take 584 million years to run out).
-                    let Some(next) = seq.checked_add(1) else {
-                        log::error!("heartbeat to {peer}: sequence numbers used up; stopping");
+                    // The sequence number is the sealed datagrams' nonce: never reuse one, and
+                    // stay inside a key's usage limit (13 years at 10 Hz).
+                    seq = seq.saturating_add(1);
+                    if key.is_some() && seq >= crate::auth::MAX_SEALED {
+                        log::error!(
+                            "heartbeat to {peer}: the key's sequence numbers are used up; stopping"
+                        );
                         return;
-                    };
-                    seq = next;
+                    }
                     match stopped.recv_timeout(interval) {
                         Err(RecvTimeoutError::Timeout) => {}
                         Ok(()) | Err(RecvTimeoutError::Disconnected) => return,

@@ -370,7 +370,9 @@ fn connect_destination(
         VmmError::MigrationAuth(e)
     })?;
     if !session.authenticated {
-        log::warn!("migration to {endpoint}: the stream is NOT encrypted or authenticated (no key)");
+        log::warn!(
+            "migration to {endpoint}: the stream is NOT encrypted or authenticated (no key)"
+        );
     }
     Ok((endpoint, conn, session.authenticated))
 }

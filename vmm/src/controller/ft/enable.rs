@@ -46,13 +46,13 @@ impl Vmm {
             CONNECT_TIMEOUT,
         )
         .map_err(|e| {
-                let why = errors::chain(&e);
-                log::error!("ft.enable: the backup at {endpoint} was refused: {why}");
-                self.ft_status.note(&format!(
-                    "ft.enable refused the backup at {endpoint}: {why}"
-                ));
-                VmmError::FtAuth(e)
-            })?;
+            let why = errors::chain(&e);
+            log::error!("ft.enable: the backup at {endpoint} was refused: {why}");
+            self.ft_status.note(&format!(
+                "ft.enable refused the backup at {endpoint}: {why}"
+            ));
+            VmmError::FtAuth(e)
+        })?;
         if !session.authenticated {
             log::warn!(
                 "ft: the replication stream to {endpoint} is NOT encrypted or authenticated (no \

@@ -195,7 +195,9 @@ fn run_backup(
         };
         let (conn, session) = conn;
         if !session.authenticated {
-            log::warn!("ft backup: the replication stream is NOT encrypted or authenticated (no key)");
+            log::warn!(
+                "ft backup: the replication stream is NOT encrypted or authenticated (no key)"
+            );
         }
         status.set_authenticated(session.authenticated);
         if let Ok(c) = conn.try_clone_box() {
