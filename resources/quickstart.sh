@@ -7,8 +7,13 @@ cd "$(dirname "$0")/.."
 
 [ -r /dev/kvm ] && [ -w /dev/kvm ] || { echo "quickstart: /dev/kvm is not usable here" >&2; exit 1; }
 
-cargo build --release --quiet --bin tandem --bin tandem-remote
-bin=target/release
+# TANDEM_BIN_DIR: binaries already built (the container image sets it to its own).
+if [ -n "${TANDEM_BIN_DIR:-}" ]; then
+    bin=$TANDEM_BIN_DIR
+else
+    cargo build --release --quiet --bin tandem --bin tandem-remote
+    bin=target/release
+fi
 work=$(mktemp -d /tmp/tandem-quickstart.XXXXXX)
 sock=$work/api.sock
 console=$work/serial.log

@@ -126,13 +126,35 @@ impl<A: Arbiter> FailoverCoordinator<A> {
             }
             _ => return Decision::Stay,
         }
+        self.claim(
+            role,
+            format!("peer silent for {:.1} s", silent_for.as_secs_f64()),
+        )
+    }
+
+    /// A primary ends its pair on purpose (`why`) but the backup did not confirm that it
+    /// discarded its copy: the Abort may never have reached it, and it may be about to go live.
+    /// Only winning the next generation lets the guest run on alone here (and a backup that
+    /// claims after that loses and halts): [`Decision::ReleaseOutputs`] once won,
+    /// [`Decision::Halt`] if the backup won first, [`Decision::Retry`] while the arbiter cannot
+    /// answer.
+    pub fn claim_end(&mut self, why: &str) -> Decision {
+        let (role, state) = (self.status.role(), self.status.state());
+        if role != Role::Primary || !matches!(state, FtState::Syncing | FtState::Protected) {
+            return Decision::Stay;
+        }
+        self.claim(
+            role,
+            format!("ending the pair ({why}) without the backup's confirmation"),
+        )
+    }
+
+    /// Claims the next generation for `role`, giving `why`.
+    fn claim(&mut self, role: Role, why: String) -> Decision {
         let generation = self.status.generation().saturating_add(1);
         let claim = match self.pending.take() {
             Some((g, c)) if g == generation => c,
-            _ => Claim::here(
-                role,
-                self.with_cause(format!("peer silent for {:.1} s", silent_for.as_secs_f64())),
-            ),
+            _ => Claim::here(role, self.with_cause(why)),
         };
         match self.arbiter.try_acquire(generation, &claim) {
             Err(e) => {

@@ -23,6 +23,6 @@ pub mod vm;
 
 /// The newest stream protocol version this build speaks (announced in Hello). Version 2 adds the
 /// Extras frame for FT checkpoints, version 3 the FT Commit's `CommitInfo` (pause, guest paused),
-/// version 4 delta page entries in FT checkpoints; a version-1 migration stream is still accepted
-/// (migration never sends deltas).
-pub const PROTOCOL_VERSION: u16 = 4;
+/// version 4 delta page entries in FT checkpoints, version 5 the backup's EndConfirmed answer to
+/// an intended end; a version-1 migration stream is still accepted (migration never sends deltas).
+pub const PROTOCOL_VERSION: u16 = 5;

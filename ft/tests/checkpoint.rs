@@ -285,6 +285,7 @@ fn ending_on_purpose_tells_the_backup_which_a_closed_stream_does_not() {
     std::thread::sleep(Duration::from_millis(200));
     let exit = p.end("guest powered off").unwrap();
     assert!(exit.error.is_none(), "{:?}", exit.error);
+    assert!(exit.end_confirmed, "the backup confirms an intended end");
     assert!(exit.vm.is_running());
     let (bexit, _) = backup.join().unwrap();
     let (c, committed) = cause(&bexit.error);
@@ -307,12 +308,15 @@ fn backup_built_from_the_hello_matches_the_primary() {
     let backup = std::thread::spawn(move || {
         let conn = l.accept(Some(Duration::from_secs(10))).unwrap();
         let log = Arc::new(BackupLog::default());
-        let exit = FtBackup::run_built(conn, &backup_opts(), log, |id| {
+        let exit = FtBackup::run_built(conn, &backup_opts(), log, |hello| {
+            let id = &hello.identity;
             assert_eq!(id.vcpu_count, VCPUS);
-            Ok(FakeVm::destination(
-                id.memory_size / PAGE_SIZE as u64,
-                id.vcpu_count,
-            ))
+            // The primary's settings come with its Hello; this backup adopts them.
+            let pair =
+                ft::checkpoint::PairSettings::from_json(hello.pair.as_deref().unwrap()).unwrap();
+            let agreed = ft::checkpoint::agree(&pair, &Default::default()).unwrap();
+            let vm = FakeVm::destination(id.memory_size / PAGE_SIZE as u64, id.vcpu_count);
+            Ok((vm, Some(agreed)))
         });
         exit.map_err(|e| e.to_string())
     });

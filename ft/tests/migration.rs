@@ -355,8 +355,15 @@ fn a_commit_that_is_never_acked_resumes_the_paused_source() {
     let mut src = FakeVm::source(PAGES, VCPUS, 500, 9);
     let (r, _) = send(&mut src, &format!("tcp:{addr}").parse().unwrap(), &opts());
     let err = r.unwrap_err();
+    // The Commit went out and no ack came: the source must know the destination may hold it.
+    let MigrationError::CommitUnconfirmed { source } = &err else {
+        panic!("{err:?}");
+    };
     assert!(
-        matches!(err, MigrationError::PeerClosed | MigrationError::Receive(_)),
+        matches!(
+            **source,
+            MigrationError::PeerClosed | MigrationError::Receive(_)
+        ),
         "{err:?}"
     );
     fake_dest.join().unwrap();

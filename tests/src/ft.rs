@@ -107,6 +107,31 @@ pub fn protected_pair(tag: &str, disk_mode: &str) -> Pair {
 /// `ft.enable`, an `ft.promote` and a `vm.snapshot` on the primary are checked to be refused
 /// with 409.
 pub fn protected_pair_with(tag: &str, disk_mode: &str, failure_timeout_ms: u64) -> Pair {
+    let pair = booted_pair(tag, disk_mode, failure_timeout_ms);
+    let (p, b) = (&pair.p, &pair.b);
+    assert_eq!(ft_status(b)["role"], "standalone");
+    b.put_ok("ft.receive", Some(&pair.receive_body(b, &pair.b_image)));
+    let enable = pair.enable_body();
+    p.put_ok("ft.enable", Some(&enable));
+    let synced = wait_ft(p, "primary", "protected", b);
+    wait_ft(b, "backup", "protected", p);
+    eprintln!("[{tag}] protected after {synced:?}");
+
+    // Wrong calls: a clear 409, nothing changed.
+    assert_eq!(p.put("ft.enable", Some(&enable)).0, 409);
+    assert_eq!(p.put("ft.promote", None).0, 409);
+    // Snapshots are not carried to the backup (pause, resume, shutdown and reboot are).
+    let snap = json!({"destination_url": format!("file://{}", pair.store.path("snap").display())});
+    let (code, err) = p.put("vm.snapshot", Some(&snap));
+    assert_eq!(code, 409, "{err}");
+    assert!(err.to_string().contains("ft.disable first"), "{err}");
+    assert_eq!(ft_status(p)["state"], "protected");
+    pair
+}
+
+/// Two hosts, P running the counter guest, B an empty VMM: a pair not yet made (no
+/// `ft.receive`, no `ft.enable`).
+pub fn booted_pair(tag: &str, disk_mode: &str, failure_timeout_ms: u64) -> Pair {
     let net = TestNet::up(tag);
     net.add_tap(Node::HostP, "tap0");
     net.add_tap(Node::HostB, "tap0");
@@ -135,7 +160,7 @@ pub fn protected_pair_with(tag: &str, disk_mode: &str, failure_timeout_ms: u64) 
     p.put_ok("vm.boot", None);
     p.serial().wait_for("tandem-guest: ready", T);
 
-    let pair = Pair {
+    Pair {
         net,
         p,
         b,
@@ -145,26 +170,7 @@ pub fn protected_pair_with(tag: &str, disk_mode: &str, failure_timeout_ms: u64) 
         disk_mode: disk_mode.to_string(),
         failure_timeout_ms,
         store,
-    };
-    let (p, b) = (&pair.p, &pair.b);
-    assert_eq!(ft_status(b)["role"], "standalone");
-    b.put_ok("ft.receive", Some(&pair.receive_body(b, &pair.b_image)));
-    let enable = pair.enable_body();
-    p.put_ok("ft.enable", Some(&enable));
-    let synced = wait_ft(p, "primary", "protected", b);
-    wait_ft(b, "backup", "protected", p);
-    eprintln!("[{tag}] protected after {synced:?}");
-
-    // Wrong calls: a clear 409, nothing changed.
-    assert_eq!(p.put("ft.enable", Some(&enable)).0, 409);
-    assert_eq!(p.put("ft.promote", None).0, 409);
-    // Snapshots are not carried to the backup (pause, resume, shutdown and reboot are).
-    let snap = json!({"destination_url": format!("file://{}", pair.store.path("snap").display())});
-    let (code, err) = p.put("vm.snapshot", Some(&snap));
-    assert_eq!(code, 409, "{err}");
-    assert!(err.to_string().contains("ft.disable first"), "{err}");
-    assert_eq!(ft_status(p)["state"], "protected");
-    pair
+    }
 }
 
 /// A client on one connection, INC after INC, until `stop`: (replies, slowest INC).

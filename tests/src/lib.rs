@@ -4,6 +4,8 @@
 pub mod bench;
 pub mod capture;
 pub mod client;
+pub mod dashboard;
+pub mod docker;
 pub mod ft;
 pub mod ft_pair;
 pub mod guest;
@@ -11,6 +13,7 @@ pub mod metrics;
 pub mod net;
 pub mod pair;
 pub mod process;
+pub mod prometheus;
 pub mod serial;
 pub mod tamper;
 

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 /// GET `path` with HTTP/1.0 over `s`; returns (status line, body).
-fn get(mut s: impl Read + Write, path: &str) -> std::io::Result<(String, String)> {
+pub(crate) fn http_get(mut s: impl Read + Write, path: &str) -> std::io::Result<(String, String)> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
     let mut raw = String::new();
     s.read_to_string(&mut raw)?;
@@ -32,7 +32,7 @@ impl Metrics {
     pub fn scrape_unix(socket: &Path) -> Self {
         let s = std::os::unix::net::UnixStream::connect(socket)
             .unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
-        let (status, body) = get(s, "/api/v1/metrics").expect("metrics over the socket");
+        let (status, body) = http_get(s, "/api/v1/metrics").expect("metrics over the socket");
         assert!(status.contains("200"), "{status}: {body}");
         Self::parse(body)
     }
@@ -41,7 +41,7 @@ impl Metrics {
     pub fn scrape_tcp(addr: &str) -> Self {
         let s =
             std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        let (status, body) = get(s, "/metrics").expect("metrics over TCP");
+        let (status, body) = http_get(s, "/metrics").expect("metrics over TCP");
         assert!(status.contains("200"), "{status}: {body}");
         Self::parse(body)
     }

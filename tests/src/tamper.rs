@@ -38,6 +38,10 @@ pub enum Tamper {
         /// Time from the connection to the flip.
         after: Duration,
     },
+    /// Lose the backup's Ack of the initial sync's Commit, and from then on pass nothing either
+    /// way while keeping both connections open: the link died in the instant after the backup
+    /// committed the initial sync.
+    LoseSyncAck,
 }
 
 impl Tamper {
@@ -46,7 +50,7 @@ impl Tamper {
             Tamper::FlipByte { after_commits }
             | Tamper::Truncate { after_commits }
             | Tamper::InjectAck { after_commits } => after_commits,
-            Tamper::FlipRaw { .. } => u64::MAX,
+            Tamper::FlipRaw { .. } | Tamper::LoseSyncAck => u64::MAX,
         }
     }
 }
@@ -69,6 +73,8 @@ pub struct TamperReport {
     pub forward_bytes: u64,
     /// Both connections are closed.
     pub closed: bool,
+    /// `LoseSyncAck`: the Ack was swallowed and the link is black-holed.
+    pub black_holed: bool,
 }
 
 /// A running proxy; its thread ends when the stream does.
@@ -170,7 +176,11 @@ fn relay(primary: TcpStream, backup: TcpStream, tamper: Tamper, report: &Arc<Mut
     };
     let back_report = report.clone();
     let back = std::thread::spawn(move || {
-        backward(b2, p2, &back_report);
+        if tamper == Tamper::LoseSyncAck {
+            backward_losing_sync_ack(b2, p2, &back_report);
+        } else {
+            backward(b2, p2, &back_report);
+        }
     });
     forward(&primary, &backup, tamper, report);
     let _ = primary.shutdown(Shutdown::Both);
@@ -206,6 +216,51 @@ fn backward(mut from: TcpStream, mut to: TcpStream, report: &Mutex<TamperReport>
     // Whichever side closed, the other must see it.
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
+}
+
+/// Backup → primary, frame by frame, until the Ack of the initial sync's Commit: that one is
+/// swallowed and everything after it is read and dropped (the link is dead, not closed).
+fn backward_losing_sync_ack(mut from: TcpStream, mut to: TcpStream, report: &Mutex<TamperReport>) {
+    if !pass_handshake(&mut from, &mut to) {
+        return;
+    }
+    let mut frame = Vec::new();
+    loop {
+        let mut header = [0u8; HEADER_LEN];
+        if from.read_exact(&mut header).is_err() {
+            return;
+        }
+        let Ok(h) = FrameHeader::parse(&header, MAX_PAYLOAD) else {
+            return;
+        };
+        frame.clear();
+        frame.extend_from_slice(&header);
+        frame.resize(HEADER_LEN + h.payload_len as usize, 0);
+        if from.read_exact(&mut frame[HEADER_LEN..]).is_err() {
+            return;
+        }
+        if h.frame_type == FrameType::Ack {
+            let mut d = Decoder::new();
+            d.push(&frame);
+            if let Ok(Some(f)) = d.next_frame() {
+                if let Frame::Ack { seq } = f.frame {
+                    let mut r = lock(report);
+                    if r.commit_seqs.iter().any(|c| c == &(seq, 0)) {
+                        r.acks.push(0);
+                        r.black_holed = true;
+                        drop(r);
+                        // The link is dead from here: drain and drop, keep the sockets open.
+                        let mut sink = vec![0u8; 64 << 10];
+                        while matches!(from.read(&mut sink), Ok(n) if n > 0) {}
+                        return;
+                    }
+                }
+            }
+        }
+        if to.write_all(&frame).is_err() {
+            return;
+        }
+    }
 }
 
 /// Every FT stream opens with each side's authentication hello (`ft::auth`); with no pair key
@@ -287,8 +342,8 @@ fn forward(mut from: &TcpStream, mut to: &TcpStream, tamper: Tamper, report: &Mu
             done = true;
             lock(report).tampered = Some((h.frame_type, h.epoch, h.seq));
             match tamper {
-                // Handled by `forward_raw` before any frame is read.
-                Tamper::FlipRaw { .. } => {}
+                // Handled by `forward_raw` before any frame is read, or backward.
+                Tamper::FlipRaw { .. } | Tamper::LoseSyncAck => {}
                 Tamper::FlipByte { .. } => {
                     let at = HEADER_LEN + h.payload_len as usize / 2;
                     frame[at] ^= 0x5a;
@@ -317,6 +372,10 @@ fn forward(mut from: &TcpStream, mut to: &TcpStream, tamper: Tamper, report: &Mu
             let mut r = lock(report);
             r.commits.push(checkpoint);
             r.commit_seqs.push((h.seq, checkpoint));
+        }
+        if lock(report).black_holed {
+            // The link is dead: what the primary sends goes nowhere.
+            continue;
         }
         if to.write_all(&frame).is_err() {
             return;

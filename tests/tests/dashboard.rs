@@ -1,33 +1,13 @@
 //! The Grafana dashboard under resources/dashboards/ only queries metrics Tandem exports.
 
-use serde_json::Value;
 use std::collections::BTreeSet;
-use tandem_tests::{is_exported_series, HISTOGRAM_FAMILIES, METRIC_FAMILIES as FAMILIES};
-
-fn exprs(v: &Value, out: &mut Vec<String>) {
-    match v {
-        Value::Object(m) => {
-            for (k, x) in m {
-                if k == "expr" || k == "query" {
-                    if let Some(s) = x.as_str() {
-                        out.push(s.to_string());
-                    }
-                }
-                exprs(x, out);
-            }
-        }
-        Value::Array(a) => a.iter().for_each(|x| exprs(x, out)),
-        _ => {}
-    }
-}
+use tandem_tests::{
+    dashboard, is_exported_series, HISTOGRAM_FAMILIES, METRIC_FAMILIES as FAMILIES,
+};
 
 #[test]
 fn dashboard_queries_only_exported_metrics() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../resources/dashboards/tandem.json"
-    );
-    let dash: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let dash = dashboard::load();
     assert_eq!(dash["uid"], "tandem-vmm");
     let panels = dash["panels"].as_array().expect("panels");
     assert!(panels.len() >= 8);
@@ -42,8 +22,7 @@ fn dashboard_queries_only_exported_metrics() {
             assert!(e.contains("tandem_"), "{}: {e:?}", p["title"]);
         }
     }
-    let mut all = Vec::new();
-    exprs(&dash, &mut all);
+    let all = dashboard::queries(&dash);
     let mut used = BTreeSet::new();
     for e in &all {
         let mut rest = e.as_str();

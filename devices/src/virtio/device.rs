@@ -93,6 +93,9 @@ pub trait VirtioDevice: Send {
     ) -> std::io::Result<Option<super::ft::DeviceGate>> {
         Ok(None)
     }
+    /// The VM stops: output still held in an FT gate is released if the clock allows it, or
+    /// dropped with a logged reason (`why`) if it never will; never left behind silently.
+    fn settle_output(&mut self, _why: &str) {}
 }
 
 /// A device's interrupt line: the virtio-mmio InterruptStatus bits and the irqfd that KVM turns

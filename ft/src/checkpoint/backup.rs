@@ -3,18 +3,19 @@
 //! `go_live`.
 
 use super::hooks::BackupHooks;
+use super::settings::Agreed;
 use super::staging::Staging;
 use super::stats::ReceivedCheckpoint;
 use super::{now_ms, vm_err, CheckpointError};
 use crate::bitmap::DirtyBitmap;
-use crate::frame::{DecodedFrame, Frame, StreamPurpose};
+use crate::frame::{DecodedFrame, Frame, Hello, StreamPurpose};
 use crate::migration::channel::{FrameReader, FrameWriter};
 use crate::migration::{
     error_chain, unexpected, IncomingMigration, MigrationError, ProgressHandle, ReceiveOptions,
     ReceiveReport, Role,
 };
 use crate::transport::Connection;
-use crate::vm::{MigratableVm, VmIdentity, VmState};
+use crate::vm::{MigratableVm, VmState};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -91,14 +92,15 @@ impl<V: MigratableVm> FtBackup<V> {
     }
 
     /// As [`FtBackup::run`], for a backup that does not know the VM before the primary's Hello:
-    /// `build` makes a fresh VM matching the announced identity (memory, vCPUs, config). Errs,
-    /// with nothing to go live from, when no Hello arrives or `build` refuses (the primary is
-    /// told why).
+    /// `build` makes a fresh VM matching the announced identity (memory, vCPUs, config) after
+    /// checking the pair's settings, and may hand back the settings agreed with the primary
+    /// (whose timing then replaces `opts`'). Errs, with nothing to go live from, when no Hello
+    /// arrives or `build` refuses (the primary is told why; its Hello is not acked).
     pub fn run_built(
         conn: Box<dyn Connection>,
         opts: &BackupOptions,
         hooks: Arc<dyn BackupHooks>,
-        build: impl FnOnce(&VmIdentity) -> Result<V, String>,
+        build: impl FnOnce(&Hello) -> Result<(V, Option<Agreed>), String>,
     ) -> Result<BackupExit<V>, CheckpointError> {
         let progress = ProgressHandle::new(Role::Destination);
         let inc = IncomingMigration::accept_for(
@@ -108,10 +110,19 @@ impl<V: MigratableVm> FtBackup<V> {
             &progress,
         )
         .map_err(CheckpointError::InitialSync)?;
-        let vm = match build(inc.identity()) {
-            Ok(vm) => vm,
+        let (vm, agreed) = match build(inc.hello()) {
+            Ok(built) => built,
             Err(reason) => return Err(CheckpointError::InitialSync(inc.reject(&reason))),
         };
+        let opts = match agreed {
+            Some(a) => BackupOptions {
+                heartbeat_interval: a.heartbeat_interval,
+                peer_timeout: a.failure_timeout,
+                ..opts.clone()
+            },
+            None => opts.clone(),
+        };
+        let opts = &opts;
         let mut b = FtBackup {
             vm,
             committed: None,
@@ -211,7 +222,12 @@ impl<V: MigratableVm> FtBackup<V> {
         hooks.backup_committed(0, &[]);
         let (mut reader, mut writer) = (synced.reader, synced.writer);
         let e = self.checkpoints(&mut reader, &mut writer, opts, hooks);
-        if !matches!(&e, CheckpointError::Stream(m) if m.peer_knows()) {
+        if let CheckpointError::Stream(MigrationError::PeerAborted { .. }) = &e {
+            // The primary ends the pair on purpose: this copy is never going live (the pair
+            // thread discards it on this error), and the primary may run alone once it reads
+            // this.
+            let _ = writer.send(&Frame::EndConfirmed, 0, 0);
+        } else if !matches!(&e, CheckpointError::Stream(m) if m.peer_knows()) {
             let reason = format!("backup: {}", error_chain(&e));
             let _ = writer.send(&Frame::Abort { reason }, 0, 0);
         }
@@ -332,7 +348,10 @@ impl<V: MigratableVm> FtBackup<V> {
                 });
                 return Ok(true);
             }
-            f @ (Frame::Hello(_) | Frame::Ack { .. } | Frame::EndOfRound { .. }) => {
+            f @ (Frame::Hello(_)
+            | Frame::Ack { .. }
+            | Frame::EndOfRound { .. }
+            | Frame::EndConfirmed) => {
                 return Err(unexpected("a checkpoint frame", f.frame_type()).into())
             }
             body => staging.add(body, &self.vm, &self.sent)?,

@@ -28,6 +28,7 @@ mod capture;
 mod hooks;
 mod primary;
 mod sent_pages;
+mod settings;
 mod staging;
 mod stats;
 mod window;
@@ -35,6 +36,7 @@ mod window;
 pub use backup::{BackupExit, BackupOptions, FtBackup};
 pub use hooks::{BackupHooks, EpochHooks, NoHooks};
 pub use primary::{FtPrimary, PrimaryExit, PrimaryOptions, PrimaryReport};
+pub use settings::{agree, Agreed, BackupWants, PairDiskMode, PairSettings, SettingsError};
 pub use stats::{
     CheckpointStats, NoStats, PageEncodings, ReceivedCheckpoint, StatsSink, Summary, Trigger,
 };

@@ -13,13 +13,15 @@
 use super::capture::Captured;
 use super::hooks::EpochHooks;
 use super::sent_pages::SentPages;
+use super::settings::{PairDiskMode, PairSettings};
 use super::stats::{CheckpointStats, StatsSink, Trigger};
 use super::window::{InFlight, Window};
 use super::{now_ms, vm_err, CheckpointError};
 use crate::frame::Frame;
 use crate::migration::channel::{FrameWriter, Inbox, Waited};
 use crate::migration::{
-    error_chain, ft_initial_sync, MigrationError, ProgressHandle, Role, SendOptions, SendReport,
+    error_chain, ft_initial_sync, open_ft_stream, MigrationError, OpenedStream, ProgressHandle,
+    Role, SendOptions, SendReport,
 };
 use crate::transport::Connection;
 use crate::vm::MigratableVm;
@@ -49,6 +51,8 @@ pub struct PrimaryOptions {
     /// Bytes of last-sent page copies kept for delta encoding (capped at guest memory); 0 sends
     /// every dirty page whole.
     pub delta_cache_bytes: u64,
+    /// How long [`FtPrimary::end`] waits for the backup to confirm that it discarded its copy.
+    pub end_confirm_timeout: Duration,
 }
 
 impl Default for PrimaryOptions {
@@ -62,6 +66,7 @@ impl Default for PrimaryOptions {
             heartbeat_interval: Duration::from_millis(100),
             ack_timeout: Duration::from_secs(5),
             delta_cache_bytes: 64 << 20,
+            end_confirm_timeout: Duration::from_millis(500),
         }
     }
 }
@@ -94,6 +99,9 @@ pub struct PrimaryExit<V> {
     pub report: PrimaryReport,
     /// Why checkpointing stopped before `stop` was called.
     pub error: Option<CheckpointError>,
+    /// [`FtPrimary::end`]: the backup confirmed that it discarded its copy and will never go
+    /// live from it (`EndConfirmed`). Only then may the guest run alone without the arbiter.
+    pub end_confirmed: bool,
 }
 
 /// The guest's run state as the epoch thread sees it; the pair asks, the epoch thread acts.
@@ -119,6 +127,12 @@ struct Shared {
     committed: Mutex<Option<u64>>,
     /// The epoch thread has ended: no checkpoint will join the window any more.
     epoch_done: AtomicBool,
+    /// The backup answered our Abort with EndConfirmed.
+    end_confirmed: AtomicBool,
+    /// The pair ends on purpose: unacked checkpoints stop mattering at this deadline (the
+    /// backup discards everything, or the caller must win the arbiter), so the ack thread
+    /// waits for them no longer than that.
+    end_deadline: Mutex<Option<Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -150,24 +164,49 @@ pub struct FtPrimary<V> {
     vm: Option<Arc<Mutex<V>>>,
     conn: Box<dyn Connection>,
     sync: SendReport,
+    end_confirm_timeout: Duration,
     epoch_thread: Option<JoinHandle<(u64, Duration)>>,
     sender_thread: Option<JoinHandle<FrameWriter>>,
     ack_thread: Option<JoinHandle<Inbox>>,
 }
 
 impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
-    /// Runs the FT initial sync over `conn` (blocking), then starts epochs. On error the VM is
-    /// returned running and unprotected, with the cause.
+    /// Opens the FT stream over `conn` ([`open_ft_stream`], with settings taken from `opts` and
+    /// shared disks), then as [`FtPrimary::start_opened`].
     pub fn start(
-        mut vm: V,
+        vm: V,
         conn: Box<dyn Connection>,
         opts: &PrimaryOptions,
         hooks: Arc<dyn EpochHooks>,
         stats: Arc<dyn StatsSink>,
     ) -> Result<FtPrimary<V>, Box<(V, CheckpointError)>> {
-        let control = match conn.try_clone_box() {
+        let ms = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
+        let pair = PairSettings {
+            disk_mode: PairDiskMode::Shared,
+            failure_timeout_ms: ms(opts.ack_timeout),
+            heartbeat_interval_ms: ms(opts.heartbeat_interval),
+            checkpoint_interval_ms: ms(opts.checkpoint_interval),
+            arbiter_id: None,
+        };
+        match open_ft_stream(conn, vm.identity(), pair.to_json(), opts.sync.io_timeout) {
+            Ok(stream) => Self::start_opened(vm, stream, opts, hooks, stats),
+            Err(e) => Err(Box::new((vm, CheckpointError::InitialSync(e)))),
+        }
+    }
+
+    /// Runs the FT initial sync on a stream the backup accepted (blocking), then starts epochs.
+    /// On error the VM is returned running and unprotected, with the cause.
+    pub fn start_opened(
+        mut vm: V,
+        stream: OpenedStream,
+        opts: &PrimaryOptions,
+        hooks: Arc<dyn EpochHooks>,
+        stats: Arc<dyn StatsSink>,
+    ) -> Result<FtPrimary<V>, Box<(V, CheckpointError)>> {
+        let control = match stream.control.try_clone_box() {
             Ok(c) => c,
             Err(e) => {
+                stream.close();
                 let e = CheckpointError::InitialSync(MigrationError::Connection(e));
                 return Err(Box::new((vm, e)));
             }
@@ -175,7 +214,7 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
         let sent_pages = SentPages::new(opts.delta_cache_bytes, vm.page_count());
         let progress = ProgressHandle::new(Role::Source);
         let mut captured = || hooks.epoch_captured(0);
-        let synced = match ft_initial_sync(&mut vm, conn, &opts.sync, &progress, &mut captured) {
+        let synced = match ft_initial_sync(&mut vm, stream, &opts.sync, &progress, &mut captured) {
             Ok(s) => s,
             Err(e) => return Err(Box::new((vm, CheckpointError::InitialSync(e)))),
         };
@@ -189,6 +228,8 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
             error: Mutex::new(None),
             committed: Mutex::new(Some(0)),
             epoch_done: AtomicBool::new(false),
+            end_confirmed: AtomicBool::new(false),
+            end_deadline: Mutex::new(None),
         });
         let vm = Arc::new(Mutex::new(vm));
         let mut p = FtPrimary {
@@ -196,6 +237,7 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
             vm: Some(vm.clone()),
             conn: control,
             sync: synced.report,
+            end_confirm_timeout: opts.end_confirm_timeout,
             epoch_thread: None,
             sender_thread: None,
             ack_thread: None,
@@ -320,12 +362,20 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
 
     /// As [`FtPrimary::stop`], but first tells the backup, with an Abort naming `reason`, that
     /// the pair is ending on purpose (FT disabled, guest powered off), so that it discards its
-    /// copy rather than going live: a crash closes the stream without one.
+    /// copy rather than going live: a crash closes the stream without one. Waits (at most
+    /// `end_confirm_timeout`) for the backup's EndConfirmed: [`PrimaryExit::end_confirmed`]
+    /// says whether it came. Without it the Abort may never have arrived, and the guest must
+    /// not run alone before this member wins the next generation at the arbiter.
     pub fn end(self, reason: &str) -> Result<PrimaryExit<V>, CheckpointError> {
         self.finish(Some(reason))
     }
 
     fn finish(mut self, reason: Option<&str>) -> Result<PrimaryExit<V>, CheckpointError> {
+        // Ending on purpose is bounded: the backup either confirms within the timeout or the
+        // caller must win the arbiter, and a backup that lost the link claims after its failure
+        // timeout, so the primary must not spend longer than that on a blocked stream.
+        let deadline = reason.map(|_| Instant::now() + self.end_confirm_timeout);
+        *lock(&self.shared.end_deadline) = deadline;
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.changed.notify_all();
         let join_err = |what: &str| CheckpointError::Thread(format!("{what} panicked"));
@@ -340,8 +390,24 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
         // Once the backup has our Abort it closes the stream; the ack thread seeing that is
         // the pair ending as asked, not an error.
         let mut told = false;
+        if let (Some(deadline), Some(t)) = (deadline, &self.sender_thread) {
+            // A write stuck on a dead link would hold the join up to the I/O timeout.
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if !t.is_finished() {
+                log::warn!("ft primary: the stream is blocked; ending without telling the backup");
+                let _ = self.conn.shutdown(std::net::Shutdown::Both);
+            }
+        }
         match self.sender_thread.take().map(JoinHandle::join) {
             Some(Ok(mut writer)) => {
+                if let Some(deadline) = deadline {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let _ = self
+                        .conn
+                        .set_write_timeout(Some(left.max(Duration::from_millis(1))));
+                }
                 if let Some(reason) = reason.filter(|_| !self.shared.failed()) {
                     let abort = Frame::Abort {
                         reason: reason.to_string(),
@@ -358,6 +424,11 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
             None => {}
         }
         let inbox = self.ack_thread.take().map(JoinHandle::join);
+        if let (Some(Ok(inbox)), Some(deadline)) = (&inbox, deadline) {
+            if told {
+                wait_end_confirmed(&self.shared, inbox, deadline);
+            }
+        }
         let _ = self.conn.shutdown(std::net::Shutdown::Both);
         match inbox {
             Some(Ok(mut inbox)) => inbox.join(),
@@ -387,7 +458,33 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
             guest_paused,
             report,
             error: lock(&self.shared.error).take().filter(|_| !told),
+            end_confirmed: told && self.shared.end_confirmed.load(Ordering::SeqCst),
         })
+    }
+}
+
+/// After our Abort: reads what the backup still sends until its EndConfirmed, the stream's end,
+/// or `deadline`.
+fn wait_end_confirmed(s: &Shared, inbox: &Inbox, deadline: Instant) {
+    while !s.end_confirmed.load(Ordering::SeqCst) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            log::warn!("ft primary: the backup did not confirm the end of the pair in time");
+            return;
+        }
+        match inbox.wait(left) {
+            Ok(Waited::Frame(f)) if f.frame == Frame::EndConfirmed => {
+                s.end_confirmed.store(true, Ordering::SeqCst);
+            }
+            Ok(Waited::Frame(_) | Waited::TimedOut) => {}
+            Err(e) => {
+                log::warn!(
+                    "ft primary: the stream ended before the backup confirmed the end: {}",
+                    error_chain(&e)
+                );
+                return;
+            }
+        }
     }
 }
 
@@ -638,7 +735,8 @@ fn ack_loop(
         if s.failed() {
             return inbox;
         }
-        if s.epoch_done.load(Ordering::SeqCst) && lock(&s.window).is_empty() {
+        let ending_past = lock(&s.end_deadline).is_some_and(|d| Instant::now() >= d);
+        if s.epoch_done.load(Ordering::SeqCst) && (ending_past || lock(&s.window).is_empty()) {
             return inbox;
         }
         match inbox.wait(tick) {
@@ -647,6 +745,11 @@ fn ack_loop(
                 let r = match f.frame {
                     Frame::Ack { seq } => on_ack(s, f.epoch, seq, hooks, stats),
                     Frame::Heartbeat { .. } => Ok(()),
+                    // Only ever after our Abort: everything before it was acked already.
+                    Frame::EndConfirmed => {
+                        s.end_confirmed.store(true, Ordering::SeqCst);
+                        return inbox;
+                    }
                     Frame::Abort { reason } => Err(MigrationError::PeerAborted { reason }.into()),
                     other => Err(crate::migration::unexpected(
                         "Ack or Heartbeat",

@@ -68,6 +68,9 @@ pub enum FrameType {
     /// A chunk of an FT checkpoint's opaque extras (e.g. the epoch's disk write log); protocol
     /// version 2 and later.
     Extras = 10,
+    /// The backup's answer to the primary's Abort: it discarded its copy and will never go live
+    /// from it, so the primary may run the guest alone without arbitration (protocol version 5).
+    EndConfirmed = 11,
 }
 
 impl FrameType {
@@ -84,6 +87,7 @@ impl FrameType {
             8 => FrameType::Abort,
             9 => FrameType::Heartbeat,
             10 => FrameType::Extras,
+            11 => FrameType::EndConfirmed,
             _ => return None,
         })
     }

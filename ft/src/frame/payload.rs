@@ -23,8 +23,10 @@ impl StreamPurpose {
         match self {
             StreamPurpose::Migration => 1,
             // Version 3: the Commit's CommitInfo (a backup must know when the guest was left
-            // paused); version 4: checkpoints carry delta page entries.
-            StreamPurpose::FaultTolerance => 4,
+            // paused); version 4: checkpoints carry delta page entries; version 5: the backup
+            // confirms an intended end (EndConfirmed), without which a primary must not run
+            // alone before winning the arbiter.
+            StreamPurpose::FaultTolerance => 5,
         }
     }
 }
@@ -42,6 +44,9 @@ pub struct Hello {
     pub page_size: u32,
     /// The VM being sent.
     pub identity: VmIdentity,
+    /// FT streams (protocol 5): the pair's settings as JSON (`checkpoint::PairSettings`), after
+    /// the identity; absent from a migration's Hello.
+    pub pair: Option<String>,
 }
 
 /// What an FT checkpoint's Commit adds (protocol version 3): 9 bytes after `vcpus` and `pages`.
@@ -114,6 +119,9 @@ pub enum Frame {
         /// The chunk.
         data: Vec<u8>,
     },
+    /// The answer to an Abort that ends a pair on purpose: this side will never go live from
+    /// its copy. Empty.
+    EndConfirmed,
 }
 
 impl Frame {
@@ -130,6 +138,7 @@ impl Frame {
             Frame::Abort { .. } => FrameType::Abort,
             Frame::Heartbeat { .. } => FrameType::Heartbeat,
             Frame::Extras { .. } => FrameType::Extras,
+            Frame::EndConfirmed => FrameType::EndConfirmed,
         }
     }
 
@@ -143,6 +152,9 @@ impl Frame {
                 out.extend_from_slice(&h.identity.memory_size.to_le_bytes());
                 out.extend_from_slice(&h.identity.vcpu_count.to_le_bytes());
                 put_len_prefixed(out, h.identity.config.as_bytes());
+                if let Some(pair) = &h.pair {
+                    put_len_prefixed(out, pair.as_bytes());
+                }
             }
             Frame::MemoryPages(b) => b.encode(out),
             Frame::DeviceState(d) => out.extend_from_slice(d),
@@ -164,6 +176,7 @@ impl Frame {
                 }
             }
             Frame::Ack { seq } => out.extend_from_slice(&seq.to_le_bytes()),
+            Frame::EndConfirmed => {}
             Frame::Abort { reason } => out.extend_from_slice(reason.as_bytes()),
             Frame::Heartbeat { timestamp_ms } => out.extend_from_slice(&timestamp_ms.to_le_bytes()),
             Frame::Extras {
@@ -208,6 +221,17 @@ impl Frame {
                 if min_version > max_version {
                     return Err(malformed("version range is empty"));
                 }
+                // Optional, so that an older peer's Hello still decodes and is refused by its
+                // version range with a clear reason.
+                let pair = if r.remaining() > 0 {
+                    Some(
+                        std::str::from_utf8(r.len_prefixed().map_err(short)?)
+                            .map_err(|_| malformed("pair settings are not UTF-8"))?
+                            .to_owned(),
+                    )
+                } else {
+                    None
+                };
                 Frame::Hello(Hello {
                     min_version,
                     max_version,
@@ -218,6 +242,7 @@ impl Frame {
                         vcpu_count,
                         config,
                     },
+                    pair,
                 })
             }
             FrameType::MemoryPages => {
@@ -257,6 +282,7 @@ impl Frame {
             FrameType::Ack => Frame::Ack {
                 seq: r.u64().map_err(short)?,
             },
+            FrameType::EndConfirmed => Frame::EndConfirmed,
             FrameType::Abort => Frame::Abort {
                 // Lossy: a garbled reason should still reach the log rather than hide the abort.
                 reason: String::from_utf8_lossy(r.bytes(r.remaining()).map_err(short)?)
@@ -298,6 +324,15 @@ impl Hello {
             purpose,
             page_size: PAGE_SIZE as u32,
             identity,
+            pair: None,
+        }
+    }
+
+    /// An FT stream's Hello, with the pair's settings (JSON).
+    pub fn fault_tolerance(identity: VmIdentity, pair: String) -> Hello {
+        Hello {
+            pair: Some(pair),
+            ..Hello::new(StreamPurpose::FaultTolerance, identity)
         }
     }
 }

@@ -46,6 +46,7 @@ fn samples() -> Vec<Frame> {
             reason: "disk full".into(),
         },
         Frame::Heartbeat { timestamp_ms: 1234 },
+        Frame::EndConfirmed,
         Frame::DeviceState(Vec::new()),
         Frame::Extras {
             offset: 4,
@@ -265,7 +266,8 @@ fn malformed_payloads_are_named() {
     reseal(&mut b);
     assert_eq!(malformed(&b), "unknown stream purpose");
     let mut b = hello.clone();
-    b[HEADER_LEN..HEADER_LEN + 2].copy_from_slice(&5u16.to_le_bytes());
+    let above = crate::PROTOCOL_VERSION + 1;
+    b[HEADER_LEN..HEADER_LEN + 2].copy_from_slice(&above.to_le_bytes());
     reseal(&mut b);
     assert_eq!(malformed(&b), "version range is empty");
     let mut b = hello;

@@ -42,9 +42,15 @@ impl Releaser {
             .spawn(move || {
                 crate::thread_hook::thread_started();
                 let mut seen = t_clock.generation();
-                while !t_stop.load(Ordering::Acquire) {
+                // One last pump after the stop: the pair's end (unprotect) must move what it
+                // releases now, not at the guest's next I/O.
+                loop {
+                    let last = t_stop.load(Ordering::Acquire);
                     for g in &gates {
                         g.pump(&t_clock);
+                    }
+                    if last {
+                        break;
                     }
                     seen = t_clock.wait_change(seen, RETRY);
                 }
@@ -120,6 +126,27 @@ mod tests {
         let log = log.lock().unwrap();
         for pair in log.chunks(2) {
             assert_eq!(pair[0].0, "disk");
+        }
+    }
+
+    #[test]
+    fn a_releaser_dropped_right_after_the_clock_moved_still_pumps_that_change() {
+        for _ in 0..50 {
+            let clock = Arc::new(EpochClock::new());
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let gate: Arc<dyn OutputGate> = Arc::new(Recorder {
+                name: "net",
+                disk: false,
+                log: log.clone(),
+            });
+            let r = Releaser::spawn(clock.clone(), vec![gate]).unwrap();
+            clock.protect().unwrap();
+            clock.capture().unwrap();
+            clock.commit(1).unwrap();
+            // The pair ends: the last release is this one, and nobody pumps afterwards.
+            drop(r);
+            let pumped = log.lock().unwrap().iter().any(|&(_, c)| c == 1);
+            assert!(pumped, "the last clock change was never pumped");
         }
     }
 }

@@ -33,6 +33,9 @@ struct State {
     /// fails one timeout after arming, not at once and not never.
     armed_at: Instant,
     closed: bool,
+    /// Silence after which the peer has failed; a backup adopts its primary's once the Hello
+    /// names it.
+    timeout: Duration,
 }
 
 impl State {
@@ -47,7 +50,6 @@ impl State {
 struct Inner {
     state: Mutex<State>,
     wake: Condvar,
-    timeout: Duration,
 }
 
 /// Shared, cheaply cloned detector: feeders (UDP receiver, channel hook) and watchers share it.
@@ -63,9 +65,9 @@ impl FailureDetector {
                 udp: None,
                 armed_at: Instant::now(),
                 closed: false,
+                timeout: failure_timeout,
             }),
             wake: Condvar::new(),
-            timeout: failure_timeout,
         }))
     }
 
@@ -76,7 +78,13 @@ impl FailureDetector {
 
     /// The configured failure timeout.
     pub fn timeout(&self) -> Duration {
-        self.0.timeout
+        self.lock().timeout
+    }
+
+    /// Changes the failure timeout (a backup adopting its primary's); waiters re-evaluate.
+    pub fn set_timeout(&self, timeout: Duration) {
+        self.lock().timeout = timeout;
+        self.0.wake.notify_all();
     }
 
     /// Records a sign of life on `path`.
@@ -131,7 +139,8 @@ impl FailureDetector {
 
     /// Whether the peer counts as failed right now.
     pub fn is_failed(&self) -> bool {
-        self.lock().last_sign().elapsed() >= self.0.timeout
+        let s = self.lock();
+        s.last_sign().elapsed() >= s.timeout
     }
 
     /// Blocks until the peer fails, the detector is closed, or `deadline` passes.
@@ -143,7 +152,7 @@ impl FailureDetector {
             }
             let now = Instant::now();
             let silent_for = now.saturating_duration_since(s.last_sign());
-            if silent_for >= self.0.timeout {
+            if silent_for >= s.timeout {
                 return Verdict::Failed { silent_for };
             }
             if now >= deadline {
@@ -151,7 +160,7 @@ impl FailureDetector {
             }
             // Sleep until the earliest moment the verdict could change; a sign of life heard
             // meanwhile just moves that moment, found on the next turn.
-            let until_failure = self.0.timeout - silent_for;
+            let until_failure = s.timeout - silent_for;
             let wait = until_failure.min(deadline - now);
             s = match self.0.wake.wait_timeout(s, wait) {
                 Ok((g, _)) => g,

@@ -31,6 +31,7 @@ pub use policy::{ConvergencePolicy, StopReason};
 pub use progress::{MigrationPhase, MigrationProgress, ProgressHandle, Role};
 pub use receiver::{receive_migration, IncomingMigration, ReceiveOptions, ReceiveReport};
 pub(crate) use sender::ft_initial_sync;
+pub use sender::{open_ft_stream, OpenedStream};
 pub use sender::{send_migration, SendOptions, SendReport};
 
 use crate::frame::{FrameError, FrameType};
@@ -92,6 +93,15 @@ pub enum MigrationError {
         #[source]
         source: VmOpError,
     },
+    /// The final Commit went out (or may have) but its ack never came: the peer may hold the
+    /// whole state and act on it (a destination resumes, an FT backup counts itself protected).
+    /// The sender must not act as if it never happened.
+    #[error("the peer may have committed the final state: its ack never came")]
+    CommitUnconfirmed {
+        /// What went wrong after the Commit was sent.
+        #[source]
+        source: Box<MigrationError>,
+    },
     /// Migration failed and then the paused source could not be resumed: the guest is stopped.
     #[error("migration failed ({cause}) and the source VM could not be resumed")]
     SourceNotResumed {
@@ -107,13 +117,21 @@ impl MigrationError {
     /// Whether the peer already knows the migration is over (it aborted or the stream is gone),
     /// so sending it an Abort is pointless.
     pub(crate) fn peer_knows(&self) -> bool {
-        matches!(
-            self,
-            MigrationError::PeerAborted { .. }
-                | MigrationError::PeerClosed
-                | MigrationError::Send(_)
-                | MigrationError::Receive(_)
-        )
+        match self {
+            MigrationError::CommitUnconfirmed { source } => source.peer_knows(),
+            e => matches!(
+                e,
+                MigrationError::PeerAborted { .. }
+                    | MigrationError::PeerClosed
+                    | MigrationError::Send(_)
+                    | MigrationError::Receive(_)
+            ),
+        }
+    }
+
+    /// Whether the peer may hold the complete final state although this side saw no ack.
+    pub fn commit_unconfirmed(&self) -> bool {
+        matches!(self, MigrationError::CommitUnconfirmed { .. })
     }
 }
 

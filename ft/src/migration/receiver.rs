@@ -116,6 +116,11 @@ impl IncomingMigration {
         &self.hello.identity
     }
 
+    /// The source's Hello: its versions, the VM and (FT) the pair's settings.
+    pub fn hello(&self) -> &Hello {
+        &self.hello
+    }
+
     /// Refuses the migration, telling the source why; returns the error to report locally.
     pub fn reject(mut self, reason: &str) -> MigrationError {
         let e = MigrationError::Incompatible(reason.to_owned());
@@ -266,7 +271,10 @@ impl IncomingMigration {
                 }
                 Frame::Heartbeat { .. } => {}
                 Frame::Abort { reason } => return Err(MigrationError::PeerAborted { reason }),
-                other @ (Frame::Hello(_) | Frame::Ack { .. } | Frame::Extras { .. }) => {
+                other @ (Frame::Hello(_)
+                | Frame::Ack { .. }
+                | Frame::Extras { .. }
+                | Frame::EndConfirmed) => {
                     return Err(unexpected("pages, state or Commit", other.frame_type()))
                 }
             }
@@ -415,6 +423,9 @@ fn fail(
             writer.shutdown_write();
             reader.drain(DRAIN_LIMIT);
         }
+    } else if matches!(e, MigrationError::PeerAborted { .. }) {
+        // The sender ended the stream on purpose: say that nothing here will run from it.
+        let _ = writer.send(&Frame::EndConfirmed, 0, 0);
     }
     writer.shutdown();
     progress.fail(cause);

@@ -10,6 +10,7 @@ use crate::frame::{
 };
 use crate::transport::Connection;
 use crate::vm::MigratableVm;
+use crate::vm::VmIdentity;
 use std::time::{Duration, Instant};
 
 /// Wire bytes one data page costs (tag, page number, data), for downtime estimates.
@@ -91,19 +92,78 @@ pub(crate) struct SyncedChannel {
     pub(crate) report: SendReport,
 }
 
-/// FT-enable: the same pre-copy rounds as a migration, announced as a fault-tolerance stream,
-/// but it never hands over: once the backup has acked the full state the VM is resumed and dirty
-/// logging stays on, so that the first checkpoint sends exactly what changed since.
-/// `captured` runs while the VM is paused, after its state was saved (gates start epoch 1 there).
-/// On failure the VM runs as before, dirty logging off, unless the error is `SourceNotResumed`.
+/// An FT stream whose Hello the backup has accepted: it built its replica and agreed to the
+/// pair's settings. The initial sync continues on it.
+pub struct OpenedStream {
+    pub(crate) control: Box<dyn Connection>,
+    pub(crate) writer: FrameWriter,
+    pub(crate) inbox: Inbox,
+}
+
+impl OpenedStream {
+    /// Closes it without syncing (the caller changed its mind).
+    pub fn close(mut self) {
+        self.writer.shutdown();
+        let _ = self.control.shutdown(std::net::Shutdown::Both);
+        self.inbox.join();
+    }
+}
+
+impl std::fmt::Debug for OpenedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OpenedStream")
+    }
+}
+
+/// Opens an FT stream: sends the Hello (the VM's identity and the pair's settings, JSON) and
+/// waits up to `timeout` for the backup's ack, which it gives once its replica is built and the
+/// settings agree. A refusal is the peer's Abort, with its reason; nothing of the VM was sent.
+pub fn open_ft_stream(
+    conn: Box<dyn Connection>,
+    identity: VmIdentity,
+    pair: String,
+    timeout: Duration,
+) -> Result<OpenedStream, MigrationError> {
+    conn.set_write_timeout(Some(timeout))
+        .and_then(|()| conn.set_read_timeout(None))
+        .map_err(MigrationError::Connection)?;
+    let control = conn.try_clone_box().map_err(MigrationError::Connection)?;
+    let reader = FrameReader::new(conn.try_clone_box().map_err(MigrationError::Connection)?);
+    let mut inbox = Inbox::spawn(reader)?;
+    let mut writer = FrameWriter::new(conn);
+    let hello = Frame::Hello(Hello::fault_tolerance(identity, pair));
+    let acked = writer
+        .send(&hello, 0, FLAG_ACK_REQUESTED)
+        .and_then(|seq| await_ack(&inbox, seq, timeout, "the backup's Hello ack"));
+    match acked {
+        Ok(()) => Ok(OpenedStream {
+            control,
+            writer,
+            inbox,
+        }),
+        Err(e) => {
+            writer.shutdown();
+            let _ = control.shutdown(std::net::Shutdown::Both);
+            inbox.join();
+            Err(e)
+        }
+    }
+}
+
+/// FT-enable: the same pre-copy rounds as a migration, on a stream whose Hello the backup
+/// accepted ([`open_ft_stream`]), but it never hands over: once the backup has acked the full
+/// state the VM is resumed and dirty logging stays on, so that the first checkpoint sends
+/// exactly what changed since. `captured` runs while the VM is paused, after its state was
+/// saved (gates start epoch 1 there). On failure the VM runs as before, dirty logging off,
+/// unless the error is `SourceNotResumed`.
 pub(crate) fn ft_initial_sync<V: MigratableVm + ?Sized>(
     vm: &mut V,
-    conn: Box<dyn Connection>,
+    stream: OpenedStream,
     opts: &SendOptions,
     progress: &ProgressHandle,
     captured: &mut dyn FnMut(),
 ) -> Result<SyncedChannel, MigrationError> {
-    let mut s = Sender::new(vm, conn, opts, progress, Mode::KeepRunning(captured))?;
+    let mut s = Sender::opened(vm, stream, opts, progress, captured)?;
     match s.finish_run() {
         Ok(report) => Ok(SyncedChannel {
             writer: s.writer,
@@ -117,6 +177,9 @@ pub(crate) fn ft_initial_sync<V: MigratableVm + ?Sized>(
         }
     }
 }
+
+/// How many pages the full pass scans between looks at the keep-alive clock.
+const KEEPALIVE_CHECK_PAGES: u64 = 256;
 
 /// Whether the source hands over at the end (migration) or resumes and goes on (FT).
 enum Mode<'a> {
@@ -137,6 +200,13 @@ struct Sender<'a, V: MigratableVm + ?Sized> {
     pages_sent: u64,
     /// Time spent copying pages, for the bandwidth estimate.
     send_time: Duration,
+    /// The Hello was sent and acked already ([`open_ft_stream`]).
+    hello_done: bool,
+    /// The final Commit was handed to the stream: from here on a failure leaves the peer
+    /// possibly holding the whole state.
+    commit_sent: bool,
+    /// When the last frame went out, for keep-alives during long silent stretches.
+    last_sent: Instant,
     started: Instant,
 }
 
@@ -165,6 +235,40 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
             round: 0,
             pages_sent: 0,
             send_time: Duration::ZERO,
+            hello_done: false,
+            commit_sent: false,
+            last_sent: Instant::now(),
+            started: Instant::now(),
+        })
+    }
+
+    /// An FT sender on an opened stream.
+    fn opened(
+        vm: &'a mut V,
+        stream: OpenedStream,
+        opts: &'a SendOptions,
+        progress: &'a ProgressHandle,
+        captured: &'a mut dyn FnMut(),
+    ) -> Result<Self, MigrationError> {
+        stream
+            .control
+            .set_write_timeout(Some(opts.io_timeout))
+            .map_err(MigrationError::Connection)?;
+        Ok(Sender {
+            vm,
+            mode: Mode::KeepRunning(captured),
+            writer: stream.writer,
+            inbox: stream.inbox,
+            opts,
+            progress,
+            paused: false,
+            dirty_log: false,
+            round: 0,
+            pages_sent: 0,
+            send_time: Duration::ZERO,
+            hello_done: true,
+            commit_sent: false,
+            last_sent: Instant::now(),
             started: Instant::now(),
         })
     }
@@ -177,7 +281,14 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
                 Ok(report)
             }
             Err(e) => {
-                let e = self.unwind(e);
+                let mut e = self.unwind(e);
+                // A peer that aborted said it did not take the state; any other failure after
+                // the Commit leaves that open.
+                if self.commit_sent && !matches!(e, MigrationError::PeerAborted { .. }) {
+                    e = MigrationError::CommitUnconfirmed {
+                        source: Box::new(e),
+                    };
+                }
                 self.progress.fail(error_chain(&e));
                 Err(e)
             }
@@ -192,9 +303,11 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
     }
 
     fn run(&mut self) -> Result<SendReport, MigrationError> {
-        let hello = Frame::Hello(Hello::new(self.purpose(), self.vm.identity()));
-        let seq = self.send(&hello, FLAG_ACK_REQUESTED)?;
-        self.wait_ack(seq, self.opts.io_timeout, "the destination's Hello ack")?;
+        if !self.hello_done {
+            let hello = Frame::Hello(Hello::new(self.purpose(), self.vm.identity()));
+            let seq = self.send(&hello, FLAG_ACK_REQUESTED)?;
+            self.wait_ack(seq, self.opts.io_timeout, "the destination's Hello ack")?;
+        }
 
         // Before the first read, so that a page written during the full pass is sent again.
         self.vm
@@ -279,6 +392,8 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
             pages: final_pages,
             info: None,
         };
+        // Before the write: a write that fails part-way may still have delivered the frame.
+        self.commit_sent = true;
         let seq = self.send(&commit, FLAG_ACK_REQUESTED)?;
         self.set_phase(MigrationPhase::Completing);
         self.wait_ack(
@@ -339,6 +454,8 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
                 if batch.page_count() as usize >= self.opts.batch_pages {
                     sent += self.flush(&mut batch)?;
                 }
+            } else if pfn % KEEPALIVE_CHECK_PAGES == 0 {
+                self.keep_alive()?;
             }
         }
         sent += self.flush(&mut batch)?;
@@ -401,9 +518,23 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
 
     /// Sends one frame in the current round; a write failure is explained by the peer's Abort
     /// when one is waiting.
+    /// A heartbeat if nothing went out for a quarter of the peer's read timeout: a long stretch
+    /// of zero pages (a large, mostly empty guest on a slow or loaded host) sends nothing, and
+    /// the receiver would take the silence for a dead source.
+    fn keep_alive(&mut self) -> Result<(), MigrationError> {
+        if self.last_sent.elapsed() < self.opts.io_timeout / 4 {
+            return Ok(());
+        }
+        let hb = Frame::Heartbeat {
+            timestamp_ms: crate::status::unix_ms(),
+        };
+        self.send(&hb, 0).map(|_| ())
+    }
+
     fn send(&mut self, frame: &Frame, flags: u8) -> Result<u64, MigrationError> {
         match self.writer.send(frame, u64::from(self.round), flags) {
             Ok(seq) => {
+                self.last_sent = Instant::now();
                 let bytes = self.writer.bytes();
                 self.progress.update(|p| p.bytes = bytes);
                 Ok(seq)
@@ -427,24 +558,7 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
         timeout: Duration,
         what: &'static str,
     ) -> Result<(), MigrationError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.inbox.wait(left)? {
-                Waited::TimedOut => return Err(MigrationError::Timeout { waiting_for: what }),
-                Waited::Frame(f) => match f.frame {
-                    Frame::Ack { seq: s } if s == seq => return Ok(()),
-                    Frame::Ack { seq: s } => {
-                        return Err(MigrationError::Protocol(format!(
-                            "ack of frame {s} while waiting for {seq}"
-                        )))
-                    }
-                    Frame::Abort { reason } => return Err(MigrationError::PeerAborted { reason }),
-                    Frame::Heartbeat { .. } => {}
-                    other => return Err(unexpected("Ack", other.frame_type())),
-                },
-            }
-        }
+        await_ack(&self.inbox, seq, timeout, what)
     }
 
     /// Bytes per second measured over all page copying so far.
@@ -494,5 +608,32 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
             self.paused = false;
         }
         e
+    }
+}
+
+/// Waits up to `timeout` for the peer's Ack of frame `seq`; its Abort is its reason.
+fn await_ack(
+    inbox: &Inbox,
+    seq: u64,
+    timeout: Duration,
+    what: &'static str,
+) -> Result<(), MigrationError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match inbox.wait(left)? {
+            Waited::TimedOut => return Err(MigrationError::Timeout { waiting_for: what }),
+            Waited::Frame(f) => match f.frame {
+                Frame::Ack { seq: s } if s == seq => return Ok(()),
+                Frame::Ack { seq: s } => {
+                    return Err(MigrationError::Protocol(format!(
+                        "ack of frame {s} while waiting for {seq}"
+                    )))
+                }
+                Frame::Abort { reason } => return Err(MigrationError::PeerAborted { reason }),
+                Frame::Heartbeat { .. } => {}
+                other => return Err(unexpected("Ack", other.frame_type())),
+            },
+        }
     }
 }

@@ -49,6 +49,9 @@ pub struct FtStatus {
     pub ack_age_ms: Option<u64>,
     /// Time since the peer was last heard, per path.
     pub heartbeat_age: PathAges,
+    /// The failure timeout this member applies to its peer (a backup's is the primary's unless
+    /// `ft.receive` set its own); `None` outside a pair.
+    pub failure_timeout_ms: Option<u64>,
     /// Failovers this VMM completed (backup went live as the new primary).
     pub failover_count: u64,
     /// The guest is paused (primary: `vm.pause`; backup: at the last committed checkpoint, so a
@@ -430,6 +433,10 @@ impl StatusHandle {
             backlog_epochs: g.backlog_epochs,
             ack_age_ms: g.last_ack.map(age_ms),
             heartbeat_age,
+            failure_timeout_ms: g
+                .detector
+                .as_ref()
+                .map(|d| d.timeout().as_millis().min(u128::from(u64::MAX)) as u64),
             failover_count: g.failover_count,
             guest_paused: g.guest_paused,
             reason: g.reason.clone(),

@@ -76,10 +76,11 @@ pub struct FtReceiveConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<SerialConfig>,
     pub arbiter: FtArbiterConfig,
-    /// How the disks are shared; must match the primary's `ft.enable` (default `shared`).
+    /// How the disks are shared (default: the primary's); given and different from the
+    /// primary's, its Hello is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_mode: Option<FtDiskMode>,
-    /// Silence from the primary after which it counts as failed (default 1000).
+    /// Silence from the primary after which it counts as failed (default: the primary's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_timeout_ms: Option<u64>,
     /// The pair key (default: none, unencrypted).

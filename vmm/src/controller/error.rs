@@ -92,6 +92,8 @@ pub enum VmmError {
     FtNothingToPromote,
     #[error("this member must not run the guest: {reason}; ft.disable clears it once the operator knows where the guest runs")]
     Fenced { reason: String },
+    #[error("the VM is stopped, but the end of the pair is not settled: {reason}")]
+    FtEndUnconfirmed { reason: String },
     #[error("cannot use the arbiter")]
     FtArbiter(#[source] ArbiterError),
     #[error("the FT peer must be tcp:HOST:PORT, got {peer}")]
@@ -104,6 +106,8 @@ pub enum VmmError {
     FtKey(#[source] AuthError),
     #[error("the FT peer was refused")]
     FtAuth(#[source] AuthError),
+    #[error("the backup refused the pair")]
+    FtRefused(#[source] ft::migration::MigrationError),
     #[error("bad heartbeat path")]
     FtHeartbeat(#[source] HeartbeatSetupError),
     /// A keyless listener other hosts could reach, without `"insecure": true`.
@@ -133,6 +137,7 @@ impl VmmError {
             | VmmError::FtEndedMeanwhile
             | VmmError::Fenced { .. } => 409,
             VmmError::FtOp { .. } | VmmError::FtStart(_) | VmmError::MigrationThread(_) => 500,
+            VmmError::FtEndUnconfirmed { .. } => 503,
             // The caller's input: a bad URL or key file, an unreachable peer or arbiter, an
             // address we cannot listen on, a config that does not fit this host.
             VmmError::FtArbiter(_)
@@ -140,6 +145,7 @@ impl VmmError {
             | VmmError::FtPeer(_)
             | VmmError::FtKey(_)
             | VmmError::FtAuth(_)
+            | VmmError::FtRefused(_)
             | VmmError::FtHeartbeat(_)
             | VmmError::InsecureListen(_)
             | VmmError::MigrationKey(_)

@@ -25,6 +25,15 @@ pub struct SourceVm<V: BorrowMut<Vm>> {
 /// The primary of an FT pair: owns its VM, so it can live on ft's threads.
 pub type PrimaryVm = SourceVm<Vm>;
 
+/// What a Hello announces of `vm` (its memory as the stream counts it, vCPUs, config).
+pub fn identity(vm: &Vm, vcpus: u8, config_json: String) -> ft::vm::VmIdentity {
+    ft::vm::VmIdentity {
+        memory_size: PageMap::new(vm.memory()).pages() * PAGE_SIZE as u64,
+        vcpu_count: u32::from(vcpus),
+        config: config_json,
+    }
+}
+
 impl<V: BorrowMut<Vm>> SourceVm<V> {
     /// Wraps `vm`, whose config (sent to the destination) is `config_json`.
     pub fn new(vm: V, vcpus: u8, config_json: String) -> Self {

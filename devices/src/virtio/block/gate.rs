@@ -239,6 +239,41 @@ impl DiskGate {
         Ok(())
     }
 
+    /// The pair is over or the VM stops: writes every held write to the image if the clock
+    /// lets output go (no pair, or unprotected), or drops them with a logged reason if it never
+    /// will (halted: the guest went live elsewhere and writes the disk now; these belong to
+    /// epochs the backup never committed). Nothing stays held silently.
+    pub fn settle(&self, why: &str) {
+        match self.clock.mode() {
+            Protection::Off | Protection::Unprotected => {
+                if let Err(e) = self.make_durable(ALL) {
+                    log::error!(
+                        "{}: held writes could not reach the image ({why}): {}",
+                        self.name,
+                        errors::chain(&e)
+                    );
+                }
+            }
+            mode @ (Protection::Protected | Protection::Halted) => {
+                let mut st = self.lock();
+                let n: usize = st.log.values().map(Vec::len).sum();
+                if n == 0 {
+                    return;
+                }
+                let held = self.counters.held_bytes.load(Ordering::Relaxed);
+                log::warn!(
+                    "{}: discarding {n} held writes ({held} bytes) ({why}): output is {mode:?}, \
+                     so their epochs will never reach this image",
+                    self.name
+                );
+                st.log.clear();
+                st.overlay.clear();
+                drop(st);
+                self.release_bytes(held);
+            }
+        }
+    }
+
     fn write_batch(&self, batch: &[(u64, Vec<DiskWrite>)]) -> Result<(), ApplyError> {
         for (_, writes) in batch {
             for w in writes {
@@ -330,6 +365,12 @@ impl DiskIo for DiskGate {
         if self.mode == DiskMode::Shared && self.clock.mode().holds() {
             // Durable on commit, before any output of this epoch leaves (module docs).
             return Ok(());
+        }
+        // Writes still held from the pair (a release that failed) are part of what the guest
+        // asks to be durable.
+        if self.mode == DiskMode::Shared && !self.lock().log.is_empty() {
+            self.make_durable(ALL)
+                .map_err(|e| io::Error::other(errors::chain(&e)))?;
         }
         self.disk.flush()
     }

@@ -295,3 +295,33 @@ fn random_writes_reads_and_commits_match_a_model() {
         }
     }
 }
+
+#[test]
+fn a_flush_after_the_pair_ended_makes_writes_still_held_durable() {
+    let (f, clock, g) = rig(DiskMode::Shared, 1 << 20);
+    clock.protect().unwrap();
+    write(&g, 5, 1, 9);
+    // The pair ends; no releaser pumps this gate again.
+    clock.unprotect().unwrap();
+    assert_eq!(on_file(&f, 5), 0);
+    g.flush().unwrap();
+    assert_eq!(on_file(&f, 5), 9, "the guest's FLUSH covers writes the pair still held");
+}
+
+#[test]
+fn settling_writes_what_an_unprotected_clock_allows_and_drops_what_a_halted_one_never_will() {
+    let (f, clock, g) = rig(DiskMode::Shared, 1 << 20);
+    clock.protect().unwrap();
+    write(&g, 1, 1, 4);
+    clock.unprotect().unwrap();
+    g.settle("the VM stops");
+    assert_eq!(on_file(&f, 1), 4);
+
+    let (f, clock, g) = rig(DiskMode::Shared, 1 << 20);
+    clock.protect().unwrap();
+    write(&g, 1, 1, 4);
+    clock.halt();
+    g.settle("the VM stops");
+    assert_eq!(on_file(&f, 1), 0, "a halted member never writes the shared image");
+    assert_eq!(g.counters().held_bytes.load(Ordering::Relaxed), 0);
+}

@@ -120,6 +120,9 @@ impl Block {
         mode: DiskMode,
         cap_bytes: usize,
     ) -> std::io::Result<Arc<DiskGate>> {
+        if let Some(old) = self.gate.take() {
+            old.settle("a new FT gate replaces it");
+        }
         let gate = Arc::new(DiskGate::new(
             &format!("{} disk gate", self.id),
             index,
@@ -222,6 +225,12 @@ impl VirtioDevice for Block {
             setup.disk_cap_bytes,
         )?;
         Ok(Some(DeviceGate::Disk(gate)))
+    }
+
+    fn settle_output(&mut self, why: &str) {
+        if let Some(g) = &self.gate {
+            g.settle(why);
+        }
     }
 }
 

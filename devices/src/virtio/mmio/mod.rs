@@ -129,6 +129,7 @@ impl MmioTransport {
 
     /// Stops the device's worker; used when the VM stops. The guest sees a reset device.
     pub fn shutdown(&mut self) {
+        self.device.settle_output("the VM stops");
         self.reset();
     }
 

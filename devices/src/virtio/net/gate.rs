@@ -188,6 +188,31 @@ impl TxGate {
         }
     }
 
+    /// The pair is over or the VM stops: sends every held frame if the clock lets output go
+    /// (no pair, or unprotected), or drops them with a logged reason if it never will (halted:
+    /// the guest went live elsewhere, and these frames belong to epochs the backup never
+    /// committed). Nothing stays held silently.
+    pub fn settle(&self, why: &str) {
+        match self.clock.mode() {
+            Protection::Off | Protection::Unprotected => self.release_through(u64::MAX),
+            mode @ (Protection::Protected | Protection::Halted) => {
+                let mut st = self.lock();
+                let (n, bytes) = (st.held.len(), st.held.iter().map(|h| h.frame.len()).sum::<usize>());
+                if n == 0 {
+                    return;
+                }
+                log::warn!(
+                    "{}: discarding {n} held frames ({bytes} bytes) ({why}): output is {mode:?}, \
+                     so their epochs will never be released",
+                    self.name
+                );
+                st.held.clear();
+                self.counters.held_frames.store(0, Ordering::Relaxed);
+                self.counters.held_bytes.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic mid-release leaves the queue consistent (pop before send): go on.
         self.state.lock().unwrap_or_else(|p| p.into_inner())

@@ -145,3 +145,24 @@ fn release_errors_are_counted_not_retried_forever() {
     assert_eq!(g.counters().release_errors.load(Ordering::Relaxed), 1);
     assert_eq!(g.counters().held_frames.load(Ordering::Relaxed), 0);
 }
+
+#[test]
+fn settling_releases_what_an_unprotected_clock_allows_and_drops_what_a_halted_one_never_will() {
+    let (clock, g, wire) = gate(1 << 20);
+    clock.protect().unwrap();
+    g.send(&[1]).unwrap();
+    g.send(&[2]).unwrap();
+    // The pair ended as asked; nothing pumps any more (the releaser is gone): settling sends.
+    clock.unprotect().unwrap();
+    g.settle("the VM stops");
+    assert_eq!(wire.frames(), [1, 2]);
+
+    let (clock, g, wire) = gate(1 << 20);
+    clock.protect().unwrap();
+    g.send(&[3]).unwrap();
+    clock.halt();
+    g.settle("the VM stops");
+    assert!(wire.frames().is_empty(), "a halted member's output never leaves");
+    assert_eq!(g.counters().held_frames.load(Ordering::Relaxed), 0);
+    assert_eq!(g.counters().held_bytes.load(Ordering::Relaxed), 0);
+}

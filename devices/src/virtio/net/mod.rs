@@ -282,6 +282,9 @@ impl VirtioDevice for Net {
     }
 
     fn enable_ft(&mut self, setup: &FtSetup, _index: u32) -> std::io::Result<Option<DeviceGate>> {
+        if let Some(old) = self.tx_gate.take() {
+            old.settle("a new FT gate replaces it");
+        }
         let gate = Arc::new(TxGate::new(
             &format!("{} tx gate", self.id),
             setup.clock.clone(),
@@ -290,6 +293,12 @@ impl VirtioDevice for Net {
         )?);
         self.tx_gate = Some(gate.clone());
         Ok(Some(DeviceGate::Net(gate)))
+    }
+
+    fn settle_output(&mut self, why: &str) {
+        if let Some(g) = &self.tx_gate {
+            g.settle(why);
+        }
     }
 }
 

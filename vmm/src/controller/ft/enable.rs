@@ -2,10 +2,13 @@
 
 use super::super::owner::{Local, Owner, Primary};
 use super::super::{Step, Vmm, VmmError};
-use super::{heartbeat_paths, load_key, mode, ms, open_arbiter, CONNECT_TIMEOUT};
+use super::{heartbeat_paths, load_key, mode, ms, open_arbiter, pair_disk_mode, CONNECT_TIMEOUT};
 use crate::api::types::FtEnableConfig;
 use crate::ft::pair::{spawn_primary, PairTiming, PrimarySetup};
+use crate::migration::source::identity;
 use ft::auth::{handshake, Purpose, Side};
+use ft::checkpoint::PairSettings;
+use ft::migration::{open_ft_stream, OpenedStream};
 use ft::status::{FtState, Role};
 use ft::transport::{self, Endpoint};
 
@@ -18,8 +21,11 @@ impl Vmm {
         c: FtEnableConfig,
         reprotect: bool,
     ) -> Step {
-        match self.connect_backup(&c) {
-            Ok(connected) => self.start_primary(l, c, reprotect, connected),
+        let opened = self
+            .connect_backup(&c)
+            .and_then(|k| self.open_stream(&l, &c, k));
+        match opened {
+            Ok(k) => self.start_primary(l, c, reprotect, k),
             Err(e) => (Owner::Local(l), Err(e)),
         }
     }
@@ -69,13 +75,41 @@ impl Vmm {
         })
     }
 
-    fn start_primary(
-        &mut self,
-        l: Local,
-        c: FtEnableConfig,
-        reprotect: bool,
-        k: Connected,
-    ) -> Step {
+    /// Sends the Hello with the pair's settings and waits for the backup to accept it (it built
+    /// its replica and agrees): a refusal is this call's error, with the VM untouched.
+    fn open_stream(&self, l: &Local, c: &FtEnableConfig, k: Connected) -> Result<Opened, VmmError> {
+        let timing = timing(c);
+        let pair = PairSettings {
+            disk_mode: pair_disk_mode(c.disk_mode),
+            failure_timeout_ms: millis(timing.failure_timeout),
+            heartbeat_interval_ms: millis(timing.heartbeat_interval),
+            checkpoint_interval_ms: millis(timing.checkpoint_interval),
+            arbiter_id: None,
+        };
+        let config_json = serde_json::to_string(&l.config).unwrap_or_default();
+        let identity = identity(&l.vm, l.config.cpus.boot_vcpus, config_json);
+        let endpoint = k.endpoint.clone();
+        let stream =
+            open_ft_stream(k.conn, identity, pair.to_json(), HELLO_TIMEOUT).map_err(|e| {
+                let why = errors::chain(&e);
+                log::error!("ft.enable: the backup at {endpoint} refused the pair: {why}");
+                self.ft_status.note(&format!(
+                    "ft.enable: the backup at {endpoint} refused the pair: {why}"
+                ));
+                VmmError::FtRefused(e)
+            })?;
+        Ok(Opened {
+            arbiter: k.arbiter,
+            generation: k.generation,
+            endpoint: k.endpoint,
+            stream,
+            session: k.session,
+            heartbeat: k.heartbeat,
+            timing,
+        })
+    }
+
+    fn start_primary(&mut self, l: Local, c: FtEnableConfig, reprotect: bool, k: Opened) -> Step {
         let peer = Some(k.endpoint.to_string());
         let entered = if reprotect {
             self.ft_status
@@ -93,15 +127,11 @@ impl Vmm {
         let setup = PrimarySetup {
             vm,
             config: config.clone(),
-            conn: k.conn,
+            stream: k.stream,
             disk_mode: mode(c.disk_mode),
             arbiter: k.arbiter,
             status: self.ft_status.clone(),
-            timing: PairTiming {
-                checkpoint_interval: ms(c.checkpoint_interval_ms, 25),
-                heartbeat_interval: ms(c.heartbeat_interval_ms, 100),
-                failure_timeout: ms(c.failure_timeout_ms, 1000),
-            },
+            timing: k.timing,
             session: k.session,
             heartbeat: k.heartbeat,
         };
@@ -136,6 +166,33 @@ impl Vmm {
             }
         }
     }
+}
+
+/// The pair's timing as `ft.enable` set it (defaults filled in).
+fn timing(c: &FtEnableConfig) -> PairTiming {
+    PairTiming {
+        checkpoint_interval: ms(c.checkpoint_interval_ms, 25),
+        heartbeat_interval: ms(c.heartbeat_interval_ms, 100),
+        failure_timeout: ms(c.failure_timeout_ms, 1000),
+    }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
+/// How long `ft.enable` waits for the backup to accept the Hello (it builds its replica first).
+const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A backup that accepted the pair, and what the pair will use.
+struct Opened {
+    arbiter: ft::arbiter::FileArbiter,
+    generation: u64,
+    endpoint: Endpoint,
+    stream: OpenedStream,
+    session: ft::auth::Session,
+    heartbeat: Option<crate::ft::second_path::HeartbeatPaths>,
+    timing: PairTiming,
 }
 
 /// A backup reached and authenticated, and what the pair will use.

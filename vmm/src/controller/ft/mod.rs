@@ -32,6 +32,7 @@ use crate::ft::second_path::HeartbeatPaths;
 use devices::virtio::block::gate::DiskMode;
 use ft::arbiter::FileArbiter;
 use ft::auth::PairKey;
+use ft::checkpoint::PairDiskMode;
 use std::time::Duration;
 
 /// How long `ft.enable` tries to reach the backup (and to finish the handshake).
@@ -41,6 +42,14 @@ fn mode(m: FtDiskMode) -> DiskMode {
     match m {
         FtDiskMode::Shared => DiskMode::Shared,
         FtDiskMode::Replicated => DiskMode::Replicated,
+    }
+}
+
+/// The disk mode as the Hello's pair settings name it.
+fn pair_disk_mode(m: FtDiskMode) -> PairDiskMode {
+    match m {
+        FtDiskMode::Shared => PairDiskMode::Shared,
+        FtDiskMode::Replicated => PairDiskMode::Replicated,
     }
 }
 

@@ -2,9 +2,10 @@
 //! resume, shutdown, reboot, the guest's own power-off, and leaving the pair when the VMM exits.
 
 use super::super::lifecycle::stop_vm;
-use super::super::owner::{Backup, Local, Owner, Primary, Stopped};
+use super::super::owner::{Backup, Fenced, Local, Owner, Primary, Stopped};
 use super::super::{Step, Vmm, VmmError};
 use crate::ft::pair::{PairCommand, PrimaryEnd, OP_TIMEOUT};
+use crate::vm::Vm;
 use std::time::Duration;
 
 impl Vmm {
@@ -30,27 +31,26 @@ impl Vmm {
         (Owner::Primary(p), r)
     }
 
-    /// Ends a protected primary's pair synchronously with `c` and stops the VM it hands back.
-    /// `Err(p)`: the pair thread had ended on its own just now; its report brings the VM back.
-    fn ft_end_primary(&mut self, mut p: Primary, c: PairCommand) -> Result<Stopped, Box<Primary>> {
+    /// Ends a protected primary's pair synchronously with `c`; what the VM becomes, and the
+    /// error to answer with if the pair did not end as asked. `Err(p)`: the pair thread had
+    /// ended on its own just now; its report brings the VM back.
+    fn ft_end_primary(
+        &mut self,
+        mut p: Primary,
+        c: PairCommand,
+    ) -> Result<(Owner, Option<VmmError>), Box<Primary>> {
         let Some((vm, end)) = p.pair.end(c) else {
             return Err(Box::new(p));
         };
         log::info!("ft: primary pair thread ended ({end:?})");
-        if let Some(vm) = vm {
-            stop_vm(vm);
-        }
-        self.forget_boot();
-        Ok(Stopped {
-            config: p.config,
-            booted: true,
-        })
+        Ok(self.primary_returned(p, vm, &end))
     }
 
     /// `vm.shutdown` on a protected primary: the pair ends on purpose, the backup discards.
     pub(in super::super) fn ft_shutdown(&mut self, p: Primary) -> Step {
         match self.ft_end_primary(p, PairCommand::Shutdown("vm.shutdown on the primary")) {
-            Ok(s) => (Owner::Stopped(s), Ok(None)),
+            Ok((owner, None)) => (owner, Ok(None)),
+            Ok((owner, Some(e))) => (owner, Err(e)),
             Err(p) => (Owner::Primary(*p), Err(VmmError::FtEndedMeanwhile)),
         }
     }
@@ -61,7 +61,8 @@ impl Vmm {
     pub(in super::super) fn ft_reboot(&mut self, p: Primary) -> Step {
         let enable = p.enable.clone();
         let s = match self.ft_end_primary(p, PairCommand::Reboot) {
-            Ok(s) => s,
+            Ok((Owner::Stopped(s), None)) => s,
+            Ok((owner, e)) => return (owner, Err(e.unwrap_or(VmmError::FtEndedMeanwhile))),
             Err(p) => return (Owner::Primary(*p), Err(VmmError::FtEndedMeanwhile)),
         };
         let vm = match self.build(&s.config) {
@@ -100,7 +101,7 @@ impl Vmm {
     /// process exits.
     pub(in super::super) fn ft_leave_primary(&mut self, p: Primary) -> Owner {
         match self.ft_end_primary(p, PairCommand::Shutdown("vmm.shutdown on the primary")) {
-            Ok(s) => Owner::Stopped(s),
+            Ok((owner, _)) => owner,
             Err(p) => Owner::Primary(*p),
         }
     }
@@ -112,23 +113,64 @@ impl Vmm {
     }
 }
 
-/// What a primary's VM becomes when its pair thread hands it back on its own.
-pub(super) fn after_primary(end: &PrimaryEnd, powering_off: bool) -> AfterPrimary {
-    match end {
-        _ if powering_off => AfterPrimary::Stop,
-        PrimaryEnd::PoweredOff | PrimaryEnd::Shutdown => AfterPrimary::Stop,
-        PrimaryEnd::Halted => AfterPrimary::Fence,
-        PrimaryEnd::Alone | PrimaryEnd::Disabled | PrimaryEnd::Reboot => AfterPrimary::Run,
+impl Vmm {
+    /// What a primary's VM becomes once its pair thread hands it back, and the error an API
+    /// call that ended the pair answers with when it did not end as asked.
+    pub(super) fn primary_returned(
+        &mut self,
+        p: Primary,
+        vm: Option<Vm>,
+        end: &PrimaryEnd,
+    ) -> (Owner, Option<VmmError>) {
+        let Primary {
+            config,
+            paused,
+            powering_off,
+            ..
+        } = p;
+        let vm = match (vm, end) {
+            (Some(vm), PrimaryEnd::Alone | PrimaryEnd::Disabled) if !powering_off => {
+                // A guest paused through the pair stays paused (FtPrimary hands it back so).
+                if paused {
+                    self.ft_status.set_guest_paused(true);
+                }
+                let l = Local {
+                    config,
+                    vm,
+                    paused,
+                    announce_on_resume: false,
+                };
+                return (Owner::Local(l), None);
+            }
+            (vm, _) => vm,
+        };
+        if let Some(vm) = vm {
+            stop_vm(vm);
+        }
+        self.forget_boot();
+        let reason = || self.ft_status.snapshot().reason;
+        match end {
+            PrimaryEnd::Halted => {
+                let reason = reason();
+                let e = VmmError::Fenced {
+                    reason: reason.clone(),
+                };
+                (Owner::Fenced(Fenced { config, reason }), Some(e))
+            }
+            PrimaryEnd::Unresolved => {
+                let reason = reason();
+                let e = VmmError::FtEndUnconfirmed {
+                    reason: reason.clone(),
+                };
+                (Owner::Fenced(Fenced { config, reason }), Some(e))
+            }
+            _ => (
+                Owner::Stopped(Stopped {
+                    config,
+                    booted: true,
+                }),
+                None,
+            ),
+        }
     }
-}
-
-/// See [`after_primary`].
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum AfterPrimary {
-    /// Keep running it here, alone.
-    Run,
-    /// Stop it; the config stays.
-    Stop,
-    /// Stop it and refuse to boot it again: the guest runs elsewhere.
-    Fence,
 }

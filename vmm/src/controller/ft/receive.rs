@@ -3,11 +3,12 @@
 use super::super::overrides::arriving_config;
 use super::super::owner::{Backup, Owner};
 use super::super::{Step, Vmm, VmmError};
-use super::{heartbeat_paths, load_key, mode, ms, open_arbiter};
-use crate::api::types::{FtDiskMode, FtReceiveConfig};
+use super::{heartbeat_paths, load_key, ms, open_arbiter, pair_disk_mode};
+use crate::api::types::FtReceiveConfig;
 use crate::config::VmConfig;
 use crate::ft::pair::{spawn_backup, BackupSetup, LocalizeError};
 use ft::auth::check_listener;
+use ft::checkpoint::BackupWants;
 use ft::status::Role;
 use ft::transport::{Endpoint, Listener};
 
@@ -39,12 +40,17 @@ impl Vmm {
         // What this side requires; the handshake with the primary confirms it.
         self.ft_status.set_authenticated(key.is_some());
         let (guest_events, on_failure) = self.new_boot_handlers();
-        let disk_mode = mode(c.disk_mode.unwrap_or(FtDiskMode::Shared));
+        let wants = BackupWants {
+            disk_mode: c.disk_mode.map(pair_disk_mode),
+            failure_timeout: c.failure_timeout_ms.map(|v| ms(Some(v), 1000)),
+            arbiter_id: None,
+        };
+        // Until the primary's Hello says otherwise (the backup adopts its timing).
         let failure_timeout = ms(c.failure_timeout_ms, 1000);
         let setup = BackupSetup {
             listener,
             localize: Box::new(move |json: &str| localize(json, &c)),
-            disk_mode,
+            wants,
             arbiter,
             status: self.ft_status.clone(),
             failure_timeout,

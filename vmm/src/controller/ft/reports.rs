@@ -2,9 +2,8 @@
 //! went live (the VM runs here now) or stopped without going live.
 
 use super::super::lifecycle::stop_vm;
-use super::super::owner::{Fenced, Local, Owner, Stopped};
+use super::super::owner::{Local, Owner};
 use super::super::{Flow, Vmm};
-use super::ops::{after_primary, AfterPrimary};
 use crate::ft::pair::PairReport;
 use ft::status::FtState;
 
@@ -15,36 +14,7 @@ impl Vmm {
             (PairReport::PrimaryEnded { vm, end }, Owner::Primary(p)) => {
                 log::info!("ft: primary pair thread ended ({end:?})");
                 let exit = p.powering_off && self.exit_on_guest_shutdown;
-                let config = p.config;
-                let owner = match (vm, after_primary(&end, p.powering_off)) {
-                    (Some(vm), AfterPrimary::Run) => {
-                        // A guest paused through the pair stays paused (FtPrimary hands it back so).
-                        if p.paused {
-                            self.ft_status.set_guest_paused(true);
-                        }
-                        Owner::Local(Local {
-                            config,
-                            vm,
-                            paused: p.paused,
-                            announce_on_resume: false,
-                        })
-                    }
-                    (vm, after) => {
-                        if let Some(vm) = vm {
-                            stop_vm(vm);
-                        }
-                        self.forget_boot();
-                        if after == AfterPrimary::Fence {
-                            let reason = self.ft_status.snapshot().reason;
-                            Owner::Fenced(Fenced { config, reason })
-                        } else {
-                            Owner::Stopped(Stopped {
-                                config,
-                                booted: true,
-                            })
-                        }
-                    }
-                };
+                let (owner, _) = self.primary_returned(p, vm, &end);
                 (owner, if exit { Flow::Exit } else { Flow::Continue })
             }
             (

@@ -29,7 +29,8 @@ use devices::virtio::block::gate::DiskMode;
 use devices::GuestEventHandler;
 use ft::arbiter::FileArbiter;
 use ft::checkpoint::{
-    is_resync, BackupHooks, BackupOptions, CheckpointError, FtBackup, ReceivedCheckpoint,
+    agree, is_resync, BackupHooks, BackupOptions, BackupWants, CheckpointError, FtBackup,
+    PairDiskMode, PairSettings, ReceivedCheckpoint, SettingsError,
 };
 use ft::failover::{Decision, FailoverCoordinator};
 use ft::frame::FrameType;
@@ -91,7 +92,8 @@ pub struct BackupSetup {
     pub listener: ft::transport::Listener,
     /// Turns the primary's config (JSON) into this host's (taps, disk paths, serial).
     pub localize: Localize,
-    pub disk_mode: DiskMode,
+    /// What `ft.receive` said of the pair's settings; the primary's Hello must agree.
+    pub wants: BackupWants,
     pub arbiter: FileArbiter,
     pub status: StatusHandle,
     pub failure_timeout: Duration,
@@ -153,8 +155,7 @@ fn run_backup(
         status.disable(&why);
         None
     };
-    let (localize, guest_events, on_failure, mode) =
-        (s.localize, s.guest_events, s.on_failure, s.disk_mode);
+    let (localize, guest_events, on_failure) = (s.localize, s.guest_events, s.on_failure);
     let hb_on = s.heartbeat.is_some();
     let opts = BackupOptions {
         sync: ReceiveOptions {
@@ -245,8 +246,24 @@ fn run_backup(
         let config: OnceLock<VmConfig> = OnceLock::new();
         let build_hooks = hooks.clone();
         let (guest_events, on_failure) = (guest_events.clone(), on_failure.clone());
-        let built = FtBackup::run_built(conn, &opts, hooks.clone(), |id| {
-            let cfg = localize(&id.config).map_err(|e| errors::chain(&*e))?;
+        let wants = &s.wants;
+        let built_detector = detector.clone();
+        let built = FtBackup::run_built(conn, &opts, hooks.clone(), |hello| {
+            // The pair's settings first: a mismatch refuses the Hello before anything is built,
+            // and the primary's ft.enable answers with this reason.
+            let pair = hello
+                .pair
+                .as_deref()
+                .ok_or(SettingsError::Missing)
+                .and_then(PairSettings::from_json)
+                .and_then(|p| agree(&p, wants))
+                .map_err(|e| errors::chain(&e))?;
+            built_detector.set_timeout(pair.failure_timeout);
+            let mode = match pair.disk_mode {
+                PairDiskMode::Shared => DiskMode::Shared,
+                PairDiskMode::Replicated => DiskMode::Replicated,
+            };
+            let cfg = localize(&hello.identity.config).map_err(|e| errors::chain(&*e))?;
             let mut disks = Vec::new();
             // Disk gates are numbered by virtio device position, disks first (VirtioDevices).
             for (index, d) in cfg.disks.iter().enumerate() {
@@ -263,11 +280,20 @@ fn run_backup(
             let inner = IncomingVm::new(cfg.clone(), guest_events, on_failure)
                 .map_err(|e| format!("cannot build the replica: {}", errors::chain(&e)))?;
             let _ = config.set(cfg);
-            Ok(BackupVm { inner, disks })
+            Ok((BackupVm { inner, disks }, Some(pair)))
         });
         *stream.lock().unwrap_or_else(PoisonError::into_inner) = None;
         let exit = match built {
             Ok(exit) => exit,
+            // This backup refused that primary's Hello (settings, config, disks): like a refused
+            // handshake, whoever connected cannot end the wait; the right primary may come next.
+            Err(CheckpointError::InitialSync(MigrationError::Incompatible(why))) => {
+                detector.close();
+                let why = format!("refused a primary: {why}; still waiting for the primary");
+                log::warn!("ft backup: {why}");
+                status.note(&why);
+                continue;
+            }
             Err(e) => {
                 detector.close();
                 return end(format!("initial sync failed: {}", errors::chain(&e)));

@@ -26,14 +26,14 @@ use crate::vm::Vm;
 use devices::virtio::block::gate::DiskMode;
 use devices::virtio::ft::FtSetup;
 use ft::arbiter::FileArbiter;
-use ft::checkpoint::{EpochHooks, FtPrimary, PrimaryOptions, RESYNC_PREFIX};
+use ft::checkpoint::{CheckpointError, EpochHooks, FtPrimary, PrimaryOptions, RESYNC_PREFIX};
 use ft::failover::{Decision, FailoverCoordinator};
 use ft::frame::FrameType;
 use ft::gate::{EpochClock, Releaser};
 use ft::heartbeat::{ChannelHook, FailureDetector, Path, Verdict};
+use ft::migration::OpenedStream;
 use ft::migration::SendOptions;
 use ft::status::{FtState, StatusHandle};
-use ft::transport::Connection;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,7 +41,8 @@ use std::time::{Duration, Instant};
 /// How a primary's thread gave its VM back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PrimaryEnd {
-    /// Running, no backup any more (won arbitration, or the initial sync failed): outputs flow.
+    /// Running, no backup any more (won arbitration, or the initial sync failed before the
+    /// backup could hold anything): outputs flow.
     Alone,
     /// ft.disable: running standalone.
     Disabled,
@@ -49,12 +50,54 @@ pub enum PrimaryEnd {
     PoweredOff,
     /// Lost arbitration: the VM must never run again here.
     Halted,
-    /// vm.shutdown/vmm.shutdown: stop the VM (handed back through the join, not a report).
+    /// vm.shutdown/vmm.shutdown: stop the VM.
     Shutdown,
-    /// vm.reboot: the VMM reboots the guest and re-syncs the backup (handed back through the
-    /// join, not a report).
+    /// vm.reboot: the VMM reboots the guest and re-syncs the backup.
     Reboot,
+    /// The pair was ended on purpose, but the backup did not confirm and the arbiter could not
+    /// record the end in time: the backup may still take over. The VM must be stopped and not
+    /// run again here until the operator knows where the guest runs.
+    Unresolved,
 }
+
+/// Why a primary ends its pair on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Disable,
+    Shutdown(&'static str),
+    Reboot,
+    PowerOff,
+}
+
+impl Ending {
+    /// The Abort's reason, as the backup and the arbiter's record see it.
+    fn reason(self) -> String {
+        match self {
+            Ending::Disable => "ft.disable on the primary".into(),
+            Ending::Shutdown(why) => why.into(),
+            Ending::Reboot => format!("{RESYNC_PREFIX}vm.reboot on the primary"),
+            Ending::PowerOff => "guest powered off".into(),
+        }
+    }
+
+    /// Whether the VMM thread waits for it (the VM comes back through the join).
+    fn synchronous(self) -> bool {
+        matches!(self, Ending::Shutdown(_) | Ending::Reboot)
+    }
+}
+
+/// How an unconfirmed end was settled at the arbiter.
+enum Settled {
+    /// This member holds the next generation: the backup can never go live from its copy.
+    Won,
+    /// The backup won first: it is (or is going) live; this copy must never run again.
+    Lost,
+    /// The arbiter did not answer before the deadline.
+    Unknown(String),
+}
+
+/// Shortest time a synchronous end (shutdown, reboot) keeps asking an unreachable arbiter.
+const SETTLE_MIN: Duration = Duration::from_secs(5);
 
 /// The primary's hooks plus the failure detector's channel path.
 struct PrimaryPairHooks {
@@ -89,7 +132,8 @@ impl EpochHooks for PrimaryPairHooks {
 pub struct PrimarySetup {
     pub vm: Vm,
     pub config: VmConfig,
-    pub conn: Box<dyn Connection>,
+    /// The stream, its Hello accepted by the backup (`ft.enable` opened it).
+    pub stream: OpenedStream,
     pub disk_mode: DiskMode,
     pub arbiter: FileArbiter,
     pub status: StatusHandle,
@@ -121,14 +165,20 @@ pub fn spawn_primary(
     let clock = Arc::new(EpochClock::new());
     let gates = match s.vm.enable_ft(&FtSetup::new(clock.clone(), s.disk_mode)) {
         Ok(g) => g,
-        Err(e) => return Err(Box::new((s.vm, PairError::Gates(e)))),
+        Err(e) => {
+            s.stream.close();
+            return Err(Box::new((s.vm, PairError::Gates(e))));
+        }
     };
     let releaser = match Releaser::spawn(
         clock.clone(),
         gates.iter().map(|g| g.output_gate()).collect(),
     ) {
         Ok(r) => r,
-        Err(e) => return Err(Box::new((s.vm, PairError::Releaser(e)))),
+        Err(e) => {
+            s.stream.close();
+            return Err(Box::new((s.vm, PairError::Releaser(e))));
+        }
     };
     let (tx, rx) = std::sync::mpsc::channel();
     let mut handle = PairHandle {
@@ -149,7 +199,10 @@ pub fn spawn_primary(
             &s.status,
         )
     }) {
-        Some(Err(e)) => return Err(Box::new((s.vm, PairError::Heartbeats(e)))),
+        Some(Err(e)) => {
+            s.stream.close();
+            return Err(Box::new((s.vm, PairError::Heartbeats(e))));
+        }
         Some(Ok(h)) => Some(h),
         None => None,
     };
@@ -158,7 +211,7 @@ pub fn spawn_primary(
         channel: detector.channel_hook(),
         status: s.status.clone(),
     });
-    let slot = Arc::new(Mutex::new(Some((s.vm, s.conn))));
+    let slot = Arc::new(Mutex::new(Some((s.vm, s.stream))));
     let thread_slot = slot.clone();
     let run = PrimaryRun {
         config: s.config,
@@ -175,11 +228,11 @@ pub fn spawn_primary(
         .spawn(move || -> Joined {
             crate::seccomp::apply(crate::seccomp::ThreadKind::Ft);
             let taken = thread_slot.lock().ok().and_then(|mut s| s.take());
-            let (vm, conn) = taken?;
-            let (vm, end) = run.run(vm, conn);
+            let (vm, stream) = taken?;
+            let (vm, end, joined) = run.run(vm, stream);
             drop(heartbeats);
             drop(releaser);
-            if matches!(end, PrimaryEnd::Shutdown | PrimaryEnd::Reboot) {
+            if joined {
                 return Some(Box::new((vm, end)));
             }
             report(PairReport::PrimaryEnded { vm, end });
@@ -192,7 +245,10 @@ pub fn spawn_primary(
                 .lock()
                 .ok()
                 .and_then(|mut s| s.take())
-                .map(|(vm, _)| vm);
+                .map(|(vm, stream)| {
+                    stream.close();
+                    vm
+                });
             if let Some(vm) = vm {
                 return Err(Box::new((vm, PairError::Thread(e))));
             }
@@ -202,115 +258,108 @@ pub fn spawn_primary(
 }
 
 impl PrimaryRun {
-    /// Initial sync, then checkpoints until the pair ends; the VM comes back with how.
-    fn run(self, vm: Vm, conn: Box<dyn Connection>) -> (Option<Vm>, PrimaryEnd) {
-        let PrimaryRun {
-            config,
-            hooks,
-            clock,
-            detector,
-            arbiter,
-            status,
-            timing,
-            commands,
-        } = self;
-        let config_json = serde_json::to_string(&config).unwrap_or_default();
-        let source = PrimaryVm::new(vm, config.cpus.boot_vcpus, config_json);
+    /// Initial sync, then checkpoints until the pair ends; the VM comes back with how, and
+    /// whether the VMM thread is waiting for it in a join (`true`) or needs a report.
+    fn run(self, vm: Vm, stream: OpenedStream) -> (Option<Vm>, PrimaryEnd, bool) {
+        let config_json = serde_json::to_string(&self.config).unwrap_or_default();
+        let source = PrimaryVm::new(vm, self.config.cpus.boot_vcpus, config_json);
+        let t = self.timing;
         let opts = PrimaryOptions {
             sync: SendOptions {
-                io_timeout: timing.failure_timeout.max(SYNC_IO_TIMEOUT),
+                io_timeout: t.failure_timeout.max(SYNC_IO_TIMEOUT),
                 commit_timeout: Duration::from_secs(15),
                 ..SendOptions::default()
             },
-            checkpoint_interval: timing.checkpoint_interval,
-            heartbeat_interval: timing.heartbeat_interval,
-            ack_timeout: timing.failure_timeout.max(Duration::from_secs(1)),
+            checkpoint_interval: t.checkpoint_interval,
+            heartbeat_interval: t.heartbeat_interval,
+            ack_timeout: t.failure_timeout.max(Duration::from_secs(1)),
+            // Well inside the backup's failure timeout: a primary that hears no confirmation
+            // claims the next generation before a backup that lost the link would.
+            end_confirm_timeout: (t.failure_timeout / 2).max(Duration::from_millis(100)),
             ..PrimaryOptions::default()
         };
-        let stats = Arc::new(StatusStats(status.clone()));
-        let primary = match FtPrimary::start(source, conn, &opts, hooks, stats) {
+        let stats = Arc::new(StatusStats(self.status.clone()));
+        let started = FtPrimary::start_opened(source, stream, &opts, self.hooks.clone(), stats);
+        let primary = match started {
             Ok(p) => p,
             Err(b) => {
                 let (source, e) = *b;
-                let _ = clock.unprotect();
-                status.disable(&format!("initial sync failed: {}", errors::chain(&e)));
-                detector.close();
-                return (Some(source.into_inner()), PrimaryEnd::Alone);
+                let vm = source.into_inner();
+                return self.sync_failed(vm, &e);
             }
         };
-        detector.rearm();
-        let _ = status.transition(FtState::Protected, "initial sync complete; checkpointing");
-        let mut coordinator = FailoverCoordinator::new(arbiter, status.clone());
+        self.detector.rearm();
+        let _ = self
+            .status
+            .transition(FtState::Protected, "initial sync complete; checkpointing");
+        self.protected(primary)
+    }
+
+    /// The initial sync failed. If the backup may have committed the state (its ack was lost),
+    /// it may count itself protected and go live: the guest runs on alone only after winning
+    /// the next generation. Otherwise the backup holds nothing it could go live from.
+    fn sync_failed(&self, vm: Vm, e: &CheckpointError) -> (Option<Vm>, PrimaryEnd, bool) {
+        let why = format!("initial sync failed: {}", errors::chain(e));
+        let unconfirmed = matches!(e, CheckpointError::InitialSync(m) if m.commit_unconfirmed());
+        if !unconfirmed {
+            let _ = self.clock.unprotect();
+            self.status.disable(&why);
+            self.detector.close();
+            return (Some(vm), PrimaryEnd::Alone, false);
+        }
+        log::warn!("ft primary: {why}; claiming the next generation before running alone");
+        let mut coordinator = FailoverCoordinator::new(self.arbiter.clone(), self.status.clone());
+        coordinator.set_cause(why.clone());
+        let mut ending = None;
+        let end = match self.settle(&mut coordinator, &why, &mut ending) {
+            Settled::Won => {
+                let _ = self.clock.unprotect();
+                match ending {
+                    Some(e) => self.ended_as_asked(e, false),
+                    None => PrimaryEnd::Alone,
+                }
+            }
+            Settled::Lost | Settled::Unknown(_) => self.halt_vm(&vm),
+        };
+        self.detector.close();
+        (Some(vm), end, ending.is_some_and(Ending::synchronous))
+    }
+
+    /// Checkpoints until the pair ends: by a command (an end on purpose) or by the backup
+    /// falling silent (arbitration).
+    fn protected(&self, primary: FtPrimary<PrimaryVm>) -> (Option<Vm>, PrimaryEnd, bool) {
+        let mut coordinator = FailoverCoordinator::new(self.arbiter.clone(), self.status.clone());
         let mut next_try = Instant::now();
-        let finish = |p: FtPrimary<PrimaryVm>, reason: Option<&str>| -> Option<Vm> {
-            // Nothing is in flight once the engine stops, whatever it last reported.
-            status.set_backlog(0, 0);
-            let exit = match reason {
-                Some(r) => p.end(r),
-                None => p.stop(),
-            };
-            match exit {
-                Ok(exit) => {
-                    if let Some(e) = exit.error {
-                        log::info!("ft primary: checkpointing ended: {}", errors::chain(&e));
-                    }
-                    Some(exit.vm.into_inner())
-                }
-                Err(e) => {
-                    log::error!("ft primary: cannot take the VM back: {}", errors::chain(&e));
-                    None
-                }
-            }
-        };
         loop {
-            match commands.recv_timeout(TICK) {
+            let ending = match self.commands.recv_timeout(TICK) {
                 Ok(PairCommand::Disable) | Err(RecvTimeoutError::Disconnected) => {
-                    let vm = finish(primary, Some("ft.disable on the primary"));
-                    let _ = clock.unprotect();
-                    detector.close();
-                    status.disable("ft.disable: running standalone");
-                    return (vm, PrimaryEnd::Disabled);
+                    Some(Ending::Disable)
                 }
+                Ok(PairCommand::Shutdown(why)) => Some(Ending::Shutdown(why)),
+                Ok(PairCommand::Reboot) => Some(Ending::Reboot),
+                Ok(PairCommand::PowerOff) => Some(Ending::PowerOff),
                 Ok(PairCommand::Pause(reply)) => {
                     let r = primary
                         .pause_guest(OP_TIMEOUT)
                         .map_err(PairError::Checkpoint);
-                    status.set_guest_paused(primary.guest_paused());
+                    self.status.set_guest_paused(primary.guest_paused());
                     let _ = reply.send(r);
+                    None
                 }
                 Ok(PairCommand::Resume(reply)) => {
                     let r = primary
                         .resume_guest(OP_TIMEOUT)
                         .map_err(PairError::Checkpoint);
-                    status.set_guest_paused(primary.guest_paused());
+                    self.status.set_guest_paused(primary.guest_paused());
                     let _ = reply.send(r);
+                    None
                 }
-                Ok(PairCommand::Shutdown(why)) => {
-                    let vm = finish(primary, Some(why));
-                    let _ = clock.unprotect();
-                    detector.close();
-                    status.disable(&format!("{why}; the pair has ended"));
-                    return (vm, PrimaryEnd::Shutdown);
+                Ok(PairCommand::Promote | PairCommand::Leave) | Err(RecvTimeoutError::Timeout) => {
+                    None
                 }
-                Ok(PairCommand::Reboot) => {
-                    let why = format!("{RESYNC_PREFIX}vm.reboot on the primary");
-                    let vm = finish(primary, Some(&why));
-                    let _ = clock.unprotect();
-                    detector.close();
-                    let _ = status.transition(
-                        FtState::Unprotected,
-                        "vm.reboot: the guest reboots; the backup waits for a fresh sync",
-                    );
-                    return (vm, PrimaryEnd::Reboot);
-                }
-                Ok(PairCommand::PowerOff) => {
-                    let vm = finish(primary, Some("guest powered off"));
-                    let _ = clock.unprotect();
-                    detector.close();
-                    status.disable("guest powered off; the pair has ended");
-                    return (vm, PrimaryEnd::PoweredOff);
-                }
-                Ok(PairCommand::Promote | PairCommand::Leave) | Err(RecvTimeoutError::Timeout) => {}
+            };
+            if let Some(ending) = ending {
+                return self.end(primary, ending, coordinator);
             }
             if let Some(why) = primary.failure() {
                 // Named in the claim and in the winner's or loser's reason.
@@ -319,10 +368,10 @@ impl PrimaryRun {
             if Instant::now() < next_try {
                 continue;
             }
-            let verdict = match detector.wait_for_failure(Instant::now()) {
+            let verdict = match self.detector.wait_for_failure(Instant::now()) {
                 // The stream is dead though the heartbeats say the backup lives: the primary
                 // arbitrates (second_path's rule); the backup defers to it.
-                Verdict::Alive => match second_path::stream_lost(&detector) {
+                Verdict::Alive => match second_path::stream_lost(&self.detector) {
                     Some(silent_for) => Verdict::Failed { silent_for },
                     None => Verdict::Alive,
                 },
@@ -333,29 +382,197 @@ impl PrimaryRun {
                 Decision::Retry { after, .. } => next_try = Instant::now() + after,
                 Decision::ReleaseOutputs { generation } => {
                     // We hold the generation: nothing may stay held behind a dead backup.
-                    let _ = clock.unprotect();
+                    let _ = self.clock.unprotect();
                     log::warn!(
                         "ft primary: backup lost; running unprotected in generation {generation}"
                     );
-                    let vm = finish(primary, None);
-                    detector.close();
-                    return (vm, PrimaryEnd::Alone);
+                    let vm = self.finish(primary, None).0;
+                    self.detector.close();
+                    return (vm, PrimaryEnd::Alone, false);
                 }
                 d @ (Decision::Halt { .. } | Decision::GoLive { .. }) => {
                     let reason = match d {
                         Decision::Halt { reason } => reason,
                         _ => "a primary was told to go live".into(),
                     };
-                    clock.halt();
+                    // Frozen before anything else: no held output may leave now.
+                    self.clock.halt();
                     log::error!("ft primary: halting: {reason}");
-                    let vm = finish(primary, None);
-                    if let Some(Err(e)) = vm.as_ref().map(Vm::pause) {
-                        log::error!("ft primary: pausing the halted VM: {}", errors::chain(&e));
+                    let vm = self.finish(primary, None).0;
+                    if let Some(vm) = &vm {
+                        self.halt_vm(vm);
                     }
-                    detector.close();
-                    return (vm, PrimaryEnd::Halted);
+                    self.detector.close();
+                    return (vm, PrimaryEnd::Halted, false);
                 }
             }
         }
+    }
+
+    /// Stops the engine, telling the backup `why` when given; the VM and whether the backup
+    /// confirmed the end.
+    fn finish(&self, p: FtPrimary<PrimaryVm>, why: Option<&str>) -> (Option<Vm>, bool) {
+        // Nothing is in flight once the engine stops, whatever it last reported.
+        self.status.set_backlog(0, 0);
+        let exit = match why {
+            Some(r) => p.end(r),
+            None => p.stop(),
+        };
+        match exit {
+            Ok(exit) => {
+                if let Some(e) = exit.error {
+                    log::info!("ft primary: checkpointing ended: {}", errors::chain(&e));
+                }
+                (Some(exit.vm.into_inner()), exit.end_confirmed)
+            }
+            Err(e) => {
+                log::error!("ft primary: cannot take the VM back: {}", errors::chain(&e));
+                (None, false)
+            }
+        }
+    }
+
+    /// The rule for ending a pair on purpose (issue: never two live VMs): the guest runs on, or
+    /// its held output is released, only once the backup confirmed that it discarded its copy
+    /// or this member won the next generation at the arbiter. A shutdown that cannot reach the
+    /// backup records the end at the arbiter, so the backup never goes live from a VM the user
+    /// shut down.
+    fn end(
+        &self,
+        primary: FtPrimary<PrimaryVm>,
+        ending: Ending,
+        mut coordinator: FailoverCoordinator<FileArbiter>,
+    ) -> (Option<Vm>, PrimaryEnd, bool) {
+        let reason = ending.reason();
+        let (vm, confirmed) = self.finish(primary, Some(&reason));
+        let mut asked = Some(ending);
+        let settled = if confirmed {
+            log::info!("ft primary: the backup confirmed the end of the pair ({reason})");
+            Settled::Won
+        } else {
+            log::warn!(
+                "ft primary: the backup did not confirm the end of the pair ({reason}); \
+                 claiming the next generation before the guest runs alone"
+            );
+            self.settle(&mut coordinator, &reason, &mut asked)
+        };
+        // A shutdown asked for while settling an ft.disable replaces it.
+        let ending = asked.unwrap_or(ending);
+        self.detector.close();
+        let sync = ending.synchronous();
+        let Some(vm) = vm else {
+            return (None, PrimaryEnd::Halted, sync);
+        };
+        let end = match settled {
+            Settled::Won => {
+                let _ = self.clock.unprotect();
+                self.ended_as_asked(ending, confirmed)
+            }
+            Settled::Lost => self.halt_vm(&vm),
+            Settled::Unknown(error) => {
+                self.clock.halt();
+                let why = format!(
+                    "{reason}: the backup did not confirm the end of the pair and the arbiter \
+                     could not record it ({error}); the VM is stopped, and the backup may still \
+                     take over: check it before running the guest here again"
+                );
+                log::error!("ft primary: {why}");
+                let _ = self.status.transition(FtState::Halted, &why);
+                PrimaryEnd::Unresolved
+            }
+        };
+        (Some(vm), end, sync)
+    }
+
+    /// The pair ended as asked (confirmed, or won at the arbiter): the status and the end.
+    fn ended_as_asked(&self, ending: Ending, confirmed: bool) -> PrimaryEnd {
+        let how = if confirmed {
+            "the backup discarded its copy"
+        } else {
+            "the backup did not confirm; this member won the next generation"
+        };
+        match ending {
+            Ending::Disable => {
+                self.status
+                    .disable(&format!("ft.disable: running standalone ({how})"));
+                PrimaryEnd::Disabled
+            }
+            Ending::Shutdown(why) => {
+                self.status
+                    .disable(&format!("{why}; the pair has ended ({how})"));
+                PrimaryEnd::Shutdown
+            }
+            Ending::PowerOff => {
+                self.status
+                    .disable(&format!("guest powered off; the pair has ended ({how})"));
+                PrimaryEnd::PoweredOff
+            }
+            Ending::Reboot => {
+                let _ = self.status.transition(
+                    FtState::Unprotected,
+                    &format!(
+                        "vm.reboot: the guest reboots; the backup waits for a fresh sync ({how})"
+                    ),
+                );
+                PrimaryEnd::Reboot
+            }
+        }
+    }
+
+    /// Claims the next generation for an unconfirmed end until the arbiter answers; a
+    /// synchronous end (shutdown, reboot: the VMM thread waits) gives up after a bound. While
+    /// it retries the guest's output stays held; pause and resume are refused, and a shutdown,
+    /// reboot or power-off asked for meanwhile replaces `ending`.
+    fn settle(
+        &self,
+        coordinator: &mut FailoverCoordinator<FileArbiter>,
+        why: &str,
+        ending: &mut Option<Ending>,
+    ) -> Settled {
+        let bound = (self.timing.failure_timeout * 5).max(SETTLE_MIN);
+        let mut deadline = ending
+            .is_some_and(Ending::synchronous)
+            .then(|| Instant::now() + bound);
+        loop {
+            match coordinator.claim_end(why) {
+                Decision::ReleaseOutputs { .. } => return Settled::Won,
+                Decision::Halt { .. } | Decision::GoLive { .. } | Decision::Stay => {
+                    return Settled::Lost
+                }
+                Decision::Retry { error, after } => {
+                    if deadline.is_some_and(|d| Instant::now() + after > d) {
+                        return Settled::Unknown(error);
+                    }
+                    let until = Instant::now() + after;
+                    while Instant::now() < until {
+                        let next = match self.commands.recv_timeout(TICK) {
+                            Ok(PairCommand::Pause(reply) | PairCommand::Resume(reply)) => {
+                                let _ = reply.send(Err(PairError::Ended));
+                                None
+                            }
+                            Ok(PairCommand::Shutdown(why)) => Some(Ending::Shutdown(why)),
+                            Ok(PairCommand::Reboot) => Some(Ending::Reboot),
+                            Ok(PairCommand::PowerOff) => Some(Ending::PowerOff),
+                            Ok(_) | Err(_) => None,
+                        };
+                        if let Some(e) = next {
+                            *ending = Some(e);
+                            if e.synchronous() && deadline.is_none() {
+                                deadline = Some(Instant::now() + bound);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Freezes the outputs for good and pauses the VM: this copy must never run again.
+    fn halt_vm(&self, vm: &Vm) -> PrimaryEnd {
+        self.clock.halt();
+        if let Err(e) = vm.pause() {
+            log::error!("ft primary: pausing the halted VM: {}", errors::chain(&e));
+        }
+        PrimaryEnd::Halted
     }
 }
