@@ -10,8 +10,6 @@ use std::net::Shutdown;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-const READ_CHUNK: usize = 64 << 10;
-
 struct Tx {
     sealer: Sealer,
     buf: Vec<u8>,
@@ -21,9 +19,6 @@ struct Tx {
 
 struct Rx {
     opener: Opener,
-    plain: Vec<u8>,
-    pos: usize,
-    chunk: Vec<u8>,
 }
 
 /// Both halves' state is shared by every clone, so that one thread may read while another
@@ -62,9 +57,6 @@ impl SecureConn {
             })),
             rx: Arc::new(Mutex::new(Rx {
                 opener: Opener::new(recv),
-                plain: Vec::new(),
-                pos: 0,
-                chunk: vec![0; READ_CHUNK],
             })),
         }
     }
@@ -76,31 +68,16 @@ impl Read for SecureConn {
             return Ok(0);
         }
         let mut rx = lock(&self.rx);
-        let rx = &mut *rx;
         loop {
-            if rx.pos < rx.plain.len() {
-                let n = out.len().min(rx.plain.len() - rx.pos);
-                out[..n].copy_from_slice(&rx.plain[rx.pos..rx.pos + n]);
-                rx.pos += n;
+            let n = rx.opener.read_into(out).map_err(record_error)?;
+            if n > 0 {
                 return Ok(n);
             }
-            if let Some(p) = rx.opener.next_record().map_err(record_error)? {
-                rx.plain = p;
-                rx.pos = 0;
-                continue;
-            }
-            // Never read past the record being assembled: what follows it stays in the socket.
-            let want = rx.opener.wanted().min(rx.chunk.len());
-            // A timeout or interruption leaves the partial record buffered for the next call.
-            match self.inner.read(&mut rx.chunk[..want])? {
-                0 => {
-                    rx.opener.finish().map_err(record_error)?;
-                    return Ok(0);
-                }
-                n => {
-                    let (opener, chunk) = (&mut rx.opener, &rx.chunk);
-                    opener.push(&chunk[..n]);
-                }
+            // Straight into the opener's buffer, never past the record being assembled. A
+            // timeout or interruption leaves the partial record buffered for the next call.
+            if rx.opener.fill(&mut *self.inner)? == 0 {
+                rx.opener.finish().map_err(record_error)?;
+                return Ok(0);
             }
         }
     }

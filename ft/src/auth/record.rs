@@ -16,6 +16,8 @@
 //! before that).
 
 use super::crypto::{DirectionKeys, KEY_LEN, TAG_LEN};
+use std::io::{self, Read};
+use std::ops::Range;
 
 /// Most data bytes in one record; checked before anything is buffered for it.
 pub const MAX_RECORD: usize = 64 << 10;
@@ -104,11 +106,20 @@ impl Sealer {
     }
 }
 
-/// Checks and decrypts incoming records; bytes go in as they arrive, verified data comes out.
+/// Checks and decrypts incoming records; bytes go in as they arrive (pushed, or read straight
+/// into its buffer), verified data comes out. A record is decrypted in place and its data handed
+/// out from there, so the only copies are the socket's into the buffer and the caller's out of it.
 pub struct Opener {
     keys: DirectionKeys,
     counter: u64,
+    /// Received bytes live in `buf[..filled]`; `buf` beyond that is spare room, kept so that
+    /// reading into it needs no zeroing.
     buf: Vec<u8>,
+    filled: usize,
+    /// The opened record's data not handed out yet, inside `buf`.
+    plain: Range<usize>,
+    /// Where the opened record ends in `buf` (0 when none is open).
+    opened_end: usize,
     poisoned: bool,
 }
 
@@ -124,34 +135,78 @@ impl Opener {
             keys: DirectionKeys::new(&secret),
             counter,
             buf: Vec::new(),
+            filled: 0,
+            plain: 0..0,
+            opened_end: 0,
             poisoned: false,
         }
     }
 
-    /// Appends bytes received from the stream.
-    pub fn push(&mut self, data: &[u8]) {
-        if !self.poisoned {
-            self.buf.extend_from_slice(data);
+    /// Drops the record whose data has all been handed out, moving what follows it (rarely
+    /// anything: a reader never reads past a record) to the front.
+    fn compact(&mut self) {
+        if self.opened_end > 0 && self.plain.is_empty() {
+            self.buf.copy_within(self.opened_end..self.filled, 0);
+            self.filled -= self.opened_end;
+            self.opened_end = 0;
+            self.plain = 0..0;
         }
     }
 
-    /// Bytes received but not yet returned in a verified record.
+    /// Room for `n` more received bytes; returns where they go.
+    fn room(&mut self, n: usize) -> Range<usize> {
+        if self.buf.len() < self.filled + n {
+            self.buf.resize(self.filled + n, 0);
+        }
+        self.filled..self.filled + n
+    }
+
+    /// Appends bytes received from the stream.
+    pub fn push(&mut self, data: &[u8]) {
+        if self.poisoned {
+            return;
+        }
+        self.compact();
+        let at = self.room(data.len());
+        self.buf[at].copy_from_slice(data);
+        self.filled += data.len();
+    }
+
+    /// Reads from `src` straight into the buffer, never past the record being assembled (what
+    /// follows it stays in `src`); the byte count `src.read` returned (0: end of stream).
+    pub fn fill(&mut self, src: &mut dyn Read) -> io::Result<usize> {
+        if self.poisoned {
+            return Ok(0);
+        }
+        self.compact();
+        let want = self.wanted();
+        let at = self.room(want);
+        let n = src.read(&mut self.buf[at])?;
+        self.filled += n;
+        Ok(n)
+    }
+
+    /// Bytes received but not yet handed out as verified data.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.filled - self.opened_end + self.plain.len()
+    }
+
+    /// The received bytes after the opened record (if any).
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.opened_end..self.filled]
     }
 
     /// How many more bytes complete the record being received (at least 1 when none is whole).
     pub fn wanted(&self) -> usize {
+        let have = self.pending().len();
         match self.declared() {
-            Some(Ok(n)) => (LEN_LEN + n + TAG_LEN)
-                .saturating_sub(self.buf.len())
-                .max(1),
-            _ => LEN_LEN.saturating_sub(self.buf.len()).max(1),
+            Some(Ok(n)) => (LEN_LEN + n + TAG_LEN).saturating_sub(have).max(1),
+            _ => LEN_LEN.saturating_sub(have).max(1),
         }
     }
 
     fn declared(&self) -> Option<Result<usize, RecordError>> {
-        let b: [u8; LEN_LEN] = self.buf.get(..LEN_LEN)?.try_into().ok()?;
+        let b: [u8; LEN_LEN] = self.pending().get(..LEN_LEN)?.try_into().ok()?;
         let len = u32::from_le_bytes(b) as usize;
         if len == 0 || len > MAX_RECORD {
             return Some(Err(RecordError::BadLength {
@@ -162,43 +217,73 @@ impl Opener {
         Some(Ok(len))
     }
 
-    /// The data of the next whole, verified record; `Ok(None)` if more bytes are needed. Any
-    /// error poisons the opener.
+    /// Copies verified data into `out`: what is left of the opened record, else the next record
+    /// once it is whole and verifies. `Ok(0)` (for a non-empty `out`) when more bytes are
+    /// needed. Any error poisons the opener.
+    pub fn read_into(&mut self, out: &mut [u8]) -> Result<usize, RecordError> {
+        if self.plain.is_empty() && !self.open_next()? {
+            return Ok(0);
+        }
+        let n = out.len().min(self.plain.len());
+        out[..n].copy_from_slice(&self.buf[self.plain.start..self.plain.start + n]);
+        self.plain.start += n;
+        Ok(n)
+    }
+
+    /// The data of the next whole, verified record (with what was left of the opened one
+    /// first); `Ok(None)` if more bytes are needed. Any error poisons the opener.
     pub fn next_record(&mut self) -> Result<Option<Vec<u8>>, RecordError> {
+        if self.plain.is_empty() && !self.open_next()? {
+            return Ok(None);
+        }
+        let data = self.buf[self.plain.clone()].to_vec();
+        self.plain.start = self.plain.end;
+        Ok(Some(data))
+    }
+
+    /// Opens the next record in place if it is whole: `Ok(false)` if more bytes are needed.
+    fn open_next(&mut self) -> Result<bool, RecordError> {
         if self.poisoned {
             return Err(RecordError::Poisoned);
         }
-        let r = self.try_next();
+        self.compact();
+        let r = self.try_open();
         if r.is_err() {
             self.poisoned = true;
             self.buf = Vec::new();
+            self.filled = 0;
+            self.opened_end = 0;
+            self.plain = 0..0;
         }
         r
     }
 
-    fn try_next(&mut self) -> Result<Option<Vec<u8>>, RecordError> {
+    fn try_open(&mut self) -> Result<bool, RecordError> {
         let n = match self.declared() {
-            None => return Ok(None),
+            None => return Ok(false),
             Some(n) => n?,
         };
         let end = LEN_LEN + n + TAG_LEN;
-        if self.buf.len() < end {
-            return Ok(None);
+        if self.filled < end {
+            return Ok(false);
         }
         if self.counter == u64::MAX {
             return Err(RecordError::Exhausted);
         }
         let (len, rest) = self.buf.split_at_mut(LEN_LEN);
         let key = self.keys.for_record(self.counter);
-        let Some(plain) = key.open(self.counter, len, &mut rest[..n + TAG_LEN]) else {
+        if key
+            .open(self.counter, len, &mut rest[..n + TAG_LEN])
+            .is_none()
+        {
             return Err(RecordError::BadMac {
                 record: self.counter,
             });
-        };
-        let out = plain.to_vec();
-        self.buf.drain(..end);
+        }
+        self.plain = LEN_LEN..LEN_LEN + n;
+        self.opened_end = end;
         self.counter += 1;
-        Ok(Some(out))
+        Ok(true)
     }
 
     /// Call at end of stream: an error if it ended inside a record.
@@ -206,7 +291,8 @@ impl Opener {
         if self.poisoned {
             return Err(RecordError::Poisoned);
         }
-        if self.buf.is_empty() {
+        let have = self.pending().len();
+        if have == 0 {
             return Ok(());
         }
         let need = match self.declared() {
@@ -215,7 +301,7 @@ impl Opener {
         };
         Err(RecordError::Truncated {
             record: self.counter,
-            have: self.buf.len(),
+            have,
             need,
         })
     }

@@ -343,15 +343,39 @@ fn sealed(key: [u8; 32], pieces: &[&[u8]]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Opens `bytes` whole with `push`/`next_record`, and again read from a stream with
+/// `fill`/`read_into` (the connection's way): both must agree on the data or on failing.
 fn open_all(key: [u8; 32], bytes: &[u8]) -> Result<Vec<Vec<u8>>, RecordError> {
-    let mut o = Opener::new(key);
-    o.push(bytes);
-    let mut out = Vec::new();
-    while let Some(r) = o.next_record()? {
-        out.push(r);
+    let whole: Result<Vec<Vec<u8>>, RecordError> = (|| {
+        let mut o = Opener::new(key);
+        o.push(bytes);
+        let mut out = Vec::new();
+        while let Some(r) = o.next_record()? {
+            out.push(r);
+        }
+        o.finish()?;
+        Ok(out)
+    })();
+    let streamed: Result<Vec<u8>, RecordError> = (|| {
+        let mut o = Opener::new(key);
+        let mut src = bytes;
+        let mut data = Vec::new();
+        let mut buf = [0u8; 37];
+        loop {
+            match o.read_into(&mut buf)? {
+                0 if o.fill(&mut src).map_err(|_| RecordError::Poisoned)? == 0 => break,
+                n => data.extend_from_slice(&buf[..n]),
+            }
+        }
+        o.finish()?;
+        Ok(data)
+    })();
+    match (&whole, &streamed) {
+        (Ok(w), Ok(s)) => assert_eq!(&w.concat(), s, "the two ways disagree"),
+        (Err(_), Err(_)) => {}
+        _ => panic!("the two ways disagree: {whole:?} / {streamed:?}"),
     }
-    o.finish()?;
-    Ok(out)
+    whole
 }
 
 const K: [u8; 32] = [3; 32];
@@ -446,6 +470,36 @@ fn the_counter_never_wraps() {
     // An opener at the last number refuses whatever comes.
     o.push(&sealed(K, &[b"x"]).concat());
     assert_eq!(o.next_record(), Err(RecordError::Exhausted));
+}
+
+#[test]
+fn the_opener_reads_from_a_stream_in_place_and_never_past_a_record() {
+    let recs = sealed(K, &[b"first record", b"second"]);
+    let mut src = std::io::Cursor::new(recs.concat());
+    let mut o = Opener::new(K);
+    let mut got = Vec::new();
+    let mut out = [0u8; 5];
+    // Small reads hand the data out in pieces, the record's bytes read once.
+    while got.len() < 12 {
+        let n = o.read_into(&mut out).unwrap();
+        if n == 0 {
+            assert!(o.fill(&mut src).unwrap() > 0, "stream ended early");
+        }
+        got.extend_from_slice(&out[..n]);
+    }
+    assert_eq!(got, b"first record");
+    assert_eq!(src.position() as usize, recs[0].len(), "read past record 0");
+    let mut out = [0u8; 64];
+    let n = loop {
+        match o.read_into(&mut out).unwrap() {
+            0 => assert!(o.fill(&mut src).unwrap() > 0),
+            n => break n,
+        }
+    };
+    assert_eq!(&out[..n], b"second");
+    assert_eq!(o.fill(&mut src).unwrap(), 0, "end of stream");
+    assert_eq!(o.finish(), Ok(()));
+    assert_eq!(o.buffered(), 0);
 }
 
 #[test]

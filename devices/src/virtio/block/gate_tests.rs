@@ -305,7 +305,11 @@ fn a_flush_after_the_pair_ended_makes_writes_still_held_durable() {
     clock.unprotect().unwrap();
     assert_eq!(on_file(&f, 5), 0);
     g.flush().unwrap();
-    assert_eq!(on_file(&f, 5), 9, "the guest's FLUSH covers writes the pair still held");
+    assert_eq!(
+        on_file(&f, 5),
+        9,
+        "the guest's FLUSH covers writes the pair still held"
+    );
 }
 
 #[test]
@@ -322,6 +326,10 @@ fn settling_writes_what_an_unprotected_clock_allows_and_drops_what_a_halted_one_
     write(&g, 1, 1, 4);
     clock.halt();
     g.settle("the VM stops");
-    assert_eq!(on_file(&f, 1), 0, "a halted member never writes the shared image");
+    assert_eq!(
+        on_file(&f, 1),
+        0,
+        "a halted member never writes the shared image"
+    );
     assert_eq!(g.counters().held_bytes.load(Ordering::Relaxed), 0);
 }

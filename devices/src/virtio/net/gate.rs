@@ -197,7 +197,10 @@ impl TxGate {
             Protection::Off | Protection::Unprotected => self.release_through(u64::MAX),
             mode @ (Protection::Protected | Protection::Halted) => {
                 let mut st = self.lock();
-                let (n, bytes) = (st.held.len(), st.held.iter().map(|h| h.frame.len()).sum::<usize>());
+                let (n, bytes) = (
+                    st.held.len(),
+                    st.held.iter().map(|h| h.frame.len()).sum::<usize>(),
+                );
                 if n == 0 {
                     return;
                 }

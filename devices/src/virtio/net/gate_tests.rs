@@ -162,7 +162,10 @@ fn settling_releases_what_an_unprotected_clock_allows_and_drops_what_a_halted_on
     g.send(&[3]).unwrap();
     clock.halt();
     g.settle("the VM stops");
-    assert!(wire.frames().is_empty(), "a halted member's output never leaves");
+    assert!(
+        wire.frames().is_empty(),
+        "a halted member's output never leaves"
+    );
     assert_eq!(g.counters().held_frames.load(Ordering::Relaxed), 0);
     assert_eq!(g.counters().held_bytes.load(Ordering::Relaxed), 0);
 }
