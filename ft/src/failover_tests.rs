@@ -65,6 +65,9 @@ impl Arbiter for Fake {
     fn current(&self) -> Result<Option<Holder>, ArbiterError> {
         Ok(None)
     }
+    fn identity(&self) -> Result<crate::arbiter::Identity, ArbiterError> {
+        crate::arbiter::Identity::random()
+    }
 }
 
 const SILENT: Verdict = Verdict::Failed {

@@ -4,12 +4,14 @@
 #   TANDEM_SOCKET=/run/p.sock PEER=tcp:10.99.0.2:7600 ARBITER=/shared/arb [DISK_MODE=shared] \
 #   [CHECKPOINT_INTERVAL_MS=25] [HEARTBEAT_INTERVAL_MS=100] [FAILURE_TIMEOUT_MS=1000] \
 #   [KEY=/etc/tandem/ft.key] [TIMEOUT=60] ./ft-enable.sh
-# KEY is the pair key file the backup's ft-receive.sh was given too.
+# The arbiter as for ft-receive.sh: ARBITER, or ARBITER_ETCD with ARBITER_KEY. KEY is the pair key
+# file the backup's ft-receive.sh was given too.
 set -euo pipefail
 . "$(dirname "$0")/ft-common.sh"
-: "${PEER:?set PEER (tcp:HOST:PORT of the backup)}" "${ARBITER:?set ARBITER (a directory both hosts see)}"
-body=$(jq -n --arg p "$PEER" --arg a "$ARBITER" --arg m "${DISK_MODE:-shared}" \
-    '{peer: $p, arbiter: {path: $a}, disk_mode: $m}')
+: "${PEER:?set PEER (tcp:HOST:PORT of the backup)}"
+arbiter=$(arbiter_json)
+body=$(jq -n --arg p "$PEER" --argjson a "$arbiter" --arg m "${DISK_MODE:-shared}" \
+    '{peer: $p, arbiter: $a, disk_mode: $m}')
 for v in CHECKPOINT_INTERVAL_MS HEARTBEAT_INTERVAL_MS FAILURE_TIMEOUT_MS; do
     if [ -n "${!v:-}" ]; then
         body=$(jq --arg k "${v,,}" --argjson x "${!v}" '. + {($k): $x}' <<<"$body")

@@ -53,6 +53,9 @@ pub struct Pair {
     pub b_image: PathBuf,
     /// The arbiter's directory, on storage both hosts see.
     pub arbiter: PathBuf,
+    /// The `arbiter` object both members are given (the directory, unless the pair was made
+    /// with [`protected_pair_using`]).
+    pub arbiter_config: Value,
     /// `shared` or `replicated`.
     pub disk_mode: String,
     /// Both members' failure timeout.
@@ -76,7 +79,7 @@ impl Pair {
             "disks": [{"id": "disk0", "path": image}],
             "net": [{"id": "nic0", "tap": "tap0"}],
             "serial": {"mode": "File", "file": b.serial_path},
-            "arbiter": {"path": self.arbiter},
+            "arbiter": self.arbiter_config,
             "disk_mode": self.disk_mode,
             "failure_timeout_ms": self.failure_timeout_ms,
         })
@@ -92,7 +95,7 @@ impl Pair {
         json!({
             "peer": format!("tcp:{ip}:{FT_PORT}"),
             "disk_mode": self.disk_mode,
-            "arbiter": {"path": self.arbiter},
+            "arbiter": self.arbiter_config,
             "failure_timeout_ms": self.failure_timeout_ms,
         })
     }
@@ -107,7 +110,23 @@ pub fn protected_pair(tag: &str, disk_mode: &str) -> Pair {
 /// `ft.enable`, an `ft.promote` and a `vm.snapshot` on the primary are checked to be refused
 /// with 409.
 pub fn protected_pair_with(tag: &str, disk_mode: &str, failure_timeout_ms: u64) -> Pair {
-    let pair = booted_pair(tag, disk_mode, failure_timeout_ms);
+    protected_pair_using(tag, disk_mode, failure_timeout_ms, directory_arbiter)
+}
+
+/// The default `arbiter` object: the pair's directory.
+fn directory_arbiter(_: &TestNet, dir: &Path) -> Value {
+    json!({ "path": dir })
+}
+
+/// [`protected_pair_with`] with the `arbiter` object `make_arbiter` makes, once the test network is
+/// up, from it and the arbiter directory (e.g. an etcd the test starts on the network).
+pub fn protected_pair_using(
+    tag: &str,
+    disk_mode: &str,
+    failure_timeout_ms: u64,
+    make_arbiter: impl FnOnce(&TestNet, &Path) -> Value,
+) -> Pair {
+    let pair = booted_pair_using(tag, disk_mode, failure_timeout_ms, make_arbiter);
     let (p, b) = (&pair.p, &pair.b);
     assert_eq!(ft_status(b)["role"], "standalone");
     b.put_ok("ft.receive", Some(&pair.receive_body(b, &pair.b_image)));
@@ -132,6 +151,16 @@ pub fn protected_pair_with(tag: &str, disk_mode: &str, failure_timeout_ms: u64) 
 /// Two hosts, P running the counter guest, B an empty VMM: a pair not yet made (no
 /// `ft.receive`, no `ft.enable`).
 pub fn booted_pair(tag: &str, disk_mode: &str, failure_timeout_ms: u64) -> Pair {
+    booted_pair_using(tag, disk_mode, failure_timeout_ms, directory_arbiter)
+}
+
+/// [`booted_pair`] with the `arbiter` object `make_arbiter` makes (see [`protected_pair_using`]).
+pub fn booted_pair_using(
+    tag: &str,
+    disk_mode: &str,
+    failure_timeout_ms: u64,
+    make_arbiter: impl FnOnce(&TestNet, &Path) -> Value,
+) -> Pair {
     let net = TestNet::up(tag);
     net.add_tap(Node::HostP, "tap0");
     net.add_tap(Node::HostB, "tap0");
@@ -152,6 +181,7 @@ pub fn booted_pair(tag: &str, disk_mode: &str, failure_timeout_ms: u64) -> Pair 
     };
     let arbiter = store.path("arbiter");
     std::fs::create_dir(&arbiter).unwrap();
+    let arbiter_config = make_arbiter(&net, &arbiter);
 
     let mut cfg = p.builtin_config(1, 128, &format!("workload=counter ip={GUEST_IP}/24"));
     cfg["disks"] = json!([{"id": "disk0", "path": image}]);
@@ -167,6 +197,7 @@ pub fn booted_pair(tag: &str, disk_mode: &str, failure_timeout_ms: u64) -> Pair 
         p_image: image,
         b_image,
         arbiter,
+        arbiter_config,
         disk_mode: disk_mode.to_string(),
         failure_timeout_ms,
         store,

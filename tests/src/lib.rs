@@ -6,6 +6,7 @@ pub mod capture;
 pub mod client;
 pub mod dashboard;
 pub mod docker;
+pub mod etcd;
 pub mod ft;
 pub mod ft_pair;
 pub mod guest;

@@ -193,3 +193,58 @@ fn ft_scripts_set_up_watch_promote_and_disable_a_pair() {
     assert_eq!(b.put("vm.pause", None).0, 204);
     assert_eq!(b.state(), "Paused");
 }
+
+#[test]
+fn ft_receive_script_takes_an_etcd_arbiter() {
+    let name = "ft_receive_script_takes_an_etcd_arbiter";
+    tandem_tests::require_etcd!(name);
+    if !tools_available() {
+        return;
+    }
+    let etcd = tandem_tests::etcd::Etcd::start("curl");
+    let b = Tandem::start("curletcd-b");
+    let listen = ("LISTEN", format!("tcp:127.0.0.1:{}", free_port()));
+    let etcd_env = |key: &str| {
+        vec![
+            listen.clone(),
+            ("ARBITER_ETCD", format!("http://127.0.0.1:1,{}", etcd.url)),
+            ("ARBITER_KEY", key.to_string()),
+        ]
+    };
+    // Both kinds at once, or a URL list without a key: refused before any call.
+    let mut both = etcd_env("/tandem/pairs/curl");
+    both.push(("ARBITER", "/tmp".into()));
+    let bad = run("ft-receive.sh", &b.socket, &both);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("not both"),
+        "{bad:?}"
+    );
+    let bad = run(
+        "ft-receive.sh",
+        &b.socket,
+        &[listen.clone(), ("ARBITER_ETCD", etcd.url.clone())],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("ARBITER_KEY"),
+        "{bad:?}"
+    );
+    // The API's 400 for a bad key comes through.
+    let bad = run("ft-receive.sh", &b.socket, &etcd_env("/tandem/"));
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("HTTP 400"),
+        "{bad:?}"
+    );
+
+    let ok = run("ft-receive.sh", &b.socket, &etcd_env("/tandem/pairs/curl"));
+    assert!(ok.status.success(), "{ok:?}\nlog:\n{}", b.log());
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).contains("\"role\":\"backup\""),
+        "{ok:?}"
+    );
+    assert!(etcd.get("/tandem/pairs/curl/identity").is_some());
+    let off = run("ft-disable.sh", &b.socket, &[]);
+    assert!(off.status.success(), "{off:?}");
+}

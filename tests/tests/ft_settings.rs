@@ -68,3 +68,31 @@ fn a_backup_without_its_own_timing_adopts_the_primarys() {
     assert_eq!(ft_status(b)["failure_timeout_ms"], 300, "{}", ft_status(b));
     assert_eq!(ft_status(p)["failure_timeout_ms"], 300, "{}", ft_status(p));
 }
+
+/// Two members naming different arbiter storage (an unmounted mount point is writable on both)
+/// could each win a generation: the primary is refused, its VM untouched.
+#[test]
+fn different_arbiter_stores_are_refused_on_both_sides() {
+    let name = "different_arbiter_stores_are_refused_on_both_sides";
+    require_kvm_and_netns!(name);
+    let pair = booted_pair("fsa", "shared", 1000);
+    let (p, b) = (&pair.p, &pair.b);
+    b.put_ok("ft.receive", Some(&pair.receive_body(b, &pair.b_image)));
+    let elsewhere = pair.store.path("another-arbiter");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let mut enable = pair.enable_body();
+    enable["arbiter"] = serde_json::json!({ "path": elsewhere });
+    let (code, err) = p.put("ft.enable", Some(&enable));
+    assert_eq!(code, 400, "{err}");
+    assert!(err.to_string().contains("arbiter mismatch"), "{err}");
+    assert_eq!(p.state(), "Running");
+    assert_eq!(ft_status(p)["role"], "standalone");
+    wait_status(b, "the refusal noted", |s| {
+        s["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("arbiter mismatch"))
+    });
+    // Pointed at the backup's store, the same primary pairs.
+    p.put_ok("ft.enable", Some(&pair.enable_body()));
+    wait_ft(p, "primary", "protected", b);
+}

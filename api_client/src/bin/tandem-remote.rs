@@ -129,13 +129,82 @@ impl FtSecurityArgs {
     }
 }
 
+/// Where the pair's arbiter lives: a directory (`--arbiter`) or an etcd cluster
+/// (`--arbiter-etcd` and `--arbiter-key`), the same on both hosts.
+#[derive(Args)]
+struct ArbiterArgs {
+    /// Arbiter directory on storage both hosts see.
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "arbiter_etcd",
+        conflicts_with = "arbiter_etcd"
+    )]
+    arbiter: Option<PathBuf>,
+    /// Arbiter in etcd: client URLs of the cluster's members, comma-separated.
+    #[arg(
+        long,
+        value_name = "URL[,URL...]",
+        value_delimiter = ',',
+        requires = "arbiter_key"
+    )]
+    arbiter_etcd: Vec<String>,
+    /// The pair's key prefix in etcd, e.g. /tandem/pairs/db1.
+    #[arg(
+        long,
+        value_name = "KEY",
+        requires = "arbiter_etcd",
+        conflicts_with = "arbiter"
+    )]
+    arbiter_key: Option<String>,
+    /// PEM CA bundle of the etcd members' certificates (https endpoints).
+    #[arg(long, value_name = "PEM", requires = "arbiter_etcd")]
+    arbiter_ca: Option<PathBuf>,
+    /// PEM client certificate for etcd (with --arbiter-cert-key).
+    #[arg(long, value_name = "PEM", requires_all = ["arbiter_etcd", "arbiter_cert_key"])]
+    arbiter_cert: Option<PathBuf>,
+    /// PEM private key of --arbiter-cert.
+    #[arg(long, value_name = "PEM", requires_all = ["arbiter_etcd", "arbiter_cert"])]
+    arbiter_cert_key: Option<PathBuf>,
+    /// etcd user (with --arbiter-password-file).
+    #[arg(long, value_name = "USER", requires_all = ["arbiter_etcd", "arbiter_password_file"])]
+    arbiter_user: Option<String>,
+    /// File holding the etcd user's password (chmod 600).
+    #[arg(long, value_name = "PATH", requires_all = ["arbiter_etcd", "arbiter_user"])]
+    arbiter_password_file: Option<PathBuf>,
+}
+
+impl ArbiterArgs {
+    /// The `arbiter` object; paths made absolute, since the VMM resolves them from its own
+    /// working folder.
+    fn to_json(&self) -> Result<Value, String> {
+        if let Some(dir) = &self.arbiter {
+            return Ok(json!({"path": absolute(dir)?}));
+        }
+        let mut etcd = json!({"endpoints": self.arbiter_etcd, "key": self.arbiter_key});
+        for (field, path) in [
+            ("ca_file", &self.arbiter_ca),
+            ("cert_file", &self.arbiter_cert),
+            ("key_file", &self.arbiter_cert_key),
+            ("password_file", &self.arbiter_password_file),
+        ] {
+            if let Some(p) = path {
+                etcd[field] = json!(absolute(p)?);
+            }
+        }
+        if let Some(u) = &self.arbiter_user {
+            etcd["user"] = json!(u);
+        }
+        Ok(json!({ "etcd": etcd }))
+    }
+}
+
 #[derive(Args)]
 struct FtReceiveArgs {
     /// Where to listen for the primary: tcp:ADDR:PORT.
     listen: String,
-    /// Arbiter directory on storage both hosts see.
-    #[arg(long)]
-    arbiter: PathBuf,
+    #[command(flatten)]
+    arbiter: ArbiterArgs,
     /// How the disks are shared (must match the primary's).
     #[arg(long, value_enum, ignore_case = true)]
     disk_mode: Option<DiskMode>,
@@ -170,9 +239,8 @@ struct FtEnableArgs {
     /// How the disks are shared.
     #[arg(long, value_enum, ignore_case = true)]
     disk_mode: DiskMode,
-    /// Arbiter directory on storage both hosts see.
-    #[arg(long)]
-    arbiter: PathBuf,
+    #[command(flatten)]
+    arbiter: ArbiterArgs,
     /// Longest epoch, in milliseconds.
     #[arg(long)]
     checkpoint_interval_ms: Option<u64>,
@@ -417,7 +485,7 @@ fn request_for(command: &Command) -> Result<(Verb, &'static str, Option<Value>),
         Command::FtReceive(a) => {
             let mut body = json!({
                 "listen": a.listen,
-                "arbiter": {"path": absolute(&a.arbiter)?},
+                "arbiter": a.arbiter.to_json()?,
             });
             a.host.add_to(&mut body)?;
             a.security.add_to(&mut body)?;
@@ -436,7 +504,7 @@ fn request_for(command: &Command) -> Result<(Verb, &'static str, Option<Value>),
             let mut body = json!({
                 "peer": a.peer,
                 "disk_mode": a.disk_mode.as_str(),
-                "arbiter": {"path": absolute(&a.arbiter)?},
+                "arbiter": a.arbiter.to_json()?,
             });
             for (k, v) in [
                 ("checkpoint_interval_ms", a.checkpoint_interval_ms),
@@ -763,6 +831,102 @@ mod tests {
             json!({"peer": "tcp:10.99.0.2:7600", "disk_mode": "shared",
                    "arbiter": {"path": "/arb"}, "failure_timeout_ms": 500})
         );
+        // An etcd arbiter, with TLS and a user.
+        let cli = Cli::parse_from([
+            "tandem-remote",
+            "--api-socket",
+            "/s",
+            "ft-enable",
+            "tcp:10.99.0.2:7600",
+            "--disk-mode",
+            "shared",
+            "--arbiter-etcd",
+            "https://10.0.0.5:2379,https://10.0.0.6:2379",
+            "--arbiter-key",
+            "/tandem/pairs/db1",
+            "--arbiter-ca",
+            "/etc/etcd/ca.pem",
+            "--arbiter-cert",
+            "/etc/tandem/etcd.pem",
+            "--arbiter-cert-key",
+            "/etc/tandem/etcd-key.pem",
+            "--arbiter-user",
+            "tandem",
+            "--arbiter-password-file",
+            "/etc/tandem/etcd-password",
+        ]);
+        let body = request_for(&cli.command).unwrap().2.unwrap();
+        assert_eq!(
+            body["arbiter"],
+            json!({"etcd": {
+                "endpoints": ["https://10.0.0.5:2379", "https://10.0.0.6:2379"],
+                "key": "/tandem/pairs/db1",
+                "ca_file": "/etc/etcd/ca.pem",
+                "cert_file": "/etc/tandem/etcd.pem",
+                "key_file": "/etc/tandem/etcd-key.pem",
+                "user": "tandem",
+                "password_file": "/etc/tandem/etcd-password",
+            }})
+        );
+        let cli = Cli::parse_from([
+            "tandem-remote",
+            "--api-socket",
+            "/s",
+            "ft-receive",
+            "tcp:10.99.0.2:7600",
+            "--arbiter-etcd",
+            "http://10.0.0.5:2379",
+            "--arbiter-key",
+            "/tandem/pairs/db1",
+        ]);
+        let body = request_for(&cli.command).unwrap().2.unwrap();
+        assert_eq!(
+            body["arbiter"],
+            json!({"etcd": {"endpoints": ["http://10.0.0.5:2379"], "key": "/tandem/pairs/db1"}})
+        );
+        // Exactly one arbiter; etcd needs a key; half a certificate or credential is refused.
+        for bad in [
+            &["--disk-mode", "shared"][..],
+            &[
+                "--arbiter",
+                "/arb",
+                "--arbiter-etcd",
+                "http://h:2379",
+                "--arbiter-key",
+                "/k",
+            ],
+            &["--arbiter-etcd", "http://h:2379"],
+            &["--arbiter", "/arb", "--arbiter-key", "/k"],
+            &[
+                "--arbiter-etcd",
+                "https://h:2379",
+                "--arbiter-key",
+                "/k",
+                "--arbiter-cert",
+                "/c",
+            ],
+            &[
+                "--arbiter-etcd",
+                "http://h:2379",
+                "--arbiter-key",
+                "/k",
+                "--arbiter-user",
+                "u",
+            ],
+        ] {
+            let mut args = vec![
+                "tandem-remote",
+                "--api-socket",
+                "/s",
+                "ft-enable",
+                "tcp:10.99.0.2:7600",
+            ];
+            if !bad.contains(&"--disk-mode") {
+                args.extend(["--disk-mode", "shared"]);
+            }
+            args.extend(bad);
+            assert!(Cli::try_parse_from(&args).is_err(), "accepted {args:?}");
+        }
         for (cmd, ep) in [
             ("ft-status", "ft.status"),
             ("ft-promote", "ft.promote"),

@@ -12,8 +12,13 @@
 //! Ordering against higher generations: a claim for `G` looks for anything above `G` before
 //! creating and again after its record is durable. The second look closes the window where a
 //! `G+1` appears meanwhile: then `G` is held but not won, so nobody is live in it.
+//!
+//! The store's [`Identity`] is the file `identity`: written in full to a private temporary file
+//! (created `O_EXCL`), fsync'd, then hard-linked to its name. `link(2)` fails if the name exists,
+//! so concurrent first users agree on one identity, and unlike create-then-write, nobody can ever
+//! read a half-written or empty identity (a crash leaves only a stray temporary file).
 
-use super::{Arbiter, ArbiterError, Claim, Holder, Outcome};
+use super::{Arbiter, ArbiterError, Claim, Holder, Identity, Outcome};
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
@@ -24,6 +29,9 @@ const MAX_RECORD: u64 = 64 * 1024;
 /// Reads of an empty/garbled record before calling its holder unknown, and the pause between.
 const EMPTY_RECORD_RETRIES: u32 = 5;
 const EMPTY_RECORD_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+/// The identity record's name, and the most of it read back.
+const IDENTITY: &str = "identity";
+const MAX_IDENTITY: u64 = 4096;
 
 /// The file-based arbiter over one directory.
 #[derive(Debug, Clone)]
@@ -156,6 +164,51 @@ impl FileArbiter {
         }
     }
 
+    /// The identity record, if there is one.
+    fn read_identity(&self) -> Result<Option<Identity>, ArbiterError> {
+        let path = self.dir.join(IDENTITY);
+        let mut text = String::new();
+        match File::open(&path).and_then(|f| f.take(MAX_IDENTITY).read_to_string(&mut text)) {
+            Ok(_) => Identity::parse_at(&text, path.display().to_string()).map(Some),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("read", &path)(e)),
+        }
+    }
+
+    /// Writes a fresh identity under its name unless one is there already.
+    fn create_identity(&self) -> Result<(), ArbiterError> {
+        static TMP: AtomicU64 = AtomicU64::new(0);
+        let tmp = self.dir.join(format!(
+            ".identity-{}-{}",
+            std::process::id(),
+            TMP.fetch_add(1, Ordering::Relaxed)
+        ));
+        let fresh = Identity::random()?;
+        let written = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .and_then(|mut f| {
+                f.write_all(format!("{fresh}\n").as_bytes())?;
+                f.sync_all()
+            })
+            .map_err(io("write", &tmp));
+        let path = self.dir.join(IDENTITY);
+        let linked = written.and_then(|()| match std::fs::hard_link(&tmp, &path) {
+            Ok(()) => File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io("fsync directory", &self.dir)),
+            // Another member was first: its identity stands.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(io("link", &path)(e)),
+        });
+        let removed = match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            r => r.map_err(io("remove", &tmp)),
+        };
+        linked.and(removed)
+    }
+
     fn write_claim(&self, path: &Path, mut f: File, claim: &Claim) -> Result<(), ArbiterError> {
         let mut text = serde_json::to_vec_pretty(claim).map_err(ArbiterError::Encode)?;
         text.push(b'\n');
@@ -197,5 +250,20 @@ impl Arbiter for FileArbiter {
 
     fn current(&self) -> Result<Option<Holder>, ArbiterError> {
         self.highest()?.map(|g| self.holder(g)).transpose()
+    }
+
+    fn identity(&self) -> Result<Identity, ArbiterError> {
+        if let Some(id) = self.read_identity()? {
+            return Ok(id);
+        }
+        self.create_identity()?;
+        self.read_identity()?.ok_or_else(|| ArbiterError::Io {
+            op: "read",
+            path: self.dir.join(IDENTITY),
+            source: std::io::Error::new(
+                ErrorKind::NotFound,
+                "the identity vanished right after it was created",
+            ),
+        })
     }
 }

@@ -5,14 +5,25 @@
 //! (primary losing its backup), it must win generation `current + 1` from the [`Arbiter`]. A
 //! generation is won by exactly one claimant, ever; generations only increase, and a claim for `G`
 //! fails once anything above `G` exists. [`FileArbiter`] does this with an `O_EXCL` create on a
-//! directory of shared storage; etcd or similar can implement the same trait later.
+//! directory of shared storage, [`EtcdArbiter`] with a compare-and-swap transaction on an etcd
+//! cluster; [`open`] turns the API's [`ArbiterConfig`] into one of them.
+//!
+//! Each store also has an [`Identity`], created there at first use, so that the two members of a
+//! pair can tell whether they name the same storage (an unmounted mount point is writable too).
 
+mod config;
+pub mod etcd;
 mod file;
+mod identity;
 
+pub use config::{open, ArbiterConfig};
+pub use etcd::{EtcdArbiter, EtcdConfig, EtcdError};
 pub use file::{check_writable, FileArbiter};
+pub use identity::Identity;
 
 use crate::status::Role;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Who claims a generation and why; stored with the win so that the loser can say who beat it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -131,6 +142,20 @@ pub enum ArbiterError {
     /// The claim could not be encoded.
     #[error("cannot encode the claim")]
     Encode(#[source] serde_json::Error),
+    /// The etcd arbiter failed (bad configuration, no endpoint answered, a refused request).
+    #[error("etcd")]
+    Etcd(#[from] EtcdError),
+    /// No random identity could be made (the kernel's random source failed).
+    #[error("cannot make a random arbiter identity")]
+    Random(#[source] getrandom::Error),
+    /// The store holds an identity record that is not one (hand-edited or corrupted).
+    #[error("the arbiter identity record {place} holds {found:?}, not an identity; remove it")]
+    BadIdentity {
+        /// Where: a file or an etcd key.
+        place: String,
+        /// What it holds (at most a line).
+        found: String,
+    },
 }
 
 /// Atomic, monotonic generation ownership on storage both members of a pair can reach.
@@ -142,6 +167,40 @@ pub trait Arbiter: Send + Sync {
 
     /// The highest generation taken so far and its holder (`None`: no generation taken yet).
     fn current(&self) -> Result<Option<Holder>, ArbiterError>;
+
+    /// The store's identity: created there by the first caller (atomically: concurrent first
+    /// callers agree), read back by every later one. Two members whose arbiters answer
+    /// different identities do not share arbiter storage and must not pair.
+    fn identity(&self) -> Result<Identity, ArbiterError>;
+}
+
+/// Pair threads hold their arbiter as `Arc<dyn Arbiter>` (from [`open`]).
+impl<T: Arbiter + ?Sized> Arbiter for Arc<T> {
+    fn try_acquire(&self, generation: u64, claimant: &Claim) -> Result<Outcome, ArbiterError> {
+        (**self).try_acquire(generation, claimant)
+    }
+
+    fn current(&self) -> Result<Option<Holder>, ArbiterError> {
+        (**self).current()
+    }
+
+    fn identity(&self) -> Result<Identity, ArbiterError> {
+        (**self).identity()
+    }
+}
+
+impl<T: Arbiter + ?Sized> Arbiter for Box<T> {
+    fn try_acquire(&self, generation: u64, claimant: &Claim) -> Result<Outcome, ArbiterError> {
+        (**self).try_acquire(generation, claimant)
+    }
+
+    fn current(&self) -> Result<Option<Holder>, ArbiterError> {
+        (**self).current()
+    }
+
+    fn identity(&self) -> Result<Identity, ArbiterError> {
+        (**self).identity()
+    }
 }
 
 #[cfg(test)]

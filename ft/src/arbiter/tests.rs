@@ -346,3 +346,62 @@ fn processes_racing_never_both_win() {
     // Children ran concurrently and collided: most claims found the generation taken.
     assert!(others > 0, "no collisions: the children did not race");
 }
+
+#[test]
+fn identity_is_created_once_and_read_back_by_everyone() {
+    let d = TestDir::new("identity");
+    let other = TestDir::new("identity-other");
+    const THREADS: usize = 6;
+    let barrier = Arc::new(Barrier::new(THREADS));
+    // First users racing on one directory, each with its own arbiter (like two hosts).
+    let ids: Vec<Identity> = (0..THREADS)
+        .map(|_| {
+            let (dir, barrier) = (d.0.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let a = FileArbiter::open(&dir).unwrap();
+                barrier.wait();
+                a.identity().unwrap()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+    let a = FileArbiter::open(&d.0).unwrap();
+    assert_eq!(a.identity().unwrap(), ids[0]);
+    // Through the trait object the VMM holds, too.
+    let shared: Arc<dyn Arbiter> = open(&ArbiterConfig::Path(d.0.clone())).unwrap();
+    assert_eq!(shared.identity().unwrap(), ids[0]);
+    // The record is one line an operator can read; no temporary file is left behind.
+    let text = std::fs::read_to_string(d.0.join("identity")).unwrap();
+    assert_eq!(text, format!("{}\n", ids[0]));
+    let names: Vec<_> = std::fs::read_dir(&d.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["identity"]);
+    // Other storage, another identity: what lets a pair refuse members that disagree.
+    let b = FileArbiter::open(&other.0).unwrap();
+    assert_ne!(b.identity().unwrap(), ids[0]);
+    // The record does not disturb the generations.
+    assert_eq!(a.current().unwrap(), None);
+    assert_eq!(
+        a.try_acquire(1, &claim(Role::Primary, "x")).unwrap(),
+        Outcome::Won
+    );
+}
+
+#[test]
+fn a_garbled_identity_is_an_error_not_replaced() {
+    let d = TestDir::new("identity-bad");
+    std::fs::write(d.0.join("identity"), "not an id\n").unwrap();
+    let a = FileArbiter::open(&d.0).unwrap();
+    let e = a.identity().unwrap_err();
+    assert!(matches!(e, ArbiterError::BadIdentity { .. }), "{e}");
+    assert!(e.to_string().contains("not an id"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(d.0.join("identity")).unwrap(),
+        "not an id\n"
+    );
+}

@@ -110,6 +110,8 @@ enum GuestRun {
     Running,
     /// `pause_guest`: the next checkpoint leaves the guest paused.
     PauseAsked,
+    /// The epoch thread took the request: the checkpoint that pauses is under way.
+    Pausing,
     Paused,
     /// `resume_guest`: the epoch thread resumes the guest and epochs go on.
     ResumeAsked,
@@ -337,12 +339,24 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
                 )));
             }
             let now = Instant::now();
-            if now >= deadline {
+            // Once the epoch thread took a pause, it finishes (or the engine fails, which its
+            // own timeouts bound): waiting on is the only answer that tells the truth.
+            if now >= deadline && *g != GuestRun::Pausing {
+                // Withdrawn, so that the guest does not pause (or resume) later while the
+                // caller was told it did not.
+                if *g == ask {
+                    *g = match ask {
+                        GuestRun::PauseAsked => GuestRun::Running,
+                        _ => GuestRun::Paused,
+                    };
+                }
                 return Err(CheckpointError::Thread(format!(
-                    "the guest was not {done:?} within {timeout:?}"
+                    "the guest was not {done:?} within {timeout:?}; the request is withdrawn"
                 )));
             }
-            let wait = (deadline - now).min(Duration::from_millis(10));
+            let wait = deadline
+                .saturating_duration_since(now)
+                .clamp(Duration::from_millis(1), Duration::from_millis(10));
             g = s
                 .changed
                 .wait_timeout(g, wait)
@@ -518,6 +532,10 @@ fn epoch_loop<V: MigratableVm>(
         let in_flight_before = w.len();
         drop(w);
 
+        let trigger = match trigger {
+            Trigger::Pause => take_pause(s),
+            t => t,
+        };
         let keep_paused = trigger == Trigger::Pause;
         let mut guard = lock(vm);
         let paused_at = Instant::now();
@@ -568,6 +586,19 @@ fn epoch_loop<V: MigratableVm>(
     (epoch, total_stall)
 }
 
+/// A pause asked for may have been withdrawn while its checkpoint waited for room in the
+/// window: take it now (the checkpoint about to be captured pauses the guest), or capture an
+/// ordinary one.
+fn take_pause(s: &Shared) -> Trigger {
+    let mut g = lock(&s.guest);
+    if *g == GuestRun::PauseAsked {
+        *g = GuestRun::Pausing;
+        Trigger::Pause
+    } else {
+        Trigger::Timer
+    }
+}
+
 /// The guest is paused after its checkpoint: says so, then waits for `resume_guest` (resumes
 /// the guest, `true`) or the end of epochs (leaves it paused, `false`).
 fn stay_paused<V: MigratableVm>(s: &Shared, vm: &Mutex<V>) -> bool {
@@ -611,14 +642,18 @@ fn wait_epoch_end(
         if s.stop.load(Ordering::SeqCst) {
             return None;
         }
-        match *lock(&s.guest) {
-            GuestRun::PauseAsked => return Some(Trigger::Pause),
-            // Asked to resume a guest that is not paused (a pause that failed): nothing to do.
-            GuestRun::ResumeAsked => {
-                *lock(&s.guest) = GuestRun::Running;
-                s.changed.notify_all();
+        {
+            let mut g = lock(&s.guest);
+            match *g {
+                // Taken (Pausing) only once the checkpoint has room: see `take_pause`.
+                GuestRun::PauseAsked => return Some(Trigger::Pause),
+                // Asked to resume a guest that is not paused (a pause that failed): nothing to do.
+                GuestRun::ResumeAsked => {
+                    *g = GuestRun::Running;
+                    s.changed.notify_all();
+                }
+                GuestRun::Running | GuestRun::Pausing | GuestRun::Paused => {}
             }
-            GuestRun::Running | GuestRun::Paused => {}
         }
         let elapsed = started.elapsed();
         if elapsed >= o.checkpoint_interval {

@@ -33,12 +33,9 @@ pub enum ApiRequest {
     FtDisable,
 }
 
-/// Where the pair's arbiter lives (a directory on storage both hosts see).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct FtArbiterConfig {
-    pub path: PathBuf,
-}
+/// Where the pair's arbiter lives: `{"path": DIR}` on storage both hosts see, or
+/// `{"etcd": {...}}`; the same object wherever a member must win a generation.
+pub use ft::arbiter::ArbiterConfig;
 
 /// The key both ends hold (`ft.enable` / `ft.receive`, `vm.send-migration` /
 /// `vm.receive-migration`): a file of at least 32 random bytes, readable by its owner only. With
@@ -75,7 +72,7 @@ pub struct FtReceiveConfig {
     /// Where this process sends the guest's console once live (default: the primary's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<SerialConfig>,
-    pub arbiter: FtArbiterConfig,
+    pub arbiter: ArbiterConfig,
     /// How the disks are shared (default: the primary's); given and different from the
     /// primary's, its Hello is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -105,7 +102,7 @@ pub struct FtEnableConfig {
     /// `tcp:HOST:PORT` where the backup's `ft.receive` listens.
     pub peer: String,
     pub disk_mode: FtDiskMode,
-    pub arbiter: FtArbiterConfig,
+    pub arbiter: ArbiterConfig,
     /// Longest epoch (default 25).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_interval_ms: Option<u64>,

@@ -133,10 +133,23 @@ impl Vmm {
         match ev {
             VmmEvent::GuestReset { boot_id } if current(boot_id) => {
                 devices::guest_warn!("guest requested a reset");
-                let (owner, r) = self.apply(ApiRequest::VmReboot, owner);
-                if let Err(e) = r {
-                    log::error!("reset failed: {}", errors::chain(&e));
-                }
+                let owner = match owner {
+                    Owner::Local(l) => {
+                        let (owner, r) = self.reboot(l);
+                        if let Err(e) = r {
+                            log::error!("reset failed: {}", errors::chain(&e));
+                        }
+                        owner
+                    }
+                    // Carried to the backup without waiting (the pair may still be syncing):
+                    // the pair thread reports once it has ended the pair for the reboot.
+                    Owner::Primary(mut p) => {
+                        p.reset_pending = true;
+                        p.pair.command(crate::ft::pair::PairCommand::GuestReset);
+                        Owner::Primary(p)
+                    }
+                    other => other,
+                };
                 (owner, Flow::Continue)
             }
             VmmEvent::GuestPowerOff { boot_id } if current(boot_id) => {

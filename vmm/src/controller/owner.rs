@@ -60,6 +60,8 @@ pub(super) struct Primary {
     pub paused: bool,
     /// The guest powered off while the pair ran: stop the VM once it comes back.
     pub powering_off: bool,
+    /// The guest asked for a reset while the pair ran: reboot it once the VM comes back.
+    pub reset_pending: bool,
     /// The `ft.enable` that started the pair, to protect the guest again after a reboot.
     pub enable: FtEnableConfig,
 }

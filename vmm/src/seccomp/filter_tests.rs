@@ -159,3 +159,26 @@ fn ft_and_migration_threads_stream_and_build_vms_but_never_listen() {
         );
     }
 }
+
+#[test]
+fn ft_threads_can_create_and_read_the_directory_arbiters_identity() {
+    let dir = std::env::temp_dir().join(format!("tandem-seccomp-arbiter-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.clone();
+    // Under the ft filter, as a pair thread would (create: O_EXCL temporary file + linkat).
+    let got = std::thread::spawn(move || {
+        let bpf = compile_with(ThreadKind::Ft, SeccompAction::Errno(REFUSED as u32)).unwrap();
+        seccompiler::apply_filter(&bpf).unwrap();
+        use ft::arbiter::Arbiter;
+        let a = ft::arbiter::FileArbiter::open(&d).map_err(|e| e.to_string())?;
+        let first = a.identity().map_err(|e| e.to_string())?;
+        let again = a.identity().map_err(|e| e.to_string())?;
+        Ok::<_, String>((first, again))
+    })
+    .join()
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (first, again) = got.unwrap_or_else(|e| panic!("refused under the ft filter: {e}"));
+    assert_eq!(first, again);
+}

@@ -1,6 +1,7 @@
 //! The main thread: the VMM loop. It creates and tears down VMs (KVM ioctls, guest memory mmap,
 //! eventfds, opening kernels, disks, taps and serial files, the API socket and its lock), starts
-//! every other thread, and signals vCPU threads. Everything the threads it starts need must be
+//! every other thread, and signals vCPU threads. `ft.enable`/`ft.receive` check the arbiter here
+//! (see [`super::ft`] for what an etcd request needs: nothing beyond files and sockets). Everything the threads it starts need must be
 //! here too, since they inherit this filter. Still refused: mount, ptrace, execve, module loading,
 //! namespaces, chroot, bpf, perf, keyctl, ... and sockets outside AF_UNIX/AF_INET/AF_INET6.
 

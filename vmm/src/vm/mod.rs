@@ -3,6 +3,7 @@
 pub mod counters;
 pub mod irq_routing;
 pub mod memory;
+pub mod park;
 pub mod vcpu;
 pub mod virtio;
 
@@ -301,9 +302,8 @@ impl Vm {
     /// Parks every vCPU, then stops every device worker (they hand their queues back), so that
     /// nothing changes guest memory or device state until [`Vm::resume`].
     pub fn pause(&self) -> Result<(), VmError> {
-        for v in &self.vcpus {
-            v.pause(VCPU_STOP_TIMEOUT)?;
-        }
+        // All or none: a vCPU that does not park in time leaves every vCPU running.
+        park::park_all(&self.vcpus, VCPU_STOP_TIMEOUT)?;
         self.virtio.quiesce();
         Ok(())
     }

@@ -2,7 +2,9 @@
 
 use super::super::owner::{Local, Owner, Primary};
 use super::super::{Step, Vmm, VmmError};
-use super::{heartbeat_paths, load_key, mode, ms, open_arbiter, pair_disk_mode, CONNECT_TIMEOUT};
+use super::{
+    heartbeat_paths, load_key, mode, ms, open_arbiter, pair_disk_mode, OpenArbiter, CONNECT_TIMEOUT,
+};
 use crate::api::types::FtEnableConfig;
 use crate::ft::pair::{spawn_primary, PairTiming, PrimarySetup};
 use crate::migration::source::identity;
@@ -32,7 +34,11 @@ impl Vmm {
 
     /// Everything `ft.enable` checks before the VM is touched.
     fn connect_backup(&self, c: &FtEnableConfig) -> Result<Connected, VmmError> {
-        let (arbiter, generation) = open_arbiter(&c.arbiter.path)?;
+        let OpenArbiter {
+            arbiter,
+            generation,
+            identity: arbiter_id,
+        } = open_arbiter(&c.arbiter)?;
         let endpoint: Endpoint = c.peer.parse().map_err(VmmError::MigrationUrl)?;
         if !matches!(endpoint, Endpoint::Tcp { .. }) {
             return Err(VmmError::FtPeerNotTcp {
@@ -67,6 +73,7 @@ impl Vmm {
         }
         Ok(Connected {
             arbiter,
+            arbiter_id,
             generation,
             endpoint,
             conn,
@@ -84,7 +91,7 @@ impl Vmm {
             failure_timeout_ms: millis(timing.failure_timeout),
             heartbeat_interval_ms: millis(timing.heartbeat_interval),
             checkpoint_interval_ms: millis(timing.checkpoint_interval),
-            arbiter_id: None,
+            arbiter_id: Some(k.arbiter_id.clone()),
         };
         let config_json = serde_json::to_string(&l.config).unwrap_or_default();
         let identity = identity(&l.vm, l.config.cpus.boot_vcpus, config_json);
@@ -144,6 +151,7 @@ impl Vmm {
                     pair,
                     paused: false,
                     powering_off: false,
+                    reset_pending: false,
                     enable: c,
                 };
                 (Owner::Primary(p), Ok(None))
@@ -186,7 +194,7 @@ const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A backup that accepted the pair, and what the pair will use.
 struct Opened {
-    arbiter: ft::arbiter::FileArbiter,
+    arbiter: std::sync::Arc<dyn ft::arbiter::Arbiter>,
     generation: u64,
     endpoint: Endpoint,
     stream: OpenedStream,
@@ -197,7 +205,9 @@ struct Opened {
 
 /// A backup reached and authenticated, and what the pair will use.
 struct Connected {
-    arbiter: ft::arbiter::FileArbiter,
+    /// The arbiter store's identity, for the Hello.
+    arbiter_id: String,
+    arbiter: std::sync::Arc<dyn ft::arbiter::Arbiter>,
     generation: u64,
     endpoint: Endpoint,
     conn: Box<dyn ft::transport::Connection>,

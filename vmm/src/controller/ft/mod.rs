@@ -30,7 +30,7 @@ use crate::api::types::{FtDiskMode, FtKeyConfig};
 use crate::ft::pair::{start_generation, ReportSink};
 use crate::ft::second_path::HeartbeatPaths;
 use devices::virtio::block::gate::DiskMode;
-use ft::arbiter::FileArbiter;
+use ft::arbiter::{Arbiter, ArbiterConfig};
 use ft::auth::PairKey;
 use ft::checkpoint::PairDiskMode;
 use std::time::Duration;
@@ -72,10 +72,23 @@ fn ms(v: Option<u64>, default: u64) -> Duration {
 }
 
 /// Opens the arbiter a call names and the generation a pair starts in.
-fn open_arbiter(path: &std::path::Path) -> Result<(FileArbiter, u64), VmmError> {
-    let arbiter = FileArbiter::open(path).map_err(VmmError::FtArbiter)?;
-    let generation = start_generation(&arbiter).map_err(VmmError::FtArbiter)?;
-    Ok((arbiter, generation))
+fn open_arbiter(c: &ArbiterConfig) -> Result<OpenArbiter, VmmError> {
+    let arbiter = ft::arbiter::open(c).map_err(VmmError::FtArbiter)?;
+    let generation = start_generation(arbiter.as_ref()).map_err(VmmError::FtArbiter)?;
+    // Compared at the Hello: two members naming different storage must not pair.
+    let identity = arbiter.identity().map_err(VmmError::FtArbiter)?;
+    Ok(OpenArbiter {
+        arbiter,
+        generation,
+        identity: identity.to_string(),
+    })
+}
+
+/// An arbiter a pair will use, the generation it starts in and the store's identity.
+struct OpenArbiter {
+    arbiter: std::sync::Arc<dyn Arbiter>,
+    generation: u64,
+    identity: String,
 }
 
 impl Vmm {

@@ -4,6 +4,7 @@
 use super::super::lifecycle::stop_vm;
 use super::super::owner::{Backup, Fenced, Local, Owner, Primary, Stopped};
 use super::super::{Step, Vmm, VmmError};
+use crate::api::types::FtEnableConfig;
 use crate::ft::pair::{PairCommand, PrimaryEnd, OP_TIMEOUT};
 use crate::vm::Vm;
 use std::time::Duration;
@@ -65,6 +66,16 @@ impl Vmm {
             Ok((owner, e)) => return (owner, Err(e.unwrap_or(VmmError::FtEndedMeanwhile))),
             Err(p) => return (Owner::Primary(*p), Err(VmmError::FtEndedMeanwhile)),
         };
+        self.reboot_protected(s, enable)
+    }
+
+    /// Boots the stopped guest again and protects it with the same settings (a fresh sync);
+    /// should that fail, the guest runs unprotected and ft.status says why.
+    pub(in super::super) fn reboot_protected(
+        &mut self,
+        s: Stopped,
+        enable: FtEnableConfig,
+    ) -> Step {
         let vm = match self.build(&s.config) {
             Ok(vm) => vm,
             Err(e) => return (Owner::Stopped(s), Err(e)),

@@ -3,7 +3,7 @@
 use super::super::overrides::arriving_config;
 use super::super::owner::{Backup, Owner};
 use super::super::{Step, Vmm, VmmError};
-use super::{heartbeat_paths, load_key, ms, open_arbiter, pair_disk_mode};
+use super::{heartbeat_paths, load_key, ms, open_arbiter, pair_disk_mode, OpenArbiter};
 use crate::api::types::FtReceiveConfig;
 use crate::config::VmConfig;
 use crate::ft::pair::{spawn_backup, BackupSetup, LocalizeError};
@@ -22,7 +22,11 @@ impl Vmm {
     }
 
     fn start_backup(&mut self, c: FtReceiveConfig) -> Result<Backup, VmmError> {
-        let (arbiter, generation) = open_arbiter(&c.arbiter.path)?;
+        let OpenArbiter {
+            arbiter,
+            generation,
+            identity: arbiter_id,
+        } = open_arbiter(&c.arbiter)?;
         let key = load_key(c.key.as_ref())?;
         let heartbeat = heartbeat_paths(c.heartbeat_listen.as_ref(), c.peer_heartbeat.as_ref())?;
         let endpoint: Endpoint = c.listen.parse().map_err(VmmError::MigrationUrl)?;
@@ -43,7 +47,7 @@ impl Vmm {
         let wants = BackupWants {
             disk_mode: c.disk_mode.map(pair_disk_mode),
             failure_timeout: c.failure_timeout_ms.map(|v| ms(Some(v), 1000)),
-            arbiter_id: None,
+            arbiter_id: Some(arbiter_id),
         };
         // Until the primary's Hello says otherwise (the backup adopts its timing).
         let failure_timeout = ms(c.failure_timeout_ms, 1000);

@@ -4,7 +4,7 @@
 use super::super::lifecycle::stop_vm;
 use super::super::owner::{Local, Owner};
 use super::super::{Flow, Vmm};
-use crate::ft::pair::PairReport;
+use crate::ft::pair::{PairReport, PrimaryEnd};
 use ft::status::FtState;
 
 impl Vmm {
@@ -14,7 +14,15 @@ impl Vmm {
             (PairReport::PrimaryEnded { vm, end }, Owner::Primary(p)) => {
                 log::info!("ft: primary pair thread ended ({end:?})");
                 let exit = p.powering_off && self.exit_on_guest_shutdown;
+                let (reset, enable) = (p.reset_pending, p.enable.clone());
                 let (owner, _) = self.primary_returned(p, vm, &end);
+                let owner = match (owner, end) {
+                    // The guest's reset ended the pair for a re-sync: reboot, protect again.
+                    (Owner::Stopped(s), PrimaryEnd::Reboot) => self.reboot_protected(s, enable).0,
+                    // The pair ended otherwise meanwhile; the guest still wants its reset.
+                    (Owner::Local(l), _) if reset => self.reboot(l).0,
+                    (owner, _) => owner,
+                };
                 (owner, if exit { Flow::Exit } else { Flow::Continue })
             }
             (

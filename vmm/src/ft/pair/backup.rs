@@ -27,7 +27,7 @@ use crate::vm::Vm;
 use devices::virtio::block::disk::RawDisk;
 use devices::virtio::block::gate::DiskMode;
 use devices::GuestEventHandler;
-use ft::arbiter::FileArbiter;
+use ft::arbiter::Arbiter;
 use ft::checkpoint::{
     agree, is_resync, BackupHooks, BackupOptions, BackupWants, CheckpointError, FtBackup,
     PairDiskMode, PairSettings, ReceivedCheckpoint, SettingsError,
@@ -94,7 +94,7 @@ pub struct BackupSetup {
     pub localize: Localize,
     /// What `ft.receive` said of the pair's settings; the primary's Hello must agree.
     pub wants: BackupWants,
-    pub arbiter: FileArbiter,
+    pub arbiter: Arc<dyn Arbiter>,
     pub status: StatusHandle,
     pub failure_timeout: Duration,
     pub guest_events: GuestEventHandler,
@@ -355,7 +355,8 @@ fn run_backup(
                 let _ = reply.send(Err(PairError::NotPrimary));
             }
             Ok(PairCommand::Promote) => promote = true,
-            Err(RecvTimeoutError::Timeout) => {}
+            // A backup runs no guest that could reset.
+            Ok(PairCommand::GuestReset) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 detector.close();
                 return end("the VMM went away".into());

@@ -82,6 +82,9 @@ pub enum PairCommand {
     Reboot,
     /// vmm.shutdown on a backup: stop and discard, like ft.disable.
     Leave,
+    /// The primary's guest asked for a reset: like Reboot, but the thread reports when done
+    /// (the VMM thread does not wait: the pair may still be syncing).
+    GuestReset,
 }
 
 /// What a pair thread reports when it ends on its own (not through [`PairHandle::end`]).

@@ -25,7 +25,7 @@ use crate::migration::source::PrimaryVm;
 use crate::vm::Vm;
 use devices::virtio::block::gate::DiskMode;
 use devices::virtio::ft::FtSetup;
-use ft::arbiter::FileArbiter;
+use ft::arbiter::Arbiter;
 use ft::checkpoint::{CheckpointError, EpochHooks, FtPrimary, PrimaryOptions, RESYNC_PREFIX};
 use ft::failover::{Decision, FailoverCoordinator};
 use ft::frame::FrameType;
@@ -66,6 +66,8 @@ enum Ending {
     Disable,
     Shutdown(&'static str),
     Reboot,
+    /// The guest's own reset: a reboot the VMM thread does not wait for.
+    GuestReset,
     PowerOff,
 }
 
@@ -76,6 +78,7 @@ impl Ending {
             Ending::Disable => "ft.disable on the primary".into(),
             Ending::Shutdown(why) => why.into(),
             Ending::Reboot => format!("{RESYNC_PREFIX}vm.reboot on the primary"),
+            Ending::GuestReset => format!("{RESYNC_PREFIX}the guest reset itself"),
             Ending::PowerOff => "guest powered off".into(),
         }
     }
@@ -135,7 +138,7 @@ pub struct PrimarySetup {
     /// The stream, its Hello accepted by the backup (`ft.enable` opened it).
     pub stream: OpenedStream,
     pub disk_mode: DiskMode,
-    pub arbiter: FileArbiter,
+    pub arbiter: Arc<dyn Arbiter>,
     pub status: StatusHandle,
     pub timing: PairTiming,
     /// What the handshake in `ft.enable` established.
@@ -150,7 +153,7 @@ struct PrimaryRun {
     hooks: Arc<PrimaryPairHooks>,
     clock: Arc<EpochClock>,
     detector: FailureDetector,
-    arbiter: FileArbiter,
+    arbiter: Arc<dyn Arbiter>,
     status: StatusHandle,
     timing: PairTiming,
     commands: Receiver<PairCommand>,
@@ -337,6 +340,7 @@ impl PrimaryRun {
                 }
                 Ok(PairCommand::Shutdown(why)) => Some(Ending::Shutdown(why)),
                 Ok(PairCommand::Reboot) => Some(Ending::Reboot),
+                Ok(PairCommand::GuestReset) => Some(Ending::GuestReset),
                 Ok(PairCommand::PowerOff) => Some(Ending::PowerOff),
                 Ok(PairCommand::Pause(reply)) => {
                     let r = primary
@@ -441,7 +445,7 @@ impl PrimaryRun {
         &self,
         primary: FtPrimary<PrimaryVm>,
         ending: Ending,
-        mut coordinator: FailoverCoordinator<FileArbiter>,
+        mut coordinator: FailoverCoordinator<Arc<dyn Arbiter>>,
     ) -> (Option<Vm>, PrimaryEnd, bool) {
         let reason = ending.reason();
         let (vm, confirmed) = self.finish(primary, Some(&reason));
@@ -507,7 +511,7 @@ impl PrimaryRun {
                     .disable(&format!("guest powered off; the pair has ended ({how})"));
                 PrimaryEnd::PoweredOff
             }
-            Ending::Reboot => {
+            Ending::Reboot | Ending::GuestReset => {
                 let _ = self.status.transition(
                     FtState::Unprotected,
                     &format!(
@@ -525,7 +529,7 @@ impl PrimaryRun {
     /// reboot or power-off asked for meanwhile replaces `ending`.
     fn settle(
         &self,
-        coordinator: &mut FailoverCoordinator<FileArbiter>,
+        coordinator: &mut FailoverCoordinator<Arc<dyn Arbiter>>,
         why: &str,
         ending: &mut Option<Ending>,
     ) -> Settled {
@@ -552,6 +556,7 @@ impl PrimaryRun {
                             }
                             Ok(PairCommand::Shutdown(why)) => Some(Ending::Shutdown(why)),
                             Ok(PairCommand::Reboot) => Some(Ending::Reboot),
+                            Ok(PairCommand::GuestReset) => Some(Ending::GuestReset),
                             Ok(PairCommand::PowerOff) => Some(Ending::PowerOff),
                             Ok(_) | Err(_) => None,
                         };
