@@ -1,6 +1,6 @@
 //! Fault tolerance: the replication stream, checkpoint engine, output gates, heartbeats, arbiter and
 //! failover (DESIGN.md). So far: the framed stream, its transports, its authentication (`auth`:
-//! pair key, handshake, HMAC records), the VM trait the `vmm` implements, pre-copy live migration
+//! pair key, handshake, encrypted records), the VM trait the `vmm` implements, pre-copy live migration
 //! over them, the checkpoint engine (`checkpoint`: primary
 //! epochs, backup staging/ack/apply, go-live), and the FT building blocks around it: `gate` (the
 //! epoch clock and output rule the device gates follow), `status` (state machine, ft.status),

@@ -5,7 +5,8 @@
 //! destination runs the VM, the source never hears it), or kills the link instead of passing
 //! the source's Commit (the source sent it, the destination never gets it). The destination's
 //! side of the connection stays open after the cut, so that its last write succeeds, as it would
-//! when a link dies beyond its host.
+//! when a link dies beyond its host. The stream must be keyless (`insecure` on the private test
+//! link): each side's handshake message passes as it is, and plain frames follow.
 
 use crate::net::{Node, TestNet};
 use ft::frame::{FrameHeader, FrameType, HEADER_LEN, MAX_PAYLOAD};
@@ -109,6 +110,11 @@ fn copy_frames(
     cut_at: impl Fn(usize, FrameType) -> bool,
     done: &AtomicBool,
 ) {
+    let mut hello = [0u8; ft::auth::MSG_LEN];
+    if from.read_exact(&mut hello).is_err() || to.write_all(&hello).is_err() {
+        let _ = to.shutdown(Shutdown::Write);
+        return;
+    }
     let mut frame = Vec::new();
     let mut n = 0;
     loop {

@@ -18,6 +18,7 @@
 //! `tests/tests/linux_guest.rs`). Details: the `tandem_require` crate (tests/require).
 
 pub mod bench;
+pub mod capture;
 pub mod client;
 pub mod dashboard;
 pub mod docker;

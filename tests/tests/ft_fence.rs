@@ -49,6 +49,8 @@ fn pair_on(tag: &str, fs: &StallableFs, failure_timeout_ms: u64) -> Fenced {
         "ft.receive",
         Some(&json!({
             "listen": url,
+            // The private test link.
+            "insecure": true,
             "net": [{"id": "nic0", "tap": "tap0"}],
             "serial": {"mode": "File", "file": b.serial_path},
             "arbiter": {"path": arbiter},

@@ -49,6 +49,7 @@ fn migrate(pair: &Pair, src: usize, dst: usize, downtime_ms: u64) -> Value {
         Some(&json!({
             "receiver_url": url,
             "serial": {"mode": "File", "file": d.serial_path},
+            "insecure": true,
         })),
     );
     s.put_ok(
@@ -193,7 +194,7 @@ fn link_cut_mid_migration_leaves_the_source_running_and_serving() {
     let url = format!("tcp:{HOST_B_LINK_IP}:{PORT}");
     b.put_ok(
         "vm.receive-migration",
-        Some(&json!({"receiver_url": url, "serial": {"mode": "Null"}})),
+        Some(&json!({"receiver_url": url, "serial": {"mode": "Null"}, "insecure": true})),
     );
     p.put_ok("vm.send-migration", Some(&json!({"destination_url": url})));
     let start = Instant::now();

@@ -77,6 +77,8 @@ fn migrate(h: &Hosts, src: usize, dst: usize, cut: Option<Cut>, arbiter: Option<
     let mut recv = json!({
         "receiver_url": format!("tcp:{listen}"),
         "serial": {"mode": "File", "file": d.serial_path},
+        // The private test link.
+        "insecure": true,
     });
     let mut send = json!({"destination_url": format!("tcp:{listen}"), "downtime_ms": 300});
     if let Some(a) = &arbiter {

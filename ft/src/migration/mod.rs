@@ -8,12 +8,17 @@
 //! `VcpuState`* `DeviceState` `Commit` (ack requested). Destination → source: `Ack` of Hello, `Ack`
 //! of Commit once the state is restored, or `Abort` at any point. The header's epoch is the round.
 //!
+//! Both ends open the stream with `auth`'s handshake for a migration first (with or without a
+//! key; with one, every byte travels encrypted): `accept_source` on the destination, which goes
+//! on waiting through refused connections.
+//!
 //! Hand-over ([`handover`]): the destination restores, (with an arbiter) wins the generation the
 //! source named, runs the VM and acks Commit; the source reports success on that ack. Once the
 //! Commit has left, a source that gets no ack never resumes unless it knows the destination does
 //! not run the VM (its Abort, or the source's own win at the arbiter); otherwise the migration
 //! ends as [`MigrationError::OutcomeUnknown`], the source VM paused.
 
+mod accept;
 pub(crate) mod channel;
 pub mod handover;
 mod policy;
@@ -21,6 +26,7 @@ mod progress;
 mod receiver;
 mod sender;
 
+pub use accept::accept_source;
 /// The error and its causes on one line (the workspace's one helper, under the name this
 /// crate's modules use).
 pub use errors::chain as error_chain;

@@ -65,6 +65,10 @@ pub struct MigrationProgress {
     pub downtime_ms: Option<u64>,
     /// Why it failed, with its causes.
     pub error: Option<String>,
+    /// Whether the stream is encrypted and authenticated with a key (known after the handshake).
+    pub authenticated: Option<bool>,
+    /// Destination: why the latest connection was refused at the handshake (the wait goes on).
+    pub refused: Option<String>,
 }
 
 struct Inner {
@@ -95,6 +99,8 @@ impl ProgressHandle {
                 elapsed_ms: 0,
                 downtime_ms: None,
                 error: None,
+                authenticated: None,
+                refused: None,
             },
             started: Instant::now(),
             ended: None,
@@ -116,6 +122,11 @@ impl ProgressHandle {
             .duration_since(g.started)
             .as_millis() as u64;
         p
+    }
+
+    /// Records what the handshake established.
+    pub fn set_authenticated(&self, authenticated: bool) {
+        self.lock().p.authenticated = Some(authenticated);
     }
 
     pub(crate) fn update(&self, f: impl FnOnce(&mut MigrationProgress)) {

@@ -40,9 +40,10 @@ pub enum ApiRequest {
 /// `{"etcd": {...}}`; the same object wherever a member must win a generation.
 pub use ft::arbiter::ArbiterConfig;
 
-/// The pair key both members hold (`ft.enable` and `ft.receive`): a file of at least 32 random
-/// bytes, readable by its owner only. With it the replication stream and the heartbeats are
-/// authenticated; without it on both sides they are not; on one side only, the pair is refused.
+/// The key both ends hold (`ft.enable` / `ft.receive`, `vm.send-migration` /
+/// `vm.receive-migration`): a file of at least 32 random bytes, readable by its owner only. With
+/// it the stream (and an FT pair's heartbeats) is encrypted and authenticated; without it on both
+/// sides it is neither; on one side only, the connection is refused.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FtKeyConfig {
@@ -82,9 +83,12 @@ pub struct FtReceiveConfig {
     /// Silence from the primary after which it counts as failed (default: the primary's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_timeout_ms: Option<u64>,
-    /// The pair key (default: none, unauthenticated).
+    /// The pair key (default: none, unencrypted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<FtKeyConfig>,
+    /// Without a key, listen on an address other hosts can reach anyway (default: refused).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
     /// `udp:ADDR:PORT` to receive the primary's heartbeats on, over a second network path
     /// (with `peer_heartbeat`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,7 +115,7 @@ pub struct FtEnableConfig {
     /// Silence from the backup after which it counts as failed (default 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_timeout_ms: Option<u64>,
-    /// The pair key (default: none, unauthenticated).
+    /// The pair key (default: none, unencrypted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<FtKeyConfig>,
     /// `udp:ADDR:PORT` to receive the backup's heartbeats on, over a second network path
@@ -136,6 +140,9 @@ pub struct SendMigrationConfig {
     /// on whichever side wins the hand-over's generation, also when the final ack is lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arbiter: Option<ArbiterConfig>,
+    /// The key the destination holds too (default: none, unencrypted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<FtKeyConfig>,
 }
 
 /// `vm.resume`'s optional body.
@@ -167,6 +174,12 @@ pub struct ReceiveMigrationConfig {
     /// must name the same).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arbiter: Option<ArbiterConfig>,
+    /// The key the source holds too (default: none, unencrypted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<FtKeyConfig>,
+    /// Without a key, listen on an address other hosts can reach anyway (default: refused).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
 }
 
 /// `vm.snapshot`: where to write the snapshot.

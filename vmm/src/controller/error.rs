@@ -115,6 +115,13 @@ pub enum VmmError {
     FtRefused(#[source] ft::migration::MigrationError),
     #[error("bad heartbeat path")]
     FtHeartbeat(#[source] HeartbeatSetupError),
+    /// A keyless listener other hosts could reach, without `"insecure": true`.
+    #[error(transparent)]
+    InsecureListen(AuthError),
+    #[error("cannot use the migration key")]
+    MigrationKey(#[source] AuthError),
+    #[error("the migration destination was refused")]
+    MigrationAuth(#[source] AuthError),
 }
 
 impl VmmError {
@@ -146,6 +153,9 @@ impl VmmError {
             | VmmError::FtAuth(_)
             | VmmError::FtRefused(_)
             | VmmError::FtHeartbeat(_)
+            | VmmError::InsecureListen(_)
+            | VmmError::MigrationKey(_)
+            | VmmError::MigrationAuth(_)
             | VmmError::MigrationUrl(_)
             | VmmError::MigrationConnect(_)
             | VmmError::MigrationListen(_)

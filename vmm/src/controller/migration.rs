@@ -1,6 +1,9 @@
-//! `vm.send-migration` and `vm.receive-migration`: the VMM thread checks and connects (so that a
-//! bad URL or an unreachable peer is the caller's immediate 4xx), then a migration thread runs
-//! ft's pre-copy engine and reports back with a `VmmEvent`. `vm.info` shows the progress meanwhile.
+//! `vm.send-migration` and `vm.receive-migration`: the VMM thread checks, connects and runs the
+//! handshake (so that a bad URL, an unreachable peer or a wrong key is the caller's immediate 4xx
+//! and the VM runs on untouched), then a migration thread runs ft's pre-copy engine and reports
+//! back with a `VmmEvent`. `vm.info` shows the progress meanwhile. With a key (the same file on
+//! both ends) the stream is encrypted and authenticated as an FT pair's is; without one a
+//! destination listens only on a local address unless the call says `"insecure": true`.
 //!
 //! Hand-over (`ft::migration::handover`): once the final state has left, the source never runs
 //! the VM again unless it knows the destination does not. When neither the destination's ack,
@@ -19,9 +22,10 @@ use crate::migration::incoming::IncomingVm;
 use crate::migration::source::SourceVm;
 use crate::vm::memory::MemoryError;
 use crate::vm::Vm;
+use ft::auth::{check_listener, handshake, PairKey, Purpose, Side};
 use ft::migration::{
-    send_migration, HandoverArbiter, IncomingMigration, MigrationError, ProgressHandle,
-    ReceiveOptions, Role, SendOptions, SendReport,
+    accept_source, send_migration, HandoverArbiter, IncomingMigration, MigrationError,
+    ProgressHandle, ReceiveOptions, Role, SendOptions, SendReport,
 };
 use ft::transport::{self, Endpoint, Listener, TransportError};
 use serde_json::json;
@@ -38,6 +42,14 @@ const IO_TIMEOUT: Duration = Duration::from_secs(15);
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a destination waits for the source to connect.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Longest handshake either end waits through (a destination then takes the next connection).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads the key a migration call names (400 when the file is missing, short or open to others).
+fn load_key(c: Option<&crate::api::types::FtKeyConfig>) -> Result<Option<PairKey>, VmmError> {
+    c.map(|k| PairKey::load(&k.path).map_err(VmmError::MigrationKey))
+        .transpose()
+}
 
 /// What an operator does about a migration whose outcome is unknown.
 pub(super) const IN_DOUBT_ACTION: &str = "check the destination's vm.info: if the VM runs \
@@ -171,19 +183,16 @@ impl MigrationStatus {
 }
 
 impl Vmm {
-    /// `vm.send-migration` on a running VM: connects, then migrates it in the background.
+    /// `vm.send-migration` on a running VM: connects and runs the handshake, then migrates it
+    /// in the background.
     pub(super) fn send_migration(&mut self, l: Local, c: &SendMigrationConfig) -> Step {
-        let endpoint: Endpoint = match c.destination_url.parse() {
-            Ok(e) => e,
-            Err(e) => return (Owner::Local(l), Err(VmmError::MigrationUrl(e))),
-        };
         let arbiter = match handover_arbiter(c.arbiter.as_ref()) {
             Ok(a) => a,
             Err(e) => return (Owner::Local(l), Err(e)),
         };
-        let conn = match transport::connect(&endpoint, CONNECT_TIMEOUT) {
+        let (endpoint, conn, authenticated) = match connect_destination(c) {
             Ok(c) => c,
-            Err(e) => return (Owner::Local(l), Err(VmmError::MigrationConnect(e))),
+            Err(e) => return (Owner::Local(l), Err(e)),
         };
         let Local { config, vm, .. } = l;
         let counters = vm.counter_source();
@@ -198,6 +207,7 @@ impl Vmm {
             ..SendOptions::default()
         };
         let progress = ProgressHandle::new(Role::Source);
+        progress.set_authenticated(authenticated);
         let p = progress.clone();
         let events = self.events.clone();
         let config_json = serde_json::to_string(&config).unwrap_or_default();
@@ -293,17 +303,13 @@ impl Vmm {
 
     /// `vm.receive-migration` on an empty VMM: listens, then receives a VM in the background.
     pub(super) fn receive_migration(&mut self, c: ReceiveMigrationConfig) -> Step {
-        let endpoint: Endpoint = match c.receiver_url.parse() {
-            Ok(e) => e,
-            Err(e) => return (Owner::Empty, Err(VmmError::MigrationUrl(e))),
-        };
         let arbiter = match handover_arbiter(c.arbiter.as_ref()) {
             Ok(a) => a,
             Err(e) => return (Owner::Empty, Err(e)),
         };
-        let listener = match Listener::bind(&endpoint) {
+        let (endpoint, key, listener) = match listen(&c) {
             Ok(l) => l,
-            Err(e) => return (Owner::Empty, Err(VmmError::MigrationListen(e))),
+            Err(e) => return (Owner::Empty, Err(e)),
         };
         let (guest_events, on_failure) = self.new_boot_handlers();
         let progress = ProgressHandle::new(Role::Destination);
@@ -314,9 +320,14 @@ impl Vmm {
             .spawn(move || {
                 crate::seccomp::apply(crate::seccomp::ThreadKind::Migration);
                 let result = (|| -> Result<(Box<VmConfig>, Vm), ReceiveError> {
-                    let conn = listener
-                        .accept(Some(ACCEPT_TIMEOUT))
-                        .map_err(ReceiveError::Accept)?;
+                    let (conn, _) = accept_source(
+                        &listener,
+                        key.as_ref(),
+                        ACCEPT_TIMEOUT,
+                        HANDSHAKE_TIMEOUT,
+                        &p,
+                    )
+                    .map_err(ReceiveError::Accept)?;
                     let opts = ReceiveOptions {
                         io_timeout: IO_TIMEOUT,
                         arbiter,
@@ -403,4 +414,44 @@ impl Vmm {
             }
         }
     }
+}
+
+/// Everything `vm.send-migration` checks before the VM is touched: the URL, the key file, the
+/// connection, and the handshake (a destination with another key, or none, is refused here).
+/// Returns where, the stream, and whether it is encrypted.
+fn connect_destination(
+    c: &SendMigrationConfig,
+) -> Result<(Endpoint, Box<dyn ft::transport::Connection>, bool), VmmError> {
+    let endpoint: Endpoint = c.destination_url.parse().map_err(VmmError::MigrationUrl)?;
+    let key = load_key(c.key.as_ref())?;
+    let conn =
+        transport::connect(&endpoint, CONNECT_TIMEOUT).map_err(VmmError::MigrationConnect)?;
+    let (conn, session) = handshake(
+        conn,
+        key.as_ref(),
+        Side::Initiator,
+        Purpose::Migration,
+        HANDSHAKE_TIMEOUT,
+    )
+    .map_err(|e| {
+        log::error!("migration to {endpoint} refused: {}", errors::chain(&e));
+        VmmError::MigrationAuth(e)
+    })?;
+    if !session.authenticated {
+        log::warn!(
+            "migration to {endpoint}: the stream is NOT encrypted or authenticated (no key)"
+        );
+    }
+    Ok((endpoint, conn, session.authenticated))
+}
+
+/// Everything `vm.receive-migration` checks before it listens: the URL, the key file, and that a
+/// keyless listener is local or said `insecure` (a keyless destination runs whatever VM whoever
+/// connects sends it).
+fn listen(c: &ReceiveMigrationConfig) -> Result<(Endpoint, Option<PairKey>, Listener), VmmError> {
+    let endpoint: Endpoint = c.receiver_url.parse().map_err(VmmError::MigrationUrl)?;
+    let key = load_key(c.key.as_ref())?;
+    check_listener(&endpoint, key.is_some(), c.insecure).map_err(VmmError::InsecureListen)?;
+    let listener = Listener::bind(&endpoint).map_err(VmmError::MigrationListen)?;
+    Ok((endpoint, key, listener))
 }

@@ -216,8 +216,9 @@ fn run_backup(
             }
             match s.listener.accept(Some(ACCEPT_TURN)) {
                 Ok(c) => {
-                    use ft::auth::{handshake, Side};
-                    match handshake(c, s.key.as_ref(), Side::Responder, HANDSHAKE_TIMEOUT) {
+                    use ft::auth::{handshake, Purpose, Side};
+                    let key = s.key.as_ref();
+                    match handshake(c, key, Side::Responder, Purpose::Ft, HANDSHAKE_TIMEOUT) {
                         Ok(done) => break done,
                         // Whoever connected cannot end the wait: the real primary may come next.
                         Err(e) => {
@@ -237,7 +238,9 @@ fn run_backup(
         };
         let (conn, session) = conn;
         if !session.authenticated {
-            log::warn!("ft backup: the replication stream is NOT authenticated (no pair key)");
+            log::warn!(
+                "ft backup: the replication stream is NOT encrypted or authenticated (no key)"
+            );
         }
         status.set_authenticated(session.authenticated);
         if let Ok(c) = conn.try_clone_box() {
