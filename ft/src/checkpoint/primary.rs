@@ -11,11 +11,13 @@
 //! guest and epochs go on; the backup learns it from the next checkpoint.
 
 use super::capture::Captured;
+use super::epoch::epoch_loop;
+use super::flow::FlowOptions;
 use super::hooks::EpochHooks;
 use super::sent_pages::SentPages;
-use super::stats::{CheckpointStats, StatsSink, Trigger};
-use super::window::{InFlight, Window};
-use super::{now_ms, vm_err, CheckpointError};
+use super::stats::{CheckpointStats, StatsSink};
+use super::window::Window;
+use super::{now_ms, CheckpointError};
 use crate::frame::Frame;
 use crate::migration::channel::{FrameWriter, Inbox, Waited};
 use crate::migration::{
@@ -29,6 +31,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// Default bound on the staged bytes of unacked checkpoints.
+pub const DEFAULT_MAX_BACKLOG_BYTES: u64 = 64 << 20;
+
 /// Primary-side settings.
 #[derive(Debug, Clone)]
 pub struct PrimaryOptions {
@@ -40,8 +45,13 @@ pub struct PrimaryOptions {
     pub poll_interval: Duration,
     /// Most unacked checkpoints (K).
     pub max_in_flight: usize,
-    /// Most staged bytes of unacked checkpoints (B).
-    pub max_in_flight_bytes: u64,
+    /// Most staged bytes of unacked checkpoints (B, `ft.enable`'s `max_backlog_bytes`): an
+    /// epoch waits for room for the checkpoint flow control expects, and a checkpoint that turns
+    /// out larger waits in its pause for acks; only a single checkpoint larger than B alone can
+    /// exceed it (flow control sizes epochs to a quarter of it).
+    pub max_backlog_bytes: u64,
+    /// Flow control: epoch length and vCPU throttle.
+    pub flow: FlowOptions,
     /// Heartbeat when nothing else was sent for this long.
     pub heartbeat_interval: Duration,
     /// An unacked checkpoint older than this ends checkpointing.
@@ -58,7 +68,8 @@ impl Default for PrimaryOptions {
             checkpoint_interval: Duration::from_millis(25),
             poll_interval: Duration::from_micros(500),
             max_in_flight: 2,
-            max_in_flight_bytes: 256 << 20,
+            max_backlog_bytes: DEFAULT_MAX_BACKLOG_BYTES,
+            flow: FlowOptions::default(),
             heartbeat_interval: Duration::from_millis(100),
             ack_timeout: Duration::from_secs(5),
             delta_cache_bytes: 64 << 20,
@@ -98,7 +109,7 @@ pub struct PrimaryExit<V> {
 
 /// The guest's run state as the epoch thread sees it; the pair asks, the epoch thread acts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum GuestRun {
+pub(super) enum GuestRun {
     Running,
     /// `pause_guest`: the next checkpoint leaves the guest paused.
     PauseAsked,
@@ -108,27 +119,27 @@ enum GuestRun {
 }
 
 /// State the three threads share.
-struct Shared {
-    guest: Mutex<GuestRun>,
+pub(super) struct Shared {
+    pub(super) guest: Mutex<GuestRun>,
     /// The epoch thread left the VM paused (after a `Trigger::Pause` checkpoint).
-    vm_paused: AtomicBool,
-    window: Mutex<Window>,
-    changed: Condvar,
-    stop: AtomicBool,
+    pub(super) vm_paused: AtomicBool,
+    pub(super) window: Mutex<Window>,
+    pub(super) changed: Condvar,
+    pub(super) stop: AtomicBool,
     error: Mutex<Option<CheckpointError>>,
     committed: Mutex<Option<u64>>,
     /// The epoch thread has ended: no checkpoint will join the window any more.
-    epoch_done: AtomicBool,
+    pub(super) epoch_done: AtomicBool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panicking engine thread is reported through its join; the data stays usable.
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Shared {
     /// Records the first error and stops everything.
-    fn fail(&self, e: CheckpointError) {
+    pub(super) fn fail(&self, e: CheckpointError) {
         log::warn!("ft primary: {}", error_chain(&e));
         let mut slot = lock(&self.error);
         if slot.is_none() {
@@ -139,7 +150,7 @@ impl Shared {
         self.changed.notify_all();
     }
 
-    fn failed(&self) -> bool {
+    pub(super) fn failed(&self) -> bool {
         lock(&self.error).is_some()
     }
 }
@@ -183,7 +194,7 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
         let shared = Arc::new(Shared {
             guest: Mutex::new(GuestRun::Running),
             vm_paused: AtomicBool::new(false),
-            window: Mutex::new(Window::new(opts.max_in_flight, opts.max_in_flight_bytes)),
+            window: Mutex::new(Window::new(opts.max_in_flight, opts.max_backlog_bytes)),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
             error: Mutex::new(None),
@@ -391,170 +402,6 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
     }
 }
 
-/// Ends epochs and captures them until stopped; returns (checkpoints captured, total stall).
-fn epoch_loop<V: MigratableVm>(
-    s: &Shared,
-    vm: &Mutex<V>,
-    tx: mpsc::Sender<Captured>,
-    o: &PrimaryOptions,
-    hooks: &dyn EpochHooks,
-    stats: &dyn StatsSink,
-) -> (u64, Duration) {
-    let mut epoch = 0u64;
-    let mut total_stall = Duration::ZERO;
-    let mut started = Instant::now();
-    while let Some(trigger) = wait_epoch_end(s, o, hooks, started) {
-        let stall_from = Instant::now();
-        let mut w = lock(&s.window);
-        while !w.has_room() && !s.stop.load(Ordering::SeqCst) {
-            w = s
-                .changed
-                .wait_timeout(w, o.poll_interval.max(Duration::from_millis(1)))
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
-        }
-        if s.stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let stall = stall_from.elapsed();
-        total_stall += stall;
-        let in_flight_before = w.len();
-        drop(w);
-
-        let keep_paused = trigger == Trigger::Pause;
-        let mut guard = lock(vm);
-        let paused_at = Instant::now();
-        let cap = capture(&mut *guard, epoch + 1, hooks, keep_paused);
-        let pause = paused_at.elapsed();
-        drop(guard);
-        let mut cap = match cap {
-            Ok(c) => c,
-            Err(e) => {
-                s.fail(e);
-                break;
-            }
-        };
-        cap.pause = pause;
-        cap.guest_paused = keep_paused;
-        epoch += 1;
-        started = Instant::now();
-        let mut w = lock(&s.window);
-        w.push(InFlight {
-            epoch,
-            staged_bytes: cap.staged_bytes(),
-            pages: cap.pages(),
-            trigger,
-            pause,
-            stall,
-            resumed_at: started,
-            in_flight_before,
-            commit_seq: None,
-            wire_bytes: 0,
-            encodings: Default::default(),
-            sent_at: None,
-        });
-        let (epochs, bytes) = (w.len(), w.bytes());
-        drop(w);
-        stats.in_flight(epochs, bytes);
-        if tx.send(cap).is_err() {
-            break; // the sender ended on an error it has recorded
-        }
-        if keep_paused {
-            if !stay_paused(s, vm) {
-                break;
-            }
-            started = Instant::now();
-        }
-    }
-    s.epoch_done.store(true, Ordering::SeqCst);
-    s.changed.notify_all();
-    (epoch, total_stall)
-}
-
-/// The guest is paused after its checkpoint: says so, then waits for `resume_guest` (resumes
-/// the guest, `true`) or the end of epochs (leaves it paused, `false`).
-fn stay_paused<V: MigratableVm>(s: &Shared, vm: &Mutex<V>) -> bool {
-    s.vm_paused.store(true, Ordering::SeqCst);
-    let mut g = lock(&s.guest);
-    *g = GuestRun::Paused;
-    s.changed.notify_all();
-    loop {
-        if s.stop.load(Ordering::SeqCst) {
-            return false;
-        }
-        if *g == GuestRun::ResumeAsked {
-            break;
-        }
-        g = s
-            .changed
-            .wait_timeout(g, Duration::from_millis(10))
-            .map(|(g, _)| g)
-            .unwrap_or_else(|e| e.into_inner().0);
-    }
-    drop(g);
-    if let Err(e) = lock(vm).resume() {
-        s.fail(vm_err("resume")(e));
-        return false;
-    }
-    s.vm_paused.store(false, Ordering::SeqCst);
-    *lock(&s.guest) = GuestRun::Running;
-    s.changed.notify_all();
-    true
-}
-
-/// Waits until the epoch should end: the interval passed, or output is held and nothing is in
-/// flight (output-triggered), or the guest is to pause. `None` once stopped.
-fn wait_epoch_end(
-    s: &Shared,
-    o: &PrimaryOptions,
-    hooks: &dyn EpochHooks,
-    started: Instant,
-) -> Option<Trigger> {
-    loop {
-        if s.stop.load(Ordering::SeqCst) {
-            return None;
-        }
-        match *lock(&s.guest) {
-            GuestRun::PauseAsked => return Some(Trigger::Pause),
-            // Asked to resume a guest that is not paused (a pause that failed): nothing to do.
-            GuestRun::ResumeAsked => {
-                *lock(&s.guest) = GuestRun::Running;
-                s.changed.notify_all();
-            }
-            GuestRun::Running | GuestRun::Paused => {}
-        }
-        let elapsed = started.elapsed();
-        if elapsed >= o.checkpoint_interval {
-            return Some(Trigger::Timer);
-        }
-        if hooks.output_waiting() && lock(&s.window).is_empty() {
-            return Some(Trigger::Output);
-        }
-        std::thread::sleep(o.poll_interval.min(o.checkpoint_interval - elapsed));
-    }
-}
-
-/// Pause, copy into the staging buffer, save state, tell the gates, resume (unless
-/// `keep_paused`). The VM is running again when this returns, unless resuming itself failed.
-fn capture<V: MigratableVm + ?Sized>(
-    vm: &mut V,
-    epoch: u64,
-    hooks: &dyn EpochHooks,
-    keep_paused: bool,
-) -> Result<Captured, CheckpointError> {
-    vm.pause().map_err(vm_err("pause"))?;
-    let cap = Captured::take(vm, epoch).map(|mut cap| {
-        hooks.epoch_captured(epoch);
-        cap.set_extras(hooks.take_epoch_extras(epoch));
-        cap
-    });
-    // Resume even when the capture failed: a stopped guest is worse than an unprotected one.
-    if !keep_paused || cap.is_err() {
-        vm.resume().map_err(vm_err("resume"))?;
-    }
-    cap
-}
-
 /// Frames captured checkpoints onto the stream; heartbeats when idle.
 fn send_loop(
     s: &Shared,
@@ -708,6 +555,9 @@ fn on_ack(
         epoch: e.epoch,
         trigger: e.trigger,
         pause: e.pause,
+        steps: e.steps,
+        throttle_permille: e.throttle_permille,
+        epoch_run: e.epoch_run,
         stall: e.stall,
         pages: e.pages,
         bytes: e.wire_bytes,

@@ -108,6 +108,10 @@ pub struct FtEnableConfig {
     /// Heartbeat on the stream when idle (default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_interval_ms: Option<u64>,
+    /// Bound on the staged bytes of checkpoints captured but not acked (default 64 MiB, at
+    /// least 1 MiB); flow control throttles the guest to stay under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backlog_bytes: Option<u64>,
     /// Silence from the backup after which it counts as failed (default 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_timeout_ms: Option<u64>,

@@ -69,6 +69,9 @@ fn heartbeat_paths(
         .map_err(VmmError::FtHeartbeat)
 }
 
+/// Smallest backlog bound `ft.enable` takes: below it flow control would throttle an idle guest.
+const MIN_BACKLOG_BYTES: u64 = 1 << 20;
+
 fn ms(v: Option<u64>, default: u64) -> Duration {
     Duration::from_millis(v.unwrap_or(default).max(1))
 }
@@ -145,6 +148,10 @@ impl Vmm {
                 checkpoint_interval: ms(c.checkpoint_interval_ms, 25),
                 heartbeat_interval: ms(c.heartbeat_interval_ms, 100),
                 failure_timeout: ms(c.failure_timeout_ms, 1000),
+                max_backlog_bytes: c
+                    .max_backlog_bytes
+                    .unwrap_or(ft::checkpoint::DEFAULT_MAX_BACKLOG_BYTES)
+                    .max(MIN_BACKLOG_BYTES),
             },
             events: self.events.clone(),
             session,

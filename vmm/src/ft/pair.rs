@@ -84,6 +84,8 @@ pub struct PairTiming {
     pub heartbeat_interval: Duration,
     /// Silence from the peer after which it counts as failed.
     pub failure_timeout: Duration,
+    /// Bound on the staged bytes of unacked checkpoints (`ft.enable`'s `max_backlog_bytes`).
+    pub max_backlog_bytes: u64,
 }
 
 /// The answer to a pause or resume: an error says why it was not done.
@@ -192,11 +194,15 @@ struct StatusStats(StatusHandle);
 impl StatsSink for StatusStats {
     fn checkpoint_committed(&self, s: &CheckpointStats) {
         self.0.record_checkpoint(s.pause, s.bytes);
+        self.0.record_pause_steps(&s.steps);
         self.0.record_page_encodings(&s.encodings);
         self.0.record_commit(s.epoch);
     }
     fn in_flight(&self, epochs: usize, staged_bytes: u64) {
         self.0.set_backlog(staged_bytes, epochs as u64);
+    }
+    fn flow(&self, f: &ft::checkpoint::FlowReport) {
+        self.0.set_flow(f);
     }
 }
 
@@ -372,6 +378,7 @@ fn run_primary(
         checkpoint_interval: timing.checkpoint_interval,
         heartbeat_interval: timing.heartbeat_interval,
         ack_timeout: timing.failure_timeout.max(Duration::from_secs(1)),
+        max_backlog_bytes: timing.max_backlog_bytes,
         ..PrimaryOptions::default()
     };
     let stats = Arc::new(StatusStats(status.clone()));

@@ -302,9 +302,7 @@ impl Vm {
     /// Parks every vCPU, then stops every device worker (they hand their queues back), so that
     /// nothing changes guest memory or device state until [`Vm::resume`].
     pub fn pause(&self) -> Result<(), VmError> {
-        for v in &self.vcpus {
-            v.pause(VCPU_STOP_TIMEOUT)?;
-        }
+        self.pause_vcpus()?;
         self.virtio.quiesce();
         Ok(())
     }
@@ -312,6 +310,23 @@ impl Vm {
     /// Restarts the device workers, then lets every vCPU run again.
     pub fn resume(&self) {
         self.virtio.resume();
+        self.resume_vcpus();
+    }
+
+    /// Parks every vCPU (all kicked first, then waited for), leaving the devices running: FT's
+    /// throttle takes the guest's CPU this way.
+    pub fn pause_vcpus(&self) -> Result<(), VmError> {
+        for v in &self.vcpus {
+            v.ask_pause();
+        }
+        for v in &self.vcpus {
+            v.wait_parked(VCPU_STOP_TIMEOUT)?;
+        }
+        Ok(())
+    }
+
+    /// Lets every parked vCPU run again.
+    pub fn resume_vcpus(&self) {
         for v in &self.vcpus {
             v.resume();
         }

@@ -123,10 +123,21 @@ impl VcpuHandle {
 
     /// Asks the thread to park and waits until it has.
     pub fn pause(&self, timeout: Duration) -> Result<(), VcpuError> {
+        self.ask_pause();
+        self.wait_parked(timeout)
+    }
+
+    /// Asks the thread to park and kicks it out of KVM_RUN, without waiting: pausing several
+    /// vCPUs asks them all first, so that they stop in parallel.
+    pub fn ask_pause(&self) {
         self.shared.set(|c| c.pause = true);
         // A thread inside KVM_RUN sees the flag only once it exits: kick it now, not after
         // wait_for's first 1 ms wait (every FT checkpoint pauses, so that wait was most of it).
         self.kick();
+    }
+
+    /// Waits until the thread has parked after [`VcpuHandle::ask_pause`].
+    pub fn wait_parked(&self, timeout: Duration) -> Result<(), VcpuError> {
         self.wait_for(timeout, |c| c.parked || self.finished())
     }
 
