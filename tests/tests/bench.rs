@@ -46,7 +46,10 @@ fn ft_bench_quick_prints_every_figure() {
         out.status.success(),
         "tandem-bench ft --quick failed:\n{text}\n{err}"
     );
-    assert!(text.contains("QUICK pass"), "the quick pass says so:\n{text}");
+    assert!(
+        text.contains("QUICK pass"),
+        "the quick pass says so:\n{text}"
+    );
     assert_eq!(
         text.lines().filter(|l| l.starts_with("| load |")).count(),
         1,
@@ -59,9 +62,7 @@ fn ft_bench_quick_prints_every_figure() {
         .collect();
     let row = |load: &str, figure: &str| {
         rows.iter()
-            .find(|r| {
-                r["load"].as_str().is_some_and(|l| l.contains(load)) && r["figure"] == figure
-            })
+            .find(|r| r["load"].as_str().is_some_and(|l| l.contains(load)) && r["figure"] == figure)
             .unwrap_or_else(|| panic!("no row {load:?}/{figure:?} in:\n{text}"))
     };
     for (load, figure) in [

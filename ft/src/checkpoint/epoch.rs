@@ -3,7 +3,7 @@
 //! throttle — from what each capture measured. It owns the VM while it runs.
 
 use super::capture::Captured;
-use super::flow::{EpochSample, FlowControl};
+use super::flow::{EpochSample, FlowControl, FlowLimit, FlowReport};
 use super::hooks::EpochHooks;
 use super::pool::BufferPool;
 use super::primary::{lock, GuestRun, PrimaryOptions, Shared};
@@ -15,6 +15,9 @@ use crate::vm::MigratableVm;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
+
+/// How often ft.status hears of the throttle while an epoch waits for the window.
+const STALL_REPORT: Duration = Duration::from_millis(100);
 
 /// Shortest sleep while waiting for the end of a run budget.
 const MIN_POLL: Duration = Duration::from_micros(50);
@@ -73,6 +76,16 @@ impl Throttle {
         Ok(())
     }
 
+    /// The share of the epoch so far the vCPUs were stopped, per mille.
+    fn share_now(&self) -> u16 {
+        let len = self.epoch_start.elapsed().as_secs_f64();
+        if len <= 0.0 {
+            return 0;
+        }
+        let stopped = 1.0 - self.ran_now().as_secs_f64() / len;
+        (stopped * 1000.0).round().clamp(0.0, 1000.0) as u16
+    }
+
     /// Run budget left (a long time when there is none, or the vCPUs are stopped already).
     fn left(&self) -> Duration {
         match self.budget {
@@ -127,7 +140,9 @@ pub(super) fn epoch_loop<V: MigratableVm>(
         o.max_in_flight + 2,
         usize::try_from(o.max_backlog_bytes).unwrap_or(usize::MAX),
     );
-    let mut flow = FlowControl::new(o.flow, o.checkpoint_interval, o.max_backlog_bytes);
+    let mut flow_opts = o.flow;
+    flow_opts.max_link_time = flow_opts.max_link_time.min(o.ack_timeout / 4);
+    let mut flow = FlowControl::new(flow_opts, o.checkpoint_interval, o.max_backlog_bytes);
     let mut throttle = Throttle::new();
     let mut reported = flow.report();
     stats.flow(&reported);
@@ -152,6 +167,7 @@ pub(super) fn epoch_loop<V: MigratableVm>(
             0
         };
         let mut stalled = false;
+        let mut said: Option<Instant> = None;
         let mut w = lock(&s.window);
         while !w.has_room(next) && !s.stop.load(Ordering::SeqCst) {
             stalled = true;
@@ -165,6 +181,15 @@ pub(super) fn epoch_loop<V: MigratableVm>(
             if let Err(e) = throttle.follow(&mut *lock(vm)) {
                 s.fail(e);
                 return finish(s, vm, &mut throttle, epoch, total_stall);
+            }
+            // Say so now, not only once the epoch can end (a slow link may take seconds).
+            if throttle.stopped && said.is_none_or(|t| t.elapsed() >= STALL_REPORT) {
+                said = Some(Instant::now());
+                stats.flow(&FlowReport {
+                    throttle_permille: throttle.share_now(),
+                    limited_by: FlowLimit::Backlog,
+                    ..flow.report()
+                });
             }
             w = lock(&s.window);
         }
@@ -192,6 +217,8 @@ pub(super) fn epoch_loop<V: MigratableVm>(
         };
         let (ran, throttle_permille) = throttle.captured();
         drop(guard);
+        let link = lock(&s.link).clone();
+        flow.set_link(link.rate(), link.per_page());
         flow.after_capture(&EpochSample {
             pages: cap.pages(),
             ran,
@@ -226,6 +253,7 @@ pub(super) fn epoch_loop<V: MigratableVm>(
             wire_bytes: 0,
             encodings: Default::default(),
             sent_at: None,
+            send_started: None,
         });
         let (epochs, bytes) = (w.len(), w.bytes());
         drop(w);

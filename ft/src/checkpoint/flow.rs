@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 /// What holds flow control's settings where they are.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FlowLimit {
     /// Nothing: full-length epochs, no throttle.
@@ -46,6 +46,11 @@ pub struct FlowOptions {
     /// Shortest epoch: below it a checkpoint's fixed cost (stopping vCPUs, their state) would eat
     /// the guest's time, so a faster dirtier is throttled instead.
     pub min_epoch: Duration,
+    /// Longest a checkpoint may take on a busy link: checkpoints are sized to it once the link's
+    /// pace is known, so that a slow link never holds an ack (and every frame behind it,
+    /// heartbeats included) back for long. The epoch thread uses at most a quarter of the ack
+    /// timeout.
+    pub max_link_time: Duration,
 }
 
 impl Default for FlowOptions {
@@ -54,6 +59,7 @@ impl Default for FlowOptions {
             enabled: true,
             target_pause: Duration::from_millis(4),
             min_epoch: Duration::from_millis(5),
+            max_link_time: Duration::from_millis(250),
         }
     }
 }
@@ -116,6 +122,9 @@ pub(crate) struct FlowControl {
     fixed: Ewma,
     /// Pages the guest dirties per second of run.
     dirty_rate: Option<f64>,
+    /// The link: bytes per second while busy, stream bytes per page.
+    link_rate: Option<f64>,
+    wire_per_page: Option<f64>,
     epoch: Duration,
     run_budget: Option<Duration>,
     /// The throttle measured in the last epoch, per mille.
@@ -140,6 +149,8 @@ impl FlowControl {
             per_page: Ewma::default(),
             fixed: Ewma::default(),
             dirty_rate: None,
+            link_rate: None,
+            wire_per_page: None,
             epoch: first,
             run_budget: None,
             throttle: 0,
@@ -168,18 +179,37 @@ impl FlowControl {
         }
     }
 
-    /// Pages an epoch may dirty: what the pause target allows at the measured cost per page,
-    /// and at most a quarter of the backlog bound, so that a checkpoint fits beside the ones in
-    /// flight.
+    /// The link's pace (bytes per second while busy) and stream bytes per page, as the acks
+    /// show them.
+    pub(crate) fn set_link(&mut self, rate: Option<f64>, wire_per_page: Option<f64>) {
+        self.link_rate = rate;
+        self.wire_per_page = wire_per_page;
+    }
+
+    /// Pages an epoch may dirty, and which bound sets it: the pause target at the measured cost
+    /// per page; a quarter of the backlog bound, so that a checkpoint fits beside the ones in
+    /// flight; what the link carries in `max_link_time`.
+    fn budget(&self) -> (u64, FlowLimit) {
+        let mut best = (
+            (self.max_backlog / 4 / crate::frame::PAGE_SIZE as u64).max(MIN_PAGES),
+            FlowLimit::Backlog,
+        );
+        if let Some(per_page) = self.per_page.0.filter(|&c| c > 0.0) {
+            let target = self.o.target_pause.as_secs_f64();
+            // Whatever the fixed part costs, leave a quarter of the target for pages.
+            let room = (target - self.fixed.0.unwrap_or(0.0)).max(target / 4.0);
+            best = best.min(((room / per_page) as u64, FlowLimit::Pause));
+        }
+        if let (Some(rate), Some(per_page)) = (self.link_rate, self.wire_per_page) {
+            let pages = rate * self.o.max_link_time.as_secs_f64() / per_page.max(1.0);
+            best = best.min((pages.min(u64::MAX as f64) as u64, FlowLimit::Backlog));
+        }
+        (best.0.max(MIN_PAGES), best.1)
+    }
+
+    /// Pages an epoch may dirty (see `budget`).
     pub(crate) fn page_budget(&self) -> u64 {
-        let by_backlog = (self.max_backlog / 4 / crate::frame::PAGE_SIZE as u64).max(MIN_PAGES);
-        let Some(per_page) = self.per_page.0.filter(|&c| c > 0.0) else {
-            return by_backlog;
-        };
-        let target = self.o.target_pause.as_secs_f64();
-        // Whatever the fixed part costs, leave a quarter of the target for pages.
-        let room = (target - self.fixed.0.unwrap_or(0.0)).max(target / 4.0);
-        ((room / per_page) as u64).clamp(MIN_PAGES, by_backlog)
+        self.budget().0
     }
 
     /// Learns from a captured epoch and plans the next one.
@@ -209,15 +239,16 @@ impl FlowControl {
     /// Epoch length and run budget from the estimates.
     fn plan(&mut self, held_by_backlog: bool) {
         let (min, max) = (self.o.min_epoch.min(self.max_epoch), self.max_epoch);
+        let (pages, bound) = self.budget();
         let run = self
             .dirty_rate
             .filter(|&r| r > 0.0)
-            .map(|r| Duration::from_secs_f64((self.page_budget() as f64 / r).min(3600.0)));
+            .map(|r| Duration::from_secs_f64((pages as f64 / r).min(3600.0)));
         (self.epoch, self.run_budget, self.limit) = match run {
             None => (max, None, FlowLimit::None),
             Some(run) if run >= max => (max, Some(run), FlowLimit::None),
-            Some(run) if run >= min => (run, Some(run), FlowLimit::Pause),
-            Some(run) => (min, Some(run.max(MIN_RUN)), FlowLimit::Pause),
+            Some(run) if run >= min => (run, Some(run), bound),
+            Some(run) => (min, Some(run.max(MIN_RUN)), bound),
         };
         if held_by_backlog {
             self.limit = FlowLimit::Backlog;
@@ -328,6 +359,23 @@ mod tests {
         );
         f.after_capture(&epoch(&f, 10_000_000.0, 100 * MS));
         assert_eq!((f.epoch(), f.run_budget()), (25 * MS, None));
+    }
+
+    #[test]
+    fn a_slow_link_sizes_checkpoints_to_what_it_carries_in_a_quarter_second() {
+        let mut f = control();
+        // 1 MB/s, 4 KiB a page: 250 ms carry 61 pages.
+        f.set_link(Some(1e6), Some(4096.0));
+        for _ in 0..5 {
+            f.after_capture(&epoch(&f, 20_000.0, Duration::ZERO));
+        }
+        assert_eq!(f.page_budget(), 61);
+        assert_eq!(f.report().limited_by, FlowLimit::Backlog);
+        assert!(epoch(&f, 20_000.0, Duration::ZERO).throttle_permille > 300);
+        // Deltas: 40 bytes a page, the same link carries 6250.
+        f.set_link(Some(1e6), Some(40.0));
+        f.after_capture(&epoch(&f, 20_000.0, Duration::ZERO));
+        assert_eq!(epoch(&f, 20_000.0, Duration::ZERO).throttle_permille, 0);
     }
 
     #[test]

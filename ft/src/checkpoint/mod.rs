@@ -28,6 +28,7 @@ mod capture;
 mod epoch;
 mod flow;
 mod hooks;
+mod link;
 mod pool;
 mod primary;
 mod sent_pages;

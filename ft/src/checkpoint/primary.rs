@@ -14,6 +14,7 @@ use super::capture::Captured;
 use super::epoch::epoch_loop;
 use super::flow::FlowOptions;
 use super::hooks::EpochHooks;
+use super::link::{Acked, LinkEstimate};
 use super::sent_pages::SentPages;
 use super::stats::{CheckpointStats, StatsSink};
 use super::window::Window;
@@ -124,6 +125,8 @@ pub(super) struct Shared {
     /// The epoch thread left the VM paused (after a `Trigger::Pause` checkpoint).
     pub(super) vm_paused: AtomicBool,
     pub(super) window: Mutex<Window>,
+    /// The link's pace, learnt from acks (the ack thread writes, the epoch thread reads).
+    pub(super) link: Mutex<LinkEstimate>,
     pub(super) changed: Condvar,
     pub(super) stop: AtomicBool,
     error: Mutex<Option<CheckpointError>>,
@@ -195,6 +198,7 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
             guest: Mutex::new(GuestRun::Running),
             vm_paused: AtomicBool::new(false),
             window: Mutex::new(Window::new(opts.max_in_flight, opts.max_backlog_bytes)),
+            link: Mutex::new(LinkEstimate::default()),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
             error: Mutex::new(None),
@@ -455,6 +459,7 @@ fn send_checkpoint(
     sent_pages: &mut SentPages,
 ) -> Result<(), MigrationError> {
     let before = w.bytes();
+    let started = Instant::now();
     let counted = sent_pages.counts;
     let pages = cap.send_body(w, o.sync.batch_pages, sent_pages)?;
     let (commit, flags) = cap.commit_frame(pages);
@@ -464,6 +469,7 @@ fn send_checkpoint(
         e.wire_bytes = w.bytes() - before + COMMIT_WIRE_LEN;
         e.encodings = sent_pages.counts.since(&counted);
         e.sent_at = Some(Instant::now());
+        e.send_started = Some(started);
     }
     w.send(&commit, cap.epoch, flags)?;
     Ok(())
@@ -548,6 +554,14 @@ fn on_ack(
     s.changed.notify_all();
     stats.in_flight(epochs, bytes);
     let Some(e) = e else { return Ok(()) };
+    if let Some(send_started) = e.send_started {
+        lock(&s.link).acked(&Acked {
+            wire_bytes: e.wire_bytes,
+            pages: e.pages,
+            send_started,
+            acked_at: Instant::now(),
+        });
+    }
     *lock(&s.committed) = Some(e.epoch);
     hooks.epoch_committed(e.epoch);
     stats.checkpoint_committed(&CheckpointStats {

@@ -28,6 +28,8 @@ pub(crate) struct InFlight {
     pub(crate) encodings: super::stats::PageEncodings,
     /// When the Commit went out, for the ack timeout.
     pub(crate) sent_at: Option<Instant>,
+    /// When the sender began writing it, for the link's pace.
+    pub(crate) send_started: Option<Instant>,
 }
 
 /// The bounded queue of unacked checkpoints, oldest first.
@@ -125,6 +127,7 @@ mod tests {
             wire_bytes: 0,
             encodings: Default::default(),
             sent_at: None,
+            send_started: None,
         }
     }
 
