@@ -1064,9 +1064,11 @@ fn paused_guest_stays_paused_the_backup_knows_and_goes_live_paused() {
     let captured = stats.0.lock().unwrap().len();
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(probe.state(), state, "the guest ran while paused");
+    // Counted at their acks: the checkpoints in flight when the guest paused (the window holds
+    // up to max_in_flight) are acked later, but nothing new is captured.
     let after = stats.0.lock().unwrap().len();
     assert!(
-        after <= captured + 1,
+        after <= captured + primary_opts().max_in_flight,
         "epochs while paused: {captured} -> {after}"
     );
     let last = |r: &Received| r.0.lock().unwrap().last().copied();

@@ -347,11 +347,22 @@ fn wait_epoch_end<V: MigratableVm>(
         if elapsed >= length {
             return Ok(Some(Trigger::Timer));
         }
-        if hooks.output_waiting() && lock(&s.window).is_empty() {
+        let waiting = hooks.output_waiting();
+        if waiting && lock(&s.window).is_empty() {
             return Ok(Some(Trigger::Output));
         }
         throttle.follow(&mut *lock(vm))?;
-        std::thread::sleep(o.poll_interval.min(length - elapsed).min(throttle.left()));
+        let nap = o.poll_interval.min(length - elapsed).min(throttle.left());
+        if waiting {
+            // Output is held behind a checkpoint in flight: its ack ends this wait.
+            let w = lock(&s.window);
+            if !w.is_empty() {
+                let _ = s.changed.wait_timeout(w, nap);
+            }
+        } else {
+            // A gate holding output ends this wait at once.
+            hooks.wait_output(nap);
+        }
     }
 }
 

@@ -67,7 +67,7 @@ impl Default for PrimaryOptions {
         PrimaryOptions {
             sync: SendOptions::default(),
             checkpoint_interval: Duration::from_millis(25),
-            poll_interval: Duration::from_micros(500),
+            poll_interval: Duration::from_millis(1),
             max_in_flight: 2,
             max_backlog_bytes: DEFAULT_MAX_BACKLOG_BYTES,
             flow: FlowOptions::default(),

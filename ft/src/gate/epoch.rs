@@ -75,6 +75,10 @@ pub struct EpochClock {
     mode: AtomicU8,
     inner: Mutex<Inner>,
     changed: Condvar,
+    /// Bumped each time a gate holds an output, so that the epoch thread wakes for it at once
+    /// (output-triggered epochs) instead of finding it on its next poll.
+    outputs: Mutex<u64>,
+    output_held: Condvar,
 }
 
 #[derive(Debug, Default)]
@@ -101,7 +105,31 @@ impl EpochClock {
             mode: AtomicU8::new(Protection::Off as u8),
             inner: Mutex::default(),
             changed: Condvar::new(),
+            outputs: Mutex::new(0),
+            output_held: Condvar::new(),
         }
+    }
+
+    /// A gate holds an output now: wakes [`EpochClock::wait_output`].
+    pub fn note_output(&self) {
+        let mut n = self.outputs.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.wrapping_add(1);
+        self.output_held.notify_all();
+    }
+
+    /// A counter of held outputs, for [`EpochClock::wait_output`].
+    pub fn outputs(&self) -> u64 {
+        *self.outputs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until an output is held after `seen` (an [`EpochClock::outputs`] value) or
+    /// `timeout` passes.
+    pub fn wait_output(&self, seen: u64, timeout: Duration) {
+        let n = self.outputs.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self
+            .output_held
+            .wait_timeout_while(n, timeout, |n| *n == seen)
+            .unwrap_or_else(|p| p.into_inner());
     }
 
     /// The epoch that outputs produced now belong to.

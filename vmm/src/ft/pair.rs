@@ -235,6 +235,9 @@ impl EpochHooks for PrimaryPairHooks {
     fn output_waiting(&self) -> bool {
         self.gates.output_waiting()
     }
+    fn wait_output(&self, timeout: Duration) -> bool {
+        self.gates.wait_output(timeout)
+    }
     fn on_peer_frame(&self, kind: FrameType) {
         self.channel.frame_received();
         count_peer_frame(&self.status, kind, true);
