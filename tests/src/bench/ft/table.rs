@@ -41,6 +41,8 @@ pub struct Ckpt {
     pub max_le_us: f64,
     /// Stream bytes per checkpoint.
     pub bytes: f64,
+    /// Dirty pages per checkpoint.
+    pub pages: f64,
     /// Mean pause per step (µs), in `PauseSteps` order.
     pub steps_us: Vec<(String, f64)>,
     /// Mean throttle over status polls (per mille), and how many polls.
@@ -115,7 +117,7 @@ impl Row {
                     num(c.max_le_us),
                     c.n
                 ),
-                format!("{} at {:.0}/s", bytes(c.bytes), c.per_s),
+                format!("{:.0} pages, {} at {:.0}/s", c.pages, bytes(c.bytes), c.per_s),
                 if c.throttle_polls > 0 {
                     format!(
                         "{:.0}% (n={}), backlog peak {} of {}",
@@ -162,6 +164,7 @@ impl Row {
                 "pause_p99_us": c.p99_us,
                 "pause_max_le_us": c.max_le_us,
                 "bytes_per_checkpoint": c.bytes,
+                "pages_per_checkpoint": c.pages,
                 "steps_mean_us": c.steps_us.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
                 "throttle_permille_mean": c.throttle_permille,
                 "throttle_polls": c.throttle_polls,

@@ -147,6 +147,7 @@ impl Mark {
                 .map(|s| diff("tandem_ft_pause_step_seconds_total", Some(("step", s))))
                 .collect(),
             bytes: diff("tandem_ft_replicated_bytes_total", None),
+            pages: diff("tandem_ft_checkpoint_pages_total", None),
             link: link_tx_bytes(net).saturating_sub(self.tx) as f64,
             throttle: poll.throttle.clone(),
             peak_backlog: status["flow"]["peak_backlog_bytes"].as_u64().unwrap_or(0),
@@ -164,6 +165,7 @@ pub struct Delta {
     /// Seconds per step, in [`STEPS`] order.
     steps: Vec<f64>,
     bytes: f64,
+    pages: f64,
     link: f64,
     throttle: Vec<f64>,
     peak_backlog: u64,
@@ -185,6 +187,7 @@ impl Delta {
             *a += b;
         }
         self.bytes += o.bytes;
+        self.pages += o.pages;
         self.link += o.link;
         self.throttle.extend(&o.throttle);
         self.peak_backlog = self.peak_backlog.max(o.peak_backlog);
@@ -211,6 +214,7 @@ impl Delta {
             p99_us: quantile(&self.buckets, 0.99),
             max_le_us: max_le,
             bytes: per(self.bytes),
+            pages: per(self.pages),
             steps_us: STEPS
                 .iter()
                 .zip(&self.steps)
