@@ -226,6 +226,7 @@ pub(super) fn epoch_loop<V: MigratableVm>(
             pause,
             per_page_part: steps.dirty_log + steps.copy,
             stalled,
+            timer: trigger == Trigger::Timer,
         });
         let report = flow.report();
         if report != reported {

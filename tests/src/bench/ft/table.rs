@@ -117,7 +117,12 @@ impl Row {
                     num(c.max_le_us),
                     c.n
                 ),
-                format!("{:.0} pages, {} at {:.0}/s", c.pages, bytes(c.bytes), c.per_s),
+                format!(
+                    "{:.0} pages, {} at {:.0}/s",
+                    c.pages,
+                    bytes(c.bytes),
+                    c.per_s
+                ),
                 if c.throttle_polls > 0 {
                     format!(
                         "{:.0}% (n={}), backlog peak {} of {}",
