@@ -246,6 +246,11 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
         Ok(p)
     }
 
+    /// The initial sync's report.
+    pub fn sync_report(&self) -> &SendReport {
+        &self.sync
+    }
+
     /// Whether checkpointing has stopped on an error (the caller's cue to arbitrate).
     pub fn has_failed(&self) -> bool {
         self.shared.failed()

@@ -59,6 +59,9 @@ pub struct FtStatus {
     pub pause_steps: PauseStepStats,
     /// Flow control (primary).
     pub flow: FlowStatus,
+    /// The initial sync that protected the guest (primary; `None` before it completed): its
+    /// rounds, bytes and the guest pause it ended with.
+    pub initial_sync: Option<crate::migration::SendReport>,
     /// Stream bytes of the latest checkpoint.
     pub bytes_last_checkpoint: u64,
     /// Mean stream bytes per checkpoint over the recent window.
@@ -99,6 +102,7 @@ struct Inner {
     pause_max_us: u64,
     steps: StepRings,
     flow: FlowStatus,
+    initial_sync: Option<crate::migration::SendReport>,
     bytes: Ring,
     bytes_last: u64,
     backlog_bytes: u64,
@@ -134,6 +138,7 @@ impl Inner {
             pause_max_us: 0,
             steps: StepRings::new(),
             flow: FlowStatus::default(),
+            initial_sync: None,
             bytes: Ring::new(),
             bytes_last: 0,
             backlog_bytes: 0,
@@ -343,6 +348,11 @@ impl StatusHandle {
         sum.resume += steps.resume;
     }
 
+    /// Primary: the initial sync completed with `report`.
+    pub fn set_initial_sync(&self, report: &crate::migration::SendReport) {
+        self.lock().initial_sync = Some(report.clone());
+    }
+
     /// Primary: flow control's settings now (the peak backlog is kept here).
     pub fn set_flow(&self, f: &crate::checkpoint::FlowReport) {
         let mut g = self.lock();
@@ -482,6 +492,7 @@ impl StatusHandle {
             },
             pause_steps: g.steps.stats(),
             flow: g.flow,
+            initial_sync: g.initial_sync.clone(),
             bytes_last_checkpoint: g.bytes_last,
             bytes_per_checkpoint: g.bytes.mean(),
             backlog_bytes: g.backlog_bytes,

@@ -396,6 +396,7 @@ fn run_primary(
         }
     };
     detector.rearm();
+    status.set_initial_sync(primary.sync_report());
     let _ = status.transition(FtState::Protected, "initial sync complete; checkpointing");
     let mut coordinator = FailoverCoordinator::new(arbiter, status.clone());
     let mut next_try = Instant::now();

@@ -257,15 +257,28 @@ fn throughput(site: &Site, z: &Sizes, l: &Load) -> Vec<Row> {
     if l.name == "heavy" {
         let mut t: Vec<u64> = syncs.iter().map(|s| s.time.as_millis() as u64).collect();
         let b: Vec<u64> = syncs.iter().map(|s| s.link_bytes).collect();
+        let down: Vec<u64> = syncs
+            .iter()
+            .filter_map(|s| s.downtime.map(|d| d.as_micros() as u64))
+            .collect();
         t.sort_unstable();
         let mut sync = Row::new(load, "initial sync", "ms");
         sync.ft = Some(Stat::new(median(&t) as f64, t.len()));
         sync.note = format!(
             "ft.enable -> both protected, the guest at work; {:.0} MiB on the link (median), \
-             {}..{} ms",
+             {}..{} ms; the pause it ended with: {}",
             median(&b) as f64 / (1u64 << 20) as f64,
             t[0],
-            t[t.len() - 1]
+            t[t.len() - 1],
+            if down.is_empty() {
+                "not reported".to_string()
+            } else {
+                format!(
+                    "median {:.1} ms (n={})",
+                    median(&down) as f64 / 1e3,
+                    down.len()
+                )
+            }
         );
         rows.push(sync);
     }

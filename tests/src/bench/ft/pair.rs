@@ -120,6 +120,8 @@ pub struct Sync {
     pub time: Duration,
     /// Bytes host P sent on the host-to-host link meanwhile.
     pub link_bytes: u64,
+    /// The guest pause the sync ended with, as the primary reports it (`None`: not reported).
+    pub downtime: Option<Duration>,
 }
 
 /// A guest on host P, and its backup once protected.
@@ -175,9 +177,13 @@ impl Vm {
         wait_ft(&b, "backup", "protected");
         let time = start.elapsed();
         self.b = Some(b);
+        let d = &ft_status(&self.p)["initial_sync"]["downtime"];
         Sync {
             time,
             link_bytes: link_tx_bytes(&site.net).saturating_sub(tx),
+            downtime: d["secs"]
+                .as_f64()
+                .map(|s| Duration::from_secs_f64(s + d["nanos"].as_f64().unwrap_or(0.0) / 1e9)),
         }
     }
 
