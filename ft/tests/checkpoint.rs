@@ -1072,6 +1072,11 @@ fn paused_guest_stays_paused_the_backup_knows_and_goes_live_paused() {
         "epochs while paused: {captured} -> {after}"
     );
     let last = |r: &Received| r.0.lock().unwrap().last().copied();
+    // The checkpoint that paused the guest was captured, not necessarily received yet.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !last(&received).is_some_and(|r| r.guest_paused) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let paused_at = last(&received).expect("a checkpoint reached the backup");
     assert!(paused_at.guest_paused, "{paused_at:?}");
     assert!(

@@ -13,6 +13,7 @@
 //! pre-copy VMM has. FT must fence it with the arbiter's generation (DESIGN.md) before relying on it.
 
 pub(crate) mod channel;
+mod converge;
 mod policy;
 mod progress;
 mod receiver;

@@ -1,6 +1,7 @@
 //! The source side of a pre-copy migration.
 
 use super::channel::{FrameReader, FrameWriter, Inbox, Waited};
+use super::converge::AutoConverge;
 use super::policy::{transfer_time, Convergence, ConvergencePolicy, StopReason};
 use super::progress::{MigrationPhase, ProgressHandle};
 use super::{error_chain, unexpected, vm_err, MigrationError};
@@ -32,6 +33,9 @@ pub struct SendOptions {
     pub commit_timeout: Duration,
     /// Pages per MemoryPages frame.
     pub batch_pages: usize,
+    /// Auto-converge: slow a guest whose dirty set does not shrink, rather than pause it for
+    /// longer at the end.
+    pub auto_converge: bool,
 }
 
 impl Default for SendOptions {
@@ -43,6 +47,7 @@ impl Default for SendOptions {
             io_timeout: Duration::from_secs(30),
             commit_timeout: Duration::from_secs(60),
             batch_pages: 256,
+            auto_converge: true,
         }
     }
 }
@@ -66,6 +71,8 @@ pub struct SendReport {
     pub downtime: Duration,
     /// Whole migration.
     pub total_time: Duration,
+    /// Auto-converge's throttle when pre-copy ended, per mille of the vCPUs' time.
+    pub throttle_permille: u16,
 }
 
 /// Migrates `vm` over `conn`. On success the VM is left paused: it now lives on the destination,
@@ -138,6 +145,7 @@ struct Sender<'a, V: MigratableVm + ?Sized> {
     /// Time spent copying pages, for the bandwidth estimate.
     send_time: Duration,
     started: Instant,
+    converge: AutoConverge,
 }
 
 impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
@@ -166,6 +174,7 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
             pages_sent: 0,
             send_time: Duration::ZERO,
             started: Instant::now(),
+            converge: AutoConverge::new(opts.auto_converge),
         })
     }
 
@@ -234,6 +243,7 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
                 );
                 break (reason, estimate, dirty);
             }
+            self.converge.round(dirty.count());
             self.round += 1;
             self.progress.update(|p| {
                 p.round = self.round;
@@ -243,6 +253,9 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
         };
 
         self.vm.pause().map_err(vm_err("pause"))?;
+        // Paused whole now (never restart vCPUs here: a migrated source must stay stopped);
+        // `resume` (FT) restarts the ones the throttle stopped with the rest.
+        self.converge.forget();
         self.paused = true;
         let paused_at = Instant::now();
         self.round += 1;
@@ -321,6 +334,7 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
             estimated_downtime: estimate,
             downtime,
             total_time: self.started.elapsed(),
+            throttle_permille: self.converge.permille(),
         }
     }
 
@@ -377,7 +391,13 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
         if batch.is_empty() {
             return Ok(0);
         }
-        // Between batches is where an Abort from the destination is noticed.
+        // Between batches the throttle follows its cycle (while the guest runs)...
+        if !self.paused {
+            self.converge
+                .tick(&mut *self.vm)
+                .map_err(vm_err("set_vcpus_running"))?;
+        }
+        // ...and an Abort from the destination is noticed.
         while let Some(f) = self.inbox.poll()? {
             match f.frame {
                 Frame::Heartbeat { .. } => {}
@@ -482,6 +502,11 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
                 );
             }
             self.dirty_log = false;
+        }
+        if !self.paused {
+            if let Err(t) = self.converge.release(&mut *self.vm) {
+                log::warn!("migration: cannot lift the throttle: {}", error_chain(&t));
+            }
         }
         if self.paused {
             if let Err(source) = self.vm.resume() {
