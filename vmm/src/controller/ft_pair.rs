@@ -152,6 +152,7 @@ impl Vmm {
                     .max_backlog_bytes
                     .unwrap_or(ft::checkpoint::DEFAULT_MAX_BACKLOG_BYTES)
                     .max(MIN_BACKLOG_BYTES),
+                target_pause: ms(c.target_pause_ms, 4),
             },
             events: self.events.clone(),
             session,

@@ -49,8 +49,8 @@ use devices::GuestEventHandler;
 use ft::arbiter::{Arbiter, FileArbiter};
 use ft::bitmap::DirtyBitmap;
 use ft::checkpoint::{
-    is_resync, BackupHooks, BackupOptions, CheckpointError, CheckpointStats, EpochHooks, FtBackup,
-    FtPrimary, PrimaryOptions, ReceivedCheckpoint, StatsSink, RESYNC_PREFIX,
+    is_resync, BackupHooks, BackupOptions, CheckpointError, CheckpointStats, EpochHooks,
+    FlowOptions, FtBackup, FtPrimary, PrimaryOptions, ReceivedCheckpoint, StatsSink, RESYNC_PREFIX,
 };
 use ft::failover::{Decision, FailoverCoordinator};
 use ft::frame::{FrameType, PAGE_SIZE};
@@ -86,6 +86,8 @@ pub struct PairTiming {
     pub failure_timeout: Duration,
     /// Bound on the staged bytes of unacked checkpoints (`ft.enable`'s `max_backlog_bytes`).
     pub max_backlog_bytes: u64,
+    /// The pause flow control aims at (`ft.enable`'s `target_pause_ms`).
+    pub target_pause: Duration,
 }
 
 /// The answer to a pause or resume: an error says why it was not done.
@@ -382,6 +384,10 @@ fn run_primary(
         heartbeat_interval: timing.heartbeat_interval,
         ack_timeout: timing.failure_timeout.max(Duration::from_secs(1)),
         max_backlog_bytes: timing.max_backlog_bytes,
+        flow: FlowOptions {
+            target_pause: timing.target_pause,
+            ..FlowOptions::default()
+        },
         ..PrimaryOptions::default()
     };
     let stats = Arc::new(StatusStats(status.clone()));

@@ -37,8 +37,11 @@ pub struct Ckpt {
     /// Pause percentiles (µs), interpolated within the pause histogram's buckets.
     pub p50_us: f64,
     pub p99_us: f64,
-    /// Upper bound of the highest non-empty bucket (µs): the longest pause is at most this.
+    /// Upper bound of the highest non-empty bucket (µs): the longest pause is at most this
+    /// (infinite when it is the `+Inf` bucket).
     pub max_le_us: f64,
+    /// The largest finite bucket bound (µs), for a longest pause beyond it.
+    pub top_bound_us: f64,
     /// Stream bytes per checkpoint.
     pub bytes: f64,
     /// Dirty pages per checkpoint.
@@ -111,10 +114,10 @@ impl Row {
         let (pause, per, throttle) = match &self.ckpt {
             Some(c) if c.n > 0 => (
                 format!(
-                    "{} / {} / ≤{} µs (n={})",
+                    "{} / {} / {} µs (n={})",
                     num(c.p50_us),
                     num(c.p99_us),
-                    num(c.max_le_us),
+                    max_le(c),
                     c.n
                 ),
                 format!(
@@ -167,7 +170,8 @@ impl Row {
                 "per_s": c.per_s,
                 "pause_p50_us": c.p50_us,
                 "pause_p99_us": c.p99_us,
-                "pause_max_le_us": c.max_le_us,
+                "pause_max_le_us": if c.max_le_us.is_finite() { json!(c.max_le_us) } else { json!(null) },
+                "pause_max_above_us": if c.max_le_us.is_finite() { json!(null) } else { json!(c.top_bound_us) },
                 "bytes_per_checkpoint": c.bytes,
                 "pages_per_checkpoint": c.pages,
                 "steps_mean_us": c.steps_us.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
@@ -191,6 +195,16 @@ impl Row {
             "checkpoints": ckpt,
             "note": self.note,
         })
+    }
+}
+
+/// The longest pause as the histogram bounds it: `≤` its bucket's bound, or `>` the last bound
+/// when it fell in the `+Inf` bucket.
+fn max_le(c: &Ckpt) -> String {
+    if c.max_le_us.is_finite() {
+        format!("≤{}", num(c.max_le_us))
+    } else {
+        format!(">{}", num(c.top_bound_us))
     }
 }
 

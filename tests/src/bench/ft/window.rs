@@ -213,6 +213,12 @@ impl Delta {
             p50_us: quantile(&self.buckets, 0.5),
             p99_us: quantile(&self.buckets, 0.99),
             max_le_us: max_le,
+            top_bound_us: self
+                .buckets
+                .iter()
+                .map(|b| b.0)
+                .filter(|le| le.is_finite())
+                .fold(0.0, f64::max),
             bytes: per(self.bytes),
             pages: per(self.pages),
             steps_us: STEPS
