@@ -75,6 +75,8 @@ struct Load {
     note: &'static str,
     /// Left out of `--quick`.
     big: bool,
+    /// `ft.enable`'s `target_pause_ms`, when not its default.
+    target_pause_ms: Option<u64>,
 }
 
 const LOADS: &[Load] = &[
@@ -88,6 +90,7 @@ const LOADS: &[Load] = &[
         parse: parse_dirty,
         note: "unpaced: 1 GiB working set rewritten as fast as the guest can",
         big: true,
+        target_pause_ms: None,
     },
     Load {
         name: "dirty256",
@@ -99,6 +102,7 @@ const LOADS: &[Load] = &[
         parse: parse_dirty,
         note: "unpaced",
         big: true,
+        target_pause_ms: None,
     },
     Load {
         name: "smp2",
@@ -110,6 +114,7 @@ const LOADS: &[Load] = &[
         parse: parse_dirty,
         note: "unpaced, all vCPUs summed",
         big: false,
+        target_pause_ms: None,
     },
     Load {
         name: "smp4",
@@ -121,6 +126,7 @@ const LOADS: &[Load] = &[
         parse: parse_dirty,
         note: "unpaced, all vCPUs summed (4 vCPUs on 2 host cores)",
         big: true,
+        target_pause_ms: None,
     },
     Load {
         name: "paced2",
@@ -133,6 +139,19 @@ const LOADS: &[Load] = &[
         note: "PACED at 200k pages/s with 100 ms of catch-up: the ratio is ~1 by construction \
                while FT keeps within it; read the pause",
         big: true,
+        target_pause_ms: None,
+    },
+    Load {
+        name: "smp2-t50",
+        workload: "dirty:64:0",
+        mem_mib: 256,
+        vcpus: 2,
+        unit: "k pages/s",
+        scale: 1e3,
+        parse: parse_dirty,
+        note: "as smp2, ft.enable target_pause_ms=50: longer pauses bought for longer epochs",
+        big: true,
+        target_pause_ms: Some(50),
     },
     Load {
         name: "compute",
@@ -144,13 +163,14 @@ const LOADS: &[Load] = &[
         parse: parse_compute,
         note: "ring-3 integer loop",
         big: false,
+        target_pause_ms: None,
     },
 ];
 
 /// Every part `--only` can name.
 pub const PARTS: &[&str] = &[
-    "heavy", "dirty256", "smp2", "smp4", "paced2", "compute", "idle1", "idle2", "idle4", "echo",
-    "inc",
+    "heavy", "dirty256", "smp2", "smp4", "paced2", "smp2-t50", "compute", "idle1", "idle2",
+    "idle4", "echo", "inc",
 ];
 
 /// Runs the FT figures; `quick` takes fewer samples and leaves out the big loads; `only`, when
@@ -227,7 +247,11 @@ fn throughput(site: &Site, z: &Sizes, l: &Load) -> Vec<Row> {
         let mut vm = site.boot(&g);
         // Protect a guest that is already at work (its working set touched).
         load::console_rates(&vm.p, l.parse, l.vcpus, 0, 1, None);
-        syncs.push(vm.protect(site));
+        let extra = match l.target_pause_ms {
+            Some(ms) => serde_json::json!({ "target_pause_ms": ms }),
+            None => serde_json::json!({}),
+        };
+        syncs.push(vm.protect_with(site, &extra));
         // Skip the sample that straddles ft.enable and one more while flow control settles.
         let from = load::console_count(&vm.p, l.parse, l.vcpus) + 2;
         load::console_rates(&vm.p, l.parse, l.vcpus, from - 1, 1, None);
@@ -240,11 +264,14 @@ fn throughput(site: &Site, z: &Sizes, l: &Load) -> Vec<Row> {
         ft.extend(f);
     }
     let load = format!(
-        "`{}`, {} MiB, {} vCPU{}",
+        "`{}`, {} MiB, {} vCPU{}{}",
         l.workload,
         l.mem_mib,
         l.vcpus,
-        if l.vcpus > 1 { "s" } else { "" }
+        if l.vcpus > 1 { "s" } else { "" },
+        l.target_pause_ms
+            .map(|ms| format!(", target_pause_ms={ms}"))
+            .unwrap_or_default()
     );
     let mut row = Row::new(load.clone(), "work", l.unit);
     row.standalone = Some(stat(&standalone, l.scale));
