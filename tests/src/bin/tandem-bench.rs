@@ -16,7 +16,7 @@
 //!   steps; echo and counter INC round trips (shared and replicated disk); the memory-heavy
 //!   guest's initial sync; failover (SIGKILL of the primary -> the client's next reply).
 //!   `ft --quick` takes fewer samples and leaves the big loads out (the smoke test runs it);
-//!   `ft --only PART[,PART]` runs some parts (heavy, dirty256, smp2, smp4, paced2, smp2-t50,
+//!   `ft --only PART[,PART]` runs some parts (heavy, dirty256, smp2, smp4, paced2, smp2-long,
 //!   compute, idle1, idle2, idle4, echo, inc).
 //!
 //! `tandem-bench [foundation|devices|migration|ft [--quick] [--only PARTS]]` runs one part; no
