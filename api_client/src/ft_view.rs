@@ -132,6 +132,15 @@ pub fn screen(v: &Value, title: &str) -> String {
                 u(v, &["backlog_bytes"]).map_or("-".into(), bytes)
             ),
         ),
+        (
+            "flow",
+            format!(
+                "throttle {}‰ (limited by {})   epoch {}",
+                opt(u(v, &["flow", "throttle_permille"])),
+                v["flow"]["limited_by"].as_str().unwrap_or("-"),
+                u(v, &["flow", "epoch_us"]).map_or("-".into(), duration_us),
+            ),
+        ),
         ("ack age", age_ms(u(v, &["ack_age_ms"]))),
         (
             "peer heard",

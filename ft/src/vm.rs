@@ -3,6 +3,7 @@
 
 use crate::bitmap::DirtyBitmap;
 use crate::frame::PAGE_SIZE;
+use std::time::{Duration, Instant};
 
 /// What a VM is, as announced in Hello and checked by the receiver.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -24,6 +25,15 @@ pub struct VmState {
     pub vcpus: Vec<Vec<u8>>,
     /// Platform and device state (irqchip, PIT, clock, every device).
     pub devices: Vec<u8>,
+}
+
+/// Where a `save_state` spent its time, for the pause's per-step timing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SaveTimes {
+    /// Reading every vCPU's state.
+    pub vcpus: Duration,
+    /// Irqchip, clock and device state, and encoding the blobs.
+    pub devices: Duration,
 }
 
 /// Errors a VM reports to `ft`.
@@ -102,6 +112,25 @@ pub trait MigratableVm {
     /// default (a migration, shared disks).
     fn disks(&mut self) -> Option<&mut dyn crate::disk::VmDisks> {
         None
+    }
+
+    /// `save_state`, and where it spent its time; by default all of it counts as vCPU state.
+    fn save_state_timed(&mut self) -> Result<(VmState, SaveTimes), VmOpError> {
+        let t = Instant::now();
+        let state = self.save_state()?;
+        let times = SaveTimes {
+            vcpus: t.elapsed(),
+            devices: Duration::ZERO,
+        };
+        Ok((state, times))
+    }
+
+    /// Stops (`false`) or restarts (`true`) only the vCPUs of a running VM, leaving devices
+    /// running: flow control's throttle takes the guest's CPU this way, a share of each epoch.
+    /// `pause` and `resume` work as usual from either state (`resume` restarts the vCPUs too).
+    /// Returns whether the VM can do this at all (the default cannot, and ignores the call).
+    fn set_vcpus_running(&mut self, _running: bool) -> Result<bool, VmOpError> {
+        Ok(false)
     }
 
     /// Guest memory size in pages.

@@ -130,6 +130,25 @@ impl TestNet {
         assert!(status.success(), "tc tbf on {}", self.ns(node));
     }
 
+    /// Lifts [`TestNet::throttle_link`]'s limit: the link runs at full speed again.
+    pub fn unthrottle_link(&self, node: Node) {
+        let status = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns(node),
+                "tc",
+                "qdisc",
+                "del",
+                "dev",
+                "ft0",
+            ])
+            .args(["root"])
+            .status()
+            .expect("run tc");
+        assert!(status.success(), "tc qdisc del on {}", self.ns(node));
+    }
+
     /// Runs `f` on a new thread that has entered `node`'s network namespace, so sockets it opens
     /// live there; returns what `f` returns.
     pub fn run_in<T: Send + 'static>(

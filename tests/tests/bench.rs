@@ -1,9 +1,34 @@
 //! The benchmark must not rot: `tandem-bench ft --quick` runs end to end (real pair, real
-//! failover) and prints every figure it promises, each a finite number.
+//! failover), prints its one table with every row it promises, and each row's JSON line holds
+//! finite numbers with their sample counts.
 
+use serde_json::Value;
 use std::process::Command;
 use std::time::Instant;
 use tandem_tests::require;
+
+/// Every number-like word of `text` that is not finite (`inf`, `NaN`, wherever it stands in a
+/// line, the end included).
+fn non_finite(text: &str) -> Vec<String> {
+    text.split(|c: char| c.is_whitespace() || "|(),;:=/".contains(c))
+        .map(|w| w.trim_end_matches(['%', 'x']))
+        .filter(|w| {
+            let l = w.to_ascii_lowercase();
+            let l = l.trim_start_matches(['+', '-']);
+            l == "inf" || l == "infinity" || l == "nan"
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn non_finite_words_are_found_anywhere() {
+    assert_eq!(non_finite("ratio 1.00, ok"), Vec::<String>::new());
+    assert_eq!(non_finite("FT/standalone inf"), vec!["inf"]);
+    assert_eq!(non_finite("| NaN µs |"), vec!["NaN"]);
+    assert_eq!(non_finite("added -inf\n"), vec!["-inf"]);
+    assert_eq!(non_finite("information infinite"), Vec::<String>::new());
+}
 
 #[test]
 fn ft_bench_quick_prints_every_figure() {
@@ -20,34 +45,51 @@ fn ft_bench_quick_prints_every_figure() {
         out.status.success(),
         "tandem-bench ft --quick failed:\n{text}\n{err}"
     );
-    for want in [
-        "ft: echo TCP round trip p50",
-        "ft: echo TCP round trip p99",
-        "ft: checkpoints, idle guest:",
-        "ft: checkpoints, echo round trips:",
-        "ft: compute throughput",
-        "ft: compute per vCPU-thread CPU second",
-        "ft: checkpoints, compute",
-        "ft: dirty:64:20000 throughput",
-        "ft: checkpoints, dirty:64:20000",
-        "ft: counter INC round trip (disk write + flush), standalone",
-        "ft: counter INC round trip, FT replicated disk",
-        "ft: failover, replicated disk",
-    ] {
-        assert!(text.contains(want), "no {want:?} in:\n{text}");
-    }
-    for bad in ["NaN", "inf "] {
-        assert!(!text.contains(bad), "{bad} in:\n{text}");
-    }
-    // Checkpoints were taken and the stream moved bytes while the guest idled.
-    let idle = text
+    assert!(
+        text.contains("QUICK pass"),
+        "the quick pass says so:\n{text}"
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("| load |")).count(),
+        1,
+        "one table:\n{text}"
+    );
+    let rows: Vec<Value> = text
         .lines()
-        .find(|l| l.starts_with("ft: checkpoints, idle guest:"))
-        .unwrap_or_default();
-    let per_s: f64 = idle
-        .split_whitespace()
-        .nth(4)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    assert!(per_s > 0.0, "no checkpoints while idle: {idle}");
+        .filter_map(|l| l.strip_prefix("json: "))
+        .map(|j| serde_json::from_str(j).unwrap_or_else(|e| panic!("{e}: {j}")))
+        .collect();
+    let row = |load: &str, figure: &str| {
+        rows.iter()
+            .find(|r| r["load"].as_str().is_some_and(|l| l.contains(load)) && r["figure"] == figure)
+            .unwrap_or_else(|| panic!("no row {load:?}/{figure:?} in:\n{text}"))
+    };
+    for (load, figure) in [
+        ("dirty:64:0", "work"),
+        ("compute", "work"),
+        ("idle, 1 vCPU", "pause"),
+        ("echo", "round trip p50"),
+        ("echo", "round trip p99"),
+        ("counter INC", "round trip p50"),
+        ("failover, replicated disk", "SIGKILL -> next reply"),
+    ] {
+        let r = row(load, figure);
+        // n beside every figure: each side that has a value has its sample count.
+        for side in ["standalone", "ft"] {
+            if !r[side].is_null() {
+                assert!(r[side]["n"].as_u64().unwrap_or(0) > 0, "no n: {r}");
+                assert!(r[side]["value"].as_f64().is_some(), "no value: {r}");
+            }
+        }
+    }
+    // Throughput rows compare FT with standalone; checkpoints were taken in the window.
+    let work = row("dirty:64:0", "work");
+    assert!(work["ratio"].as_f64().is_some_and(|r| r > 0.0), "{work}");
+    let idle = row("idle, 1 vCPU", "pause");
+    assert!(
+        idle["checkpoints"]["n"].as_u64().unwrap_or(0) > 0,
+        "no checkpoints while idle: {idle}"
+    );
+    let bad = non_finite(&text);
+    assert!(bad.is_empty(), "{bad:?} in:\n{text}");
 }

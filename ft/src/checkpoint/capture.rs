@@ -1,12 +1,16 @@
 //! A captured checkpoint on the primary: the staging buffer filled while the VM is paused, and
 //! how it goes on the wire afterwards (zero detection and framing happen there, not in the pause).
 
+use super::pool::BufferPool;
 use super::sent_pages::SentPages;
+use super::stats::PauseSteps;
 use super::{vm_err, CheckpointError};
 use crate::frame::{CommitInfo, Frame, PageBatch, FLAG_ACK_REQUESTED, PAGE_SIZE};
 use crate::migration::channel::FrameWriter;
 use crate::migration::MigrationError;
 use crate::vm::{MigratableVm, VmState};
+use std::sync::Arc;
+use std::time::Instant;
 
 /// Largest Extras chunk; well under `MAX_PAYLOAD` so that one frame never hogs the link.
 const EXTRAS_CHUNK: usize = 1 << 20;
@@ -15,8 +19,10 @@ const EXTRAS_CHUNK: usize = 1 << 20;
 pub(crate) struct Captured {
     pub(crate) epoch: u64,
     pfns: Vec<u64>,
-    /// Page data, `PAGE_SIZE` bytes per entry of `pfns`.
+    /// Page data, `PAGE_SIZE` bytes per entry of `pfns` (the buffer may be longer).
     data: Vec<u8>,
+    /// Where `data` goes back once sent.
+    pool: Arc<BufferPool>,
     state: VmState,
     extras: Vec<u8>,
     /// How long the guest was paused for the capture (set once it resumed).
@@ -26,25 +32,40 @@ pub(crate) struct Captured {
 }
 
 impl Captured {
-    /// Copies the dirty pages and saves the state; the VM must be paused.
+    /// The pages dirtied since the last capture (clears the log); the VM must be paused.
+    pub(crate) fn dirty_pages<V: MigratableVm + ?Sized>(
+        vm: &mut V,
+    ) -> Result<Vec<u64>, CheckpointError> {
+        let dirty = vm.take_dirty_pages().map_err(vm_err("take_dirty_pages"))?;
+        Ok(dirty.iter().collect())
+    }
+
+    /// Copies pages `pfns` into a staging buffer from `pool` and saves the state; the VM must
+    /// be paused. Fills in the steps it timed (copy, vCPU state, devices).
     pub(crate) fn take<V: MigratableVm + ?Sized>(
         vm: &mut V,
         epoch: u64,
+        pfns: Vec<u64>,
+        pool: &Arc<BufferPool>,
+        steps: &mut PauseSteps,
     ) -> Result<Captured, CheckpointError> {
-        let dirty = vm.take_dirty_pages().map_err(vm_err("take_dirty_pages"))?;
-        let pfns: Vec<u64> = dirty.iter().collect();
-        let mut data = vec![0u8; pfns.len() * PAGE_SIZE];
+        let t = Instant::now();
+        let mut data = pool.take(pfns.len() * PAGE_SIZE);
         for (pfn, page) in pfns.iter().zip(data.chunks_exact_mut(PAGE_SIZE)) {
             let page: &mut [u8; PAGE_SIZE] = page
                 .try_into()
                 .map_err(|_| CheckpointError::Protocol("staging buffer misaligned".into()))?;
             vm.read_page(*pfn, page).map_err(vm_err("read_page"))?;
         }
-        let state = vm.save_state().map_err(vm_err("save_state"))?;
+        steps.copy = t.elapsed();
+        let (state, times) = vm.save_state_timed().map_err(vm_err("save_state"))?;
+        steps.vcpu_state = times.vcpus;
+        steps.devices = times.devices;
         Ok(Captured {
             epoch,
             pfns,
             data,
+            pool: pool.clone(),
             state,
             extras: Vec::new(),
             pause: std::time::Duration::ZERO,
@@ -64,7 +85,7 @@ impl Captured {
 
     /// Bytes the staging buffer holds (what the in-flight byte bound counts).
     pub(crate) fn staged_bytes(&self) -> u64 {
-        (self.data.len()
+        (self.pfns.len() * PAGE_SIZE
             + self.extras.len()
             + self.state.devices.len()
             + self.state.vcpus.iter().map(Vec::len).sum::<usize>()) as u64
@@ -80,7 +101,11 @@ impl Captured {
     ) -> Result<u64, MigrationError> {
         let mut sent = 0;
         let mut batch = PageBatch::new();
-        for (pfn, page) in self.pfns.iter().zip(self.data.chunks_exact(PAGE_SIZE)) {
+        for (pfn, page) in self
+            .pfns
+            .iter()
+            .zip(self.pages_data().chunks_exact(PAGE_SIZE))
+        {
             if let Ok(page) = <&[u8; PAGE_SIZE]>::try_from(page) {
                 sent_pages.push(&mut batch, *pfn, page);
             }
@@ -128,6 +153,11 @@ impl Captured {
         Ok(sent)
     }
 
+    /// The staged page data.
+    fn pages_data(&self) -> &[u8] {
+        &self.data[..self.pfns.len() * PAGE_SIZE]
+    }
+
     /// The Commit that closes this checkpoint, with its pause and the guest's run state.
     pub(crate) fn commit_frame(&self, pages: u64) -> (Frame, u8) {
         let vcpus = self.state.vcpus.len() as u32;
@@ -141,5 +171,11 @@ impl Captured {
             info: Some(info),
         };
         (commit, FLAG_ACK_REQUESTED)
+    }
+}
+
+impl Drop for Captured {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.data));
     }
 }

@@ -26,6 +26,13 @@ pub trait EpochHooks: Send + Sync {
     fn fence(&self, _generation: u64) {}
     /// Whether outputs are being held; with the last checkpoint acked, this ends the epoch early.
     fn output_waiting(&self) -> bool;
+    /// Waits up to `timeout` for an output to be held, returning early when one is; returns
+    /// [`EpochHooks::output_waiting`]. Default: sleeps `timeout` (the epoch thread then finds
+    /// held output on its next look).
+    fn wait_output(&self, timeout: std::time::Duration) -> bool {
+        std::thread::sleep(timeout);
+        self.output_waiting()
+    }
     /// Any frame arrived from the peer (for the failure detector); default: ignored.
     fn on_peer_frame(&self, _kind: FrameType) {}
     /// A heartbeat frame went to the backup (for the metrics); default: ignored.

@@ -25,7 +25,11 @@
 
 mod backup;
 mod capture;
+mod epoch;
+mod flow;
 mod hooks;
+mod link;
+mod pool;
 mod primary;
 mod sent_pages;
 mod settings;
@@ -34,11 +38,15 @@ mod stats;
 mod window;
 
 pub use backup::{BackupExit, BackupOptions, FtBackup};
+pub use flow::{FlowLimit, FlowOptions, FlowReport};
 pub use hooks::{BackupHooks, EpochHooks, NoHooks, ReplicaError};
-pub use primary::{FtPrimary, PrimaryExit, PrimaryOptions, PrimaryReport};
+pub use primary::{
+    FtPrimary, PrimaryExit, PrimaryOptions, PrimaryReport, DEFAULT_MAX_BACKLOG_BYTES,
+};
 pub use settings::{agree, Agreed, BackupWants, PairDiskMode, PairSettings, SettingsError};
 pub use stats::{
-    CheckpointStats, NoStats, PageEncodings, ReceivedCheckpoint, StatsSink, Summary, Trigger,
+    CheckpointStats, NoStats, PageEncodings, PauseSteps, ReceivedCheckpoint, StatsSink, Summary,
+    Trigger,
 };
 
 /// Start of an Abort reason by which a primary asks its backup to discard its copy and wait, on

@@ -11,12 +11,15 @@
 //! guest and epochs go on; the backup learns it from the next checkpoint.
 
 use super::capture::Captured;
+use super::epoch::epoch_loop;
+use super::flow::FlowOptions;
 use super::hooks::EpochHooks;
+use super::link::{Acked, LinkEstimate};
 use super::sent_pages::SentPages;
 use super::settings::{PairDiskMode, PairSettings};
-use super::stats::{CheckpointStats, StatsSink, Trigger};
-use super::window::{InFlight, Window};
-use super::{now_ms, vm_err, CheckpointError};
+use super::stats::{CheckpointStats, StatsSink};
+use super::window::Window;
+use super::{now_ms, CheckpointError};
 use crate::frame::Frame;
 use crate::migration::channel::{FrameWriter, Inbox, Waited};
 use crate::migration::{
@@ -31,6 +34,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// Default bound on the staged bytes of unacked checkpoints.
+pub const DEFAULT_MAX_BACKLOG_BYTES: u64 = 64 << 20;
+
 /// Primary-side settings.
 #[derive(Debug, Clone)]
 pub struct PrimaryOptions {
@@ -42,8 +48,13 @@ pub struct PrimaryOptions {
     pub poll_interval: Duration,
     /// Most unacked checkpoints (K).
     pub max_in_flight: usize,
-    /// Most staged bytes of unacked checkpoints (B).
-    pub max_in_flight_bytes: u64,
+    /// Most staged bytes of unacked checkpoints (B, `ft.enable`'s `max_backlog_bytes`): an
+    /// epoch waits for room for the checkpoint flow control expects, and a checkpoint that turns
+    /// out larger waits in its pause for acks; only a single checkpoint larger than B alone can
+    /// exceed it (flow control sizes epochs to a quarter of it).
+    pub max_backlog_bytes: u64,
+    /// Flow control: epoch length and vCPU throttle.
+    pub flow: FlowOptions,
     /// Heartbeat when nothing else was sent for this long.
     pub heartbeat_interval: Duration,
     /// An unacked checkpoint older than this ends checkpointing.
@@ -60,9 +71,10 @@ impl Default for PrimaryOptions {
         PrimaryOptions {
             sync: SendOptions::default(),
             checkpoint_interval: Duration::from_millis(25),
-            poll_interval: Duration::from_micros(500),
+            poll_interval: Duration::from_millis(1),
             max_in_flight: 2,
-            max_in_flight_bytes: 256 << 20,
+            max_backlog_bytes: DEFAULT_MAX_BACKLOG_BYTES,
+            flow: FlowOptions::default(),
             heartbeat_interval: Duration::from_millis(100),
             ack_timeout: Duration::from_secs(5),
             delta_cache_bytes: 64 << 20,
@@ -106,7 +118,7 @@ pub struct PrimaryExit<V> {
 
 /// The guest's run state as the epoch thread sees it; the pair asks, the epoch thread acts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum GuestRun {
+pub(super) enum GuestRun {
     Running,
     /// `pause_guest`: the next checkpoint leaves the guest paused.
     PauseAsked,
@@ -118,17 +130,19 @@ enum GuestRun {
 }
 
 /// State the three threads share.
-struct Shared {
-    guest: Mutex<GuestRun>,
+pub(super) struct Shared {
+    pub(super) guest: Mutex<GuestRun>,
     /// The epoch thread left the VM paused (after a `Trigger::Pause` checkpoint).
-    vm_paused: AtomicBool,
-    window: Mutex<Window>,
-    changed: Condvar,
-    stop: AtomicBool,
+    pub(super) vm_paused: AtomicBool,
+    pub(super) window: Mutex<Window>,
+    /// The link's pace, learnt from acks (the ack thread writes, the epoch thread reads).
+    pub(super) link: Mutex<LinkEstimate>,
+    pub(super) changed: Condvar,
+    pub(super) stop: AtomicBool,
     error: Mutex<Option<CheckpointError>>,
     committed: Mutex<Option<u64>>,
     /// The epoch thread has ended: no checkpoint will join the window any more.
-    epoch_done: AtomicBool,
+    pub(super) epoch_done: AtomicBool,
     /// The backup answered our Abort with EndConfirmed.
     end_confirmed: AtomicBool,
     /// The pair ends on purpose: unacked checkpoints stop mattering at this deadline (the
@@ -139,14 +153,14 @@ struct Shared {
     fenced: Mutex<Option<u64>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panicking engine thread is reported through its join; the data stays usable.
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Shared {
     /// Records the first error and stops everything.
-    fn fail(&self, e: CheckpointError) {
+    pub(super) fn fail(&self, e: CheckpointError) {
         log::warn!("ft primary: {}", error_chain(&e));
         let mut slot = lock(&self.error);
         if slot.is_none() {
@@ -157,7 +171,7 @@ impl Shared {
         self.changed.notify_all();
     }
 
-    fn failed(&self) -> bool {
+    pub(super) fn failed(&self) -> bool {
         lock(&self.error).is_some()
     }
 }
@@ -234,7 +248,8 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
         let shared = Arc::new(Shared {
             guest: Mutex::new(GuestRun::Running),
             vm_paused: AtomicBool::new(false),
-            window: Mutex::new(Window::new(opts.max_in_flight, opts.max_in_flight_bytes)),
+            window: Mutex::new(Window::new(opts.max_in_flight, opts.max_backlog_bytes)),
+            link: Mutex::new(LinkEstimate::default()),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
             error: Mutex::new(None),
@@ -284,6 +299,11 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
             shared.fail(CheckpointError::Thread(format!("cannot start: {e}")));
         }
         Ok(p)
+    }
+
+    /// The initial sync's report.
+    pub fn sync_report(&self) -> &SendReport {
+        &self.sync
     }
 
     /// Whether checkpointing has stopped on an error (the caller's cue to arbitrate).
@@ -524,191 +544,6 @@ fn wait_end_confirmed(s: &Shared, inbox: &Inbox, deadline: Instant) {
     }
 }
 
-/// Ends epochs and captures them until stopped; returns (checkpoints captured, total stall).
-fn epoch_loop<V: MigratableVm>(
-    s: &Shared,
-    vm: &Mutex<V>,
-    tx: mpsc::Sender<Captured>,
-    o: &PrimaryOptions,
-    hooks: &dyn EpochHooks,
-    stats: &dyn StatsSink,
-) -> (u64, Duration) {
-    let mut epoch = 0u64;
-    let mut total_stall = Duration::ZERO;
-    let mut started = Instant::now();
-    while let Some(trigger) = wait_epoch_end(s, o, hooks, started) {
-        let stall_from = Instant::now();
-        let mut w = lock(&s.window);
-        while !w.has_room() && !s.stop.load(Ordering::SeqCst) {
-            w = s
-                .changed
-                .wait_timeout(w, o.poll_interval.max(Duration::from_millis(1)))
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
-        }
-        if s.stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let stall = stall_from.elapsed();
-        total_stall += stall;
-        let in_flight_before = w.len();
-        drop(w);
-
-        let trigger = match trigger {
-            Trigger::Pause => take_pause(s),
-            t => t,
-        };
-        let keep_paused = trigger == Trigger::Pause;
-        let mut guard = lock(vm);
-        let paused_at = Instant::now();
-        let cap = capture(&mut *guard, epoch + 1, hooks, keep_paused);
-        let pause = paused_at.elapsed();
-        drop(guard);
-        let mut cap = match cap {
-            Ok(c) => c,
-            Err(e) => {
-                s.fail(e);
-                break;
-            }
-        };
-        cap.pause = pause;
-        cap.guest_paused = keep_paused;
-        epoch += 1;
-        started = Instant::now();
-        let mut w = lock(&s.window);
-        w.push(InFlight {
-            epoch,
-            staged_bytes: cap.staged_bytes(),
-            pages: cap.pages(),
-            trigger,
-            pause,
-            stall,
-            resumed_at: started,
-            in_flight_before,
-            commit_seq: None,
-            wire_bytes: 0,
-            encodings: Default::default(),
-            sent_at: None,
-        });
-        let (epochs, bytes) = (w.len(), w.bytes());
-        drop(w);
-        stats.in_flight(epochs, bytes);
-        if tx.send(cap).is_err() {
-            break; // the sender ended on an error it has recorded
-        }
-        if keep_paused {
-            if !stay_paused(s, vm) {
-                break;
-            }
-            started = Instant::now();
-        }
-    }
-    s.epoch_done.store(true, Ordering::SeqCst);
-    s.changed.notify_all();
-    (epoch, total_stall)
-}
-
-/// A pause asked for may have been withdrawn while its checkpoint waited for room in the
-/// window: take it now (the checkpoint about to be captured pauses the guest), or capture an
-/// ordinary one.
-fn take_pause(s: &Shared) -> Trigger {
-    let mut g = lock(&s.guest);
-    if *g == GuestRun::PauseAsked {
-        *g = GuestRun::Pausing;
-        Trigger::Pause
-    } else {
-        Trigger::Timer
-    }
-}
-
-/// The guest is paused after its checkpoint: says so, then waits for `resume_guest` (resumes
-/// the guest, `true`) or the end of epochs (leaves it paused, `false`).
-fn stay_paused<V: MigratableVm>(s: &Shared, vm: &Mutex<V>) -> bool {
-    s.vm_paused.store(true, Ordering::SeqCst);
-    let mut g = lock(&s.guest);
-    *g = GuestRun::Paused;
-    s.changed.notify_all();
-    loop {
-        if s.stop.load(Ordering::SeqCst) {
-            return false;
-        }
-        if *g == GuestRun::ResumeAsked {
-            break;
-        }
-        g = s
-            .changed
-            .wait_timeout(g, Duration::from_millis(10))
-            .map(|(g, _)| g)
-            .unwrap_or_else(|e| e.into_inner().0);
-    }
-    drop(g);
-    if let Err(e) = lock(vm).resume() {
-        s.fail(vm_err("resume")(e));
-        return false;
-    }
-    s.vm_paused.store(false, Ordering::SeqCst);
-    *lock(&s.guest) = GuestRun::Running;
-    s.changed.notify_all();
-    true
-}
-
-/// Waits until the epoch should end: the interval passed, or output is held and nothing is in
-/// flight (output-triggered), or the guest is to pause. `None` once stopped.
-fn wait_epoch_end(
-    s: &Shared,
-    o: &PrimaryOptions,
-    hooks: &dyn EpochHooks,
-    started: Instant,
-) -> Option<Trigger> {
-    loop {
-        if s.stop.load(Ordering::SeqCst) {
-            return None;
-        }
-        {
-            let mut g = lock(&s.guest);
-            match *g {
-                // Taken (Pausing) only once the checkpoint has room: see `take_pause`.
-                GuestRun::PauseAsked => return Some(Trigger::Pause),
-                // Asked to resume a guest that is not paused (a pause that failed): nothing to do.
-                GuestRun::ResumeAsked => {
-                    *g = GuestRun::Running;
-                    s.changed.notify_all();
-                }
-                GuestRun::Running | GuestRun::Pausing | GuestRun::Paused => {}
-            }
-        }
-        let elapsed = started.elapsed();
-        if elapsed >= o.checkpoint_interval {
-            return Some(Trigger::Timer);
-        }
-        if hooks.output_waiting() && lock(&s.window).is_empty() {
-            return Some(Trigger::Output);
-        }
-        std::thread::sleep(o.poll_interval.min(o.checkpoint_interval - elapsed));
-    }
-}
-
-/// Pause, copy into the staging buffer, save state, tell the gates, resume (unless
-/// `keep_paused`). The VM is running again when this returns, unless resuming itself failed.
-fn capture<V: MigratableVm + ?Sized>(
-    vm: &mut V,
-    epoch: u64,
-    hooks: &dyn EpochHooks,
-    keep_paused: bool,
-) -> Result<Captured, CheckpointError> {
-    vm.pause().map_err(vm_err("pause"))?;
-    let cap = Captured::take(vm, epoch).map(|mut cap| {
-        hooks.epoch_captured(epoch);
-        cap.set_extras(hooks.take_epoch_extras(epoch));
-        cap
-    });
-    // Resume even when the capture failed: a stopped guest is worse than an unprotected one.
-    if !keep_paused || cap.is_err() {
-        vm.resume().map_err(vm_err("resume"))?;
-    }
-    cap
-}
-
 /// Frames captured checkpoints onto the stream; heartbeats when idle.
 fn send_loop(
     s: &Shared,
@@ -768,6 +603,7 @@ fn send_checkpoint(
     sent_pages: &mut SentPages,
 ) -> Result<(), MigrationError> {
     let before = w.bytes();
+    let started = Instant::now();
     let counted = sent_pages.counts;
     let pages = cap.send_body(w, o.sync.batch_pages, sent_pages)?;
     let (commit, flags) = cap.commit_frame(pages);
@@ -777,6 +613,7 @@ fn send_checkpoint(
         e.wire_bytes = w.bytes() - before + COMMIT_WIRE_LEN;
         e.encodings = sent_pages.counts.since(&counted);
         e.sent_at = Some(Instant::now());
+        e.send_started = Some(started);
     }
     w.send(&commit, cap.epoch, flags)?;
     Ok(())
@@ -872,6 +709,14 @@ fn on_ack(
     s.changed.notify_all();
     stats.in_flight(epochs, bytes);
     let Some(e) = e else { return Ok(()) };
+    if let Some(send_started) = e.send_started {
+        lock(&s.link).acked(&Acked {
+            wire_bytes: e.wire_bytes,
+            pages: e.pages,
+            send_started,
+            acked_at: Instant::now(),
+        });
+    }
     *lock(&s.committed) = Some(e.epoch);
     if let Some(sent) = e.sent_at {
         hooks.lease_renewed(sent);
@@ -882,6 +727,9 @@ fn on_ack(
         epoch: e.epoch,
         trigger: e.trigger,
         pause: e.pause,
+        steps: e.steps,
+        throttle_permille: e.throttle_permille,
+        epoch_run: e.epoch_run,
         stall: e.stall,
         pages: e.pages,
         bytes: e.wire_bytes,

@@ -14,6 +14,44 @@ pub enum Trigger {
     Pause,
 }
 
+/// Where one checkpoint's guest pause went, step by step, in the order they run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PauseSteps {
+    /// Stopping every vCPU (kick, wait until parked) and device worker.
+    pub stop: Duration,
+    /// Reading and clearing the dirty log (KVM's and the device bitmap).
+    pub dirty_log: Duration,
+    /// Waiting, paused, for acks to make room for a checkpoint larger than flow control planned
+    /// (keeps the backlog bound; zero unless the guest outran flow control).
+    pub backlog_wait: Duration,
+    /// Copying the dirty pages into the staging buffer.
+    pub copy: Duration,
+    /// Reading every vCPU's state.
+    pub vcpu_state: Duration,
+    /// Irqchip, clock and device state.
+    pub devices: Duration,
+    /// The output gates: closing the epoch, taking its disk write log.
+    pub gates: Duration,
+    /// Letting the vCPUs and device workers run again.
+    pub resume: Duration,
+}
+
+impl PauseSteps {
+    /// The steps by name, in order (the names `ft.status` and the metrics use).
+    pub fn named(&self) -> [(&'static str, Duration); 8] {
+        [
+            ("stop", self.stop),
+            ("dirty_log", self.dirty_log),
+            ("backlog_wait", self.backlog_wait),
+            ("copy", self.copy),
+            ("vcpu_state", self.vcpu_state),
+            ("devices", self.devices),
+            ("gates", self.gates),
+            ("resume", self.resume),
+        ]
+    }
+}
+
 /// One committed checkpoint, as the primary saw it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct CheckpointStats {
@@ -25,6 +63,12 @@ pub struct CheckpointStats {
     pub trigger: Trigger,
     /// Guest pause: from pause to resume (dirty log, page copy, state save).
     pub pause: Duration,
+    /// The pause, step by step.
+    pub steps: PauseSteps,
+    /// How hard flow control throttled the guest's vCPUs during the epoch, per mille.
+    pub throttle_permille: u16,
+    /// How long the epoch ran (resume to the next pause).
+    pub epoch_run: Duration,
     /// How long the epoch waited for the in-flight window before it could end (backpressure).
     pub stall: Duration,
     /// Pages in the checkpoint.
@@ -81,6 +125,8 @@ pub trait StatsSink: Send + Sync {
     /// The in-flight window changed (a checkpoint was captured or acked): `epochs` checkpoints
     /// of `staged_bytes` are captured but not acked. Default: ignored.
     fn in_flight(&self, _epochs: usize, _staged_bytes: u64) {}
+    /// Flow control changed its settings. Default: ignored.
+    fn flow(&self, _f: &super::flow::FlowReport) {}
 }
 
 /// A sink that drops everything.
@@ -155,6 +201,9 @@ mod tests {
             epoch: ms,
             trigger: Trigger::Timer,
             pause: Duration::from_millis(ms),
+            steps: PauseSteps::default(),
+            throttle_permille: 0,
+            epoch_run: Duration::ZERO,
             stall: Duration::ZERO,
             pages: 0,
             bytes,

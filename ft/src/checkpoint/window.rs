@@ -14,6 +14,9 @@ pub(crate) struct InFlight {
     pub(crate) pages: u64,
     pub(crate) trigger: Trigger,
     pub(crate) pause: Duration,
+    pub(crate) steps: super::stats::PauseSteps,
+    pub(crate) throttle_permille: u16,
+    pub(crate) epoch_run: Duration,
     pub(crate) stall: Duration,
     pub(crate) resumed_at: Instant,
     pub(crate) in_flight_before: usize,
@@ -25,6 +28,8 @@ pub(crate) struct InFlight {
     pub(crate) encodings: super::stats::PageEncodings,
     /// When the Commit went out, for the ack timeout.
     pub(crate) sent_at: Option<Instant>,
+    /// When the sender began writing it, for the link's pace.
+    pub(crate) send_started: Option<Instant>,
 }
 
 /// The bounded queue of unacked checkpoints, oldest first.
@@ -52,11 +57,18 @@ impl Window {
         }
     }
 
-    /// Whether another checkpoint may be captured now. An empty window always admits, so that a
-    /// single checkpoint larger than the byte bound still makes progress.
-    pub(crate) fn has_room(&self) -> bool {
+    /// Whether another checkpoint of `next_bytes` may be captured now. An empty window always
+    /// admits, so that a single checkpoint larger than the byte bound still makes progress.
+    pub(crate) fn has_room(&self, next_bytes: u64) -> bool {
         self.entries.is_empty()
-            || (self.entries.len() < self.max_count && self.bytes < self.max_bytes)
+            || (self.entries.len() < self.max_count
+                && self.bytes.saturating_add(next_bytes) <= self.max_bytes)
+    }
+
+    /// Whether a captured checkpoint of `bytes` fits beside those in flight (or nothing is in
+    /// flight, so it must go alone).
+    pub(crate) fn fits(&self, bytes: u64) -> bool {
+        self.entries.is_empty() || self.bytes.saturating_add(bytes) <= self.max_bytes
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -105,6 +117,9 @@ mod tests {
             pages: 0,
             trigger: Trigger::Timer,
             pause: Duration::ZERO,
+            steps: Default::default(),
+            throttle_permille: 0,
+            epoch_run: Duration::ZERO,
             stall: Duration::ZERO,
             resumed_at: Instant::now(),
             in_flight_before: 0,
@@ -112,6 +127,7 @@ mod tests {
             wire_bytes: 0,
             encodings: Default::default(),
             sent_at: None,
+            send_started: None,
         }
     }
 
@@ -119,16 +135,18 @@ mod tests {
     fn bounded_by_count_and_bytes_but_never_stuck() {
         let mut w = Window::new(2, 100);
         w.push(entry(1, 10));
-        assert!(w.has_room());
+        assert!(w.has_room(90));
+        assert!(!w.has_room(91), "room for what comes next");
+        assert!(w.fits(90) && !w.fits(91));
         w.push(entry(2, 10));
-        assert!(!w.has_room(), "count bound");
+        assert!(!w.has_room(0), "count bound");
         w.pop_front();
         w.pop_front();
         w.push(entry(3, 1000));
-        assert!(!w.has_room(), "byte bound");
+        assert!(!w.has_room(0), "byte bound");
         w.pop_front();
         assert!(
-            w.has_room(),
+            w.has_room(1000) && w.fits(1000),
             "an empty window admits even a huge checkpoint"
         );
         assert_eq!((w.peak_count, w.peak_bytes), (2, 1000));

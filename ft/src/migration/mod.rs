@@ -20,6 +20,7 @@
 
 mod accept;
 pub(crate) mod channel;
+mod converge;
 pub mod handover;
 mod policy;
 mod progress;

@@ -1,6 +1,7 @@
 //! The source side of a pre-copy migration.
 
 use super::channel::{FrameReader, FrameWriter, Inbox, Waited};
+use super::converge::AutoConverge;
 use super::handover::{self, Claimed, HandoverArbiter, Terms, Unsettled};
 use super::policy::{transfer_time, Convergence, ConvergencePolicy, StopReason};
 use super::progress::{MigrationPhase, ProgressHandle};
@@ -41,6 +42,9 @@ pub struct SendOptions {
     pub disk_progress: DiskProgress,
     /// Hand over through this arbiter (`handover`); the destination must be given the same.
     pub arbiter: Option<HandoverArbiter>,
+    /// Auto-converge: slow a guest whose dirty set does not shrink, rather than pause it for
+    /// longer at the end.
+    pub auto_converge: bool,
 }
 
 impl Default for SendOptions {
@@ -54,6 +58,7 @@ impl Default for SendOptions {
             batch_pages: 256,
             disk_progress: DiskProgress::new(),
             arbiter: None,
+            auto_converge: true,
         }
     }
 }
@@ -79,6 +84,8 @@ pub struct SendReport {
     pub total_time: Duration,
     /// What proved that the destination runs the VM.
     pub confirmed_by: Confirmation,
+    /// Auto-converge's throttle when pre-copy ended, per mille of the vCPUs' time.
+    pub throttle_permille: u16,
 }
 
 /// What proved that the destination runs the VM.
@@ -247,6 +254,7 @@ struct Sender<'a, V: MigratableVm + ?Sized> {
     /// Migration: the Commit has started to leave, so the destination may run the VM; from
     /// here on the source never resumes without knowing it does not (`handover`).
     committed: Option<Committing>,
+    converge: AutoConverge,
 }
 
 /// What the report needs once the final state has gone out.
@@ -291,6 +299,7 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
             started: Instant::now(),
             terms: None,
             committed: None,
+            converge: AutoConverge::new(opts.auto_converge),
         })
     }
 
@@ -326,6 +335,7 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
             started: Instant::now(),
             terms: None,
             committed: None,
+            converge: AutoConverge::new(opts.auto_converge),
         })
     }
 
@@ -525,6 +535,7 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
                 );
                 break (reason, estimate, dirty);
             }
+            self.converge.round(dirty.count());
             self.round += 1;
             self.progress.update(|p| {
                 p.round = self.round;
@@ -536,6 +547,9 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
         };
 
         self.vm.pause().map_err(vm_err("pause"))?;
+        // Paused whole now (never restart vCPUs here: a migrated source must stay stopped);
+        // `resume` (FT) restarts the ones the throttle stopped with the rest.
+        self.converge.forget();
         self.paused = true;
         let paused_at = Instant::now();
         self.round += 1;
@@ -617,6 +631,7 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
             downtime: c.paused_at.elapsed(),
             total_time: self.started.elapsed(),
             confirmed_by,
+            throttle_permille: self.converge.permille(),
         }
     }
 
@@ -675,7 +690,13 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
         if batch.is_empty() {
             return Ok(0);
         }
-        // Between batches is where an Abort from the destination is noticed.
+        // Between batches the throttle follows its cycle (while the guest runs)...
+        if !self.paused {
+            self.converge
+                .tick(&mut *self.vm)
+                .map_err(vm_err("set_vcpus_running"))?;
+        }
+        // ...and an Abort from the destination is noticed.
         poll_abort(&self.inbox)?;
         let frame = Frame::MemoryPages(std::mem::take(batch));
         self.send(&frame, 0)?;
@@ -828,6 +849,11 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
                 );
             }
             self.dirty_log = false;
+        }
+        if !self.paused {
+            if let Err(t) = self.converge.release(&mut *self.vm) {
+                log::warn!("migration: cannot lift the throttle: {}", error_chain(&t));
+            }
         }
         if self.paused {
             if let Err(source) = self.vm.resume() {

@@ -1,7 +1,7 @@
 //! The shared status handle and the snapshot it gives the API.
 
 use super::counters::{FtCounters, HeartbeatCounts};
-use super::samples::{PauseStats, Ring};
+use super::samples::{PauseStats, PauseStepStats, Ring, StepRings};
 use super::transitions::transition_allowed;
 use super::{FtState, Role, StatusError};
 use crate::heartbeat::{FailureDetector, Path};
@@ -15,6 +15,24 @@ pub struct PathAges {
     pub channel_ms: Option<u64>,
     /// A valid UDP heartbeat on the second path.
     pub udp_ms: Option<u64>,
+}
+
+/// Flow control on the primary: how hard it slows the guest, and the epoch and backlog bounds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FlowStatus {
+    /// How hard the guest's vCPUs are throttled now, per mille of their time (0: not at all).
+    pub throttle_permille: u16,
+    /// What holds the throttle or the epoch length where they are: `none`, `pause` (the dirty
+    /// set would make the pause too long) or `backlog` (the backup or the link is behind).
+    pub limited_by: crate::checkpoint::FlowLimit,
+    /// The epoch length flow control chose (at most the checkpoint interval), microseconds.
+    pub epoch_us: u64,
+    /// The pause flow control aims at, microseconds.
+    pub target_pause_us: u64,
+    /// Bound on bytes captured but not acked (`ft.enable`'s `max_backlog_bytes`).
+    pub max_backlog_bytes: u64,
+    /// Most bytes captured but not acked at once since FT was enabled.
+    pub peak_backlog_bytes: u64,
 }
 
 /// Everything `ft.status` reports, as of one instant.
@@ -37,6 +55,13 @@ pub struct FtStatus {
     pub checkpoint_count: u64,
     /// Guest pause per checkpoint.
     pub pause: PauseStats,
+    /// Where the pause goes, step by step, over the same window as `pause` (primary).
+    pub pause_steps: PauseStepStats,
+    /// Flow control (primary).
+    pub flow: FlowStatus,
+    /// The initial sync that protected the guest (primary; `None` before it completed): its
+    /// rounds, bytes and the guest pause it ended with.
+    pub initial_sync: Option<crate::migration::SendReport>,
     /// Stream bytes of the latest checkpoint.
     pub bytes_last_checkpoint: u64,
     /// Mean stream bytes per checkpoint over the recent window.
@@ -80,6 +105,9 @@ struct Inner {
     checkpoint_count: u64,
     pauses_us: Ring,
     pause_max_us: u64,
+    steps: StepRings,
+    flow: FlowStatus,
+    initial_sync: Option<crate::migration::SendReport>,
     bytes: Ring,
     bytes_last: u64,
     backlog_bytes: u64,
@@ -115,6 +143,9 @@ impl Inner {
             checkpoint_count: 0,
             pauses_us: Ring::new(),
             pause_max_us: 0,
+            steps: StepRings::new(),
+            flow: FlowStatus::default(),
+            initial_sync: None,
             bytes: Ring::new(),
             bytes_last: 0,
             backlog_bytes: 0,
@@ -318,6 +349,40 @@ impl StatusHandle {
         g.counters.replicated_bytes = g.counters.replicated_bytes.saturating_add(bytes);
     }
 
+    /// Primary: a committed checkpoint's pause, step by step.
+    pub fn record_pause_steps(&self, steps: &crate::checkpoint::PauseSteps) {
+        let mut g = self.lock();
+        g.steps.push(steps);
+        let sum = &mut g.counters.pause_steps;
+        sum.stop += steps.stop;
+        sum.dirty_log += steps.dirty_log;
+        sum.backlog_wait += steps.backlog_wait;
+        sum.copy += steps.copy;
+        sum.vcpu_state += steps.vcpu_state;
+        sum.devices += steps.devices;
+        sum.gates += steps.gates;
+        sum.resume += steps.resume;
+    }
+
+    /// Primary: the initial sync completed with `report`.
+    pub fn set_initial_sync(&self, report: &crate::migration::SendReport) {
+        self.lock().initial_sync = Some(report.clone());
+    }
+
+    /// Primary: flow control's settings now (the peak backlog is kept here).
+    pub fn set_flow(&self, f: &crate::checkpoint::FlowReport) {
+        let mut g = self.lock();
+        let peak = g.flow.peak_backlog_bytes;
+        g.flow = FlowStatus {
+            throttle_permille: f.throttle_permille,
+            limited_by: f.limited_by,
+            epoch_us: f.epoch.as_micros().min(u128::from(u64::MAX)) as u64,
+            target_pause_us: f.target_pause.as_micros().min(u128::from(u64::MAX)) as u64,
+            max_backlog_bytes: f.max_backlog_bytes,
+            peak_backlog_bytes: peak,
+        };
+    }
+
     /// Primary: how a committed checkpoint's pages went out (whole, delta, zero).
     pub fn record_page_encodings(&self, e: &crate::checkpoint::PageEncodings) {
         let mut g = self.lock();
@@ -391,6 +456,7 @@ impl StatusHandle {
         let mut g = self.lock();
         g.backlog_bytes = bytes;
         g.backlog_epochs = epochs;
+        g.flow.peak_backlog_bytes = g.flow.peak_backlog_bytes.max(bytes);
     }
 
     /// Where the initial sync shows its disk copy (`disk_sync` in snapshots, and the metrics).
@@ -446,6 +512,9 @@ impl StatusHandle {
                 p99_us: g.pauses_us.percentile(99),
                 max_us: g.pause_max_us,
             },
+            pause_steps: g.steps.stats(),
+            flow: g.flow,
+            initial_sync: g.initial_sync.clone(),
             bytes_last_checkpoint: g.bytes_last,
             bytes_per_checkpoint: g.bytes.mean(),
             backlog_bytes: g.backlog_bytes,

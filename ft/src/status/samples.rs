@@ -14,6 +14,69 @@ pub struct PauseStats {
     pub max_us: u64,
 }
 
+/// p50/p99 of one pause step over the recent window, microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StepStats {
+    /// Median.
+    pub p50_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+}
+
+/// The pause's steps (see `checkpoint::PauseSteps`) over the recent window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PauseStepStats {
+    /// Stopping the vCPUs and device workers.
+    pub stop: StepStats,
+    /// Reading and clearing the dirty log.
+    pub dirty_log: StepStats,
+    /// Waiting for room in the backlog.
+    pub backlog_wait: StepStats,
+    /// Copying dirty pages into the staging buffer.
+    pub copy: StepStats,
+    /// Reading the vCPUs' state.
+    pub vcpu_state: StepStats,
+    /// Irqchip, clock and device state.
+    pub devices: StepStats,
+    /// The output gates.
+    pub gates: StepStats,
+    /// Resuming.
+    pub resume: StepStats,
+}
+
+/// One ring per pause step, in `PauseSteps::named` order.
+#[derive(Debug, Clone)]
+pub(crate) struct StepRings([Ring; 8]);
+
+impl StepRings {
+    pub(crate) fn new() -> Self {
+        StepRings(std::array::from_fn(|_| Ring::new()))
+    }
+
+    pub(crate) fn push(&mut self, steps: &crate::checkpoint::PauseSteps) {
+        for (ring, (_, d)) in self.0.iter_mut().zip(steps.named()) {
+            ring.push(d.as_micros().min(u128::from(u64::MAX)) as u64);
+        }
+    }
+
+    pub(crate) fn stats(&self) -> PauseStepStats {
+        let s: [StepStats; 8] = std::array::from_fn(|i| StepStats {
+            p50_us: self.0[i].percentile(50),
+            p99_us: self.0[i].percentile(99),
+        });
+        PauseStepStats {
+            stop: s[0],
+            dirty_log: s[1],
+            backlog_wait: s[2],
+            copy: s[3],
+            vcpu_state: s[4],
+            devices: s[5],
+            gates: s[6],
+            resume: s[7],
+        }
+    }
+}
+
 /// A fixed-size ring of u64 samples; pushing never allocates once full.
 #[derive(Debug, Clone)]
 pub(crate) struct Ring {

@@ -240,3 +240,54 @@ fn counters_count_over_the_vmm_life_not_per_pair() {
     assert_eq!(c.heartbeats(Path::Udp).received, 1);
     assert_eq!(c.heartbeats(Path::Udp).sent, 0);
 }
+
+#[test]
+fn pause_steps_flow_and_initial_sync_are_reported_and_restart_with_each_pair() {
+    use crate::checkpoint::{FlowLimit, FlowReport, PauseSteps};
+    let s = StatusHandle::new();
+    s.enable(Role::Primary, 1, None, "ft.enable").unwrap();
+    assert!(s.snapshot().initial_sync.is_none());
+    for us in [100, 200, 300] {
+        s.record_pause_steps(&PauseSteps {
+            stop: Duration::from_micros(us),
+            copy: Duration::from_micros(2 * us),
+            ..PauseSteps::default()
+        });
+    }
+    s.set_backlog(1 << 20, 1);
+    s.set_backlog(0, 0);
+    s.set_flow(&FlowReport {
+        throttle_permille: 400,
+        limited_by: FlowLimit::Backlog,
+        epoch: Duration::from_millis(5),
+        target_pause: Duration::from_millis(4),
+        max_backlog_bytes: 8 << 20,
+    });
+    let snap = s.snapshot();
+    assert_eq!(snap.pause_steps.stop.p50_us, 200);
+    assert_eq!(snap.pause_steps.copy.p99_us, 600);
+    assert_eq!(snap.pause_steps.resume.p50_us, 0);
+    assert_eq!(snap.flow.throttle_permille, 400);
+    assert_eq!(snap.flow.limited_by, FlowLimit::Backlog);
+    assert_eq!(snap.flow.epoch_us, 5000);
+    assert_eq!(
+        snap.flow.peak_backlog_bytes,
+        1 << 20,
+        "the peak outlives the backlog"
+    );
+    assert_eq!(
+        s.counters().pause_steps.copy,
+        Duration::from_micros(1200),
+        "the metrics' sums"
+    );
+    s.disable("ft.disable");
+    s.enable(Role::Primary, 2, None, "ft.enable").unwrap();
+    let snap = s.snapshot();
+    assert_eq!(snap.flow.peak_backlog_bytes, 0, "a new pair starts afresh");
+    assert_eq!(snap.pause_steps.stop.p50_us, 0);
+    assert_eq!(
+        s.counters().pause_steps.copy,
+        Duration::from_micros(1200),
+        "counters span the VMM's life"
+    );
+}

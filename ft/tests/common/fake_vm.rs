@@ -280,6 +280,12 @@ impl MigratableVm for FakeVm {
         self.resumes += 1;
         Ok(())
     }
+    fn set_vcpus_running(&mut self, running: bool) -> Result<bool, VmOpError> {
+        // No devices: stopping the vCPUs is stopping the dirtier.
+        *self.shared.running.lock().unwrap() = running;
+        self.shared.wake.notify_all();
+        Ok(true)
+    }
     fn save_state(&mut self) -> Result<VmState, VmOpError> {
         self.not_running("save_state")?;
         Ok(self.state_now())

@@ -4,11 +4,13 @@
 use ft::frame::{Decoder, Frame};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// What the proxy does.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Fault {
     /// Closes both connections after forwarding this many source → destination bytes.
     #[allow(dead_code)] // each test binary uses some of the faults
@@ -24,6 +26,10 @@ pub enum Fault {
     /// backup slow to ack).
     #[allow(dead_code)]
     DelayReplies(Duration),
+    /// Forwards source → destination bytes at most this many per second (0: no limit), read
+    /// anew for every chunk so that a test can slow the link down and let it recover.
+    #[allow(dead_code)]
+    RateLimit(Arc<AtomicU64>),
 }
 
 /// Where [`Fault::CutMidCheckpoint`] cut the stream.
@@ -52,6 +58,9 @@ pub fn start(
         let Ok(up) = TcpStream::connect(upstream) else {
             return None;
         };
+        // As the engine's own sockets: Nagle would hold acks back ~40 ms behind delayed ACKs.
+        let _ = down.set_nodelay(true);
+        let _ = up.set_nodelay(true);
         let (down2, up2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
         let (fwd, back) = match fault {
             Fault::DelayReplies(d) => (None, Some(d)),
@@ -147,16 +156,22 @@ fn pump(mut from: TcpStream, mut to: TcpStream, fault: Option<Fault>, delay: Opt
             std::thread::sleep(d);
         }
         let chunk = &mut buf[..n];
-        match fault {
-            Some(Fault::CutAfter(limit)) if at + n as u64 >= limit => {
+        match &fault {
+            Some(Fault::CutAfter(limit)) if at + n as u64 >= *limit => {
                 let keep = (limit - at) as usize;
                 let _ = to.write_all(&chunk[..keep]);
                 let _ = from.shutdown(Shutdown::Both);
                 let _ = to.shutdown(Shutdown::Both);
                 return;
             }
-            Some(Fault::FlipBitAt(off)) if (at..at + n as u64).contains(&off) => {
+            Some(Fault::FlipBitAt(off)) if (at..at + n as u64).contains(off) => {
                 chunk[(off - at) as usize] ^= 0x10;
+            }
+            Some(Fault::RateLimit(rate)) => {
+                let rate = rate.load(Ordering::SeqCst);
+                if rate > 0 {
+                    std::thread::sleep(Duration::from_secs_f64(n as f64 / rate as f64));
+                }
             }
             _ => {}
         }

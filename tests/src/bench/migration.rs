@@ -30,8 +30,12 @@ fn one(net: &TestNet, mem_mib: u64, workload: &str) -> Value {
         if i["state"] == "Migrated" {
             return i["migration"]["report"].clone();
         }
-        if !i["migration"]["error"].is_null() || start.elapsed() > Duration::from_secs(300) {
+        if !i["migration"]["error"].is_null() {
             return json!({"error": i["migration"]["error"]});
+        }
+        // A migration that does not finish is a failure, never a 0 ms / 0 MiB success.
+        if start.elapsed() > Duration::from_secs(300) {
+            return json!({"error": format!("not migrated after 300 s: {}", i["migration"])});
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -47,7 +51,7 @@ pub fn run() {
                 continue;
             }
             println!(
-                "migration {mem:>4} MiB {workload:<15}: downtime {:.1} ms, total {:.0} ms, {} rounds ({}), {:.1} MiB sent",
+                "migration {mem:>4} MiB {workload:<15} (n=1): downtime {:.1} ms, total {:.0} ms, {} rounds ({}), {:.1} MiB sent",
                 secs(&r["downtime"]) * 1e3,
                 secs(&r["total_time"]) * 1e3,
                 r["rounds"],

@@ -81,6 +81,33 @@ pub fn add_ft(e: &mut Exposition, s: &FtStatus, c: &FtCounters) {
         c.pause_us.sum as f64 / 1e6,
         c.pause_us.count,
     );
+    for (step, d) in c.pause_steps.named() {
+        e.counter(
+            "tandem_ft_pause_step_seconds_total",
+            "guest pause per step, summed over the primary's checkpoints: stop, dirty_log, \
+             backlog_wait, copy, vcpu_state, devices, gates, resume",
+            vec![("step", step.to_string())],
+            d.as_secs_f64(),
+        );
+    }
+    e.gauge(
+        "tandem_ft_throttle_ratio",
+        "share of the guest's vCPU time flow control takes away now (0: not throttled)",
+        vec![],
+        f64::from(s.flow.throttle_permille) / 1000.0,
+    );
+    e.gauge(
+        "tandem_ft_epoch_interval_seconds",
+        "the epoch length flow control chose (at most the checkpoint interval)",
+        vec![],
+        s.flow.epoch_us as f64 / 1e6,
+    );
+    e.gauge(
+        "tandem_ft_backlog_limit_bytes",
+        "bound on bytes captured but not yet acked (ft.enable max_backlog_bytes)",
+        vec![],
+        s.flow.max_backlog_bytes as f64,
+    );
     e.gauge(
         "tandem_ft_checkpoint_bytes",
         "stream bytes of the latest checkpoint",
@@ -221,6 +248,17 @@ mod tests {
         }
         st.record_commit(3);
         st.record_ack();
+        st.record_pause_steps(&ft::checkpoint::PauseSteps {
+            copy: Duration::from_micros(250),
+            ..Default::default()
+        });
+        st.set_flow(&ft::checkpoint::FlowReport {
+            throttle_permille: 250,
+            limited_by: ft::checkpoint::FlowLimit::Backlog,
+            epoch: Duration::from_millis(10),
+            target_pause: Duration::from_millis(4),
+            max_backlog_bytes: 1 << 20,
+        });
         st.set_backlog(8192, 2);
         st.record_heartbeat_sent(Path::Channel);
         let disk = st.disk_progress();
@@ -244,6 +282,14 @@ mod tests {
         assert_eq!(v("tandem_ft_replicated_bytes_total", None), 3000.0);
         assert_eq!(v("tandem_ft_backlog_checkpoints", None), 2.0);
         assert_eq!(v("tandem_ft_backlog_bytes", None), 8192.0);
+        assert_eq!(v("tandem_ft_backlog_limit_bytes", None), 1048576.0);
+        assert_eq!(v("tandem_ft_throttle_ratio", None), 0.25);
+        assert_eq!(v("tandem_ft_epoch_interval_seconds", None), 0.01);
+        assert_eq!(
+            v("tandem_ft_pause_step_seconds_total", Some(("step", "copy"))),
+            0.00025
+        );
+        assert_eq!(v("tandem_ft_pause_step_seconds_total", None), 0.00025);
         assert_eq!(
             v("tandem_ft_heartbeats_sent_total", Some(("path", "channel"))),
             1.0

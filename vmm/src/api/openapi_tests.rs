@@ -295,6 +295,8 @@ fn ft_schemas_match_serde() {
         arbiter: etcd,
         checkpoint_interval_ms: Some(25),
         heartbeat_interval_ms: Some(100),
+        max_backlog_bytes: Some(64 << 20),
+        target_pause_ms: Some(4),
         failure_timeout_ms: Some(1000),
         key: Some(FtKeyConfig { path: "/k".into() }),
         heartbeat_listen: Some("udp:0.0.0.0:7700".into()),

@@ -112,6 +112,14 @@ pub struct FtEnableConfig {
     /// Heartbeat on the stream when idle (default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_interval_ms: Option<u64>,
+    /// Bound on the staged bytes of checkpoints captured but not acked (default 64 MiB, at
+    /// least 1 MiB); flow control throttles the guest to stay under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backlog_bytes: Option<u64>,
+    /// The checkpoint pause flow control aims at (default 4): larger lets a guest that
+    /// rewrites a large working set run longer epochs, faster, at the cost of longer pauses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_pause_ms: Option<u64>,
     /// Silence from the backup after which it counts as failed (default 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_timeout_ms: Option<u64>,

@@ -137,6 +137,15 @@ impl EpochHooks for PrimaryHooks {
         }
     }
 
+    fn wait_output(&self, timeout: std::time::Duration) -> bool {
+        let seen = self.clock.outputs();
+        if self.output_waiting() {
+            return true;
+        }
+        self.clock.wait_output(seen, timeout);
+        self.output_waiting()
+    }
+
     fn output_waiting(&self) -> bool {
         self.nets
             .iter()

@@ -10,7 +10,7 @@ use crate::vm::Vm;
 use ft::bitmap::DirtyBitmap;
 use ft::disk::VmDisks;
 use ft::frame::PAGE_SIZE;
-use ft::vm::{MigratableVm, VmOpError, VmState};
+use ft::vm::{MigratableVm, SaveTimes, VmOpError, VmState};
 use std::borrow::BorrowMut;
 use vm_memory::Bytes;
 
@@ -133,19 +133,34 @@ impl<V: BorrowMut<Vm>> MigratableVm for SourceVm<V> {
     }
 
     fn save_state(&mut self) -> Result<VmState, VmOpError> {
+        self.save_state_timed().map(|(state, _)| state)
+    }
+
+    fn save_state_timed(&mut self) -> Result<(VmState, SaveTimes), VmOpError> {
         let (snapshot, times) = self
             .vm
             .borrow_mut()
             .capture()
             .map_err(backend("capture the state"))?;
-        // Once per FT checkpoint (up to a thousand a second): debug, not info.
-        log::debug!(
-            "migration: state captured (vCPUs {:?}, KVM {:?}, devices {:?})",
-            times.vcpus,
-            times.kvm,
-            times.devices
-        );
-        encode_state(snapshot)
+        let t = std::time::Instant::now();
+        let state = encode_state(snapshot)?;
+        Ok((
+            state,
+            SaveTimes {
+                vcpus: times.vcpus,
+                devices: times.kvm + times.devices + t.elapsed(),
+            },
+        ))
+    }
+
+    fn set_vcpus_running(&mut self, running: bool) -> Result<bool, VmOpError> {
+        let vm = self.vm.borrow_mut();
+        if running {
+            vm.resume_vcpus();
+        } else {
+            vm.pause_vcpus().map_err(backend("stop the vCPUs"))?;
+        }
+        Ok(true)
     }
 
     fn restore_state(&mut self, _state: &VmState) -> Result<(), VmOpError> {

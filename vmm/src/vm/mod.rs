@@ -303,7 +303,7 @@ impl Vm {
     /// nothing changes guest memory or device state until [`Vm::resume`].
     pub fn pause(&self) -> Result<(), VmError> {
         // All or none: a vCPU that does not park in time leaves every vCPU running.
-        park::park_all(&self.vcpus, VCPU_STOP_TIMEOUT)?;
+        self.pause_vcpus()?;
         self.virtio.quiesce();
         Ok(())
     }
@@ -311,17 +311,31 @@ impl Vm {
     /// Restarts the device workers, then lets every vCPU run again.
     pub fn resume(&self) {
         self.virtio.resume();
+        self.resume_vcpus();
+    }
+
+    /// Parks every vCPU (all kicked first, then waited for), leaving the devices running: FT's
+    /// throttle takes the guest's CPU this way.
+    pub fn pause_vcpus(&self) -> Result<(), VmError> {
+        // All or none: a vCPU that does not park in time leaves every vCPU running.
+        park::park_all(&self.vcpus, VCPU_STOP_TIMEOUT)?;
+        Ok(())
+    }
+
+    /// Lets every parked vCPU run again.
+    pub fn resume_vcpus(&self) {
         for v in &self.vcpus {
             v.resume();
         }
     }
 
-    /// Captures everything but memory; the VM must be paused ([`Vm::pause`]). Each vCPU is read
-    /// on its own parked thread, all in parallel.
+    /// Captures everything but memory; the VM must be paused ([`Vm::pause`]). The first vCPU is
+    /// read from this thread (no wakeup of its parked thread), the others on their own parked
+    /// threads meanwhile, in parallel.
     pub fn capture(&self) -> Result<(VmSnapshot, CaptureTimes), VmError> {
         let t0 = Instant::now();
         let (tx, rx) = std::sync::mpsc::channel();
-        for v in &self.vcpus {
+        for v in self.vcpus.iter().skip(1) {
             let (tx, id, info) = (tx.clone(), v.id, self.state_info.clone());
             v.post(Box::new(move |fd| {
                 let _ = tx.send(crate::state::vcpu::capture(fd, id, &info));
@@ -329,8 +343,11 @@ impl Vm {
         }
         drop(tx);
         let mut vcpus: Vec<VcpuState> = Vec::with_capacity(self.vcpus.len());
+        if let Some(v) = self.vcpus.first() {
+            vcpus.push(v.with_fd(|fd| crate::state::vcpu::capture(fd, v.id, &self.state_info))?);
+        }
         let deadline = t0 + VCPU_STOP_TIMEOUT;
-        for _ in &self.vcpus {
+        for _ in self.vcpus.iter().skip(1) {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(r) => vcpus.push(r?),

@@ -65,6 +65,9 @@ pub type VcpuFailureHandler = Arc<dyn Fn(u8, String) + Send + Sync>;
 pub struct VcpuHandle {
     pub id: u8,
     pub shared: Arc<VcpuShared>,
+    /// The vCPU's fd: its thread holds the lock while in KVM_RUN and handling the exit, so that
+    /// another thread can read a parked vCPU's state without waking it (see [`VcpuHandle::with_fd`]).
+    fd: Arc<Mutex<VcpuFd>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -94,24 +97,47 @@ pub struct VcpuContext {
 impl VcpuHandle {
     /// Starts the thread; the vCPU runs at once unless `start_paused`.
     pub fn spawn(ctx: VcpuContext, start_paused: bool) -> Result<Self, VcpuError> {
-        let id = ctx.id;
         let shared = Arc::new(VcpuShared::default());
         if start_paused {
             shared.set(|c| c.pause = true);
         }
         let s = shared.clone();
+        let VcpuContext {
+            id,
+            fd,
+            pio,
+            mmio,
+            guest_events,
+            on_failure,
+        } = ctx;
+        let fd = Arc::new(Mutex::new(fd));
+        let env = ExitEnv {
+            id,
+            pio,
+            mmio,
+            guest_events,
+        };
+        let thread_fd = fd.clone();
         let thread = std::thread::Builder::new()
             .name(format!("tandem_vcpu{id}"))
             .spawn(move || {
                 crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu);
-                run_loop(ctx, s)
+                run_loop(env, &thread_fd, s, on_failure)
             })
             .map_err(|source| VcpuError::Spawn { id, source })?;
         Ok(VcpuHandle {
             id,
             shared,
+            fd,
             thread: Some(thread),
         })
+    }
+
+    /// Runs `f` on the vCPU's fd from the calling thread; only while the vCPU is parked
+    /// ([`VcpuHandle::pause`]), else this waits until it leaves KVM_RUN. Saves the parked
+    /// thread a wakeup (a state capture's ioctls need no particular thread).
+    pub fn with_fd<T>(&self, f: impl FnOnce(&VcpuFd) -> T) -> T {
+        f(&self.fd.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn kick(&self) {
@@ -123,10 +149,21 @@ impl VcpuHandle {
 
     /// Asks the thread to park and waits until it has.
     pub fn pause(&self, timeout: Duration) -> Result<(), VcpuError> {
+        self.ask_pause();
+        self.wait_parked(timeout)
+    }
+
+    /// Asks the thread to park and kicks it out of KVM_RUN, without waiting: pausing several
+    /// vCPUs asks them all first, so that they stop in parallel.
+    pub fn ask_pause(&self) {
         self.shared.set(|c| c.pause = true);
         // A thread inside KVM_RUN sees the flag only once it exits: kick it now, not after
         // wait_for's first 1 ms wait (every FT checkpoint pauses, so that wait was most of it).
         self.kick();
+    }
+
+    /// Waits until the thread has parked after [`VcpuHandle::ask_pause`].
+    pub fn wait_parked(&self, timeout: Duration) -> Result<(), VcpuError> {
         self.wait_for(timeout, |c| c.parked || self.finished())
     }
 
@@ -201,7 +238,7 @@ impl VcpuShared {
     }
 
     /// Parks while paused, running posted jobs; returns true when the thread must exit.
-    fn check_in(&self, fd: &VcpuFd) -> bool {
+    fn check_in(&self, fd: &Mutex<VcpuFd>) -> bool {
         let mut c = self.lock();
         while c.pause && !c.stop {
             if !c.parked {
@@ -210,7 +247,7 @@ impl VcpuShared {
             }
             if let Some(job) = c.job.take() {
                 drop(c);
-                job(fd);
+                job(&fd.lock().unwrap_or_else(|p| p.into_inner()));
                 c = self.lock();
                 continue;
             }
@@ -221,26 +258,21 @@ impl VcpuShared {
     }
 }
 
-fn run_loop(ctx: VcpuContext, shared: Arc<VcpuShared>) {
-    let VcpuContext {
-        id,
-        mut fd,
-        pio,
-        mmio,
-        guest_events,
-        on_failure,
-    } = ctx;
-    let env = ExitEnv {
-        id,
-        pio,
-        mmio,
-        guest_events,
-    };
+fn run_loop(
+    env: ExitEnv,
+    fd: &Mutex<VcpuFd>,
+    shared: Arc<VcpuShared>,
+    on_failure: VcpuFailureHandler,
+) {
+    let id = env.id;
     loop {
-        if shared.attention.load(Ordering::SeqCst) && shared.check_in(&fd) {
+        if shared.attention.load(Ordering::SeqCst) && shared.check_in(fd) {
             return;
         }
-        match fd.run() {
+        // Held through KVM_RUN and the exit's handling (the exit borrows the fd's run area);
+        // released before parking, so that a parked vCPU's fd is free for `with_fd`.
+        let mut guard = fd.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.run() {
             Ok(exit) => {
                 shared.counters.exits.fetch_add(1, Ordering::Relaxed);
                 if let Some(err) = handle_exit(exit, &env, &shared.counters) {

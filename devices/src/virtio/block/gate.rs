@@ -270,6 +270,7 @@ impl DiskGate {
         if held + buf.len() as u64 >= self.cap_bytes {
             self.counters.full.fetch_add(1, Ordering::Relaxed);
         }
+        self.clock.note_output();
     }
 
     fn release_bytes(&self, n: u64) {

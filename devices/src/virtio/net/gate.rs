@@ -122,6 +122,8 @@ impl TxGate {
             if !self.has_room() {
                 self.counters.full.fetch_add(1, Ordering::Relaxed);
             }
+            drop(st);
+            self.clock.note_output();
             return Ok(());
         }
         // Frames held from before must leave first, or the wire would see them out of order.

@@ -1,5 +1,8 @@
 //! Dirty: keep rewriting a working set of free RAM, one 8-byte word per
 //! 4 KiB page, at a paced rate — the load a checkpointing VMM must keep up with.
+//! A rate of 0 is unpaced: every CPU rewrites its slice as fast as it can and
+//! never halts, so the rate it prints is the guest work a pause or a throttle
+//! takes away (a paced rate hides it until the VMM falls 100 ms behind).
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -47,6 +50,9 @@ pub fn prepare(mib: u64, cpus: usize) {
 pub fn run(cpu: usize, cpus: usize, pages_per_s: u64) -> ! {
     let pages = PAGES_PER_CPU.load(Ordering::Relaxed);
     let slice = BASE.load(Ordering::Relaxed) + cpu as u64 * pages * PAGE;
+    if pages_per_s == 0 {
+        unpaced(cpu, slice, pages);
+    }
     // This CPU's share of the rate; the remainder goes to the first CPUs.
     let rate = pages_per_s / cpus as u64 + u64::from((cpu as u64) < pages_per_s % cpus as u64);
     let hz = time::tsc_hz();
@@ -83,5 +89,37 @@ pub fn run(cpu: usize, cpus: usize, pages_per_s: u64) -> ! {
         }
         // Bursts ride the 100 Hz tick: write what is due, then sleep.
         sys::idle_wait();
+    }
+}
+
+/// Pages written between clock checks: RDTSC stays noise in the loop.
+const UNPACED_BATCH: u64 = 1024;
+
+/// Rewrites `pages` pages from `slice` as fast as this CPU can, forever.
+fn unpaced(cpu: usize, slice: u64, pages: u64) -> ! {
+    let hz = time::tsc_hz();
+    let mut next = 0u64;
+    let mut stamp = 0u64;
+    let mut window_start = time::rdtsc();
+    let mut window_pages = 0u64;
+    loop {
+        if pages > 0 {
+            for _ in 0..UNPACED_BATCH {
+                stamp += 1;
+                // SAFETY: the page lies in this CPU's slice of free RAM, which
+                // nothing else in the guest uses.
+                unsafe { ((slice + next * PAGE) as *mut u64).write_volatile(stamp) };
+                next = if next + 1 == pages { 0 } else { next + 1 };
+            }
+            window_pages += UNPACED_BATCH;
+        } else {
+            sys::idle_wait();
+        }
+        let now = time::rdtsc();
+        if now - window_start >= hz {
+            say!("tandem-guest: dirty {} pages/s cpu={}", time::per_second(window_pages, now - window_start), cpu);
+            window_start = now;
+            window_pages = 0;
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Failover as a client sees it: INC after INC on one TCP connection to the counter guest while
 //! the primary is SIGKILLed; the outage is the silence that the backup's first reply ends.
 
-use super::pair::{ft_status, wait_ft, DiskMode, Guest, Site, GUEST_IP, T};
+use super::pair::{wait_ft, DiskMode, Guest, Site, GUEST_IP, T};
+use super::window::{Delta, Mark, Poll};
 use crate::client::{CounterConn, COUNTER_PORT};
 use crate::net::Node;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +14,7 @@ pub fn counter(disk: DiskMode) -> Guest<'static> {
     Guest {
         workload: "counter",
         mem_mib: 128,
+        vcpus: 1,
         nic: true,
         disk: Some(disk),
     }
@@ -80,8 +82,8 @@ pub struct Run {
     pub live: Duration,
     /// INC round trips while protected, before the kill, sorted.
     pub incs: Vec<Duration>,
-    /// The primary's pause p50/p99 (µs) just before the kill.
-    pub pause_us: [u64; 2],
+    /// The primary's checkpoints while the client ran, before the kill.
+    pub ckpt: Delta,
 }
 
 /// Protects a counter guest in `mode`, runs the client for `warm`, SIGKILLs the primary and
@@ -93,9 +95,10 @@ pub fn run_once(mode: DiskMode, warm: Duration) -> Run {
     let log = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let client = client(&site, log.clone(), stop.clone());
-    std::thread::sleep(warm);
-    let s = ft_status(&vm.p);
-    let pause_us = ["p50_us", "p99_us"].map(|k| s["pause"][k].as_u64().unwrap_or(0));
+    let mark = Mark::now(&vm, &site.net);
+    let mut poll = Poll::new();
+    poll.sleep(&vm.p, warm);
+    let ckpt = mark.since(&vm, &site.net, &poll);
 
     let killed = Instant::now();
     vm.p.child.kill().expect("SIGKILL the primary");
@@ -145,6 +148,6 @@ pub fn run_once(mode: DiskMode, warm: Duration) -> Run {
         outage: replies[ends_silence].at - killed,
         live,
         incs,
-        pause_us,
+        ckpt,
     }
 }

@@ -2,6 +2,7 @@
 //! the rates the compute and dirty workloads print on the console.
 
 use super::pair::{GUEST_IP, T};
+use super::window::Poll;
 use crate::client::ECHO_PORT;
 use crate::net::{Node, TestNet};
 use crate::Tandem;
@@ -12,6 +13,11 @@ use std::time::{Duration, Instant};
 /// `n` round trips of 64 bytes on one connection to the guest's TCP echo, after 20 unmeasured
 /// ones; sorted.
 pub fn echo_round_trips(net: &TestNet, n: usize) -> Vec<Duration> {
+    echo_client(net, n).join().expect("client")
+}
+
+/// [`echo_round_trips`] on a client thread, which this returns.
+pub fn echo_client(net: &TestNet, n: usize) -> std::thread::JoinHandle<Vec<Duration>> {
     net.run_in(Node::Client, move || {
         let addr = format!("{GUEST_IP}:{ECHO_PORT}");
         let start = Instant::now();
@@ -39,80 +45,55 @@ pub fn echo_round_trips(net: &TestNet, n: usize) -> Vec<Duration> {
         rtts.sort();
         rtts
     })
-    .join()
-    .expect("client")
 }
 
-/// The next `k` samples that `parse` finds on `t`'s console after the first `skip` (a sample
-/// line is printed once a second by the guest, about its last second).
+/// Per-second work of all `cpus` CPUs: the `i`-th sample of every CPU's console lines, summed,
+/// for as many seconds as every CPU has printed.
+fn summed(t: &Tandem, parse: fn(&str) -> Option<(u32, u64)>, cpus: u8) -> Vec<u64> {
+    let mut per_cpu: Vec<Vec<u64>> = vec![Vec::new(); usize::from(cpus.max(1))];
+    for (cpu, n) in t.serial().lines().iter().filter_map(|l| parse(l)) {
+        if let Some(v) = per_cpu.get_mut(cpu as usize) {
+            v.push(n);
+        }
+    }
+    let secs = per_cpu.iter().map(Vec::len).min().unwrap_or(0);
+    (0..secs)
+        .map(|i| per_cpu.iter().map(|v| v[i]).sum())
+        .collect()
+}
+
+/// How many whole seconds of samples `t`'s console holds now.
+pub fn console_count(t: &Tandem, parse: fn(&str) -> Option<(u32, u64)>, cpus: u8) -> usize {
+    summed(t, parse, cpus).len()
+}
+
+/// Seconds `from..from + k` of the guest's work (summed over its CPUs), waiting for them and
+/// polling `ft.status` meanwhile when `poll` is given. A sample is the work the guest did in
+/// one second of its TSC, which runs on through pauses and throttling: work per wall-clock
+/// second.
 pub fn console_rates(
     t: &Tandem,
     parse: fn(&str) -> Option<(u32, u64)>,
-    skip: usize,
+    cpus: u8,
+    from: usize,
     k: usize,
+    mut poll: Option<&mut Poll>,
 ) -> Vec<u64> {
     let start = Instant::now();
     loop {
-        let all: Vec<u64> = t
-            .serial()
-            .lines()
-            .iter()
-            .filter_map(|l| parse(l))
-            .map(|(_, n)| n)
-            .collect();
-        if all.len() >= skip + k {
-            return all[skip..skip + k].to_vec();
+        let all = summed(t, parse, cpus);
+        if all.len() >= from + k {
+            return all[from..from + k].to_vec();
         }
         assert!(
-            start.elapsed() < T,
+            start.elapsed() < T + Duration::from_secs(k as u64),
             "only {} samples on the console:\n{}",
             all.len(),
             t.serial().text()
         );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// How many samples `parse` finds on `t`'s console now.
-pub fn console_count(t: &Tandem, parse: fn(&str) -> Option<(u32, u64)>) -> usize {
-    t.serial()
-        .lines()
-        .iter()
-        .filter(|l| parse(l).is_some())
-        .count()
-}
-
-/// Console samples over a stretch, with the vCPU thread's CPU time and the wall time it took.
-pub struct Window {
-    /// The samples (one per guest second).
-    pub samples: Vec<u64>,
-    /// CPU time the vCPU thread used meanwhile.
-    pub cpu: Duration,
-    /// Wall time.
-    pub wall: Duration,
-}
-
-impl Window {
-    /// Samples `from..from + k` of `t`'s console; call it once sample `from - 1` is out, so that
-    /// the window is the seconds they cover.
-    pub fn take(t: &Tandem, parse: fn(&str) -> Option<(u32, u64)>, from: usize, k: usize) -> Self {
-        let cpu = || t.thread_cpu_time("tandem_vcpu0").unwrap_or_default();
-        let (c0, t0) = (cpu(), Instant::now());
-        let samples = console_rates(t, parse, from, k);
-        Window {
-            samples,
-            cpu: cpu().saturating_sub(c0),
-            wall: t0.elapsed(),
+        if let Some(p) = poll.as_deref_mut() {
+            p.tick(t);
         }
-    }
-
-    /// Units of work per second of vCPU thread CPU time.
-    pub fn per_cpu_second(&self) -> f64 {
-        self.samples.iter().sum::<u64>() as f64 / self.cpu.as_secs_f64().max(1e-3)
-    }
-
-    /// Share of one core the vCPU thread had.
-    pub fn cpu_share(&self) -> f64 {
-        self.cpu.as_secs_f64() / self.wall.as_secs_f64().max(1e-3)
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -1,229 +1,468 @@
-//! FT beside standalone, the same guest in the same run: added TCP latency on `echo`, compute and
-//! dirty-page throughput ratios, checkpoint pause/rate/size, replication bandwidth, and failover
-//! time as a client on one TCP connection sees it. Prints figures; asserts nothing about speed
-//! (it does stop on a wrong answer, e.g. an INC lost across a failover).
+//! FT beside standalone, the same guests in the same run, printed as one table (and JSON lines):
+//! guest work per wall-clock second under unpaced memory loads (a 2 GiB guest rewriting 1 GiB,
+//! 512 MiB rewriting 256 MiB, 2 and 4 vCPUs) and a paced one, compute, idle pauses at 1/2/4
+//! vCPUs, echo round trips, counter INC (disk write + flush) on a shared and a replicated disk,
+//! the initial sync of the memory-heavy guest, and failover as a client sees it. Standalone and
+//! FT run in alternating rounds, so that a shared host's load falls on both alike; checkpoint
+//! figures cover the measured window only (the difference of two metric scrapes). Prints
+//! figures; asserts nothing about speed (it does stop on a wrong answer, e.g. an INC lost across
+//! a failover).
 
 pub mod crypto;
 mod failover;
 mod load;
 mod pair;
+mod table;
+mod window;
 
 use super::{median, percentile, us};
 use crate::guest::{parse_compute, parse_dirty};
-use load::Window;
-use pair::{DiskMode, Guest, Mark, Site, FAILURE_TIMEOUT_MS};
+use pair::{DiskMode, Guest, Site, FAILURE_TIMEOUT_MS};
 use std::time::Duration;
+use table::{Compare, Row, Stat};
+use window::{Delta, Mark, Poll};
 
 /// How much of each figure to take: full, or a quick pass that only shows the bench still works.
 struct Sizes {
-    round_trips: usize,
-    idle: Duration,
-    samples: usize,
+    /// Alternating standalone/FT rounds of each throughput load.
     rounds: usize,
+    /// One-second samples per round and side.
+    samples: usize,
+    idle: Duration,
+    round_trips: usize,
     failover_modes: &'static [DiskMode],
     failover_runs: usize,
-    warm: Duration,
     incs: usize,
+    warm: Duration,
 }
 
 impl Sizes {
     fn new(quick: bool) -> Sizes {
         if quick {
             Sizes {
-                round_trips: 200,
-                idle: Duration::from_secs(1),
-                samples: 2,
                 rounds: 1,
+                samples: 2,
+                idle: Duration::from_secs(2),
+                round_trips: 200,
                 failover_modes: &[DiskMode::Replicated],
                 failover_runs: 1,
-                warm: Duration::from_millis(1000),
                 incs: 100,
+                warm: Duration::from_millis(1000),
             }
         } else {
             Sizes {
-                round_trips: 2000,
-                idle: Duration::from_secs(3),
-                samples: 3,
                 rounds: 3,
+                samples: 5,
+                idle: Duration::from_secs(5),
+                round_trips: 1000,
                 failover_modes: &[DiskMode::Shared, DiskMode::Replicated],
                 failover_runs: 5,
-                warm: Duration::from_millis(1500),
-                incs: 1000,
+                incs: 300,
+                warm: Duration::from_millis(2000),
             }
         }
     }
 }
 
-/// Runs the FT figures; `quick` takes fewer samples and one failover.
-pub fn run(quick: bool) {
-    let z = Sizes::new(quick);
-    println!(
-        "ft: built-in guest, 1 vCPU, 128 MiB, primary on host P, backup on host B, stream on the \
-         host-to-host veth; default checkpoint interval; failure timeout {FAILURE_TIMEOUT_MS} ms{}",
-        if quick { " (quick: fewer samples)" } else { "" }
-    );
-    let site = Site::up("fbe");
-    latency(&site, &z);
-    throughput(&site, &z, "compute", parse_compute, "M iter/s", 1e6);
-    throughput(&site, &z, "dirty:64:20000", parse_dirty, "k pages/s", 1e3);
-    incs_and_failover(&site, &z);
+/// A throughput load: a guest whose console prints its work once a second.
+struct Load {
+    name: &'static str,
+    workload: &'static str,
+    mem_mib: u64,
+    vcpus: u8,
+    unit: &'static str,
+    scale: f64,
+    parse: fn(&str) -> Option<(u32, u64)>,
+    note: &'static str,
+    /// Left out of `--quick`.
+    big: bool,
+    /// `ft.enable`'s `target_pause_ms` (and then `max_backlog_bytes` 256 MiB), when not the
+    /// defaults.
+    target_pause_ms: Option<u64>,
 }
 
-/// Echo round trips standalone, then protected (after the idle guest's checkpoint figures).
-fn latency(site: &Site, z: &Sizes) {
-    let echo = Guest {
-        workload: "echo",
+const LOADS: &[Load] = &[
+    Load {
+        name: "heavy",
+        workload: "dirty:1024:0",
+        mem_mib: 2048,
+        vcpus: 1,
+        unit: "k pages/s",
+        scale: 1e3,
+        parse: parse_dirty,
+        note: "unpaced: 1 GiB working set rewritten as fast as the guest can",
+        big: true,
+        target_pause_ms: None,
+    },
+    Load {
+        name: "dirty256",
+        workload: "dirty:256:0",
+        mem_mib: 512,
+        vcpus: 1,
+        unit: "k pages/s",
+        scale: 1e3,
+        parse: parse_dirty,
+        note: "unpaced",
+        big: true,
+        target_pause_ms: None,
+    },
+    Load {
+        name: "smp2",
+        workload: "dirty:64:0",
+        mem_mib: 256,
+        vcpus: 2,
+        unit: "k pages/s",
+        scale: 1e3,
+        parse: parse_dirty,
+        note: "unpaced, all vCPUs summed",
+        big: false,
+        target_pause_ms: None,
+    },
+    Load {
+        name: "smp4",
+        workload: "dirty:64:0",
+        mem_mib: 256,
+        vcpus: 4,
+        unit: "k pages/s",
+        scale: 1e3,
+        parse: parse_dirty,
+        note: "unpaced, all vCPUs summed (4 vCPUs on 2 host cores)",
+        big: true,
+        target_pause_ms: None,
+    },
+    Load {
+        name: "paced2",
+        workload: "dirty:64:200000",
+        mem_mib: 256,
+        vcpus: 2,
+        unit: "k pages/s",
+        scale: 1e3,
+        parse: parse_dirty,
+        note: "PACED at 200k pages/s with 100 ms of catch-up: the ratio is ~1 by construction \
+               while FT keeps within it; read the pause",
+        big: true,
+        target_pause_ms: None,
+    },
+    Load {
+        name: "smp2-long",
+        workload: "dirty:64:0",
+        mem_mib: 256,
+        vcpus: 2,
+        unit: "k pages/s",
+        scale: 1e3,
+        parse: parse_dirty,
+        note: "as smp2 with ft.enable target_pause_ms=100, max_backlog_bytes=256 MiB: longer \
+               pauses bought for epochs long enough to amortise the write faults",
+        big: true,
+        target_pause_ms: Some(100),
+    },
+    Load {
+        name: "compute",
+        workload: "compute",
         mem_mib: 128,
-        nic: true,
-        disk: None,
+        vcpus: 1,
+        unit: "M iter/s",
+        scale: 1e6,
+        parse: parse_compute,
+        note: "ring-3 integer loop",
+        big: false,
+        target_pause_ms: None,
+    },
+];
+
+/// Every part `--only` can name.
+pub const PARTS: &[&str] = &[
+    "heavy",
+    "dirty256",
+    "smp2",
+    "smp4",
+    "paced2",
+    "smp2-long",
+    "compute",
+    "idle1",
+    "idle2",
+    "idle4",
+    "echo",
+    "inc",
+];
+
+/// Runs the FT figures; `quick` takes fewer samples and leaves out the big loads; `only`, when
+/// not empty, names the parts to run.
+pub fn run(quick: bool, only: &[String]) {
+    let z = Sizes::new(quick);
+    let wanted = |name: &str, big: bool| {
+        if only.is_empty() {
+            !(quick && big)
+        } else {
+            only.iter().any(|o| o == name)
+        }
     };
-    let standalone = {
-        let _vm = site.boot(&echo);
-        load::echo_round_trips(&site.net, z.round_trips)
-    };
-    let mut vm = site.boot(&echo);
-    let synced = vm.protect(site);
-    std::thread::sleep(Duration::from_millis(500));
-    let mark = Mark::now(&vm, &site.net);
-    std::thread::sleep(z.idle);
-    let idle = mark.since(&vm, &site.net);
-    let mark = Mark::now(&vm, &site.net);
-    let ft = load::echo_round_trips(&site.net, z.round_trips);
-    let busy = mark.since(&vm, &site.net);
-    drop(vm);
     println!(
-        "ft: protected {:.0} ms after ft.enable (idle echo guest)",
-        synced.as_secs_f64() * 1e3
+        "ft: built-in guest, primary on host P, backup on host B, stream on the host-to-host veth; \
+         ft.enable defaults; failure timeout {FAILURE_TIMEOUT_MS} ms; standalone and FT in {} \
+         alternating round(s) of {} one-second samples; work = guest work per wall-clock second \
+         (its TSC runs on through pauses and throttling); pause percentiles from the pause \
+         histogram's difference over the measured window, interpolated within buckets; n = \
+         samples behind each figure",
+        z.rounds, z.samples
     );
-    for (what, p) in [("p50", 0.5), ("p99", 0.99)] {
-        let (s, f) = (percentile(&standalone, p), percentile(&ft, p));
+    if quick {
         println!(
-            "ft: echo TCP round trip {what} (64 B x {}, one connection): standalone {:.0} us, FT {:.0} us, added {:+.0} us, FT/standalone {:.1}",
-            z.round_trips,
-            us(s),
-            us(f),
-            us(f) - us(s),
-            f.as_secs_f64() / s.as_secs_f64()
+            "ft: QUICK pass: fewer samples, no 2 GiB / 512 MiB / 4-vCPU / paced loads, idle at 1 \
+             vCPU only, one failover on a replicated disk; shows the bench works, figures are not \
+             for quoting"
         );
     }
-    println!("ft: checkpoints, idle guest: {idle}");
-    println!("ft: checkpoints, echo round trips: {busy}");
+    let site = Site::up("fbe");
+    let mut rows = Vec::new();
+    for l in LOADS {
+        if wanted(l.name, l.big) {
+            rows.extend(throughput(&site, &z, l));
+        }
+    }
+    for vcpus in [1u8, 2, 4] {
+        if wanted(&format!("idle{vcpus}"), vcpus > 1) {
+            rows.push(idle(&site, &z, vcpus));
+        }
+    }
+    if wanted("echo", false) {
+        rows.extend(echo(&site, &z));
+    }
+    if wanted("inc", false) {
+        rows.extend(incs_and_failover(&site, &z));
+    }
+    table::print(&rows);
 }
 
-/// A workload's console rate standalone and protected, in alternating rounds (fresh VMs each)
-/// so that the load of a shared host falls on both alike; and the checkpoints while protected.
-fn throughput(
-    site: &Site,
-    z: &Sizes,
-    workload: &str,
-    parse: fn(&str) -> Option<(u32, u64)>,
-    unit: &str,
-    scale: f64,
-) {
+/// Median of a series as a [`Stat`], scaled.
+fn stat(v: &[u64], scale: f64) -> Stat {
+    Stat::new(median(v) as f64 / scale, v.len())
+}
+
+/// A load's work standalone and protected in alternating rounds (fresh VMs each), and the
+/// checkpoints while protected; for the memory-heavy load also its initial sync.
+fn throughput(site: &Site, z: &Sizes, l: &Load) -> Vec<Row> {
     let g = Guest {
-        workload,
-        mem_mib: 128,
+        workload: l.workload,
+        mem_mib: l.mem_mib,
+        vcpus: l.vcpus,
         nic: false,
         disk: None,
     };
-    let (mut standalone, mut ft, mut ck) = (Vec::new(), Vec::new(), None);
+    let (mut standalone, mut ft, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ckpt, mut syncs) = (Delta::default(), Vec::new());
     for _ in 0..z.rounds {
-        {
+        let s = {
             let vm = site.boot(&g);
             // The first sample covers a partial second.
-            load::console_rates(&vm.p, parse, 0, 1);
-            standalone.push(Window::take(&vm.p, parse, 1, z.samples));
+            load::console_rates(&vm.p, l.parse, l.vcpus, 1, z.samples, None)
+        };
+        let mut vm = site.boot(&g);
+        // Protect a guest that is already at work (its working set touched).
+        load::console_rates(&vm.p, l.parse, l.vcpus, 0, 1, None);
+        let extra = match l.target_pause_ms {
+            Some(ms) => {
+                serde_json::json!({ "target_pause_ms": ms, "max_backlog_bytes": 256u64 << 20 })
+            }
+            None => serde_json::json!({}),
+        };
+        syncs.push(vm.protect_with(site, &extra));
+        // Skip the sample that straddles ft.enable and one more while flow control settles.
+        let from = load::console_count(&vm.p, l.parse, l.vcpus) + 2;
+        load::console_rates(&vm.p, l.parse, l.vcpus, from - 1, 1, None);
+        let mark = Mark::now(&vm, &site.net);
+        let mut poll = Poll::new();
+        let f = load::console_rates(&vm.p, l.parse, l.vcpus, from, z.samples, Some(&mut poll));
+        ckpt.merge(&mark.since(&vm, &site.net, &poll));
+        ratios.push(median(&f) as f64 / median(&s).max(1) as f64);
+        standalone.extend(s);
+        ft.extend(f);
+    }
+    let load = format!(
+        "`{}`, {} MiB, {} vCPU{}{}",
+        l.workload,
+        l.mem_mib,
+        l.vcpus,
+        if l.vcpus > 1 { "s" } else { "" },
+        l.target_pause_ms
+            .map(|ms| format!(", target_pause_ms={ms}, max_backlog_bytes=256 MiB"))
+            .unwrap_or_default()
+    );
+    let mut row = Row::new(load.clone(), "work", l.unit);
+    row.standalone = Some(stat(&standalone, l.scale));
+    row.ft = Some(stat(&ft, l.scale));
+    row.compare = Compare::Ratio;
+    row.per_round = ratios;
+    row.ckpt = Some(ckpt.ckpt());
+    row.note = l.note.to_string();
+    let mut rows = vec![row];
+    if l.name == "heavy" {
+        let mut t: Vec<u64> = syncs.iter().map(|s| s.time.as_millis() as u64).collect();
+        let b: Vec<u64> = syncs.iter().map(|s| s.link_bytes).collect();
+        let down: Vec<u64> = syncs
+            .iter()
+            .filter_map(|s| s.downtime.map(|d| d.as_micros() as u64))
+            .collect();
+        t.sort_unstable();
+        let mut sync = Row::new(load, "initial sync", "ms");
+        sync.ft = Some(Stat::new(median(&t) as f64, t.len()));
+        sync.note = format!(
+            "ft.enable -> both protected, the guest at work; {:.0} MiB on the link (median), \
+             {}..{} ms; the pause it ended with: {}",
+            median(&b) as f64 / (1u64 << 20) as f64,
+            t[0],
+            t[t.len() - 1],
+            if down.is_empty() {
+                "not reported".to_string()
+            } else {
+                format!(
+                    "median {:.1} ms (n={})",
+                    median(&down) as f64 / 1e3,
+                    down.len()
+                )
+            }
+        );
+        rows.push(sync);
+    }
+    rows
+}
+
+/// An idle guest's checkpoints at `vcpus` vCPUs.
+fn idle(site: &Site, z: &Sizes, vcpus: u8) -> Row {
+    let g = Guest {
+        workload: "idle",
+        mem_mib: 128,
+        vcpus,
+        nic: false,
+        disk: None,
+    };
+    let mut vm = site.boot(&g);
+    vm.protect(site);
+    std::thread::sleep(Duration::from_millis(1000));
+    let mark = Mark::now(&vm, &site.net);
+    let mut poll = Poll::new();
+    poll.sleep(&vm.p, z.idle);
+    let c = mark.since(&vm, &site.net, &poll).ckpt();
+    let mut row = Row::new(
+        format!("idle, {vcpus} vCPU{}", if vcpus > 1 { "s" } else { "" }),
+        "pause",
+        "µs",
+    );
+    row.note = format!(
+        "mean per step: {}",
+        c.steps_us
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    row.ckpt = Some(c);
+    row
+}
+
+/// Echo round trips standalone and protected, alternating.
+fn echo(site: &Site, z: &Sizes) -> Vec<Row> {
+    let g = Guest {
+        workload: "echo",
+        mem_mib: 128,
+        vcpus: 1,
+        nic: true,
+        disk: None,
+    };
+    let per = z.round_trips / z.rounds;
+    let (mut standalone, mut ft, mut ckpt) = (Vec::new(), Vec::new(), Delta::default());
+    for _ in 0..z.rounds {
+        {
+            let _vm = site.boot(&g);
+            standalone.extend(load::echo_round_trips(&site.net, per));
         }
         let mut vm = site.boot(&g);
         vm.protect(site);
-        // Skip the sample that straddles ft.enable.
-        let straddles = load::console_count(&vm.p, parse);
-        load::console_rates(&vm.p, parse, straddles, 1);
+        std::thread::sleep(Duration::from_millis(500));
         let mark = Mark::now(&vm, &site.net);
-        ft.push(Window::take(&vm.p, parse, straddles + 1, z.samples));
-        ck = Some(mark.since(&vm, &site.net));
+        let client = load::echo_client(&site.net, per);
+        let mut poll = Poll::new();
+        while !client.is_finished() {
+            poll.sleep(&vm.p, Duration::from_millis(50));
+        }
+        ckpt.merge(&mark.since(&vm, &site.net, &poll));
+        ft.extend(client.join().expect("echo client"));
     }
-    let all = |w: &[Window]| median(&w.iter().flat_map(|w| w.samples.clone()).collect::<Vec<_>>());
-    let mut ratios: Vec<f64> = standalone
-        .iter()
-        .zip(&ft)
-        .map(|(s, f)| median(&f.samples) as f64 / median(&s.samples).max(1) as f64)
-        .collect();
-    ratios.sort_by(f64::total_cmp);
-    let (s, f) = (all(&standalone), all(&ft));
-    let mid = |w: &[Window], f: fn(&Window) -> f64| {
-        let mut v: Vec<f64> = w.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    println!(
-        "ft: {workload} throughput (median of {} one-second samples each, {} alternating rounds): standalone {:.2} {unit}, FT {:.2} {unit}, FT/standalone {:.3} (per round {:.3}..{:.3})",
-        z.samples * z.rounds,
-        z.rounds,
-        s as f64 / scale,
-        f as f64 / scale,
-        f as f64 / s.max(1) as f64,
-        ratios[0],
-        ratios[ratios.len() - 1]
-    );
-    let (sc, fc) = (
-        mid(&standalone, Window::per_cpu_second),
-        mid(&ft, Window::per_cpu_second),
-    );
-    println!(
-        "ft: {workload} per vCPU-thread CPU second: standalone {:.2} {unit}, FT {:.2} {unit}, FT/standalone {:.3}; vCPU thread had {:.0}% of a core standalone, {:.0}% under FT",
-        sc / scale,
-        fc / scale,
-        fc / sc.max(1e-9),
-        mid(&standalone, Window::cpu_share) * 100.0,
-        mid(&ft, Window::cpu_share) * 100.0
-    );
-    if let Some(ck) = ck {
-        println!("ft: checkpoints, {workload} (last round): {ck}");
+    standalone.sort();
+    ft.sort();
+    let mut rows = Vec::new();
+    for (figure, p) in [("round trip p50", 0.5), ("round trip p99", 0.99)] {
+        let mut row = Row::new("echo, 64 B, one TCP connection", figure, "µs");
+        row.standalone = Some(Stat::new(us(percentile(&standalone, p)), standalone.len()));
+        row.ft = Some(Stat::new(us(percentile(&ft, p)), ft.len()));
+        row.compare = Compare::Added;
+        if p == 0.5 {
+            row.ckpt = Some(ckpt.ckpt());
+            row.note = "output-triggered checkpoints".into();
+        }
+        rows.push(row);
     }
+    rows
 }
 
-/// INC round trips (disk write + flush) standalone and protected in each disk mode, and the
-/// failover runs that follow each protected stretch.
-fn incs_and_failover(site: &Site, z: &Sizes) {
-    let standalone = failover::standalone_incs(site, z.incs);
-    println!(
-        "ft: counter INC round trip (disk write + flush), standalone: p50 {:.0} us, p99 {:.0} us",
-        us(percentile(&standalone, 0.5)),
-        us(percentile(&standalone, 0.99))
-    );
+/// INC round trips (disk write + flush) standalone and protected in each disk mode, the
+/// protected ones from the stretch before each failover run; then the failovers.
+fn incs_and_failover(site: &Site, z: &Sizes) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut standalone = Vec::new();
+    let mut added_p50 = Vec::new();
     for &mode in z.failover_modes {
-        let runs: Vec<failover::Run> = (0..z.failover_runs)
-            .map(|_| failover::run_once(mode, z.warm))
-            .collect();
+        let mut runs = Vec::new();
+        for _ in 0..z.failover_runs {
+            // Alternating: a standalone stretch before each protected one.
+            standalone.extend(failover::standalone_incs(site, z.incs));
+            runs.push(failover::run_once(mode, z.warm));
+        }
+        standalone.sort();
         let mut incs: Vec<Duration> = runs.iter().flat_map(|r| r.incs.clone()).collect();
         incs.sort();
-        let pause = |i: usize| median(&runs.iter().map(|r| r.pause_us[i]).collect::<Vec<_>>());
-        println!(
-            "ft: counter INC round trip, FT {} disk ({} INCs over {} runs): p50 {:.0} us, p99 {:.0} us (standalone x{:.1} / x{:.1}); checkpoint pause p50 {} us p99 {} us",
-            mode.name(),
-            incs.len(),
-            runs.len(),
-            us(percentile(&incs, 0.5)),
-            us(percentile(&incs, 0.99)),
-            percentile(&incs, 0.5).as_secs_f64() / percentile(&standalone, 0.5).as_secs_f64(),
-            percentile(&incs, 0.99).as_secs_f64() / percentile(&standalone, 0.99).as_secs_f64(),
-            pause(0),
-            pause(1)
+        let mut ckpt = Delta::default();
+        for r in &runs {
+            ckpt.merge(&r.ckpt);
+        }
+        let load = format!("counter INC (write + flush), {} disk", mode.name());
+        let s50 = us(percentile(&standalone, 0.5));
+        let f50 = us(percentile(&incs, 0.5));
+        added_p50.push((mode, f50 - s50));
+        for (figure, p) in [("round trip p50", 0.5), ("round trip p99", 0.99)] {
+            let mut row = Row::new(load.clone(), figure, "µs");
+            row.standalone = Some(Stat::new(us(percentile(&standalone, p)), standalone.len()));
+            row.ft = Some(Stat::new(us(percentile(&incs, p)), incs.len()));
+            row.compare = Compare::Added;
+            if p == 0.5 {
+                row.ckpt = Some(ckpt.ckpt());
+                row.note = format!("{} protected runs", runs.len());
+                if let [(DiskMode::Shared, shared), (DiskMode::Replicated, repl)] = added_p50[..] {
+                    row.note.push_str(&format!(
+                        "; added p50 replicated/shared {:.2}",
+                        repl / shared
+                    ));
+                }
+            }
+            rows.push(row);
+        }
+        let mut outage: Vec<u64> = runs.iter().map(|r| r.outage.as_millis() as u64).collect();
+        let live: Vec<u64> = runs.iter().map(|r| r.live.as_millis() as u64).collect();
+        outage.sort_unstable();
+        let mut row = Row::new(
+            format!("failover, {} disk", mode.name()),
+            "SIGKILL -> next reply",
+            "ms",
         );
-        let mut outage: Vec<Duration> = runs.iter().map(|r| r.outage).collect();
-        let mut live: Vec<Duration> = runs.iter().map(|r| r.live).collect();
-        outage.sort();
-        live.sort();
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        println!(
-            "ft: failover, {} disk, SIGKILL of the primary -> first reply from the backup on the client's connection ({} runs): min {:.0} ms, median {:.0} ms, max {:.0} ms (backup live per ft.status: median {:.0} ms)",
-            mode.name(),
-            runs.len(),
-            ms(outage[0]),
-            ms(percentile(&outage, 0.5)),
-            ms(outage[outage.len() - 1]),
-            ms(percentile(&live, 0.5))
+        row.ft = Some(Stat::new(median(&outage) as f64, outage.len()));
+        row.note = format!(
+            "min {} / max {} ms over {} runs; backup live per ft.status: median {} ms",
+            outage[0],
+            outage[outage.len() - 1],
+            outage.len(),
+            median(&live)
         );
+        rows.push(row);
     }
+    rows
 }

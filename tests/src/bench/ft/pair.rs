@@ -41,6 +41,8 @@ pub struct Guest<'a> {
     pub workload: &'a str,
     /// Guest RAM.
     pub mem_mib: u64,
+    /// vCPUs.
+    pub vcpus: u8,
     /// A NIC on tap0 with [`GUEST_IP`].
     pub nic: bool,
     /// A disk, and how FT treats it.
@@ -79,7 +81,7 @@ impl Site {
         if g.nic {
             cmdline.push_str(&format!(" ip={GUEST_IP}/24"));
         }
-        let mut cfg = p.builtin_config(1, g.mem_mib, &cmdline);
+        let mut cfg = p.builtin_config(g.vcpus, g.mem_mib, &cmdline);
         if g.nic {
             cfg["net"] = json!([{"id": "nic0", "tap": "tap0"}]);
         }
@@ -111,6 +113,17 @@ impl Site {
     }
 }
 
+/// The FT initial sync as the bench saw it.
+#[derive(Clone, Copy, Debug)]
+pub struct Sync {
+    /// `ft.enable` to both members `protected`.
+    pub time: Duration,
+    /// Bytes host P sent on the host-to-host link meanwhile.
+    pub link_bytes: u64,
+    /// The guest pause the sync ended with, as the primary reports it (`None`: not reported).
+    pub downtime: Option<Duration>,
+}
+
 /// A guest on host P, and its backup once protected.
 pub struct Vm {
     // Dropped (killed) before `p`, so that the backup never goes live at teardown.
@@ -123,9 +136,14 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Starts a backup on host B and protects the guest; returns the time from `ft.enable` to
-    /// both members reporting `protected`.
-    pub fn protect(&mut self, site: &Site) -> Duration {
+    /// Starts a backup on host B and protects the guest with `ft.enable`'s defaults.
+    pub fn protect(&mut self, site: &Site) -> Sync {
+        self.protect_with(site, &json!({}))
+    }
+
+    /// As [`Vm::protect`], with `extra` fields added to the `ft.enable` body; returns the time
+    /// from `ft.enable` to both members reporting `protected`, and the link bytes meanwhile.
+    pub fn protect_with(&mut self, site: &Site, extra: &Value) -> Sync {
         let b = Tandem::start_in_netns(&format!("bench-ft{}-b", self.n), &site.net.ns(Node::HostB));
         let url = format!("tcp:{HOST_B_LINK_IP}:{FT_PORT}");
         let mode = self.disk.as_ref().map_or(DiskMode::Shared, |d| d.0);
@@ -145,20 +163,30 @@ impl Vm {
             receive["disks"] = json!([{"id": "disk0", "path": image}]);
         }
         b.put_ok("ft.receive", Some(&receive));
+        let mut enable = json!({
+            "peer": url,
+            "disk_mode": mode.name(),
+            "arbiter": {"path": self.arbiter},
+            "failure_timeout_ms": FAILURE_TIMEOUT_MS,
+        });
+        if let (Some(e), Some(x)) = (enable.as_object_mut(), extra.as_object()) {
+            e.extend(x.clone());
+        }
+        let tx = link_tx_bytes(&site.net);
         let start = Instant::now();
-        self.p.put_ok(
-            "ft.enable",
-            Some(&json!({
-                "peer": url,
-                "disk_mode": mode.name(),
-                "arbiter": {"path": self.arbiter},
-                "failure_timeout_ms": FAILURE_TIMEOUT_MS,
-            })),
-        );
+        self.p.put_ok("ft.enable", Some(&enable));
         wait_ft(&self.p, "primary", "protected");
         wait_ft(&b, "backup", "protected");
+        let time = start.elapsed();
         self.b = Some(b);
-        start.elapsed()
+        let d = &ft_status(&self.p)["initial_sync"]["downtime"];
+        Sync {
+            time,
+            link_bytes: link_tx_bytes(&site.net).saturating_sub(tx),
+            downtime: d["secs"]
+                .as_f64()
+                .map(|s| Duration::from_secs_f64(s + d["nanos"].as_f64().unwrap_or(0.0) / 1e9)),
+        }
     }
 
     /// The backup; panics if the guest is not protected.
@@ -210,68 +238,4 @@ pub fn link_tx_bytes(net: &TestNet) -> u64 {
     v[0]["stats64"]["tx"]["bytes"]
         .as_u64()
         .unwrap_or_else(|| panic!("no tx bytes for ft0 in {v}"))
-}
-
-/// The primary's checkpointing over a stretch of time.
-pub struct Checkpoints {
-    /// Checkpoints per second.
-    pub per_s: f64,
-    /// Link bytes per checkpoint (frames, TCP/IP headers and heartbeats included).
-    pub link_bytes_per_ckpt: f64,
-    /// Link bytes per second.
-    pub link_bytes_per_s: f64,
-    /// The primary's own mean stream bytes per checkpoint (recent window).
-    pub stream_bytes_per_ckpt: u64,
-    /// Guest pause per checkpoint, p50/p99/max, µs (ft.status's window: the last 1024).
-    pub pause_us: [u64; 3],
-}
-
-/// Start of a measured stretch: count and link bytes now.
-pub struct Mark {
-    at: Instant,
-    count: u64,
-    tx: u64,
-}
-
-impl Mark {
-    /// Marks now.
-    pub fn now(vm: &Vm, net: &TestNet) -> Mark {
-        Mark {
-            at: Instant::now(),
-            count: ft_status(&vm.p)["checkpoint_count"].as_u64().unwrap_or(0),
-            tx: link_tx_bytes(net),
-        }
-    }
-
-    /// The figures from the mark to now.
-    pub fn since(&self, vm: &Vm, net: &TestNet) -> Checkpoints {
-        let s = ft_status(&vm.p);
-        let tx = link_tx_bytes(net) - self.tx;
-        let secs = self.at.elapsed().as_secs_f64();
-        let n = s["checkpoint_count"].as_u64().unwrap_or(0) - self.count;
-        let p = &s["pause"];
-        Checkpoints {
-            per_s: n as f64 / secs,
-            link_bytes_per_ckpt: tx as f64 / n.max(1) as f64,
-            link_bytes_per_s: tx as f64 / secs,
-            stream_bytes_per_ckpt: s["bytes_per_checkpoint"].as_u64().unwrap_or(0),
-            pause_us: ["p50_us", "p99_us", "max_us"].map(|k| p[k].as_u64().unwrap_or(0)),
-        }
-    }
-}
-
-impl std::fmt::Display for Checkpoints {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{:.1} checkpoints/s, pause p50 {} us p99 {} us max {} us, {:.1} KiB/checkpoint on the link ({:.1} KiB stream mean), link {:.2} MB/s",
-            self.per_s,
-            self.pause_us[0],
-            self.pause_us[1],
-            self.pause_us[2],
-            self.link_bytes_per_ckpt / 1024.0,
-            self.stream_bytes_per_ckpt as f64 / 1024.0,
-            self.link_bytes_per_s / 1e6
-        )
-    }
 }

@@ -187,8 +187,16 @@ fn timing(c: &FtEnableConfig) -> PairTiming {
         checkpoint_interval: ms(c.checkpoint_interval_ms, 25),
         heartbeat_interval: ms(c.heartbeat_interval_ms, 100),
         failure_timeout: ms(c.failure_timeout_ms, 1000),
+        max_backlog_bytes: c
+            .max_backlog_bytes
+            .unwrap_or(ft::checkpoint::DEFAULT_MAX_BACKLOG_BYTES)
+            .max(MIN_BACKLOG_BYTES),
+        target_pause: ms(c.target_pause_ms, 4),
     }
 }
+
+/// Smallest backlog bound `ft.enable` takes: below it flow control would throttle an idle guest.
+const MIN_BACKLOG_BYTES: u64 = 1 << 20;
 
 fn millis(d: std::time::Duration) -> u64 {
     d.as_millis().min(u128::from(u64::MAX)) as u64

@@ -56,6 +56,10 @@ pub struct PairTiming {
     pub heartbeat_interval: Duration,
     /// Silence from the peer after which it counts as failed.
     pub failure_timeout: Duration,
+    /// Bound on the staged bytes of unacked checkpoints (`ft.enable`'s `max_backlog_bytes`).
+    pub max_backlog_bytes: u64,
+    /// The pause flow control aims at (`ft.enable`'s `target_pause_ms`).
+    pub target_pause: Duration,
 }
 
 /// The answer to a pause or resume: an error says why it was not done.
@@ -241,11 +245,15 @@ struct StatusStats(StatusHandle);
 impl StatsSink for StatusStats {
     fn checkpoint_committed(&self, s: &CheckpointStats) {
         self.0.record_checkpoint(s.pause, s.bytes);
+        self.0.record_pause_steps(&s.steps);
         self.0.record_page_encodings(&s.encodings);
         self.0.record_commit(s.epoch);
     }
     fn in_flight(&self, epochs: usize, staged_bytes: u64) {
         self.0.set_backlog(staged_bytes, epochs as u64);
+    }
+    fn flow(&self, f: &ft::checkpoint::FlowReport) {
+        self.0.set_flow(f);
     }
 }
 

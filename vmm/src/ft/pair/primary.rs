@@ -33,8 +33,8 @@ use devices::virtio::block::gate::DiskMode;
 use devices::virtio::ft::{DeviceGate, FtSetup};
 use ft::arbiter::Arbiter;
 use ft::checkpoint::{
-    is_withdrawal, CheckpointError, EpochHooks, FtPrimary, PrimaryOptions, RESYNC_PREFIX,
-    WITHDRAW_PREFIX,
+    is_withdrawal, CheckpointError, EpochHooks, FlowOptions, FtPrimary, PrimaryOptions,
+    RESYNC_PREFIX, WITHDRAW_PREFIX,
 };
 use ft::failover::{Decision, FailoverCoordinator};
 use ft::frame::FrameType;
@@ -142,6 +142,9 @@ impl EpochHooks for PrimaryPairHooks {
     }
     fn output_waiting(&self) -> bool {
         self.gates.output_waiting()
+    }
+    fn wait_output(&self, timeout: Duration) -> bool {
+        self.gates.wait_output(timeout)
     }
     fn on_peer_frame(&self, kind: FrameType) {
         self.channel.frame_received();
@@ -333,6 +336,11 @@ impl PrimaryRun {
             // Well inside the backup's failure timeout: a primary that hears no confirmation
             // claims the next generation before a backup that lost the link would.
             end_confirm_timeout: (t.failure_timeout / 2).max(Duration::from_millis(100)),
+            max_backlog_bytes: t.max_backlog_bytes,
+            flow: FlowOptions {
+                target_pause: t.target_pause,
+                ..FlowOptions::default()
+            },
             ..PrimaryOptions::default()
         };
         let stats = Arc::new(StatusStats(self.status.clone()));
@@ -346,6 +354,7 @@ impl PrimaryRun {
             }
         };
         self.detector.rearm();
+        self.status.set_initial_sync(primary.sync_report());
         let _ = self
             .status
             .transition(FtState::Protected, "initial sync complete; checkpointing");
