@@ -3,14 +3,17 @@
 //! through. The forbidden call is made on demand by the hidden `TANDEM_SECCOMP_SELFTEST=<kind>`
 //! variable (mount(2), which no kind may use), right after the thread installed its filter. Every
 //! kind is checked on its own real thread: api, vmm, vcpu (a booted VM), migration
-//! (`vm.receive-migration`) and ft (`ft.receive`).
+//! (`vm.receive-migration`) and ft (`ft.receive`). `<kind>:spawn` makes the thread call clone3
+//! instead: vCPU threads may not create threads (device activation runs on the VMM thread).
 
 use api_client::ApiClient;
 use serde_json::{json, Value};
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tandem_tests::{require_kvm, tandem_bin, TempDir};
+use tandem_tests::client::{counter_on_disk, CounterConn};
+use tandem_tests::net::{Node, TestNet};
+use tandem_tests::{require_kvm, require_kvm_and_netns, tandem_bin, Tandem, TempDir};
 
 /// SYS_mount on x86_64.
 const SYS_MOUNT: &str = "syscall 165";
@@ -25,18 +28,22 @@ struct SelfTest {
 
 impl SelfTest {
     fn start(kind: &str, extra: &[&str]) -> SelfTest {
-        let dir = TempDir::new(&format!("seccomp-{kind}"));
-        let child = Command::new(tandem_bin())
-            .arg("--api-socket")
+        Self::start_with(kind, extra, |_| {})
+    }
+
+    fn start_with(kind: &str, extra: &[&str], env: impl FnOnce(&mut Command)) -> SelfTest {
+        let dir = TempDir::new(&format!("seccomp-{}", kind.replace(':', "-")));
+        let mut cmd = Command::new(tandem_bin());
+        cmd.arg("--api-socket")
             .arg(dir.path("api.sock"))
             .args(extra)
             .env("TANDEM_SECCOMP_SELFTEST", kind)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tandem");
+            .stderr(Stdio::piped());
+        env(&mut cmd);
+        let child = cmd.spawn().expect("start tandem");
         SelfTest { child, dir }
     }
 
@@ -79,6 +86,11 @@ impl SelfTest {
 
 /// Asserts that `thread` was ended for mount(2). The kernel keeps 15 bytes of a thread's name.
 fn assert_refused(code: Option<i32>, err: &str, thread: &str) {
+    assert_refused_syscall(code, err, thread, SYS_MOUNT);
+}
+
+/// Asserts that `thread` was ended for `syscall` ("syscall N").
+fn assert_refused_syscall(code: Option<i32>, err: &str, thread: &str, syscall: &str) {
     let thread = &thread[..thread.len().min(15)];
     assert_eq!(
         code,
@@ -86,7 +98,7 @@ fn assert_refused(code: Option<i32>, err: &str, thread: &str) {
         "tandem should exit {SIGSYS_EXIT} on SIGSYS; stderr:\n{err}"
     );
     assert!(
-        err.contains(&format!("thread '{thread}' made forbidden")) && err.contains(SYS_MOUNT),
+        err.contains(&format!("thread '{thread}' made forbidden")) && err.contains(syscall),
         "the message names the thread ({thread}) and the syscall:\n{err}"
     );
 }
@@ -153,4 +165,81 @@ fn vmm_and_vcpu_threads_are_refused_too() {
     let args = ["--cpus", "1", "--memory", "64M", "--serial", "null"];
     let (code, err) = SelfTest::start("vcpu", &args).finish(Duration::from_secs(20));
     assert_refused(code, &err, "tandem_vcpu0");
+}
+
+#[test]
+fn vcpu_threads_cannot_create_threads() {
+    require_kvm!("vcpu_threads_cannot_create_threads");
+    let args = ["--cpus", "1", "--memory", "64M", "--serial", "null"];
+    // This process dies of a violation on purpose: keep it out of CI's violation report (which
+    // only the mount(2) self-tests may appear in).
+    let t = SelfTest::start_with("vcpu:spawn", &args, |c| {
+        c.env_remove("TANDEM_SECCOMP_REPORT");
+    });
+    let (code, err) = t.finish(Duration::from_secs(20));
+    assert_refused_syscall(code, &err, "tandem_vcpu0", "syscall 435 ");
+
+    // Unfiltered, the same call goes through (and fails harmlessly): the refusal is the filter's.
+    let t = SelfTest::start_with(
+        "vcpu:spawn",
+        &[&args[..], &["--seccomp=false"]].concat(),
+        |_| {},
+    );
+    let (code, err) = t.finish(Duration::from_secs(5));
+    assert_eq!(code, None, "tandem should keep running; stderr:\n{err}");
+    assert!(
+        err.contains("the vcpu thread called clone3 and survived"),
+        "{err}"
+    );
+}
+
+/// A real guest drives two disks and a NIC with every filter on (the default): its drivers' DRIVER_OK
+/// writes reach the vCPU threads, which may no longer create threads nor make a worker's calls, so
+/// this only works because the VMM thread starts the workers; a guest reboot does it all again.
+#[test]
+fn a_guest_with_disks_and_a_nic_works_under_the_vcpu_filter() {
+    require_kvm_and_netns!("a_guest_with_disks_and_a_nic_works_under_the_vcpu_filter");
+    const T: Duration = Duration::from_secs(60);
+    const IP: &str = "10.77.0.2";
+    let net = TestNet::up("secg");
+    net.add_tap(Node::HostP, "tap0");
+    let t = Tandem::start_in_netns("seccomp-guest", &net.ns(Node::HostP));
+    let disks: Vec<_> = ["d0.img", "d1.img"]
+        .iter()
+        .map(|name| {
+            let p = t.dir.path(name);
+            std::fs::write(&p, vec![0u8; 1 << 20]).unwrap();
+            p
+        })
+        .collect();
+    let mut cfg = t.builtin_config(2, 128, &format!("workload=counter ip={IP}/24"));
+    cfg["disks"] = json!([
+        {"id": "disk0", "path": disks[0]},
+        {"id": "disk1", "path": disks[1]},
+    ]);
+    cfg["net"] = json!([{"id": "nic0", "tap": "tap0"}]);
+    t.put_ok("vm.create", Some(&cfg));
+    t.put_ok("vm.boot", None);
+    let incs = |n: usize| {
+        net.run_in(Node::Client, move || {
+            let mut c = CounterConn::connect(&format!("{IP}:7000"), T).expect("connect");
+            (0..n).map(|_| c.inc().expect("INC")).last()
+        })
+        .join()
+        .expect("client thread")
+    };
+    for boot in 1..=2 {
+        t.serial().wait_count("tandem-guest: ready", boot, T);
+        assert_eq!(incs(20), Some(20 * boot as u64), "boot {boot}");
+        for d in &disks {
+            assert_eq!(counter_on_disk(d), Some(20 * boot as u64), "boot {boot}");
+        }
+        if boot == 1 {
+            t.put_ok("vm.reboot", None);
+        }
+    }
+    let log = t.log();
+    assert!(!log.contains("made forbidden"), "{log}");
+    let (status, _) = t.get("vm.info");
+    assert_eq!(status, 200, "the VMM is still up; log:\n{log}");
 }

@@ -259,7 +259,7 @@ impl Vmm {
             Ok(l) => l,
             Err(e) => return (Owner::Empty, Err(VmmError::MigrationListen(e))),
         };
-        let (guest_events, on_failure) = self.new_boot_handlers();
+        let handlers = self.new_boot_handlers();
         let progress = ProgressHandle::new(Role::Destination);
         let p = progress.clone();
         let events = self.events.clone();
@@ -284,7 +284,7 @@ impl Vmm {
                     )
                     .map_err(DestinationConfigError::Config)
                     .and_then(|config| {
-                        IncomingVm::new(config.clone(), guest_events, on_failure)
+                        IncomingVm::new(config.clone(), handlers)
                             .map(|vm| (config, vm))
                             .map_err(DestinationConfigError::Memory)
                     });

@@ -28,8 +28,8 @@ pub use owner::VmState;
 pub use view::View;
 
 use crate::api::{ApiError, ApiRequest, ApiResponse};
-use crate::vm::vcpu::VcpuFailureHandler;
-use devices::{GuestEvent, GuestEventHandler};
+use crate::vm::handlers::VmHandlers;
+use devices::GuestEvent;
 use owner::Owner;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
@@ -108,6 +108,13 @@ impl Vmm {
 
     /// Applies one event.
     pub fn handle_event(&mut self, ev: VmmEvent) -> Flow {
+        if let VmmEvent::ActivateDevice(activation) = ev {
+            // Whoever holds the VM (this thread, a pair or a migration thread), the device
+            // starts here; a stale request (the VM was reset, paused or torn down since) is a
+            // no-op. Nothing to publish: the owner did not change.
+            activation.run();
+            return Flow::Continue;
+        }
         if let VmmEvent::Api(req, reply) = ev {
             let exit = matches!(req, ApiRequest::VmmShutdown);
             // Published before the answer: a caller's next read sees what its call did.
@@ -179,7 +186,7 @@ impl Vmm {
                 }
             },
             VmmEvent::Pair(report) => self.pair_report(report, owner),
-            VmmEvent::Api(..) => (owner, Flow::Continue),
+            VmmEvent::Api(..) | VmmEvent::ActivateDevice(_) => (owner, Flow::Continue),
             stale => {
                 log::debug!("ignoring event from an earlier boot: {stale:?}");
                 (owner, Flow::Continue)
@@ -297,7 +304,7 @@ impl Vmm {
     }
 
     /// Starts a new boot generation and the handlers its VM reports through.
-    fn new_boot_handlers(&mut self) -> (GuestEventHandler, VcpuFailureHandler) {
+    fn new_boot_handlers(&mut self) -> VmHandlers {
         self.boot_id += 1;
         self.builds += 1;
         let boot_id = self.boot_id;
@@ -313,7 +320,16 @@ impl Vmm {
         let on_failure = Arc::new(move |id: u8, error: String| {
             let _ = events.send(VmmEvent::VcpuFailed { boot_id, id, error });
         });
-        (guest_events, on_failure)
+        let events = self.events.clone();
+        let activate = Arc::new(move |a| {
+            // The VMM thread's loop may have ended (shutting down); the VM goes with it.
+            let _ = events.send(VmmEvent::ActivateDevice(a));
+        });
+        VmHandlers {
+            guest_events,
+            on_failure,
+            activate,
+        }
     }
 
     /// Events already queued by the old VM's threads now refer to a stale boot.

@@ -44,14 +44,8 @@ impl Vmm {
         cfg.validate(host_memory_limit())?;
         let state = snapshot::read_state(&dir)?;
         let t0 = Instant::now();
-        let (guest_events, on_failure) = self.new_boot_handlers();
-        let vm = Vm::restore(
-            &cfg,
-            &state,
-            &dir.join(snapshot::MEMORY_FILE),
-            guest_events,
-            on_failure,
-        )?;
+        let handlers = self.new_boot_handlers();
+        let vm = Vm::restore(&cfg, &state, &dir.join(snapshot::MEMORY_FILE), handlers)?;
         log::info!("restored from {} in {:?}", dir.display(), t0.elapsed());
         Ok((cfg, vm))
     }

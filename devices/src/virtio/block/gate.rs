@@ -197,7 +197,7 @@ impl DiskGate {
         let before = self.counters.held_bytes.fetch_sub(n, Ordering::Relaxed);
         if n > 0 && before >= self.cap_bytes && before - n < self.cap_bytes {
             if let Err(e) = self.room.write(1) {
-                log::error!("{}: cannot wake the disk worker: {e}", self.name);
+                crate::guest_error!("{}: cannot wake the disk worker: {e}", self.name);
             }
         }
     }
@@ -234,7 +234,7 @@ impl DiskGate {
         // `protect` must find new epochs not yet durable.
         let mark = through.min(self.clock.current().saturating_sub(1));
         if let Err(e) = self.clock.mark_durable(self.durability, mark) {
-            log::error!("{}: {e}", self.name);
+            crate::guest_error!("{}: {e}", self.name);
         }
         Ok(())
     }
@@ -247,7 +247,7 @@ impl DiskGate {
         match self.clock.mode() {
             Protection::Off | Protection::Unprotected => {
                 if let Err(e) = self.make_durable(ALL) {
-                    log::error!(
+                    crate::guest_error!(
                         "{}: held writes could not reach the image ({why}): {}",
                         self.name,
                         errors::chain(&e)
@@ -261,7 +261,7 @@ impl DiskGate {
                     return;
                 }
                 let held = self.counters.held_bytes.load(Ordering::Relaxed);
-                log::warn!(
+                crate::guest_warn!(
                     "{}: discarding {n} held writes ({held} bytes) ({why}): output is {mode:?}, \
                      so their epochs will never reach this image",
                     self.name
@@ -400,7 +400,7 @@ impl OutputGate for DiskGate {
             Protection::Halted => return,
         };
         if let Err(e) = self.make_durable(through) {
-            log::warn!(
+            crate::guest_warn!(
                 "{}: committed writes not yet durable, will retry: {e}",
                 self.name
             );

@@ -40,7 +40,7 @@ impl Vmm {
             .map_err(|_| VmmError::FtAlready)?;
         // What this side requires; the handshake with the primary confirms it.
         self.ft_status.set_authenticated(key.is_some());
-        let (guest_events, on_failure) = self.new_boot_handlers();
+        let handlers = self.new_boot_handlers();
         let wants = BackupWants {
             disk_mode: c.disk_mode.map(pair_disk_mode),
             failure_timeout: c.failure_timeout_ms.map(|v| ms(Some(v), 1000)),
@@ -55,8 +55,7 @@ impl Vmm {
             arbiter,
             status: self.ft_status.clone(),
             failure_timeout,
-            guest_events,
-            on_failure,
+            handlers,
             key,
             heartbeat,
         };
