@@ -251,7 +251,7 @@ impl Vmm {
 
     /// `vm.receive-migration` on an empty VMM: listens, then receives a VM in the background.
     pub(super) fn receive_migration(&mut self, c: ReceiveMigrationConfig) -> Step {
-        let endpoint: Endpoint = match c.receiver_url.parse() {
+        let endpoint: Endpoint = match c.request.receiver_url.parse() {
             Ok(e) => e,
             Err(e) => return (Owner::Empty, Err(VmmError::MigrationUrl(e))),
         };
@@ -276,18 +276,13 @@ impl Vmm {
                     };
                     let incoming =
                         IncomingMigration::accept(conn, &opts, &p).map_err(ReceiveError::Stream)?;
-                    let built = arriving_config(
-                        &incoming.identity().config,
-                        &c.net,
-                        &c.disks,
-                        c.serial.as_ref(),
-                    )
-                    .map_err(DestinationConfigError::Config)
-                    .and_then(|config| {
-                        IncomingVm::new(config.clone(), handlers)
-                            .map(|vm| (config, vm))
-                            .map_err(DestinationConfigError::Memory)
-                    });
+                    let built = arriving_config(&incoming.identity().config, &c.host)
+                        .map_err(DestinationConfigError::Config)
+                        .and_then(|config| {
+                            IncomingVm::new(config.clone(), handlers)
+                                .map(|vm| (config, vm))
+                                .map_err(DestinationConfigError::Memory)
+                        });
                     let (config, mut vm) = match built {
                         Ok(b) => b,
                         Err(e) => {

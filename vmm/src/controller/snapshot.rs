@@ -21,13 +21,13 @@ impl Vmm {
     pub(super) fn restore(&mut self, c: RestoreConfig) -> Step {
         match self.read_snapshot(&c) {
             Ok((config, vm)) => {
-                if c.resume {
+                if c.request.resume {
                     vm.resume();
                 }
                 let l = Local {
                     config,
                     vm,
-                    paused: !c.resume,
+                    paused: !c.request.resume,
                     announce_on_resume: false,
                 };
                 (Owner::Local(l), Ok(None))
@@ -37,10 +37,10 @@ impl Vmm {
     }
 
     fn read_snapshot(&mut self, c: &RestoreConfig) -> Result<(VmConfig, Vm), SnapshotFailure> {
-        let dir = snapshot::dir_from_url(&c.source_url)?;
+        let dir = snapshot::dir_from_url(&c.request.source_url)?;
         snapshot::check_dir(&dir)?;
         let mut cfg = snapshot::read_config(&dir)?;
-        apply_overrides(&mut cfg, &c.net, &c.disks, c.serial.as_ref())?;
+        apply_overrides(&mut cfg, &c.host)?;
         cfg.validate(host_memory_limit())?;
         let state = snapshot::read_state(&dir)?;
         let t0 = Instant::now();

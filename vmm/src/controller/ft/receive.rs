@@ -4,7 +4,7 @@ use super::super::overrides::arriving_config;
 use super::super::owner::{Backup, Owner};
 use super::super::{Step, Vmm, VmmError};
 use super::{heartbeat_paths, load_key, ms, open_arbiter, pair_disk_mode, OpenArbiter};
-use crate::api::types::FtReceiveConfig;
+use crate::api::types::{FtReceiveConfig, HostOverrides};
 use crate::config::VmConfig;
 use crate::ft::pair::{spawn_backup, BackupSetup, LocalizeError};
 use ft::checkpoint::BackupWants;
@@ -21,6 +21,7 @@ impl Vmm {
     }
 
     fn start_backup(&mut self, c: FtReceiveConfig) -> Result<Backup, VmmError> {
+        let FtReceiveConfig { request: c, host } = c;
         let OpenArbiter {
             arbiter,
             generation,
@@ -50,7 +51,7 @@ impl Vmm {
         let failure_timeout = ms(c.failure_timeout_ms, 1000);
         let setup = BackupSetup {
             listener,
-            localize: Box::new(move |json: &str| localize(json, &c)),
+            localize: Box::new(move |json: &str| localize(json, &host)),
             wants,
             arbiter,
             status: self.ft_status.clone(),
@@ -74,6 +75,6 @@ impl Vmm {
 }
 
 /// The primary's config (JSON, from its Hello) with this host's taps, disks and console.
-fn localize(json: &str, c: &FtReceiveConfig) -> Result<VmConfig, LocalizeError> {
-    Ok(arriving_config(json, &c.net, &c.disks, c.serial.as_ref())?)
+fn localize(json: &str, host: &HostOverrides) -> Result<VmConfig, LocalizeError> {
+    Ok(arriving_config(json, host)?)
 }
