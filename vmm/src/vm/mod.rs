@@ -2,6 +2,7 @@
 
 pub mod counters;
 pub mod handlers;
+pub mod internal_error;
 pub mod irq_routing;
 pub mod memory;
 pub mod park;
