@@ -24,6 +24,7 @@ mod filter_tests;
 pub mod ft;
 pub mod ioctls;
 pub mod migration;
+mod panic_report;
 pub mod vcpu;
 pub mod vmm;
 pub mod worker;
@@ -191,6 +192,7 @@ static SELFTEST: OnceLock<Option<String>> = OnceLock::new();
 pub fn configure(mode: Mode, selftest: Option<String>) {
     if mode != Mode::Off {
         cap_malloc_arenas();
+        panic_report::install();
     }
     MODE.store(
         match mode {
@@ -239,6 +241,7 @@ pub fn apply(kind: ThreadKind) {
             log::error!("cannot install the {} seccomp filter: {e}", kind.name());
             std::process::exit(1);
         }
+        panic_report::confined(kind);
     }
     let selftest = SELFTEST.get().and_then(|s| s.as_deref());
     if selftest.and_then(|s| s.strip_suffix(":spawn")) == Some(kind.name()) {
