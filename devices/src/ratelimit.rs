@@ -76,10 +76,12 @@ pub fn suppressed_total() -> u64 {
 // Which form a new log line needs: if the guest decides how often it happens (anything reached
 // from a vCPU exit, a device register, a virtqueue, a device worker, a guest-driven reset, reboot
 // or power-off), use `guest_error!`/`guest_warn!`/`guest_info!`/`guest_debug!`/`guest_trace!`; in this crate
-// every line does, and clippy refuses the plain `log::` macros here (devices/clippy.toml). Plain
-// `log::` is for host-side events bounded by something the guest does not control: API calls, VM
-// builds, peers and timers. When unsure, take the rate-limited form: it costs nothing until a
-// call site logs more than BURST lines in a WINDOW.
+// every line does, and clippy refuses the plain `log::` macros here (devices/clippy.toml). In
+// vmm the rate-limited form is the default too (vmm/clippy.toml): plain `log::` is only for
+// modules that say at their top, with `#![allow(clippy::disallowed_macros)]`, that their lines
+// are host-side, bounded by something the guest does not control (API calls, VM builds, peers,
+// timers). When unsure, take the rate-limited form: it costs nothing until a call site logs more
+// than BURST lines in a WINDOW.
 
 /// The rate-limited macros' common body (use them, not this).
 #[doc(hidden)]

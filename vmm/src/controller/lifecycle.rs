@@ -10,7 +10,7 @@ use crate::vm::Vm;
 /// Stops a VM's vCPUs and devices and frees it; a failure is only logged (it is going away).
 pub(super) fn stop_vm(mut vm: Vm) {
     if let Err(e) = vm.stop() {
-        log::error!("stopping the VM: {}", errors::chain(&e));
+        devices::guest_error!("stopping the VM: {}", errors::chain(&e));
     }
 }
 

@@ -2,6 +2,9 @@
 //! bad URL or an unreachable peer is the caller's immediate 4xx), then a migration thread runs
 //! ft's pre-copy engine and reports back with a `VmmEvent`. `vm.info` shows the progress meanwhile.
 
+// Host-side: migration calls and their threads.
+#![allow(clippy::disallowed_macros)]
+
 use super::overrides::{arriving_config, ArrivingConfigError};
 use super::owner::{Incoming, Local, Outgoing, Owner};
 use super::{Step, Vmm, VmmError, VmmEvent};

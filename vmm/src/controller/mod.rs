@@ -144,7 +144,7 @@ impl Vmm {
                     Owner::Local(l) => {
                         let (owner, r) = self.reboot(l);
                         if let Err(e) = r {
-                            log::error!("reset failed: {}", errors::chain(&e));
+                            devices::guest_error!("reset failed: {}", errors::chain(&e));
                         }
                         owner
                     }
@@ -160,17 +160,19 @@ impl Vmm {
                 (owner, Flow::Continue)
             }
             VmmEvent::GuestPowerOff { boot_id } if current(boot_id) => {
-                log::info!("guest powered off");
+                devices::guest_info!("guest powered off");
                 self.guest_stopped(owner)
             }
             VmmEvent::VcpuFailed { boot_id, id, error } if current(boot_id) => {
-                log::error!("vCPU {id} failed: {error}; shutting the VM down");
+                devices::guest_error!("vCPU {id} failed: {error}; shutting the VM down");
                 self.guest_stopped(owner)
             }
             VmmEvent::MigrationSent { vm, result } => match owner {
                 Owner::MigratingOut(o) => (self.migration_sent(o, vm, result), Flow::Continue),
                 other => {
-                    log::error!("a migration thread handed back a VM nobody sent; stopping it");
+                    devices::guest_error!(
+                        "a migration thread handed back a VM nobody sent; stopping it"
+                    );
                     lifecycle::stop_vm(vm);
                     (other, Flow::Continue)
                 }
@@ -179,7 +181,9 @@ impl Vmm {
                 Owner::Receiving(i) => (self.migration_received(i, result), Flow::Continue),
                 other => {
                     if let Ok((_, vm)) = result {
-                        log::error!("an incoming migration ended while not receiving; stopping it");
+                        devices::guest_error!(
+                            "an incoming migration ended while not receiving; stopping it"
+                        );
                         lifecycle::stop_vm(vm);
                     }
                     (other, Flow::Continue)
@@ -188,7 +192,7 @@ impl Vmm {
             VmmEvent::Pair(report) => self.pair_report(report, owner),
             VmmEvent::Api(..) | VmmEvent::ActivateDevice(_) => (owner, Flow::Continue),
             stale => {
-                log::debug!("ignoring event from an earlier boot: {stale:?}");
+                devices::guest_debug!("ignoring event from an earlier boot: {stale:?}");
                 (owner, Flow::Continue)
             }
         }

@@ -1,6 +1,9 @@
 //! `vm.snapshot` (a paused standalone VM into a directory) and `vm.restore` (a VM from one, in an
 //! empty VMM).
 
+// Host-side: snapshot and restore calls.
+#![allow(clippy::disallowed_macros)]
+
 use super::overrides::apply_overrides;
 use super::owner::{Local, Owner};
 use super::{SnapshotFailure, Step, Vmm, VmmError};

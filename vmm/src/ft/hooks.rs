@@ -76,16 +76,16 @@ impl EpochHooks for PrimaryHooks {
         // the backup gets, what it outputs from now on belongs to epoch 1 and is held.
         if n == 0 {
             if let Err(e) = self.clock.protect() {
-                log::error!("ft: protecting outputs: {e}");
+                devices::guest_error!("ft: protecting outputs: {e}");
             }
             return;
         }
         match self.clock.capture() {
             Ok(c) if c != n => {
-                log::error!("ft: engine captured epoch {n} but the epoch clock says {c}")
+                devices::guest_error!("ft: engine captured epoch {n} but the epoch clock says {c}")
             }
             Ok(_) => {}
-            Err(e) => log::error!("ft: epoch {n}: {e}"),
+            Err(e) => devices::guest_error!("ft: epoch {n}: {e}"),
         }
     }
 
@@ -104,7 +104,7 @@ impl EpochHooks for PrimaryHooks {
 
     fn epoch_committed(&self, n: u64) {
         if let Err(e) = self.clock.commit(n) {
-            log::error!("ft: commit of epoch {n}: {e}");
+            devices::guest_error!("ft: commit of epoch {n}: {e}");
         }
     }
 
@@ -208,7 +208,7 @@ impl BackupHooks for BackupDiskHooks {
         let extras = match EpochExtras::decode(extras) {
             Ok(e) => e,
             Err(e) => {
-                log::error!("ft backup: checkpoint {n}: undecodable disk writes: {e}");
+                devices::guest_error!("ft backup: checkpoint {n}: undecodable disk writes: {e}");
                 self.stash()
                     .error
                     .get_or_insert(format!("checkpoint {n}: undecodable disk writes: {e}"));
@@ -219,7 +219,7 @@ impl BackupHooks for BackupDiskHooks {
             DiskMode::Replicated => {
                 if let Err(e) = self.apply(&extras.writes) {
                     let why = errors::chain(&e);
-                    log::error!("ft backup: checkpoint {n}: applying disk writes: {why}");
+                    devices::guest_error!("ft backup: checkpoint {n}: applying disk writes: {why}");
                     self.stash()
                         .error
                         .get_or_insert(format!("checkpoint {n}: applying disk writes: {why}"));

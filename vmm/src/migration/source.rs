@@ -128,7 +128,7 @@ impl<V: BorrowMut<Vm>> MigratableVm for SourceVm<V> {
             .capture()
             .map_err(backend("capture the state"))?;
         // Once per FT checkpoint (up to a thousand a second): debug, not info.
-        log::debug!(
+        devices::guest_debug!(
             "migration: state captured (vCPUs {:?}, KVM {:?}, devices {:?})",
             times.vcpus,
             times.kvm,

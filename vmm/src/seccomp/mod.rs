@@ -17,6 +17,9 @@
 //! [`migration`], [`ft`]; [`common`] holds what every Rust thread needs and [`ioctls`] the ioctl
 //! requests, by full number.
 
+// Host-side: startup and self-test lines.
+#![allow(clippy::disallowed_macros)]
+
 pub mod api;
 pub mod common;
 #[cfg(test)]

@@ -177,7 +177,7 @@ impl VirtioDevices {
             .filter_map(|(id, a)| match a.try_clone() {
                 Ok(c) => Some((id.clone(), c)),
                 Err(e) => {
-                    log::warn!("cannot announce NIC {id}: {e}");
+                    devices::guest_warn!("cannot announce NIC {id}: {e}");
                     None
                 }
             })

@@ -1,5 +1,8 @@
 //! `ft.receive` on an empty, standalone VMM: listen for a primary and hold its replica.
 
+// Host-side: the ft.receive call.
+#![allow(clippy::disallowed_macros)]
+
 use super::super::overrides::arriving_config;
 use super::super::owner::{Backup, Owner};
 use super::super::{Step, Vmm, VmmError};
