@@ -13,6 +13,8 @@ pub struct VmIdentity {
     pub vcpu_count: u32,
     /// The VM's config as JSON, so that a destination can be built to match.
     pub config: String,
+    /// The disks the stream copies (FT, replicated mode), in index order; empty otherwise.
+    pub disks: Vec<crate::disk::DiskInfo>,
 }
 
 /// Everything but memory that makes up a paused VM, as opaque blobs the VMM alone understands.
@@ -96,6 +98,12 @@ pub trait MigratableVm {
     /// not be resumed.
     fn restore_state(&mut self, state: &VmState) -> Result<(), VmOpError>;
 
+    /// The replicated disks an FT initial sync copies with memory (`crate::disk`); none by
+    /// default (a migration, shared disks).
+    fn disks(&mut self) -> Option<&mut dyn crate::disk::VmDisks> {
+        None
+    }
+
     /// Guest memory size in pages.
     fn page_count(&self) -> u64 {
         self.memory_size() / PAGE_SIZE as u64
@@ -107,6 +115,7 @@ pub trait MigratableVm {
             memory_size: self.memory_size(),
             vcpu_count: self.vcpu_count(),
             config: self.config_json(),
+            disks: Vec::new(),
         }
     }
 }

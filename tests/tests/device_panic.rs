@@ -7,11 +7,11 @@
 use serde_json::json;
 use std::time::{Duration, Instant};
 use tandem_tests::net::{Node, TestNet};
-use tandem_tests::{require_kvm_and_netns, Tandem};
+use tandem_tests::{require, Tandem};
 
 #[test]
 fn a_disk_worker_that_panics_leaves_the_vmm_up() {
-    require_kvm_and_netns!("a_disk_worker_that_panics_leaves_the_vmm_up");
+    require!(kvm, netns);
     // Inherited by `ip netns exec` and tandem; nextest runs each test in its own process.
     std::env::set_var("TANDEM_TEST_WORKER_PANIC", "tandem_blk_disk0");
     let net = TestNet::up("wpanic");

@@ -5,6 +5,9 @@
 //! kind is checked on its own real thread: api, vmm, vcpu (a booted VM), migration
 //! (`vm.receive-migration`) and ft (`ft.receive`). `<kind>:spawn` makes the thread call clone3
 //! instead: vCPU threads may not create threads (device activation runs on the VMM thread).
+//!
+//! Each self-test reports its violation to a `TANDEM_SECCOMP_REPORT` file of its own (checked
+//! here), never to the suite's: `.ci/run` fails on any line in that one.
 
 use api_client::ApiClient;
 use serde_json::{json, Value};
@@ -13,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tandem_tests::client::{counter_on_disk, CounterConn};
 use tandem_tests::net::{Node, TestNet};
-use tandem_tests::{require_kvm, require_kvm_and_netns, tandem_bin, Tandem, TempDir};
+use tandem_tests::{require, tandem_bin, Tandem, TempDir};
 
 /// SYS_mount on x86_64.
 const SYS_MOUNT: &str = "syscall 165";
@@ -28,22 +31,19 @@ struct SelfTest {
 
 impl SelfTest {
     fn start(kind: &str, extra: &[&str]) -> SelfTest {
-        Self::start_with(kind, extra, |_| {})
-    }
-
-    fn start_with(kind: &str, extra: &[&str], env: impl FnOnce(&mut Command)) -> SelfTest {
         let dir = TempDir::new(&format!("seccomp-{}", kind.replace(':', "-")));
-        let mut cmd = Command::new(tandem_bin());
-        cmd.arg("--api-socket")
+        let child = Command::new(tandem_bin())
+            .arg("--api-socket")
             .arg(dir.path("api.sock"))
             .args(extra)
             .env("TANDEM_SECCOMP_SELFTEST", kind)
+            .env("TANDEM_SECCOMP_REPORT", dir.path("seccomp-report"))
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        env(&mut cmd);
-        let child = cmd.spawn().expect("start tandem");
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tandem");
         SelfTest { child, dir }
     }
 
@@ -62,8 +62,9 @@ impl SelfTest {
         let _ = client.put(endpoint, Some(body));
     }
 
-    /// The exit code if the process ended within `wait` (else it is killed: None), and stderr.
-    fn finish(mut self, wait: Duration) -> (Option<i32>, String) {
+    /// The exit code if the process ended within `wait` (else it is killed: None), stderr, and
+    /// what it appended to its seccomp report.
+    fn finish(mut self, wait: Duration) -> (Option<i32>, String, String) {
         let deadline = Instant::now() + wait;
         let status = loop {
             if let Some(s) = self.child.try_wait().expect("wait") {
@@ -80,17 +81,23 @@ impl SelfTest {
         if let Some(mut e) = self.child.stderr.take() {
             let _ = e.read_to_string(&mut err);
         }
-        (status, err)
+        let report = std::fs::read_to_string(self.dir.path("seccomp-report")).unwrap_or_default();
+        (status, err, report)
     }
 }
 
-/// Asserts that `thread` was ended for mount(2). The kernel keeps 15 bytes of a thread's name.
-fn assert_refused(code: Option<i32>, err: &str, thread: &str) {
-    assert_refused_syscall(code, err, thread, SYS_MOUNT);
+/// Asserts that `thread` was ended for mount(2), on stderr and in the process's seccomp report.
+/// The kernel keeps 15 bytes of a thread's name.
+fn assert_refused(out: (Option<i32>, String, String), thread: &str) {
+    assert_refused_syscall(out, thread, SYS_MOUNT);
 }
 
-/// Asserts that `thread` was ended for `syscall` ("syscall N").
-fn assert_refused_syscall(code: Option<i32>, err: &str, thread: &str, syscall: &str) {
+/// Asserts that `thread` was ended for `syscall` ("syscall N"), on stderr and in the report.
+fn assert_refused_syscall(
+    (code, err, report): (Option<i32>, String, String),
+    thread: &str,
+    syscall: &str,
+) {
     let thread = &thread[..thread.len().min(15)];
     assert_eq!(
         code,
@@ -101,20 +108,26 @@ fn assert_refused_syscall(code: Option<i32>, err: &str, thread: &str, syscall: &
         err.contains(&format!("thread '{thread}' made forbidden")) && err.contains(syscall),
         "the message names the thread ({thread}) and the syscall:\n{err}"
     );
+    assert!(
+        report.contains(&format!("thread '{thread}' made forbidden")) && report.contains(syscall),
+        "the report file names the thread ({thread}) and the syscall:\n{report}"
+    );
 }
 
 #[test]
 fn api_thread_is_refused_a_forbidden_syscall_by_default() {
     // No --seccomp flag at all: on is the default.
-    let (code, err) = SelfTest::start("api", &[]).finish(Duration::from_secs(10));
-    assert!(err.contains("seccomp: on"), "{err}");
-    assert_refused(code, &err, "tandem_api");
+    let out = SelfTest::start("api", &[]).finish(Duration::from_secs(10));
+    assert!(out.1.contains("seccomp: on"), "{}", out.1);
+    assert_refused(out, "tandem_api");
 }
 
 #[test]
 fn seccomp_false_lets_the_same_call_through_and_warns() {
-    let (code, err) = SelfTest::start("api", &["--seccomp=false"]).finish(Duration::from_secs(3));
+    let (code, err, report) =
+        SelfTest::start("api", &["--seccomp=false"]).finish(Duration::from_secs(3));
     assert_eq!(code, None, "tandem should keep running; stderr:\n{err}");
+    assert_eq!(report, "", "nothing to report");
     assert!(
         err.contains("WARN") && err.contains("seccomp: off"),
         "{err}"
@@ -127,7 +140,8 @@ fn seccomp_false_lets_the_same_call_through_and_warns() {
 
 #[test]
 fn seccomp_log_lets_the_call_through_for_the_kernel_to_log() {
-    let (code, err) = SelfTest::start("api", &["--seccomp", "log"]).finish(Duration::from_secs(3));
+    let (code, err, _) =
+        SelfTest::start("api", &["--seccomp", "log"]).finish(Duration::from_secs(3));
     assert_eq!(code, None, "tandem should keep running; stderr:\n{err}");
     assert!(err.contains("seccomp: log"), "{err}");
     assert!(
@@ -143,8 +157,7 @@ fn migration_and_ft_threads_are_refused_too() {
         "vm.receive-migration",
         &json!({"receiver_url": "tcp:127.0.0.1:0"}),
     );
-    let (code, err) = t.finish(Duration::from_secs(10));
-    assert_refused(code, &err, "tandem_migrate_in");
+    assert_refused(t.finish(Duration::from_secs(10)), "tandem_migrate_in");
 
     let t = SelfTest::start("ft", &["--seccomp=true"]);
     let arbiter = t.dir.path("arbiter");
@@ -153,39 +166,36 @@ fn migration_and_ft_threads_are_refused_too() {
         "ft.receive",
         &json!({"listen": "tcp:127.0.0.1:0", "arbiter": {"path": arbiter}}),
     );
-    let (code, err) = t.finish(Duration::from_secs(10));
-    assert_refused(code, &err, "tandem_ft_backup");
+    assert_refused(t.finish(Duration::from_secs(10)), "tandem_ft_backup");
 }
 
 #[test]
 fn vmm_and_vcpu_threads_are_refused_too() {
-    require_kvm!("vmm_and_vcpu_threads_are_refused_too");
-    let (code, err) = SelfTest::start("vmm", &[]).finish(Duration::from_secs(10));
-    assert_refused(code, &err, "tandem");
+    require!(kvm);
+    assert_refused(
+        SelfTest::start("vmm", &[]).finish(Duration::from_secs(10)),
+        "tandem",
+    );
     let args = ["--cpus", "1", "--memory", "64M", "--serial", "null"];
-    let (code, err) = SelfTest::start("vcpu", &args).finish(Duration::from_secs(20));
-    assert_refused(code, &err, "tandem_vcpu0");
+    assert_refused(
+        SelfTest::start("vcpu", &args).finish(Duration::from_secs(20)),
+        "tandem_vcpu0",
+    );
 }
 
 #[test]
 fn vcpu_threads_cannot_create_threads() {
-    require_kvm!("vcpu_threads_cannot_create_threads");
+    require!(kvm);
     let args = ["--cpus", "1", "--memory", "64M", "--serial", "null"];
-    // This process dies of a violation on purpose: keep it out of CI's violation report (which
-    // only the mount(2) self-tests may appear in).
-    let t = SelfTest::start_with("vcpu:spawn", &args, |c| {
-        c.env_remove("TANDEM_SECCOMP_REPORT");
-    });
-    let (code, err) = t.finish(Duration::from_secs(20));
-    assert_refused_syscall(code, &err, "tandem_vcpu0", "syscall 435 ");
+    assert_refused_syscall(
+        SelfTest::start("vcpu:spawn", &args).finish(Duration::from_secs(20)),
+        "tandem_vcpu0",
+        "syscall 435 ",
+    );
 
     // Unfiltered, the same call goes through (and fails harmlessly): the refusal is the filter's.
-    let t = SelfTest::start_with(
-        "vcpu:spawn",
-        &[&args[..], &["--seccomp=false"]].concat(),
-        |_| {},
-    );
-    let (code, err) = t.finish(Duration::from_secs(5));
+    let unfiltered = [&args[..], &["--seccomp=false"]].concat();
+    let (code, err, _) = SelfTest::start("vcpu:spawn", &unfiltered).finish(Duration::from_secs(5));
     assert_eq!(code, None, "tandem should keep running; stderr:\n{err}");
     assert!(
         err.contains("the vcpu thread called clone3 and survived"),
@@ -198,7 +208,7 @@ fn vcpu_threads_cannot_create_threads() {
 /// this only works because the VMM thread starts the workers; a guest reboot does it all again.
 #[test]
 fn a_guest_with_disks_and_a_nic_works_under_the_vcpu_filter() {
-    require_kvm_and_netns!("a_guest_with_disks_and_a_nic_works_under_the_vcpu_filter");
+    require!(kvm, netns);
     const T: Duration = Duration::from_secs(60);
     const IP: &str = "10.77.0.2";
     let net = TestNet::up("secg");

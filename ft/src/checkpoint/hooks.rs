@@ -14,6 +14,16 @@ pub trait EpochHooks: Send + Sync {
     fn take_epoch_extras(&self, n: u64) -> Vec<u8>;
     /// The backup acked checkpoint `n`: outputs of epochs ≤ `n` may leave. Called in order.
     fn epoch_committed(&self, n: u64);
+    /// The backup acked a checkpoint whose Commit was sent at `sent` (this host's monotonic
+    /// clock), so it heard this primary at or after `sent`: the shared-disk lease
+    /// (`gate::Lease`) runs from there. Called just before that checkpoint's `epoch_committed`;
+    /// default: ignored.
+    fn lease_renewed(&self, _sent: std::time::Instant) {}
+    /// The backup is being promoted (`ft.promote`, about to claim `generation`) and asks this
+    /// primary to stop writing the shared disk: give the lease up and return once no write is
+    /// in flight; the engine then confirms it to the backup, which need not wait for the lease
+    /// to run out. Default: nothing to fence.
+    fn fence(&self, _generation: u64) {}
     /// Whether outputs are being held; with the last checkpoint acked, this ends the epoch early.
     fn output_waiting(&self) -> bool;
     /// Any frame arrived from the peer (for the failure detector); default: ignored.
@@ -22,8 +32,24 @@ pub trait EpochHooks: Send + Sync {
     fn heartbeat_sent(&self) {}
 }
 
+/// Why a backup cannot keep a checkpoint in its own copy (a replicated disk it cannot write:
+/// ENOSPC, EIO, a write past its end); the VMM's error, with its causes.
+pub type ReplicaError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The backup's callbacks; the disk gate and the failure detector implement it.
 pub trait BackupHooks: Send + Sync {
+    /// Checkpoint `n` is complete and verified, not acked yet: write what this backup's own
+    /// copy needs from `extras` (a replicated disk's writes). An error withdraws the backup from
+    /// the pair before it acks `n` ([`super::WITHDRAW_PREFIX`]). Default: nothing to write.
+    fn before_ack(&self, _n: u64, _extras: &[u8]) -> Result<(), ReplicaError> {
+        Ok(())
+    }
+    /// Checkpoint `n` was acked and applied: make what `before_ack` wrote durable. An error
+    /// withdraws the backup likewise (the primary has the ack already; it learns from the
+    /// Abort). Default: nothing to do.
+    fn after_ack(&self, _n: u64) -> Result<(), ReplicaError> {
+        Ok(())
+    }
     /// Checkpoint `n` is complete, verified, acked and applied; `extras` is its blob.
     fn backup_committed(&self, n: u64, extras: &[u8]);
     /// Checkpoint `r.epoch`'s figures, right after `backup_committed`; default: ignored.
@@ -32,6 +58,12 @@ pub trait BackupHooks: Send + Sync {
     fn on_peer_frame(&self, _kind: FrameType) {}
     /// A heartbeat frame went to the primary (for the metrics); default: ignored.
     fn heartbeat_sent(&self) {}
+    /// Polled while receiving: `Some(generation)` once `ft.promote` asks this backup to take
+    /// over (it will claim `generation`): the engine stops acking, asks the primary to fence
+    /// itself, and ends with [`super::CheckpointError::Promoted`]. Default: never.
+    fn promote_requested(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Hooks that hold nothing and ask for nothing.

@@ -9,7 +9,7 @@
 //! with `Heartbeat` between checkpoints when idle. Backup → primary: `Ack{seq of Commit}` with
 //! header epoch n, `Heartbeat` when idle, `Abort` when it gives up.
 //!
-//! FT streams speak protocol version 4 and up: each checkpoint's Commit carries `CommitInfo`
+//! FT streams speak protocol version 5 and up: each checkpoint's Commit carries `CommitInfo`
 //! (the guest pause it cost, and whether the guest was left paused, so that a backup going live
 //! from it comes up paused as the primary was), and a dirty page the primary sent in an earlier
 //! checkpoint may go out as a delta against that copy (XOR, zero-run-length encoded, with the
@@ -34,7 +34,7 @@ mod stats;
 mod window;
 
 pub use backup::{BackupExit, BackupOptions, FtBackup};
-pub use hooks::{BackupHooks, EpochHooks, NoHooks};
+pub use hooks::{BackupHooks, EpochHooks, NoHooks, ReplicaError};
 pub use primary::{FtPrimary, PrimaryExit, PrimaryOptions, PrimaryReport};
 pub use settings::{agree, Agreed, BackupWants, PairDiskMode, PairSettings, SettingsError};
 pub use stats::{
@@ -50,6 +50,20 @@ pub const RESYNC_PREFIX: &str = "resync: ";
 /// Whether an Abort reason asks for a re-sync ([`RESYNC_PREFIX`]).
 pub fn is_resync(reason: &str) -> bool {
     reason.starts_with(RESYNC_PREFIX)
+}
+
+/// Start of an Abort reason by which a backup tells its primary that it has left the pair for
+/// good: it cannot keep its own copy (a replicated disk it cannot write), has discarded it, and
+/// will never go live from this stream, whatever happens next. The primary may take it as the
+/// end of the pair and run on unprotected without arbitration: the backup's word is its
+/// confirmation (issue 11, "ending a pair"). A backup sends it only from a path that never
+/// arbitrates afterwards ([`CheckpointError::Withdrawn`]); every other Abort of a backup's is
+/// just a broken stream.
+pub const WITHDRAW_PREFIX: &str = "withdrawn: ";
+
+/// Whether an Abort reason is a backup's withdrawal ([`WITHDRAW_PREFIX`]).
+pub fn is_withdrawal(reason: &str) -> bool {
+    reason.starts_with(WITHDRAW_PREFIX)
 }
 
 use crate::migration::MigrationError;
@@ -109,6 +123,42 @@ pub enum CheckpointError {
     /// `go_live` without a committed checkpoint.
     #[error("no committed checkpoint to go live from")]
     NothingCommitted,
+    /// This backup cannot keep checkpoint `epoch` in its own copy: it withdraws from the pair
+    /// (the primary is told, [`WITHDRAW_PREFIX`]) and must never go live from this stream.
+    #[error("this backup cannot keep checkpoint {epoch} in its copy")]
+    Withdrawn {
+        /// The checkpoint it could not keep.
+        epoch: u64,
+        /// Why (the replica's error).
+        #[source]
+        source: ReplicaError,
+    },
+    /// Primary: the backup is being promoted (`ft.promote`); this primary gave its shared-disk
+    /// lease up and told it so.
+    #[error("the backup is taking over (ft.promote, generation {generation}): this primary stopped writing the shared disk")]
+    Fenced {
+        /// The generation the backup is about to claim.
+        generation: u64,
+    },
+    /// Backup: `ft.promote` stopped receiving; `confirmed` when the primary answered that it
+    /// stopped writing the shared disk (else its lease must run out first).
+    #[error("promoted (ft.promote); the primary {}", if *confirmed { "confirmed it stopped writing the shared disk" } else { "did not confirm it stopped writing" })]
+    Promoted {
+        /// The primary's Fence answer arrived.
+        confirmed: bool,
+    },
+}
+
+impl CheckpointError {
+    /// Whether a backup stopped because it withdrew from the pair (see
+    /// [`CheckpointError::Withdrawn`]): it must discard its copy, never arbitrate.
+    pub fn is_withdrawal(&self) -> bool {
+        match self {
+            CheckpointError::Withdrawn { .. } => true,
+            CheckpointError::BackupStopped { cause, .. } => cause.is_withdrawal(),
+            _ => false,
+        }
+    }
 }
 
 impl From<MigrationError> for CheckpointError {

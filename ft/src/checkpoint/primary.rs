@@ -135,6 +135,8 @@ struct Shared {
     /// backup discards everything, or the caller must win the arbiter), so the ack thread
     /// waits for them no longer than that.
     end_deadline: Mutex<Option<Instant>>,
+    /// The backup's Fence was honoured (lease given up): the sender answers it, then stops.
+    fenced: Mutex<Option<u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -183,14 +185,22 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
         stats: Arc<dyn StatsSink>,
     ) -> Result<FtPrimary<V>, Box<(V, CheckpointError)>> {
         let ms = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
+        // A VM with replicated disks announces them: the initial sync copies them.
+        let mut vm = vm;
+        let mut identity = vm.identity();
+        identity.disks = vm.disks().map(|d| d.list()).unwrap_or_default();
         let pair = PairSettings {
-            disk_mode: PairDiskMode::Shared,
+            disk_mode: if identity.disks.is_empty() {
+                PairDiskMode::Shared
+            } else {
+                PairDiskMode::Replicated
+            },
             failure_timeout_ms: ms(opts.ack_timeout),
             heartbeat_interval_ms: ms(opts.heartbeat_interval),
             checkpoint_interval_ms: ms(opts.checkpoint_interval),
             arbiter_id: None,
         };
-        match open_ft_stream(conn, vm.identity(), pair.to_json(), opts.sync.io_timeout) {
+        match open_ft_stream(conn, identity, pair.to_json(), opts.sync.io_timeout) {
             Ok(stream) => Self::start_opened(vm, stream, opts, hooks, stats),
             Err(e) => Err(Box::new((vm, CheckpointError::InitialSync(e)))),
         }
@@ -232,6 +242,7 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
             epoch_done: AtomicBool::new(false),
             end_confirmed: AtomicBool::new(false),
             end_deadline: Mutex::new(None),
+            fenced: Mutex::new(None),
         });
         let vm = Arc::new(Mutex::new(vm));
         let mut p = FtPrimary {
@@ -283,6 +294,17 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
     /// The error that stopped checkpointing, with its causes, once one did.
     pub fn failure(&self) -> Option<String> {
         lock(&self.shared.error).as_ref().map(|e| error_chain(e))
+    }
+
+    /// The backup's reason, once checkpointing stopped on the backup's Abort (a withdrawal,
+    /// `super::is_withdrawal`, lets the pair end without arbitration).
+    pub fn backup_abort(&self) -> Option<String> {
+        match lock(&self.shared.error).as_ref() {
+            Some(CheckpointError::Stream(MigrationError::PeerAborted { reason })) => {
+                Some(reason.clone())
+            }
+            _ => None,
+        }
     }
 
     /// The last checkpoint the backup acked (0 is the initial sync).
@@ -699,6 +721,12 @@ fn send_loop(
     let mut last_sent = Instant::now();
     let mut last_epoch = 0;
     loop {
+        if let Some(generation) = lock(&s.fenced).take() {
+            // ft.promote: the lease is given up and no write is in flight; say so, and stop.
+            let _ = writer.send(&Frame::Fence { generation }, last_epoch, 0);
+            s.fail(CheckpointError::Fenced { generation });
+            return writer;
+        }
         if s.failed() {
             return writer;
         }
@@ -780,6 +808,11 @@ fn ack_loop(
                 let r = match f.frame {
                     Frame::Ack { seq } => on_ack(s, f.epoch, seq, hooks, stats),
                     Frame::Heartbeat { .. } => Ok(()),
+                    Frame::Fence { generation } => {
+                        hooks.fence(generation);
+                        *lock(&s.fenced) = Some(generation);
+                        Ok(())
+                    }
                     // Only ever after our Abort: everything before it was acked already.
                     Frame::EndConfirmed => {
                         s.end_confirmed.store(true, Ordering::SeqCst);
@@ -840,6 +873,9 @@ fn on_ack(
     stats.in_flight(epochs, bytes);
     let Some(e) = e else { return Ok(()) };
     *lock(&s.committed) = Some(e.epoch);
+    if let Some(sent) = e.sent_at {
+        hooks.lease_renewed(sent);
+    }
     hooks.epoch_committed(e.epoch);
     stats.checkpoint_committed(&CheckpointStats {
         encodings: e.encodings,

@@ -17,6 +17,7 @@
 
 mod decoder;
 mod delta;
+mod disk;
 mod encoder;
 mod header;
 mod pages;
@@ -25,6 +26,7 @@ mod wire;
 
 pub use decoder::Decoder;
 pub use delta::{apply_delta, check_delta, encode_delta, DeltaError};
+pub use disk::{BlockRef, DiskBatch};
 pub use encoder::encode_frame;
 pub use header::FrameHeader;
 pub use pages::{is_zero_page, PageBatch, PageRef, PAGE_SIZE};
@@ -71,6 +73,14 @@ pub enum FrameType {
     /// The backup's answer to the primary's Abort: it discarded its copy and will never go live
     /// from it, so the primary may run the guest alone without arbitration (protocol version 5).
     EndConfirmed = 11,
+    /// Blocks of a replicated disk, in the FT initial sync; protocol version 5 and later.
+    DiskBlocks = 12,
+    /// A migration's hand-over terms: the arbiter generation whose winner runs the VM
+    /// (protocol version 5 and later; `migration::handover`).
+    Handover = 13,
+    /// FT `ft.promote`: the backup asks the primary to stop writing the shared disk; the
+    /// primary answers with the same frame once it has (protocol version 5 and later).
+    Fence = 14,
 }
 
 impl FrameType {
@@ -88,6 +98,9 @@ impl FrameType {
             9 => FrameType::Heartbeat,
             10 => FrameType::Extras,
             11 => FrameType::EndConfirmed,
+            12 => FrameType::DiskBlocks,
+            13 => FrameType::Handover,
+            14 => FrameType::Fence,
             _ => return None,
         })
     }

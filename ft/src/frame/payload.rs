@@ -1,9 +1,12 @@
 //! Typed payloads of each frame type and their wire forms (all integers little-endian, byte
 //! strings as a u32 length and the bytes).
 
+use super::disk::DiskBatch;
 use super::pages::{PageBatch, PAGE_SIZE};
 use super::wire::{put_len_prefixed, WireError, WireReader};
 use super::{FrameError, FrameType};
+use crate::arbiter::Identity;
+use crate::disk::DiskInfo;
 use crate::vm::VmIdentity;
 
 /// Why a stream was opened; a receiver refuses a purpose it was not set up for.
@@ -21,11 +24,16 @@ impl StreamPurpose {
     /// Oldest protocol version that can carry a stream of this purpose.
     pub fn min_protocol_version(self) -> u16 {
         match self {
-            StreamPurpose::Migration => 1,
+            // Version 5: a source that never resumes once the destination may run, and the
+            // Handover frame; an older source resumes when the final ack is lost.
+            StreamPurpose::Migration => 5,
             // Version 3: the Commit's CommitInfo (a backup must know when the guest was left
-            // paused); version 4: checkpoints carry delta page entries; version 5: the backup
-            // confirms an intended end (EndConfirmed), without which a primary must not run
-            // alone before winning the arbiter.
+            // paused); version 4: checkpoints carry delta page entries; version 5: the pair's
+            // settings in the Hello, the backup confirms an intended end (EndConfirmed), without
+            // which a primary must not run alone before winning the arbiter, replicated disks are
+            // copied in the initial sync (DiskBlocks), a backup that cannot keep its copy
+            // withdraws with an Abort the primary may take as final, and the primary's
+            // shared-disk lease travels in the extras (a backup must wait it out).
             StreamPurpose::FaultTolerance => 5,
         }
     }
@@ -42,7 +50,9 @@ pub struct Hello {
     pub purpose: StreamPurpose,
     /// Guest page size in bytes (must be `PAGE_SIZE`).
     pub page_size: u32,
-    /// The VM being sent.
+    /// The VM being sent, with the disks the stream copies (protocol version 5: after the pair
+    /// settings, a u32 count and per disk its u32 index and u64 size, present only when there
+    /// are disks).
     pub identity: VmIdentity,
     /// FT streams (protocol 5): the pair's settings as JSON (`checkpoint::PairSettings`), after
     /// the identity; absent from a migration's Hello.
@@ -122,6 +132,26 @@ pub enum Frame {
     /// The answer to an Abort that ends a pair on purpose: this side will never go live from
     /// its copy. Empty.
     EndConfirmed,
+    /// Blocks of a replicated disk (FT initial sync, protocol version 5).
+    DiskBlocks(DiskBatch),
+    /// Migration, source → destination, right after the Hello (ack requested): the VM runs
+    /// wherever `generation` is won at the arbiter both were given; `token` names this
+    /// migration in the claims, so that the source can recognise the destination's win.
+    Handover {
+        /// The generation both sides claim when the outcome is in question.
+        generation: u64,
+        /// Random, per migration.
+        token: u64,
+        /// The source's arbiter store's identity: the destination's must be the same.
+        identity: Identity,
+    },
+    /// FT, backup → primary on `ft.promote`: "I am taking over in `generation`: stop writing
+    /// the shared disk". Primary → backup, the answer: "no write of mine is in flight and none
+    /// will start", so the promoted backup need not wait for the primary's lease to run out.
+    Fence {
+        /// The generation the backup is about to claim.
+        generation: u64,
+    },
 }
 
 impl Frame {
@@ -139,6 +169,9 @@ impl Frame {
             Frame::Heartbeat { .. } => FrameType::Heartbeat,
             Frame::Extras { .. } => FrameType::Extras,
             Frame::EndConfirmed => FrameType::EndConfirmed,
+            Frame::DiskBlocks(_) => FrameType::DiskBlocks,
+            Frame::Handover { .. } => FrameType::Handover,
+            Frame::Fence { .. } => FrameType::Fence,
         }
     }
 
@@ -154,6 +187,15 @@ impl Frame {
                 put_len_prefixed(out, h.identity.config.as_bytes());
                 if let Some(pair) = &h.pair {
                     put_len_prefixed(out, pair.as_bytes());
+                    // The disk list follows the settings, which every FT Hello carries (a Hello
+                    // without them has no disks to copy).
+                    if !h.identity.disks.is_empty() {
+                        out.extend_from_slice(&(h.identity.disks.len() as u32).to_le_bytes());
+                        for d in &h.identity.disks {
+                            out.extend_from_slice(&d.index.to_le_bytes());
+                            out.extend_from_slice(&d.size.to_le_bytes());
+                        }
+                    }
                 }
             }
             Frame::MemoryPages(b) => b.encode(out),
@@ -188,6 +230,17 @@ impl Frame {
                 out.extend_from_slice(&total.to_le_bytes());
                 out.extend_from_slice(data);
             }
+            Frame::DiskBlocks(b) => b.encode(out),
+            Frame::Handover {
+                generation,
+                token,
+                identity,
+            } => {
+                out.extend_from_slice(&generation.to_le_bytes());
+                out.extend_from_slice(&token.to_le_bytes());
+                put_len_prefixed(out, identity.as_str().as_bytes());
+            }
+            Frame::Fence { generation } => out.extend_from_slice(&generation.to_le_bytes()),
         }
     }
 
@@ -232,6 +285,11 @@ impl Frame {
                 } else {
                     None
                 };
+                let disks = if r.remaining() == 0 {
+                    Vec::new()
+                } else {
+                    decode_disks(&mut r).map_err(malformed)?
+                };
                 Frame::Hello(Hello {
                     min_version,
                     max_version,
@@ -241,6 +299,7 @@ impl Frame {
                         memory_size,
                         vcpu_count,
                         config,
+                        disks,
                     },
                     pair,
                 })
@@ -291,6 +350,9 @@ impl Frame {
             FrameType::Heartbeat => Frame::Heartbeat {
                 timestamp_ms: r.u64().map_err(short)?,
             },
+            FrameType::DiskBlocks => {
+                Frame::DiskBlocks(DiskBatch::decode(&mut r).map_err(malformed)?)
+            }
             FrameType::Extras => {
                 let offset = r.u64().map_err(short)?;
                 let total = r.u64().map_err(short)?;
@@ -307,16 +369,55 @@ impl Frame {
                     data,
                 }
             }
+            FrameType::Handover => Frame::Handover {
+                generation: r.u64().map_err(short)?,
+                token: r.u64().map_err(short)?,
+                identity: std::str::from_utf8(r.len_prefixed().map_err(short)?)
+                    .ok()
+                    .and_then(Identity::parse)
+                    .ok_or_else(|| malformed("arbiter identity is not one"))?,
+            },
+            FrameType::Fence => Frame::Fence {
+                generation: r.u64().map_err(short)?,
+            },
         };
         r.finish().map_err(short)?;
         Ok(frame)
     }
 }
 
+/// Bytes of one disk in a Hello's list (index, size).
+const HELLO_DISK_LEN: usize = 4 + 8;
+
+/// A Hello's disk list: a u32 count (at least 1: an empty list is not sent) and the disks, in
+/// strictly rising index order, each a whole number of sectors.
+fn decode_disks(r: &mut WireReader<'_>) -> Result<Vec<DiskInfo>, &'static str> {
+    let short = |_: WireError| "disk list ends early";
+    let n = r.u32().map_err(short)? as usize;
+    if n == 0 {
+        return Err("empty disk list");
+    }
+    if n > r.remaining() / HELLO_DISK_LEN {
+        return Err("disk count larger than the payload can hold");
+    }
+    let mut disks: Vec<DiskInfo> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let index = r.u32().map_err(short)?;
+        let size = r.u64().map_err(short)?;
+        if disks.last().is_some_and(|d| d.index >= index) {
+            return Err("disk indices not rising");
+        }
+        if size == 0 || size % crate::disk::SECTOR_SIZE != 0 {
+            return Err("disk size not a whole, non-zero number of sectors");
+        }
+        disks.push(DiskInfo { index, size });
+    }
+    Ok(disks)
+}
+
 impl Hello {
-    /// A Hello for this build's protocol version range; migration still speaks version 1 (it
-    /// sends no frame that version lacks), fault tolerance needs version 4 (Extras, CommitInfo,
-    /// delta pages).
+    /// A Hello for this build's protocol version range from the oldest its purpose can use
+    /// ([`StreamPurpose::min_protocol_version`]).
     pub fn new(purpose: StreamPurpose, identity: VmIdentity) -> Hello {
         Hello {
             min_version: purpose.min_protocol_version(),

@@ -25,6 +25,11 @@ pub enum MigrationPhase {
     StopAndCopy,
     /// State sent or restored; waiting for or sending the final Ack.
     Completing,
+    /// The final Ack was lost: the source asks the arbiter who runs the VM.
+    Settling,
+    /// The final state left and nobody can say whether the destination runs the VM: the
+    /// source stays paused until an operator decides (`error` says why).
+    OutcomeUnknown,
     /// Done: the destination runs the guest.
     Completed,
     /// Gave up; `error` says why.
@@ -121,6 +126,13 @@ impl ProgressHandle {
         let mut g = self.lock();
         g.p.phase = MigrationPhase::Completed;
         g.p.downtime_ms = downtime.map(|d| d.as_millis() as u64);
+        g.ended = Some(Instant::now());
+    }
+
+    pub(crate) fn unknown(&self, error: String) {
+        let mut g = self.lock();
+        g.p.phase = MigrationPhase::OutcomeUnknown;
+        g.p.error = Some(error);
         g.ended = Some(Instant::now());
     }
 

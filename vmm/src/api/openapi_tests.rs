@@ -73,6 +73,11 @@ fn request_bodies_agree() {
         let body = &op["requestBody"];
         match r.body {
             Body::None => assert!(body.is_null(), "{} documents a body it refuses", r.name),
+            Body::Resume => {
+                assert_eq!(body["required"].as_bool(), Some(false), "{}", r.name);
+                let s = &body["content"]["application/json"]["schema"]["$ref"];
+                assert_eq!(s.as_str(), Some("#/components/schemas/ResumeConfig"));
+            }
             Body::VmConfig
             | Body::Snapshot
             | Body::Restore

@@ -15,6 +15,9 @@ pub enum ApiRequest {
     VmInfo,
     VmPause,
     VmResume,
+    /// `vm.resume` with `{"force": true}`: also a VM whose migration's outcome is unknown
+    /// (the operator knows the destination does not run it); elsewhere the same as `VmResume`.
+    VmResumeForced,
     VmShutdown,
     VmReboot,
     VmDelete,
@@ -126,6 +129,20 @@ pub struct SendMigrationConfig {
     /// Longest acceptable guest pause in milliseconds (default 300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downtime_ms: Option<u64>,
+    /// Hand over through this arbiter (the destination must name the same): the VM then runs
+    /// on whichever side wins the hand-over's generation, also when the final ack is lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arbiter: Option<ArbiterConfig>,
+}
+
+/// `vm.resume`'s optional body.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeConfig {
+    /// Resume a VM whose migration's outcome is unknown: the operator checked that the
+    /// destination does not run it (default false).
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// `vm.receive-migration`: where to listen; this host's taps, disks and console (default: the
@@ -138,6 +155,10 @@ pub type ReceiveMigrationConfig = WithHost<ReceiveMigrationRequest>;
 pub struct ReceiveMigrationRequest {
     /// `tcp:ADDR:PORT` or `unix:PATH` to listen on.
     pub receiver_url: String,
+    /// Take the VM over only by winning the source's generation at this arbiter (the source
+    /// must name the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arbiter: Option<ArbiterConfig>,
 }
 
 /// `vm.snapshot`: where to write the snapshot.

@@ -92,6 +92,11 @@ pub enum VmmError {
     FtNothingToPromote,
     #[error("this member must not run the guest: {reason}; ft.disable clears it once the operator knows where the guest runs")]
     Fenced { reason: String },
+    #[error(
+        "the migration's outcome is unknown ({reason}): {}",
+        super::migration::IN_DOUBT_ACTION
+    )]
+    OutcomeUnknown { reason: String },
     #[error("the VM is stopped, but the end of the pair is not settled: {reason}")]
     FtEndUnconfirmed { reason: String },
     #[error("cannot use the arbiter")]
@@ -128,7 +133,8 @@ impl VmmError {
             | VmmError::FtNothingToPromote
             | VmmError::FtSyncing
             | VmmError::FtEndedMeanwhile
-            | VmmError::Fenced { .. } => 409,
+            | VmmError::Fenced { .. }
+            | VmmError::OutcomeUnknown { .. } => 409,
             VmmError::FtOp { .. } | VmmError::FtStart(_) | VmmError::MigrationThread(_) => 500,
             VmmError::FtEndUnconfirmed { .. } => 503,
             // The caller's input: a bad URL or key file, an unreachable peer or arbiter, an

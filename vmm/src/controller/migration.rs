@@ -1,13 +1,21 @@
 //! `vm.send-migration` and `vm.receive-migration`: the VMM thread checks and connects (so that a
 //! bad URL or an unreachable peer is the caller's immediate 4xx), then a migration thread runs
 //! ft's pre-copy engine and reports back with a `VmmEvent`. `vm.info` shows the progress meanwhile.
+//!
+//! Hand-over (`ft::migration::handover`): once the final state has left, the source never runs
+//! the VM again unless it knows the destination does not. When neither the destination's ack,
+//! its Abort nor the arbiter (`arbiter` on both calls) says who runs it, the VM stays here,
+//! paused, as [`InDoubt`] (`vm.info` state `OutcomeUnknown`, `migration.error` and
+//! `migration.action` say why and what to do): `vm.delete` once the destination is seen running
+//! it, `vm.resume` with `{"force": true}` once it is known not to.
 
 // Host-side: migration calls and their threads.
 #![allow(clippy::disallowed_macros)]
 
 use super::overrides::{arriving_config, ArrivingConfigError};
-use super::owner::{Incoming, Local, Outgoing, Owner};
+use super::owner::{InDoubt, Incoming, Local, Outgoing, Owner};
 use super::{Step, Vmm, VmmError, VmmEvent};
+use crate::api::types::ArbiterConfig;
 use crate::api::{ReceiveMigrationConfig, SendMigrationConfig};
 use crate::config::VmConfig;
 use crate::migration::incoming::IncomingVm;
@@ -15,8 +23,8 @@ use crate::migration::source::SourceVm;
 use crate::vm::memory::MemoryError;
 use crate::vm::Vm;
 use ft::migration::{
-    send_migration, IncomingMigration, MigrationError, ProgressHandle, ReceiveOptions, Role,
-    SendOptions, SendReport,
+    send_migration, HandoverArbiter, IncomingMigration, MigrationError, ProgressHandle,
+    ReceiveOptions, Role, SendOptions, SendReport,
 };
 use ft::transport::{self, Endpoint, Listener, TransportError};
 use serde_json::json;
@@ -33,6 +41,21 @@ const IO_TIMEOUT: Duration = Duration::from_secs(15);
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a destination waits for the source to connect.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What an operator does about a migration whose outcome is unknown.
+pub(super) const IN_DOUBT_ACTION: &str = "check the destination's vm.info: if the VM runs \
+    there, vm.delete it here; if it does not (its vm.receive-migration failed, or that VMM is \
+    gone), vm.resume here with {\"force\": true}";
+
+/// Opens the arbiter a migration call names, if any (the same object as FT's `arbiter`).
+fn handover_arbiter(c: Option<&ArbiterConfig>) -> Result<Option<HandoverArbiter>, VmmError> {
+    c.map(|c| {
+        ft::arbiter::open(c)
+            .map(HandoverArbiter)
+            .map_err(VmmError::FtArbiter)
+    })
+    .transpose()
+}
 
 /// Why an incoming migration did not produce a VM here.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +88,8 @@ pub(super) struct MigrationStatus {
     active: bool,
     /// The report of a finished migration, or why it failed (its causes, outermost first).
     outcome: Option<Result<serde_json::Value, Vec<String>>>,
+    /// What the operator must do now, if anything.
+    action: Option<&'static str>,
 }
 
 impl MigrationStatus {
@@ -75,6 +100,7 @@ impl MigrationStatus {
             progress,
             active: true,
             outcome: None,
+            action: None,
         }
     }
 
@@ -97,6 +123,9 @@ impl MigrationStatus {
             Some(Ok(report)) => v["report"] = report.clone(),
             Some(Err(e)) => v["error"] = json!(e.join(": ")),
             None => {}
+        }
+        if let Some(a) = self.action {
+            v["action"] = json!(a);
         }
         v
     }
@@ -151,6 +180,10 @@ impl Vmm {
             Ok(e) => e,
             Err(e) => return (Owner::Local(l), Err(VmmError::MigrationUrl(e))),
         };
+        let arbiter = match handover_arbiter(c.arbiter.as_ref()) {
+            Ok(a) => a,
+            Err(e) => return (Owner::Local(l), Err(e)),
+        };
         let conn = match transport::connect(&endpoint, CONNECT_TIMEOUT) {
             Ok(c) => c,
             Err(e) => return (Owner::Local(l), Err(VmmError::MigrationConnect(e))),
@@ -164,6 +197,7 @@ impl Vmm {
             max_downtime: Duration::from_millis(c.downtime_ms.unwrap_or(300)),
             io_timeout: IO_TIMEOUT,
             commit_timeout: COMMIT_TIMEOUT,
+            arbiter,
             ..SendOptions::default()
         };
         let progress = ProgressHandle::new(Role::Source);
@@ -236,6 +270,14 @@ impl Vmm {
                 self.last_migration = Some(migration.ended(Ok(report)));
                 Owner::Migrated(config)
             }
+            Err(e @ MigrationError::OutcomeUnknown { .. }) => {
+                let reason = errors::chain(&e);
+                log::error!("migration: {reason}; {IN_DOUBT_ACTION}");
+                let mut m = migration.ended(Err(&e));
+                m.action = Some(IN_DOUBT_ACTION);
+                self.last_migration = Some(m);
+                Owner::InDoubt(InDoubt { config, vm, reason })
+            }
             Err(e) => {
                 log::warn!(
                     "migration failed, the VM keeps running here: {}",
@@ -258,6 +300,10 @@ impl Vmm {
             Ok(e) => e,
             Err(e) => return (Owner::Empty, Err(VmmError::MigrationUrl(e))),
         };
+        let arbiter = match handover_arbiter(c.request.arbiter.as_ref()) {
+            Ok(a) => a,
+            Err(e) => return (Owner::Empty, Err(e)),
+        };
         let listener = match Listener::bind(&endpoint) {
             Ok(l) => l,
             Err(e) => return (Owner::Empty, Err(VmmError::MigrationListen(e))),
@@ -276,6 +322,8 @@ impl Vmm {
                         .map_err(ReceiveError::Accept)?;
                     let opts = ReceiveOptions {
                         io_timeout: IO_TIMEOUT,
+                        arbiter,
+                        ..ReceiveOptions::default()
                     };
                     let incoming =
                         IncomingMigration::accept(conn, &opts, &p).map_err(ReceiveError::Stream)?;
@@ -307,6 +355,26 @@ impl Vmm {
         log::info!("waiting for a migration on {endpoint}");
         let migration = MigrationStatus::new(Role::Destination, endpoint.to_string(), progress);
         (Owner::Receiving(Incoming { migration }), Ok(None))
+    }
+
+    /// `vm.resume` with `{"force": true}` on a VM whose migration's outcome is unknown: the
+    /// operator has checked that the destination does not run it.
+    pub(super) fn force_resume(&mut self, d: InDoubt) -> Step {
+        log::warn!(
+            "vm.resume forced on a VM whose migration's outcome was unknown ({}): the operator \
+             vouches that the destination does not run it",
+            d.reason
+        );
+        if let Some(m) = self.last_migration.as_mut() {
+            m.action = None;
+        }
+        let l = Local {
+            config: d.config,
+            vm: d.vm,
+            paused: true,
+            announce_on_resume: true,
+        };
+        self.resume(l)
     }
 
     /// The migration thread built (or failed to build) the VM.

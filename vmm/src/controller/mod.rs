@@ -242,6 +242,14 @@ impl Vmm {
                 lifecycle::stop_vm(l.vm);
                 (O::Empty, Ok(None))
             }
+            // The operator checked the destination: it runs the VM (delete) or not (resume).
+            (R::VmDelete, O::InDoubt(d)) => {
+                lifecycle::stop_vm(d.vm);
+                (O::Empty, Ok(None))
+            }
+            (R::VmResumeForced, O::InDoubt(d)) => self.force_resume(d),
+            // Forcing only matters where a migration's outcome is unknown.
+            (R::VmResumeForced, o) => self.apply(R::VmResume, o),
             (R::VmPause, O::Local(l)) if !l.paused => self.pause(l),
             (R::VmResume, O::Local(l)) if l.paused => self.resume(l),
             (R::VmShutdown, O::Local(l)) => (O::Stopped(self.shut_down(l)), Ok(None)),
@@ -256,10 +264,7 @@ impl Vmm {
             (R::VmResume, O::Primary(p)) if protected && p.paused => self.ft_pause(p, false),
             (R::VmShutdown, O::Primary(p)) if protected => self.ft_shutdown(p),
             (R::VmReboot, O::Primary(p)) if protected => self.ft_reboot(p),
-            (R::FtDisable, O::Primary(p)) => {
-                p.pair.command(crate::ft::pair::PairCommand::Disable);
-                (O::Primary(p), Ok(None))
-            }
+            (R::FtDisable, O::Primary(p)) => self.ft_disable_primary(p),
 
             (R::FtPromote, O::Backup(b)) if protected => {
                 b.pair.command(crate::ft::pair::PairCommand::Promote);

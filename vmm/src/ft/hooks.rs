@@ -6,15 +6,25 @@
 //! checkpoint's Extras blob ([`EpochExtras`]), `epoch_committed(n)` commits the clock (the
 //! releaser then lets outputs of ≤ `n` leave), `output_waiting` says whether any gate holds output.
 //!
-//! Backup ([`BackupDiskHooks`], ft's `BackupHooks`): on each committed checkpoint, replicated
-//! disks get the epoch's writes at once; shared disks only stash them (the primary still owns the
-//! image), and [`BackupDiskHooks::reissue`] applies the stash when the backup goes live, after
-//! its state is restored and before the guest runs (`crate::ft::pair::BackupVm`). The primary tells
-//! the backup, in every Extras blob, through which epoch its shared disks are durable, so the
-//! stash only holds the epochs that a dead primary may not have finished.
+//! Backup ([`BackupDiskHooks`], ft's `BackupHooks`): each verified checkpoint's writes go to
+//! replicated disks before the backup acks it (`before_ack`), and are synced right after the
+//! ack (`after_ack`); a write or sync that fails (ENOSPC, EIO, past the image's end) or extras
+//! that do not decode are the backup's reason to withdraw from the pair at once, telling the
+//! primary, instead of acking a checkpoint its copy lacks. Shared disks only stash the writes (the
+//! primary still owns the image), and [`BackupDiskHooks::reissue`] applies the stash when the
+//! backup goes live, after its state is restored and before the guest runs
+//! (`crate::ft::pair::BackupVm`). The primary tells the backup, in every Extras blob, through which
+//! epoch its shared disks are durable, so the stash only holds the epochs that a dead primary may
+//! not have finished.
+//!
+//! Fencing (shared mode, `ft::gate::Lease`): each ack renews the primary's lease on the shared
+//! disk ([`PrimaryHooks`]' `lease_renewed`), and every Extras blob tells the backup how long that
+//! lease lasts; a backup going live waits until [`BackupDiskHooks::lease_end`] (the last frame it
+//! heard plus that duration) before its first write, so that a primary stopped with committed
+//! writes cannot still be writing them (the pair thread does the wait, also for `ft.promote`).
 
 use devices::virtio::block::disk::RawDisk;
-use devices::virtio::block::gate::{apply_writes, ApplyError, DiskGate, DiskMode};
+use devices::virtio::block::gate::{write_writes, ApplyError, DiskGate, DiskMode};
 use devices::virtio::ft::DeviceGate;
 use devices::virtio::net::gate::TxGate;
 use ft::checkpoint::{BackupHooks, EpochHooks};
@@ -22,6 +32,7 @@ use ft::gate::{DiskWrite, EpochClock};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// What travels in a checkpoint's Extras blob (postcard).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -30,6 +41,9 @@ pub struct EpochExtras {
     pub durable_through: u64,
     /// The epoch's guest writes, every disk's, in the order the guest issued them per disk.
     pub writes: Vec<DiskWrite>,
+    /// The primary's shared-disk lease, milliseconds from the send of a Commit the backup acks
+    /// (0: none): a backup going live writes nothing before its last frame heard plus this.
+    pub lease_ms: u64,
 }
 
 impl EpochExtras {
@@ -98,8 +112,23 @@ impl EpochHooks for PrimaryHooks {
         EpochExtras {
             durable_through: self.clock.release_bound(),
             writes,
+            lease_ms: self.clock.lease().terms().map_or(0, |t| {
+                t.duration.as_millis().min(u128::from(u64::MAX)) as u64
+            }),
         }
         .encode()
+    }
+
+    fn lease_renewed(&self, sent: std::time::Instant) {
+        self.clock.lease().renew(sent);
+    }
+
+    fn fence(&self, _generation: u64) {
+        self.clock.lease().revoke();
+        // A write already past its lease check finishes before the backup hears we stopped.
+        for d in &self.disks {
+            d.wait_idle();
+        }
     }
 
     fn epoch_committed(&self, n: u64) {
@@ -131,11 +160,38 @@ pub struct BackupDisk {
 struct Stash {
     /// Shared mode: committed epochs' writes the primary may not have made durable yet.
     pending: BTreeMap<u64, Vec<DiskWrite>>,
-    /// The first error, if applying or decoding ever failed (the backup is then not safe).
-    error: Option<String>,
+    /// The extras `before_ack` decoded, for `backup_committed` to take.
+    decoded: Option<(u64, EpochExtras)>,
+    /// Replicated mode: disks written by `before_ack` and not synced yet.
+    unsynced: Vec<u32>,
+    /// The primary's shared-disk lease, as its latest checkpoint announced it.
+    lease: Option<Duration>,
 }
 
-/// The backup's hooks: apply (replicated) or stash (shared) each committed epoch's writes.
+/// Why this backup cannot keep a checkpoint in its copy (it then withdraws from the pair).
+#[derive(Debug, thiserror::Error)]
+pub enum DiskReplicaError {
+    #[error("checkpoint {epoch}: undecodable disk writes")]
+    Decode {
+        epoch: u64,
+        #[source]
+        source: postcard::Error,
+    },
+    #[error("checkpoint {epoch}: writing the replicated disks")]
+    Write {
+        epoch: u64,
+        #[source]
+        source: ApplyError,
+    },
+    #[error("checkpoint {epoch}: syncing the replicated disks")]
+    Sync {
+        epoch: u64,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The backup's hooks: write (replicated) or stash (shared) each verified checkpoint's writes.
 pub struct BackupDiskHooks {
     mode: DiskMode,
     disks: Vec<BackupDisk>,
@@ -156,9 +212,18 @@ impl BackupDiskHooks {
         self.stash.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The first failure to decode or apply a committed epoch's writes, if any.
-    pub fn error(&self) -> Option<String> {
-        self.stash().error.clone()
+    /// When the old primary's shared-disk lease is over for sure, given the last time this
+    /// backup heard it on the stream (`None`: the stream never carried a frame): no write of
+    /// this member may start before. `None` when there is nothing to wait for: replicated
+    /// disks (each host writes its own copy), or no lease announced (no checkpoint after the
+    /// initial sync was committed, so the primary never held one).
+    pub fn lease_end(&self, last_heard: Option<Instant>) -> Option<Instant> {
+        if self.mode != DiskMode::Shared {
+            return None;
+        }
+        let lease = self.stash().lease?;
+        // Never heard yet would mean nothing was acked; waiting from now is the safe reading.
+        Some(last_heard.unwrap_or_else(Instant::now) + lease)
     }
 
     /// Epochs stashed for re-issue (shared mode).
@@ -166,7 +231,18 @@ impl BackupDiskHooks {
         self.stash().pending.keys().copied().collect()
     }
 
-    fn apply(&self, writes: &[DiskWrite]) -> Result<(), ApplyError> {
+    /// Writes each disk's share of `writes` (every write checked first); the disks written.
+    fn write(&self, writes: &[DiskWrite]) -> Result<Vec<u32>, ApplyError> {
+        if let Some(w) = writes
+            .iter()
+            .find(|w| !self.disks.iter().any(|d| d.index == w.disk))
+        {
+            return Err(ApplyError::WrongDisk {
+                got: w.disk,
+                ours: self.disks.first().map_or(u32::MAX, |d| d.index),
+            });
+        }
+        let mut written = Vec::new();
         for d in &self.disks {
             let mine: Vec<DiskWrite> = writes
                 .iter()
@@ -174,19 +250,18 @@ impl BackupDiskHooks {
                 .cloned()
                 .collect();
             if !mine.is_empty() {
-                apply_writes(&d.disk, d.index, &mine)?;
+                write_writes(&d.disk, d.index, &mine)?;
+                written.push(d.index);
             }
         }
-        match writes
-            .iter()
-            .find(|w| !self.disks.iter().any(|d| d.index == w.disk))
-        {
-            Some(w) => Err(ApplyError::WrongDisk {
-                got: w.disk,
-                ours: self.disks.first().map_or(u32::MAX, |d| d.index),
-            }),
-            None => Ok(()),
+        Ok(written)
+    }
+
+    fn sync(&self, indices: &[u32]) -> std::io::Result<()> {
+        for d in self.disks.iter().filter(|d| indices.contains(&d.index)) {
+            d.disk.flush()?;
         }
+        Ok(())
     }
 
     /// Going live (shared mode), before the guest runs: re-issues, in epoch order, every stashed
@@ -196,7 +271,8 @@ impl BackupDiskHooks {
         let pending = std::mem::take(&mut self.stash().pending);
         let mut n = 0;
         for writes in pending.values() {
-            self.apply(writes)?;
+            let written = self.write(writes)?;
+            self.sync(&written).map_err(ApplyError::Io)?;
             n += writes.len();
         }
         Ok(n)
@@ -204,37 +280,54 @@ impl BackupDiskHooks {
 }
 
 impl BackupHooks for BackupDiskHooks {
+    fn before_ack(&self, n: u64, extras: &[u8]) -> Result<(), ft::checkpoint::ReplicaError> {
+        let extras = EpochExtras::decode(extras)
+            .map_err(|source| DiskReplicaError::Decode { epoch: n, source })?;
+        if self.mode == DiskMode::Replicated {
+            let written = self
+                .write(&extras.writes)
+                .map_err(|source| DiskReplicaError::Write { epoch: n, source })?;
+            self.stash().unsynced = written;
+        }
+        self.stash().decoded = Some((n, extras));
+        Ok(())
+    }
+
+    fn after_ack(&self, n: u64) -> Result<(), ft::checkpoint::ReplicaError> {
+        let unsynced = std::mem::take(&mut self.stash().unsynced);
+        self.sync(&unsynced)
+            .map_err(|source| DiskReplicaError::Sync { epoch: n, source })?;
+        Ok(())
+    }
+
     fn backup_committed(&self, n: u64, extras: &[u8]) {
-        let extras = match EpochExtras::decode(extras) {
-            Ok(e) => e,
-            Err(e) => {
-                devices::guest_error!("ft backup: checkpoint {n}: undecodable disk writes: {e}");
-                self.stash()
-                    .error
-                    .get_or_insert(format!("checkpoint {n}: undecodable disk writes: {e}"));
-                return;
-            }
+        if self.mode != DiskMode::Shared {
+            self.stash().decoded = None;
+            return;
+        }
+        let mut st = self.stash();
+        let extras = match st.decoded.take() {
+            Some((epoch, e)) if epoch == n => e,
+            // Not through `before_ack` (an engine that skips it): decode here.
+            _ => match EpochExtras::decode(extras) {
+                Ok(e) => e,
+                Err(e) => {
+                    devices::guest_error!(
+                        "ft backup: checkpoint {n}: undecodable disk writes: {e}"
+                    );
+                    return;
+                }
+            },
         };
-        match self.mode {
-            DiskMode::Replicated => {
-                if let Err(e) = self.apply(&extras.writes) {
-                    let why = errors::chain(&e);
-                    devices::guest_error!("ft backup: checkpoint {n}: applying disk writes: {why}");
-                    self.stash()
-                        .error
-                        .get_or_insert(format!("checkpoint {n}: applying disk writes: {why}"));
-                }
-            }
-            DiskMode::Shared => {
-                let mut st = self.stash();
-                let keep = st
-                    .pending
-                    .split_off(&extras.durable_through.saturating_add(1));
-                st.pending = keep;
-                if !extras.writes.is_empty() {
-                    st.pending.insert(n, extras.writes);
-                }
-            }
+        if extras.lease_ms > 0 {
+            st.lease = Some(Duration::from_millis(extras.lease_ms));
+        }
+        let keep = st
+            .pending
+            .split_off(&extras.durable_through.saturating_add(1));
+        st.pending = keep;
+        if !extras.writes.is_empty() {
+            st.pending.insert(n, extras.writes);
         }
     }
 }

@@ -19,6 +19,7 @@ fn extras(durable_through: u64, writes: Vec<DiskWrite>) -> Vec<u8> {
     EpochExtras {
         durable_through,
         writes,
+        lease_ms: 0,
     }
     .encode()
 }
@@ -32,6 +33,7 @@ fn extras_round_trip_and_empty_blob_is_no_writes() {
     let e = EpochExtras {
         durable_through: 7,
         writes: vec![write(1, 512, 0xab)],
+        lease_ms: 1000,
     };
     assert_eq!(EpochExtras::decode(&e.encode()).unwrap(), e);
     assert_eq!(EpochExtras::decode(&[]).unwrap(), EpochExtras::default());
@@ -59,17 +61,100 @@ fn primary_hooks_move_the_clock_in_step_with_the_engine() {
 }
 
 #[test]
-fn replicated_backup_applies_each_committed_epoch() {
+fn acks_renew_the_lease_and_checkpoints_announce_it() {
+    let clock = Arc::new(EpochClock::new());
+    let hooks = PrimaryHooks::new(clock.clone(), &[]);
+    hooks.epoch_captured(0);
+    assert!(clock.shared_write_allowed().is_err(), "no ack, no lease");
+    clock
+        .lease()
+        .set_terms(ft::gate::LeaseTerms::for_failure_timeout(
+            Duration::from_secs(2),
+        ));
+    let n = clock.current();
+    hooks.epoch_captured(n);
+    let e = EpochExtras::decode(&hooks.take_epoch_extras(n)).unwrap();
+    assert_eq!(e.lease_ms, 2000);
+    hooks.lease_renewed(Instant::now());
+    hooks.epoch_committed(n);
+    assert_eq!(clock.shared_write_allowed(), Ok(()));
+    // Sent long ago: expired, whatever was committed.
+    let clock = Arc::new(EpochClock::new());
+    clock.protect().unwrap();
+    clock
+        .lease()
+        .set_terms(ft::gate::LeaseTerms::for_failure_timeout(
+            Duration::from_millis(10),
+        ));
+    clock.lease().renew(Instant::now());
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(matches!(
+        clock.shared_write_allowed(),
+        Err(ft::gate::FenceError::Expired { .. })
+    ));
+    clock.halt();
+    assert_eq!(
+        clock.shared_write_allowed(),
+        Err(ft::gate::FenceError::Halted)
+    );
+}
+
+#[test]
+fn a_shared_backup_waits_out_the_announced_lease() {
+    let p = image("lease", 8);
+    let disk = RawDisk::open(&p, false).unwrap();
+    let hooks = BackupDiskHooks::new(DiskMode::Shared, vec![BackupDisk { index: 0, disk }]);
+    let heard = Instant::now();
+    assert_eq!(hooks.lease_end(Some(heard)), None, "no lease announced yet");
+    let blob = EpochExtras {
+        durable_through: 0,
+        writes: vec![],
+        lease_ms: 1500,
+    }
+    .encode();
+    hooks.backup_committed(1, &blob);
+    assert_eq!(
+        hooks.lease_end(Some(heard)),
+        Some(heard + Duration::from_millis(1500))
+    );
+    // Replicated disks are this host's own copy: nothing to wait for.
+    let disk = RawDisk::open(&p, false).unwrap();
+    let repl = BackupDiskHooks::new(DiskMode::Replicated, vec![BackupDisk { index: 0, disk }]);
+    repl.backup_committed(1, &blob);
+    assert_eq!(repl.lease_end(Some(heard)), None);
+    std::fs::remove_file(p).unwrap();
+}
+
+#[test]
+fn replicated_backup_writes_each_verified_epoch_before_its_ack() {
     let p = image("repl", 8);
     let disk = RawDisk::open(&p, false).unwrap();
     let hooks = BackupDiskHooks::new(DiskMode::Replicated, vec![BackupDisk { index: 2, disk }]);
-    hooks.backup_committed(1, &extras(0, vec![write(2, 512, 0x11)]));
+    let e = extras(0, vec![write(2, 512, 0x11)]);
+    hooks.before_ack(1, &e).unwrap();
     assert_eq!(sector(&p, 1), 0x11);
-    assert_eq!(hooks.error(), None);
+    hooks.after_ack(1).unwrap();
+    hooks.backup_committed(1, &e);
     assert!(hooks.stashed_epochs().is_empty());
-    // A write for a disk this backup does not have is an error, not silently dropped.
-    hooks.backup_committed(2, &extras(0, vec![write(5, 0, 0x22)]));
-    assert!(hooks.error().is_some());
+    // A write for a disk this backup does not have, or past its image's end, is a reason to
+    // withdraw, and nothing of that epoch is written.
+    let e = extras(0, vec![write(2, 0, 0x33), write(5, 0, 0x22)]);
+    let err = hooks.before_ack(2, &e).unwrap_err();
+    assert!(
+        errors::chain(&*err).contains("disk 5"),
+        "{}",
+        errors::chain(&*err)
+    );
+    assert_eq!(sector(&p, 0), 0);
+    let err = hooks
+        .before_ack(3, &extras(0, vec![write(2, 8 * 512, 0x44)]))
+        .unwrap_err();
+    assert!(
+        errors::chain(&*err).contains("past the end"),
+        "{}",
+        errors::chain(&*err)
+    );
+    assert!(hooks.before_ack(4, &[0xff; 3]).is_err());
     std::fs::remove_file(p).unwrap();
 }
 
@@ -78,9 +163,15 @@ fn shared_backup_stashes_until_durable_and_reissues_on_go_live() {
     let p = image("shared", 8);
     let disk = RawDisk::open(&p, false).unwrap();
     let hooks = BackupDiskHooks::new(DiskMode::Shared, vec![BackupDisk { index: 0, disk }]);
-    hooks.backup_committed(1, &extras(0, vec![write(0, 0, 0x01)]));
-    hooks.backup_committed(2, &extras(0, vec![write(0, 512, 0x02)]));
-    hooks.backup_committed(3, &extras(1, vec![write(0, 1024, 0x03)]));
+    for (n, e) in [
+        (1, extras(0, vec![write(0, 0, 0x01)])),
+        (2, extras(0, vec![write(0, 512, 0x02)])),
+        (3, extras(1, vec![write(0, 1024, 0x03)])),
+    ] {
+        hooks.before_ack(n, &e).unwrap();
+        hooks.after_ack(n).unwrap();
+        hooks.backup_committed(n, &e);
+    }
     // The backup never touches a shared image while the primary lives.
     assert_eq!(sector(&p, 0), 0);
     // Epoch 1 is durable on the primary: nothing left to re-issue for it.
@@ -88,8 +179,7 @@ fn shared_backup_stashes_until_durable_and_reissues_on_go_live() {
     assert_eq!(hooks.reissue().unwrap(), 2);
     assert_eq!((sector(&p, 0), sector(&p, 1), sector(&p, 2)), (0, 2, 3));
     assert!(hooks.stashed_epochs().is_empty());
-    // Undecodable extras are recorded, not ignored.
-    hooks.backup_committed(4, &[0xff; 3]);
-    assert!(hooks.error().is_some());
+    // Undecodable extras are a reason to withdraw, not ignored.
+    assert!(hooks.before_ack(4, &[0xff; 3]).is_err());
     std::fs::remove_file(p).unwrap();
 }

@@ -3,8 +3,10 @@
 //! ([`crate::migration::source::PrimaryVm`]) and the hooks through which the checkpoint engine
 //! drives the output gates ([`hooks`]), and each side's thread ([`pair`]): checkpointing,
 //! failure detection, arbitration, failover, and the VM operations carried to the backup
-//! (pause, resume, shutdown, reboot); [`second_path`]: UDP heartbeats and the rule that uses them.
+//! (pause, resume, shutdown, reboot); [`second_path`]: UDP heartbeats and the rule that uses them;
+//! [`disks`]: the replicated disks the initial sync copies, on either side.
 
+pub mod disks;
 pub mod hooks;
 pub mod pair;
 pub mod second_path;

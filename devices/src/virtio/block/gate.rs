@@ -17,17 +17,31 @@
 //!   logged only to be shipped; FLUSH is a real `fdatasync` of the primary's copy. Epoch N is
 //!   durable as soon as it commits (the backup applies N to its own copy once N is committed).
 //!
+//! While a replicated disk is first copied to the backup (the FT initial sync, `ft::disk`), the
+//! gate also records which 4 KiB blocks the guest writes ([`DiskGate::start_tracking`]), each
+//! once its write has reached the image, so that a block the copy read before that write is
+//! always sent again.
+//!
 //! Memory is bounded by `cap_bytes` of logged data (the overlay holds at most one more copy of
 //! it): when full the gate reports no room and the block worker stops taking requests until a
 //! commit frees space. Unprotected: everything held is applied and synced, then writes go
 //! straight to the image. Halted: nothing is applied or dropped.
+//!
+//! Fencing (shared mode): while protected, each write of a committed epoch to the image first
+//! checks the clock's lease ([`EpochClock::shared_write_allowed`], `ft::gate::Lease`); a
+//! primary that was stopped past it keeps the writes held instead of writing them over what a
+//! backup gone live has written since, until it wins the generation (then they are its own to
+//! write) or halts.
 
 use super::disk::{RawDisk, SECTOR_SIZE};
 use super::io::DiskIo;
-use ft::gate::{DiskWrite, DurabilityId, EpochClock, OutputGate, Protection};
+use ft::bitmap::DirtyBitmap;
+use ft::disk::BLOCK_SIZE;
+use ft::gate::{DiskWrite, DurabilityId, EpochClock, FenceError, OutputGate, Protection};
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -59,6 +73,8 @@ pub enum ApplyError {
     OutOfRange { offset: u64, len: usize },
     #[error("disk I/O")]
     Io(#[source] io::Error),
+    #[error("committed writes held back: this member may not write the shared disk now")]
+    Fenced(#[source] FenceError),
 }
 
 /// Gate counters, readable at any time.
@@ -74,6 +90,9 @@ pub struct DiskGateCounters {
     pub durable_epoch: AtomicU64,
     /// Failed attempts to make committed writes durable (retried).
     pub apply_errors: AtomicU64,
+    /// Attempts refused for want of a valid lease (shared mode; retried, or held for good once
+    /// halted).
+    pub fenced: AtomicU64,
     /// Times the gate was full and pushed back on the guest.
     pub full: AtomicU64,
 }
@@ -88,6 +107,7 @@ impl DiskGateCounters {
             ("disk_gate_applied_writes", l(&self.applied_writes)),
             ("disk_gate_durable_epoch", l(&self.durable_epoch)),
             ("disk_gate_apply_errors", l(&self.apply_errors)),
+            ("disk_gate_fenced", l(&self.fenced)),
             ("disk_gate_full", l(&self.full)),
         ]
     }
@@ -117,6 +137,10 @@ pub struct DiskGate {
     apply: Mutex<()>,
     room: EventFd,
     counters: DiskGateCounters,
+    /// Blocks written while the initial sync copies this disk (`None`: not tracking).
+    tracking: Mutex<Option<DirtyBitmap>>,
+    /// The last apply attempt was fenced (logged once per spell, not every retry).
+    fenced: AtomicBool,
 }
 
 impl DiskGate {
@@ -142,7 +166,62 @@ impl DiskGate {
             apply: Mutex::new(()),
             room: EventFd::new(EFD_NONBLOCK)?,
             counters: DiskGateCounters::default(),
+            tracking: Mutex::new(None),
+            fenced: AtomicBool::new(false),
         })
+    }
+
+    /// A second handle on the image, for the initial sync to read it (and find its holes).
+    pub fn image(&self) -> io::Result<RawDisk> {
+        self.disk.try_clone()
+    }
+
+    /// The disk's index among the VM's virtio devices (as in the write log).
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Size of the image in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        self.disk.sectors() * SECTOR_SIZE
+    }
+
+    /// Starts recording the blocks the guest writes (anew if already on).
+    pub fn start_tracking(&self) {
+        let blocks = self.size_bytes().div_ceil(BLOCK_SIZE as u64);
+        *self.tracked() = Some(DirtyBitmap::new(blocks));
+    }
+
+    /// The blocks written since tracking started or the previous call, cleared (empty when not
+    /// tracking).
+    pub fn take_dirty(&self) -> DirtyBitmap {
+        let blocks = self.size_bytes().div_ceil(BLOCK_SIZE as u64);
+        match self.tracked().as_mut() {
+            Some(b) => std::mem::replace(b, DirtyBitmap::new(blocks)),
+            None => DirtyBitmap::new(blocks),
+        }
+    }
+
+    /// Stops recording.
+    pub fn stop_tracking(&self) {
+        *self.tracked() = None;
+    }
+
+    fn tracked(&self) -> MutexGuard<'_, Option<DirtyBitmap>> {
+        self.tracking.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the blocks `len` bytes at `offset` touch, when tracking.
+    fn mark_written(&self, offset: u64, len: usize) {
+        if let Some(b) = self.tracked().as_mut() {
+            let first = offset / BLOCK_SIZE as u64;
+            let end = offset
+                .saturating_add(len as u64)
+                .div_ceil(BLOCK_SIZE as u64);
+            for block in first..end {
+                b.set(block);
+            }
+        }
     }
 
     /// The gate's counters.
@@ -215,7 +294,11 @@ impl DiskGate {
         };
         if self.mode == DiskMode::Shared && !batch.is_empty() {
             if let Err(e) = self.write_batch(&batch) {
-                self.counters.apply_errors.fetch_add(1, Ordering::Relaxed);
+                let counter = match e {
+                    ApplyError::Fenced(_) => &self.counters.fenced,
+                    _ => &self.counters.apply_errors,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
                 self.lock().log.extend(batch);
                 return Err(e);
             }
@@ -237,6 +320,12 @@ impl DiskGate {
             crate::guest_error!("{}: {e}", self.name);
         }
         Ok(())
+    }
+
+    /// Returns once no write to the image is in progress; with the lease revoked (or the clock
+    /// halted) first, none starts afterwards while protected.
+    pub fn wait_idle(&self) {
+        drop(self.apply.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
     /// The pair is over or the VM stops: writes every held write to the image if the clock
@@ -277,6 +366,10 @@ impl DiskGate {
     fn write_batch(&self, batch: &[(u64, Vec<DiskWrite>)]) -> Result<(), ApplyError> {
         for (_, writes) in batch {
             for w in writes {
+                // Before every write, not once per batch: the process may stop between two.
+                self.clock
+                    .shared_write_allowed()
+                    .map_err(ApplyError::Fenced)?;
                 self.disk
                     .write_at(&w.data, w.offset)
                     .map_err(ApplyError::Io)?;
@@ -352,7 +445,11 @@ impl DiskIo for DiskGate {
             }
             (DiskMode::Replicated, _) => {
                 let _apply = self.apply.lock().unwrap_or_else(|p| p.into_inner());
-                self.disk.write_at(buf, offset)?;
+                let written = self.disk.write_at(buf, offset);
+                // After the write (even a failed one, which may have changed the image): the
+                // sync's copy of these blocks is stale from here on.
+                self.mark_written(offset, buf.len());
+                written?;
                 if holds {
                     self.log_write(&mut self.lock(), buf, offset);
                 }
@@ -399,11 +496,25 @@ impl OutputGate for DiskGate {
             Protection::Off | Protection::Unprotected => ALL,
             Protection::Halted => return,
         };
-        if let Err(e) = self.make_durable(through) {
-            crate::guest_warn!(
-                "{}: committed writes not yet durable, will retry: {e}",
-                self.name
-            );
+        match self.make_durable(through) {
+            Ok(()) => {
+                if self.fenced.swap(false, Ordering::Relaxed) {
+                    crate::guest_info!(
+                        "{}: lease valid again; committed writes applied",
+                        self.name
+                    );
+                }
+            }
+            Err(ApplyError::Fenced(e)) => {
+                if !self.fenced.swap(true, Ordering::Relaxed) {
+                    crate::guest_warn!("{}: committed writes held back: {e}", self.name);
+                }
+            }
+            Err(e) => crate::guest_warn!(
+                "{}: committed writes not yet durable, will retry: {}",
+                self.name,
+                errors::chain(&e)
+            ),
         }
     }
 }
@@ -439,6 +550,13 @@ impl DiskIo for GatedDisk {
 /// `index`'s image and syncs it. Idempotent: re-applying a log gives the same image, which is
 /// what re-issue after failover relies on. Every write is checked before any is applied.
 pub fn apply_writes(disk: &RawDisk, index: u32, writes: &[DiskWrite]) -> Result<(), ApplyError> {
+    write_writes(disk, index, writes)?;
+    disk.flush().map_err(ApplyError::Io)
+}
+
+/// As [`apply_writes`], without the sync (a replicated backup writes before its ack and syncs
+/// after it).
+pub fn write_writes(disk: &RawDisk, index: u32, writes: &[DiskWrite]) -> Result<(), ApplyError> {
     let size = disk.sectors() * SECTOR_SIZE;
     for w in writes {
         let (offset, len) = (w.offset, w.data.len());
@@ -458,7 +576,7 @@ pub fn apply_writes(disk: &RawDisk, index: u32, writes: &[DiskWrite]) -> Result<
     for w in writes {
         disk.write_at(&w.data, w.offset).map_err(ApplyError::Io)?;
     }
-    disk.flush().map_err(ApplyError::Io)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 // Host-side: the primary, the arbiter and timers decide these lines, not the guest.
 #![allow(clippy::disallowed_macros)]
 
+use super::super::disks::{ReplicaDisk, ReplicaDisks};
 use super::super::hooks::{BackupDisk, BackupDiskHooks};
 use super::super::second_path::{self, Deferral, HeartbeatPaths};
 use super::backup_vm::BackupVm;
@@ -34,12 +35,14 @@ use ft::checkpoint::{
     agree, is_resync, BackupHooks, BackupOptions, BackupWants, CheckpointError, FtBackup,
     PairDiskMode, PairSettings, ReceivedCheckpoint, SettingsError,
 };
+use ft::disk::{check_disks, VmDisks};
 use ft::failover::{Decision, FailoverCoordinator};
 use ft::frame::FrameType;
 use ft::heartbeat::{ChannelHook, FailureDetector, Path, Verdict};
 use ft::migration::{MigrationError, ReceiveOptions};
 use ft::status::{FtState, StatusHandle};
 use ft::transport::Connection;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
@@ -49,9 +52,23 @@ struct BackupPairHooks {
     disks: OnceLock<Arc<BackupDiskHooks>>,
     status: StatusHandle,
     channel: ChannelHook,
+    /// Set by ft.promote ([`PairHandle::command`]).
+    promote: Arc<AtomicBool>,
 }
 
 impl BackupHooks for BackupPairHooks {
+    fn before_ack(&self, n: u64, extras: &[u8]) -> Result<(), ft::checkpoint::ReplicaError> {
+        match self.disks.get() {
+            Some(d) => d.before_ack(n, extras),
+            None => Ok(()),
+        }
+    }
+    fn after_ack(&self, n: u64) -> Result<(), ft::checkpoint::ReplicaError> {
+        match self.disks.get() {
+            Some(d) => d.after_ack(n),
+            None => Ok(()),
+        }
+    }
     fn backup_committed(&self, n: u64, extras: &[u8]) {
         if let Some(d) = self.disks.get() {
             d.backup_committed(n, extras);
@@ -80,6 +97,11 @@ impl BackupHooks for BackupPairHooks {
     fn heartbeat_sent(&self) {
         self.status.record_heartbeat_sent(Path::Channel);
     }
+    fn promote_requested(&self) -> Option<u64> {
+        self.promote
+            .load(Ordering::SeqCst)
+            .then(|| self.status.generation().saturating_add(1))
+    }
 }
 
 /// Why the primary's VM cannot be built here; the primary is told (its Hello is refused).
@@ -107,6 +129,20 @@ pub struct BackupSetup {
     pub heartbeat: Option<HeartbeatPaths>,
 }
 
+/// Sleeps until `end` (the old primary's shared-disk lease is over), saying so in ft.status.
+fn wait_out_lease(end: Option<Instant>, status: &StatusHandle) {
+    let Some(left) = end.and_then(|e| e.checked_duration_since(Instant::now())) else {
+        return;
+    };
+    let why = format!(
+        "won the generation; waiting {left:?} for the old primary's disk lease to run out \
+         before the first write"
+    );
+    log::info!("ft backup: {why}");
+    status.note(&why);
+    std::thread::sleep(left);
+}
+
 /// How long a backup waits for its primary to connect.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often a waiting backup looks at its commands.
@@ -118,16 +154,19 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn spawn_backup(s: BackupSetup, report: ReportSink) -> Result<PairHandle, PairError> {
     let (tx, rx) = std::sync::mpsc::channel();
     let stream: Arc<Mutex<Option<Box<dyn Connection>>>> = Arc::default();
+    let promote: Arc<AtomicBool> = Arc::default();
     let mut handle = PairHandle {
         commands: tx,
         stream: stream.clone(),
+        promote: promote.clone(),
         thread: None,
+        waiter: Arc::default(),
     };
     let thread = std::thread::Builder::new()
         .name("tandem_ft_backup".into())
         .spawn(move || {
             crate::seccomp::apply(crate::seccomp::ThreadKind::Ft);
-            report(match run_backup(s, &stream, &rx) {
+            report(match run_backup(s, &stream, &promote, &rx) {
                 Some((config, vm, paused, reason)) => PairReport::BackupLive {
                     config: Box::new(config),
                     vm,
@@ -149,6 +188,7 @@ pub fn spawn_backup(s: BackupSetup, report: ReportSink) -> Result<PairHandle, Pa
 fn run_backup(
     s: BackupSetup,
     stream: &Mutex<Option<Box<dyn Connection>>>,
+    promote_asked: &Arc<AtomicBool>,
     commands: &Receiver<PairCommand>,
 ) -> Option<(VmConfig, Vm, bool, String)> {
     let status = s.status.clone();
@@ -162,6 +202,8 @@ fn run_backup(
     let opts = BackupOptions {
         sync: ReceiveOptions {
             io_timeout: s.failure_timeout.max(SYNC_IO_TIMEOUT),
+            disk_progress: s.status.disk_progress(),
+            ..ReceiveOptions::default()
         },
         heartbeat_interval: Duration::from_millis(100),
         peer_timeout: s.failure_timeout,
@@ -237,10 +279,13 @@ fn run_backup(
             Some(Ok(h)) => Some(h),
             None => None,
         };
+        // A promote is only taken while protected, so none can be meant for this new stream.
+        promote_asked.store(false, Ordering::SeqCst);
         let hooks = Arc::new(BackupPairHooks {
             disks: OnceLock::new(),
             status: status.clone(),
             channel: detector.channel_hook(),
+            promote: promote_asked.clone(),
         });
         let config: OnceLock<VmConfig> = OnceLock::new();
         let build_hooks = hooks.clone();
@@ -264,22 +309,51 @@ fn run_backup(
             };
             let cfg = localize(&hello.identity.config).map_err(|e| errors::chain(&*e))?;
             let mut disks = Vec::new();
+            let mut replica = Vec::new();
             // Disk gates are numbered by virtio device position, disks first (VirtioDevices).
             for (index, d) in cfg.disks.iter().enumerate() {
-                let disk = RawDisk::open(&d.path, false).map_err(|e| {
-                    format!("cannot open disk {:?} at {}: {e}", d.id, d.path.display())
-                })?;
+                let open = || {
+                    RawDisk::open(&d.path, false).map_err(|e| {
+                        format!("cannot open disk {:?} at {}: {e}", d.id, d.path.display())
+                    })
+                };
+                let index = index as u32;
                 disks.push(BackupDisk {
-                    index: index as u32,
-                    disk,
+                    index,
+                    disk: open()?,
                 });
+                if mode == DiskMode::Replicated {
+                    replica.push(ReplicaDisk {
+                        index,
+                        name: d.id.clone(),
+                        image: open()?,
+                    });
+                }
             }
+            // Replicated: the initial sync copies the primary's images into ours, which must
+            // match what its Hello announced (refused here, before anything is written).
+            let mut replica = (mode == DiskMode::Replicated).then(|| ReplicaDisks::new(replica));
+            check_disks(
+                &hello.identity.disks,
+                replica.as_mut().map(|r| r as &mut dyn VmDisks),
+            )
+            .map_err(|e| match e {
+                MigrationError::Incompatible(why) => why,
+                e => errors::chain(&e),
+            })?;
             let disks = Arc::new(BackupDiskHooks::new(mode, disks));
             let _ = build_hooks.disks.set(disks.clone());
             let inner = IncomingVm::new(cfg.clone(), handlers)
                 .map_err(|e| format!("cannot build the replica: {}", errors::chain(&e)))?;
             let _ = config.set(cfg);
-            Ok((BackupVm { inner, disks }, Some(pair)))
+            Ok((
+                BackupVm {
+                    inner,
+                    disks,
+                    replica,
+                },
+                Some(pair),
+            ))
         });
         *stream.lock().unwrap_or_else(PoisonError::into_inner) = None;
         let exit = match built {
@@ -320,24 +394,71 @@ fn run_backup(
                 continue;
             }
         }
-        if let Some(e) = hooks.disks.get().and_then(|d| d.error()) {
+        // Nothing committed yet: this backup refused the primary's VM at its Hello (like a
+        // refused settings check: the right primary may come next), or could not take the
+        // initial copy (its own image failed: it ends, saying why). The primary was told.
+        if let CheckpointError::BackupStopped {
+            cause,
+            last_committed: None,
+        } = &exit.error
+        {
+            match &**cause {
+                CheckpointError::InitialSync(MigrationError::Incompatible(why)) => {
+                    detector.close();
+                    let why = format!("refused a primary: {why}; still waiting for the primary");
+                    log::warn!("ft backup: {why}");
+                    status.note(&why);
+                    drop(exit);
+                    continue;
+                }
+                CheckpointError::InitialSync(e @ MigrationError::Vm { .. }) => {
+                    detector.close();
+                    return end(format!(
+                        "could not take the initial copy: {}",
+                        errors::chain(e)
+                    ));
+                }
+                _ => {}
+            }
+        }
+        // This backup could not keep its copy and told the primary so: it never goes live
+        // from this stream, whatever follows (the primary runs on unprotected on its word).
+        if exit.error.is_withdrawal() {
             detector.close();
-            let _ = status.transition(FtState::Halted, &format!("disk replication failed: {e}"));
+            let cause = match &exit.error {
+                CheckpointError::BackupStopped { cause, .. } => errors::chain(&**cause),
+                e => errors::chain(e),
+            };
+            let why = format!(
+                "left the pair: {cause}; copy discarded, the primary was told (it runs on \
+                 unprotected)"
+            );
+            log::error!("ft backup: {why}");
+            drop(exit);
+            let _ = status.transition(FtState::Halted, &why);
             return None;
         }
         let config = config.get()?.clone();
-        break (exit, detector, config, heartbeats);
+        let disks = hooks.disks.get().cloned();
+        break (exit, detector, config, heartbeats, disks);
     };
-    let (exit, detector, config, _heartbeats) = exit;
+    let (exit, detector, config, _heartbeats, disks) = exit;
     let why = errors::chain(&exit.error);
     log::warn!("ft backup: stream ended: {why}");
     let mut coordinator = FailoverCoordinator::new(s.arbiter, status.clone());
     // A primary that closed cleanly or fell silent leaves "the peer closed the connection" or a
     // timeout here; a corrupt, truncated or unexpected frame is named: the reasons say which.
     coordinator.set_cause(format!("the replication stream ended: {why}"));
+    // ft.promote ended the stream: the primary may have confirmed it stopped writing.
+    let (mut promote, fenced) = match &exit.error {
+        CheckpointError::BackupStopped { cause, .. } => match **cause {
+            CheckpointError::Promoted { confirmed } => (true, confirmed),
+            _ => (false, false),
+        },
+        _ => (false, false),
+    };
     let mut backup = Some(exit.backup);
     let mut next_try = Instant::now();
-    let mut promote = false;
     loop {
         match commands.recv_timeout(TICK) {
             Ok(
@@ -392,6 +513,18 @@ fn run_backup(
             Decision::Stay => {}
             Decision::Retry { after, .. } => next_try = Instant::now() + after,
             Decision::GoLive { generation } => {
+                // Fencing: the old primary may hold a lease on the shared disk until the last
+                // frame we heard plus its duration; nothing of ours is written before that.
+                if fenced {
+                    log::info!(
+                        "ft backup: the old primary confirmed it stopped writing the shared disk"
+                    );
+                } else {
+                    let lease_end = disks
+                        .as_ref()
+                        .and_then(|d| d.lease_end(detector.last_heard(Path::Channel)));
+                    wait_out_lease(lease_end, &status);
+                }
                 let b = backup.take()?;
                 let from = b.last_committed();
                 let paused = b.committed_guest_paused();
