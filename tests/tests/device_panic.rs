@@ -5,6 +5,9 @@
 //! it wakes for work (here: the guest's first read of its disk).
 
 use serde_json::json;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tandem_tests::net::{Node, TestNet};
 use tandem_tests::{require, Tandem};
@@ -44,6 +47,12 @@ fn a_disk_worker_that_panics_leaves_the_vmm_up() {
 
     // The VMM is up and still manages the VM: it answers, pauses (finding no worker to stop, the
     // device stays stopped) and resumes it, and shuts it down cleanly.
+    // Operators see it in the metrics too.
+    let metrics = get_metrics(&t.socket);
+    assert!(
+        metrics.contains("\ntandem_device_worker_panics_total 1\n"),
+        "{metrics}"
+    );
     let (status, info) = t.get("vm.info");
     assert_eq!(status, 200, "{info}");
     assert_eq!(info["state"], "Running", "{info}");
@@ -63,4 +72,15 @@ fn a_disk_worker_that_panics_leaves_the_vmm_up() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(code, Some(0));
+}
+
+/// `GET /api/v1/metrics` on the API socket: the whole HTTP answer, as text.
+fn get_metrics(socket: &Path) -> String {
+    let mut s = UnixStream::connect(socket).expect("connect to the API socket");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /api/v1/metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read the answer");
+    out
 }
