@@ -51,6 +51,8 @@ pub const METRIC_FAMILIES: &[&str] = &[
     "tandem_vm_vcpus",
     "tandem_vm_memory_bytes",
     "tandem_vm_boots_total",
+    "tandem_device_worker_panics_total",
+    "tandem_log_lines_suppressed_total",
     "tandem_vcpu_exits_total",
     "tandem_vcpu_io_exits_total",
     "tandem_vcpu_mmio_exits_total",

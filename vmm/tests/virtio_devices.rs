@@ -15,6 +15,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm::config::{
     DiskConfig, MemoryConfig, NetConfig, PayloadConfig, SerialConfig, SerialMode, VmConfig,
 };
+use vmm::vm::handlers::VmHandlers;
 use vmm::vm::Vm;
 use vmm_sys_util::tempdir::TempDir;
 
@@ -224,12 +225,14 @@ fn vm_with_disks_and_nics_boots_and_leaves_nothing_behind() {
     let fds_before = open_fds();
     for boot in 0..2 {
         let _ = std::fs::remove_file(&serial);
-        let mut vm = Vm::new(
-            &cfg,
-            Arc::new(|_| {}),
-            Arc::new(|id, e| panic!("vCPU {id}: {e}")),
-        )
-        .unwrap();
+        // Device activations come here, as they go to the VMM thread in the real VMM.
+        let (activations_tx, activations) = std::sync::mpsc::channel();
+        let handlers = VmHandlers {
+            guest_events: Arc::new(|_| {}),
+            on_failure: Arc::new(|id, e| panic!("vCPU {id}: {e}")),
+            activate: Arc::new(move |a| activations_tx.send(a).unwrap()),
+        };
+        let mut vm = Vm::new(&cfg, handlers).unwrap();
         // Discovery through the bus, as a driver does it.
         let infos = vm.virtio_devices().to_vec();
         assert_eq!(infos.len() as u64, ndev);
@@ -257,6 +260,19 @@ fn vm_with_disks_and_nics_boots_and_leaves_nothing_behind() {
         }
 
         set_up_disk0(&vm);
+        // DRIVER_OK (written here as a vCPU would) only asked for the activation: the worker
+        // starts on whichever thread runs it, never on the vCPU's.
+        assert!(
+            device_threads().is_empty(),
+            "no worker before the activation runs"
+        );
+        activations
+            .try_recv()
+            .expect("DRIVER_OK asks for an activation")
+            .run();
+        assert!(activations.try_recv().is_err(), "one request per DRIVER_OK");
+        // The new thread names itself, so wait for it.
+        wait_for("the block worker", || device_threads() == ["tandem_blk_d0"]);
         vm.start().unwrap();
         let mut expect = b"virt".to_vec();
         for i in 0..5 {

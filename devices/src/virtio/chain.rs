@@ -101,7 +101,7 @@ where
         .filter(|d| d.is_write_only() && d.len() > 0)
         .and_then(|d| d.addr().checked_add(u64::from(d.len()) - 1))
         .filter(|a| mem.check_range(*a, 1));
-    log::trace!("chain {head}: {count} descriptors, fault {fault:?}");
+    crate::guest_trace!("chain {head}: {count} descriptors, fault {fault:?}");
     ParsedChain {
         head,
         buffers: match fault {

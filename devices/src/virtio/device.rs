@@ -70,7 +70,7 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes device config space; our devices have no writable fields, so the default ignores it.
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::debug!("ignoring a {}-byte config write at {offset:#x}", data.len());
+        crate::guest_debug!("ignoring a {}-byte config write at {offset:#x}", data.len());
     }
     /// Starts processing the queues.
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
@@ -121,7 +121,7 @@ impl Interrupt {
         self.status.fetch_or(bit, Ordering::SeqCst);
         // A full eventfd counter (never in practice) still means an interrupt is pending.
         if let Err(e) = self.irqfd.write(1) {
-            log::warn!("cannot signal the device interrupt: {e}");
+            crate::guest_warn!("cannot signal the device interrupt: {e}");
         }
     }
 

@@ -1,6 +1,7 @@
 //! REST API over a Unix socket, Cloud Hypervisor's endpoint names under `/api/v1/`.
 
 pub mod ft_metrics;
+pub mod host;
 pub mod metrics;
 pub mod metrics_server;
 pub mod routes;

@@ -171,7 +171,7 @@ fn config_schema_matches_serde() {
 /// The snapshot and restore bodies, fully filled, match their schemas.
 #[test]
 fn snapshot_schemas_match_serde() {
-    use crate::api::types::{RestoreDisk, RestoreNet};
+    use crate::api::types::{HostOverrides, RestoreDisk, RestoreNet, RestoreRequest};
     use crate::api::{RestoreConfig, SnapshotConfig};
     let doc = document();
     let snap = SnapshotConfig {
@@ -185,20 +185,24 @@ fn snapshot_schemas_match_serde() {
         "SnapshotConfig",
     );
     let restore = RestoreConfig {
-        source_url: "file:///s".into(),
-        resume: true,
-        net: vec![RestoreNet {
-            id: "n0".into(),
-            tap: "tap0".into(),
-        }],
-        disks: vec![RestoreDisk {
-            id: "d0".into(),
-            path: "/d".into(),
-        }],
-        serial: Some(SerialConfig {
-            mode: SerialMode::File,
-            file: Some("/f".into()),
-        }),
+        request: RestoreRequest {
+            source_url: "file:///s".into(),
+            resume: true,
+        },
+        host: HostOverrides {
+            net: vec![RestoreNet {
+                id: "n0".into(),
+                tap: "tap0".into(),
+            }],
+            disks: vec![RestoreDisk {
+                id: "d0".into(),
+                path: "/d".into(),
+            }],
+            serial: Some(SerialConfig {
+                mode: SerialMode::File,
+                file: Some("/f".into()),
+            }),
+        },
     };
     let json = serde_json::to_value(&restore).expect("serialize");
     check_object(&doc, schema(&doc, "RestoreConfig"), &json, "RestoreConfig");
@@ -220,22 +224,26 @@ fn migration_schemas_match_serde() {
     let name = "SendMigrationConfig";
     check_object(&doc, schema(&doc, name), &json, name);
     let receive = ReceiveMigrationConfig {
-        receiver_url: "tcp:0.0.0.0:7500".into(),
-        net: vec![RestoreNet {
-            id: "n0".into(),
-            tap: "tap0".into(),
-        }],
-        disks: vec![RestoreDisk {
-            id: "d0".into(),
-            path: "/d".into(),
-        }],
-        serial: Some(SerialConfig {
-            mode: SerialMode::File,
-            file: Some("/f".into()),
-        }),
-        arbiter: Some(ft::arbiter::ArbiterConfig::Path("/a".into())),
-        key: Some(FtKeyConfig { path: "/k".into() }),
-        insecure: true,
+        request: crate::api::types::ReceiveMigrationRequest {
+            receiver_url: "tcp:0.0.0.0:7500".into(),
+            arbiter: Some(ft::arbiter::ArbiterConfig::Path("/a".into())),
+            key: Some(FtKeyConfig { path: "/k".into() }),
+            insecure: true,
+        },
+        host: crate::api::types::HostOverrides {
+            net: vec![RestoreNet {
+                id: "n0".into(),
+                tap: "tap0".into(),
+            }],
+            disks: vec![RestoreDisk {
+                id: "d0".into(),
+                path: "/d".into(),
+            }],
+            serial: Some(SerialConfig {
+                mode: SerialMode::File,
+                file: Some("/f".into()),
+            }),
+        },
     };
     let json = serde_json::to_value(&receive).expect("serialize");
     let name = "ReceiveMigrationConfig";
@@ -246,8 +254,8 @@ fn migration_schemas_match_serde() {
 #[test]
 fn ft_schemas_match_serde() {
     use crate::api::types::{
-        ArbiterConfig, FtDiskMode, FtEnableConfig, FtKeyConfig, FtReceiveConfig, RestoreDisk,
-        RestoreNet,
+        ArbiterConfig, FtDiskMode, FtEnableConfig, FtKeyConfig, FtReceiveConfig, FtReceiveRequest,
+        HostOverrides, RestoreDisk, RestoreNet,
     };
     // Every field of the etcd form, so that each must be in the schema.
     let etcd = ArbiterConfig::Etcd(Box::new(ft::arbiter::EtcdConfig {
@@ -261,26 +269,30 @@ fn ft_schemas_match_serde() {
     }));
     let doc = document();
     let receive = FtReceiveConfig {
-        listen: "tcp:0.0.0.0:7000".into(),
-        disks: vec![RestoreDisk {
-            id: "d0".into(),
-            path: "/d".into(),
-        }],
-        net: vec![RestoreNet {
-            id: "n0".into(),
-            tap: "tap0".into(),
-        }],
-        serial: Some(SerialConfig {
-            mode: SerialMode::File,
-            file: Some("/f".into()),
-        }),
-        arbiter: ArbiterConfig::Path("/a".into()),
-        disk_mode: Some(FtDiskMode::Replicated),
-        failure_timeout_ms: Some(1000),
-        key: Some(FtKeyConfig { path: "/k".into() }),
-        insecure: true,
-        heartbeat_listen: Some("udp:0.0.0.0:7700".into()),
-        peer_heartbeat: Some("udp:10.0.0.1:7700".into()),
+        request: FtReceiveRequest {
+            listen: "tcp:0.0.0.0:7000".into(),
+            arbiter: ArbiterConfig::Path("/a".into()),
+            disk_mode: Some(FtDiskMode::Replicated),
+            failure_timeout_ms: Some(1000),
+            key: Some(FtKeyConfig { path: "/k".into() }),
+            insecure: true,
+            heartbeat_listen: Some("udp:0.0.0.0:7700".into()),
+            peer_heartbeat: Some("udp:10.0.0.1:7700".into()),
+        },
+        host: HostOverrides {
+            disks: vec![RestoreDisk {
+                id: "d0".into(),
+                path: "/d".into(),
+            }],
+            net: vec![RestoreNet {
+                id: "n0".into(),
+                tap: "tap0".into(),
+            }],
+            serial: Some(SerialConfig {
+                mode: SerialMode::File,
+                file: Some("/f".into()),
+            }),
+        },
     };
     let json = serde_json::to_value(&receive).expect("serialize");
     check_object(

@@ -377,10 +377,10 @@ fn restore_takes_overrides_and_refuses_unknown_fields() {
         "serial":{"mode":"File","file":"/tmp/c"}}"#;
     match parse("PUT", "vm.restore", body) {
         Ok(ApiRequest::VmRestore(c)) => {
-            assert!(c.resume);
-            assert_eq!(c.net[0].tap, "tap9");
-            assert_eq!(c.disks[0].path, std::path::PathBuf::from("/img"));
-            assert!(c.serial.is_some());
+            assert!(c.request.resume);
+            assert_eq!(c.host.net[0].tap, "tap9");
+            assert_eq!(c.host.disks[0].path, std::path::PathBuf::from("/img"));
+            assert!(c.host.serial.is_some());
         }
         other => panic!("{other:?}"),
     }

@@ -1,6 +1,7 @@
 //! What the API server hands to the VMM thread, and what it gets back.
 
-use crate::config::{SerialConfig, VmConfig};
+pub use super::host::{HostOverrides, RestoreDisk, RestoreNet, WithHost};
+use crate::config::VmConfig;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -60,21 +61,17 @@ pub enum FtDiskMode {
     Replicated,
 }
 
-/// `ft.receive`: on a VMM with no VM, wait for a primary and hold its replica.
+/// `ft.receive`: on a VMM with no VM, wait for a primary and hold its replica; this host's taps,
+/// disks and console (default: the primary's) sit beside these fields.
+pub type FtReceiveConfig = WithHost<FtReceiveRequest>;
+
+/// What `ft.receive` asks for, apart from this host's resources.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct FtReceiveConfig {
+pub struct FtReceiveRequest {
     /// `tcp:ADDR:PORT` to listen on for the primary's stream.
     pub listen: String,
-    /// Image paths for disks, by disk id (default: the primary's paths).
-    #[serde(default)]
-    pub disks: Vec<RestoreDisk>,
-    /// Taps for NICs, by NIC id (default: the primary's tap names).
-    #[serde(default)]
-    pub net: Vec<RestoreNet>,
-    /// Where this process sends the guest's console once live (default: the primary's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub serial: Option<SerialConfig>,
+    /// Where the pair's arbiter lives (the primary must name the same store).
     pub arbiter: ArbiterConfig,
     /// How the disks are shared (default: the primary's); given and different from the
     /// primary's, its Hello is refused.
@@ -163,21 +160,16 @@ pub struct ResumeConfig {
     pub force: bool,
 }
 
-/// `vm.receive-migration`: where to listen, and host resources that replace the source's.
+/// `vm.receive-migration`: where to listen; this host's taps, disks and console (default: the
+/// source's) sit beside it.
+pub type ReceiveMigrationConfig = WithHost<ReceiveMigrationRequest>;
+
+/// What `vm.receive-migration` asks for, apart from this host's resources.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct ReceiveMigrationConfig {
+pub struct ReceiveMigrationRequest {
     /// `tcp:ADDR:PORT` or `unix:PATH` to listen on.
     pub receiver_url: String,
-    /// Taps for NICs, by NIC id (default: the source's tap names).
-    #[serde(default)]
-    pub net: Vec<RestoreNet>,
-    /// Image paths for disks, by disk id (default: the source's paths).
-    #[serde(default)]
-    pub disks: Vec<RestoreDisk>,
-    /// Where this process sends the guest's console (default: the source's setting).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub serial: Option<SerialConfig>,
     /// Take the VM over only by winning the source's generation at this arbiter (the source
     /// must name the same).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -198,40 +190,19 @@ pub struct SnapshotConfig {
     pub destination_url: String,
 }
 
-/// `vm.restore`: which snapshot, and host resources that replace the saved ones.
+/// `vm.restore`: which snapshot; this host's taps, disks and console (default: the saved ones)
+/// sit beside it.
+pub type RestoreConfig = WithHost<RestoreRequest>;
+
+/// What `vm.restore` asks for, apart from this host's resources.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RestoreConfig {
+pub struct RestoreRequest {
     /// `file:///dir` as `vm.snapshot` wrote it.
     pub source_url: String,
     /// Run the VM at once instead of leaving it Paused.
     #[serde(default)]
     pub resume: bool,
-    /// Taps for NICs, by NIC id.
-    #[serde(default)]
-    pub net: Vec<RestoreNet>,
-    /// Image paths for disks, by disk id.
-    #[serde(default)]
-    pub disks: Vec<RestoreDisk>,
-    /// Where this process sends the guest's console (default: the saved setting).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub serial: Option<SerialConfig>,
-}
-
-/// A NIC's new tap at restore.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RestoreNet {
-    pub id: String,
-    pub tap: String,
-}
-
-/// A disk's new image at restore.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RestoreDisk {
-    pub id: String,
-    pub path: PathBuf,
 }
 
 /// An API call that failed: the HTTP status to answer with and the error chain, outermost first.

@@ -28,4 +28,6 @@ pub enum VmmEvent {
     },
     /// A pair member's thread ended on its own.
     Pair(PairReport),
+    /// A guest driver set DRIVER_OK: start the device here, not on the vCPU thread.
+    ActivateDevice(crate::vm::virtio::DeviceActivation),
 }

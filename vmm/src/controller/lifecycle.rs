@@ -10,7 +10,7 @@ use crate::vm::Vm;
 /// Stops a VM's vCPUs and devices and frees it; a failure is only logged (it is going away).
 pub(super) fn stop_vm(mut vm: Vm) {
     if let Err(e) = vm.stop() {
-        log::error!("stopping the VM: {}", errors::chain(&e));
+        devices::guest_error!("stopping the VM: {}", errors::chain(&e));
     }
 }
 
@@ -49,8 +49,8 @@ impl Vmm {
 
     /// A new VM from `config`, running.
     pub(super) fn build(&mut self, config: &VmConfig) -> Result<Vm, VmmError> {
-        let (guest_events, on_failure) = self.new_boot_handlers();
-        let mut vm = Vm::new(config, guest_events, on_failure).map_err(VmmError::Boot)?;
+        let handlers = self.new_boot_handlers();
+        let mut vm = Vm::new(config, handlers).map_err(VmmError::Boot)?;
         vm.start().map_err(VmmError::Boot)?;
         Ok(vm)
     }

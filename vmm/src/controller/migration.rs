@@ -12,6 +12,9 @@
 //! `migration.action` say why and what to do): `vm.delete` once the destination is seen running
 //! it, `vm.resume` with `{"force": true}` once it is known not to.
 
+// Host-side: migration calls and their threads.
+#![allow(clippy::disallowed_macros)]
+
 use super::overrides::{arriving_config, ArrivingConfigError};
 use super::owner::{InDoubt, Incoming, Local, Outgoing, Owner};
 use super::{Step, Vmm, VmmError, VmmEvent};
@@ -303,7 +306,7 @@ impl Vmm {
 
     /// `vm.receive-migration` on an empty VMM: listens, then receives a VM in the background.
     pub(super) fn receive_migration(&mut self, c: ReceiveMigrationConfig) -> Step {
-        let arbiter = match handover_arbiter(c.arbiter.as_ref()) {
+        let arbiter = match handover_arbiter(c.request.arbiter.as_ref()) {
             Ok(a) => a,
             Err(e) => return (Owner::Empty, Err(e)),
         };
@@ -311,7 +314,7 @@ impl Vmm {
             Ok(l) => l,
             Err(e) => return (Owner::Empty, Err(e)),
         };
-        let (guest_events, on_failure) = self.new_boot_handlers();
+        let handlers = self.new_boot_handlers();
         let progress = ProgressHandle::new(Role::Destination);
         let p = progress.clone();
         let events = self.events.clone();
@@ -335,18 +338,13 @@ impl Vmm {
                     };
                     let incoming =
                         IncomingMigration::accept(conn, &opts, &p).map_err(ReceiveError::Stream)?;
-                    let built = arriving_config(
-                        &incoming.identity().config,
-                        &c.net,
-                        &c.disks,
-                        c.serial.as_ref(),
-                    )
-                    .map_err(DestinationConfigError::Config)
-                    .and_then(|config| {
-                        IncomingVm::new(config.clone(), guest_events, on_failure)
-                            .map(|vm| (config, vm))
-                            .map_err(DestinationConfigError::Memory)
-                    });
+                    let built = arriving_config(&incoming.identity().config, &c.host)
+                        .map_err(DestinationConfigError::Config)
+                        .and_then(|config| {
+                            IncomingVm::new(config.clone(), handlers)
+                                .map(|vm| (config, vm))
+                                .map_err(DestinationConfigError::Memory)
+                        });
                     let (config, mut vm) = match built {
                         Ok(b) => b,
                         Err(e) => {
@@ -449,9 +447,14 @@ fn connect_destination(
 /// keyless listener is local or said `insecure` (a keyless destination runs whatever VM whoever
 /// connects sends it).
 fn listen(c: &ReceiveMigrationConfig) -> Result<(Endpoint, Option<PairKey>, Listener), VmmError> {
-    let endpoint: Endpoint = c.receiver_url.parse().map_err(VmmError::MigrationUrl)?;
-    let key = load_key(c.key.as_ref())?;
-    check_listener(&endpoint, key.is_some(), c.insecure).map_err(VmmError::InsecureListen)?;
+    let endpoint: Endpoint = c
+        .request
+        .receiver_url
+        .parse()
+        .map_err(VmmError::MigrationUrl)?;
+    let key = load_key(c.request.key.as_ref())?;
+    check_listener(&endpoint, key.is_some(), c.request.insecure)
+        .map_err(VmmError::InsecureListen)?;
     let listener = Listener::bind(&endpoint).map_err(VmmError::MigrationListen)?;
     Ok((endpoint, key, listener))
 }

@@ -28,8 +28,8 @@ pub use owner::VmState;
 pub use view::View;
 
 use crate::api::{ApiError, ApiRequest, ApiResponse};
-use crate::vm::vcpu::VcpuFailureHandler;
-use devices::{GuestEvent, GuestEventHandler};
+use crate::vm::handlers::VmHandlers;
+use devices::GuestEvent;
 use owner::Owner;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
@@ -108,6 +108,13 @@ impl Vmm {
 
     /// Applies one event.
     pub fn handle_event(&mut self, ev: VmmEvent) -> Flow {
+        if let VmmEvent::ActivateDevice(activation) = ev {
+            // Whoever holds the VM (this thread, a pair or a migration thread), the device
+            // starts here; a stale request (the VM was reset, paused or torn down since) is a
+            // no-op. Nothing to publish: the owner did not change.
+            activation.run();
+            return Flow::Continue;
+        }
         if let VmmEvent::Api(req, reply) = ev {
             let exit = matches!(req, ApiRequest::VmmShutdown);
             // Published before the answer: a caller's next read sees what its call did.
@@ -137,7 +144,7 @@ impl Vmm {
                     Owner::Local(l) => {
                         let (owner, r) = self.reboot(l);
                         if let Err(e) = r {
-                            log::error!("reset failed: {}", errors::chain(&e));
+                            devices::guest_error!("reset failed: {}", errors::chain(&e));
                         }
                         owner
                     }
@@ -153,17 +160,19 @@ impl Vmm {
                 (owner, Flow::Continue)
             }
             VmmEvent::GuestPowerOff { boot_id } if current(boot_id) => {
-                log::info!("guest powered off");
+                devices::guest_info!("guest powered off");
                 self.guest_stopped(owner)
             }
             VmmEvent::VcpuFailed { boot_id, id, error } if current(boot_id) => {
-                log::error!("vCPU {id} failed: {error}; shutting the VM down");
+                devices::guest_error!("vCPU {id} failed: {error}; shutting the VM down");
                 self.guest_stopped(owner)
             }
             VmmEvent::MigrationSent { vm, result } => match owner {
                 Owner::MigratingOut(o) => (self.migration_sent(o, vm, result), Flow::Continue),
                 other => {
-                    log::error!("a migration thread handed back a VM nobody sent; stopping it");
+                    devices::guest_error!(
+                        "a migration thread handed back a VM nobody sent; stopping it"
+                    );
                     lifecycle::stop_vm(vm);
                     (other, Flow::Continue)
                 }
@@ -172,16 +181,18 @@ impl Vmm {
                 Owner::Receiving(i) => (self.migration_received(i, result), Flow::Continue),
                 other => {
                     if let Ok((_, vm)) = result {
-                        log::error!("an incoming migration ended while not receiving; stopping it");
+                        devices::guest_error!(
+                            "an incoming migration ended while not receiving; stopping it"
+                        );
                         lifecycle::stop_vm(vm);
                     }
                     (other, Flow::Continue)
                 }
             },
             VmmEvent::Pair(report) => self.pair_report(report, owner),
-            VmmEvent::Api(..) => (owner, Flow::Continue),
+            VmmEvent::Api(..) | VmmEvent::ActivateDevice(_) => (owner, Flow::Continue),
             stale => {
-                log::debug!("ignoring event from an earlier boot: {stale:?}");
+                devices::guest_debug!("ignoring event from an earlier boot: {stale:?}");
                 (owner, Flow::Continue)
             }
         }
@@ -302,7 +313,7 @@ impl Vmm {
     }
 
     /// Starts a new boot generation and the handlers its VM reports through.
-    fn new_boot_handlers(&mut self) -> (GuestEventHandler, VcpuFailureHandler) {
+    fn new_boot_handlers(&mut self) -> VmHandlers {
         self.boot_id += 1;
         self.builds += 1;
         let boot_id = self.boot_id;
@@ -318,7 +329,16 @@ impl Vmm {
         let on_failure = Arc::new(move |id: u8, error: String| {
             let _ = events.send(VmmEvent::VcpuFailed { boot_id, id, error });
         });
-        (guest_events, on_failure)
+        let events = self.events.clone();
+        let activate = Arc::new(move |a| {
+            // The VMM thread's loop may have ended (shutting down); the VM goes with it.
+            let _ = events.send(VmmEvent::ActivateDevice(a));
+        });
+        VmHandlers {
+            guest_events,
+            on_failure,
+            activate,
+        }
     }
 
     /// Events already queued by the old VM's threads now refer to a stale boot.

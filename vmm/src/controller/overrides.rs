@@ -1,8 +1,8 @@
 //! Host resources named at restore, incoming migration or `ft.receive`: the taps, disk images and
 //! console of this host replace the saved (or the source's) ones, by device id.
 
-use crate::api::types::{RestoreDisk, RestoreNet};
-use crate::config::{SerialConfig, VmConfig};
+use crate::api::types::HostOverrides;
+use crate::config::VmConfig;
 
 /// An override names a device the VM does not have.
 #[derive(Debug, thiserror::Error)]
@@ -14,13 +14,8 @@ pub enum OverrideError {
 }
 
 /// Puts the caller's taps, disk paths and serial output into `cfg`.
-pub fn apply_overrides(
-    cfg: &mut VmConfig,
-    net: &[RestoreNet],
-    disks: &[RestoreDisk],
-    serial: Option<&SerialConfig>,
-) -> Result<(), OverrideError> {
-    for n in net {
+pub fn apply_overrides(cfg: &mut VmConfig, host: &HostOverrides) -> Result<(), OverrideError> {
+    for n in &host.net {
         let nic = cfg
             .net
             .iter_mut()
@@ -28,7 +23,7 @@ pub fn apply_overrides(
             .ok_or_else(|| OverrideError::NoNic { id: n.id.clone() })?;
         nic.tap = n.tap.clone();
     }
-    for d in disks {
+    for d in &host.disks {
         let disk = cfg
             .disks
             .iter_mut()
@@ -36,7 +31,7 @@ pub fn apply_overrides(
             .ok_or_else(|| OverrideError::NoDisk { id: d.id.clone() })?;
         disk.path = d.path.clone();
     }
-    if let Some(s) = serial {
+    if let Some(s) = &host.serial {
         cfg.serial = s.clone();
     }
     Ok(())
@@ -54,14 +49,9 @@ pub enum ArrivingConfigError {
 }
 
 /// The peer's config (JSON) with this host's resources, checked like a `vm.create`.
-pub fn arriving_config(
-    json: &str,
-    net: &[RestoreNet],
-    disks: &[RestoreDisk],
-    serial: Option<&SerialConfig>,
-) -> Result<VmConfig, ArrivingConfigError> {
+pub fn arriving_config(json: &str, host: &HostOverrides) -> Result<VmConfig, ArrivingConfigError> {
     let mut cfg: VmConfig = serde_json::from_str(json).map_err(ArrivingConfigError::Parse)?;
-    apply_overrides(&mut cfg, net, disks, serial)?;
+    apply_overrides(&mut cfg, host)?;
     cfg.validate(crate::config::host_memory_limit())?;
     Ok(cfg)
 }

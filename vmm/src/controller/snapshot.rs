@@ -1,6 +1,9 @@
 //! `vm.snapshot` (a paused standalone VM into a directory) and `vm.restore` (a VM from one, in an
 //! empty VMM).
 
+// Host-side: snapshot and restore calls.
+#![allow(clippy::disallowed_macros)]
+
 use super::overrides::apply_overrides;
 use super::owner::{Local, Owner};
 use super::{SnapshotFailure, Step, Vmm, VmmError};
@@ -21,13 +24,13 @@ impl Vmm {
     pub(super) fn restore(&mut self, c: RestoreConfig) -> Step {
         match self.read_snapshot(&c) {
             Ok((config, vm)) => {
-                if c.resume {
+                if c.request.resume {
                     vm.resume();
                 }
                 let l = Local {
                     config,
                     vm,
-                    paused: !c.resume,
+                    paused: !c.request.resume,
                     announce_on_resume: false,
                 };
                 (Owner::Local(l), Ok(None))
@@ -37,21 +40,15 @@ impl Vmm {
     }
 
     fn read_snapshot(&mut self, c: &RestoreConfig) -> Result<(VmConfig, Vm), SnapshotFailure> {
-        let dir = snapshot::dir_from_url(&c.source_url)?;
+        let dir = snapshot::dir_from_url(&c.request.source_url)?;
         snapshot::check_dir(&dir)?;
         let mut cfg = snapshot::read_config(&dir)?;
-        apply_overrides(&mut cfg, &c.net, &c.disks, c.serial.as_ref())?;
+        apply_overrides(&mut cfg, &c.host)?;
         cfg.validate(host_memory_limit())?;
         let state = snapshot::read_state(&dir)?;
         let t0 = Instant::now();
-        let (guest_events, on_failure) = self.new_boot_handlers();
-        let vm = Vm::restore(
-            &cfg,
-            &state,
-            &dir.join(snapshot::MEMORY_FILE),
-            guest_events,
-            on_failure,
-        )?;
+        let handlers = self.new_boot_handlers();
+        let vm = Vm::restore(&cfg, &state, &dir.join(snapshot::MEMORY_FILE), handlers)?;
         log::info!("restored from {} in {:?}", dir.display(), t0.elapsed());
         Ok((cfg, vm))
     }

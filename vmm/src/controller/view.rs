@@ -161,6 +161,18 @@ impl View {
             vec![],
             p.boots as f64,
         );
+        e.counter(
+            "tandem_device_worker_panics_total",
+            "virtio device workers that panicked (each left its device needing a reset)",
+            vec![],
+            devices::virtio::worker::panics() as f64,
+        );
+        e.counter(
+            "tandem_log_lines_suppressed_total",
+            "log lines a guest could cause that the per-call-site rate limits dropped",
+            vec![],
+            devices::ratelimit::suppressed_total() as f64,
+        );
         if let Some(c) = &p.counters {
             e.add_vm_counters(&c.read());
         }

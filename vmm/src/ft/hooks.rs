@@ -90,16 +90,16 @@ impl EpochHooks for PrimaryHooks {
         // the backup gets, what it outputs from now on belongs to epoch 1 and is held.
         if n == 0 {
             if let Err(e) = self.clock.protect() {
-                log::error!("ft: protecting outputs: {e}");
+                devices::guest_error!("ft: protecting outputs: {e}");
             }
             return;
         }
         match self.clock.capture() {
             Ok(c) if c != n => {
-                log::error!("ft: engine captured epoch {n} but the epoch clock says {c}")
+                devices::guest_error!("ft: engine captured epoch {n} but the epoch clock says {c}")
             }
             Ok(_) => {}
-            Err(e) => log::error!("ft: epoch {n}: {e}"),
+            Err(e) => devices::guest_error!("ft: epoch {n}: {e}"),
         }
     }
 
@@ -133,7 +133,7 @@ impl EpochHooks for PrimaryHooks {
 
     fn epoch_committed(&self, n: u64) {
         if let Err(e) = self.clock.commit(n) {
-            log::error!("ft: commit of epoch {n}: {e}");
+            devices::guest_error!("ft: commit of epoch {n}: {e}");
         }
     }
 
@@ -321,7 +321,9 @@ impl BackupHooks for BackupDiskHooks {
             _ => match EpochExtras::decode(extras) {
                 Ok(e) => e,
                 Err(e) => {
-                    log::error!("ft backup: checkpoint {n}: undecodable disk writes: {e}");
+                    devices::guest_error!(
+                        "ft backup: checkpoint {n}: undecodable disk writes: {e}"
+                    );
                     return;
                 }
             },

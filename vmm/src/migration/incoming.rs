@@ -4,10 +4,9 @@
 use super::pages::PageMap;
 use super::{backend, decode_state};
 use crate::config::VmConfig;
+use crate::vm::handlers::VmHandlers;
 use crate::vm::memory::{create_guest_memory, GuestMemoryMmap};
-use crate::vm::vcpu::VcpuFailureHandler;
 use crate::vm::Vm;
-use devices::GuestEventHandler;
 use ft::bitmap::DirtyBitmap;
 use ft::frame::PAGE_SIZE;
 use ft::vm::{MigratableVm, VmOpError, VmState};
@@ -20,8 +19,7 @@ pub struct IncomingVm {
     memory: Option<GuestMemoryMmap>,
     map: PageMap,
     vm: Option<Vm>,
-    guest_events: GuestEventHandler,
-    on_failure: VcpuFailureHandler,
+    handlers: VmHandlers,
 }
 
 fn not_now(what: &'static str, reason: &str) -> VmOpError {
@@ -35,8 +33,7 @@ impl IncomingVm {
     /// Zeroed guest memory for `config`; the VM itself is built when the state arrives.
     pub fn new(
         config: VmConfig,
-        guest_events: GuestEventHandler,
-        on_failure: VcpuFailureHandler,
+        handlers: VmHandlers,
     ) -> Result<Self, crate::vm::memory::MemoryError> {
         let memory = create_guest_memory(config.memory.size)?;
         let map = PageMap::new(&memory);
@@ -45,8 +42,7 @@ impl IncomingVm {
             memory: Some(memory),
             map,
             vm: None,
-            guest_events,
-            on_failure,
+            handlers,
         })
     }
 
@@ -136,16 +132,10 @@ impl MigratableVm for IncomingVm {
             .memory
             .take()
             .ok_or_else(|| not_now("restore state", "the state has already been restored"))?;
-        let vm = Vm::restore_with_memory(
-            &self.config,
-            &snapshot,
-            memory,
-            self.guest_events.clone(),
-            self.on_failure.clone(),
-        )
-        .map_err(|e| VmOpError::StateRejected {
-            reason: errors::chain(&e),
-        })?;
+        let vm = Vm::restore_with_memory(&self.config, &snapshot, memory, self.handlers.clone())
+            .map_err(|e| VmOpError::StateRejected {
+                reason: errors::chain(&e),
+            })?;
         self.vm = Some(vm);
         Ok(())
     }

@@ -67,6 +67,41 @@ fn vcpu_threads_get_vcpu_ioctls_by_full_number_only() {
 }
 
 #[test]
+fn vcpu_threads_create_no_threads_and_make_no_worker_syscalls() {
+    // Device activation runs on the VMM thread: a vCPU thread needs none of the refused calls.
+    // A driver's reset after DRIVER_OK does stop the worker here: it writes the worker's stop
+    // eventfd, joins it (futex, in common) and closes the eventfd (with std's F_GETFD check).
+    let got = under(ThreadKind::Vcpu, || {
+        vec![
+            syscall2(libc::SYS_write, BAD_FD, 0),
+            syscall2(libc::SYS_fcntl, BAD_FD, libc::F_GETFD.into()),
+            syscall2(libc::SYS_close, BAD_FD, 0),
+            syscall2(libc::SYS_clone3, 0, 0),
+            syscall2(libc::SYS_clone, 0, 0),
+            syscall2(libc::SYS_eventfd2, 0, 0),
+            syscall2(libc::SYS_epoll_create1, 0, 0),
+            syscall2(libc::SYS_epoll_wait, BAD_FD, 0),
+            syscall2(libc::SYS_pread64, BAD_FD, 0),
+            syscall2(libc::SYS_pwrite64, BAD_FD, 0),
+            syscall2(libc::SYS_fdatasync, BAD_FD, 0),
+            syscall2(libc::SYS_readv, BAD_FD, 0),
+            syscall2(libc::SYS_fcntl, BAD_FD, libc::F_DUPFD_CLOEXEC.into()),
+            syscall2(libc::SYS_dup, BAD_FD, 0),
+        ]
+    });
+    assert_eq!(got[0], LET_THROUGH, "eventfd and log writes pass: {got:?}");
+    assert_eq!(
+        got[1], LET_THROUGH,
+        "std's fd check on close passes: {got:?}"
+    );
+    assert_eq!(
+        got[2], LET_THROUGH,
+        "closing a stopped worker's eventfd: {got:?}"
+    );
+    assert!(got[3..].iter().all(|e| *e == REFUSED), "{got:?}");
+}
+
+#[test]
 fn workers_get_no_ioctl_no_open_and_only_fd_cloning_fcntl() {
     let got = under(ThreadKind::Worker, || {
         vec![

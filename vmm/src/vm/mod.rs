@@ -1,6 +1,8 @@
 //! A VM: the KVM VM, guest memory, devices and vCPU threads, from creation to teardown.
 
 pub mod counters;
+pub mod handlers;
+pub mod internal_error;
 pub mod irq_routing;
 pub mod memory;
 pub mod park;
@@ -21,12 +23,13 @@ use devices::i8042::I8042;
 use devices::mmio_bus::MmioBus;
 use devices::serial::{SerialCounters, SerialDevice, SerialRestoreError, SerialSnapshot};
 use devices::GuestEventHandler;
+use handlers::VmHandlers;
 use kvm_ioctls::{Kvm, VmFd};
 use memory::GuestMemoryMmap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use vcpu::{VcpuContext, VcpuFailureHandler, VcpuHandle};
+use vcpu::{VcpuContext, VcpuHandle};
 use virtio::VirtioDevices;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -123,24 +126,24 @@ pub struct Vm {
 
 impl Vm {
     /// Creates the KVM VM, its memory and devices, loads the payload and sets every vCPU up.
-    /// `guest_events` receives power-off and reset requests; `on_failure` a vCPU that died.
-    pub fn new(
-        config: &VmConfig,
-        guest_events: GuestEventHandler,
-        on_failure: VcpuFailureHandler,
-    ) -> Result<Self, VmError> {
-        Self::build(config, guest_events, on_failure, None, None)
+    /// Its threads report guest events, vCPU failures and device activations to `handlers`.
+    pub fn new(config: &VmConfig, handlers: VmHandlers) -> Result<Self, VmError> {
+        Self::build(config, handlers, None, None)
     }
 
     /// Creates the VM with its vCPUs, devices or payload set up either for a fresh boot
     /// (`restore` None) or to take a snapshot's state (the payload is not loaded).
     fn build(
         config: &VmConfig,
-        guest_events: GuestEventHandler,
-        on_failure: VcpuFailureHandler,
+        handlers: VmHandlers,
         restore: Option<&DevicesState>,
         memory: Option<GuestMemoryMmap>,
     ) -> Result<Self, VmError> {
+        let VmHandlers {
+            guest_events,
+            on_failure,
+            activate,
+        } = handlers;
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let vm_fd = kvm.create_vm().map_err(kvm_err("create the VM"))?;
         // The TSS and identity map pages sit just below the BIOS area, inside the MMIO hole.
@@ -174,7 +177,7 @@ impl Vm {
         let serial = serial.map(|s| s.0);
         let pio = Arc::new(pio);
 
-        let virtio = VirtioDevices::build(&vm_fd, &memory, config)?;
+        let virtio = VirtioDevices::build(&vm_fd, &memory, config, &activate)?;
         let entry = match restore {
             Some(d) => {
                 virtio.restore(&d.virtio)?;
@@ -234,12 +237,11 @@ impl Vm {
         config: &VmConfig,
         snapshot: &VmSnapshot,
         memory_file: &Path,
-        guest_events: GuestEventHandler,
-        on_failure: VcpuFailureHandler,
+        handlers: VmHandlers,
     ) -> Result<Self, VmError> {
         let memory = memory::create_guest_memory(config.memory.size)?;
         crate::state::memory::restore(&memory, memory_file)?;
-        Self::restore_with_memory(config, snapshot, memory, guest_events, on_failure)
+        Self::restore_with_memory(config, snapshot, memory, handlers)
     }
 
     /// Rebuilds a VM from `snapshot` and guest memory already filled in (by a snapshot file or a
@@ -249,8 +251,7 @@ impl Vm {
         config: &VmConfig,
         snapshot: &VmSnapshot,
         memory: GuestMemoryMmap,
-        guest_events: GuestEventHandler,
-        on_failure: VcpuFailureHandler,
+        handlers: VmHandlers,
     ) -> Result<Self, VmError> {
         if snapshot.memory_size != config.memory.size {
             return Err(VmError::Mismatch(format!(
@@ -265,13 +266,7 @@ impl Vm {
                 config.cpus.boot_vcpus
             )));
         }
-        let mut vm = Self::build(
-            config,
-            guest_events,
-            on_failure,
-            Some(&snapshot.devices),
-            Some(memory),
-        )?;
+        let mut vm = Self::build(config, handlers, Some(&snapshot.devices), Some(memory))?;
         crate::state::vm::restore_irqchip(&vm.vm_fd, &snapshot.kvm)?;
         for (ctx, s) in vm.pending.iter().zip(&snapshot.vcpus) {
             if s.id != ctx.id {

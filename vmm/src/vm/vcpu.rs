@@ -2,6 +2,7 @@
 //! to pause. The VMM interrupts KVM_RUN with a signal ([`kick_signal`]) and re-sends it until the
 //! thread acknowledges, which covers a signal landing just before the thread enters KVM_RUN.
 
+use super::internal_error::InternalError;
 use devices::bus::PioBus;
 use devices::mmio_bus::MmioBus;
 use devices::{GuestEvent, GuestEventHandler};
@@ -275,16 +276,22 @@ fn run_loop(
         match guard.run() {
             Ok(exit) => {
                 shared.counters.exits.fetch_add(1, Ordering::Relaxed);
-                if let Some(err) = handle_exit(exit, &env, &shared.counters) {
-                    log::error!("vCPU {id}: {err}");
-                    (on_failure)(id, err);
-                    return;
-                }
+                let err = match handle_exit(exit, &env, &shared.counters) {
+                    None => continue,
+                    Some(Stop::Failed(err)) => err,
+                    // The exit no longer borrows the fd: read what KVM left in kvm_run.
+                    Some(Stop::InternalError) => {
+                        InternalError::from_run(guard.get_kvm_run()).to_string()
+                    }
+                };
+                devices::guest_error!("vCPU {id}: {err}");
+                (on_failure)(id, err);
+                return;
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
             Err(e) => {
                 let err = format!("KVM_RUN failed: {e}");
-                log::error!("vCPU {id}: {err}");
+                devices::guest_error!("vCPU {id}: {err}");
                 (on_failure)(id, err);
                 return;
             }
@@ -300,8 +307,16 @@ struct ExitEnv {
     guest_events: GuestEventHandler,
 }
 
-/// Handles one exit; returns an error message when the vCPU cannot go on.
-fn handle_exit(exit: VcpuExit, ctx: &ExitEnv, counters: &VcpuCounters) -> Option<String> {
+/// Why a vCPU cannot go on after an exit.
+enum Stop {
+    /// The message says why.
+    Failed(String),
+    /// KVM_EXIT_INTERNAL_ERROR: the details are in the vCPU's kvm_run.
+    InternalError,
+}
+
+/// Handles one exit; says why when the vCPU cannot go on.
+fn handle_exit(exit: VcpuExit, ctx: &ExitEnv, counters: &VcpuCounters) -> Option<Stop> {
     match exit {
         VcpuExit::IoIn(port, data) => {
             counters.io_exits.fetch_add(1, Ordering::Relaxed);
@@ -337,15 +352,15 @@ fn handle_exit(exit: VcpuExit, ctx: &ExitEnv, counters: &VcpuCounters) -> Option
         VcpuExit::SystemEvent(kind, _) => match kind {
             kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => (ctx.guest_events)(GuestEvent::PowerOff),
             kvm_bindings::KVM_SYSTEM_EVENT_RESET => (ctx.guest_events)(GuestEvent::Reset),
-            other => return Some(format!("unhandled system event {other}")),
+            other => return Some(Stop::Failed(format!("unhandled system event {other}"))),
         },
         VcpuExit::FailEntry(reason, cpu) => {
-            return Some(format!(
+            return Some(Stop::Failed(format!(
                 "VM entry failed: reason {reason:#x} on host cpu {cpu}"
-            ))
+            )))
         }
-        VcpuExit::InternalError => return Some("KVM internal error".into()),
-        other => return Some(format!("unexpected exit {other:?}")),
+        VcpuExit::InternalError => return Some(Stop::InternalError),
+        other => return Some(Stop::Failed(format!("unexpected exit {other:?}"))),
     }
     None
 }

@@ -2,6 +2,11 @@
 //! window at `VIRTIO_MMIO_START + i * 4 KiB` and its own GSI `5 + i`. KVM does the fast paths:
 //! an ioeventfd per queue on QueueNotify (datamatch = queue index) wakes the device's worker
 //! without a userspace exit, and an irqfd on the device's GSI raises its interrupt.
+//!
+//! A driver's DRIVER_OK (a vCPU's MMIO exit) does not start the device there: the transport
+//! records it and this module hands a [`DeviceActivation`] to the VM's [`ActivationHandler`],
+//! which sends it to the VMM thread; that thread starts the worker. So vCPU threads never create
+//! threads, and their seccomp filter allows none of a worker's syscalls.
 
 use crate::boot::acpi::MmioDeviceInfo;
 use crate::boot::layout::VIRTIO_MMIO_START;
@@ -16,8 +21,35 @@ use devices::virtio::net::announce::{announce_in_background, Announcer};
 use devices::virtio::net::{MacAddr, MacParseError, Net, NetConfig, NetCounters, NetError};
 use devices::virtio::{GuestMemoryMmap, VirtioDevice, MMIO_WINDOW_SIZE};
 use kvm_ioctls::{IoEventAddress, VmFd};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// A device whose driver set DRIVER_OK, waiting to be started off the vCPU thread.
+pub struct DeviceActivation {
+    index: usize,
+    transport: Weak<Mutex<MmioTransport>>,
+}
+
+impl DeviceActivation {
+    /// Starts the device's worker on the calling thread, unless the VM is gone or something
+    /// overtook the request (a reset, or a pause that will start it on resume).
+    pub fn run(self) {
+        if let Some(t) = self.transport.upgrade() {
+            t.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .activate_pending();
+        }
+    }
+}
+
+impl std::fmt::Debug for DeviceActivation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceActivation(virtio device {})", self.index)
+    }
+}
+
+/// Where a VM's transports send their activation requests (see [`DeviceActivation`]).
+pub type ActivationHandler = Arc<dyn Fn(DeviceActivation) + Send + Sync>;
 
 /// GSI of the first virtio device; 0-4 are the PIT, keyboard, cascade, COM2 and COM1.
 pub const VIRTIO_FIRST_GSI: u32 = 5;
@@ -104,6 +136,7 @@ impl VirtioDevices {
         vm_fd: &VmFd,
         mem: &GuestMemoryMmap,
         config: &VmConfig,
+        activate: &ActivationHandler,
     ) -> Result<Self, VirtioSetupError> {
         let mut out = VirtioDevices::default();
         let mut bus = MmioBus::new();
@@ -114,7 +147,7 @@ impl VirtioDevices {
                 readonly: d.readonly,
             })?;
             out.disk_sizes.push(dev.capacity_sectors() * SECTOR_SIZE);
-            out.add(vm_fd, mem, &mut bus, Box::new(dev))?;
+            out.add(vm_fd, mem, &mut bus, activate, Box::new(dev))?;
         }
         for n in &config.net {
             let mac = match &n.mac {
@@ -132,7 +165,7 @@ impl VirtioDevices {
             out.net_counters.push((n.id.clone(), dev.counters()));
             let announcer = dev.announcer().map_err(VirtioSetupError::Announcer)?;
             out.announcers.push((n.id.clone(), announcer));
-            out.add(vm_fd, mem, &mut bus, Box::new(dev))?;
+            out.add(vm_fd, mem, &mut bus, activate, Box::new(dev))?;
         }
         out.bus = Arc::new(bus);
         Ok(out)
@@ -148,7 +181,7 @@ impl VirtioDevices {
             .filter_map(|(id, a)| match a.try_clone() {
                 Ok(c) => Some((id.clone(), c)),
                 Err(e) => {
-                    log::warn!("cannot announce NIC {id}: {e}");
+                    devices::guest_warn!("cannot announce NIC {id}: {e}");
                     None
                 }
             })
@@ -161,6 +194,7 @@ impl VirtioDevices {
         vm_fd: &VmFd,
         mem: &GuestMemoryMmap,
         bus: &mut MmioBus,
+        activate: &ActivationHandler,
         device: Box<dyn VirtioDevice>,
     ) -> Result<(), VirtioSetupError> {
         let index = self.transports.len();
@@ -189,6 +223,16 @@ impl VirtioDevices {
                 .map_err(kvm_err("a queue ioeventfd"))?;
         }
         let transport = Arc::new(Mutex::new(transport));
+        let (weak, handler) = (Arc::downgrade(&transport), activate.clone());
+        transport
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_activation_notifier(Box::new(move || {
+                handler(DeviceActivation {
+                    index,
+                    transport: weak.clone(),
+                })
+            }));
         bus.insert(addr, MMIO_WINDOW_SIZE, transport.clone())?;
         self.transports.push(transport);
         self.info.push(MmioDeviceInfo {

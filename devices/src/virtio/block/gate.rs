@@ -277,7 +277,7 @@ impl DiskGate {
         let before = self.counters.held_bytes.fetch_sub(n, Ordering::Relaxed);
         if n > 0 && before >= self.cap_bytes && before - n < self.cap_bytes {
             if let Err(e) = self.room.write(1) {
-                log::error!("{}: cannot wake the disk worker: {e}", self.name);
+                crate::guest_error!("{}: cannot wake the disk worker: {e}", self.name);
             }
         }
     }
@@ -318,7 +318,7 @@ impl DiskGate {
         // `protect` must find new epochs not yet durable.
         let mark = through.min(self.clock.current().saturating_sub(1));
         if let Err(e) = self.clock.mark_durable(self.durability, mark) {
-            log::error!("{}: {e}", self.name);
+            crate::guest_error!("{}: {e}", self.name);
         }
         Ok(())
     }
@@ -337,7 +337,7 @@ impl DiskGate {
         match self.clock.mode() {
             Protection::Off | Protection::Unprotected => {
                 if let Err(e) = self.make_durable(ALL) {
-                    log::error!(
+                    crate::guest_error!(
                         "{}: held writes could not reach the image ({why}): {}",
                         self.name,
                         errors::chain(&e)
@@ -351,7 +351,7 @@ impl DiskGate {
                     return;
                 }
                 let held = self.counters.held_bytes.load(Ordering::Relaxed);
-                log::warn!(
+                crate::guest_warn!(
                     "{}: discarding {n} held writes ({held} bytes) ({why}): output is {mode:?}, \
                      so their epochs will never reach this image",
                     self.name
@@ -500,15 +500,18 @@ impl OutputGate for DiskGate {
         match self.make_durable(through) {
             Ok(()) => {
                 if self.fenced.swap(false, Ordering::Relaxed) {
-                    log::info!("{}: lease valid again; committed writes applied", self.name);
+                    crate::guest_info!(
+                        "{}: lease valid again; committed writes applied",
+                        self.name
+                    );
                 }
             }
             Err(ApplyError::Fenced(e)) => {
                 if !self.fenced.swap(true, Ordering::Relaxed) {
-                    log::warn!("{}: committed writes held back: {e}", self.name);
+                    crate::guest_warn!("{}: committed writes held back: {e}", self.name);
                 }
             }
-            Err(e) => log::warn!(
+            Err(e) => crate::guest_warn!(
                 "{}: committed writes not yet durable, will retry: {}",
                 self.name,
                 errors::chain(&e)

@@ -171,6 +171,7 @@ impl VirtioDevice for Block {
         let Some(q) = ctx.queues.into_iter().next().filter(|_| got == 1) else {
             return Err(ActivateError::QueueCount { expected: 1, got });
         };
+        let interrupt = ctx.interrupt.clone();
         let worker = BlockWorker {
             disk: self.worker_disk()?,
             disk_id: self.disk_id,
@@ -185,7 +186,7 @@ impl VirtioDevice for Block {
             let _ = w.stop();
         }
         self.worker = Some(
-            Worker::spawn(format!("tandem_blk_{}", self.id), move |ep| {
+            Worker::spawn(format!("tandem_blk_{}", self.id), interrupt, move |ep| {
                 worker.run(ep, notify)
             })
             .map_err(ActivateError::Worker)?,
@@ -277,7 +278,7 @@ impl BlockWorker {
                 None => Ok(()),
             });
         if let Err(e) = watched {
-            log::error!("virtio-blk: cannot watch the queue: {e}");
+            crate::guest_error!("virtio-blk: cannot watch the queue: {e}");
             self.interrupt.set_needs_reset();
             return self.queue;
         }
@@ -297,7 +298,7 @@ impl BlockWorker {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    log::error!("virtio-blk: epoll failed, worker stops: {e}");
+                    crate::guest_error!("virtio-blk: epoll failed, worker stops: {e}");
                     self.interrupt.set_needs_reset();
                     break;
                 }
@@ -337,7 +338,7 @@ impl BlockWorker {
                 )
                 .map_or(0, |c| c.used_len),
                 Err(e) => {
-                    log::debug!("virtio-blk: request {} refused: {e}", parsed.head);
+                    crate::guest_debug!("virtio-blk: request {} refused: {e}", parsed.head);
                     self.report_bad_chain(parsed.status_byte)
                 }
             };

@@ -72,7 +72,7 @@ pub fn execute(
         Err(e) => {
             match &e {
                 RequestError::Io(_) => crate::guest_warn!("virtio-blk: {}", chain(&e)),
-                _ => log::debug!("virtio-blk: {}", chain(&e)),
+                _ => crate::guest_debug!("virtio-blk: {}", chain(&e)),
             }
             (e.status(), 0)
         }
@@ -83,7 +83,7 @@ pub fn execute(
             used_len: u32::try_from(written + 1).unwrap_or(u32::MAX),
         }),
         Err(e) => {
-            log::debug!("virtio-blk: cannot write the status byte: {e}");
+            crate::guest_debug!("virtio-blk: cannot write the status byte: {e}");
             None
         }
     }

@@ -2,6 +2,13 @@
 //! negotiation, the device status machine, queue setup and the interrupt registers. A guest that
 //! writes registers out of order, with odd widths or bad values is ignored or sees
 //! DEVICE_NEEDS_RESET; it can never make the VMM touch memory outside guest RAM.
+//!
+//! Activation happens off the vCPU thread: a DRIVER_OK write (a vCPU's MMIO exit) only records
+//! the request and calls the owner's [`ActivationNotifier`]; the owner then calls
+//! [`MmioTransport::activate_pending`] on a thread that may start workers (the VMM thread), so
+//! that vCPU threads need neither thread creation nor any worker syscall in their seccomp
+//! filter. The vCPU does not wait: the driver goes on at once, and queue notifications it makes
+//! meanwhile stay counted in their ioeventfds until the worker starts and reads them.
 
 pub mod state;
 
@@ -40,6 +47,11 @@ pub enum MmioError {
     },
 }
 
+/// Called, on the vCPU thread and with the transport locked, when the driver set DRIVER_OK: it
+/// must only hand the request on (it cannot lock the transport); the receiver then calls
+/// [`MmioTransport::activate_pending`].
+pub type ActivationNotifier = Box<dyn Fn() + Send>;
+
 /// A virtio device's register window.
 pub struct MmioTransport {
     device: Box<dyn VirtioDevice>,
@@ -59,6 +71,11 @@ pub struct MmioTransport {
     activated: bool,
     /// The device's worker is stopped for a state capture (or not yet started after a restore).
     quiesced: bool,
+    /// DRIVER_OK was accepted; the activation waits for [`MmioTransport::activate_pending`].
+    activation_pending: bool,
+    /// Where DRIVER_OK is reported; without one the device activates at once, on the caller's
+    /// thread (unit tests and library users that do not filter their threads).
+    notifier: Option<ActivationNotifier>,
 }
 
 impl MmioTransport {
@@ -93,7 +110,29 @@ impl MmioTransport {
             status: 0,
             activated: false,
             quiesced: false,
+            activation_pending: false,
+            notifier: None,
         })
+    }
+
+    /// From now on a DRIVER_OK write only records the request and calls `notifier`; the device
+    /// starts when [`MmioTransport::activate_pending`] is called.
+    pub fn set_activation_notifier(&mut self, notifier: ActivationNotifier) {
+        self.notifier = Some(notifier);
+    }
+
+    /// Starts the device if its driver set DRIVER_OK since the last call and nothing (a reset,
+    /// FAILED, a quiesce that took the request over) overtook the request; otherwise does
+    /// nothing, so a late or repeated call is harmless.
+    pub fn activate_pending(&mut self) {
+        if std::mem::take(&mut self.activation_pending) {
+            self.activate();
+        }
+    }
+
+    /// Whether DRIVER_OK waits for [`MmioTransport::activate_pending`].
+    pub fn is_activation_pending(&self) -> bool {
+        self.activation_pending
     }
 
     /// One eventfd per queue, fired by a write of the queue's index to QueueNotify; the VMM
@@ -133,10 +172,16 @@ impl MmioTransport {
         self.reset();
     }
 
-    fn reset(&mut self) {
+    /// Stops the device (joins its worker) and forgets any activation not yet run.
+    fn stop_device(&mut self) {
         self.device.reset();
         self.activated = false;
         self.quiesced = false;
+        self.activation_pending = false;
+    }
+
+    fn reset(&mut self) {
+        self.stop_device();
         for q in &mut self.queues {
             q.reset();
         }
@@ -168,14 +213,16 @@ impl MmioTransport {
 
     fn update_queue(&mut self, f: impl FnOnce(&mut Queue, &mut bool)) {
         if !self.queue_config_allowed() {
-            log::debug!("virtio-mmio: queue register write outside queue setup ignored");
+            crate::guest_debug!("virtio-mmio: queue register write outside queue setup ignored");
             return;
         }
         match self.selected_queue() {
             // Changing a queue the driver already enabled is not allowed either.
             Some((q, bad)) if !q.ready() => f(q, bad),
-            Some(_) => log::debug!("virtio-mmio: write to a ready queue ignored"),
-            None => log::debug!("virtio-mmio: write to a queue that does not exist ignored"),
+            Some(_) => crate::guest_debug!("virtio-mmio: write to a ready queue ignored"),
+            None => {
+                crate::guest_debug!("virtio-mmio: write to a queue that does not exist ignored")
+            }
         }
     }
 
@@ -187,14 +234,12 @@ impl MmioTransport {
         if let Some((q, _)) = self.selected_queue() {
             q.set_ready(false);
         }
-        if self.activated {
-            log::info!(
+        if self.activated || self.activation_pending {
+            crate::guest_info!(
                 "virtio-mmio: driver disabled queue {}; device stopped",
                 self.queue_select
             );
-            self.device.reset();
-            self.activated = false;
-            self.quiesced = false;
+            self.stop_device();
         }
     }
 
@@ -207,7 +252,7 @@ impl MmioTransport {
         let v = v & !VIRTIO_CONFIG_S_NEEDS_RESET;
         // The driver only ever adds bits; clearing one (other than by reset) is a driver bug.
         if v & self.status != self.status {
-            log::debug!(
+            crate::guest_debug!(
                 "virtio-mmio: status {v:#x} clears bits of {:#x}; ignored",
                 self.status
             );
@@ -216,9 +261,7 @@ impl MmioTransport {
         let new = v & !self.status;
         if new & VIRTIO_CONFIG_S_FAILED != 0 {
             // The driver gave up; stop using its queues.
-            self.device.reset();
-            self.activated = false;
-            self.quiesced = false;
+            self.stop_device();
             self.status |= VIRTIO_CONFIG_S_FAILED;
             return;
         }
@@ -246,7 +289,13 @@ impl MmioTransport {
         }
         if new & VIRTIO_CONFIG_S_DRIVER_OK != 0 && self.status & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
             self.status |= VIRTIO_CONFIG_S_DRIVER_OK;
-            self.activate();
+            match &self.notifier {
+                Some(notify) => {
+                    self.activation_pending = true;
+                    notify();
+                }
+                None => self.activate(),
+            }
         }
     }
 
@@ -267,12 +316,12 @@ impl MmioTransport {
             match (Queue::try_from(q.state()), e.try_clone()) {
                 (Ok(queue), Ok(notify)) => queues.push(ActiveQueue { queue, notify }),
                 (Err(err), _) => {
-                    log::error!("virtio-mmio: cannot copy a queue: {err}");
+                    crate::guest_error!("virtio-mmio: cannot copy a queue: {err}");
                     self.interrupt.set_needs_reset();
                     return;
                 }
                 (_, Err(err)) => {
-                    log::error!("virtio-mmio: cannot duplicate a queue eventfd: {err}");
+                    crate::guest_error!("virtio-mmio: cannot duplicate a queue eventfd: {err}");
                     self.interrupt.set_needs_reset();
                     return;
                 }
@@ -325,7 +374,9 @@ impl MmioTransport {
             // Our config space never changes, so its generation never does either.
             VIRTIO_MMIO_CONFIG_GENERATION => 0,
             _ => {
-                log::debug!("virtio-mmio: read of write-only or unknown register {offset:#x}");
+                crate::guest_debug!(
+                    "virtio-mmio: read of write-only or unknown register {offset:#x}"
+                );
                 0
             }
         }
@@ -380,13 +431,13 @@ impl MmioTransport {
                             crate::guest_warn!("virtio-mmio: cannot forward a queue notification: {err}");
                         }
                     }
-                    None => log::debug!("virtio-mmio: notify for queue {v} that does not exist"),
+                    None => crate::guest_debug!("virtio-mmio: notify for queue {v} that does not exist"),
                 }
             }
             VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt.ack(v),
             VIRTIO_MMIO_STATUS => self.set_status(v),
             VIRTIO_MMIO_SHM_SEL => {}
-            _ => log::debug!("virtio-mmio: write {v:#x} to read-only, unknown or locked register {offset:#x} ignored"),
+            _ => crate::guest_debug!("virtio-mmio: write {v:#x} to read-only, unknown or locked register {offset:#x} ignored"),
         }
     }
 }
@@ -402,7 +453,7 @@ impl MmioDevice for MmioTransport {
         match (u32::try_from(offset), <&mut [u8; 4]>::try_from(&mut *data)) {
             (Ok(off), Ok(out)) if off % 4 == 0 => *out = self.read_reg(off).to_le_bytes(),
             _ => {
-                log::debug!(
+                crate::guest_debug!(
                     "virtio-mmio: {}-byte read at {offset:#x} ignored",
                     data.len()
                 );
@@ -419,7 +470,7 @@ impl MmioDevice for MmioTransport {
         }
         match (u32::try_from(offset), <[u8; 4]>::try_from(data)) {
             (Ok(off), Ok(v)) if off % 4 == 0 => self.write_reg(off, u32::from_le_bytes(v)),
-            _ => log::debug!(
+            _ => crate::guest_debug!(
                 "virtio-mmio: {}-byte write at {offset:#x} ignored",
                 data.len()
             ),

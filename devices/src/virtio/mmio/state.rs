@@ -62,13 +62,31 @@ impl MmioTransport {
     /// Stops the device's worker so that nothing touches guest memory or the queues; the
     /// queues' progress comes back into the transport. [`MmioTransport::resume`] undoes it.
     pub fn quiesce(&mut self) {
+        if std::mem::take(&mut self.activation_pending) {
+            // DRIVER_OK arrived but the device has not started yet: it is as good as running
+            // (a snapshot says so) and [`MmioTransport::resume`] starts it.
+            self.activated = true;
+            self.quiesced = true;
+            return;
+        }
         if self.activated && !self.quiesced {
-            if let Some(queues) = self.device.quiesce() {
-                if queues.len() == self.queues.len() {
+            match self.device.quiesce() {
+                Some(queues) if queues.len() == self.queues.len() => {
                     self.queues = queues;
+                    self.quiesced = true;
+                }
+                _ => {
+                    // The worker died (it panicked and marked the device broken) and took the
+                    // queues' progress with it: restarting from our stale copies would replay
+                    // requests, so the device stays stopped until the driver resets it.
+                    crate::guest_warn!(
+                        "virtio-mmio: device {} has no worker to stop; it stays stopped until reset",
+                        self.device.device_type()
+                    );
+                    self.activated = false;
+                    self.interrupt.set_needs_reset();
                 }
             }
-            self.quiesced = true;
         }
     }
 
@@ -114,7 +132,7 @@ impl MmioTransport {
             interrupt_status: self.interrupt.status(),
             needs_reset: self.interrupt.needs_reset(),
             config_generation: 0,
-            activated: self.activated,
+            activated: self.activated || self.activation_pending,
             queues,
             device: self.device.state(),
         }

@@ -431,3 +431,5 @@ fn driver_disabling_a_queue_after_driver_ok_stops_the_device() {
     assert!(t.is_activated());
     assert_eq!(calls.lock().unwrap().activations.len(), 2);
 }
+
+mod activation;

@@ -53,13 +53,13 @@ pub fn announce_in_background(announcers: Vec<(String, Announcer)>) {
                 }
                 for (id, a) in &announcers {
                     if let Err(e) = a.announce() {
-                        log::warn!("cannot announce NIC {id}: {e}");
+                        crate::guest_warn!("cannot announce NIC {id}: {e}");
                     }
                 }
             }
         });
     if let Err(e) = spawned {
-        log::warn!("cannot start the announce thread: {e}");
+        crate::guest_warn!("cannot start the announce thread: {e}");
     }
 }
 

@@ -178,14 +178,14 @@ impl TxGate {
                 }
                 Err(e) => {
                     // The wire may lose a frame (a full tap queue); TCP retransmits it.
-                    log::debug!("{}: held frame lost on release: {e}", self.name);
+                    crate::guest_debug!("{}: held frame lost on release: {e}", self.name);
                     self.counters.release_errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
         if freed && was_full && self.has_room() {
             if let Err(e) = self.room.write(1) {
-                log::error!("{}: cannot wake the NIC worker: {e}", self.name);
+                crate::guest_error!("{}: cannot wake the NIC worker: {e}", self.name);
             }
         }
     }
@@ -206,7 +206,7 @@ impl TxGate {
                 if n == 0 {
                     return;
                 }
-                log::warn!(
+                crate::guest_warn!(
                     "{}: discarding {n} held frames ({bytes} bytes) ({why}): output is {mode:?}, \
                      so their epochs will never be released",
                     self.name

@@ -215,6 +215,7 @@ impl VirtioDevice for Net {
         };
         let rx_fd = self.fd.try_clone().map_err(ActivateError::Dup)?;
         let tx_fd = self.fd.try_clone().map_err(ActivateError::Dup)?;
+        let interrupt = ctx.interrupt.clone();
         let worker = NetWorker::new(
             ctx.mem,
             ctx.interrupt,
@@ -233,7 +234,7 @@ impl VirtioDevice for Net {
             let _ = w.stop();
         }
         self.worker = Some(
-            Worker::spawn(format!("tandem_net_{}", self.id), move |ep| {
+            Worker::spawn(format!("tandem_net_{}", self.id), interrupt, move |ep| {
                 worker.run(ep, rx_notify, tx_notify)
             })
             .map_err(ActivateError::Worker)?,

@@ -115,7 +115,7 @@ impl NetWorker {
                 None => Ok(()),
             });
         if let Err(e) = watched {
-            log::error!("virtio-net: cannot watch queues and tap: {e}");
+            crate::guest_error!("virtio-net: cannot watch queues and tap: {e}");
             self.interrupt.set_needs_reset();
             return self.into_out();
         }
@@ -132,7 +132,7 @@ impl NetWorker {
                     EventSet::empty()
                 };
                 if let Err(e) = ep.modify(fd, ev, TAP_TOKEN) {
-                    log::error!("virtio-net: epoll modify failed, worker stops: {e}");
+                    crate::guest_error!("virtio-net: epoll modify failed, worker stops: {e}");
                     break;
                 }
                 tap_watched = want_tap;
@@ -141,7 +141,7 @@ impl NetWorker {
                 Ok(Some(t)) => t,
                 Ok(None) => break,
                 Err(e) => {
-                    log::error!("virtio-net: epoll failed, worker stops: {e}");
+                    crate::guest_error!("virtio-net: epoll failed, worker stops: {e}");
                     self.interrupt.set_needs_reset();
                     break;
                 }
@@ -222,7 +222,7 @@ impl NetWorker {
             let sent = match &parsed.buffers {
                 Ok(bufs) => self.send(bufs),
                 Err(e) => {
-                    log::debug!("virtio-net: TX chain {} refused: {e}", parsed.head);
+                    crate::guest_debug!("virtio-net: TX chain {} refused: {e}", parsed.head);
                     false
                 }
             };
@@ -252,7 +252,7 @@ impl NetWorker {
             || len <= VNET_HDR_LEN as u64
             || len > (VNET_HDR_LEN + MAX_FRAME) as u64
         {
-            log::debug!(
+            crate::guest_debug!(
                 "virtio-net: TX chain with {len} readable, {} writable bytes dropped",
                 bufs.writable_len()
             );
@@ -261,13 +261,13 @@ impl NetWorker {
         // The guest's header is ignored: with no offloads negotiated it has nothing to say.
         self.tx_buf.resize(len as usize - VNET_HDR_LEN, 0);
         if let Err(e) = bufs.read_at(&self.mem, VNET_HDR_LEN as u64, &mut self.tx_buf) {
-            log::debug!("virtio-net: TX chain unreadable: {e}");
+            crate::guest_debug!("virtio-net: TX chain unreadable: {e}");
             return false;
         }
         match self.sink.send(&self.tx_buf) {
             Ok(()) => true,
             Err(e) => {
-                log::debug!("virtio-net: TX frame lost: {e}");
+                crate::guest_debug!("virtio-net: TX frame lost: {e}");
                 false
             }
         }
@@ -346,21 +346,23 @@ impl NetWorker {
                         len as u32
                     }
                     Err(e) => {
-                        log::debug!("virtio-net: RX chain {} unwritable: {e}", parsed.head);
+                        crate::guest_debug!("virtio-net: RX chain {} unwritable: {e}", parsed.head);
                         0
                     }
                 },
                 Ok(bufs) if bufs.writable_len() >= MIN_RX_BUFFER => {
                     // A proper buffer, but the frame is bigger than any the guest can take:
                     // drop the frame and keep the buffer for the next one.
-                    log::debug!("virtio-net: {len}-byte frame does not fit RX buffers; dropped");
+                    crate::guest_debug!(
+                        "virtio-net: {len}-byte frame does not fit RX buffers; dropped"
+                    );
                     self.pending = None;
                     self.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
                     self.rx.go_to_previous_position();
                     continue;
                 }
                 Ok(bufs) => {
-                    log::debug!(
+                    crate::guest_debug!(
                         "virtio-net: RX chain {} has only {} writable bytes; returned unused",
                         parsed.head,
                         bufs.writable_len()
@@ -368,7 +370,7 @@ impl NetWorker {
                     0
                 }
                 Err(e) => {
-                    log::debug!("virtio-net: RX chain {} refused: {e}", parsed.head);
+                    crate::guest_debug!("virtio-net: RX chain {} refused: {e}", parsed.head);
                     0
                 }
             };

@@ -1,5 +1,8 @@
 //! `ft.enable` on a running standalone VM, or to re-protect a primary running unprotected.
 
+// Host-side: the ft.enable call.
+#![allow(clippy::disallowed_macros)]
+
 use super::super::owner::{Local, Owner, Primary};
 use super::super::{Step, Vmm, VmmError};
 use super::{

@@ -1,6 +1,9 @@
 //! VM operations on a pair member, carried to the backup by the primary's pair thread: pause,
 //! resume, shutdown, reboot, the guest's own power-off, and leaving the pair when the VMM exits.
 
+// Host-side: FT API calls.
+#![allow(clippy::disallowed_macros)]
+
 use super::super::lifecycle::stop_vm;
 use super::super::owner::{Backup, Fenced, Local, Owner, Primary, Stopped};
 use super::super::{Step, Vmm, VmmError};

@@ -1,10 +1,13 @@
 //! `ft.receive` on an empty, standalone VMM: listen for a primary and hold its replica.
 
+// Host-side: the ft.receive call.
+#![allow(clippy::disallowed_macros)]
+
 use super::super::overrides::arriving_config;
 use super::super::owner::{Backup, Owner};
 use super::super::{Step, Vmm, VmmError};
 use super::{heartbeat_paths, load_key, ms, open_arbiter, pair_disk_mode, OpenArbiter};
-use crate::api::types::FtReceiveConfig;
+use crate::api::types::{FtReceiveConfig, HostOverrides};
 use crate::config::VmConfig;
 use crate::ft::pair::{spawn_backup, BackupSetup, LocalizeError};
 use ft::auth::check_listener;
@@ -22,6 +25,7 @@ impl Vmm {
     }
 
     fn start_backup(&mut self, c: FtReceiveConfig) -> Result<Backup, VmmError> {
+        let FtReceiveConfig { request: c, host } = c;
         let OpenArbiter {
             arbiter,
             generation,
@@ -43,7 +47,7 @@ impl Vmm {
             .map_err(|_| VmmError::FtAlready)?;
         // What this side requires; the handshake with the primary confirms it.
         self.ft_status.set_authenticated(key.is_some());
-        let (guest_events, on_failure) = self.new_boot_handlers();
+        let handlers = self.new_boot_handlers();
         let wants = BackupWants {
             disk_mode: c.disk_mode.map(pair_disk_mode),
             failure_timeout: c.failure_timeout_ms.map(|v| ms(Some(v), 1000)),
@@ -53,13 +57,12 @@ impl Vmm {
         let failure_timeout = ms(c.failure_timeout_ms, 1000);
         let setup = BackupSetup {
             listener,
-            localize: Box::new(move |json: &str| localize(json, &c)),
+            localize: Box::new(move |json: &str| localize(json, &host)),
             wants,
             arbiter,
             status: self.ft_status.clone(),
             failure_timeout,
-            guest_events,
-            on_failure,
+            handlers,
             key,
             heartbeat,
         };
@@ -78,6 +81,6 @@ impl Vmm {
 }
 
 /// The primary's config (JSON, from its Hello) with this host's taps, disks and console.
-fn localize(json: &str, c: &FtReceiveConfig) -> Result<VmConfig, LocalizeError> {
-    Ok(arriving_config(json, &c.net, &c.disks, c.serial.as_ref())?)
+fn localize(json: &str, host: &HostOverrides) -> Result<VmConfig, LocalizeError> {
+    Ok(arriving_config(json, host)?)
 }

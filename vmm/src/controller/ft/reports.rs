@@ -1,6 +1,9 @@
 //! A pair thread's report, when it ends on its own: the primary hands its VM back, the backup
 //! went live (the VM runs here now) or stopped without going live.
 
+// Host-side: pair threads' reports: peers, the arbiter and timers.
+#![allow(clippy::disallowed_macros)]
+
 use super::super::lifecycle::stop_vm;
 use super::super::owner::{Local, Owner};
 use super::super::{Flow, Vmm};

@@ -13,6 +13,9 @@
 //! Whoever connects must pass the authentication handshake; a refused connection is noted in
 //! ft.status and the backup keeps waiting for its real primary.
 
+// Host-side: the primary, the arbiter and timers decide these lines, not the guest.
+#![allow(clippy::disallowed_macros)]
+
 use super::super::disks::{ReplicaDisk, ReplicaDisks};
 use super::super::hooks::{BackupDisk, BackupDiskHooks};
 use super::super::second_path::{self, Deferral, HeartbeatPaths};
@@ -23,11 +26,10 @@ use super::{
 };
 use crate::config::VmConfig;
 use crate::migration::incoming::IncomingVm;
-use crate::vm::vcpu::VcpuFailureHandler;
+use crate::vm::handlers::VmHandlers;
 use crate::vm::Vm;
 use devices::virtio::block::disk::RawDisk;
 use devices::virtio::block::gate::DiskMode;
-use devices::GuestEventHandler;
 use ft::arbiter::Arbiter;
 use ft::checkpoint::{
     agree, is_resync, BackupHooks, BackupOptions, BackupWants, CheckpointError, FtBackup,
@@ -119,8 +121,8 @@ pub struct BackupSetup {
     pub arbiter: Arc<dyn Arbiter>,
     pub status: StatusHandle,
     pub failure_timeout: Duration,
-    pub guest_events: GuestEventHandler,
-    pub on_failure: VcpuFailureHandler,
+    /// What the replica's threads report through once it runs.
+    pub handlers: VmHandlers,
     /// The pair key, if any: the primary must prove it holds the same.
     pub key: Option<ft::auth::PairKey>,
     /// The second liveness path, if configured.
@@ -195,7 +197,7 @@ fn run_backup(
         status.disable(&why);
         None
     };
-    let (localize, guest_events, on_failure) = (s.localize, s.guest_events, s.on_failure);
+    let (localize, handlers) = (s.localize, s.handlers);
     let hb_on = s.heartbeat.is_some();
     let opts = BackupOptions {
         sync: ReceiveOptions {
@@ -290,7 +292,7 @@ fn run_backup(
         });
         let config: OnceLock<VmConfig> = OnceLock::new();
         let build_hooks = hooks.clone();
-        let (guest_events, on_failure) = (guest_events.clone(), on_failure.clone());
+        let handlers = handlers.clone();
         let wants = &s.wants;
         let built_detector = detector.clone();
         let built = FtBackup::run_built(conn, &opts, hooks.clone(), |hello| {
@@ -344,7 +346,7 @@ fn run_backup(
             })?;
             let disks = Arc::new(BackupDiskHooks::new(mode, disks));
             let _ = build_hooks.disks.set(disks.clone());
-            let inner = IncomingVm::new(cfg.clone(), guest_events, on_failure)
+            let inner = IncomingVm::new(cfg.clone(), handlers)
                 .map_err(|e| format!("cannot build the replica: {}", errors::chain(&e)))?;
             let _ = config.set(cfg);
             Ok((

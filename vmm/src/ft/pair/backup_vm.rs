@@ -1,6 +1,9 @@
 //! The replica VM: an `IncomingVm` that takes the copy of replicated disks in the initial sync
 //! and, when it goes live, re-issues the committed shared-disk writes before the guest runs.
 
+// Host-side: one line per failover.
+#![allow(clippy::disallowed_macros)]
+
 use super::super::disks::ReplicaDisks;
 use super::super::hooks::BackupDiskHooks;
 use crate::migration::incoming::IncomingVm;
