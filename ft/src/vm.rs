@@ -96,6 +96,12 @@ pub trait MigratableVm {
     /// not be resumed.
     fn restore_state(&mut self, state: &VmState) -> Result<(), VmOpError>;
 
+    /// Guest RAM as (first guest-physical address, pages) per region, in linear page order, so
+    /// that messages can name a page by its address; default: one region at address 0.
+    fn ram_ranges(&self) -> Vec<(u64, u64)> {
+        vec![(0, self.page_count())]
+    }
+
     /// Guest memory size in pages.
     fn page_count(&self) -> u64 {
         self.memory_size() / PAGE_SIZE as u64

@@ -27,6 +27,7 @@ mod backup;
 mod capture;
 mod hooks;
 mod primary;
+mod scrub;
 mod sent_pages;
 mod settings;
 mod staging;
@@ -109,6 +110,10 @@ pub enum CheckpointError {
     /// `go_live` without a committed checkpoint.
     #[error("no committed checkpoint to go live from")]
     NothingCommitted,
+    /// The backup could not take the replica scrub's repair: its copy is not what was
+    /// committed.
+    #[error("replica scrub")]
+    Scrub(#[source] crate::scrub::ScrubError),
 }
 
 impl From<MigrationError> for CheckpointError {

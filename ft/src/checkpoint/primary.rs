@@ -12,6 +12,7 @@
 
 use super::capture::Captured;
 use super::hooks::EpochHooks;
+use super::scrub;
 use super::sent_pages::SentPages;
 use super::settings::{PairDiskMode, PairSettings};
 use super::stats::{CheckpointStats, StatsSink, Trigger};
@@ -23,6 +24,7 @@ use crate::migration::{
     error_chain, ft_initial_sync, open_ft_stream, MigrationError, OpenedStream, ProgressHandle,
     Role, SendOptions, SendReport,
 };
+use crate::scrub::{PrimaryScrub, ScrubOptions, ScrubStatus, VerifyTicket};
 use crate::transport::Connection;
 use crate::vm::MigratableVm;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,6 +55,8 @@ pub struct PrimaryOptions {
     pub delta_cache_bytes: u64,
     /// How long [`FtPrimary::end`] waits for the backup to confirm that it discarded its copy.
     pub end_confirm_timeout: Duration,
+    /// The replica scrub (`crate::scrub`): background rate and `ft.verify`'s pace.
+    pub scrub: ScrubOptions,
 }
 
 impl Default for PrimaryOptions {
@@ -67,6 +71,7 @@ impl Default for PrimaryOptions {
             ack_timeout: Duration::from_secs(5),
             delta_cache_bytes: 64 << 20,
             end_confirm_timeout: Duration::from_millis(500),
+            scrub: ScrubOptions::default(),
         }
     }
 }
@@ -135,6 +140,8 @@ struct Shared {
     /// backup discards everything, or the caller must win the arbiter), so the ack thread
     /// waits for them no longer than that.
     end_deadline: Mutex<Option<Instant>>,
+    /// The replica scrub.
+    scrub: Arc<PrimaryScrub>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -145,7 +152,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     /// Records the first error and stops everything.
     fn fail(&self, e: CheckpointError) {
-        log::warn!("ft primary: {}", error_chain(&e));
+        let why = error_chain(&e);
+        log::warn!("ft primary: {why}");
         let mut slot = lock(&self.error);
         if slot.is_none() {
             *slot = Some(e);
@@ -153,6 +161,7 @@ impl Shared {
         drop(slot);
         self.stop.store(true, Ordering::SeqCst);
         self.changed.notify_all();
+        self.scrub.end(&format!("checkpointing stopped: {why}"));
     }
 
     fn failed(&self) -> bool {
@@ -232,6 +241,7 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
             epoch_done: AtomicBool::new(false),
             end_confirmed: AtomicBool::new(false),
             end_deadline: Mutex::new(None),
+            scrub: Arc::new(PrimaryScrub::new(opts.scrub.clone(), stats.clone())),
         });
         let vm = Arc::new(Mutex::new(vm));
         let mut p = FtPrimary {
@@ -293,6 +303,17 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
     /// Checkpoints in flight now.
     pub fn in_flight(&self) -> usize {
         lock(&self.shared.window).len()
+    }
+
+    /// `ft.verify`: starts a full replica scrub pass (or joins the one under way); the ticket
+    /// waits for its report ([`crate::scrub`]).
+    pub fn verify(&self) -> VerifyTicket {
+        self.shared.scrub.verify()
+    }
+
+    /// The replica scrub's figures.
+    pub fn scrub_status(&self) -> ScrubStatus {
+        self.shared.scrub.status()
     }
 
     /// Pauses the guest with a checkpoint that records it paused (the backup then knows), and
@@ -390,6 +411,7 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
         // timeout, so the primary must not spend longer than that on a blocked stream.
         let deadline = reason.map(|_| Instant::now() + self.end_confirm_timeout);
         *lock(&self.shared.end_deadline) = deadline;
+        self.shared.scrub.end("the pair is ending");
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.changed.notify_all();
         let join_err = |what: &str| CheckpointError::Thread(format!("{what} panicked"));
@@ -539,7 +561,7 @@ fn epoch_loop<V: MigratableVm>(
         let keep_paused = trigger == Trigger::Pause;
         let mut guard = lock(vm);
         let paused_at = Instant::now();
-        let cap = capture(&mut *guard, epoch + 1, hooks, keep_paused);
+        let cap = capture(&mut *guard, epoch + 1, hooks, keep_paused, &s.scrub);
         let pause = paused_at.elapsed();
         drop(guard);
         let mut cap = match cap {
@@ -575,7 +597,7 @@ fn epoch_loop<V: MigratableVm>(
             break; // the sender ended on an error it has recorded
         }
         if keep_paused {
-            if !stay_paused(s, vm) {
+            if !stay_paused(s, vm, epoch, hooks) {
                 break;
             }
             started = Instant::now();
@@ -601,7 +623,12 @@ fn take_pause(s: &Shared) -> Trigger {
 
 /// The guest is paused after its checkpoint: says so, then waits for `resume_guest` (resumes
 /// the guest, `true`) or the end of epochs (leaves it paused, `false`).
-fn stay_paused<V: MigratableVm>(s: &Shared, vm: &Mutex<V>) -> bool {
+fn stay_paused<V: MigratableVm>(
+    s: &Shared,
+    vm: &Mutex<V>,
+    epoch: u64,
+    hooks: &dyn EpochHooks,
+) -> bool {
     s.vm_paused.store(true, Ordering::SeqCst);
     let mut g = lock(&s.guest);
     *g = GuestRun::Paused;
@@ -610,6 +637,12 @@ fn stay_paused<V: MigratableVm>(s: &Shared, vm: &Mutex<V>) -> bool {
         if s.stop.load(Ordering::SeqCst) {
             return false;
         }
+        if *g == GuestRun::ResumeAsked {
+            break;
+        }
+        drop(g);
+        scrub::while_guest_paused(&s.scrub, &*lock(vm), epoch, hooks);
+        g = lock(&s.guest);
         if *g == GuestRun::ResumeAsked {
             break;
         }
@@ -673,11 +706,13 @@ fn capture<V: MigratableVm + ?Sized>(
     epoch: u64,
     hooks: &dyn EpochHooks,
     keep_paused: bool,
+    scrub: &PrimaryScrub,
 ) -> Result<Captured, CheckpointError> {
     vm.pause().map_err(vm_err("pause"))?;
     let cap = Captured::take(vm, epoch).map(|mut cap| {
         hooks.epoch_captured(epoch);
         cap.set_extras(hooks.take_epoch_extras(epoch));
+        scrub::at_capture(scrub, &*vm, &cap, hooks);
         cap
     });
     // Resume even when the capture failed: a stopped guest is worse than an unprotected one.
@@ -710,6 +745,11 @@ fn send_loop(
             Ok(cap) => {
                 last_epoch = cap.epoch;
                 send_checkpoint(s, &mut writer, &cap, o, &mut sent_pages)
+                    .and_then(|()| scrub::send_digests(&s.scrub, &mut writer, cap.epoch))
+            }
+            // A guest left paused: digests of its checkpoint go out as they are hashed.
+            Err(RecvTimeoutError::Timeout) if s.scrub.has_ready(last_epoch) => {
+                scrub::send_digests(&s.scrub, &mut writer, last_epoch)
             }
             Err(RecvTimeoutError::Timeout) if last_sent.elapsed() >= o.heartbeat_interval => {
                 let hb = Frame::Heartbeat {
@@ -780,6 +820,7 @@ fn ack_loop(
                 let r = match f.frame {
                     Frame::Ack { seq } => on_ack(s, f.epoch, seq, hooks, stats),
                     Frame::Heartbeat { .. } => Ok(()),
+                    Frame::ScrubResult(r) => scrub::on_result(&s.scrub, f.epoch, &r),
                     // Only ever after our Abort: everything before it was acked already.
                     Frame::EndConfirmed => {
                         s.end_confirmed.store(true, Ordering::SeqCst);

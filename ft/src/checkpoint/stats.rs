@@ -81,6 +81,12 @@ pub trait StatsSink: Send + Sync {
     /// The in-flight window changed (a checkpoint was captured or acked): `epochs` checkpoints
     /// of `staged_bytes` are captured but not acked. Default: ignored.
     fn in_flight(&self, _epochs: usize, _staged_bytes: u64) {}
+    /// The replica scrub compared regions (a backup's answer); `reason` says what it found
+    /// when that is worth `ft.status`'s reason (a difference, a region it could not heal).
+    /// Default: ignored.
+    fn scrub_checked(&self, _c: &crate::scrub::ScrubChecked, _reason: Option<&str>) {}
+    /// The replica scrub's figures for `ft.status` changed. Default: ignored.
+    fn scrub_status(&self, _s: &crate::scrub::ScrubStatus) {}
 }
 
 /// A sink that drops everything.

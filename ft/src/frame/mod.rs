@@ -21,6 +21,7 @@ mod encoder;
 mod header;
 mod pages;
 mod payload;
+mod scrub;
 mod wire;
 
 pub use decoder::Decoder;
@@ -29,6 +30,10 @@ pub use encoder::encode_frame;
 pub use header::FrameHeader;
 pub use pages::{is_zero_page, PageBatch, PageRef, PAGE_SIZE};
 pub use payload::{CommitInfo, Frame, Hello, StreamPurpose};
+pub use scrub::{
+    ScrubDigest, ScrubEntry, ScrubOutcome, ScrubRegion, ScrubRepair, ScrubResult, MAX_REGION_BYTES,
+    MAX_REGION_PAGES, MAX_SCRUB_ENTRIES,
+};
 
 /// The four bytes every frame starts with.
 pub const MAGIC: [u8; 4] = *b"TNDM";
@@ -71,6 +76,11 @@ pub enum FrameType {
     /// The backup's answer to the primary's Abort: it discarded its copy and will never go live
     /// from it, so the primary may run the guest alone without arbitration (protocol version 5).
     EndConfirmed = 11,
+    /// The replica scrub: the primary's hashes of regions of a committed checkpoint, with
+    /// repairs of regions found different before (protocol version 5).
+    ScrubDigest = 17,
+    /// The replica scrub: the backup's regions that differ from a digest (protocol version 5).
+    ScrubResult = 18,
 }
 
 impl FrameType {
@@ -88,6 +98,8 @@ impl FrameType {
             9 => FrameType::Heartbeat,
             10 => FrameType::Extras,
             11 => FrameType::EndConfirmed,
+            17 => FrameType::ScrubDigest,
+            18 => FrameType::ScrubResult,
             _ => return None,
         })
     }

@@ -274,7 +274,9 @@ impl IncomingMigration {
                 other @ (Frame::Hello(_)
                 | Frame::Ack { .. }
                 | Frame::Extras { .. }
-                | Frame::EndConfirmed) => {
+                | Frame::EndConfirmed
+                | Frame::ScrubDigest(_)
+                | Frame::ScrubResult(_)) => {
                     return Err(unexpected("pages, state or Commit", other.frame_type()))
                 }
             }

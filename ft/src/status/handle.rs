@@ -65,6 +65,9 @@ pub struct FtStatus {
     pub state_age_ms: u64,
     /// The latest arbiter error while retrying, cleared on the next arbiter answer.
     pub arbiter_error: Option<String>,
+    /// The replica scrub (primary): what it compared, the differences it found and healed,
+    /// and the last `ft.verify` pass.
+    pub scrub: crate::scrub::ScrubStatus,
 }
 
 struct Inner {
@@ -93,6 +96,7 @@ struct Inner {
     counters: FtCounters,
     /// The running second-path heartbeats' live counts, added to `counters` when read.
     udp_source: Option<UdpCounts>,
+    scrub: crate::scrub::ScrubStatus,
 }
 
 /// Reads the running second path's heartbeat counts (sent, received).
@@ -124,6 +128,7 @@ impl Inner {
             detector: None,
             counters: FtCounters::default(),
             udp_source: None,
+            scrub: crate::scrub::ScrubStatus::default(),
         }
     }
 
@@ -340,6 +345,22 @@ impl StatusHandle {
         self.lock().counters.heartbeats_mut(path).received += 1;
     }
 
+    /// Primary: the replica scrub compared regions; `reason`, when given, becomes the status's
+    /// reason (a difference found, a region that could not be healed).
+    pub fn record_scrub_checked(&self, c: &crate::scrub::ScrubChecked, reason: Option<&str>) {
+        let mut g = self.lock();
+        g.counters.scrub.add(c);
+        if let Some(r) = reason {
+            g.reason = r.to_owned();
+            g.reason_at_unix_ms = unix_ms();
+        }
+    }
+
+    /// Primary: the replica scrub's figures for `ft.status`.
+    pub fn set_scrub(&self, s: &crate::scrub::ScrubStatus) {
+        self.lock().scrub = s.clone();
+    }
+
     /// The counters since the VMM started (for metrics).
     pub fn counters(&self) -> FtCounters {
         let g = self.lock();
@@ -443,6 +464,7 @@ impl StatusHandle {
             reason_at_unix_ms: g.reason_at_unix_ms,
             state_age_ms: age_ms(g.state_since),
             arbiter_error: g.arbiter_error.clone(),
+            scrub: g.scrub.clone(),
         }
     }
 }
