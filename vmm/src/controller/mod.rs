@@ -61,6 +61,9 @@ pub struct Vmm {
     /// The last migration that ended, for `vm.info`.
     last_migration: Option<migration::MigrationStatus>,
     view: View,
+    /// An `ft.verify` pass the call just started: [`Vmm::handle_event`] hands its answer to a
+    /// thread that waits for the report, so this thread does not.
+    pending_verify: Option<ft::PendingVerify>,
 }
 
 impl Vmm {
@@ -76,6 +79,7 @@ impl Vmm {
             builds: 0,
             exit_on_guest_shutdown,
             last_migration: None,
+            pending_verify: None,
         }
     }
 
@@ -113,8 +117,14 @@ impl Vmm {
             // Published before the answer: a caller's next read sees what its call did.
             let r = self.handle_api(req);
             let ok = r.is_ok();
-            // The caller may have gone away; nothing to do about it here.
-            let _ = reply.send(r);
+            match self.pending_verify.take() {
+                // ft.verify started a pass: answered once it ends, off this thread.
+                Some(v) if ok => v.answer_later(reply),
+                // The caller may have gone away; nothing to do about it here.
+                _ => {
+                    let _ = reply.send(r);
+                }
+            }
             return if exit && ok {
                 Flow::Exit
             } else {
@@ -245,6 +255,9 @@ impl Vmm {
             (R::VmResume, O::Primary(p)) if protected && p.paused => self.ft_pause(p, false),
             (R::VmShutdown, O::Primary(p)) if protected => self.ft_shutdown(p),
             (R::VmReboot, O::Primary(p)) if protected => self.ft_reboot(p),
+            (R::FtVerify(c), O::Primary(p)) if ft.1 == ::ft::status::FtState::Protected => {
+                self.ft_verify(p, &c)
+            }
             (R::FtDisable, O::Primary(p)) => {
                 p.pair.command(crate::ft::pair::PairCommand::Disable);
                 (O::Primary(p), Ok(None))

@@ -51,7 +51,7 @@ impl EpochExtras {
 /// The primary's hooks over its epoch clock and device gates.
 pub struct PrimaryHooks {
     clock: Arc<EpochClock>,
-    disks: Vec<Arc<DiskGate>>,
+    pub(super) disks: Vec<Arc<DiskGate>>,
     nets: Vec<Arc<TxGate>>,
 }
 
@@ -117,6 +117,10 @@ impl EpochHooks for PrimaryHooks {
                 .iter()
                 .any(|g| g.counters().held_bytes.load(Ordering::Relaxed) > 0)
     }
+
+    fn scrub_disks(&self) -> Option<&dyn ft::scrub::ScrubDisks> {
+        Some(self)
+    }
 }
 
 /// One of the backup's disks.
@@ -137,8 +141,8 @@ struct Stash {
 
 /// The backup's hooks: apply (replicated) or stash (shared) each committed epoch's writes.
 pub struct BackupDiskHooks {
-    mode: DiskMode,
-    disks: Vec<BackupDisk>,
+    pub(super) mode: DiskMode,
+    pub(super) disks: Vec<BackupDisk>,
     stash: Mutex<Stash>,
 }
 
@@ -204,6 +208,10 @@ impl BackupDiskHooks {
 }
 
 impl BackupHooks for BackupDiskHooks {
+    fn scrub_disks(&self) -> Option<&dyn ft::scrub::ScrubDisks> {
+        Some(self)
+    }
+
     fn backup_committed(&self, n: u64, extras: &[u8]) {
         let extras = match EpochExtras::decode(extras) {
             Ok(e) => e,

@@ -3,8 +3,12 @@
 //! ([`crate::migration::source::PrimaryVm`]) and the hooks through which the checkpoint engine
 //! drives the output gates ([`hooks`]), and each side's thread ([`pair`]): checkpointing,
 //! failure detection, arbitration, failover, and the VM operations carried to the backup
-//! (pause, resume, shutdown, reboot); [`second_path`]: UDP heartbeats and the rule that uses them.
+//! (pause, resume, shutdown, reboot); [`second_path`]: UDP heartbeats and the rule that uses them;
+//! [`scrub`]: the replicated disks as the replica scrub reads and repairs them;
+//! [`replica_fault`]: a test-only hook that corrupts a backup's copy on purpose.
 
 pub mod hooks;
 pub mod pair;
+pub mod replica_fault;
+pub mod scrub;
 pub mod second_path;

@@ -170,12 +170,19 @@ impl Vmm {
     }
 }
 
+/// How often the background replica scrub covers everything, unless `ft.enable` says.
+const DEFAULT_SCRUB_PERIOD_S: u64 = 300;
+
 /// The pair's timing as `ft.enable` set it (defaults filled in).
 fn timing(c: &FtEnableConfig) -> PairTiming {
     PairTiming {
         checkpoint_interval: ms(c.checkpoint_interval_ms, 25),
         heartbeat_interval: ms(c.heartbeat_interval_ms, 100),
         failure_timeout: ms(c.failure_timeout_ms, 1000),
+        scrub_period: match c.scrub_period_s.unwrap_or(DEFAULT_SCRUB_PERIOD_S) {
+            0 => None,
+            s => Some(std::time::Duration::from_secs(s)),
+        },
     }
 }
 

@@ -14,6 +14,7 @@
 //! ft.status and the backup keeps waiting for its real primary.
 
 use super::super::hooks::{BackupDisk, BackupDiskHooks};
+use super::super::replica_fault;
 use super::super::second_path::{self, Deferral, HeartbeatPaths};
 use super::backup_vm::BackupVm;
 use super::{
@@ -47,6 +48,8 @@ struct BackupPairHooks {
     disks: OnceLock<Arc<BackupDiskHooks>>,
     status: StatusHandle,
     channel: ChannelHook,
+    /// TEST ONLY ([`replica_fault`]): corrupts the replica once the initial sync is in.
+    fault: OnceLock<replica_fault::Armed>,
 }
 
 impl BackupHooks for BackupPairHooks {
@@ -59,6 +62,9 @@ impl BackupHooks for BackupPairHooks {
                 FtState::Protected,
                 "initial sync received; checkpoints flow",
             );
+            if let Some(f) = self.fault.get() {
+                f.fire();
+            }
         }
         self.status.record_commit(n);
         // The ack went out just before this call; the initial sync's commit is no checkpoint.
@@ -77,6 +83,9 @@ impl BackupHooks for BackupPairHooks {
     }
     fn heartbeat_sent(&self) {
         self.status.record_heartbeat_sent(Path::Channel);
+    }
+    fn scrub_disks(&self) -> Option<&dyn ft::scrub::ScrubDisks> {
+        self.disks.get().and_then(|d| d.scrub_disks())
     }
 }
 
@@ -239,6 +248,7 @@ fn run_backup(
             disks: OnceLock::new(),
             status: status.clone(),
             channel: detector.channel_hook(),
+            fault: OnceLock::new(),
         });
         let config: OnceLock<VmConfig> = OnceLock::new();
         let build_hooks = hooks.clone();
@@ -276,6 +286,9 @@ fn run_backup(
             let _ = build_hooks.disks.set(disks.clone());
             let inner = IncomingVm::new(cfg.clone(), guest_events, on_failure)
                 .map_err(|e| format!("cannot build the replica: {}", errors::chain(&e)))?;
+            if let Some(f) = inner.guest_memory().and_then(replica_fault::arm) {
+                let _ = build_hooks.fault.set(f);
+            }
             let _ = config.set(cfg);
             Ok((BackupVm { inner, disks }, Some(pair)))
         });
@@ -349,6 +362,9 @@ fn run_backup(
                 return end("ft.disable on the backup; copy discarded".into());
             }
             Ok(PairCommand::Pause(reply) | PairCommand::Resume(reply)) => {
+                let _ = reply.send(Err(PairError::NotPrimary));
+            }
+            Ok(PairCommand::Verify(reply)) => {
                 let _ = reply.send(Err(PairError::NotPrimary));
             }
             Ok(PairCommand::Promote) => promote = true,

@@ -55,10 +55,15 @@ pub struct PairTiming {
     pub heartbeat_interval: Duration,
     /// Silence from the peer after which it counts as failed.
     pub failure_timeout: Duration,
+    /// The background replica scrub covers everything once per this period (`None`: off).
+    pub scrub_period: Option<Duration>,
 }
 
 /// The answer to a pause or resume: an error says why it was not done.
 pub type OpReply = Sender<Result<(), PairError>>;
+
+/// The answer to ft.verify: the pass's ticket (the caller waits on it), or why there is none.
+pub type VerifyReply = Sender<Result<ft::scrub::VerifyTicket, PairError>>;
 
 /// What the VMM thread asks of a pair thread.
 #[derive(Debug)]
@@ -74,6 +79,9 @@ pub enum PairCommand {
     Pause(OpReply),
     /// vm.resume on the primary.
     Resume(OpReply),
+    /// ft.verify on the primary: starts (or joins) a full replica scrub pass at once; the
+    /// ticket comes back for the caller to wait on, so this thread never waits for the pass.
+    Verify(VerifyReply),
     /// vm.shutdown or vmm.shutdown on the primary (the reason the backup is told): end the pair
     /// on purpose; the VM comes back through [`PairHandle::end`].
     Shutdown(&'static str),
@@ -153,6 +161,20 @@ impl PairHandle {
         }
     }
 
+    /// Asks a primary's thread for a replica scrub pass (ft.verify); the ticket comes back at
+    /// once, within `timeout` of the thread's turn.
+    pub fn verify(&self, timeout: Duration) -> Result<ft::scrub::VerifyTicket, PairError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.commands
+            .send(PairCommand::Verify(tx))
+            .map_err(|_| PairError::Ended)?;
+        match rx.recv_timeout(timeout) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => Err(PairError::NoAnswer(timeout)),
+            Err(RecvTimeoutError::Disconnected) => Err(PairError::Ended),
+        }
+    }
+
     /// Passes `c` (Shutdown, Reboot, Leave) and waits for the thread to end; a primary's VM
     /// comes back. `None`: the thread had ended on its own (its report is on the way), or was
     /// already joined.
@@ -164,7 +186,10 @@ impl PairHandle {
 
     /// Passes `c` to the thread; a backup's stream is closed so that it stops receiving.
     pub fn command(&self, c: PairCommand) {
-        let stops_backup = !matches!(c, PairCommand::Pause(_) | PairCommand::Resume(_));
+        let stops_backup = !matches!(
+            c,
+            PairCommand::Pause(_) | PairCommand::Resume(_) | PairCommand::Verify(_)
+        );
         let _ = self.commands.send(c);
         if !stops_backup {
             return;
@@ -191,6 +216,12 @@ impl StatsSink for StatusStats {
     }
     fn in_flight(&self, epochs: usize, staged_bytes: u64) {
         self.0.set_backlog(staged_bytes, epochs as u64);
+    }
+    fn scrub_checked(&self, c: &ft::scrub::ScrubChecked, reason: Option<&str>) {
+        self.0.record_scrub_checked(c, reason);
+    }
+    fn scrub_status(&self, s: &ft::scrub::ScrubStatus) {
+        self.0.set_scrub(s);
     }
 }
 

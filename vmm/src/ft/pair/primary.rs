@@ -129,6 +129,9 @@ impl EpochHooks for PrimaryPairHooks {
     fn heartbeat_sent(&self) {
         self.status.record_heartbeat_sent(Path::Channel);
     }
+    fn scrub_disks(&self) -> Option<&dyn ft::scrub::ScrubDisks> {
+        self.gates.scrub_disks()
+    }
 }
 
 /// Everything `spawn_primary` needs.
@@ -279,6 +282,10 @@ impl PrimaryRun {
             // Well inside the backup's failure timeout: a primary that hears no confirmation
             // claims the next generation before a backup that lost the link would.
             end_confirm_timeout: (t.failure_timeout / 2).max(Duration::from_millis(100)),
+            scrub: ft::scrub::ScrubOptions {
+                period: t.scrub_period,
+                ..ft::scrub::ScrubOptions::default()
+            },
             ..PrimaryOptions::default()
         };
         let stats = Arc::new(StatusStats(self.status.clone()));
@@ -356,6 +363,10 @@ impl PrimaryRun {
                         .map_err(PairError::Checkpoint);
                     self.status.set_guest_paused(primary.guest_paused());
                     let _ = reply.send(r);
+                    None
+                }
+                Ok(PairCommand::Verify(reply)) => {
+                    let _ = reply.send(Ok(primary.verify()));
                     None
                 }
                 Ok(PairCommand::Promote | PairCommand::Leave) | Err(RecvTimeoutError::Timeout) => {
@@ -551,6 +562,10 @@ impl PrimaryRun {
                     while Instant::now() < until {
                         let next = match self.commands.recv_timeout(TICK) {
                             Ok(PairCommand::Pause(reply) | PairCommand::Resume(reply)) => {
+                                let _ = reply.send(Err(PairError::Ended));
+                                None
+                            }
+                            Ok(PairCommand::Verify(reply)) => {
                                 let _ = reply.send(Err(PairError::Ended));
                                 None
                             }
