@@ -13,6 +13,7 @@ pub mod arbiter;
 pub mod auth;
 pub mod bitmap;
 pub mod checkpoint;
+pub mod disk;
 pub mod failover;
 pub mod frame;
 pub mod gate;
@@ -26,6 +27,8 @@ pub mod vm;
 
 /// The newest stream protocol version this build speaks (announced in Hello). Version 2 adds the
 /// Extras frame for FT checkpoints, version 3 the FT Commit's `CommitInfo` (pause, guest paused),
-/// version 4 delta page entries in FT checkpoints, version 5 the backup's EndConfirmed answer to
-/// an intended end; a version-1 migration stream is still accepted (migration never sends deltas).
+/// version 4 delta page entries in FT checkpoints, version 5 the FT Hello's pair settings, the
+/// backup's EndConfirmed answer to an intended end, the replicated disks' copy in the FT initial
+/// sync (DiskBlocks, the Hello's disk list) and a backup's withdrawal; a version-1 migration
+/// stream is still accepted (migration sends none of these).
 pub const PROTOCOL_VERSION: u16 = 5;

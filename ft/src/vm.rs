@@ -13,6 +13,8 @@ pub struct VmIdentity {
     pub vcpu_count: u32,
     /// The VM's config as JSON, so that a destination can be built to match.
     pub config: String,
+    /// The disks the stream copies (FT, replicated mode), in index order; empty otherwise.
+    pub disks: Vec<crate::disk::DiskInfo>,
 }
 
 /// Everything but memory that makes up a paused VM, as opaque blobs the VMM alone understands.
@@ -102,6 +104,12 @@ pub trait MigratableVm {
         vec![(0, self.page_count())]
     }
 
+    /// The replicated disks an FT initial sync copies with memory (`crate::disk`); none by
+    /// default (a migration, shared disks).
+    fn disks(&mut self) -> Option<&mut dyn crate::disk::VmDisks> {
+        None
+    }
+
     /// Guest memory size in pages.
     fn page_count(&self) -> u64 {
         self.memory_size() / PAGE_SIZE as u64
@@ -113,6 +121,7 @@ pub trait MigratableVm {
             memory_size: self.memory_size(),
             vcpu_count: self.vcpu_count(),
             config: self.config_json(),
+            disks: Vec::new(),
         }
     }
 }

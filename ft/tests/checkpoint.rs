@@ -152,6 +152,7 @@ fn backup_opts() -> BackupOptions {
     BackupOptions {
         sync: ReceiveOptions {
             io_timeout: Duration::from_secs(10),
+            ..ReceiveOptions::default()
         },
         heartbeat_interval: Duration::from_millis(20),
         peer_timeout: Duration::from_secs(5),
@@ -172,6 +173,10 @@ fn spawn_backup() -> (SocketAddr, Backup) {
     (addr, t)
 }
 
+/// How long a loaded host may take to reach a test's minimum: far above what an idle one needs,
+/// well under nextest's kill timer.
+const DEADLINE: Duration = Duration::from_secs(60);
+
 /// Runs a primary against `addr` for `run_for`, then stops it.
 fn run_primary(
     addr: SocketAddr,
@@ -180,6 +185,19 @@ fn run_primary(
     gates: impl FnOnce(&FakeVm) -> Arc<Gates>,
     run_for: Duration,
 ) -> (PrimaryExit<FakeVm>, Arc<Gates>, Vec<CheckpointStats>) {
+    run_primary_until(addr, rate, opts, gates, run_for, 0)
+}
+
+/// Runs a primary against `addr` for at least `run_for` and until `min_checkpoints` are
+/// committed (a loaded host is slower, not wrong), or it fails, or [`DEADLINE`]; then stops it.
+fn run_primary_until(
+    addr: SocketAddr,
+    rate: u64,
+    opts: &PrimaryOptions,
+    gates: impl FnOnce(&FakeVm) -> Arc<Gates>,
+    run_for: Duration,
+    min_checkpoints: usize,
+) -> (PrimaryExit<FakeVm>, Arc<Gates>, Vec<CheckpointStats>) {
     let src = FakeVm::source(PAGES, VCPUS, rate, 7);
     let gates = gates(&src);
     let stats = Arc::new(Stats::default());
@@ -187,8 +205,9 @@ fn run_primary(
     let conn = connect(&ep, Duration::from_secs(5)).unwrap();
     let p = FtPrimary::start(src, conn, opts, gates.clone(), stats.clone())
         .unwrap_or_else(|e| panic!("start: {}", ft::migration::error_chain(&e.1)));
-    let deadline = Instant::now() + run_for;
-    while Instant::now() < deadline && !p.has_failed() {
+    let start = Instant::now();
+    let done = || start.elapsed() >= run_for && stats.0.lock().unwrap().len() >= min_checkpoints;
+    while !done() && start.elapsed() < DEADLINE && !p.has_failed() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let exit = p.stop().unwrap();
@@ -230,18 +249,19 @@ fn assert_backup_at(b: &FtBackup<FakeVm>, gates: &Gates, n: u64) {
 #[test]
 fn backup_matches_primary_at_last_acked_capture_and_goes_live_from_it() {
     let (addr, backup) = spawn_backup();
-    let (exit, gates, stats) = run_primary(
+    let (exit, gates, stats) = run_primary_until(
         addr,
         3000,
         &primary_opts(),
         |vm| Gates::new(Some(vm.probe())),
         Duration::from_millis(600),
+        10,
     );
     assert!(exit.error.is_none(), "{:?}", exit.error);
     assert!(exit.vm.is_running(), "the primary runs on after stop");
     let last = exit.report.committed.unwrap();
     assert_eq!(last, exit.report.captured, "stop waits for every ack");
-    assert!(last >= 10, "only {last} checkpoints in 600 ms");
+    assert!(last >= 10, "only {last} checkpoints in {DEADLINE:?}");
 
     let (bexit, blog) = backup.join().unwrap();
     let (c, committed) = cause(&bexit.error);
@@ -387,12 +407,13 @@ fn outputs_are_released_only_after_the_backups_ack() {
     let (baddr, backup) = spawn_backup();
     let delay = Duration::from_millis(30);
     let (paddr, _p) = proxy::start(baddr, Fault::DelayReplies(delay));
-    let (exit, gates, _) = run_primary(
+    let (exit, gates, _) = run_primary_until(
         paddr,
         1000,
         &primary_opts(),
         |_| Gates::new(None),
         Duration::from_millis(500),
+        4,
     );
     assert!(exit.error.is_none(), "{:?}", exit.error);
     let captured: HashMap<u64, Instant> = gates.events('c').into_iter().collect();
@@ -418,7 +439,7 @@ fn output_waiting_ends_epochs_early() {
         checkpoint_interval: Duration::from_secs(10),
         ..primary_opts()
     };
-    let (exit, _, stats) = run_primary(
+    let (exit, _, stats) = run_primary_until(
         addr,
         1000,
         &opts,
@@ -428,6 +449,7 @@ fn output_waiting_ends_epochs_early() {
             g
         },
         Duration::from_millis(400),
+        5,
     );
     assert!(exit.error.is_none(), "{:?}", exit.error);
     assert!(
@@ -474,15 +496,24 @@ fn slow_backup_bounds_in_flight_and_stalls_epochs() {
     let _ = backup.join().unwrap();
 }
 
-/// Runs a primary against `addr` with `opts` for `run_for`, metered.
-fn run_metered(addr: SocketAddr, opts: &PrimaryOptions, run_for: Duration) -> Arc<Metered> {
+/// Runs a primary against `addr` with `opts`, metered, for at least `run_for` and until `enough`
+/// holds (or [`DEADLINE`]).
+fn run_metered(
+    addr: SocketAddr,
+    opts: &PrimaryOptions,
+    run_for: Duration,
+    enough: impl Fn(&Metered) -> bool,
+) -> Arc<Metered> {
     let m = Arc::new(Metered::default());
     let ep: Endpoint = format!("tcp:{addr}").parse().unwrap();
     let conn = connect(&ep, Duration::from_secs(5)).unwrap();
     let src = FakeVm::source(PAGES, VCPUS, 2000, 3);
     let p = FtPrimary::start(src, conn, opts, m.clone(), m.clone())
         .unwrap_or_else(|e| panic!("start: {}", ft::migration::error_chain(&e.1)));
-    std::thread::sleep(run_for);
+    let start = Instant::now();
+    while (start.elapsed() < run_for || !enough(&m)) && start.elapsed() < DEADLINE {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let exit = p.stop().unwrap();
     assert!(exit.error.is_none(), "{:?}", exit.error);
     m
@@ -498,7 +529,10 @@ fn backlog_reports_follow_the_window_and_heartbeats_are_counted() {
         max_in_flight: 2,
         ..primary_opts()
     };
-    let m = run_metered(paddr, &opts, Duration::from_millis(400));
+    let m = run_metered(paddr, &opts, Duration::from_millis(400), |m| {
+        let r = m.in_flight.lock().unwrap();
+        r.len() > 4 && r.iter().any(|&(n, _)| n == 2)
+    });
     let reports = m.in_flight.lock().unwrap().clone();
     assert!(reports.len() > 4, "{reports:?}");
     assert!(reports.iter().all(|&(n, _)| n <= 2), "{reports:?}");
@@ -517,7 +551,9 @@ fn backlog_reports_follow_the_window_and_heartbeats_are_counted() {
         heartbeat_interval: Duration::from_millis(60),
         ..primary_opts()
     };
-    let m = run_metered(addr, &opts, Duration::from_millis(300));
+    let m = run_metered(addr, &opts, Duration::from_millis(300), |m| {
+        m.beats.load(Ordering::SeqCst) >= 2
+    });
     let beats = m.beats.load(Ordering::SeqCst);
     let (_, log) = backup.join().unwrap();
     let backup_beats = log.1.load(Ordering::SeqCst);
@@ -526,11 +562,21 @@ fn backlog_reports_follow_the_window_and_heartbeats_are_counted() {
     assert!(backup_beats >= 2, "backup heartbeats: {backup_beats}");
 }
 
-/// Runs a fast-dirtying primary through a faulty proxy; returns the backup's exit, and the gates.
-fn through_fault(fault: Fault) -> (BackupExit<FakeVm>, Arc<Gates>, PrimaryExit<FakeVm>) {
+/// Runs a fast-dirtying primary through a faulty proxy; returns the backup's exit, the gates,
+/// the primary's exit and where a mid-checkpoint cut fell.
+fn through_fault(
+    fault: Fault,
+) -> (
+    BackupExit<FakeVm>,
+    Arc<Gates>,
+    PrimaryExit<FakeVm>,
+    Option<proxy::MidCheckpointCut>,
+) {
     let (baddr, backup) = spawn_backup();
-    let (paddr, _p) = proxy::start(baddr, fault);
-    let (exit, gates, _) = run_primary(
+    let (paddr, proxy) = proxy::start(baddr, fault);
+    // Until the fault ends the stream (the primary fails), however long a loaded host takes to
+    // reach its offset.
+    let (exit, gates, _) = run_primary_until(
         paddr,
         20000,
         &PrimaryOptions {
@@ -541,17 +587,32 @@ fn through_fault(fault: Fault) -> (BackupExit<FakeVm>, Arc<Gates>, PrimaryExit<F
             ..primary_opts()
         },
         |vm| Gates::new(Some(vm.probe())),
-        Duration::from_secs(3),
+        Duration::ZERO,
+        usize::MAX,
     );
-    (backup.join().unwrap().0, gates, exit)
+    let cut = proxy.join().unwrap();
+    (backup.join().unwrap().0, gates, exit, cut)
 }
 
 #[test]
 fn cut_mid_checkpoint_keeps_the_previous_one() {
-    let (bexit, gates, pexit) = through_fault(Fault::CutAfter(12 << 20));
+    let (bexit, gates, pexit, cut) = through_fault(Fault::CutMidCheckpoint(12 << 20));
+    let cut = cut.expect("the proxy never cut inside a checkpoint");
+    println!("cut: {cut:?}: {}", ft::migration::error_chain(&bexit.error));
+    // The backup held part of checkpoint `cut.epoch` (a whole page frame and more), no Commit of
+    // it, and the Commit of the one before.
+    assert!(cut.whole_frames >= 1, "{cut:?}");
+    assert_eq!(cut.last_commit + 1, cut.epoch, "{cut:?}");
     let (c, last) = cause(&bexit.error);
-    let last = last.unwrap();
-    assert!(last >= 1, "cut fell in the initial sync; move it");
+    assert_eq!(
+        last,
+        Some(cut.last_commit),
+        "the backup's last committed checkpoint is the last whole one"
+    );
+    assert!(
+        gates.events('c').iter().any(|(n, _)| *n >= cut.epoch),
+        "the primary captured the cut checkpoint"
+    );
     assert!(
         matches!(
             c,
@@ -564,16 +625,15 @@ fn cut_mid_checkpoint_keeps_the_previous_one() {
         ),
         "{c:?}"
     );
-    println!("cut: {}", ft::migration::error_chain(&bexit.error));
-    assert_backup_at(&bexit.backup, &gates, last);
+    assert_backup_at(&bexit.backup, &gates, cut.last_commit);
     assert!(pexit.error.is_some(), "the primary notices the cut");
-    assert!(pexit.report.committed.unwrap() <= last);
+    assert!(pexit.report.committed.unwrap() <= cut.last_commit);
     assert!(pexit.vm.is_running());
 }
 
 #[test]
 fn corrupt_frame_is_a_clean_error_and_nothing_of_it_is_applied() {
-    let (bexit, gates, _) = through_fault(Fault::FlipBitAt(12 << 20));
+    let (bexit, gates, _, _) = through_fault(Fault::FlipBitAt(12 << 20));
     let (c, last) = cause(&bexit.error);
     assert!(
         matches!(c, CheckpointError::Stream(MigrationError::Frame(_))),
@@ -938,16 +998,17 @@ fn bytes_per_page(stats: &[CheckpointStats]) -> u64 {
 #[test]
 fn deltas_keep_the_backup_equal_through_many_checkpoints() {
     let (addr, backup) = spawn_backup();
-    let (exit, gates, stats) = run_primary(
+    let (exit, gates, stats) = run_primary_until(
         addr,
         20_000,
         &primary_opts(),
         |vm| Gates::new(Some(vm.probe())),
         Duration::from_millis(800),
+        8,
     );
     assert!(exit.error.is_none(), "{:?}", exit.error);
     let last = exit.report.committed.unwrap();
-    assert!(last >= 4, "only {last} checkpoints");
+    assert!(last >= 8, "only {last} checkpoints");
     let (bexit, _) = backup.join().unwrap();
     assert_eq!(cause(&bexit.error).1, Some(last));
     assert_backup_at(&bexit.backup, &gates, last);

@@ -30,6 +30,7 @@ fn opts() -> SendOptions {
 fn recv_opts() -> ReceiveOptions {
     ReceiveOptions {
         io_timeout: Duration::from_secs(10),
+        ..ReceiveOptions::default()
     }
 }
 

@@ -164,6 +164,7 @@ fn pair(rate: u64, scrub: ScrubOptions, disks: bool) -> Pair {
         let bopts = BackupOptions {
             sync: ReceiveOptions {
                 io_timeout: Duration::from_secs(10),
+                ..ReceiveOptions::default()
             },
             heartbeat_interval: Duration::from_millis(20),
             peer_timeout: Duration::from_secs(5),

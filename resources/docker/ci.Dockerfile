@@ -4,8 +4,9 @@
 #   docker build -f resources/docker/ci.Dockerfile -t tandem-ci .
 #   docker run --rm --device /dev/kvm --device /dev/net/tun --privileged tandem-ci
 #
-# --privileged is needed for the test network (namespaces, veth, bridges, taps, tc) and KVM;
-# without /dev/kvm the KVM tests print SKIPPED and pass.
+# --privileged is needed for the test network (namespaces, veth, bridges, taps, tc) and KVM.
+# .ci/run declares KVM, namespaces and taps required (TANDEM_REQUIRE), so without them the tests
+# that need them fail; `-e TANDEM_REQUIRE=` lets them skip instead (listed in the skip report).
 # Needs a registry for this toolchain image (rustup for rustfmt and clippy) and crates.io.
 FROM rust:1.95-bookworm
 

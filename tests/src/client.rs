@@ -61,6 +61,19 @@ impl CounterConn {
     pub fn get(&mut self) -> std::io::Result<u64> {
         self.call("GET")
     }
+
+    /// `WRITE <first> <count>`: the guest fills those 4 KiB blocks of its disks with a new
+    /// pattern and flushes them before it answers.
+    pub fn write_blocks(&mut self, first: u64, count: u64) -> std::io::Result<()> {
+        let n = self.call(&format!("WRITE {first} {count}"))?;
+        if n != count {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("WRITE {first} {count} answered {n}"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The counter value the guest stored in block 0 of a disk image, if the block holds one:
@@ -71,4 +84,18 @@ pub fn counter_on_disk(image: &std::path::Path) -> Option<u64> {
         return None;
     }
     Some(u64::from_le_bytes(b.get(8..16)?.try_into().ok()?))
+}
+
+/// Waits until the counter on `image` is `want` and returns what it read last: after a failover
+/// or a release the guest's last writes may still be on their way to the disk, so one read is
+/// not enough. Gives up after 60 s, or at once past `want` (the counter never goes back).
+pub fn wait_counter_on_disk(image: &std::path::Path, want: Option<u64>) -> Option<u64> {
+    let start = std::time::Instant::now();
+    loop {
+        let v = counter_on_disk(image);
+        if v >= want || start.elapsed() > Duration::from_secs(60) {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

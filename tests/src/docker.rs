@@ -33,26 +33,14 @@ pub fn docker_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Whether a Docker engine answers here; prints a loud notice when not.
+/// Whether a Docker engine answers here (`require!(docker)`, see [`crate::require`]: skipped
+/// and reported, or failed where declared).
 pub fn engine_available(test: &str) -> bool {
-    match Command::new("docker")
-        .args(["version", "-f", "{{.Server.Version}}"])
-        .output()
-    {
-        Ok(o) if o.status.success() => true,
-        Ok(o) => {
-            eprintln!(
-                "\n*** SKIPPED: {test}: no Docker engine answers (`docker version`: {}); as root, \
-                 resources/docker/engine.sh installs and starts one ***\n",
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-            false
-        }
-        Err(e) => {
-            eprintln!("\n*** SKIPPED: {test}: no docker client ({e}) ***\n");
-            false
-        }
-    }
+    crate::require::named_for(
+        &crate::caller(test),
+        "docker",
+        crate::require::probe::docker,
+    )
 }
 
 /// Skips the calling test (returning early) unless KVM is usable and a Docker engine answers.

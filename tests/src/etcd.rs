@@ -13,22 +13,10 @@ use std::time::{Duration, Instant};
 /// How long etcd may take to answer after a start.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Whether `etcd` and `etcdctl` run here; prints a loud notice when not.
+/// Whether `etcd` and `etcdctl` run here (`require!(etcd)`, see [`crate::require`]: skipped and
+/// reported, or failed where declared).
 pub fn etcd_available(test: &str) -> bool {
-    let runs = |bin: &str, arg: &str| {
-        Command::new(bin)
-            .arg(arg)
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    let (server, ctl) = (runs("etcd", "--version"), runs("etcdctl", "version"));
-    if !server || !ctl {
-        eprintln!(
-            "\n*** SKIPPED: {test}: needs etcd and etcdctl (apt-get install etcd-server \
-             etcd-client; .ci/run installs them) (etcd={server}, etcdctl={ctl}) ***\n"
-        );
-    }
-    server && ctl
+    crate::require::named_for(&crate::caller(test), "etcd", crate::require::probe::etcd)
 }
 
 /// Skips the calling test (returning early) when etcd cannot run here.

@@ -1,5 +1,21 @@
 //! Test support: start real `tandem` processes, talk to them over their API socket with
 //! `api_client`, and watch the guest's serial console.
+//!
+//! A test first says what it needs from the host; where that is missing it is skipped (and
+//! listed in the skip report), or fails where `.ci/run` declared it (`TANDEM_REQUIRE`):
+//!
+//! ```no_run
+//! use tandem_tests::require;
+//!
+//! fn a_test() {
+//!     require!(kvm, netns); // also: tap, gcc, curl, jq, etcd, prometheus, docker, tcpdump, hwvirt
+//!     // Anything else: a name and a probe that does what the test will do.
+//!     require!("minio" => tandem_tests::require::probe::command("minio", &["--version"]));
+//! }
+//! ```
+//!
+//! A test that can never run on our CI hosts gets `#[ignore = "why"]` on top (see
+//! `tests/tests/linux_guest.rs`). Details: the `tandem_require` crate (tests/require).
 
 pub mod bench;
 pub mod client;
@@ -7,9 +23,11 @@ pub mod dashboard;
 pub mod docker;
 pub mod etcd;
 pub mod ft;
+pub mod ft_disks;
 pub mod ft_pair;
 pub mod guest;
 pub mod metrics;
+pub mod nemesis;
 pub mod net;
 pub mod pair;
 pub mod process;
@@ -63,6 +81,10 @@ pub const METRIC_FAMILIES: &[&str] = &[
     "tandem_ft_heartbeats_received_total",
     "tandem_ft_heartbeat_age_seconds",
     "tandem_ft_failovers_total",
+    "tandem_ft_disk_sync_size_bytes",
+    "tandem_ft_disk_sync_copied_bytes",
+    "tandem_ft_disk_sync_dirty_blocks",
+    "tandem_ft_disk_sync_sent_bytes_total",
 ];
 
 /// The families of [`METRIC_FAMILIES`] that are histograms: their series are `<family>_bucket`,
@@ -80,39 +102,44 @@ pub fn is_exported_series(series: &str) -> bool {
         })
 }
 
-/// Whether this host can run KVM guests; prints a loud notice when it cannot.
-pub fn kvm_available(test: &str) -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("\n*** SKIPPED: {test}: /dev/kvm is not usable here ({e}) ***\n");
-            false
-        }
+/// What a test needs from the host: `require!(kvm, netns);` at the top of a test returns from it
+/// (reported as skipped) where one is missing, and fails it where `.ci/run` declared it in
+/// `TANDEM_REQUIRE`. Every guard goes through it; see the `tandem_require` crate's docs for
+/// the names, the generic `require!("name" => probe)` form and the skip report.
+pub use tandem_require as require;
+pub use tandem_require::require;
+
+/// Whether this host can run KVM guests (see [`require`]); `who` names a caller that is not a
+/// test (a benchmark binary).
+pub fn kvm_available(who: &str) -> bool {
+    require::named_for(&caller(who), "kvm", require::probe::kvm)
+}
+
+/// The calling test, or `who` where the caller is not a test's thread.
+pub(crate) fn caller(who: &str) -> String {
+    let t = require::report::current_test();
+    if t.contains("::") {
+        t
+    } else {
+        format!("{t}: {who}")
     }
 }
 
-/// Skips the calling test (returning early) when KVM is not usable.
+/// The older spelling of `require!(kvm)` (the name is not needed any more).
 #[macro_export]
 macro_rules! require_kvm {
     ($name:expr) => {
-        if !$crate::kvm_available($name) {
-            return;
-        }
+        let _ = $name;
+        $crate::require!(kvm);
     };
 }
 
-/// Skips the calling test (returning early) unless the host can run KVM guests AND build the
-/// test network (root, iproute2); each missing piece is printed loudly.
+/// The older spelling of `require!(kvm, netns)` (the name is not needed any more).
 #[macro_export]
 macro_rules! require_kvm_and_netns {
     ($name:expr) => {
-        if !$crate::kvm_available($name) || !$crate::net::netns_available($name) {
-            return;
-        }
+        let _ = $name;
+        $crate::require!(kvm, netns);
     };
 }
 

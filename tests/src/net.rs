@@ -35,17 +35,10 @@ fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../resources/testnet.sh")
 }
 
-/// Whether this process may build namespaces; prints a loud notice when not.
-pub fn netns_available(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let ip = Command::new("ip").arg("-V").output().is_ok();
-    if !root || !ip {
-        eprintln!(
-            "\n*** SKIPPED: {test}: needs root and iproute2 for network namespaces (root={root}, ip={ip}) ***\n"
-        );
-    }
-    root && ip
+/// Whether this process may build the test network (see [`crate::require`]); `who` names a
+/// caller that is not a test (a benchmark binary).
+pub fn netns_available(who: &str) -> bool {
+    crate::require::named_for(&crate::caller(who), "netns", crate::require::probe::netns)
 }
 
 /// A live test network.

@@ -14,25 +14,14 @@ pub fn alert_rules_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../resources/prometheus/alerts.yml")
 }
 
-/// Whether `prometheus` and `promtool` run here; prints a loud notice when not.
+/// Whether `prometheus` and `promtool` run here (`require!(prometheus)`, see
+/// [`crate::require`]: skipped and reported, or failed where declared).
 pub fn available(test: &str) -> bool {
-    for bin in ["prometheus", "promtool"] {
-        match Command::new(bin).arg("--version").output() {
-            Ok(o) if o.status.success() => {}
-            other => {
-                let why = match other {
-                    Ok(o) => format!("`{bin} --version` exited {}", o.status),
-                    Err(e) => format!("no {bin} ({e})"),
-                };
-                eprintln!(
-                    "\n*** SKIPPED: {test}: {why}; Debian's `prometheus` package has both \
-                     (.ci/run installs it) ***\n"
-                );
-                return false;
-            }
-        }
-    }
-    true
+    crate::require::named_for(
+        &crate::caller(test),
+        "prometheus",
+        crate::require::probe::prometheus,
+    )
 }
 
 /// Skips the calling test (returning early) unless `prometheus` and `promtool` run here.

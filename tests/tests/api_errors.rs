@@ -2,7 +2,7 @@
 //! VMM goes on serving. Table-driven; each row runs against the same live `tandem` process.
 
 use serde_json::{json, Value};
-use tandem_tests::{require_kvm, Tandem};
+use tandem_tests::{require, Tandem};
 
 struct Case {
     what: &'static str,
@@ -61,7 +61,7 @@ fn run(t: &Tandem, c: &Case) {
 
 #[test]
 fn bad_requests_get_clear_4xx_errors() {
-    require_kvm!("bad_requests_get_clear_4xx_errors");
+    require!(kvm);
     let t = Tandem::start("api-errors");
     let not_a_kernel = t.dir.path("not-a-kernel");
     std::fs::write(&not_a_kernel, b"#!/bin/sh\necho this is not a kernel\n").unwrap();
@@ -181,7 +181,7 @@ fn bad_requests_get_clear_4xx_errors() {
 
 #[test]
 fn a_second_vmm_on_the_same_socket_is_refused() {
-    require_kvm!("a_second_vmm_on_the_same_socket_is_refused");
+    require!(kvm);
     let t = Tandem::start("two-vmms");
     let out = std::process::Command::new(tandem_tests::tandem_bin())
         .arg("--api-socket")

@@ -3,12 +3,11 @@
 
 use std::process::Command;
 use std::time::Instant;
-use tandem_tests::require_kvm_and_netns;
+use tandem_tests::require;
 
 #[test]
 fn ft_bench_quick_prints_every_figure() {
-    let name = "ft_bench_quick_prints_every_figure";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let start = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_tandem-bench"))
         .args(["ft", "--quick"])

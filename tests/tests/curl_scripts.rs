@@ -1,10 +1,11 @@
-//! The operator's curl scripts under resources/curl/, run against real `tandem` processes.
+//! The operator's curl scripts under resources/curl/, run against real `tandem` processes (and,
+//! for a refusal no real VMM gives on demand, against a stand-in API on a Unix socket).
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 use tandem_tests::metrics::free_port;
-use tandem_tests::{require_kvm, Tandem, TempDir};
+use tandem_tests::{require, Tandem, TempDir};
 
 fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -21,22 +22,9 @@ fn run(name: &str, socket: &std::path::Path, env: &[(&str, String)]) -> Output {
     c.output().unwrap_or_else(|e| panic!("run {name}: {e}"))
 }
 
-fn tools_available() -> bool {
-    let ok = ["curl", "jq"]
-        .iter()
-        .all(|t| Command::new(t).arg("--version").output().is_ok());
-    if !ok {
-        eprintln!("\n*** SKIPPED: curl scripts need curl and jq (.ci/run installs them) ***\n");
-    }
-    ok
-}
-
 #[test]
 fn operator_scripts_create_watch_migrate_and_shut_down() {
-    require_kvm!("operator_scripts_create_watch_migrate_and_shut_down");
-    if !tools_available() {
-        return;
-    }
+    require!(kvm, curl, jq);
     let p = Tandem::start("curl-p");
     let b = Tandem::start("curl-b");
 
@@ -97,10 +85,7 @@ fn operator_scripts_create_watch_migrate_and_shut_down() {
 
 #[test]
 fn ft_scripts_set_up_watch_promote_and_disable_a_pair() {
-    require_kvm!("ft_scripts_set_up_watch_promote_and_disable_a_pair");
-    if !tools_available() {
-        return;
-    }
+    require!(kvm, curl, jq);
     let p = Tandem::start("curlft-p");
     let b = Tandem::start("curlft-b");
     p.boot_builtin(1, 64, "workload=idle");
@@ -194,13 +179,109 @@ fn ft_scripts_set_up_watch_promote_and_disable_a_pair() {
     assert_eq!(b.state(), "Paused");
 }
 
+/// A stand-in API on a Unix socket for the failure paths no real VMM gives on demand: answers
+/// `GET vm.info` with a running VM and `PUT vm.shutdown` with `shutdown_status`, anything else
+/// with 204. Runs `script` against it; (the script's output, every request line served).
+fn against_scripted_api(
+    socket: &std::path::Path,
+    shutdown_status: u16,
+    script: &str,
+) -> (Output, Vec<String>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let l = std::os::unix::net::UnixListener::bind(socket).expect("bind the stand-in API");
+    l.set_nonblocking(true).expect("nonblocking");
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let stop = done.clone();
+    let api = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        while !stop.load(Ordering::SeqCst) {
+            let Ok((conn, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            conn.set_nonblocking(false).expect("blocking");
+            let mut r = BufReader::new(conn);
+            let mut first = String::new();
+            r.read_line(&mut first).expect("request line");
+            let mut len = 0usize;
+            loop {
+                let mut h = String::new();
+                r.read_line(&mut h).expect("header");
+                if h.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().expect("content-length");
+                }
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).expect("body");
+            let line = first.trim().to_string();
+            let (status, body) = if line.starts_with("GET /api/v1/vm.info") {
+                (200, r#"{"state":"Running"}"#)
+            } else if line.starts_with("PUT /api/v1/vm.shutdown") {
+                (
+                    shutdown_status,
+                    r#"{"error":["FT is still syncing the backup"]}"#,
+                )
+            } else {
+                (204, "")
+            };
+            seen.push(line);
+            let answer = format!(
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = r.get_mut().write_all(answer.as_bytes());
+        }
+        seen
+    });
+    let out = run(script, socket, &[]);
+    done.store(true, Ordering::SeqCst);
+    (out, api.join().expect("stand-in API"))
+}
+
+#[test]
+fn shutdown_script_fails_when_vm_shutdown_is_refused_and_stops_nothing_else() {
+    require!(curl, jq);
+    let dir = TempDir::new("curl-refused");
+    let (out, seen) = against_scripted_api(&dir.path("api.sock"), 409, "shutdown.sh");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a refused vm.shutdown passed: {out:?}"
+    );
+    assert!(
+        err.contains("vm.shutdown: HTTP 409") && err.contains("still syncing"),
+        "{err}"
+    );
+    assert_eq!(
+        seen,
+        [
+            "GET /api/v1/vm.info HTTP/1.1",
+            "PUT /api/v1/vm.shutdown HTTP/1.1"
+        ],
+        "nothing after the refused vm.shutdown"
+    );
+
+    // The same stand-in accepting it: shutdown, delete, VMM shutdown, in that order.
+    let (out, seen) = against_scripted_api(&dir.path("api2.sock"), 204, "shutdown.sh");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        seen,
+        [
+            "GET /api/v1/vm.info HTTP/1.1",
+            "PUT /api/v1/vm.shutdown HTTP/1.1",
+            "PUT /api/v1/vm.delete HTTP/1.1",
+            "PUT /api/v1/vmm.shutdown HTTP/1.1"
+        ]
+    );
+}
+
 #[test]
 fn ft_receive_script_takes_an_etcd_arbiter() {
-    let name = "ft_receive_script_takes_an_etcd_arbiter";
-    tandem_tests::require_etcd!(name);
-    if !tools_available() {
-        return;
-    }
+    require!(etcd, curl, jq);
     let etcd = tandem_tests::etcd::Etcd::start("curl");
     let b = Tandem::start("curletcd-b");
     let listen = ("LISTEN", format!("tcp:127.0.0.1:{}", free_port()));

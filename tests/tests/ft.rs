@@ -7,13 +7,13 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tandem_tests::client::{counter_on_disk, CounterConn};
+use tandem_tests::client::{wait_counter_on_disk, CounterConn};
 use tandem_tests::ft::{
     assert_counts_up, client, ft_status, protected_pair, protected_pair_with, signal, wait_halted,
     wait_status, wait_takeover, GUEST_IP, T,
 };
 use tandem_tests::net::Node;
-use tandem_tests::{require_kvm, require_kvm_and_netns, Tandem, TempDir};
+use tandem_tests::{require, Tandem, TempDir};
 
 fn primary_killed(tag: &str, disk_mode: &str) {
     let mut pair = protected_pair(tag, disk_mode);
@@ -44,27 +44,27 @@ fn primary_killed(tag: &str, disk_mode: &str) {
     );
     assert_counts_up(&seen);
     // Every acknowledged INC is on the disk the guest now runs from (invariant 4).
-    assert_eq!(counter_on_disk(&pair.b_image), seen.last().copied());
+    assert_eq!(
+        wait_counter_on_disk(&pair.b_image, seen.last().copied()),
+        seen.last().copied()
+    );
 }
 
 #[test]
 fn primary_killed_backup_takes_over_and_the_connection_survives() {
-    let name = "primary_killed_backup_takes_over_and_the_connection_survives";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     primary_killed("ft", "shared");
 }
 
 #[test]
 fn primary_killed_with_replicated_disks() {
-    let name = "primary_killed_with_replicated_disks";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     primary_killed("ftr", "replicated");
 }
 
 #[test]
 fn backup_killed_primary_runs_on_unprotected_and_the_client_never_notices() {
-    let name = "backup_killed_primary_runs_on_unprotected_and_the_client_never_notices";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let mut pair = protected_pair("ftb", "shared");
     let stop = Arc::new(AtomicBool::new(false));
     let client = client(&pair.net, stop.clone());
@@ -86,11 +86,10 @@ fn backup_killed_primary_runs_on_unprotected_and_the_client_never_notices() {
     assert_eq!(ft_status(&pair.p)["failover_count"], 0);
     assert_counts_up(&seen);
     // Held writes were released once the primary ran alone.
-    let start = Instant::now();
-    while counter_on_disk(&pair.p_image) != seen.last().copied() && start.elapsed() < T {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(counter_on_disk(&pair.p_image), seen.last().copied());
+    assert_eq!(
+        wait_counter_on_disk(&pair.p_image, seen.last().copied()),
+        seen.last().copied()
+    );
     // Running alone, the VM takes API calls again once the pair is reset.
     pair.p.put_ok("ft.disable", None);
     assert_eq!(ft_status(&pair.p)["role"], "standalone");
@@ -100,8 +99,7 @@ fn backup_killed_primary_runs_on_unprotected_and_the_client_never_notices() {
 
 #[test]
 fn disable_ends_the_pair_the_primary_runs_standalone_and_the_backup_discards() {
-    let name = "disable_ends_the_pair_the_primary_runs_standalone_and_the_backup_discards";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let pair = protected_pair("ftd", "shared");
     let stop = Arc::new(AtomicBool::new(false));
     let client = client(&pair.net, stop.clone());
@@ -140,8 +138,7 @@ fn disable_ends_the_pair_the_primary_runs_standalone_and_the_backup_discards() {
 
 #[test]
 fn promoted_backup_wins_and_the_old_primary_halts() {
-    let name = "promoted_backup_wins_and_the_old_primary_halts";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let pair = protected_pair("ftp", "shared");
     let stop = Arc::new(AtomicBool::new(false));
     let client = client(&pair.net, stop.clone());
@@ -160,13 +157,15 @@ fn promoted_backup_wins_and_the_old_primary_halts() {
     stop.store(true, Ordering::Relaxed);
     let (seen, _) = client.join().expect("client thread");
     assert_counts_up(&seen);
-    assert_eq!(counter_on_disk(&pair.b_image), seen.last().copied());
+    assert_eq!(
+        wait_counter_on_disk(&pair.b_image, seen.last().copied()),
+        seen.last().copied()
+    );
 }
 
 #[test]
 fn guest_power_off_on_the_primary_ends_both() {
-    let name = "guest_power_off_on_the_primary_ends_both";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let pair = protected_pair("fto", "shared");
     let seen = pair
         .net
@@ -201,8 +200,7 @@ fn guest_power_off_on_the_primary_ends_both() {
 
 #[test]
 fn wrong_ft_calls_are_refused_and_change_nothing() {
-    let name = "wrong_ft_calls_are_refused_and_change_nothing";
-    require_kvm!(name);
+    require!(kvm);
     let b = Tandem::start("ftw-b");
     let store = TempDir::new("ftw-store");
     let arbiter = store.path("arbiter");
@@ -268,8 +266,7 @@ fn wrong_ft_calls_are_refused_and_change_nothing() {
 
 #[test]
 fn backup_stopped_output_is_held_until_the_primary_wins_arbitration() {
-    let name = "backup_stopped_output_is_held_until_the_primary_wins_arbitration";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     const FAILURE_TIMEOUT: Duration = Duration::from_millis(1500);
     let pair = protected_pair_with("fth", "shared", FAILURE_TIMEOUT.as_millis() as u64);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<u64>();
@@ -340,8 +337,7 @@ fn backup_stopped_output_is_held_until_the_primary_wins_arbitration() {
 
 #[test]
 fn link_partition_exactly_one_member_stays_live() {
-    let name = "link_partition_exactly_one_member_stays_live";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let pair = protected_pair("ftn", "shared");
     let stop = Arc::new(AtomicBool::new(false));
     let client = client(&pair.net, stop.clone());
@@ -395,9 +391,8 @@ fn link_partition_exactly_one_member_stays_live() {
     }
     assert_counts_up(&seen);
     // Every acknowledged INC is on the shared disk (held writes released by the winner).
-    let start = Instant::now();
-    while counter_on_disk(&pair.p_image) != seen.last().copied() && start.elapsed() < T {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(counter_on_disk(&pair.p_image), seen.last().copied());
+    assert_eq!(
+        wait_counter_on_disk(&pair.p_image, seen.last().copied()),
+        seen.last().copied()
+    );
 }

@@ -68,6 +68,11 @@ fn ft_disable_with_the_link_cut_never_leaves_two_live_vms() {
     pair.net.set_link(Node::HostP, false);
     let (code, v) = pair.p.put("ft.disable", None);
     assert_eq!(code, 204, "{v}");
+    let s = ft_status(&pair.p);
+    assert_eq!(
+        s["role"], "standalone",
+        "right after ft.disable answered: {s}"
+    );
     let (p, b) = never_two_live(&pair, WINDOW);
     assert!(p ^ b, "exactly one member runs the guest: P {p}, B {b}");
     // The primary claimed at once, well before the backup's timeout: it runs on, standalone.
@@ -91,7 +96,12 @@ fn ft_disable_with_the_link_up_is_confirmed_by_the_backup() {
     let pair = protected_pair_with("fec", "shared", TIMEOUT_MS);
     let generation = ft_status(&pair.p)["generation"].clone();
     pair.p.put_ok("ft.disable", None);
-    let s = tandem_tests::ft::wait_status(&pair.p, "standalone", |s| s["role"] == "standalone");
+    // The call answers once the pair has ended: a script's next ft.status says so.
+    let s = ft_status(&pair.p);
+    assert_eq!(
+        s["role"], "standalone",
+        "right after ft.disable answered: {s}"
+    );
     assert!(
         s["reason"]
             .as_str()

@@ -6,7 +6,7 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 use tandem_tests::metrics::{free_port, Metrics};
 use tandem_tests::pair::{ft_status, LocalPair, PAIR_TIMEOUT};
-use tandem_tests::require_kvm;
+use tandem_tests::require;
 
 const PAUSE: &str = "tandem_ft_checkpoint_pause_seconds";
 
@@ -51,7 +51,7 @@ fn scrape_until(socket: &std::path::Path, what: &str, done: impl Fn(&Metrics) ->
 
 #[test]
 fn ft_metrics_follow_a_real_pair_through_a_failover() {
-    require_kvm!("ft_metrics_follow_a_real_pair_through_a_failover");
+    require!(kvm);
     let tcp = format!("127.0.0.1:{}", free_port());
     let mut pair = LocalPair::start("ftm", &["--metrics-listen", &tcp]);
 

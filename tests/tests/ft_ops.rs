@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::channel;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tandem_tests::client::{counter_on_disk, CounterConn};
+use tandem_tests::client::{wait_counter_on_disk, CounterConn};
 use tandem_tests::ft::{
     assert_counts_up, client, ft_status, protected_pair, wait_ft, wait_status, wait_takeover, Pair,
     GUEST_IP, T,
 };
 use tandem_tests::net::{Node, HOST_B_LINK_IP, HOST_P_LINK_IP};
-use tandem_tests::{require_kvm_and_netns, Tandem};
+use tandem_tests::{require, Tandem};
 
 /// What [`stepped_client`] gives the test: its "ready" (last value), its "go", its thread.
 type Stepped = (
@@ -46,8 +46,7 @@ fn stepped_client(pair: &Pair, more: usize) -> Stepped {
 
 #[test]
 fn pause_and_resume_keep_the_pair_protected_on_one_connection() {
-    let name = "pause_and_resume_keep_the_pair_protected_on_one_connection";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let pair = protected_pair("fop", "shared");
     let (ready, go, client) = stepped_client(&pair, 20);
     ready.recv().expect("client ready");
@@ -107,7 +106,10 @@ fn pause_and_resume_keep_the_pair_protected_on_one_connection() {
         "no epochs after resume: {ps}"
     );
     assert_eq!(pair.p.put("vm.resume", None).0, 409, "resumed twice");
-    assert_eq!(counter_on_disk(&pair.p_image), seen.last().copied());
+    assert_eq!(
+        wait_counter_on_disk(&pair.p_image, seen.last().copied()),
+        seen.last().copied()
+    );
     // Paused when the pair ends: the VM comes back paused, standalone, and resumes.
     pair.p.put_ok("vm.pause", None);
     pair.p.put_ok("ft.disable", None);
@@ -128,8 +130,7 @@ fn pause_and_resume_keep_the_pair_protected_on_one_connection() {
 
 #[test]
 fn primary_killed_while_paused_the_backup_takes_over_paused() {
-    let name = "primary_killed_while_paused_the_backup_takes_over_paused";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let mut pair = protected_pair("fok", "shared");
     let (ready, go, client) = stepped_client(&pair, 10);
     ready.recv().expect("client ready");
@@ -162,7 +163,10 @@ fn primary_killed_while_paused_the_backup_takes_over_paused() {
         !b.serial().text().contains("tandem-guest: boot"),
         "the guest rebooted"
     );
-    assert_eq!(counter_on_disk(&pair.b_image), seen.last().copied());
+    assert_eq!(
+        wait_counter_on_disk(&pair.b_image, seen.last().copied()),
+        seen.last().copied()
+    );
 }
 
 /// Waits until the backup has left the pair with a reason containing `why`; checks that it
@@ -181,8 +185,7 @@ fn assert_backup_discarded(b: &Tandem, why: &str) {
 
 #[test]
 fn vm_shutdown_on_the_primary_ends_both() {
-    let name = "vm_shutdown_on_the_primary_ends_both";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let pair = protected_pair("fos", "shared");
     let seen: Vec<u64> = pair
         .net
@@ -197,7 +200,10 @@ fn vm_shutdown_on_the_primary_ends_both() {
     assert_eq!(ft_status(&pair.p)["role"], "standalone");
     assert_backup_discarded(&pair.b, "vm.shutdown");
     assert_counts_up(&seen);
-    assert_eq!(counter_on_disk(&pair.p_image), seen.last().copied());
+    assert_eq!(
+        wait_counter_on_disk(&pair.p_image, seen.last().copied()),
+        seen.last().copied()
+    );
     // Standalone again: it boots and takes VM calls.
     pair.p.put_ok("vm.boot", None);
     pair.p.put_ok("vm.pause", None);
@@ -205,8 +211,7 @@ fn vm_shutdown_on_the_primary_ends_both() {
 
 #[test]
 fn vmm_shutdown_on_the_primary_is_an_intended_end_not_a_crash() {
-    let name = "vmm_shutdown_on_the_primary_is_an_intended_end_not_a_crash";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let mut pair = protected_pair("fov", "shared");
     pair.p.put_ok("vmm.shutdown", None);
     pair.p.wait_exit(T);
@@ -215,8 +220,7 @@ fn vmm_shutdown_on_the_primary_is_an_intended_end_not_a_crash() {
 
 #[test]
 fn reboot_re_syncs_the_backup_which_then_takes_over() {
-    let name = "reboot_re_syncs_the_backup_which_then_takes_over";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let mut pair = protected_pair("fob", "shared");
     let generation = ft_status(&pair.p)["generation"].clone();
     let before: Vec<u64> = pair
@@ -259,7 +263,10 @@ fn reboot_re_syncs_the_backup_which_then_takes_over() {
     // The rebooted guest read the counter back from the disk, and none was lost since.
     let all: Vec<u64> = before.iter().chain(after.iter()).copied().collect();
     assert_counts_up(&all);
-    assert_eq!(counter_on_disk(&pair.b_image), all.last().copied());
+    assert_eq!(
+        wait_counter_on_disk(&pair.b_image, all.last().copied()),
+        all.last().copied()
+    );
 }
 
 /// A fresh `tandem` on `node` waiting as the backup of `pair`'s guest, listening on `ip`.
@@ -303,8 +310,7 @@ fn reprotect_then_fail_over(pair: &Pair, primary: &mut Tandem, backup: &Tandem, 
 
 #[test]
 fn backup_killed_then_ft_enable_to_a_new_backup_protects_again() {
-    let name = "backup_killed_then_ft_enable_to_a_new_backup_protects_again";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let mut pair = protected_pair("fob2", "shared");
     let stop = Arc::new(AtomicBool::new(false));
     let c = client(&pair.net, stop.clone());
@@ -322,13 +328,15 @@ fn backup_killed_then_ft_enable_to_a_new_backup_protects_again() {
     let (seen, slowest) = c.join().expect("client thread");
     eprintln!("[fob2] {} INCs, slowest {slowest:?}", seen.len());
     assert_counts_up(&seen);
-    assert_eq!(counter_on_disk(&pair.p_image), seen.last().copied());
+    assert_eq!(
+        wait_counter_on_disk(&pair.p_image, seen.last().copied()),
+        seen.last().copied()
+    );
 }
 
 #[test]
 fn failover_then_ft_enable_to_a_new_backup_protects_again() {
-    let name = "failover_then_ft_enable_to_a_new_backup_protects_again";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let mut pair = protected_pair("fof", "shared");
     let stop = Arc::new(AtomicBool::new(false));
     let c = client(&pair.net, stop.clone());
@@ -347,13 +355,15 @@ fn failover_then_ft_enable_to_a_new_backup_protects_again() {
     let (seen, slowest) = c.join().expect("client thread");
     eprintln!("[fof] {} INCs, slowest {slowest:?}", seen.len());
     assert_counts_up(&seen);
-    assert_eq!(counter_on_disk(&pair.p_image), seen.last().copied());
+    assert_eq!(
+        wait_counter_on_disk(&pair.p_image, seen.last().copied()),
+        seen.last().copied()
+    );
 }
 
 #[test]
 fn primary_killed_during_the_reboot_re_sync_the_backup_never_goes_live() {
-    let name = "primary_killed_during_the_reboot_re_sync_the_backup_never_goes_live";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let mut pair = protected_pair("fox", "shared");
     pair.p.put_ok("vm.reboot", None);
     // Slow the fresh sync down so that the primary dies in the middle of it.
@@ -378,8 +388,7 @@ fn primary_killed_during_the_reboot_re_sync_the_backup_never_goes_live() {
 
 #[test]
 fn reboot_that_cannot_reprotect_says_unprotected_in_ft_status() {
-    let name = "reboot_that_cannot_reprotect_says_unprotected_in_ft_status";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let mut pair = protected_pair("fou", "shared");
     // The backup dies, and the reboot comes before the primary's failure timeout notices: the
     // re-sync after the reboot finds nobody listening.
@@ -398,14 +407,36 @@ fn reboot_that_cannot_reprotect_says_unprotected_in_ft_status() {
             .contains("ft.enable failed"),
         "{s}"
     );
-    // The rebooted guest serves, unprotected (its replies are not held).
-    let v = pair
+    // The rebooted guest serves, unprotected: its replies and disk writes are not held for a
+    // checkpoint (none is taken: the count does not move), and the counter it read back from
+    // the fresh disk starts at 1.
+    let before = ft_status(&pair.p);
+    let (seen, slowest) = pair
         .net
         .run_in(Node::Client, || {
             let mut c = CounterConn::connect(&format!("{GUEST_IP}:7000"), T).expect("connect");
-            c.inc().expect("INC")
+            let mut slowest = Duration::ZERO;
+            let seen: Vec<u64> = (0..20)
+                .map(|_| {
+                    let t = Instant::now();
+                    let v = c.inc().expect("INC");
+                    slowest = slowest.max(t.elapsed());
+                    v
+                })
+                .collect();
+            (seen, slowest)
         })
         .join()
         .expect("client thread");
-    assert!(v >= 1);
+    let after = ft_status(&pair.p);
+    eprintln!(
+        "[fou] 20 INCs unprotected, slowest {slowest:?}; checkpoints {} -> {}; {after}",
+        before["checkpoint_count"], after["checkpoint_count"]
+    );
+    assert_eq!(seen, (1..=20).collect::<Vec<u64>>());
+    assert_eq!(
+        before["checkpoint_count"], after["checkpoint_count"],
+        "replies waited for checkpoints: {before}\n{after}"
+    );
+    assert_eq!(wait_counter_on_disk(&pair.p_image, Some(20)), Some(20));
 }

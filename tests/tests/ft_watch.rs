@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tandem_tests::pair::{LocalPair, PAIR_TIMEOUT};
-use tandem_tests::{require_kvm, tandem_remote_bin};
+use tandem_tests::{require, tandem_remote_bin};
 
 fn watch(socket: &std::path::Path) -> std::process::Child {
     Command::new(tandem_remote_bin())
@@ -42,7 +42,7 @@ fn wait_exit(c: &mut std::process::Child) -> std::process::ExitStatus {
 
 #[test]
 fn ft_status_watch_follows_a_pair_stops_on_ctrl_c_and_fails_when_the_vmm_goes() {
-    require_kvm!("ft_status_watch_follows_a_pair_stops_on_ctrl_c_and_fails_when_the_vmm_goes");
+    require!(kvm);
     let mut pair = LocalPair::start("ftwatch", &[]);
     pair.protect(json!({"checkpoint_interval_ms": 50}));
 

@@ -4,11 +4,11 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use tandem_tests::{require_kvm_and_netns, tandem_bin, tandem_remote_bin};
+use tandem_tests::{require, tandem_bin, tandem_remote_bin};
 
 #[test]
 fn quickstart_ft_protects_kills_the_primary_and_the_client_carries_on() {
-    require_kvm_and_netns!("quickstart_ft_protects_kills_the_primary_and_the_client_carries_on");
+    require!(kvm, netns);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let bin_dir = tandem_bin().parent().map(PathBuf::from).expect("bin dir");
     assert_eq!(tandem_remote_bin().parent(), Some(bin_dir.as_path()));

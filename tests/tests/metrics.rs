@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::time::Duration;
-use tandem_tests::{require_kvm, Tandem};
+use tandem_tests::{require, Tandem};
 
 /// GET `path` with HTTP/1.0 over any stream; returns (status line, content type, body).
 fn get(mut s: impl Read + Write, path: &str) -> (String, String, String) {
@@ -45,7 +45,7 @@ fn value(scrape: &prometheus_parse::Scrape, metric: &str, label: Option<(&str, &
 
 #[test]
 fn metrics_parse_and_follow_the_vm() {
-    require_kvm!("metrics_parse_and_follow_the_vm");
+    require!(kvm);
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tandem_tests::client::CounterConn;
 use tandem_tests::guest::compute_samples;
 use tandem_tests::net::{capture_rarp, Node, TestNet, HOST_B_LINK_IP, HOST_P_LINK_IP};
-use tandem_tests::{require_kvm_and_netns, Tandem, TempDir};
+use tandem_tests::{require, Tandem, TempDir};
 
 const T: Duration = Duration::from_secs(60);
 const GUEST_IP: &str = "10.77.0.2";
@@ -79,8 +79,7 @@ fn migrate(pair: &Pair, src: usize, dst: usize, downtime_ms: u64) -> Value {
 
 #[test]
 fn counter_survives_twenty_migrations_on_one_connection() {
-    let name = "counter_survives_twenty_migrations_on_one_connection";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let pair = Pair::new("mig");
     let store = TempDir::new("mig-disk");
     let image = store.path("counter.img");
@@ -156,8 +155,7 @@ fn counter_survives_twenty_migrations_on_one_connection() {
 
 #[test]
 fn two_vcpu_guest_migrates_with_both_cpus_reporting() {
-    let name = "two_vcpu_guest_migrates_with_both_cpus_reporting";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let pair = Pair::new("smp");
     let p = &pair.hosts[0];
     p.boot_builtin(2, 128, "workload=compute");
@@ -180,8 +178,7 @@ fn two_vcpu_guest_migrates_with_both_cpus_reporting() {
 
 #[test]
 fn link_cut_mid_migration_leaves_the_source_running_and_serving() {
-    let name = "link_cut_mid_migration_leaves_the_source_running_and_serving";
-    require_kvm_and_netns!(name);
+    require!(kvm, netns);
     let pair = Pair::new("cut");
     let p = &pair.hosts[0];
     let mut cfg = p.builtin_config(1, 128, &format!("workload=counter ip={GUEST_IP}/24"));

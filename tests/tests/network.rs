@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tandem_tests::client::{counter_on_disk, CounterConn};
 use tandem_tests::net::{Node, TestNet};
-use tandem_tests::{require_kvm_and_netns, Tandem, TempDir};
+use tandem_tests::{require, Tandem, TempDir};
 
 const T: Duration = Duration::from_secs(60);
 const GUEST_IP: &str = "10.77.0.2";
@@ -49,7 +49,7 @@ fn with_counter<R: Send + 'static>(
 
 #[test]
 fn thousand_incs_over_one_connection_persist_across_restarts() {
-    require_kvm_and_netns!("thousand_incs_over_one_connection_persist_across_restarts");
+    require!(kvm, netns);
     let net = TestNet::up("cnt");
     net.add_tap(Node::HostP, "tap0");
     let hp = net.ns(Node::HostP);
@@ -93,7 +93,7 @@ fn thousand_incs_over_one_connection_persist_across_restarts() {
 
 #[test]
 fn two_nics_and_two_disks_work_at_once() {
-    require_kvm_and_netns!("two_nics_and_two_disks_work_at_once");
+    require!(kvm, netns);
     let net = TestNet::up("two");
     net.add_tap(Node::HostP, "tap0");
     net.add_tap(Node::HostP, "tap1");

@@ -5,8 +5,8 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tandem_tests::client::CounterConn;
 use tandem_tests::guest::compute_samples;
-use tandem_tests::net::{netns_available, Node, TestNet};
-use tandem_tests::{require_kvm, Tandem, TempDir};
+use tandem_tests::net::{Node, TestNet};
+use tandem_tests::{require, Tandem, TempDir};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -33,7 +33,7 @@ fn restore_body(t: &Tandem, dir: &TempDir, resume: bool) -> Value {
 
 #[test]
 fn compute_on_two_vcpus_continues_in_a_new_process() {
-    require_kvm!("compute_on_two_vcpus_continues_in_a_new_process");
+    require!(kvm);
     let snap = TempDir::new("snap-compute");
     {
         let t = Tandem::start("snap-src");
@@ -74,7 +74,7 @@ fn compute_on_two_vcpus_continues_in_a_new_process() {
 
 #[test]
 fn dirty_workload_restores_paused_and_runs_on_resume() {
-    require_kvm!("dirty_workload_restores_paused_and_runs_on_resume");
+    require!(kvm);
     let snap = TempDir::new("snap-dirty");
     {
         let t = Tandem::start("snap-dirty-src");
@@ -104,7 +104,7 @@ fn error_text(body: &Value) -> String {
 
 #[test]
 fn wrong_state_bad_url_and_corrupt_state_are_refused() {
-    require_kvm!("wrong_state_bad_url_and_corrupt_state_are_refused");
+    require!(kvm);
     let snap = TempDir::new("snap-errors");
     let t = Tandem::start("snap-errors");
     // No VM at all.
@@ -173,10 +173,8 @@ fn wrong_state_bad_url_and_corrupt_state_are_refused() {
 
 #[test]
 fn counter_service_continues_after_restore_in_a_new_process() {
-    require_kvm!("counter_service_continues_after_restore_in_a_new_process");
-    if !netns_available("counter_service_continues_after_restore_in_a_new_process") {
-        return;
-    }
+    require!(kvm);
+    require!(netns);
     const IP: &str = "10.77.0.2";
     let net = TestNet::up("snp");
     net.add_tap(Node::HostP, "tap0");
@@ -229,7 +227,7 @@ fn counter_service_continues_after_restore_in_a_new_process() {
 /// 1 GiB. Printed for the record; the bound only catches a pathological regression.
 #[test]
 fn idle_one_gib_guest_snapshots_sparsely() {
-    require_kvm!("idle_one_gib_guest_snapshots_sparsely");
+    require!(kvm);
     let snap = TempDir::new("snap-1g");
     let t = Tandem::start("snap-1g");
     t.boot_builtin(1, 1024, "workload=idle");

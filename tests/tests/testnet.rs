@@ -4,7 +4,8 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
-use tandem_tests::net::{netns_available, Node, TestNet};
+use tandem_tests::net::{Node, TestNet};
+use tandem_tests::require;
 
 fn serve_once(t: &TestNet, node: Node, addr: &'static str) -> std::thread::JoinHandle<()> {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -35,9 +36,7 @@ fn echo_from(t: &TestNet, node: Node, to: &'static str) -> std::io::Result<()> {
 
 #[test]
 fn lan_and_host_link_are_separate_and_partitionable() {
-    if !netns_available("lan_and_host_link_are_separate_and_partitionable") {
-        return;
-    }
+    require!(netns);
     let t = TestNet::up("net");
     let s = serve_once(&t, Node::HostP, "10.77.0.11:7100");
     echo_from(&t, Node::Client, "10.77.0.11:7100").unwrap();

@@ -55,7 +55,8 @@ const HDR: u64 = 0x110_0000;
 const DATA: u64 = 0x110_1000;
 const STATUS: u64 = 0x110_2000;
 
-fn build_guest(dir: &Path) -> Option<PathBuf> {
+/// Builds the test kernel with gcc (the caller has required `gcc`).
+fn build_guest(dir: &Path) -> PathBuf {
     let src = dir.join("k.S");
     let elf = dir.join("k.elf");
     std::fs::write(&src, GUEST_ASM).unwrap();
@@ -72,18 +73,21 @@ fn build_guest(dir: &Path) -> Option<PathBuf> {
         .arg(&src)
         .output();
     match out {
-        Ok(o) if o.status.success() => Some(elf),
+        Ok(o) if o.status.success() => elf,
         Ok(o) => panic!("gcc failed: {}", String::from_utf8_lossy(&o.stderr)),
-        Err(e) => {
-            eprintln!("SKIPPED: no gcc to build the test kernel: {e}");
-            None
-        }
+        Err(e) => panic!("cannot run gcc: {e}"),
     }
 }
 
+/// Whether this host lets us create taps the way the NICs open them (else the NIC part is
+/// skipped, and reported as such).
 fn can_make_taps() -> bool {
     let name = format!("tndp{}", std::process::id() % 100_000);
-    devices::virtio::net::tap::Tap::open(&name).is_ok()
+    tandem_require::named("tap", || {
+        devices::virtio::net::tap::Tap::open(&name)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
 }
 
 fn open_fds() -> usize {
@@ -159,14 +163,9 @@ use vm_memory::Address;
 
 #[test]
 fn vm_with_disks_and_nics_boots_and_leaves_nothing_behind() {
-    if !Path::new("/dev/kvm").exists() {
-        eprintln!("SKIPPED: no /dev/kvm");
-        return;
-    }
+    tandem_require::require!(kvm, gcc);
     let dir = TempDir::new().unwrap();
-    let Some(kernel) = build_guest(dir.as_path()) else {
-        return;
-    };
+    let kernel = build_guest(dir.as_path());
     vmm::vm::vcpu::install_kick_handler().unwrap();
 
     let d0 = dir.as_path().join("d0.img");
@@ -176,9 +175,6 @@ fn vm_with_disks_and_nics_boots_and_leaves_nothing_behind() {
     let d1 = dir.as_path().join("d1.img");
     std::fs::write(&d1, vec![0u8; 1 << 20]).unwrap();
     let taps = can_make_taps();
-    if !taps {
-        eprintln!("SKIPPED (NIC part): cannot create taps here");
-    }
     let serial = dir.as_path().join("serial.out");
     let pid = std::process::id() % 100_000;
     let mut cfg = VmConfig {

@@ -6,7 +6,7 @@ use super::hooks::BackupHooks;
 use super::settings::Agreed;
 use super::staging::Staging;
 use super::stats::ReceivedCheckpoint;
-use super::{now_ms, vm_err, CheckpointError};
+use super::{now_ms, vm_err, CheckpointError, WITHDRAW_PREFIX};
 use crate::bitmap::DirtyBitmap;
 use crate::frame::{DecodedFrame, Frame, Hello, StreamPurpose};
 use crate::migration::channel::{FrameReader, FrameWriter};
@@ -18,6 +18,9 @@ use crate::transport::Connection;
 use crate::vm::{MigratableVm, VmState};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// How long a withdrawing backup keeps reading after its Abort, so that the primary gets it.
+const WITHDRAW_DRAIN: Duration = Duration::from_secs(2);
 
 /// Backup-side settings.
 #[derive(Debug, Clone)]
@@ -222,7 +225,16 @@ impl<V: MigratableVm> FtBackup<V> {
         hooks.backup_committed(0, &[]);
         let (mut reader, mut writer) = (synced.reader, synced.writer);
         let e = self.checkpoints(&mut reader, &mut writer, opts, hooks);
-        if let CheckpointError::Stream(MigrationError::PeerAborted { .. }) = &e {
+        if e.is_withdrawal() {
+            // The primary must read this Abort: it is what lets it run on without arbitrating.
+            // So no reset: our side of the stream closes, and what the primary still sends is
+            // read until it closes too.
+            let reason = format!("{WITHDRAW_PREFIX}backup: {}", error_chain(&e));
+            if writer.send(&Frame::Abort { reason }, 0, 0).is_ok() {
+                writer.shutdown_write();
+                reader.drain(WITHDRAW_DRAIN);
+            }
+        } else if let CheckpointError::Stream(MigrationError::PeerAborted { .. }) = &e {
             // The primary ends the pair on purpose: this copy is never going live (the pair
             // thread discards it on this error), and the primary may run alone once it reads
             // this.
@@ -334,9 +346,19 @@ impl<V: MigratableVm> FtBackup<V> {
             Frame::Commit { vcpus, pages, info } => {
                 let done = std::mem::replace(staging, Staging::new(next, 0, 0));
                 let verified = done.verify(vcpus, pages)?;
-                writer.send(&Frame::Ack { seq }, next, 0)?;
+                // Our own copy first (replicated disks): a backup that cannot keep this
+                // checkpoint must not ack it; it withdraws instead.
+                hooks.before_ack(next, &verified.extras).map_err(|source| {
+                    CheckpointError::Withdrawn {
+                        epoch: next,
+                        source,
+                    }
+                })?;
+                let acked = writer.send(&Frame::Ack { seq }, next, 0);
                 // Acked means the primary may release this epoch's outputs; our copy must now
                 // reach it. Should applying fail, nothing committed is left to go live from.
+                // Unacked (the send failed), it is still complete and verified, and its disk
+                // writes are in our copy: it is what we go live from.
                 let applied = verified.apply_pages(&mut self.vm);
                 if let Err(e) = applied {
                     self.committed = None;
@@ -357,6 +379,13 @@ impl<V: MigratableVm> FtBackup<V> {
                     state: verified.state,
                     guest_paused,
                 });
+                acked?;
+                hooks
+                    .after_ack(next)
+                    .map_err(|source| CheckpointError::Withdrawn {
+                        epoch: next,
+                        source,
+                    })?;
                 return Ok(true);
             }
             f @ (Frame::Hello(_)

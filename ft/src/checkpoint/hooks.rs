@@ -28,8 +28,24 @@ pub trait EpochHooks: Send + Sync {
     }
 }
 
+/// Why a backup cannot keep a checkpoint in its own copy (a replicated disk it cannot write:
+/// ENOSPC, EIO, a write past its end); the VMM's error, with its causes.
+pub type ReplicaError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The backup's callbacks; the disk gate and the failure detector implement it.
 pub trait BackupHooks: Send + Sync {
+    /// Checkpoint `n` is complete and verified, not acked yet: write what this backup's own
+    /// copy needs from `extras` (a replicated disk's writes). An error withdraws the backup from
+    /// the pair before it acks `n` ([`super::WITHDRAW_PREFIX`]). Default: nothing to write.
+    fn before_ack(&self, _n: u64, _extras: &[u8]) -> Result<(), ReplicaError> {
+        Ok(())
+    }
+    /// Checkpoint `n` was acked and applied: make what `before_ack` wrote durable. An error
+    /// withdraws the backup likewise (the primary has the ack already; it learns from the
+    /// Abort). Default: nothing to do.
+    fn after_ack(&self, _n: u64) -> Result<(), ReplicaError> {
+        Ok(())
+    }
     /// Checkpoint `n` is complete, verified, acked and applied; `extras` is its blob.
     fn backup_committed(&self, n: u64, extras: &[u8]);
     /// Checkpoint `r.epoch`'s figures, right after `backup_committed`; default: ignored.

@@ -35,7 +35,7 @@ mod stats;
 mod window;
 
 pub use backup::{BackupExit, BackupOptions, FtBackup};
-pub use hooks::{BackupHooks, EpochHooks, NoHooks};
+pub use hooks::{BackupHooks, EpochHooks, NoHooks, ReplicaError};
 pub use primary::{FtPrimary, PrimaryExit, PrimaryOptions, PrimaryReport};
 pub use settings::{agree, Agreed, BackupWants, PairDiskMode, PairSettings, SettingsError};
 pub use stats::{
@@ -51,6 +51,20 @@ pub const RESYNC_PREFIX: &str = "resync: ";
 /// Whether an Abort reason asks for a re-sync ([`RESYNC_PREFIX`]).
 pub fn is_resync(reason: &str) -> bool {
     reason.starts_with(RESYNC_PREFIX)
+}
+
+/// Start of an Abort reason by which a backup tells its primary that it has left the pair for
+/// good: it cannot keep its own copy (a replicated disk it cannot write), has discarded it, and
+/// will never go live from this stream, whatever happens next. The primary may take it as the
+/// end of the pair and run on unprotected without arbitration: the backup's word is its
+/// confirmation (issue 11, "ending a pair"). A backup sends it only from a path that never
+/// arbitrates afterwards ([`CheckpointError::Withdrawn`]); every other Abort of a backup's is
+/// just a broken stream.
+pub const WITHDRAW_PREFIX: &str = "withdrawn: ";
+
+/// Whether an Abort reason is a backup's withdrawal ([`WITHDRAW_PREFIX`]).
+pub fn is_withdrawal(reason: &str) -> bool {
+    reason.starts_with(WITHDRAW_PREFIX)
 }
 
 use crate::migration::MigrationError;
@@ -114,6 +128,28 @@ pub enum CheckpointError {
     /// committed.
     #[error("replica scrub")]
     Scrub(#[source] crate::scrub::ScrubError),
+    /// This backup cannot keep checkpoint `epoch` in its own copy: it withdraws from the pair
+    /// (the primary is told, [`WITHDRAW_PREFIX`]) and must never go live from this stream.
+    #[error("this backup cannot keep checkpoint {epoch} in its copy")]
+    Withdrawn {
+        /// The checkpoint it could not keep.
+        epoch: u64,
+        /// Why (the replica's error).
+        #[source]
+        source: ReplicaError,
+    },
+}
+
+impl CheckpointError {
+    /// Whether a backup stopped because it withdrew from the pair (see
+    /// [`CheckpointError::Withdrawn`]): it must discard its copy, never arbitrate.
+    pub fn is_withdrawal(&self) -> bool {
+        match self {
+            CheckpointError::Withdrawn { .. } => true,
+            CheckpointError::BackupStopped { cause, .. } => cause.is_withdrawal(),
+            _ => false,
+        }
+    }
 }
 
 impl From<MigrationError> for CheckpointError {

@@ -192,14 +192,22 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
         stats: Arc<dyn StatsSink>,
     ) -> Result<FtPrimary<V>, Box<(V, CheckpointError)>> {
         let ms = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
+        // A VM with replicated disks announces them: the initial sync copies them.
+        let mut vm = vm;
+        let mut identity = vm.identity();
+        identity.disks = vm.disks().map(|d| d.list()).unwrap_or_default();
         let pair = PairSettings {
-            disk_mode: PairDiskMode::Shared,
+            disk_mode: if identity.disks.is_empty() {
+                PairDiskMode::Shared
+            } else {
+                PairDiskMode::Replicated
+            },
             failure_timeout_ms: ms(opts.ack_timeout),
             heartbeat_interval_ms: ms(opts.heartbeat_interval),
             checkpoint_interval_ms: ms(opts.checkpoint_interval),
             arbiter_id: None,
         };
-        match open_ft_stream(conn, vm.identity(), pair.to_json(), opts.sync.io_timeout) {
+        match open_ft_stream(conn, identity, pair.to_json(), opts.sync.io_timeout) {
             Ok(stream) => Self::start_opened(vm, stream, opts, hooks, stats),
             Err(e) => Err(Box::new((vm, CheckpointError::InitialSync(e)))),
         }
@@ -293,6 +301,17 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
     /// The error that stopped checkpointing, with its causes, once one did.
     pub fn failure(&self) -> Option<String> {
         lock(&self.shared.error).as_ref().map(|e| error_chain(e))
+    }
+
+    /// The backup's reason, once checkpointing stopped on the backup's Abort (a withdrawal,
+    /// `super::is_withdrawal`, lets the pair end without arbitration).
+    pub fn backup_abort(&self) -> Option<String> {
+        match lock(&self.shared.error).as_ref() {
+            Some(CheckpointError::Stream(MigrationError::PeerAborted { reason })) => {
+                Some(reason.clone())
+            }
+            _ => None,
+        }
     }
 
     /// The last checkpoint the backup acked (0 is the initial sync).

@@ -17,6 +17,7 @@
 
 mod decoder;
 mod delta;
+mod disk;
 mod encoder;
 mod header;
 mod pages;
@@ -26,6 +27,7 @@ mod wire;
 
 pub use decoder::Decoder;
 pub use delta::{apply_delta, check_delta, encode_delta, DeltaError};
+pub use disk::{BlockRef, DiskBatch};
 pub use encoder::encode_frame;
 pub use header::FrameHeader;
 pub use pages::{is_zero_page, PageBatch, PageRef, PAGE_SIZE};
@@ -76,6 +78,8 @@ pub enum FrameType {
     /// The backup's answer to the primary's Abort: it discarded its copy and will never go live
     /// from it, so the primary may run the guest alone without arbitration (protocol version 5).
     EndConfirmed = 11,
+    /// Blocks of a replicated disk, in the FT initial sync; protocol version 5 and later.
+    DiskBlocks = 12,
     /// The replica scrub: the primary's hashes of regions of a committed checkpoint, with
     /// repairs of regions found different before (protocol version 5).
     ScrubDigest = 17,
@@ -98,6 +102,7 @@ impl FrameType {
             9 => FrameType::Heartbeat,
             10 => FrameType::Extras,
             11 => FrameType::EndConfirmed,
+            12 => FrameType::DiskBlocks,
             17 => FrameType::ScrubDigest,
             18 => FrameType::ScrubResult,
             _ => return None,

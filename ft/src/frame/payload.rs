@@ -1,10 +1,12 @@
 //! Typed payloads of each frame type and their wire forms (all integers little-endian, byte
 //! strings as a u32 length and the bytes).
 
+use super::disk::DiskBatch;
 use super::pages::{PageBatch, PAGE_SIZE};
 use super::scrub::{ScrubDigest, ScrubResult};
 use super::wire::{put_len_prefixed, WireError, WireReader};
 use super::{FrameError, FrameType};
+use crate::disk::DiskInfo;
 use crate::vm::VmIdentity;
 
 /// Why a stream was opened; a receiver refuses a purpose it was not set up for.
@@ -24,9 +26,11 @@ impl StreamPurpose {
         match self {
             StreamPurpose::Migration => 1,
             // Version 3: the Commit's CommitInfo (a backup must know when the guest was left
-            // paused); version 4: checkpoints carry delta page entries; version 5: the backup
-            // confirms an intended end (EndConfirmed), without which a primary must not run
-            // alone before winning the arbiter.
+            // paused); version 4: checkpoints carry delta page entries; version 5: the pair's
+            // settings in the Hello, the backup confirms an intended end (EndConfirmed), without
+            // which a primary must not run alone before winning the arbiter, replicated disks are
+            // copied in the initial sync (DiskBlocks), and a backup that cannot keep its copy
+            // withdraws with an Abort the primary may take as final.
             StreamPurpose::FaultTolerance => 5,
         }
     }
@@ -43,7 +47,9 @@ pub struct Hello {
     pub purpose: StreamPurpose,
     /// Guest page size in bytes (must be `PAGE_SIZE`).
     pub page_size: u32,
-    /// The VM being sent.
+    /// The VM being sent, with the disks the stream copies (protocol version 5: after the pair
+    /// settings, a u32 count and per disk its u32 index and u64 size, present only when there
+    /// are disks).
     pub identity: VmIdentity,
     /// FT streams (protocol 5): the pair's settings as JSON (`checkpoint::PairSettings`), after
     /// the identity; absent from a migration's Hello.
@@ -123,6 +129,8 @@ pub enum Frame {
     /// The answer to an Abort that ends a pair on purpose: this side will never go live from
     /// its copy. Empty.
     EndConfirmed,
+    /// Blocks of a replicated disk (FT initial sync, protocol version 5).
+    DiskBlocks(DiskBatch),
     /// The primary's scrub hashes of the checkpoint named by the header's epoch, and repairs.
     ScrubDigest(ScrubDigest),
     /// The backup's answer to a ScrubDigest (same epoch).
@@ -144,6 +152,7 @@ impl Frame {
             Frame::Heartbeat { .. } => FrameType::Heartbeat,
             Frame::Extras { .. } => FrameType::Extras,
             Frame::EndConfirmed => FrameType::EndConfirmed,
+            Frame::DiskBlocks(_) => FrameType::DiskBlocks,
             Frame::ScrubDigest(_) => FrameType::ScrubDigest,
             Frame::ScrubResult(_) => FrameType::ScrubResult,
         }
@@ -161,6 +170,15 @@ impl Frame {
                 put_len_prefixed(out, h.identity.config.as_bytes());
                 if let Some(pair) = &h.pair {
                     put_len_prefixed(out, pair.as_bytes());
+                    // The disk list follows the settings, which every FT Hello carries (a Hello
+                    // without them has no disks to copy).
+                    if !h.identity.disks.is_empty() {
+                        out.extend_from_slice(&(h.identity.disks.len() as u32).to_le_bytes());
+                        for d in &h.identity.disks {
+                            out.extend_from_slice(&d.index.to_le_bytes());
+                            out.extend_from_slice(&d.size.to_le_bytes());
+                        }
+                    }
                 }
             }
             Frame::MemoryPages(b) => b.encode(out),
@@ -197,6 +215,7 @@ impl Frame {
                 out.extend_from_slice(&total.to_le_bytes());
                 out.extend_from_slice(data);
             }
+            Frame::DiskBlocks(b) => b.encode(out),
         }
     }
 
@@ -241,6 +260,11 @@ impl Frame {
                 } else {
                     None
                 };
+                let disks = if r.remaining() == 0 {
+                    Vec::new()
+                } else {
+                    decode_disks(&mut r).map_err(malformed)?
+                };
                 Frame::Hello(Hello {
                     min_version,
                     max_version,
@@ -250,6 +274,7 @@ impl Frame {
                         memory_size,
                         vcpu_count,
                         config,
+                        disks,
                     },
                     pair,
                 })
@@ -306,6 +331,9 @@ impl Frame {
             FrameType::Heartbeat => Frame::Heartbeat {
                 timestamp_ms: r.u64().map_err(short)?,
             },
+            FrameType::DiskBlocks => {
+                Frame::DiskBlocks(DiskBatch::decode(&mut r).map_err(malformed)?)
+            }
             FrameType::Extras => {
                 let offset = r.u64().map_err(short)?;
                 let total = r.u64().map_err(short)?;
@@ -326,6 +354,35 @@ impl Frame {
         r.finish().map_err(short)?;
         Ok(frame)
     }
+}
+
+/// Bytes of one disk in a Hello's list (index, size).
+const HELLO_DISK_LEN: usize = 4 + 8;
+
+/// A Hello's disk list: a u32 count (at least 1: an empty list is not sent) and the disks, in
+/// strictly rising index order, each a whole number of sectors.
+fn decode_disks(r: &mut WireReader<'_>) -> Result<Vec<DiskInfo>, &'static str> {
+    let short = |_: WireError| "disk list ends early";
+    let n = r.u32().map_err(short)? as usize;
+    if n == 0 {
+        return Err("empty disk list");
+    }
+    if n > r.remaining() / HELLO_DISK_LEN {
+        return Err("disk count larger than the payload can hold");
+    }
+    let mut disks: Vec<DiskInfo> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let index = r.u32().map_err(short)?;
+        let size = r.u64().map_err(short)?;
+        if disks.last().is_some_and(|d| d.index >= index) {
+            return Err("disk indices not rising");
+        }
+        if size == 0 || size % crate::disk::SECTOR_SIZE != 0 {
+            return Err("disk size not a whole, non-zero number of sectors");
+        }
+        disks.push(DiskInfo { index, size });
+    }
+    Ok(disks)
 }
 
 impl Hello {

@@ -19,6 +19,7 @@ fn samples() -> Vec<Frame> {
                 memory_size: 1 << 30,
                 vcpu_count: 2,
                 config: r#"{"memory":{"size_mib":1024}}"#.into(),
+                disks: Vec::new(),
             },
         )),
         Frame::MemoryPages(pages),
@@ -58,6 +59,26 @@ fn samples() -> Vec<Frame> {
             total: 0,
             data: Vec::new(),
         },
+        Frame::Hello(Hello::fault_tolerance(
+            VmIdentity {
+                memory_size: 1 << 30,
+                vcpu_count: 1,
+                config: "{}".into(),
+                disks: vec![
+                    crate::disk::DiskInfo {
+                        index: 0,
+                        size: 8 << 20,
+                    },
+                    crate::disk::DiskInfo {
+                        index: 2,
+                        size: 512,
+                    },
+                ],
+            },
+            r#"{"disk_mode":"replicated"}"#.into(),
+        )),
+        Frame::DiskBlocks(disk_blocks()),
+        Frame::DiskBlocks(DiskBatch::new(7)),
         Frame::ScrubDigest(scrub_digest()),
         Frame::ScrubDigest(ScrubDigest::default()),
         Frame::ScrubResult(scrub_result()),
@@ -126,6 +147,14 @@ fn scrub_result() -> ScrubResult {
         repaired: 2,
         mismatches: vec![ScrubRegion::Devices, ScrubRegion::Vcpu { index: 3 }],
     }
+}
+
+fn disk_blocks() -> DiskBatch {
+    let mut b = DiskBatch::new(1);
+    b.push_zero(0, 3);
+    b.push_data(3, &[0x5a; 4096]);
+    b.push_data(4, &[0xa5; 512]);
+    b
 }
 
 fn stream(frames: &[Frame]) -> Vec<u8> {
@@ -348,6 +377,61 @@ fn malformed_payloads_are_named() {
     b[run_pfn..run_pfn + 8].copy_from_slice(&u64::MAX.to_le_bytes());
     reseal(&mut b);
     assert_eq!(malformed(&b), "zero run wraps around the page number space");
+    // Hello's disk list (protocol 5): empty, cut, out of order, not whole sectors.
+    let ft_hello = samples()
+        .into_iter()
+        .find(|f| matches!(f, Frame::Hello(h) if !h.identity.disks.is_empty()))
+        .expect("an FT Hello with disks");
+    let hello = encoded(&ft_hello);
+    let list = hello.len() - 4 - 2 * 12;
+    let with_list = |list_bytes: &[u8]| {
+        let mut b = hello[..list].to_vec();
+        b.extend_from_slice(list_bytes);
+        let len = (b.len() - HEADER_LEN) as u32;
+        b[24..28].copy_from_slice(&len.to_le_bytes());
+        reseal(&mut b);
+        b
+    };
+    let disk = |index: u32, size: u64| {
+        let mut v = index.to_le_bytes().to_vec();
+        v.extend_from_slice(&size.to_le_bytes());
+        v
+    };
+    let list_of = |disks: &[Vec<u8>]| {
+        let mut v = (disks.len() as u32).to_le_bytes().to_vec();
+        disks.iter().for_each(|d| v.extend_from_slice(d));
+        v
+    };
+    assert_eq!(
+        malformed(&with_list(&0u32.to_le_bytes())),
+        "empty disk list"
+    );
+    assert_eq!(malformed(&with_list(&[1, 0])), "disk list ends early");
+    assert_eq!(
+        malformed(&with_list(&list_of(&[disk(2, 512), disk(1, 512)]))),
+        "disk indices not rising"
+    );
+    assert_eq!(
+        malformed(&with_list(&list_of(&[disk(0, 100)]))),
+        "disk size not a whole, non-zero number of sectors"
+    );
+    assert_eq!(
+        malformed(&with_list(&list_of(&[disk(0, 0)]))),
+        "disk size not a whole, non-zero number of sectors"
+    );
+    let mut huge = u32::MAX.to_le_bytes().to_vec();
+    huge.extend_from_slice(&disk(0, 512));
+    assert_eq!(
+        malformed(&with_list(&huge)),
+        "disk count larger than the payload can hold"
+    );
+    assert!(one(&with_list(&list_of(&[disk(0, 512), disk(3, 4096)]))).is_ok());
+    // DiskBlocks: a zero run past any disk.
+    let mut b = encoded(&Frame::DiskBlocks(disk_blocks()));
+    let run = HEADER_LEN + 8 + 1;
+    b[run..run + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+    reseal(&mut b);
+    assert_eq!(malformed(&b), "zero run past any disk");
 }
 
 #[test]
@@ -619,4 +703,40 @@ fn scrub_frames_are_checked() {
         malformed(&Frame::ScrubResult(r), &|_| {}),
         "more mismatches than regions checked"
     );
+}
+
+#[test]
+fn disk_payload_garbage_never_panics() {
+    // Behind a valid header and CRC, so that every mutation reaches the DiskBlocks and Hello
+    // disk-list parsers: whatever decodes must re-encode to the same frame.
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let ft_hello = samples()
+        .into_iter()
+        .find(|f| matches!(f, Frame::Hello(h) if !h.identity.disks.is_empty()))
+        .expect("an FT Hello with disks");
+    let bases = [
+        encoded(&Frame::DiskBlocks(disk_blocks())),
+        encoded(&ft_hello),
+    ];
+    for iter in 0..4000 {
+        let base = &bases[iter % 2];
+        let mut b = base.clone();
+        match iter % 3 {
+            0 => {
+                for _ in 0..1 + rng.below(8) {
+                    let at = HEADER_LEN + rng.below(b.len() - HEADER_LEN);
+                    b[at] = rng.next() as u8;
+                }
+            }
+            1 => b.truncate(HEADER_LEN + rng.below(b.len() - HEADER_LEN)),
+            _ => {
+                b.truncate(HEADER_LEN);
+                b.extend((0..rng.below(600)).map(|_| rng.next() as u8));
+            }
+        }
+        let len = (b.len() - HEADER_LEN) as u32;
+        b[24..28].copy_from_slice(&len.to_le_bytes());
+        reseal(&mut b);
+        check_decoded_reencode(&b, &[1 + rng.below(64), b.len()]);
+    }
 }

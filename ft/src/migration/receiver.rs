@@ -3,6 +3,7 @@
 use super::channel::{FrameReader, FrameWriter};
 use super::progress::{MigrationPhase, ProgressHandle};
 use super::{error_chain, unexpected, vm_err, MigrationError};
+use crate::disk::{apply_batch, check_disks, DiskProgress};
 use crate::frame::{DecodedFrame, Frame, Hello, PageBatch, PageRef, StreamPurpose, PAGE_SIZE};
 use crate::transport::Connection;
 use crate::vm::{MigratableVm, VmIdentity, VmState};
@@ -18,12 +19,15 @@ static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 pub struct ReceiveOptions {
     /// Longest wait for any one frame from the source.
     pub io_timeout: Duration,
+    /// Where an FT backup shows how far the copy of its replicated disks has come.
+    pub disk_progress: DiskProgress,
 }
 
 impl Default for ReceiveOptions {
     fn default() -> Self {
         ReceiveOptions {
             io_timeout: Duration::from_secs(30),
+            disk_progress: DiskProgress::new(),
         }
     }
 }
@@ -56,6 +60,7 @@ pub struct IncomingMigration {
     hello: Hello,
     hello_seq: u64,
     progress: ProgressHandle,
+    disk_progress: DiskProgress,
     started: Instant,
 }
 
@@ -105,6 +110,7 @@ impl IncomingMigration {
                 hello,
                 hello_seq,
                 progress: progress.clone(),
+                disk_progress: opts.disk_progress.clone(),
                 started,
             }),
             Err(e) => Err(fail(&mut reader, &mut writer, progress, e)),
@@ -171,6 +177,11 @@ impl IncomingMigration {
         handover: bool,
     ) -> Result<(ReceiveReport, VmState), MigrationError> {
         check_hello(&self.hello, vm, self.purpose)?;
+        let disks = self.hello.identity.disks.clone();
+        check_disks(&disks, vm.disks())?;
+        if !disks.is_empty() {
+            self.disk_progress.start(disks.iter().map(|d| d.size).sum());
+        }
         self.writer.send(
             &Frame::Ack {
                 seq: self.hello_seq,
@@ -215,6 +226,14 @@ impl IncomingMigration {
                         p.pages_this_round = in_round;
                     });
                 }
+                Frame::DiskBlocks(batch) => {
+                    if final_since.is_some() {
+                        return Err(MigrationError::Protocol(
+                            "disk blocks after VM state".into(),
+                        ));
+                    }
+                    apply_batch(vm.disks(), &disks, &batch, &self.disk_progress, round == 0)?;
+                }
                 Frame::EndOfRound { pages } => {
                     check_count(round, pages, in_round)?;
                     round += 1;
@@ -251,6 +270,10 @@ impl IncomingMigration {
                     self.progress
                         .update(|p| p.phase = MigrationPhase::Completing);
                     let state = state.complete(n)?;
+                    // The copy is whole now: durable before the source hears so.
+                    if let Some(d) = vm.disks().filter(|_| !disks.is_empty()) {
+                        d.flush().map_err(vm_err("flush_disks"))?;
+                    }
                     if handover {
                         vm.restore_state(&state).map_err(vm_err("restore_state"))?;
                     }

@@ -5,6 +5,7 @@ use super::policy::{transfer_time, Convergence, ConvergencePolicy, StopReason};
 use super::progress::{MigrationPhase, ProgressHandle};
 use super::{error_chain, unexpected, vm_err, MigrationError};
 use crate::bitmap::DirtyBitmap;
+use crate::disk::{DiskCopy, DiskInfo, DiskProgress, BLOCK_SIZE};
 use crate::frame::{
     is_zero_page, Frame, Hello, PageBatch, StreamPurpose, FLAG_ACK_REQUESTED, PAGE_SIZE,
 };
@@ -15,6 +16,8 @@ use std::time::{Duration, Instant};
 
 /// Wire bytes one data page costs (tag, page number, data), for downtime estimates.
 const WIRE_PAGE: u64 = (PAGE_SIZE + 9) as u64;
+/// Wire bytes one disk block costs (tag, block number, length, data).
+const WIRE_BLOCK: u64 = (BLOCK_SIZE + 11) as u64;
 /// How long to look for the peer's Abort after a write failed, to report its reason.
 const ABORT_GRACE: Duration = Duration::from_secs(1);
 
@@ -31,8 +34,10 @@ pub struct SendOptions {
     pub io_timeout: Duration,
     /// Bound on the wait for the destination to restore the state and ack.
     pub commit_timeout: Duration,
-    /// Pages per MemoryPages frame.
+    /// Pages per MemoryPages frame (and disk blocks per DiskBlocks frame).
     pub batch_pages: usize,
+    /// Where an FT initial sync shows how far its copy of replicated disks has come.
+    pub disk_progress: DiskProgress,
 }
 
 impl Default for SendOptions {
@@ -44,6 +49,7 @@ impl Default for SendOptions {
             io_timeout: Duration::from_secs(30),
             commit_timeout: Duration::from_secs(60),
             batch_pages: 256,
+            disk_progress: DiskProgress::new(),
         }
     }
 }
@@ -98,6 +104,8 @@ pub struct OpenedStream {
     pub(crate) control: Box<dyn Connection>,
     pub(crate) writer: FrameWriter,
     pub(crate) inbox: Inbox,
+    /// The disks the Hello announced: the initial sync copies exactly these.
+    pub(crate) disks: Vec<DiskInfo>,
 }
 
 impl OpenedStream {
@@ -131,6 +139,7 @@ pub fn open_ft_stream(
     let reader = FrameReader::new(conn.try_clone_box().map_err(MigrationError::Connection)?);
     let mut inbox = Inbox::spawn(reader)?;
     let mut writer = FrameWriter::new(conn);
+    let disks = identity.disks.clone();
     let hello = Frame::Hello(Hello::fault_tolerance(identity, pair));
     let acked = writer
         .send(&hello, 0, FLAG_ACK_REQUESTED)
@@ -140,6 +149,7 @@ pub fn open_ft_stream(
             control,
             writer,
             inbox,
+            disks,
         }),
         Err(e) => {
             writer.shutdown();
@@ -153,8 +163,9 @@ pub fn open_ft_stream(
 /// FT-enable: the same pre-copy rounds as a migration, on a stream whose Hello the backup
 /// accepted ([`open_ft_stream`]), but it never hands over: once the backup has acked the full
 /// state the VM is resumed and dirty logging stays on, so that the first checkpoint sends
-/// exactly what changed since. `captured` runs while the VM is paused, after its state was
-/// saved (gates start epoch 1 there). On failure the VM runs as before, dirty logging off,
+/// exactly what changed since. A VM with replicated disks (`MigratableVm::disks`, announced in
+/// the Hello) has them copied in the same rounds (`crate::disk`). `captured` runs while the VM
+/// is paused, after its state was saved (gates start epoch 1 there). On failure the VM runs as before, dirty logging off,
 /// unless the error is `SourceNotResumed`.
 pub(crate) fn ft_initial_sync<V: MigratableVm + ?Sized>(
     vm: &mut V,
@@ -196,12 +207,16 @@ struct Sender<'a, V: MigratableVm + ?Sized> {
     progress: &'a ProgressHandle,
     paused: bool,
     dirty_log: bool,
+    /// The replicated disks' copy, once started.
+    disks: Option<DiskCopy>,
     round: u32,
     pages_sent: u64,
     /// Time spent copying pages, for the bandwidth estimate.
     send_time: Duration,
     /// The Hello was sent and acked already ([`open_ft_stream`]).
     hello_done: bool,
+    /// The disks the Hello announced (the FT stream's opener sent it).
+    announced: Vec<DiskInfo>,
     /// The final Commit was handed to the stream: from here on a failure leaves the peer
     /// possibly holding the whole state.
     commit_sent: bool,
@@ -232,10 +247,12 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
             progress,
             paused: false,
             dirty_log: false,
+            disks: None,
             round: 0,
             pages_sent: 0,
             send_time: Duration::ZERO,
             hello_done: false,
+            announced: Vec::new(),
             commit_sent: false,
             last_sent: Instant::now(),
             started: Instant::now(),
@@ -263,10 +280,12 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
             progress,
             paused: false,
             dirty_log: false,
+            disks: None,
             round: 0,
             pages_sent: 0,
             send_time: Duration::ZERO,
             hello_done: true,
+            announced: stream.disks,
             commit_sent: false,
             last_sent: Instant::now(),
             started: Instant::now(),
@@ -304,10 +323,23 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
 
     fn run(&mut self) -> Result<SendReport, MigrationError> {
         if !self.hello_done {
-            let hello = Frame::Hello(Hello::new(self.purpose(), self.vm.identity()));
+            let mut identity = self.vm.identity();
+            identity.disks = self.vm.disks().map(|d| d.list()).unwrap_or_default();
+            self.announced = identity.disks.clone();
+            let hello = Frame::Hello(Hello::new(self.purpose(), identity));
             let seq = self.send(&hello, FLAG_ACK_REQUESTED)?;
             self.wait_ack(seq, self.opts.io_timeout, "the destination's Hello ack")?;
         }
+        // Exactly the disks the Hello announced (`open_ft_stream` sent it for FT): the backup
+        // checked its images against them.
+        let ours = self.vm.disks().map(|d| d.list()).unwrap_or_default();
+        if ours != self.announced {
+            return Err(MigrationError::Protocol(format!(
+                "the Hello announced disks {:?}, the VM has {ours:?}",
+                self.announced
+            )));
+        }
+        let copy_disks = !ours.is_empty();
 
         // Before the first read, so that a page written during the full pass is sent again.
         self.vm
@@ -315,6 +347,12 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
             .map_err(vm_err("start_dirty_log"))?;
         self.dirty_log = true;
         self.set_phase(MigrationPhase::Precopy);
+        if copy_disks {
+            // Tracked from before the first read, like memory; the disks go first, being the
+            // longer copy, so that memory's dirty rounds follow it.
+            self.start_disks()?;
+            self.disk_pass(true)?;
+        }
         let mut last_take = Instant::now();
         self.full_pass()?;
 
@@ -328,10 +366,14 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
                 .vm
                 .take_dirty_pages()
                 .map_err(vm_err("take_dirty_pages"))?;
+            let dirty_blocks = self.take_dirty_blocks()?;
             let since = last_take.elapsed();
             last_take = Instant::now();
             let bandwidth = self.bandwidth();
-            let estimate = transfer_time(dirty.count() * WIRE_PAGE, bandwidth);
+            let estimate = transfer_time(
+                dirty.count() * WIRE_PAGE + dirty_blocks * WIRE_BLOCK,
+                bandwidth,
+            );
             self.progress.update(|p| {
                 p.dirty_pages = dirty.count();
                 p.dirty_rate_pages_per_s =
@@ -339,7 +381,7 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
                 p.bandwidth_bytes_per_s = bandwidth;
                 p.estimated_downtime_ms = estimate.as_millis().min(u64::MAX.into()) as u64;
             });
-            if let Some(reason) = conv.decide(self.round, dirty.count(), estimate) {
+            if let Some(reason) = conv.decide(self.round, dirty.count() + dirty_blocks, estimate) {
                 log::info!(
                     "migration: pausing after {} dirty rounds ({reason:?}), {} pages left, estimate {estimate:?}",
                     self.round,
@@ -352,6 +394,8 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
                 p.round = self.round;
                 p.pages_this_round = 0;
             });
+            // In the round, before its EndOfRound.
+            self.disk_pass(false)?;
             self.dirty_pass(&dirty)?;
         };
 
@@ -371,6 +415,11 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
             .map_err(vm_err("take_dirty_pages"))?;
         dirty.merge(&since);
         let final_pages = self.send_pages(&dirty)?;
+        // The guest is stopped: these are the disks' last dirty blocks. Its writes from now on
+        // belong to epoch 1 and travel in checkpoints, so tracking ends here.
+        self.take_dirty_blocks()?;
+        self.disk_pass(false)?;
+        self.stop_disks();
         let state = self.vm.save_state().map_err(vm_err("save_state"))?;
         if let Mode::KeepRunning(captured) = &mut self.mode {
             captured();
@@ -495,13 +544,7 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
             return Ok(0);
         }
         // Between batches is where an Abort from the destination is noticed.
-        while let Some(f) = self.inbox.poll()? {
-            match f.frame {
-                Frame::Heartbeat { .. } => {}
-                Frame::Abort { reason } => return Err(MigrationError::PeerAborted { reason }),
-                other => return Err(unexpected("nothing during pre-copy", other.frame_type())),
-            }
-        }
+        poll_abort(&self.inbox)?;
         let frame = Frame::MemoryPages(std::mem::take(batch));
         self.send(&frame, 0)?;
         let n = match &frame {
@@ -516,8 +559,6 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
         Ok(n)
     }
 
-    /// Sends one frame in the current round; a write failure is explained by the peer's Abort
-    /// when one is waiting.
     /// A heartbeat if nothing went out for a quarter of the peer's read timeout: a long stretch
     /// of zero pages (a large, mostly empty guest on a slow or loaded host) sends nothing, and
     /// the receiver would take the silence for a dead source.
@@ -531,25 +572,19 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
         self.send(&hb, 0).map(|_| ())
     }
 
+    /// Sends one frame in the current round; a write failure is explained by the peer's Abort
+    /// when one is waiting.
     fn send(&mut self, frame: &Frame, flags: u8) -> Result<u64, MigrationError> {
-        match self.writer.send(frame, u64::from(self.round), flags) {
-            Ok(seq) => {
-                self.last_sent = Instant::now();
-                let bytes = self.writer.bytes();
-                self.progress.update(|p| p.bytes = bytes);
-                Ok(seq)
-            }
-            Err(e @ MigrationError::Send(_)) => match self.inbox.wait(ABORT_GRACE) {
-                Ok(Waited::Frame(f)) => match f.frame {
-                    Frame::Abort { reason } => Err(MigrationError::PeerAborted { reason }),
-                    _ => Err(e),
-                },
-                Ok(Waited::TimedOut) => Err(e),
-                Err(MigrationError::PeerClosed) => Err(e),
-                Err(other) => Err(other),
-            },
-            Err(e) => Err(e),
-        }
+        let round = u64::from(self.round);
+        send_frame(
+            &mut self.writer,
+            &self.inbox,
+            self.progress,
+            &mut self.last_sent,
+            frame,
+            round,
+            flags,
+        )
     }
 
     fn wait_ack(
@@ -559,6 +594,70 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
         what: &'static str,
     ) -> Result<(), MigrationError> {
         await_ack(&self.inbox, seq, timeout, what)
+    }
+
+    /// Starts the copy of the VM's replicated disks: tracking on, progress from zero.
+    fn start_disks(&mut self) -> Result<(), MigrationError> {
+        let batch = self.opts.batch_pages;
+        let progress = self.opts.disk_progress.clone();
+        let Some(disks) = self.vm.disks() else {
+            return Ok(());
+        };
+        self.disks = Some(DiskCopy::start(disks, progress, batch)?);
+        Ok(())
+    }
+
+    /// Blocks the guest wrote since the last take, added to those waiting; 0 without disks.
+    fn take_dirty_blocks(&mut self) -> Result<u64, MigrationError> {
+        match (self.disks.as_mut(), self.vm.disks()) {
+            (Some(copy), Some(disks)) => copy.take_dirty(disks),
+            _ => Ok(0),
+        }
+    }
+
+    /// The disks' full pass (`full`) or the blocks waiting since the last take; an Abort from
+    /// the destination is noticed between frames, as in the memory passes.
+    fn disk_pass(&mut self, full: bool) -> Result<(), MigrationError> {
+        let start = Instant::now();
+        let Sender {
+            vm,
+            disks: copy,
+            writer,
+            inbox,
+            round,
+            progress,
+            last_sent,
+            ..
+        } = self;
+        let (Some(copy), Some(disks)) = (copy.as_mut(), vm.disks()) else {
+            return Ok(());
+        };
+        let round = u64::from(*round);
+        let mut out = |frame: Frame| -> Result<(), MigrationError> {
+            poll_abort(inbox)?;
+            send_frame(writer, inbox, progress, last_sent, &frame, round, 0).map(|_| ())
+        };
+        if full {
+            copy.full_pass(disks, &mut out)?;
+            let s = copy.progress();
+            log::info!(
+                "ft: disks' full pass: {} bytes, {} of them data, in {:?}",
+                s.bytes_total,
+                s.bytes_sent,
+                start.elapsed()
+            );
+        } else {
+            copy.dirty_pass(disks, &mut out)?;
+        }
+        self.send_time += start.elapsed();
+        Ok(())
+    }
+
+    /// Ends disk tracking (once), after the last dirty blocks or on failure.
+    fn stop_disks(&mut self) {
+        if let (Some(copy), Some(disks)) = (self.disks.as_mut(), self.vm.disks()) {
+            copy.stop(disks);
+        }
     }
 
     /// Bytes per second measured over all page copying so far.
@@ -588,6 +687,7 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
                 log::debug!("migration: could not send Abort: {}", error_chain(&a));
             }
         }
+        self.stop_disks();
         if self.dirty_log {
             if let Err(d) = self.vm.stop_dirty_log() {
                 log::warn!(
@@ -608,6 +708,50 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
             self.paused = false;
         }
         e
+    }
+}
+
+/// Fails with the destination's Abort if one is waiting (heartbeats are skipped); anything else
+/// is a protocol error during pre-copy.
+fn poll_abort(inbox: &Inbox) -> Result<(), MigrationError> {
+    while let Some(f) = inbox.poll()? {
+        match f.frame {
+            Frame::Heartbeat { .. } => {}
+            Frame::Abort { reason } => return Err(MigrationError::PeerAborted { reason }),
+            other => return Err(unexpected("nothing during pre-copy", other.frame_type())),
+        }
+    }
+    Ok(())
+}
+
+/// Sends one frame of `round`; a write failure is explained by the peer's Abort when one is
+/// waiting.
+fn send_frame(
+    writer: &mut FrameWriter,
+    inbox: &Inbox,
+    progress: &ProgressHandle,
+    last_sent: &mut Instant,
+    frame: &Frame,
+    round: u64,
+    flags: u8,
+) -> Result<u64, MigrationError> {
+    match writer.send(frame, round, flags) {
+        Ok(seq) => {
+            *last_sent = Instant::now();
+            let bytes = writer.bytes();
+            progress.update(|p| p.bytes = bytes);
+            Ok(seq)
+        }
+        Err(e @ MigrationError::Send(_)) => match inbox.wait(ABORT_GRACE) {
+            Ok(Waited::Frame(f)) => match f.frame {
+                Frame::Abort { reason } => Err(MigrationError::PeerAborted { reason }),
+                _ => Err(e),
+            },
+            Ok(Waited::TimedOut) => Err(e),
+            Err(MigrationError::PeerClosed) => Err(e),
+            Err(other) => Err(other),
+        },
+        Err(e) => Err(e),
     }
 }
 

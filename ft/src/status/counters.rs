@@ -117,6 +117,8 @@ pub struct FtCounters {
     pub heartbeats_udp: HeartbeatCounts,
     /// Failovers completed here (this VMM was a backup and went live).
     pub failovers: u64,
+    /// Disk block data the initial syncs sent (primary) or received (backup).
+    pub disk_sync_bytes: u64,
     /// Checkpoint pages sent (primary), by how they went out.
     pub pages: PageEncodings,
     /// The replica scrub (primary).
@@ -133,6 +135,7 @@ impl Default for FtCounters {
             heartbeats_channel: HeartbeatCounts::default(),
             heartbeats_udp: HeartbeatCounts::default(),
             failovers: 0,
+            disk_sync_bytes: 0,
             pages: PageEncodings::default(),
             scrub: ScrubCounts::default(),
         }

@@ -65,6 +65,8 @@ pub struct FtStatus {
     pub state_age_ms: u64,
     /// The latest arbiter error while retrying, cleared on the next arbiter answer.
     pub arbiter_error: Option<String>,
+    /// The copy of replicated disks in this pair's (latest) initial sync.
+    pub disk_sync: crate::disk::DiskSync,
     /// The replica scrub (primary): what it compared, the differences it found and healed,
     /// and the last `ft.verify` pass.
     pub scrub: crate::scrub::ScrubStatus,
@@ -96,6 +98,8 @@ struct Inner {
     counters: FtCounters,
     /// The running second-path heartbeats' live counts, added to `counters` when read.
     udp_source: Option<UdpCounts>,
+    /// The disk copy's figures; one handle for the VMM's life (its lifetime count is a metric).
+    disk: crate::disk::DiskProgress,
     scrub: crate::scrub::ScrubStatus,
 }
 
@@ -128,6 +132,7 @@ impl Inner {
             detector: None,
             counters: FtCounters::default(),
             udp_source: None,
+            disk: crate::disk::DiskProgress::new(),
             scrub: crate::scrub::ScrubStatus::default(),
         }
     }
@@ -192,7 +197,10 @@ impl StatusHandle {
         }
         let detector = g.detector.take();
         let counters = std::mem::take(&mut g.counters);
+        let disk = g.disk.clone();
         *g = Inner::standalone(reason);
+        g.disk = disk;
+        g.disk.reset();
         g.role = role;
         g.generation = generation;
         g.peer = peer;
@@ -226,6 +234,8 @@ impl StatusHandle {
         fresh.failover_count = g.failover_count;
         fresh.guest_paused = g.guest_paused;
         fresh.detector = g.detector.take();
+        fresh.disk = g.disk.clone();
+        fresh.disk.reset();
         *g = fresh;
         g.set_state(FtState::Syncing, reason);
         Ok(())
@@ -241,9 +251,12 @@ impl StatusHandle {
         let mut g = self.lock();
         let counters = std::mem::take(&mut g.counters);
         let udp_source = g.udp_source.take();
+        let disk = g.disk.clone();
         *g = Inner::standalone(reason);
         g.counters = counters;
         g.udp_source = udp_source;
+        g.disk = disk;
+        g.disk.reset();
     }
 
     /// Changes state if the table allows it; `FailingOver -> Unprotected` also makes this member
@@ -365,6 +378,7 @@ impl StatusHandle {
     pub fn counters(&self) -> FtCounters {
         let g = self.lock();
         let mut c = g.counters.clone();
+        c.disk_sync_bytes = g.disk.sent_ever();
         if let Some(live) = g.udp_source.as_ref().map(|f| f()) {
             let udp = c.heartbeats_mut(Path::Udp);
             udp.sent += live.sent;
@@ -398,6 +412,11 @@ impl StatusHandle {
         let mut g = self.lock();
         g.backlog_bytes = bytes;
         g.backlog_epochs = epochs;
+    }
+
+    /// Where the initial sync shows its disk copy (`disk_sync` in snapshots, and the metrics).
+    pub fn disk_progress(&self) -> crate::disk::DiskProgress {
+        self.lock().disk.clone()
     }
 
     /// Uses `detector` for the heartbeat ages in snapshots.
@@ -464,6 +483,7 @@ impl StatusHandle {
             reason_at_unix_ms: g.reason_at_unix_ms,
             state_age_ms: age_ms(g.state_since),
             arbiter_error: g.arbiter_error.clone(),
+            disk_sync: g.disk.snapshot(),
             scrub: g.scrub.clone(),
         }
     }

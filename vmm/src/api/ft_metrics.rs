@@ -164,6 +164,31 @@ pub fn add_ft(e: &mut Exposition, s: &FtStatus, c: &FtCounters) {
         vec![],
         c.failovers as f64,
     );
+    let d = &s.disk_sync;
+    e.gauge(
+        "tandem_ft_disk_sync_size_bytes",
+        "bytes of the replicated disks the current (or last) initial sync copies",
+        vec![],
+        d.bytes_total as f64,
+    );
+    e.gauge(
+        "tandem_ft_disk_sync_copied_bytes",
+        "how far the initial sync's full pass over the replicated disks has come",
+        vec![],
+        d.bytes_copied as f64,
+    );
+    e.gauge(
+        "tandem_ft_disk_sync_dirty_blocks",
+        "4 KiB disk blocks the guest wrote after they were copied, waiting for the next round",
+        vec![],
+        d.dirty_blocks as f64,
+    );
+    e.counter(
+        "tandem_ft_disk_sync_sent_bytes_total",
+        "disk block data the initial syncs sent (primary) or received (backup); holes and zero blocks are not sent",
+        vec![],
+        c.disk_sync_bytes as f64,
+    );
     add_scrub(e, s, c);
 }
 
@@ -233,6 +258,11 @@ mod tests {
         st.record_ack();
         st.set_backlog(8192, 2);
         st.record_heartbeat_sent(Path::Channel);
+        let disk = st.disk_progress();
+        disk.start(8 << 20);
+        disk.copied(4 << 20);
+        disk.sent(3 << 20);
+        disk.set_dirty(7);
         let mut e = Exposition::default();
         add_ft(&mut e, &st.snapshot(), &st.counters());
         let text = e.render();
@@ -253,6 +283,10 @@ mod tests {
             v("tandem_ft_heartbeats_sent_total", Some(("path", "channel"))),
             1.0
         );
+        assert_eq!(v("tandem_ft_disk_sync_size_bytes", None), 8388608.0);
+        assert_eq!(v("tandem_ft_disk_sync_copied_bytes", None), 4194304.0);
+        assert_eq!(v("tandem_ft_disk_sync_dirty_blocks", None), 7.0);
+        assert_eq!(v("tandem_ft_disk_sync_sent_bytes_total", None), 3145728.0);
         assert_eq!(v("tandem_ft_checkpoint_pause_seconds_count", None), 3.0);
         assert!((v("tandem_ft_checkpoint_pause_seconds_sum", None) - 0.00348).abs() < 1e-9);
         let h = scrape

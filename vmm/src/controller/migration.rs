@@ -273,6 +273,7 @@ impl Vmm {
                         .map_err(ReceiveError::Accept)?;
                     let opts = ReceiveOptions {
                         io_timeout: IO_TIMEOUT,
+                        ..ReceiveOptions::default()
                     };
                     let incoming =
                         IncomingMigration::accept(conn, &opts, &p).map_err(ReceiveError::Stream)?;

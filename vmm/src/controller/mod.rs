@@ -258,10 +258,7 @@ impl Vmm {
             (R::FtVerify(c), O::Primary(p)) if ft.1 == ::ft::status::FtState::Protected => {
                 self.ft_verify(p, &c)
             }
-            (R::FtDisable, O::Primary(p)) => {
-                p.pair.command(crate::ft::pair::PairCommand::Disable);
-                (O::Primary(p), Ok(None))
-            }
+            (R::FtDisable, O::Primary(p)) => self.ft_disable_primary(p),
 
             (R::FtPromote, O::Backup(b)) if protected => {
                 b.pair.command(crate::ft::pair::PairCommand::Promote);

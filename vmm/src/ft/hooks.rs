@@ -6,15 +6,19 @@
 //! checkpoint's Extras blob ([`EpochExtras`]), `epoch_committed(n)` commits the clock (the
 //! releaser then lets outputs of ≤ `n` leave), `output_waiting` says whether any gate holds output.
 //!
-//! Backup ([`BackupDiskHooks`], ft's `BackupHooks`): on each committed checkpoint, replicated
-//! disks get the epoch's writes at once; shared disks only stash them (the primary still owns the
-//! image), and [`BackupDiskHooks::reissue`] applies the stash when the backup goes live, after
-//! its state is restored and before the guest runs (`crate::ft::pair::BackupVm`). The primary tells
-//! the backup, in every Extras blob, through which epoch its shared disks are durable, so the
-//! stash only holds the epochs that a dead primary may not have finished.
+//! Backup ([`BackupDiskHooks`], ft's `BackupHooks`): each verified checkpoint's writes go to
+//! replicated disks before the backup acks it (`before_ack`), and are synced right after the
+//! ack (`after_ack`); a write or sync that fails (ENOSPC, EIO, past the image's end) or extras
+//! that do not decode are the backup's reason to withdraw from the pair at once, telling the
+//! primary, instead of acking a checkpoint its copy lacks. Shared disks only stash the writes (the
+//! primary still owns the image), and [`BackupDiskHooks::reissue`] applies the stash when the
+//! backup goes live, after its state is restored and before the guest runs
+//! (`crate::ft::pair::BackupVm`). The primary tells the backup, in every Extras blob, through which
+//! epoch its shared disks are durable, so the stash only holds the epochs that a dead primary may
+//! not have finished.
 
 use devices::virtio::block::disk::RawDisk;
-use devices::virtio::block::gate::{apply_writes, ApplyError, DiskGate, DiskMode};
+use devices::virtio::block::gate::{write_writes, ApplyError, DiskGate, DiskMode};
 use devices::virtio::ft::DeviceGate;
 use devices::virtio::net::gate::TxGate;
 use ft::checkpoint::{BackupHooks, EpochHooks};
@@ -135,11 +139,36 @@ pub struct BackupDisk {
 struct Stash {
     /// Shared mode: committed epochs' writes the primary may not have made durable yet.
     pending: BTreeMap<u64, Vec<DiskWrite>>,
-    /// The first error, if applying or decoding ever failed (the backup is then not safe).
-    error: Option<String>,
+    /// The extras `before_ack` decoded, for `backup_committed` to take.
+    decoded: Option<(u64, EpochExtras)>,
+    /// Replicated mode: disks written by `before_ack` and not synced yet.
+    unsynced: Vec<u32>,
 }
 
-/// The backup's hooks: apply (replicated) or stash (shared) each committed epoch's writes.
+/// Why this backup cannot keep a checkpoint in its copy (it then withdraws from the pair).
+#[derive(Debug, thiserror::Error)]
+pub enum DiskReplicaError {
+    #[error("checkpoint {epoch}: undecodable disk writes")]
+    Decode {
+        epoch: u64,
+        #[source]
+        source: postcard::Error,
+    },
+    #[error("checkpoint {epoch}: writing the replicated disks")]
+    Write {
+        epoch: u64,
+        #[source]
+        source: ApplyError,
+    },
+    #[error("checkpoint {epoch}: syncing the replicated disks")]
+    Sync {
+        epoch: u64,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The backup's hooks: write (replicated) or stash (shared) each verified checkpoint's writes.
 pub struct BackupDiskHooks {
     pub(super) mode: DiskMode,
     pub(super) disks: Vec<BackupDisk>,
@@ -160,17 +189,23 @@ impl BackupDiskHooks {
         self.stash.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The first failure to decode or apply a committed epoch's writes, if any.
-    pub fn error(&self) -> Option<String> {
-        self.stash().error.clone()
-    }
-
     /// Epochs stashed for re-issue (shared mode).
     pub fn stashed_epochs(&self) -> Vec<u64> {
         self.stash().pending.keys().copied().collect()
     }
 
-    fn apply(&self, writes: &[DiskWrite]) -> Result<(), ApplyError> {
+    /// Writes each disk's share of `writes` (every write checked first); the disks written.
+    fn write(&self, writes: &[DiskWrite]) -> Result<Vec<u32>, ApplyError> {
+        if let Some(w) = writes
+            .iter()
+            .find(|w| !self.disks.iter().any(|d| d.index == w.disk))
+        {
+            return Err(ApplyError::WrongDisk {
+                got: w.disk,
+                ours: self.disks.first().map_or(u32::MAX, |d| d.index),
+            });
+        }
+        let mut written = Vec::new();
         for d in &self.disks {
             let mine: Vec<DiskWrite> = writes
                 .iter()
@@ -178,19 +213,18 @@ impl BackupDiskHooks {
                 .cloned()
                 .collect();
             if !mine.is_empty() {
-                apply_writes(&d.disk, d.index, &mine)?;
+                write_writes(&d.disk, d.index, &mine)?;
+                written.push(d.index);
             }
         }
-        match writes
-            .iter()
-            .find(|w| !self.disks.iter().any(|d| d.index == w.disk))
-        {
-            Some(w) => Err(ApplyError::WrongDisk {
-                got: w.disk,
-                ours: self.disks.first().map_or(u32::MAX, |d| d.index),
-            }),
-            None => Ok(()),
+        Ok(written)
+    }
+
+    fn sync(&self, indices: &[u32]) -> std::io::Result<()> {
+        for d in self.disks.iter().filter(|d| indices.contains(&d.index)) {
+            d.disk.flush()?;
         }
+        Ok(())
     }
 
     /// Going live (shared mode), before the guest runs: re-issues, in epoch order, every stashed
@@ -200,7 +234,8 @@ impl BackupDiskHooks {
         let pending = std::mem::take(&mut self.stash().pending);
         let mut n = 0;
         for writes in pending.values() {
-            self.apply(writes)?;
+            let written = self.write(writes)?;
+            self.sync(&written).map_err(ApplyError::Io)?;
             n += writes.len();
         }
         Ok(n)
@@ -212,37 +247,49 @@ impl BackupHooks for BackupDiskHooks {
         Some(self)
     }
 
+    fn before_ack(&self, n: u64, extras: &[u8]) -> Result<(), ft::checkpoint::ReplicaError> {
+        let extras = EpochExtras::decode(extras)
+            .map_err(|source| DiskReplicaError::Decode { epoch: n, source })?;
+        if self.mode == DiskMode::Replicated {
+            let written = self
+                .write(&extras.writes)
+                .map_err(|source| DiskReplicaError::Write { epoch: n, source })?;
+            self.stash().unsynced = written;
+        }
+        self.stash().decoded = Some((n, extras));
+        Ok(())
+    }
+
+    fn after_ack(&self, n: u64) -> Result<(), ft::checkpoint::ReplicaError> {
+        let unsynced = std::mem::take(&mut self.stash().unsynced);
+        self.sync(&unsynced)
+            .map_err(|source| DiskReplicaError::Sync { epoch: n, source })?;
+        Ok(())
+    }
+
     fn backup_committed(&self, n: u64, extras: &[u8]) {
-        let extras = match EpochExtras::decode(extras) {
-            Ok(e) => e,
-            Err(e) => {
-                log::error!("ft backup: checkpoint {n}: undecodable disk writes: {e}");
-                self.stash()
-                    .error
-                    .get_or_insert(format!("checkpoint {n}: undecodable disk writes: {e}"));
-                return;
-            }
+        if self.mode != DiskMode::Shared {
+            self.stash().decoded = None;
+            return;
+        }
+        let mut st = self.stash();
+        let extras = match st.decoded.take() {
+            Some((epoch, e)) if epoch == n => e,
+            // Not through `before_ack` (an engine that skips it): decode here.
+            _ => match EpochExtras::decode(extras) {
+                Ok(e) => e,
+                Err(e) => {
+                    log::error!("ft backup: checkpoint {n}: undecodable disk writes: {e}");
+                    return;
+                }
+            },
         };
-        match self.mode {
-            DiskMode::Replicated => {
-                if let Err(e) = self.apply(&extras.writes) {
-                    let why = errors::chain(&e);
-                    log::error!("ft backup: checkpoint {n}: applying disk writes: {why}");
-                    self.stash()
-                        .error
-                        .get_or_insert(format!("checkpoint {n}: applying disk writes: {why}"));
-                }
-            }
-            DiskMode::Shared => {
-                let mut st = self.stash();
-                let keep = st
-                    .pending
-                    .split_off(&extras.durable_through.saturating_add(1));
-                st.pending = keep;
-                if !extras.writes.is_empty() {
-                    st.pending.insert(n, extras.writes);
-                }
-            }
+        let keep = st
+            .pending
+            .split_off(&extras.durable_through.saturating_add(1));
+        st.pending = keep;
+        if !extras.writes.is_empty() {
+            st.pending.insert(n, extras.writes);
         }
     }
 }

@@ -59,17 +59,35 @@ fn primary_hooks_move_the_clock_in_step_with_the_engine() {
 }
 
 #[test]
-fn replicated_backup_applies_each_committed_epoch() {
+fn replicated_backup_writes_each_verified_epoch_before_its_ack() {
     let p = image("repl", 8);
     let disk = RawDisk::open(&p, false).unwrap();
     let hooks = BackupDiskHooks::new(DiskMode::Replicated, vec![BackupDisk { index: 2, disk }]);
-    hooks.backup_committed(1, &extras(0, vec![write(2, 512, 0x11)]));
+    let e = extras(0, vec![write(2, 512, 0x11)]);
+    hooks.before_ack(1, &e).unwrap();
     assert_eq!(sector(&p, 1), 0x11);
-    assert_eq!(hooks.error(), None);
+    hooks.after_ack(1).unwrap();
+    hooks.backup_committed(1, &e);
     assert!(hooks.stashed_epochs().is_empty());
-    // A write for a disk this backup does not have is an error, not silently dropped.
-    hooks.backup_committed(2, &extras(0, vec![write(5, 0, 0x22)]));
-    assert!(hooks.error().is_some());
+    // A write for a disk this backup does not have, or past its image's end, is a reason to
+    // withdraw, and nothing of that epoch is written.
+    let e = extras(0, vec![write(2, 0, 0x33), write(5, 0, 0x22)]);
+    let err = hooks.before_ack(2, &e).unwrap_err();
+    assert!(
+        errors::chain(&*err).contains("disk 5"),
+        "{}",
+        errors::chain(&*err)
+    );
+    assert_eq!(sector(&p, 0), 0);
+    let err = hooks
+        .before_ack(3, &extras(0, vec![write(2, 8 * 512, 0x44)]))
+        .unwrap_err();
+    assert!(
+        errors::chain(&*err).contains("past the end"),
+        "{}",
+        errors::chain(&*err)
+    );
+    assert!(hooks.before_ack(4, &[0xff; 3]).is_err());
     std::fs::remove_file(p).unwrap();
 }
 
@@ -78,9 +96,15 @@ fn shared_backup_stashes_until_durable_and_reissues_on_go_live() {
     let p = image("shared", 8);
     let disk = RawDisk::open(&p, false).unwrap();
     let hooks = BackupDiskHooks::new(DiskMode::Shared, vec![BackupDisk { index: 0, disk }]);
-    hooks.backup_committed(1, &extras(0, vec![write(0, 0, 0x01)]));
-    hooks.backup_committed(2, &extras(0, vec![write(0, 512, 0x02)]));
-    hooks.backup_committed(3, &extras(1, vec![write(0, 1024, 0x03)]));
+    for (n, e) in [
+        (1, extras(0, vec![write(0, 0, 0x01)])),
+        (2, extras(0, vec![write(0, 512, 0x02)])),
+        (3, extras(1, vec![write(0, 1024, 0x03)])),
+    ] {
+        hooks.before_ack(n, &e).unwrap();
+        hooks.after_ack(n).unwrap();
+        hooks.backup_committed(n, &e);
+    }
     // The backup never touches a shared image while the primary lives.
     assert_eq!(sector(&p, 0), 0);
     // Epoch 1 is durable on the primary: nothing left to re-issue for it.
@@ -88,8 +112,7 @@ fn shared_backup_stashes_until_durable_and_reissues_on_go_live() {
     assert_eq!(hooks.reissue().unwrap(), 2);
     assert_eq!((sector(&p, 0), sector(&p, 1), sector(&p, 2)), (0, 2, 3));
     assert!(hooks.stashed_epochs().is_empty());
-    // Undecodable extras are recorded, not ignored.
-    hooks.backup_committed(4, &[0xff; 3]);
-    assert!(hooks.error().is_some());
+    // Undecodable extras are a reason to withdraw, not ignored.
+    assert!(hooks.before_ack(4, &[0xff; 3]).is_err());
     std::fs::remove_file(p).unwrap();
 }

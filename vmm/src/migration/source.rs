@@ -8,6 +8,7 @@ use super::pages::PageMap;
 use super::{backend, encode_state};
 use crate::vm::Vm;
 use ft::bitmap::DirtyBitmap;
+use ft::disk::VmDisks;
 use ft::frame::PAGE_SIZE;
 use ft::vm::{MigratableVm, VmOpError, VmState};
 use std::borrow::BorrowMut;
@@ -20,6 +21,8 @@ pub struct SourceVm<V: BorrowMut<Vm>> {
     vcpus: u32,
     config_json: String,
     map: PageMap,
+    /// Replicated disks the FT initial sync copies with memory (none for a migration).
+    disks: Option<Box<dyn VmDisks + Send>>,
 }
 
 /// The primary of an FT pair: owns its VM, so it can live on ft's threads.
@@ -31,6 +34,7 @@ pub fn identity(vm: &Vm, vcpus: u8, config_json: String) -> ft::vm::VmIdentity {
         memory_size: PageMap::new(vm.memory()).pages() * PAGE_SIZE as u64,
         vcpu_count: u32::from(vcpus),
         config: config_json,
+        disks: Vec::new(),
     }
 }
 
@@ -43,7 +47,14 @@ impl<V: BorrowMut<Vm>> SourceVm<V> {
             vcpus: u32::from(vcpus),
             config_json,
             map,
+            disks: None,
         }
+    }
+
+    /// The same, with replicated disks the FT initial sync copies along with memory.
+    pub fn with_disks(mut self, disks: Box<dyn VmDisks + Send>) -> Self {
+        self.disks = Some(disks);
+        self
     }
 
     /// The VM, for the owner's own use (e.g. MAC announcements, device gates).
@@ -146,6 +157,13 @@ impl<V: BorrowMut<Vm>> MigratableVm for SourceVm<V> {
             what: "restore state",
             reason: "this is the source".into(),
         })
+    }
+
+    fn disks(&mut self) -> Option<&mut dyn VmDisks> {
+        match self.disks.as_mut() {
+            Some(d) => Some(&mut **d),
+            None => None,
+        }
     }
 }
 

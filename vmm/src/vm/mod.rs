@@ -439,6 +439,11 @@ impl Vm {
         &self.memory
     }
 
+    /// Each disk's size in bytes, by device index (disks come first among virtio devices).
+    pub fn disk_sizes(&self) -> &[u64] {
+        &self.virtio.disk_sizes
+    }
+
     /// Handles on the VM's counters, for readers on other threads (`vm.counters`, metrics).
     pub fn counter_source(&self) -> counters::CounterSource {
         counters::CounterSource {

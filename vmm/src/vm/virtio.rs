@@ -7,6 +7,7 @@ use crate::boot::acpi::MmioDeviceInfo;
 use crate::boot::layout::VIRTIO_MMIO_START;
 use crate::config::VmConfig;
 use devices::mmio_bus::{MmioBus, MmioBusError};
+use devices::virtio::block::disk::SECTOR_SIZE;
 use devices::virtio::block::{Block, BlockConfig, BlockError};
 use devices::virtio::ft::{DeviceGate, FtSetup};
 use devices::virtio::mmio::state::{MmioSnapshot, MmioStateError};
@@ -93,6 +94,8 @@ pub struct VirtioDevices {
     pub net_counters: Vec<(String, Arc<NetCounters>)>,
     /// One per NIC: announces its MAC on its tap after the VM moved.
     announcers: Vec<(String, Announcer)>,
+    /// Each disk's size in bytes, in config order (which is their device index: disks first).
+    pub disk_sizes: Vec<u64>,
 }
 
 impl VirtioDevices {
@@ -110,6 +113,7 @@ impl VirtioDevices {
                 path: d.path.clone(),
                 readonly: d.readonly,
             })?;
+            out.disk_sizes.push(dev.capacity_sectors() * SECTOR_SIZE);
             out.add(vm_fd, mem, &mut bus, Box::new(dev))?;
         }
         for n in &config.net {

@@ -17,6 +17,11 @@
 //!   logged only to be shipped; FLUSH is a real `fdatasync` of the primary's copy. Epoch N is
 //!   durable as soon as it commits (the backup applies N to its own copy once N is committed).
 //!
+//! While a replicated disk is first copied to the backup (the FT initial sync, `ft::disk`), the
+//! gate also records which 4 KiB blocks the guest writes ([`DiskGate::start_tracking`]), each
+//! once its write has reached the image, so that a block the copy read before that write is
+//! always sent again.
+//!
 //! Memory is bounded by `cap_bytes` of logged data (the overlay holds at most one more copy of
 //! it): when full the gate reports no room and the block worker stops taking requests until a
 //! commit frees space. Unprotected: everything held is applied and synced, then writes go
@@ -24,6 +29,8 @@
 
 use super::disk::{RawDisk, SECTOR_SIZE};
 use super::io::DiskIo;
+use ft::bitmap::DirtyBitmap;
+use ft::disk::BLOCK_SIZE;
 use ft::gate::{DiskWrite, DurabilityId, EpochClock, OutputGate, Protection};
 use std::collections::BTreeMap;
 use std::io;
@@ -117,6 +124,8 @@ pub struct DiskGate {
     apply: Mutex<()>,
     room: EventFd,
     counters: DiskGateCounters,
+    /// Blocks written while the initial sync copies this disk (`None`: not tracking).
+    tracking: Mutex<Option<DirtyBitmap>>,
 }
 
 impl DiskGate {
@@ -142,7 +151,61 @@ impl DiskGate {
             apply: Mutex::new(()),
             room: EventFd::new(EFD_NONBLOCK)?,
             counters: DiskGateCounters::default(),
+            tracking: Mutex::new(None),
         })
+    }
+
+    /// A second handle on the image, for the initial sync to read it (and find its holes).
+    pub fn image(&self) -> io::Result<RawDisk> {
+        self.disk.try_clone()
+    }
+
+    /// The disk's index among the VM's virtio devices (as in the write log).
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Size of the image in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        self.disk.sectors() * SECTOR_SIZE
+    }
+
+    /// Starts recording the blocks the guest writes (anew if already on).
+    pub fn start_tracking(&self) {
+        let blocks = self.size_bytes().div_ceil(BLOCK_SIZE as u64);
+        *self.tracked() = Some(DirtyBitmap::new(blocks));
+    }
+
+    /// The blocks written since tracking started or the previous call, cleared (empty when not
+    /// tracking).
+    pub fn take_dirty(&self) -> DirtyBitmap {
+        let blocks = self.size_bytes().div_ceil(BLOCK_SIZE as u64);
+        match self.tracked().as_mut() {
+            Some(b) => std::mem::replace(b, DirtyBitmap::new(blocks)),
+            None => DirtyBitmap::new(blocks),
+        }
+    }
+
+    /// Stops recording.
+    pub fn stop_tracking(&self) {
+        *self.tracked() = None;
+    }
+
+    fn tracked(&self) -> MutexGuard<'_, Option<DirtyBitmap>> {
+        self.tracking.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the blocks `len` bytes at `offset` touch, when tracking.
+    fn mark_written(&self, offset: u64, len: usize) {
+        if let Some(b) = self.tracked().as_mut() {
+            let first = offset / BLOCK_SIZE as u64;
+            let end = offset
+                .saturating_add(len as u64)
+                .div_ceil(BLOCK_SIZE as u64);
+            for block in first..end {
+                b.set(block);
+            }
+        }
     }
 
     /// The gate's counters.
@@ -352,7 +415,11 @@ impl DiskIo for DiskGate {
             }
             (DiskMode::Replicated, _) => {
                 let _apply = self.apply.lock().unwrap_or_else(|p| p.into_inner());
-                self.disk.write_at(buf, offset)?;
+                let written = self.disk.write_at(buf, offset);
+                // After the write (even a failed one, which may have changed the image): the
+                // sync's copy of these blocks is stale from here on.
+                self.mark_written(offset, buf.len());
+                written?;
                 if holds {
                     self.log_write(&mut self.lock(), buf, offset);
                 }
@@ -439,6 +506,13 @@ impl DiskIo for GatedDisk {
 /// `index`'s image and syncs it. Idempotent: re-applying a log gives the same image, which is
 /// what re-issue after failover relies on. Every write is checked before any is applied.
 pub fn apply_writes(disk: &RawDisk, index: u32, writes: &[DiskWrite]) -> Result<(), ApplyError> {
+    write_writes(disk, index, writes)?;
+    disk.flush().map_err(ApplyError::Io)
+}
+
+/// As [`apply_writes`], without the sync (a replicated backup writes before its ack and syncs
+/// after it).
+pub fn write_writes(disk: &RawDisk, index: u32, writes: &[DiskWrite]) -> Result<(), ApplyError> {
     let size = disk.sectors() * SECTOR_SIZE;
     for w in writes {
         let (offset, len) = (w.offset, w.data.len());
@@ -458,7 +532,7 @@ pub fn apply_writes(disk: &RawDisk, index: u32, writes: &[DiskWrite]) -> Result<
     for w in writes {
         disk.write_at(&w.data, w.offset).map_err(ApplyError::Io)?;
     }
-    disk.flush().map_err(ApplyError::Io)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use super::{
 use crate::api::types::FtEnableConfig;
 use crate::ft::pair::{spawn_primary, PairTiming, PrimarySetup};
 use crate::migration::source::identity;
+use devices::virtio::block::gate::DiskMode;
 use ft::auth::{handshake, Side};
 use ft::checkpoint::PairSettings;
 use ft::migration::{open_ft_stream, OpenedStream};
@@ -88,7 +89,11 @@ impl Vmm {
             arbiter_id: Some(k.arbiter_id.clone()),
         };
         let config_json = serde_json::to_string(&l.config).unwrap_or_default();
-        let identity = identity(&l.vm, l.config.cpus.boot_vcpus, config_json);
+        let mut identity = identity(&l.vm, l.config.cpus.boot_vcpus, config_json);
+        if mode(c.disk_mode) == DiskMode::Replicated {
+            // The disks the initial sync copies: the backup checks its images against them.
+            identity.disks = disk_list(l.vm.disk_sizes());
+        }
         let endpoint = k.endpoint.clone();
         let stream =
             open_ft_stream(k.conn, identity, pair.to_json(), HELLO_TIMEOUT).map_err(|e| {
@@ -214,4 +219,16 @@ struct Connected {
     conn: Box<dyn ft::transport::Connection>,
     session: ft::auth::Session,
     heartbeat: Option<crate::ft::second_path::HeartbeatPaths>,
+}
+
+/// A VM's disks as the Hello announces them: index (device position) and size.
+fn disk_list(sizes: &[u64]) -> Vec<ft::disk::DiskInfo> {
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &size)| ft::disk::DiskInfo {
+            index: i as u32,
+            size,
+        })
+        .collect()
 }

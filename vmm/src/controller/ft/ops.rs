@@ -9,6 +9,10 @@ use crate::ft::pair::{PairCommand, PrimaryEnd, OP_TIMEOUT};
 use crate::vm::Vm;
 use std::time::Duration;
 
+/// Longest an `ft.disable` call waits for the pair to end before answering (the API's own
+/// answer timeout is 60 s).
+const DISABLE_WAIT_MAX: Duration = Duration::from_secs(20);
+
 impl Vmm {
     /// `vm.pause` (`pause`) or `vm.resume` on a protected primary: the guest pauses after a
     /// checkpoint that tells the backup so, and stays protected.
@@ -45,6 +49,25 @@ impl Vmm {
         };
         log::info!("ft: primary pair thread ended ({end:?})");
         Ok(self.primary_returned(p, vm, &end))
+    }
+
+    /// `ft.disable` on a primary: answered once the pair has ended (the backup confirmed, or
+    /// this member won the next generation), so that the caller's next `ft.status` says
+    /// standalone. An arbiter that does not answer within a few failure timeouts leaves it
+    /// settling in the background (output held; ft.status says so); its report ends it.
+    pub(in super::super) fn ft_disable_primary(&mut self, mut p: Primary) -> Step {
+        let timeout = Duration::from_millis(p.enable.failure_timeout_ms.unwrap_or(1000));
+        let bound = (timeout * 3 + Duration::from_secs(1)).min(DISABLE_WAIT_MAX);
+        match p.pair.end_within(PairCommand::Disable, bound) {
+            Some((vm, end)) => {
+                log::info!("ft: primary pair thread ended ({end:?})");
+                match self.primary_returned(p, vm, &end) {
+                    (owner, None) => (owner, Ok(None)),
+                    (owner, Some(e)) => (owner, Err(e)),
+                }
+            }
+            None => (Owner::Primary(p), Ok(None)),
+        }
     }
 
     /// `vm.shutdown` on a protected primary: the pair ends on purpose, the backup discards.

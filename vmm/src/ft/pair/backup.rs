@@ -13,6 +13,7 @@
 //! Whoever connects must pass the authentication handshake; a refused connection is noted in
 //! ft.status and the backup keeps waiting for its real primary.
 
+use super::super::disks::{ReplicaDisk, ReplicaDisks};
 use super::super::hooks::{BackupDisk, BackupDiskHooks};
 use super::super::replica_fault;
 use super::super::second_path::{self, Deferral, HeartbeatPaths};
@@ -33,6 +34,7 @@ use ft::checkpoint::{
     agree, is_resync, BackupHooks, BackupOptions, BackupWants, CheckpointError, FtBackup,
     PairDiskMode, PairSettings, ReceivedCheckpoint, SettingsError,
 };
+use ft::disk::{check_disks, VmDisks};
 use ft::failover::{Decision, FailoverCoordinator};
 use ft::frame::FrameType;
 use ft::heartbeat::{ChannelHook, FailureDetector, Path, Verdict};
@@ -53,6 +55,18 @@ struct BackupPairHooks {
 }
 
 impl BackupHooks for BackupPairHooks {
+    fn before_ack(&self, n: u64, extras: &[u8]) -> Result<(), ft::checkpoint::ReplicaError> {
+        match self.disks.get() {
+            Some(d) => d.before_ack(n, extras),
+            None => Ok(()),
+        }
+    }
+    fn after_ack(&self, n: u64) -> Result<(), ft::checkpoint::ReplicaError> {
+        match self.disks.get() {
+            Some(d) => d.after_ack(n),
+            None => Ok(()),
+        }
+    }
     fn backup_committed(&self, n: u64, extras: &[u8]) {
         if let Some(d) = self.disks.get() {
             d.backup_committed(n, extras);
@@ -129,6 +143,7 @@ pub fn spawn_backup(s: BackupSetup, report: ReportSink) -> Result<PairHandle, Pa
         commands: tx,
         stream: stream.clone(),
         thread: None,
+        waiter: Arc::default(),
     };
     let thread = std::thread::Builder::new()
         .name("tandem_ft_backup".into())
@@ -169,6 +184,7 @@ fn run_backup(
     let opts = BackupOptions {
         sync: ReceiveOptions {
             io_timeout: s.failure_timeout.max(SYNC_IO_TIMEOUT),
+            disk_progress: s.status.disk_progress(),
         },
         heartbeat_interval: Duration::from_millis(100),
         peer_timeout: s.failure_timeout,
@@ -272,16 +288,38 @@ fn run_backup(
             };
             let cfg = localize(&hello.identity.config).map_err(|e| errors::chain(&*e))?;
             let mut disks = Vec::new();
+            let mut replica = Vec::new();
             // Disk gates are numbered by virtio device position, disks first (VirtioDevices).
             for (index, d) in cfg.disks.iter().enumerate() {
-                let disk = RawDisk::open(&d.path, false).map_err(|e| {
-                    format!("cannot open disk {:?} at {}: {e}", d.id, d.path.display())
-                })?;
+                let open = || {
+                    RawDisk::open(&d.path, false).map_err(|e| {
+                        format!("cannot open disk {:?} at {}: {e}", d.id, d.path.display())
+                    })
+                };
+                let index = index as u32;
                 disks.push(BackupDisk {
-                    index: index as u32,
-                    disk,
+                    index,
+                    disk: open()?,
                 });
+                if mode == DiskMode::Replicated {
+                    replica.push(ReplicaDisk {
+                        index,
+                        name: d.id.clone(),
+                        image: open()?,
+                    });
+                }
             }
+            // Replicated: the initial sync copies the primary's images into ours, which must
+            // match what its Hello announced (refused here, before anything is written).
+            let mut replica = (mode == DiskMode::Replicated).then(|| ReplicaDisks::new(replica));
+            check_disks(
+                &hello.identity.disks,
+                replica.as_mut().map(|r| r as &mut dyn VmDisks),
+            )
+            .map_err(|e| match e {
+                MigrationError::Incompatible(why) => why,
+                e => errors::chain(&e),
+            })?;
             let disks = Arc::new(BackupDiskHooks::new(mode, disks));
             let _ = build_hooks.disks.set(disks.clone());
             let inner = IncomingVm::new(cfg.clone(), guest_events, on_failure)
@@ -290,7 +328,14 @@ fn run_backup(
                 let _ = build_hooks.fault.set(f);
             }
             let _ = config.set(cfg);
-            Ok((BackupVm { inner, disks }, Some(pair)))
+            Ok((
+                BackupVm {
+                    inner,
+                    disks,
+                    replica,
+                },
+                Some(pair),
+            ))
         });
         *stream.lock().unwrap_or_else(PoisonError::into_inner) = None;
         let exit = match built {
@@ -331,9 +376,48 @@ fn run_backup(
                 continue;
             }
         }
-        if let Some(e) = hooks.disks.get().and_then(|d| d.error()) {
+        // Nothing committed yet: this backup refused the primary's VM at its Hello (like a
+        // refused settings check: the right primary may come next), or could not take the
+        // initial copy (its own image failed: it ends, saying why). The primary was told.
+        if let CheckpointError::BackupStopped {
+            cause,
+            last_committed: None,
+        } = &exit.error
+        {
+            match &**cause {
+                CheckpointError::InitialSync(MigrationError::Incompatible(why)) => {
+                    detector.close();
+                    let why = format!("refused a primary: {why}; still waiting for the primary");
+                    log::warn!("ft backup: {why}");
+                    status.note(&why);
+                    drop(exit);
+                    continue;
+                }
+                CheckpointError::InitialSync(e @ MigrationError::Vm { .. }) => {
+                    detector.close();
+                    return end(format!(
+                        "could not take the initial copy: {}",
+                        errors::chain(e)
+                    ));
+                }
+                _ => {}
+            }
+        }
+        // This backup could not keep its copy and told the primary so: it never goes live
+        // from this stream, whatever follows (the primary runs on unprotected on its word).
+        if exit.error.is_withdrawal() {
             detector.close();
-            let _ = status.transition(FtState::Halted, &format!("disk replication failed: {e}"));
+            let cause = match &exit.error {
+                CheckpointError::BackupStopped { cause, .. } => errors::chain(&**cause),
+                e => errors::chain(e),
+            };
+            let why = format!(
+                "left the pair: {cause}; copy discarded, the primary was told (it runs on \
+                 unprotected)"
+            );
+            log::error!("ft backup: {why}");
+            drop(exit);
+            let _ = status.transition(FtState::Halted, &why);
             return None;
         }
         let config = config.get()?.clone();

@@ -1,18 +1,22 @@
-//! The replica VM: an `IncomingVm` that, when it goes live, re-issues the committed shared-disk
-//! writes before the guest runs.
+//! The replica VM: an `IncomingVm` that takes the copy of replicated disks in the initial sync
+//! and, when it goes live, re-issues the committed shared-disk writes before the guest runs.
 
+use super::super::disks::ReplicaDisks;
 use super::super::hooks::BackupDiskHooks;
 use crate::migration::incoming::IncomingVm;
 use ft::bitmap::DirtyBitmap;
+use ft::disk::VmDisks;
 use ft::frame::PAGE_SIZE;
 use ft::vm::{MigratableVm, VmOpError, VmState};
 use std::sync::Arc;
 
-/// A backup's VM: an `IncomingVm` that, when it goes live, re-issues the committed shared-disk
-/// writes before the guest runs.
+/// A backup's VM: an `IncomingVm` that takes the initial copy of replicated disks and, when it
+/// goes live, re-issues the committed shared-disk writes before the guest runs.
 pub struct BackupVm {
     pub(super) inner: IncomingVm,
     pub(super) disks: Arc<BackupDiskHooks>,
+    /// Replicated mode: this host's images, which the initial sync copies the primary's into.
+    pub(super) replica: Option<ReplicaDisks>,
 }
 
 impl MigratableVm for BackupVm {
@@ -52,6 +56,12 @@ impl MigratableVm for BackupVm {
     }
     fn save_state(&mut self) -> Result<VmState, VmOpError> {
         self.inner.save_state()
+    }
+    fn disks(&mut self) -> Option<&mut dyn VmDisks> {
+        match self.replica.as_mut() {
+            Some(r) => Some(r),
+            None => None,
+        }
     }
     /// Only `go_live` restores, once: the committed writes are re-issued right after, before
     /// the guest runs, also when it goes live paused.

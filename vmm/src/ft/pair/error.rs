@@ -11,6 +11,9 @@ pub enum PairError {
     /// The device gates could not be put in front of the VM's outputs.
     #[error("cannot gate the VM's outputs")]
     Gates(#[source] VmError),
+    /// The replicated disks' images could not be opened for the initial copy.
+    #[error("cannot open the disk images for the initial copy")]
+    DiskImages(#[source] std::io::Error),
     /// The thread that releases committed output could not start.
     #[error("cannot start the output releaser")]
     Releaser(#[source] std::io::Error),

@@ -31,9 +31,10 @@ use ft::frame::FrameType;
 use ft::heartbeat::Path;
 use ft::status::StatusHandle;
 use ft::transport::Connection;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Longest silence during the initial sync (a full pass over guest memory, the backup building
 /// its VM): the failure timeout applies from the first checkpoint on.
@@ -142,9 +143,53 @@ pub struct PairHandle {
     /// The backup's stream, so that ft.promote/ft.disable can end `FtBackup::run` at once.
     stream: Arc<Mutex<Option<Box<dyn Connection>>>>,
     thread: Option<std::thread::JoinHandle<Joined>>,
+    /// Whether the VMM thread waits in [`PairHandle::end_within`]: the thread and the VMM
+    /// thread agree through it on who carries the VM back (the join or a report).
+    waiter: Arc<AtomicU8>,
+}
+
+/// Nobody waits: a thread that ends on its own reports.
+const NOT_WAITING: u8 = 0;
+/// The VMM thread waits in [`PairHandle::end_within`].
+const WAITING: u8 = 1;
+/// The thread took the wait: the VM comes back through the join.
+const TAKEN: u8 = 2;
+
+/// Whether a pair thread that ended on its own may hand its VM back through the join, because
+/// the VMM thread waits for it there (and will not give up waiting now).
+fn joined_by_waiter(waiter: &AtomicU8) -> bool {
+    waiter
+        .compare_exchange(WAITING, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
 }
 
 impl PairHandle {
+    /// Passes `c` (ft.disable) and waits up to `bound` for the thread to end; its VM comes back
+    /// if it did. `None`: it goes on past `bound` (an arbiter that does not answer) or had ended
+    /// on its own; then its report brings the VM back later.
+    pub fn end_within(
+        &mut self,
+        c: PairCommand,
+        bound: Duration,
+    ) -> Option<(Option<Vm>, PrimaryEnd)> {
+        self.waiter.store(WAITING, Ordering::Release);
+        self.command(c);
+        let deadline = Instant::now() + bound;
+        while Instant::now() < deadline && self.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let gave_up = self
+            .waiter
+            .compare_exchange(WAITING, NOT_WAITING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if gave_up {
+            return None;
+        }
+        // The thread took the wait: it is handing the VM back through the join right now.
+        let joined = self.thread.take()?.join().ok()??;
+        Some(*joined)
+    }
+
     /// Asks a primary's thread for a synchronised operation (pause, resume) and waits for its
     /// answer, at most `timeout`.
     pub fn op(

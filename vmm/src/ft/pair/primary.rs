@@ -13,20 +13,29 @@
 //! * reboot: ends the pair with an Abort that asks for a re-sync ([`RESYNC_PREFIX`]): the backup
 //!   discards its copy and waits on the same listener; the VMM reboots the guest and enables FT
 //!   again with the same settings, a fresh initial sync.
+//!
+//! Replicated disks: the initial sync copies them with memory ([`GateDisks`]). A backup that
+//! cannot keep its copy withdraws with an Abort ([`is_withdrawal`]): it has discarded its copy and
+//! will never go live, so its word ends the pair without arbitration, and the primary releases
+//! what it holds and runs on unprotected, its reason naming the backup's error.
 
+use super::super::disks::GateDisks;
 use super::super::hooks::PrimaryHooks;
 use super::super::second_path::{self, HeartbeatPaths, Heartbeats};
 use super::{
-    count_peer_frame, Joined, PairCommand, PairError, PairHandle, PairReport, PairTiming,
-    ReportSink, StatusStats, OP_TIMEOUT, SYNC_IO_TIMEOUT, TICK,
+    count_peer_frame, joined_by_waiter, Joined, PairCommand, PairError, PairHandle, PairReport,
+    PairTiming, ReportSink, StatusStats, OP_TIMEOUT, SYNC_IO_TIMEOUT, TICK,
 };
 use crate::config::VmConfig;
 use crate::migration::source::PrimaryVm;
 use crate::vm::Vm;
 use devices::virtio::block::gate::DiskMode;
-use devices::virtio::ft::FtSetup;
+use devices::virtio::ft::{DeviceGate, FtSetup};
 use ft::arbiter::Arbiter;
-use ft::checkpoint::{CheckpointError, EpochHooks, FtPrimary, PrimaryOptions, RESYNC_PREFIX};
+use ft::checkpoint::{
+    is_withdrawal, CheckpointError, EpochHooks, FtPrimary, PrimaryOptions, RESYNC_PREFIX,
+    WITHDRAW_PREFIX,
+};
 use ft::failover::{Decision, FailoverCoordinator};
 use ft::frame::FrameType;
 use ft::gate::{EpochClock, Releaser};
@@ -160,6 +169,8 @@ struct PrimaryRun {
     status: StatusHandle,
     timing: PairTiming,
     commands: Receiver<PairCommand>,
+    /// Replicated mode: the disks the initial sync copies.
+    disks: Option<GateDisks>,
 }
 
 /// Gates the VM's outputs and starts the primary's thread; on error the VM comes back untouched
@@ -176,6 +187,25 @@ pub fn spawn_primary(
             return Err(Box::new((s.vm, PairError::Gates(e))));
         }
     };
+    // Replicated: the initial sync copies the images, reading them through handles of its own.
+    let disks = if s.disk_mode == DiskMode::Replicated {
+        let disk_gates: Vec<_> = gates
+            .iter()
+            .filter_map(|g| match g {
+                DeviceGate::Disk(d) => Some(d.clone()),
+                DeviceGate::Net(_) => None,
+            })
+            .collect();
+        match GateDisks::new(&disk_gates) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                s.stream.close();
+                return Err(Box::new((s.vm, PairError::DiskImages(e))));
+            }
+        }
+    } else {
+        None
+    };
     let releaser = match Releaser::spawn(
         clock.clone(),
         gates.iter().map(|g| g.output_gate()).collect(),
@@ -191,6 +221,7 @@ pub fn spawn_primary(
         commands: tx,
         stream: Arc::default(),
         thread: None,
+        waiter: Arc::default(),
     };
     let detector = FailureDetector::new(s.timing.failure_timeout);
     s.status.attach_detector(detector.clone());
@@ -219,6 +250,7 @@ pub fn spawn_primary(
     });
     let slot = Arc::new(Mutex::new(Some((s.vm, s.stream))));
     let thread_slot = slot.clone();
+    let waiter = handle.waiter.clone();
     let run = PrimaryRun {
         config: s.config,
         hooks,
@@ -228,6 +260,7 @@ pub fn spawn_primary(
         status: s.status,
         timing: s.timing,
         commands: rx,
+        disks,
     };
     let spawned = std::thread::Builder::new()
         .name("tandem_ft_primary".into())
@@ -238,7 +271,7 @@ pub fn spawn_primary(
             let (vm, end, joined) = run.run(vm, stream);
             drop(heartbeats);
             drop(releaser);
-            if joined {
+            if joined || joined_by_waiter(&waiter) {
                 return Some(Box::new((vm, end)));
             }
             report(PairReport::PrimaryEnded { vm, end });
@@ -266,14 +299,18 @@ pub fn spawn_primary(
 impl PrimaryRun {
     /// Initial sync, then checkpoints until the pair ends; the VM comes back with how, and
     /// whether the VMM thread is waiting for it in a join (`true`) or needs a report.
-    fn run(self, vm: Vm, stream: OpenedStream) -> (Option<Vm>, PrimaryEnd, bool) {
+    fn run(mut self, vm: Vm, stream: OpenedStream) -> (Option<Vm>, PrimaryEnd, bool) {
         let config_json = serde_json::to_string(&self.config).unwrap_or_default();
-        let source = PrimaryVm::new(vm, self.config.cpus.boot_vcpus, config_json);
+        let mut source = PrimaryVm::new(vm, self.config.cpus.boot_vcpus, config_json);
+        if let Some(d) = self.disks.take() {
+            source = source.with_disks(Box::new(d));
+        }
         let t = self.timing;
         let opts = PrimaryOptions {
             sync: SendOptions {
                 io_timeout: t.failure_timeout.max(SYNC_IO_TIMEOUT),
                 commit_timeout: Duration::from_secs(15),
+                disk_progress: self.status.disk_progress(),
                 ..SendOptions::default()
             },
             checkpoint_interval: t.checkpoint_interval,
@@ -375,6 +412,20 @@ impl PrimaryRun {
             };
             if let Some(ending) = ending {
                 return self.end(primary, ending, coordinator);
+            }
+            if let Some(reason) = primary.backup_abort().filter(|r| is_withdrawal(r)) {
+                // The backup discarded its copy and will never go live: its word ends the pair,
+                // nobody need claim a generation. Nothing may stay held behind it.
+                let _ = self.clock.unprotect();
+                let why = format!(
+                    "the backup left the pair ({}); running UNPROTECTED",
+                    reason.strip_prefix(WITHDRAW_PREFIX).unwrap_or(&reason)
+                );
+                log::error!("ft primary: {why}");
+                let vm = self.finish(primary, None).0;
+                self.detector.close();
+                let _ = self.status.transition(FtState::Unprotected, &why);
+                return (vm, PrimaryEnd::Alone, false);
             }
             if let Some(why) = primary.failure() {
                 // Named in the claim and in the winner's or loser's reason.
@@ -558,6 +609,11 @@ impl PrimaryRun {
                     if deadline.is_some_and(|d| Instant::now() + after > d) {
                         return Settled::Unknown(error);
                     }
+                    // An ft.disable answered before this settles: ft.status tells the operator.
+                    self.status.note(&format!(
+                        "{why}: the backup did not confirm; output held until the arbiter \
+                         records the end: {error}"
+                    ));
                     let until = Instant::now() + after;
                     while Instant::now() < until {
                         let next = match self.commands.recv_timeout(TICK) {

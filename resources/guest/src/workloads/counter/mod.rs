@@ -3,6 +3,10 @@
 //! * `INC` adds one, stores the value on every writable disk and flushes
 //!   them, and only then answers `<value>`.
 //! * `GET` answers the value.
+//! * `WRITE <first> <count>` fills 4 KiB blocks `first..first + count` (not
+//!   block 0, at most 256) of every writable disk with a pattern new to this
+//!   command, flushes them, and answers `<count>` (`ERR ...` otherwise): disk
+//!   traffic a test can place, e.g. to check a replica block by block.
 //!
 //! It listens on every configured NIC; all share the one value.  Requests of
 //! all connections (on all NICs) are taken in rounds: every complete line
@@ -27,6 +31,8 @@ const PORT: u16 = 7000;
 const MAX_ANSWER: usize = 21;
 /// Answers produced per socket per batch (they are staged on the stack).
 const BATCH_LINES: usize = 24;
+/// Most blocks one `WRITE` fills (it runs before the next request is read).
+const MAX_FILL_BLOCKS: u64 = 256;
 
 /// Listening sockets on all NICs together.
 const MAX_CONNECTIONS: usize = MAX_TCP * MAX_NICS;
@@ -43,6 +49,8 @@ struct Counter {
     /// The value on disk (what INC rolls back to if storing fails).
     saved: u64,
     store: Store,
+    /// `WRITE` commands so far: each one's pattern differs from the last.
+    fills: u64,
     connections: [Option<Connection>; MAX_CONNECTIONS],
 }
 
@@ -137,6 +145,7 @@ pub fn run() -> ! {
             value,
             saved: value,
             store,
+            fills: 0,
             connections,
         })
     })
@@ -194,12 +203,44 @@ impl Counter {
             }
             Line::Text(b"INC") => out.write_str("ERR read-only\n"),
             Line::Text(b"GET") => writeln!(out, "{}", self.value),
+            Line::Text(cmd) if cmd.starts_with(b"WRITE ") => self.fill(&cmd[6..], out),
             // Powers the VM off (for the VMM's power-off paths, e.g. under FT).
             Line::Text(b"OFF") => crate::workloads::power::power_off(),
             Line::Text(b"") => Ok(()),
             Line::Text(_) => out.write_str("ERR unknown\n"),
             Line::TooLong => out.write_str("ERR too long\n"),
         };
+    }
+
+    /// `WRITE <first> <count>`: fills the blocks now (durable before the
+    /// answer is queued) and answers the count.
+    fn fill(&mut self, args: &[u8], out: &mut Answers) -> core::fmt::Result {
+        let mut words = args.split(|&b| b == b' ').filter(|w| !w.is_empty());
+        let (Some(first), Some(count), None) = (
+            words.next().and_then(parse_u64),
+            words.next().and_then(parse_u64),
+            words.next(),
+        ) else {
+            return out.write_str("ERR usage: WRITE <first> <count>\n");
+        };
+        if count > MAX_FILL_BLOCKS {
+            return out.write_str("ERR too many blocks\n");
+        }
+        self.fills += 1;
+        let seed = self.fills.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        match self.store.fill(first, count, seed) {
+            Ok(()) => writeln!(out, "{count}"),
+            Err((disk, e)) => {
+                say!(
+                    "tandem-guest: warning: counter: WRITE {} {} on disk {}: {}",
+                    first,
+                    count,
+                    disk,
+                    e
+                );
+                out.write_str("ERR write failed\n")
+            }
+        }
     }
 
     /// Answer the complete lines one socket holds, as far as its send buffer
@@ -289,4 +330,14 @@ impl Service for Counter {
         }
         worked
     }
+}
+
+/// A decimal number of at most 19 digits.
+fn parse_u64(word: &[u8]) -> Option<u64> {
+    if word.is_empty() || word.len() > 19 {
+        return None;
+    }
+    word.iter().try_fold(0u64, |v, &d| {
+        d.is_ascii_digit().then(|| v * 10 + u64::from(d - b'0'))
+    })
 }

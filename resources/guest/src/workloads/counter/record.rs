@@ -156,3 +156,48 @@ impl Store {
         Ok(())
     }
 }
+
+/// Bytes of one block a `WRITE` fills (the unit FT replicates disks in).
+pub const FILL_BLOCK: usize = 4096;
+const FILL_SECTORS: u64 = (FILL_BLOCK / SECTOR) as u64;
+
+impl Store {
+    /// `WRITE`: fill 4 KiB blocks `first..first + count` of every writable
+    /// disk with a pattern made of `seed` and the block number, then flush
+    /// them all.  Block 0 holds the counter's record and is refused, as is a
+    /// range past the end of any written disk.  Err: the disk that failed
+    /// (`Error::InvalidParam` for a range it does not have).
+    pub fn fill(&mut self, first: u64, count: u64, seed: u64) -> Result<(), (usize, Error)> {
+        let end = first.checked_add(count).ok_or((0, Error::InvalidParam))?;
+        if first == 0 || count == 0 || self.written() == 0 {
+            return Err((0, Error::InvalidParam));
+        }
+        for (i, slot) in self.slots.iter().enumerate() {
+            if let Some(s) = slot.as_ref().filter(|s| s.writable) {
+                if end * FILL_SECTORS > s.disk.capacity() {
+                    return Err((i, Error::InvalidParam));
+                }
+            }
+        }
+        let mut block = [0u8; FILL_BLOCK];
+        for b in first..end {
+            for (w, word) in block.chunks_exact_mut(8).enumerate() {
+                let v = seed ^ (b << 20) ^ w as u64;
+                word.copy_from_slice(&v.to_le_bytes());
+            }
+            for (i, slot) in self.slots.iter_mut().enumerate() {
+                if let Some(s) = slot.as_mut().filter(|s| s.writable) {
+                    s.disk
+                        .write_blocks((b * FILL_SECTORS) as usize, &block)
+                        .map_err(|e| (i, e))?;
+                }
+            }
+        }
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if let Some(s) = slot.as_mut().filter(|s| s.writable) {
+                s.disk.flush().map_err(|e| (i, e))?;
+            }
+        }
+        Ok(())
+    }
+}
