@@ -3,8 +3,8 @@
 //! its own images and writes the repairs the primary sends. Shared disks are not listed: the
 //! backup owns no copy of them.
 //!
-//! A disk's index is its position among the VM's disks, which come first among its virtio
-//! devices on both sides (`VirtioDevices`), as in the disk gates' write log.
+//! A disk's index is its gate's (`DiskGate::index`: its position among the VM's virtio
+//! devices, the same on both sides), as in the disk gates' write log and the initial disk copy.
 
 use super::hooks::{BackupDiskHooks, PrimaryHooks};
 use devices::virtio::block::disk::SECTOR_SIZE;
@@ -32,10 +32,9 @@ impl ScrubDisks for PrimaryHooks {
     fn list(&self) -> Vec<ScrubDisk> {
         self.disks
             .iter()
-            .enumerate()
-            .filter(|(_, g)| g.mode() == DiskMode::Replicated)
-            .map(|(i, g)| ScrubDisk {
-                index: i as u32,
+            .filter(|g| g.mode() == DiskMode::Replicated)
+            .map(|g| ScrubDisk {
+                index: g.index(),
                 size: DiskIo::sectors(&**g) * SECTOR_SIZE,
                 name: OutputGate::name(&**g)
                     .trim_end_matches(" disk gate")
@@ -49,8 +48,8 @@ impl ScrubDisks for PrimaryHooks {
     fn read(&self, index: u32, offset: u64, buf: &mut [u8]) -> Result<(), VmOpError> {
         let g = self
             .disks
-            .get(index as usize)
-            .filter(|g| g.mode() == DiskMode::Replicated)
+            .iter()
+            .find(|g| g.index() == index && g.mode() == DiskMode::Replicated)
             .ok_or_else(|| unknown(index))?;
         DiskIo::read_at(&**g, buf, offset).map_err(backend("read a disk image for the scrub"))
     }
