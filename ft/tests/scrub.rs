@@ -344,3 +344,30 @@ fn a_verify_the_pair_outlives_says_so() {
     }
     p.backup.join().unwrap();
 }
+
+#[test]
+fn a_pause_out_of_time_leaves_the_rest_for_the_next_one() {
+    // No time at all: one region per pause, the rest given back; the pass still covers
+    // everything, finds the flipped page and heals it, on a busy guest.
+    let slow = ScrubOptions {
+        max_hash_time_per_checkpoint: Duration::ZERO,
+        ..scrub_opts(None)
+    };
+    let p = pair(1000, slow, true);
+    p.dst.flip(300 * PAGE_SIZE);
+    let report = p.primary.verify().wait(T).unwrap();
+    assert_eq!(
+        report.regions,
+        PAGES / 16 + DISK as u64 / (16 * PAGE_SIZE) as u64 + 1 + u64::from(VCPUS) + 1,
+        "every region once, and the repaired one again: {report:?}"
+    );
+    assert_eq!(report.mismatches.len(), 1, "{report:?}");
+    assert!(report.healed, "{report:?}");
+    assert!(
+        report.last_epoch.unwrap_or(0) - report.first_epoch.unwrap_or(0) >= 70,
+        "one region per checkpoint: {report:?}"
+    );
+    assert!(p.primary.verify().wait(T).unwrap().clean);
+    p.primary.stop().unwrap();
+    p.backup.join().unwrap();
+}

@@ -24,10 +24,11 @@
 //!
 //! **When.** In the background, rate-limited: a budget of guest memory and disk bytes that fills
 //! at (everything) / [`ScrubOptions::period`], spent in whole regions at each checkpoint's pause
-//! and never more than [`ScrubOptions::max_bytes_per_checkpoint`] in one pause, so the whole
+//! and never more than [`ScrubOptions::max_bytes_per_checkpoint`] (nor
+//! [`ScrubOptions::max_hash_time_per_checkpoint`]) in one pause, so the whole
 //! replicated state is covered once per period at a small, steady cost. On demand (`ft.verify`,
 //! [`PrimaryScrub::verify`]): one full pass at [`ScrubOptions::verify_bytes_per_checkpoint`] per
-//! checkpoint (the background scrub waits meanwhile), answered once every region was compared
+//! checkpoint (or what the time limit allows) (the background scrub waits meanwhile), answered once every region was compared
 //! and every difference found was repaired and checked again (or given up on).
 //!
 //! Files: `region.rs` (the layout of what is scrubbed, and region names), `cursor.rs` (a walk
@@ -72,6 +73,11 @@ pub struct ScrubOptions {
     pub region_bytes: u32,
     /// Most bytes of repairs copied in one checkpoint's pause.
     pub max_repair_bytes_per_checkpoint: u64,
+    /// Longest the primary hashes in one pause (at least one region is always hashed): what is
+    /// left waits for the next pause. It also bounds the backup's work on the digest, which
+    /// hashes the same regions on its receiving thread, where a long stall would delay acks past
+    /// the peer's failure timeout on a slow or loaded host.
+    pub max_hash_time_per_checkpoint: Duration,
 }
 
 impl Default for ScrubOptions {
@@ -82,6 +88,7 @@ impl Default for ScrubOptions {
             verify_bytes_per_checkpoint: 8 << 20,
             region_bytes: 64 << 10,
             max_repair_bytes_per_checkpoint: 8 << 20,
+            max_hash_time_per_checkpoint: Duration::from_millis(10),
         }
     }
 }

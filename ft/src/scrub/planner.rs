@@ -263,6 +263,14 @@ impl Planner {
         self.last_refill = Some(now);
     }
 
+    /// Jobs `plan` handed out that the pause had no time left to hash: first in line at the
+    /// next pause, in their order.
+    pub(crate) fn give_back(&mut self, jobs: Vec<Job>) {
+        for job in jobs.into_iter().rev() {
+            self.jobs.push_front(job);
+        }
+    }
+
     /// A digest of checkpoint `epoch`, hashed: it waits for the checkpoint's Commit to go out.
     /// `failed` are jobs whose region this side could not read (named in the pass's report).
     pub(crate) fn hashed(
@@ -318,6 +326,10 @@ impl Planner {
         r: &ScrubResult,
         now_ms: u64,
     ) -> Result<Answered, String> {
+        if self.ended.is_some() {
+            // In flight when checkpointing stopped: nothing waits for it any more.
+            return Ok(Answered::default());
+        }
         let Some((sent_epoch, jobs)) = self.sent.pop_front() else {
             return Err(format!(
                 "a scrub result for checkpoint {epoch}, none outstanding"

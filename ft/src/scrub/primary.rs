@@ -40,12 +40,14 @@ impl VerifyTicket {
 pub struct PrimaryScrub {
     planner: Mutex<Planner>,
     stats: Arc<dyn StatsSink>,
+    max_hash_time: Duration,
 }
 
 impl PrimaryScrub {
     /// A scrub reporting to `stats`.
     pub fn new(opts: ScrubOptions, stats: Arc<dyn StatsSink>) -> PrimaryScrub {
         PrimaryScrub {
+            max_hash_time: opts.max_hash_time_per_checkpoint,
             planner: Mutex::new(Planner::new(opts)),
             stats,
         }
@@ -57,7 +59,8 @@ impl PrimaryScrub {
     }
 
     /// Epoch thread, with the guest paused at checkpoint `epoch` (its capture, or a guest left
-    /// paused since): hashes what is due. `state` is what was captured for `epoch` (`None`: the
+    /// paused since): hashes what is due, for at most `max_hash_time_per_checkpoint` (the rest
+    /// goes back to the planner for the next pause). `state` is what was captured for `epoch` (`None`: the
     /// guest stayed paused, its state unchanged since the last capture). `background`: whether
     /// the rate-limited walk may run (not while the guest stays paused).
     pub fn while_paused<V: MigratableVm + ?Sized>(
@@ -96,7 +99,8 @@ impl PrimaryScrub {
         };
         let mut hashed: Vec<Job> = Vec::with_capacity(jobs.len());
         let mut failed = Vec::new();
-        for job in jobs {
+        let mut jobs = jobs.into_iter();
+        for job in jobs.by_ref() {
             let mut data = job.repairs().then(Vec::new);
             match src.hash(&job.region, data.as_mut()) {
                 Ok(hash) => {
@@ -114,8 +118,13 @@ impl PrimaryScrub {
                 }
                 Err(e) => failed.push((job, crate::migration::error_chain(&e))),
             }
+            if now.elapsed() >= self.max_hash_time {
+                break;
+            }
         }
-        self.lock().hashed(epoch, digest, hashed, failed);
+        let mut p = self.lock();
+        p.give_back(jobs.collect());
+        p.hashed(epoch, digest, hashed, failed);
     }
 
     /// Whether a guest that stays paused should be scrubbed now (see `Planner`).

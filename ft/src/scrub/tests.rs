@@ -475,3 +475,32 @@ fn a_verify_after_the_end_fails_at_once() {
     assert_eq!(p.verify(tx, Instant::now()), 0);
     assert!(matches!(rx.recv().unwrap(), Err(ScrubError::Ended(_))));
 }
+
+#[test]
+fn jobs_given_back_come_first_and_keep_the_pass_open() {
+    let vm = Mem(memory(64));
+    let mut p = Planner::new(ScrubOptions {
+        period: None,
+        verify_bytes_per_checkpoint: 64 * PAGE_SIZE as u64,
+        ..opts()
+    });
+    p.set_layout(Layout::of(&vm, None));
+    let (tx, rx) = std::sync::mpsc::channel();
+    p.verify(tx, Instant::now());
+    let jobs = p.plan(Instant::now(), false);
+    assert_eq!(
+        jobs.len(),
+        4 + 1 + 2,
+        "4 memory regions, devices, 2 vCPUs: {jobs:?}"
+    );
+    // Only the first was hashed in time.
+    let (first, rest) = jobs.split_at(1);
+    p.give_back(rest.to_vec());
+    p.hashed(1, ScrubDigest::default(), first.to_vec(), Vec::new());
+    assert!(rx.try_recv().is_err(), "the pass is not over");
+    assert_eq!(
+        p.plan(Instant::now(), false),
+        rest.to_vec(),
+        "the rest, in order"
+    );
+}
