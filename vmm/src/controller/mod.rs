@@ -197,8 +197,11 @@ impl Vmm {
         }
     }
 
-    /// Answers one API call.
+    /// Answers one API call. An `ft.verify` that starts a pass answers `Ok(None)` here and
+    /// leaves the pass in `pending_verify`: only [`Vmm::handle_event`] delivers its report.
     pub fn handle_api(&mut self, req: ApiRequest) -> ApiResponse {
+        // A pass left by an earlier direct call must never answer this one.
+        self.pending_verify = None;
         let owner = std::mem::replace(&mut self.owner, Owner::Empty);
         let (owner, r) = self.apply(req, owner);
         self.owner = owner;
