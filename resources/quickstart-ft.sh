@@ -58,7 +58,7 @@ remote "$work/p.sock" boot
 for _ in $(seq 200); do grep -q "tandem-guest: ready" "$work/p-console.log" 2>/dev/null && break; sleep 0.05; done
 
 step "host B: ft.receive; host P: ft.enable (shared disk, arbiter on shared storage, a pair key, heartbeats also over the LAN)"
-# The pair key authenticates the replication stream and the heartbeats (owner-only, like ssh keys).
+# The pair key encrypts and authenticates the replication stream and the heartbeats (owner-only, like ssh keys).
 (umask 077 && head -c 32 /dev/urandom > "$work/ft.key")
 api "$work/b.sock" ft.receive "{\"listen\":\"tcp:10.99.0.2:7600\",\"arbiter\":{\"path\":\"$work/arbiter\"},\"key\":{\"path\":\"$work/ft.key\"},\"heartbeat_listen\":\"udp:10.77.0.12:7700\",\"peer_heartbeat\":\"udp:10.77.0.11:7700\",\"serial\":{\"mode\":\"File\",\"file\":\"$work/b-console.log\"}}"
 api "$work/p.sock" ft.enable "{\"peer\":\"tcp:10.99.0.2:7600\",\"disk_mode\":\"shared\",\"arbiter\":{\"path\":\"$work/arbiter\"},\"key\":{\"path\":\"$work/ft.key\"},\"heartbeat_listen\":\"udp:10.77.0.11:7700\",\"peer_heartbeat\":\"udp:10.77.0.12:7700\"}"

@@ -1,6 +1,6 @@
 //! Fault tolerance: the replication stream, checkpoint engine, output gates, heartbeats, arbiter and
 //! failover (DESIGN.md). So far: the framed stream, its transports, its authentication (`auth`:
-//! pair key, handshake, HMAC records), the VM trait the `vmm` implements, pre-copy live migration
+//! pair key, handshake, encrypted records), the VM trait the `vmm` implements, pre-copy live migration
 //! over them, the checkpoint engine (`checkpoint`: primary
 //! epochs, backup staging/ack/apply, go-live), and the FT building blocks around it: `gate` (the
 //! epoch clock and output rule the device gates follow), `status` (state machine, ft.status),
@@ -29,6 +29,8 @@ pub mod vm;
 /// Extras frame for FT checkpoints, version 3 the FT Commit's `CommitInfo` (pause, guest paused),
 /// version 4 delta page entries in FT checkpoints, version 5 the FT Hello's pair settings, the
 /// backup's EndConfirmed answer to an intended end, the replicated disks' copy in the FT initial
-/// sync (DiskBlocks, the Hello's disk list) and a backup's withdrawal; a version-1 migration
-/// stream is still accepted (migration sends none of these).
+/// sync (DiskBlocks, the Hello's disk list), a backup's withdrawal, the shared-disk lease in each
+/// FT checkpoint's extras (fencing) and the migration hand-over (a source that never resumes
+/// once the destination may run: `migration::handover`); a version-1 migration stream is still
+/// accepted (migration sends none of these).
 pub const PROTOCOL_VERSION: u16 = 5;

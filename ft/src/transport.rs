@@ -125,6 +125,23 @@ impl FromStr for Endpoint {
     }
 }
 
+impl Endpoint {
+    /// Whether only this host can reach it: a `unix:` path, or a TCP host whose every address is
+    /// loopback. A name that does not resolve is not local (and would not bind either).
+    pub fn is_local_only(&self) -> bool {
+        match self {
+            Endpoint::Unix(_) => true,
+            Endpoint::Tcp { host, port } => match (host.as_str(), *port).to_socket_addrs() {
+                Ok(addrs) => {
+                    let ips: Vec<_> = addrs.map(|a| a.ip()).collect();
+                    !ips.is_empty() && ips.iter().all(|ip| ip.is_loopback())
+                }
+                Err(_) => false,
+            },
+        }
+    }
+}
+
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -427,5 +444,25 @@ mod tests {
         ));
         drop(l);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn only_loopback_and_unix_endpoints_are_local() {
+        for local in [
+            "tcp:127.0.0.1:1",
+            "tcp:127.9.9.9:1",
+            "tcp:[::1]:1",
+            "unix:/x",
+        ] {
+            assert!(parse(local).unwrap().is_local_only(), "{local}");
+        }
+        for open in [
+            "tcp:0.0.0.0:1",
+            "tcp:[::]:1",
+            "tcp:10.99.0.2:1",
+            "tcp:no-such-host.invalid:1",
+        ] {
+            assert!(!parse(open).unwrap().is_local_only(), "{open}");
+        }
     }
 }

@@ -1150,3 +1150,101 @@ fn hostile_deltas_end_the_stream_with_nothing_applied() {
             .all(|&x| x == 0));
     }
 }
+
+/// A backup that asks to take over (ft.promote) once checkpoint 5 is committed.
+#[derive(Default)]
+struct Promoting {
+    asked: AtomicBool,
+    committed: AtomicU64,
+}
+
+impl BackupHooks for Promoting {
+    fn backup_committed(&self, n: u64, _extras: &[u8]) {
+        self.committed.store(n, Ordering::SeqCst);
+        if n >= 5 {
+            self.asked.store(true, Ordering::SeqCst);
+        }
+    }
+    fn promote_requested(&self) -> Option<u64> {
+        self.asked.load(Ordering::SeqCst).then_some(7)
+    }
+}
+
+/// A primary's hooks that record the fence and what was committed before it.
+#[derive(Default)]
+struct Fencing {
+    committed: AtomicU64,
+    fenced: Mutex<Option<(u64, u64)>>,
+}
+
+impl EpochHooks for Fencing {
+    fn epoch_captured(&self, _n: u64) {}
+    fn take_epoch_extras(&self, _n: u64) -> Vec<u8> {
+        Vec::new()
+    }
+    fn epoch_committed(&self, n: u64) {
+        assert!(
+            self.fenced.lock().unwrap().is_none(),
+            "checkpoint {n} acked after the fence"
+        );
+        self.committed.store(n, Ordering::SeqCst);
+    }
+    fn output_waiting(&self) -> bool {
+        false
+    }
+    fn fence(&self, generation: u64) {
+        *self.fenced.lock().unwrap() = Some((generation, self.committed.load(Ordering::SeqCst)));
+    }
+}
+
+/// ft.promote: the backup stops acking and asks the primary to fence itself; the primary's hooks
+/// fence before it answers; both engines end saying so, and nothing is acked after the fence.
+#[test]
+fn promote_fences_the_primary_and_the_backup_hears_it() {
+    let l = Listener::bind(&"tcp:127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr: SocketAddr = l.local_endpoint().to_string()[4..].parse().unwrap();
+    let backup = std::thread::spawn(move || {
+        let conn = l.accept(Some(Duration::from_secs(10))).unwrap();
+        let hooks = Arc::new(Promoting::default());
+        let vm = FakeVm::destination(PAGES, VCPUS);
+        (
+            FtBackup::run(vm, conn, &backup_opts(), hooks.clone()),
+            hooks,
+        )
+    });
+    let src = FakeVm::source(PAGES, VCPUS, 500, 7);
+    let hooks = Arc::new(Fencing::default());
+    let ep: Endpoint = format!("tcp:{addr}").parse().unwrap();
+    let conn = connect(&ep, Duration::from_secs(5)).unwrap();
+    let p = FtPrimary::start(
+        src,
+        conn,
+        &primary_opts(),
+        hooks.clone(),
+        Arc::new(ft::checkpoint::NoStats),
+    )
+    .unwrap_or_else(|e| panic!("start: {}", ft::migration::error_chain(&e.1)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !p.has_failed() {
+        assert!(Instant::now() < deadline, "the primary was never fenced");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let why = p.failure().unwrap_or_default();
+    assert!(why.contains("ft.promote, generation 7"), "{why}");
+    let exit = p.stop().unwrap();
+    assert!(
+        exit.vm.is_running(),
+        "fencing stops the disk, not the guest"
+    );
+    let (bexit, bhooks) = backup.join().unwrap();
+    let (c, last) = cause(&bexit.error);
+    assert!(
+        matches!(c, CheckpointError::Promoted { confirmed: true }),
+        "{c:?}"
+    );
+    let (generation, acked) = hooks.fenced.lock().unwrap().expect("fenced");
+    assert_eq!(generation, 7);
+    assert_eq!(Some(acked), last);
+    assert_eq!(bhooks.committed.load(Ordering::SeqCst), acked);
+    assert!(acked >= 5);
+}

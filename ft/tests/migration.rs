@@ -4,10 +4,12 @@ mod common;
 
 use common::fake_vm::FakeVm;
 use common::proxy::{self, Fault};
+use ft::arbiter::FileArbiter;
 use ft::frame::{Decoder, Frame};
 use ft::migration::{
-    receive_migration, send_migration, MigrationError, MigrationPhase, ProgressHandle,
-    ReceiveOptions, ReceiveReport, Role, SendOptions, SendReport, StopReason,
+    receive_migration, send_migration, Confirmation, HandoverArbiter, MigrationError,
+    MigrationPhase, ProgressHandle, ReceiveOptions, ReceiveReport, Role, SendOptions, SendReport,
+    StopReason,
 };
 use ft::transport::{connect, Endpoint, Listener};
 use ft::vm::MigratableVm;
@@ -325,26 +327,27 @@ fn an_incompatible_destination_refuses_at_hello_before_any_page() {
     assert_source_resumed(&src);
 }
 
-/// A destination that acks Hello, reads up to Commit, then vanishes without acking: the source
-/// was paused by then and must resume.
-#[test]
-fn a_commit_that_is_never_acked_resumes_the_paused_source() {
+/// A destination that acks Hello (and the hand-over terms, if any), reads up to Commit, then
+/// vanishes without acking: it may or may not have run the VM, as far as the source can tell.
+fn vanishing_destination() -> (Endpoint, JoinHandle<()>) {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
-    let fake_dest = std::thread::spawn(move || {
+    let t = std::thread::spawn(move || {
         let (mut s, _) = l.accept().unwrap();
         let mut d = Decoder::new();
         let mut buf = vec![0u8; 64 << 10];
+        let mut replies = 0;
         loop {
             let n = s.read(&mut buf).unwrap();
             assert!(n > 0, "source closed early");
             d.push(&buf[..n]);
             while let Some(f) = d.next_frame().unwrap() {
                 match f.frame {
-                    Frame::Hello(_) => {
+                    Frame::Hello(_) | Frame::Handover { .. } => {
                         let mut out = Vec::new();
-                        ft::frame::encode_frame(&Frame::Ack { seq: f.seq }, 0, 0, 0, &mut out)
-                            .unwrap();
+                        let ack = Frame::Ack { seq: f.seq };
+                        ft::frame::encode_frame(&ack, replies, 0, 0, &mut out).unwrap();
+                        replies += 1;
                         s.write_all(&out).unwrap();
                     }
                     Frame::Commit { .. } => return, // dropped: no ack
@@ -353,22 +356,209 @@ fn a_commit_that_is_never_acked_resumes_the_paused_source() {
             }
         }
     });
+    (format!("tcp:{addr}").parse().unwrap(), t)
+}
+
+/// The source, paused, waiting for a restore ack that never comes: it must not resume (the
+/// destination may run the VM) and says the outcome is unknown.
+#[test]
+fn a_commit_that_is_never_acked_leaves_the_source_paused_in_doubt() {
+    let (ep, fake_dest) = vanishing_destination();
     let mut src = FakeVm::source(PAGES, VCPUS, 500, 9);
-    let (r, _) = send(&mut src, &format!("tcp:{addr}").parse().unwrap(), &opts());
+    let (r, progress) = send(&mut src, &ep, &opts());
     let err = r.unwrap_err();
-    // The Commit went out and no ack came: the source must know the destination may hold it.
-    let MigrationError::CommitUnconfirmed { source } = &err else {
-        panic!("{err:?}");
-    };
-    assert!(
-        matches!(
-            **source,
-            MigrationError::PeerClosed | MigrationError::Receive(_)
-        ),
-        "{err:?}"
-    );
+    match &err {
+        MigrationError::OutcomeUnknown { cause, unsettled } => {
+            assert!(
+                matches!(
+                    **cause,
+                    MigrationError::PeerClosed | MigrationError::Receive(_)
+                ),
+                "{cause:?}"
+            );
+            assert!(unsettled.is_none());
+        }
+        e => panic!("{e:?}"),
+    }
     fake_dest.join().unwrap();
-    assert_eq!((src.pauses, src.resumes), (1, 1));
+    assert_eq!((src.pauses, src.resumes), (1, 0));
+    assert!(!src.is_running(), "resumed while the destination may run");
+    assert!(!src.dirty_logging());
+    assert_eq!(progress.snapshot().phase, MigrationPhase::OutcomeUnknown);
+}
+
+/// A scratch arbiter directory, removed when dropped.
+struct ArbiterDir(std::path::PathBuf);
+
+impl ArbiterDir {
+    fn new(tag: &str) -> (ArbiterDir, HandoverArbiter) {
+        let d = std::env::temp_dir().join(format!("tandem-mig-arb-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let a = FileArbiter::open(&d).unwrap();
+        (ArbiterDir(d), HandoverArbiter(std::sync::Arc::new(a)))
+    }
+}
+
+impl Drop for ArbiterDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// With an arbiter, a source whose ack never comes claims the generation; here the destination
+/// never claimed it, so the source wins and runs the VM again.
+#[test]
+fn with_an_arbiter_a_source_that_wins_the_generation_takes_the_vm_back() {
+    let (_d, arbiter) = ArbiterDir::new("back");
+    let (ep, fake_dest) = vanishing_destination();
+    let mut src = FakeVm::source(PAGES, VCPUS, 500, 10);
+    let o = SendOptions {
+        arbiter: Some(arbiter.clone()),
+        ..opts()
+    };
+    let (r, _) = send(&mut src, &ep, &o);
+    fake_dest.join().unwrap();
+    assert!(
+        matches!(r, Err(MigrationError::TookBack { generation: 1, .. })),
+        "{r:?}"
+    );
+    assert_source_resumed(&src);
+    let held = arbiter.0.current().unwrap().unwrap();
+    assert_eq!(held.generation, 1);
+    assert!(held
+        .claim
+        .unwrap()
+        .reason
+        .contains("source takes the VM back"));
+}
+
+/// Passes everything from the source to the destination, and from the destination only its
+/// first `frames` replies (40-byte Acks): the final ack is lost as the link dies.
+fn ack_eating_proxy(upstream: SocketAddr, frames: usize) -> (Endpoint, JoinHandle<()>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let t = std::thread::spawn(move || {
+        let (mut down, _) = l.accept().unwrap();
+        let mut up = TcpStream::connect(upstream).unwrap();
+        let (mut down2, mut up2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+        let back = std::thread::spawn(move || {
+            let allowed = frames * (ft::frame::HEADER_LEN + 8);
+            let mut passed = 0;
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = match up2.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let keep = n.min(allowed - passed);
+                if keep > 0 {
+                    down2.write_all(&buf[..keep]).unwrap();
+                    passed += keep;
+                }
+                if passed == allowed && keep < n {
+                    // The link dies with the final ack on it.
+                    let _ = down2.shutdown(std::net::Shutdown::Both);
+                    break;
+                }
+            }
+        });
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = match down.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if up.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = up.shutdown(std::net::Shutdown::Write);
+        back.join().unwrap();
+    });
+    (format!("tcp:{addr}").parse().unwrap(), t)
+}
+
+/// With an arbiter on both sides, the destination wins the generation before it runs the VM;
+/// its ack is lost, the source's own claim loses to it, and that proves the hand-over: the
+/// migration succeeded, the source stays paused, exactly one VM runs.
+#[test]
+fn with_an_arbiter_a_lost_ack_is_settled_by_the_destinations_claim() {
+    let (_d, arbiter) = ArbiterDir::new("dest");
+    let l = Listener::bind(&"tcp:127.0.0.1:0".parse().unwrap()).unwrap();
+    let ep = l.local_endpoint().clone();
+    let ra = arbiter.clone();
+    let dest = std::thread::spawn(move || {
+        let mut dst = FakeVm::destination(PAGES, VCPUS);
+        let progress = ProgressHandle::new(Role::Destination);
+        let conn = l.accept(Some(Duration::from_secs(10))).unwrap();
+        let o = ReceiveOptions {
+            arbiter: Some(ra),
+            ..recv_opts()
+        };
+        (receive_migration(conn, &mut dst, &o, &progress), dst)
+    });
+    // Hello ack and hand-over ack pass; the final ack does not.
+    let (pep, proxy) = ack_eating_proxy(tcp_addr(&ep), 2);
+    let mut src = FakeVm::source(PAGES, VCPUS, 500, 11);
+    let o = SendOptions {
+        arbiter: Some(arbiter.clone()),
+        ..opts()
+    };
+    let (r, _) = send(&mut src, &pep, &o);
+    let (rr, dst) = dest.join().unwrap();
+    proxy.join().unwrap();
+    rr.expect("the destination runs the VM");
+    let report = r.expect("the arbiter proves the hand-over");
+    assert_eq!(report.confirmed_by, Confirmation::Arbiter { generation: 1 });
+    assert_migrated(&src, &dst);
+}
+
+/// Both sides must hand over through an arbiter, or neither: a mismatch is refused before
+/// anything is copied, and the source runs on untouched.
+#[test]
+fn an_arbiter_on_one_side_only_is_refused_up_front() {
+    let (_d, arbiter) = ArbiterDir::new("one");
+    // The source has one, the destination not.
+    let (ep, dest) = spawn_destination("tcp:127.0.0.1:0", FakeVm::destination(PAGES, VCPUS));
+    let mut src = FakeVm::source(PAGES, VCPUS, 500, 12);
+    let o = SendOptions {
+        arbiter: Some(arbiter.clone()),
+        ..opts()
+    };
+    let (r, _) = send(&mut src, &ep, &o);
+    let (rr, _, _) = dest.join().unwrap();
+    assert!(
+        matches!(rr, Err(MigrationError::Incompatible(ref m)) if m.contains("same arbiter")),
+        "{rr:?}"
+    );
+    assert!(
+        matches!(r, Err(MigrationError::PeerAborted { .. })),
+        "{r:?}"
+    );
+    assert_eq!(src.pauses, 0);
+    assert_source_resumed(&src);
+    // The destination has one, the source not.
+    let l = Listener::bind(&"tcp:127.0.0.1:0".parse().unwrap()).unwrap();
+    let ep = l.local_endpoint().clone();
+    let dest = std::thread::spawn(move || {
+        let mut dst = FakeVm::destination(PAGES, VCPUS);
+        let conn = l.accept(Some(Duration::from_secs(10))).unwrap();
+        let o = ReceiveOptions {
+            arbiter: Some(arbiter),
+            ..recv_opts()
+        };
+        receive_migration(conn, &mut dst, &o, &ProgressHandle::new(Role::Destination))
+    });
+    let mut src = FakeVm::source(PAGES, VCPUS, 500, 13);
+    let (r, _) = send(&mut src, &ep, &opts());
+    let rr = dest.join().unwrap();
+    assert!(
+        matches!(rr, Err(MigrationError::Incompatible(ref m)) if m.contains("same arbiter")),
+        "{rr:?}"
+    );
+    assert!(r.is_err());
+    assert_eq!(src.resumes, src.pauses);
     assert_source_resumed(&src);
 }
 

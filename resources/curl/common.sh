@@ -26,3 +26,20 @@ api() {
     [ -s "$out" ] && echo
     rm -f "$out"
 }
+
+# with_key BODY: prints BODY with {"key": {"path": KEY}} added when KEY (a key file) is set.
+with_key() {
+    if [ -n "${KEY:-}" ]; then
+        jq -c --arg k "$(realpath -m "$KEY")" '. + {key: {path: $k}}' <<<"$1"
+    else
+        printf '%s\n' "$1"
+    fi
+}
+
+# listener_security BODY: with_key, plus {"insecure": true} when INSECURE=1 (a listener without a
+# key on an address other hosts can reach; refused otherwise).
+listener_security() {
+    local b
+    b=$(with_key "$1")
+    if [ "${INSECURE:-}" = 1 ]; then jq -c '. + {insecure: true}' <<<"$b"; else printf '%s\n' "$b"; fi
+}

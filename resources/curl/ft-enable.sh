@@ -3,8 +3,9 @@
 # wait until the pair is protected (the initial sync is done), or say why it is not.
 #   TANDEM_SOCKET=/run/p.sock PEER=tcp:10.99.0.2:7600 ARBITER=/shared/arb [DISK_MODE=shared] \
 #   [CHECKPOINT_INTERVAL_MS=25] [HEARTBEAT_INTERVAL_MS=100] [FAILURE_TIMEOUT_MS=1000] \
-#   [TIMEOUT=60] ./ft-enable.sh
-# The arbiter as for ft-receive.sh: ARBITER, or ARBITER_ETCD with ARBITER_KEY.
+#   [KEY=/etc/tandem/ft.key] [TIMEOUT=60] ./ft-enable.sh
+# The arbiter as for ft-receive.sh: ARBITER, or ARBITER_ETCD with ARBITER_KEY. KEY is the pair key
+# file the backup's ft-receive.sh was given too.
 set -euo pipefail
 . "$(dirname "$0")/ft-common.sh"
 : "${PEER:?set PEER (tcp:HOST:PORT of the backup)}"
@@ -16,5 +17,6 @@ for v in CHECKPOINT_INTERVAL_MS HEARTBEAT_INTERVAL_MS FAILURE_TIMEOUT_MS; do
         body=$(jq --arg k "${v,,}" --argjson x "${!v}" '. + {($k): $x}' <<<"$body")
     fi
 done
+body=$(with_key "$body")
 api PUT ft.enable "$body"
 ft_wait primary protected

@@ -52,6 +52,26 @@ impl CounterConn {
         })
     }
 
+    /// Sends one command line without waiting for its reply (pipelining: read it later with
+    /// [`CounterConn::reply`]).
+    pub fn send(&mut self, cmd: &str) -> std::io::Result<()> {
+        self.writer.write_all(format!("{cmd}\n").as_bytes())
+    }
+
+    /// The next reply's number.
+    pub fn reply(&mut self) -> std::io::Result<u64> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        line.trim().parse().map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("reply {line:?} is not a number"),
+            )
+        })
+    }
+
     /// `INC`.
     pub fn inc(&mut self) -> std::io::Result<u64> {
         self.call("INC")

@@ -70,10 +70,12 @@ impl Pair {
     }
 
     /// [`Pair::receive_body`] for a backup listening on host link address `ip` (a new backup
-    /// on host P after a failover: [`HOST_P_LINK_IP`](crate::net::HOST_P_LINK_IP)).
+    /// on host P after a failover: [`HOST_P_LINK_IP`](crate::net::HOST_P_LINK_IP)). Keyless on
+    /// the test network's private link, so `insecure` (refused otherwise).
     pub fn receive_body_on(&self, b: &Tandem, image: &Path, ip: &str) -> Value {
         json!({
             "listen": format!("tcp:{ip}:{FT_PORT}"),
+            "insecure": true,
             "disks": [{"id": "disk0", "path": image}],
             "net": [{"id": "nic0", "tap": "tap0"}],
             "serial": {"mode": "File", "file": b.serial_path},

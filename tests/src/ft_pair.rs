@@ -44,7 +44,8 @@ impl Hosts {
         format!("tcp:{HOST_B_LINK_IP}:{FT_PORT}")
     }
 
-    /// B's ft.receive body, with `extra` fields merged in.
+    /// B's ft.receive body, with `extra` fields merged in; without a `key` in them it says
+    /// `insecure` (a keyless listener on the link is refused otherwise).
     pub fn receive_body(&self, extra: Value) -> Value {
         let mut body = json!({
             "listen": self.url(),
@@ -55,6 +56,9 @@ impl Hosts {
             "failure_timeout_ms": 1000,
         });
         merge(&mut body, extra);
+        if body.get("key").is_none() {
+            body["insecure"] = json!(true);
+        }
         body
     }
 
@@ -72,17 +76,22 @@ impl Hosts {
 
     /// Writes a key file of `len` random bytes with permission bits `mode`.
     pub fn key_file(&self, name: &str, len: usize, mode: u32) -> std::path::PathBuf {
-        use std::io::Read;
-        use std::os::unix::fs::PermissionsExt;
-        let mut k = vec![0u8; len];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut k))
-            .expect("random key");
         let p = self.store.path(name);
-        std::fs::write(&p, k).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        write_key(&p, len, mode);
         p
     }
+}
+
+/// Writes a key file of `len` random bytes at `p` with permission bits `mode`.
+pub fn write_key(p: &std::path::Path, len: usize, mode: u32) {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let mut k = vec![0u8; len];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut k))
+        .expect("random key");
+    std::fs::write(p, k).unwrap();
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 fn merge(body: &mut Value, extra: Value) {

@@ -18,6 +18,7 @@
 //! `tests/tests/linux_guest.rs`). Details: the `tandem_require` crate (tests/require).
 
 pub mod bench;
+pub mod capture;
 pub mod client;
 pub mod dashboard;
 pub mod docker;
@@ -26,6 +27,7 @@ pub mod ft;
 pub mod ft_disks;
 pub mod ft_pair;
 pub mod guest;
+pub mod handover_proxy;
 pub mod metrics;
 pub mod nemesis;
 pub mod net;
@@ -33,6 +35,7 @@ pub mod pair;
 pub mod process;
 pub mod prometheus;
 pub mod serial;
+pub mod stall;
 pub mod tamper;
 
 pub use process::Tandem;

@@ -155,6 +155,8 @@ impl Pair {
         });
         if spec.keyed {
             receive["key"] = json!({ "path": key });
+        } else {
+            receive["insecure"] = json!(true);
         }
         b.put_ok("ft.receive", Some(&receive));
         Pair {

@@ -80,6 +80,8 @@ fn a_guest_that_resets_while_its_pair_syncs_reboots_and_is_protected_again() {
         "ft.receive",
         Some(&json!({
             "listen": format!("tcp:{HOST_B_LINK_IP}:7600"),
+            // The private test link.
+            "insecure": true,
             "serial": {"mode": "File", "file": b.serial_path},
             "arbiter": {"path": arbiter},
         })),

@@ -65,6 +65,9 @@ enum Command {
         /// Longest acceptable guest pause, in milliseconds.
         #[arg(long)]
         downtime_ms: Option<u64>,
+        /// Key file the destination holds too: the stream is encrypted and authenticated.
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
     /// Wait for a migrating VM, in a VMM without one (PUT vm.receive-migration).
     ReceiveMigration(ReceiveArgs),
@@ -99,7 +102,8 @@ impl DiskMode {
 /// Pair key and second heartbeat path, the same flags for both sides.
 #[derive(Args)]
 struct FtSecurityArgs {
-    /// Pair key file: at least 32 random bytes, owner-only (chmod 600), the same on both hosts.
+    /// Pair key file: at least 32 random bytes, owner-only (chmod 600), the same on both hosts;
+    /// the stream and heartbeats are encrypted and authenticated with it.
     #[arg(long)]
     key: Option<PathBuf>,
     /// udp:ADDR:PORT to receive the peer's heartbeats on (second network path).
@@ -211,6 +215,9 @@ struct FtReceiveArgs {
     host: HostOverrides,
     #[command(flatten)]
     security: FtSecurityArgs,
+    /// Without --key, listen on an address other hosts can reach anyway (refused otherwise).
+    #[arg(long, conflicts_with = "key")]
+    insecure: bool,
 }
 
 #[derive(Args)]
@@ -253,6 +260,12 @@ struct ReceiveArgs {
     receiver: String,
     #[command(flatten)]
     host: HostOverrides,
+    /// Key file the source holds too: the stream is encrypted and authenticated.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Without --key, listen on an address other hosts can reach anyway (refused otherwise).
+    #[arg(long, conflicts_with = "key")]
+    insecure: bool,
 }
 
 #[derive(Args)]
@@ -447,16 +460,26 @@ fn request_for(command: &Command) -> Result<(Verb, &'static str, Option<Value>),
         Command::SendMigration {
             destination,
             downtime_ms,
+            key,
         } => {
             let mut body = json!({ "destination_url": destination });
             if let Some(ms) = downtime_ms {
                 body["downtime_ms"] = json!(ms);
+            }
+            if let Some(k) = key {
+                body["key"] = json!({"path": absolute(k)?});
             }
             (Verb::Put, "vm.send-migration", Some(body))
         }
         Command::ReceiveMigration(a) => {
             let mut body = json!({ "receiver_url": a.receiver });
             a.host.add_to(&mut body)?;
+            if let Some(k) = &a.key {
+                body["key"] = json!({"path": absolute(k)?});
+            }
+            if a.insecure {
+                body["insecure"] = json!(true);
+            }
             (Verb::Put, "vm.receive-migration", Some(body))
         }
         Command::FtReceive(a) => {
@@ -466,6 +489,9 @@ fn request_for(command: &Command) -> Result<(Verb, &'static str, Option<Value>),
             });
             a.host.add_to(&mut body)?;
             a.security.add_to(&mut body)?;
+            if a.insecure {
+                body["insecure"] = json!(true);
+            }
             if let Some(m) = a.disk_mode {
                 body["disk_mode"] = json!(m.as_str());
             }
@@ -681,6 +707,37 @@ mod tests {
     }
 
     #[test]
+    fn migration_bodies_take_a_key_or_insecure() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["tandem-remote", "--api-socket", "/s"];
+            all.extend(args);
+            let cli = Cli::try_parse_from(all)?;
+            Ok::<_, clap::Error>(request_for(&cli.command).unwrap())
+        };
+        let (_, ep, body) =
+            parse(&["send-migration", "tcp:10.99.0.2:7500", "--key", "/k"]).unwrap();
+        assert_eq!(ep, "vm.send-migration");
+        assert_eq!(
+            body.unwrap(),
+            json!({"destination_url": "tcp:10.99.0.2:7500", "key": {"path": "/k"}})
+        );
+        let (_, ep, body) =
+            parse(&["receive-migration", "tcp:10.99.0.2:7500", "--key", "/k"]).unwrap();
+        assert_eq!(ep, "vm.receive-migration");
+        let body = body.unwrap();
+        assert_eq!(body["key"]["path"], "/k");
+        assert!(body.get("insecure").is_none());
+        let body = parse(&["receive-migration", "tcp:10.99.0.2:7500", "--insecure"])
+            .unwrap()
+            .2
+            .unwrap();
+        assert_eq!(body["insecure"], true);
+        assert!(body.get("key").is_none());
+        // A key and insecure contradict each other.
+        assert!(parse(&["receive-migration", "unix:/x", "--key", "/k", "--insecure"]).is_err());
+    }
+
+    #[test]
     fn ft_bodies() {
         let cli = Cli::parse_from([
             "tandem-remote",
@@ -705,6 +762,21 @@ mod tests {
         assert_eq!(body["disks"][0]["path"], "/img");
         assert_eq!(body["disk_mode"], "replicated");
         assert!(body.get("key").is_none() && body.get("heartbeat_listen").is_none());
+        assert!(body.get("insecure").is_none());
+        let cli = Cli::parse_from([
+            "tandem-remote",
+            "--api-socket",
+            "/s",
+            "ft-receive",
+            "tcp:10.99.0.2:7600",
+            "--arbiter",
+            "/arb",
+            "--insecure",
+        ]);
+        assert_eq!(
+            request_for(&cli.command).unwrap().2.unwrap()["insecure"],
+            true
+        );
         let cli = Cli::parse_from([
             "tandem-remote",
             "--api-socket",

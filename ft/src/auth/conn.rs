@@ -1,15 +1,14 @@
-//! A connection whose bytes travel in authenticated records: the frame layer above it is
-//! unchanged, and a record that does not verify is a read error, so nothing of it reaches the
+//! A connection whose bytes travel in encrypted, authenticated records: the frame layer above it
+//! is unchanged, and a record that does not verify is a read error, so nothing of it reaches the
 //! decoder (let alone the replica).
 
+use super::crypto::KEY_LEN;
 use super::record::{Opener, RecordError, Sealer};
 use crate::transport::Connection;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
-
-const READ_CHUNK: usize = 64 << 10;
 
 struct Tx {
     sealer: Sealer,
@@ -20,9 +19,6 @@ struct Tx {
 
 struct Rx {
     opener: Opener,
-    plain: Vec<u8>,
-    pos: usize,
-    chunk: Vec<u8>,
 }
 
 /// Both halves' state is shared by every clone, so that one thread may read while another
@@ -47,7 +43,11 @@ fn record_error(e: RecordError) -> io::Error {
 
 impl SecureConn {
     /// Wraps `inner`; `send`/`recv` are this side's direction keys from the handshake.
-    pub(crate) fn new(inner: Box<dyn Connection>, send: [u8; 32], recv: [u8; 32]) -> SecureConn {
+    pub(crate) fn new(
+        inner: Box<dyn Connection>,
+        send: [u8; KEY_LEN],
+        recv: [u8; KEY_LEN],
+    ) -> SecureConn {
         SecureConn {
             inner,
             tx: Arc::new(Mutex::new(Tx {
@@ -57,9 +57,6 @@ impl SecureConn {
             })),
             rx: Arc::new(Mutex::new(Rx {
                 opener: Opener::new(recv),
-                plain: Vec::new(),
-                pos: 0,
-                chunk: vec![0; READ_CHUNK],
             })),
         }
     }
@@ -71,31 +68,16 @@ impl Read for SecureConn {
             return Ok(0);
         }
         let mut rx = lock(&self.rx);
-        let rx = &mut *rx;
         loop {
-            if rx.pos < rx.plain.len() {
-                let n = out.len().min(rx.plain.len() - rx.pos);
-                out[..n].copy_from_slice(&rx.plain[rx.pos..rx.pos + n]);
-                rx.pos += n;
+            let n = rx.opener.read_into(out).map_err(record_error)?;
+            if n > 0 {
                 return Ok(n);
             }
-            if let Some(p) = rx.opener.next_record().map_err(record_error)? {
-                rx.plain = p;
-                rx.pos = 0;
-                continue;
-            }
-            // Never read past the record being assembled: what follows it stays in the socket.
-            let want = rx.opener.wanted().min(rx.chunk.len());
-            // A timeout or interruption leaves the partial record buffered for the next call.
-            match self.inner.read(&mut rx.chunk[..want])? {
-                0 => {
-                    rx.opener.finish().map_err(record_error)?;
-                    return Ok(0);
-                }
-                n => {
-                    let (opener, chunk) = (&mut rx.opener, &rx.chunk);
-                    opener.push(&chunk[..n]);
-                }
+            // Straight into the opener's buffer, never past the record being assembled. A
+            // timeout or interruption leaves the partial record buffered for the next call.
+            if rx.opener.fill(&mut *self.inner)? == 0 {
+                rx.opener.finish().map_err(record_error)?;
+                return Ok(0);
             }
         }
     }
@@ -116,7 +98,10 @@ impl Write for SecureConn {
         let n = data.len().min(super::record::MAX_RECORD);
         let tx = &mut *tx;
         tx.buf.clear();
-        tx.sealer.seal(&data[..n], &mut tx.buf);
+        if let Err(e) = tx.sealer.seal(&data[..n], &mut tx.buf) {
+            tx.broken = true;
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
         if let Err(e) = self.inner.write_all(&tx.buf) {
             tx.broken = true;
             return Err(e);

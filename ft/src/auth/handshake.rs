@@ -1,24 +1,26 @@
-//! The handshake every FT stream opens with, before any frame: each side sends
+//! The handshake every FT and live-migration stream opens with, before any frame: each side sends
 //!
 //! ```text
 //! offset size field
 //!  0     4    magic "TNAU"
-//!  4     1    handshake version (1)
-//!  5     1    mode: 0 no pair key, 1 HMAC-SHA256 with the pair key
-//!  6     1    side: 1 initiator (connected: the primary), 2 responder (accepted: the backup)
-//!  7     1    reserved, zero
+//!  4     1    handshake version (2: encrypted records; 1 was HMAC-only and is refused)
+//!  5     1    mode: 0 no pair key, 1 the pair key (HKDF-SHA256, AES-256-GCM records)
+//!  6     1    side: 1 initiator (connected: primary, migration source), 2 responder (accepted)
+//!  7     1    purpose: 1 FT replication stream, 2 live migration
 //!  8     32   nonce, fresh random bytes per connection
 //! 40     4    CRC-32 of bytes 0..40
 //! ```
 //!
-//! then reads the peer's. Both modes 0: an unauthenticated stream (allowed, logged loudly). Modes
-//! differ: refused on both sides. Both 1: each derives the connection's keys from the pair key and
-//! both messages, sends a 32-byte confirmation only the key holder can compute, and checks the
-//! peer's, so a peer without the key (or with another) fails here, on both sides, before any
-//! frame. From then on every byte travels in authenticated records (`record`).
+//! then reads the peer's. Another version or purpose is refused, naming it. Both modes 0: an
+//! unencrypted, unauthenticated stream (allowed, logged loudly; a listener without a key must be
+//! local or say `insecure`). Modes differ: refused on both sides. Both 1: each derives the
+//! connection's keys from the pair key and both messages (HKDF), sends a 32-byte confirmation only
+//! the key holder can compute, and checks the peer's, so a peer without the key (or with another)
+//! fails here, on both sides, before any frame. From then on every byte travels in encrypted,
+//! authenticated records (`record`).
 
 use super::conn::SecureConn;
-use super::crypto::{derive, mac, sha256, verify, TAG_LEN};
+use super::crypto::{derive, mac, sha256, verify, CONFIRM_LABEL, CONFIRM_LEN, KEY_LEN};
 use super::{AuthError, DatagramKey, PairKey, Session};
 use crate::transport::Connection;
 use std::io::{self, Read};
@@ -27,7 +29,7 @@ use std::time::Duration;
 /// The four bytes a handshake starts with.
 pub const MAGIC: [u8; 4] = *b"TNAU";
 /// The only handshake version this build speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Exact length of a handshake message.
 pub const MSG_LEN: usize = 44;
 /// How the frame stream starts: a peer that sends this speaks no handshake (an older Tandem).
@@ -51,6 +53,34 @@ impl Side {
     }
 }
 
+/// What the stream carries: both ends must agree, so that a primary pointed at a migration
+/// listener (or the reverse) is refused before anything is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// An FT pair's replication stream (`ft.enable` / `ft.receive`).
+    Ft,
+    /// A live migration (`vm.send-migration` / `vm.receive-migration`).
+    Migration,
+}
+
+impl Purpose {
+    fn byte(self) -> u8 {
+        match self {
+            Purpose::Ft => 1,
+            Purpose::Migration => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for Purpose {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Purpose::Ft => "an FT replication stream",
+            Purpose::Migration => "a live migration",
+        })
+    }
+}
+
 /// One side's handshake message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuthHello {
@@ -58,6 +88,8 @@ pub struct AuthHello {
     pub keyed: bool,
     /// The sender's side.
     pub side: Side,
+    /// What the sender's stream is for.
+    pub purpose: Purpose,
     /// The sender's fresh nonce.
     pub nonce: [u8; 32],
 }
@@ -70,6 +102,7 @@ impl AuthHello {
         b[4] = VERSION;
         b[5] = u8::from(self.keyed);
         b[6] = self.side.byte();
+        b[7] = self.purpose.byte();
         b[8..40].copy_from_slice(&self.nonce);
         let crc = crc32fast::hash(&b[..40]);
         b[40..44].copy_from_slice(&crc.to_le_bytes());
@@ -88,7 +121,7 @@ impl AuthHello {
         }
         let b: &[u8; MSG_LEN] = b.try_into().map_err(|_| AuthError::PeerClosed)?;
         if b[4] != VERSION {
-            return Err(AuthError::BadHandshake("unsupported handshake version"));
+            return Err(AuthError::Version { theirs: b[4] });
         }
         let crc = u32::from_le_bytes([b[40], b[41], b[42], b[43]]);
         if crc != crc32fast::hash(&b[..40]) {
@@ -104,12 +137,19 @@ impl AuthHello {
             2 => Side::Responder,
             _ => return Err(AuthError::BadHandshake("unknown side")),
         };
-        if b[7] != 0 {
-            return Err(AuthError::BadHandshake("reserved byte set"));
-        }
+        let purpose = match b[7] {
+            1 => Purpose::Ft,
+            2 => Purpose::Migration,
+            _ => return Err(AuthError::BadHandshake("unknown purpose")),
+        };
         let mut nonce = [0u8; 32];
         nonce.copy_from_slice(&b[8..40]);
-        Ok(AuthHello { keyed, side, nonce })
+        Ok(AuthHello {
+            keyed,
+            side,
+            purpose,
+            nonce,
+        })
     }
 }
 
@@ -154,16 +194,18 @@ fn read_upto<const N: usize>(
     Ok((b, have))
 }
 
-/// Runs the handshake on a fresh connection as `side`, with or without the pair key, each read
-/// and write bounded by `timeout`. Returns the connection to carry frames on (authenticated
-/// records when keyed) and what the session established. On error the connection is closed.
+/// Runs the handshake on a fresh connection as `side` of a stream for `purpose`, with or without
+/// the pair key, each read and write bounded by `timeout`. Returns the connection to carry frames
+/// on (encrypted records when keyed) and what the session established. On error the connection
+/// is closed.
 pub fn handshake(
     mut conn: Box<dyn Connection>,
     key: Option<&PairKey>,
     side: Side,
+    purpose: Purpose,
     timeout: Duration,
 ) -> Result<(Box<dyn Connection>, Session), AuthError> {
-    let r = run(&mut *conn, key, side, timeout);
+    let r = run(&mut *conn, key, side, purpose, timeout);
     match r {
         Ok((session, keys)) => {
             let conn: Box<dyn Connection> = match keys {
@@ -179,12 +221,13 @@ pub fn handshake(
     }
 }
 
-type StreamKeys = Option<([u8; TAG_LEN], [u8; TAG_LEN])>;
+type StreamKeys = Option<([u8; KEY_LEN], [u8; KEY_LEN])>;
 
 fn run(
     conn: &mut dyn Connection,
     key: Option<&PairKey>,
     side: Side,
+    purpose: Purpose,
     timeout: Duration,
 ) -> Result<(Session, StreamKeys), AuthError> {
     let set = |c: &dyn Connection| {
@@ -195,6 +238,7 @@ fn run(
     let ours = AuthHello {
         keyed: key.is_some(),
         side,
+        purpose,
         nonce: random_nonce()?,
     };
     let our_msg = ours.encode();
@@ -207,6 +251,12 @@ fn run(
     let theirs = AuthHello::decode(&peer_msg[..have])?;
     if theirs.side == side {
         return Err(AuthError::BadHandshake("both ends claim the same side"));
+    }
+    if theirs.purpose != purpose {
+        return Err(AuthError::WrongPurpose {
+            ours: purpose,
+            theirs: theirs.purpose,
+        });
     }
     let (i_msg, r_msg) = match side {
         Side::Initiator => (&our_msg, &peer_msg),
@@ -231,11 +281,11 @@ fn run(
         (Some(k), true) => k,
     };
     let keys = derive(key.bytes(), i_msg, r_msg, side == Side::Initiator);
-    conn.write_all(&mac(&keys.confirm_ours, &[b"ok"]))
+    conn.write_all(&mac(&keys.confirm_ours, &[CONFIRM_LABEL]))
         .map_err(io_err("sending the key confirmation"))?;
-    let (confirm, have) = read_upto::<TAG_LEN>(conn, "the peer's key confirmation", |_| false)?;
+    let (confirm, have) = read_upto::<CONFIRM_LEN>(conn, "the peer's key confirmation", |_| false)?;
     // The peer closes after a failed check of ours: a cut confirmation is the same failure.
-    if have < TAG_LEN || !verify(&keys.confirm_theirs, &[b"ok"], &confirm) {
+    if have < CONFIRM_LEN || !verify(&keys.confirm_theirs, &[CONFIRM_LABEL], &confirm) {
         return Err(AuthError::Failed);
     }
     let session = Session {

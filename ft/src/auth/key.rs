@@ -7,7 +7,7 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-/// Fewest key bytes accepted: HMAC-SHA256's full strength.
+/// Fewest key bytes accepted: the full 256-bit strength of the keys derived from it.
 pub const MIN_KEY_LEN: usize = 32;
 /// Most key bytes read; a larger file is a mistake (a wrong path), not a key.
 pub const MAX_KEY_LEN: usize = 4096;

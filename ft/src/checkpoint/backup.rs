@@ -269,6 +269,9 @@ impl<V: MigratableVm> FtBackup<V> {
             let mut staging = Staging::new(next, pages, vcpus);
             let mut bytes = 0;
             loop {
+                if let Some(generation) = hooks.promote_requested() {
+                    return self.fence_primary(reader, writer, opts, hooks, generation, next);
+                }
                 if last_sent.elapsed() >= opts.heartbeat_interval {
                     let hb = Frame::Heartbeat {
                         timestamp_ms: now_ms(),
@@ -308,6 +311,43 @@ impl<V: MigratableVm> FtBackup<V> {
                 }
             }
         }
+    }
+
+    /// `ft.promote`: acks nothing more (an ack would renew the primary's shared-disk lease),
+    /// asks the primary to fence itself and waits, at most the peer timeout, for its answer.
+    fn fence_primary(
+        &mut self,
+        reader: &mut FrameReader,
+        writer: &mut FrameWriter,
+        opts: &BackupOptions,
+        hooks: &dyn BackupHooks,
+        generation: u64,
+        next: u64,
+    ) -> CheckpointError {
+        if let Err(e) = writer.send(&Frame::Fence { generation }, next - 1, 0) {
+            return e.into();
+        }
+        let deadline = Instant::now() + opts.peer_timeout;
+        while Instant::now() < deadline {
+            match reader.recv() {
+                Ok(f) => {
+                    hooks.on_peer_frame(f.frame.frame_type());
+                    match f.frame {
+                        Frame::Fence { .. } => {
+                            return CheckpointError::Promoted { confirmed: true }
+                        }
+                        Frame::Abort { reason } => {
+                            return MigrationError::PeerAborted { reason }.into()
+                        }
+                        // The rest of a checkpoint in flight: never acked, never applied.
+                        _ => {}
+                    }
+                }
+                Err(MigrationError::Timeout { .. }) => {}
+                Err(_) => break,
+            }
+        }
+        CheckpointError::Promoted { confirmed: false }
     }
 
     /// Handles one frame of checkpoint `next`; `Ok(true)` once it is committed.

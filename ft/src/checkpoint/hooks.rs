@@ -15,6 +15,16 @@ pub trait EpochHooks: Send + Sync {
     fn take_epoch_extras(&self, n: u64) -> Vec<u8>;
     /// The backup acked checkpoint `n`: outputs of epochs ≤ `n` may leave. Called in order.
     fn epoch_committed(&self, n: u64);
+    /// The backup acked a checkpoint whose Commit was sent at `sent` (this host's monotonic
+    /// clock), so it heard this primary at or after `sent`: the shared-disk lease
+    /// (`gate::Lease`) runs from there. Called just before that checkpoint's `epoch_committed`;
+    /// default: ignored.
+    fn lease_renewed(&self, _sent: std::time::Instant) {}
+    /// The backup is being promoted (`ft.promote`, about to claim `generation`) and asks this
+    /// primary to stop writing the shared disk: give the lease up and return once no write is
+    /// in flight; the engine then confirms it to the backup, which need not wait for the lease
+    /// to run out. Default: nothing to fence.
+    fn fence(&self, _generation: u64) {}
     /// Whether outputs are being held; with the last checkpoint acked, this ends the epoch early.
     fn output_waiting(&self) -> bool;
     /// Any frame arrived from the peer (for the failure detector); default: ignored.
@@ -54,6 +64,12 @@ pub trait BackupHooks: Send + Sync {
     fn on_peer_frame(&self, _kind: FrameType) {}
     /// A heartbeat frame went to the primary (for the metrics); default: ignored.
     fn heartbeat_sent(&self) {}
+    /// Polled while receiving: `Some(generation)` once `ft.promote` asks this backup to take
+    /// over (it will claim `generation`): the engine stops acking, asks the primary to fence
+    /// itself, and ends with [`super::CheckpointError::Promoted`]. Default: never.
+    fn promote_requested(&self) -> Option<u64> {
+        None
+    }
     /// This backup's replicated disks, which the scrub reads and repairs (none in shared-disk
     /// mode); default: none.
     fn scrub_disks(&self) -> Option<&dyn ScrubDisks> {

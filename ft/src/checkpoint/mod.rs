@@ -9,7 +9,7 @@
 //! with `Heartbeat` between checkpoints when idle. Backup → primary: `Ack{seq of Commit}` with
 //! header epoch n, `Heartbeat` when idle, `Abort` when it gives up.
 //!
-//! FT streams speak protocol version 4 and up: each checkpoint's Commit carries `CommitInfo`
+//! FT streams speak protocol version 5 and up: each checkpoint's Commit carries `CommitInfo`
 //! (the guest pause it cost, and whether the guest was left paused, so that a backup going live
 //! from it comes up paused as the primary was), and a dirty page the primary sent in an earlier
 //! checkpoint may go out as a delta against that copy (XOR, zero-run-length encoded, with the
@@ -137,6 +137,20 @@ pub enum CheckpointError {
         /// Why (the replica's error).
         #[source]
         source: ReplicaError,
+    },
+    /// Primary: the backup is being promoted (`ft.promote`); this primary gave its shared-disk
+    /// lease up and told it so.
+    #[error("the backup is taking over (ft.promote, generation {generation}): this primary stopped writing the shared disk")]
+    Fenced {
+        /// The generation the backup is about to claim.
+        generation: u64,
+    },
+    /// Backup: `ft.promote` stopped receiving; `confirmed` when the primary answered that it
+    /// stopped writing the shared disk (else its lease must run out first).
+    #[error("promoted (ft.promote); the primary {}", if *confirmed { "confirmed it stopped writing the shared disk" } else { "did not confirm it stopped writing" })]
+    Promoted {
+        /// The primary's Fence answer arrived.
+        confirmed: bool,
     },
 }
 

@@ -140,6 +140,8 @@ struct Shared {
     /// backup discards everything, or the caller must win the arbiter), so the ack thread
     /// waits for them no longer than that.
     end_deadline: Mutex<Option<Instant>>,
+    /// The backup's Fence was honoured (lease given up): the sender answers it, then stops.
+    fenced: Mutex<Option<u64>>,
     /// The replica scrub.
     scrub: Arc<PrimaryScrub>,
 }
@@ -249,6 +251,7 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
             epoch_done: AtomicBool::new(false),
             end_confirmed: AtomicBool::new(false),
             end_deadline: Mutex::new(None),
+            fenced: Mutex::new(None),
             scrub: Arc::new(PrimaryScrub::new(opts.scrub.clone(), stats.clone())),
         });
         let vm = Arc::new(Mutex::new(vm));
@@ -753,6 +756,12 @@ fn send_loop(
     let mut last_sent = Instant::now();
     let mut last_epoch = 0;
     loop {
+        if let Some(generation) = lock(&s.fenced).take() {
+            // ft.promote: the lease is given up and no write is in flight; say so, and stop.
+            let _ = writer.send(&Frame::Fence { generation }, last_epoch, 0);
+            s.fail(CheckpointError::Fenced { generation });
+            return writer;
+        }
         if s.failed() {
             return writer;
         }
@@ -839,6 +848,11 @@ fn ack_loop(
                 let r = match f.frame {
                     Frame::Ack { seq } => on_ack(s, f.epoch, seq, hooks, stats),
                     Frame::Heartbeat { .. } => Ok(()),
+                    Frame::Fence { generation } => {
+                        hooks.fence(generation);
+                        *lock(&s.fenced) = Some(generation);
+                        Ok(())
+                    }
                     Frame::ScrubResult(r) => scrub::on_result(&s.scrub, f.epoch, &r),
                     // Only ever after our Abort: everything before it was acked already.
                     Frame::EndConfirmed => {
@@ -900,6 +914,9 @@ fn on_ack(
     stats.in_flight(epochs, bytes);
     let Some(e) = e else { return Ok(()) };
     *lock(&s.committed) = Some(e.epoch);
+    if let Some(sent) = e.sent_at {
+        hooks.lease_renewed(sent);
+    }
     hooks.epoch_committed(e.epoch);
     stats.checkpoint_committed(&CheckpointStats {
         encodings: e.encodings,

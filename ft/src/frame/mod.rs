@@ -80,6 +80,12 @@ pub enum FrameType {
     EndConfirmed = 11,
     /// Blocks of a replicated disk, in the FT initial sync; protocol version 5 and later.
     DiskBlocks = 12,
+    /// A migration's hand-over terms: the arbiter generation whose winner runs the VM
+    /// (protocol version 5 and later; `migration::handover`).
+    Handover = 13,
+    /// FT `ft.promote`: the backup asks the primary to stop writing the shared disk; the
+    /// primary answers with the same frame once it has (protocol version 5 and later).
+    Fence = 14,
     /// The replica scrub: the primary's hashes of regions of a committed checkpoint, with
     /// repairs of regions found different before (protocol version 5).
     ScrubDigest = 17,
@@ -103,6 +109,8 @@ impl FrameType {
             10 => FrameType::Extras,
             11 => FrameType::EndConfirmed,
             12 => FrameType::DiskBlocks,
+            13 => FrameType::Handover,
+            14 => FrameType::Fence,
             17 => FrameType::ScrubDigest,
             18 => FrameType::ScrubResult,
             _ => return None,

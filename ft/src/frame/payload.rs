@@ -6,6 +6,7 @@ use super::pages::{PageBatch, PAGE_SIZE};
 use super::scrub::{ScrubDigest, ScrubResult};
 use super::wire::{put_len_prefixed, WireError, WireReader};
 use super::{FrameError, FrameType};
+use crate::arbiter::Identity;
 use crate::disk::DiskInfo;
 use crate::vm::VmIdentity;
 
@@ -24,13 +25,16 @@ impl StreamPurpose {
     /// Oldest protocol version that can carry a stream of this purpose.
     pub fn min_protocol_version(self) -> u16 {
         match self {
-            StreamPurpose::Migration => 1,
+            // Version 5: a source that never resumes once the destination may run, and the
+            // Handover frame; an older source resumes when the final ack is lost.
+            StreamPurpose::Migration => 5,
             // Version 3: the Commit's CommitInfo (a backup must know when the guest was left
             // paused); version 4: checkpoints carry delta page entries; version 5: the pair's
             // settings in the Hello, the backup confirms an intended end (EndConfirmed), without
             // which a primary must not run alone before winning the arbiter, replicated disks are
-            // copied in the initial sync (DiskBlocks), and a backup that cannot keep its copy
-            // withdraws with an Abort the primary may take as final.
+            // copied in the initial sync (DiskBlocks), a backup that cannot keep its copy
+            // withdraws with an Abort the primary may take as final, and the primary's
+            // shared-disk lease travels in the extras (a backup must wait it out).
             StreamPurpose::FaultTolerance => 5,
         }
     }
@@ -131,6 +135,24 @@ pub enum Frame {
     EndConfirmed,
     /// Blocks of a replicated disk (FT initial sync, protocol version 5).
     DiskBlocks(DiskBatch),
+    /// Migration, source → destination, right after the Hello (ack requested): the VM runs
+    /// wherever `generation` is won at the arbiter both were given; `token` names this
+    /// migration in the claims, so that the source can recognise the destination's win.
+    Handover {
+        /// The generation both sides claim when the outcome is in question.
+        generation: u64,
+        /// Random, per migration.
+        token: u64,
+        /// The source's arbiter store's identity: the destination's must be the same.
+        identity: Identity,
+    },
+    /// FT, backup → primary on `ft.promote`: "I am taking over in `generation`: stop writing
+    /// the shared disk". Primary → backup, the answer: "no write of mine is in flight and none
+    /// will start", so the promoted backup need not wait for the primary's lease to run out.
+    Fence {
+        /// The generation the backup is about to claim.
+        generation: u64,
+    },
     /// The primary's scrub hashes of the checkpoint named by the header's epoch, and repairs.
     ScrubDigest(ScrubDigest),
     /// The backup's answer to a ScrubDigest (same epoch).
@@ -153,6 +175,8 @@ impl Frame {
             Frame::Extras { .. } => FrameType::Extras,
             Frame::EndConfirmed => FrameType::EndConfirmed,
             Frame::DiskBlocks(_) => FrameType::DiskBlocks,
+            Frame::Handover { .. } => FrameType::Handover,
+            Frame::Fence { .. } => FrameType::Fence,
             Frame::ScrubDigest(_) => FrameType::ScrubDigest,
             Frame::ScrubResult(_) => FrameType::ScrubResult,
         }
@@ -216,6 +240,16 @@ impl Frame {
                 out.extend_from_slice(data);
             }
             Frame::DiskBlocks(b) => b.encode(out),
+            Frame::Handover {
+                generation,
+                token,
+                identity,
+            } => {
+                out.extend_from_slice(&generation.to_le_bytes());
+                out.extend_from_slice(&token.to_le_bytes());
+                put_len_prefixed(out, identity.as_str().as_bytes());
+            }
+            Frame::Fence { generation } => out.extend_from_slice(&generation.to_le_bytes()),
         }
     }
 
@@ -350,6 +384,17 @@ impl Frame {
                     data,
                 }
             }
+            FrameType::Handover => Frame::Handover {
+                generation: r.u64().map_err(short)?,
+                token: r.u64().map_err(short)?,
+                identity: std::str::from_utf8(r.len_prefixed().map_err(short)?)
+                    .ok()
+                    .and_then(Identity::parse)
+                    .ok_or_else(|| malformed("arbiter identity is not one"))?,
+            },
+            FrameType::Fence => Frame::Fence {
+                generation: r.u64().map_err(short)?,
+            },
         };
         r.finish().map_err(short)?;
         Ok(frame)
@@ -386,9 +431,8 @@ fn decode_disks(r: &mut WireReader<'_>) -> Result<Vec<DiskInfo>, &'static str> {
 }
 
 impl Hello {
-    /// A Hello for this build's protocol version range; migration still speaks version 1 (it
-    /// sends no frame that version lacks), fault tolerance needs version 4 (Extras, CommitInfo,
-    /// delta pages).
+    /// A Hello for this build's protocol version range from the oldest its purpose can use
+    /// ([`StreamPurpose::min_protocol_version`]).
     pub fn new(purpose: StreamPurpose, identity: VmIdentity) -> Hello {
         Hello {
             min_version: purpose.min_protocol_version(),

@@ -43,6 +43,12 @@ fn samples() -> Vec<Frame> {
             }),
         },
         Frame::Ack { seq: 42 },
+        Frame::Handover {
+            generation: 7,
+            token: 0x0123_4567_89ab_cdef,
+            identity: crate::arbiter::Identity::parse("00112233445566778899aabbccddeeff").unwrap(),
+        },
+        Frame::Fence { generation: 3 },
         Frame::Abort {
             reason: "disk full".into(),
         },

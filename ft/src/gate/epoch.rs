@@ -5,6 +5,7 @@
 //! bound and wakes waiters through a condvar; that happens a few times per checkpoint, not per
 //! output.
 
+use super::lease::{FenceError, Lease};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -73,6 +74,8 @@ pub struct EpochClock {
     committed: AtomicU64,
     release_bound: AtomicU64,
     mode: AtomicU8,
+    /// The primary's right to write the shared disk while protected.
+    lease: Lease,
     inner: Mutex<Inner>,
     changed: Condvar,
 }
@@ -99,6 +102,7 @@ impl EpochClock {
             committed: AtomicU64::new(0),
             release_bound: AtomicU64::new(0),
             mode: AtomicU8::new(Protection::Off as u8),
+            lease: Lease::new(),
             inner: Mutex::default(),
             changed: Condvar::new(),
         }
@@ -122,6 +126,22 @@ impl EpochClock {
     /// The protection mode.
     pub fn mode(&self) -> Protection {
         Protection::from_u8(self.mode.load(Ordering::Acquire))
+    }
+
+    /// The shared-disk lease (terms set by the pair, renewed on acks).
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// Whether the shared disk may be written now: always when not protected (no backup, or
+    /// this member won the generation), never when halted, and while protected only under a
+    /// valid lease. Checked before every write of committed epochs.
+    pub fn shared_write_allowed(&self) -> Result<(), FenceError> {
+        match self.mode() {
+            Protection::Off | Protection::Unprotected => Ok(()),
+            Protection::Halted => Err(FenceError::Halted),
+            Protection::Protected => self.lease.check(),
+        }
     }
 
     /// A counter that changes on every clock move; pass it to [`EpochClock::wait_change`].

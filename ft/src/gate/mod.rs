@@ -24,14 +24,17 @@
 //! 4. on the backup's ack of N: `clock.commit(n)?`; the releaser makes disk writes of ≤ N durable,
 //!    which raises `clock.release_bound()`, and then releases the network frames of ≤ N;
 //! 5. after winning arbitration `clock.unprotect()`; after losing it `clock.halt()`;
+//!    while protected, shared-disk writes need the clock's [`Lease`] (renewed by each ack);
 //! 6. backup side: `devices::virtio::block::gate::apply_writes` on a committed epoch's writes
 //!    (replicated mode), or on every committed epoch not yet known durable after failover
 //!    (shared mode); it is idempotent.
 
 mod epoch;
+mod lease;
 mod releaser;
 mod write;
 
 pub use epoch::{ClockError, DurabilityId, EpochClock, Protection, FIRST_EPOCH};
+pub use lease::{FenceError, Lease, LeaseTerms};
 pub use releaser::{OutputGate, Releaser};
 pub use write::DiskWrite;

@@ -13,10 +13,21 @@
 //! 40     4    CRC-32 of bytes 0..40
 //! ```
 //!
-//! A pair with a key sends version 2 instead: the same 44 bytes (version byte 2) followed by a
-//! 32-byte HMAC-SHA256 of them under the connection's heartbeat key for that direction (`auth`),
-//! 76 bytes in all. Receivers with a key take only version 2 and only with a tag that verifies,
-//! and only sequence numbers above the last accepted (no replays).
+//! A pair with a key sends version 3 instead, sealed under the connection's heartbeat key for
+//! that direction (`auth`, AES-256-GCM), 76 bytes in all:
+//!
+//! ```text
+//! offset size field
+//!  0     4    magic "TNHB"
+//!  4     1    format version (3)
+//!  5     3    reserved, zero
+//!  8     8    sequence number (the nonce; the sealed one must be the same)
+//! 16     44   the heartbeat above (version byte 3), encrypted
+//! 60     16   tag over bytes 0..16 and the ciphertext
+//! ```
+//!
+//! Receivers with a key take only version 3 and only what opens, and only sequence numbers above
+//! the last accepted (no replays). (Version 2, HMAC-tagged but readable, is refused.)
 
 use crate::auth::{DatagramKey, TAG_LEN};
 use crate::status::Role;
@@ -27,10 +38,12 @@ pub const MAGIC: [u8; 4] = *b"TNHB";
 pub const VERSION: u8 = 1;
 /// Exact datagram length.
 pub const LEN: usize = 44;
-/// The authenticated format's version.
-pub const VERSION_AUTH: u8 = 2;
-/// Exact length of an authenticated datagram.
-pub const AUTH_LEN: usize = LEN + TAG_LEN;
+/// The sealed (keyed) format's version.
+pub const VERSION_SEALED: u8 = 3;
+/// Clear header of a sealed datagram: magic, version, reserved, sequence number.
+const SEALED_HEADER: usize = 16;
+/// Exact length of a sealed datagram.
+pub const SEALED_LEN: usize = SEALED_HEADER + LEN + TAG_LEN;
 
 /// A heartbeat as carried on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,8 +63,8 @@ pub struct Heartbeat {
 /// Why a datagram was not a heartbeat of ours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DatagramError {
-    /// Not 44 bytes.
-    #[error("datagram of {0} bytes, expected {LEN}")]
+    /// Not 44 bytes (76 under a key).
+    #[error("datagram of {0} bytes, expected {LEN} ({SEALED_LEN} under a key)")]
     BadLength(usize),
     /// Not a Tandem heartbeat.
     #[error("bad magic")]
@@ -65,7 +78,7 @@ pub enum DatagramError {
     /// Role byte is not primary or backup, or reserved bits are set.
     #[error("malformed heartbeat")]
     Malformed,
-    /// A key is in force and the datagram has no tag, or one that does not verify.
+    /// A key is in force and the datagram is not sealed, or does not open under it.
     #[error("heartbeat authentication failed")]
     BadTag,
 }
@@ -90,16 +103,21 @@ impl Heartbeat {
         self.body(VERSION)
     }
 
-    /// The authenticated datagram bytes, tagged with `key`.
-    pub fn encode_authenticated(&self, key: &DatagramKey) -> [u8; AUTH_LEN] {
-        let body = self.body(VERSION_AUTH);
-        let mut b = [0u8; AUTH_LEN];
-        b[..LEN].copy_from_slice(&body);
-        b[LEN..].copy_from_slice(&key.tag(&body));
+    /// The sealed datagram bytes under `key`, its sequence number the nonce (a sender never
+    /// reuses one under a key).
+    pub fn encode_sealed(&self, key: &DatagramKey) -> [u8; SEALED_LEN] {
+        let mut b = [0u8; SEALED_LEN];
+        b[0..4].copy_from_slice(&MAGIC);
+        b[4] = VERSION_SEALED;
+        b[8..16].copy_from_slice(&self.seq.to_le_bytes());
+        let (header, rest) = b.split_at_mut(SEALED_HEADER);
+        let (body, tag) = rest.split_at_mut(LEN);
+        body.copy_from_slice(&self.body(VERSION_SEALED));
+        tag.copy_from_slice(&key.seal(self.seq, header, body));
         b
     }
 
-    /// Parses a datagram that must carry a valid tag under `key` (`None`: the plain format).
+    /// Parses a datagram that must be sealed under `key` (`None`: the plain format).
     pub fn decode_with(d: &[u8], key: Option<&DatagramKey>) -> Result<Heartbeat, DatagramError> {
         let Some(key) = key else {
             return Heartbeat::decode(d);
@@ -108,14 +126,29 @@ impl Heartbeat {
             // A plain heartbeat where a key is in force: refused, whatever it says.
             return Err(DatagramError::BadTag);
         }
-        if d.len() != AUTH_LEN {
-            return Err(DatagramError::BadLength(d.len()));
+        let b: &[u8; SEALED_LEN] = d
+            .try_into()
+            .map_err(|_| DatagramError::BadLength(d.len()))?;
+        if b[0..4] != MAGIC {
+            return Err(DatagramError::BadMagic);
         }
-        let (body, tag) = d.split_at(LEN);
-        if !key.verify(body, tag) {
-            return Err(DatagramError::BadTag);
+        if b[4] != VERSION_SEALED {
+            return Err(DatagramError::UnsupportedVersion(b[4]));
         }
-        Self::parse(body, VERSION_AUTH)
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(&b[8..16]);
+        let seq = u64::from_le_bytes(seq);
+        let mut sealed = [0u8; LEN + TAG_LEN];
+        sealed.copy_from_slice(&b[SEALED_HEADER..]);
+        let body = key
+            .open(seq, &b[..SEALED_HEADER], &mut sealed)
+            .ok_or(DatagramError::BadTag)?;
+        let hb = Self::parse(body, VERSION_SEALED)?;
+        // The clear sequence number is authenticated; the sealed one must agree with it.
+        if hb.seq != seq || b[5..8] != [0, 0, 0] {
+            return Err(DatagramError::Malformed);
+        }
+        Ok(hb)
     }
 
     fn body(&self, version: u8) -> [u8; LEN] {

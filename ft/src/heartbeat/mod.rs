@@ -12,15 +12,16 @@
 //! from an older generation, are not mistaken for the peer. Without a pair key the CRC guards
 //! against corruption, not forgery: anyone who can send to the port can keep a dead peer "alive"
 //! (a missed failover, never a split brain, since going live always needs the arbiter). With a
-//! pair key each datagram carries an HMAC under a key of this connection (`crate::auth`) and
-//! replays are refused by sequence number, so only the peer can vouch for itself.
+//! pair key each datagram is sealed (AES-256-GCM) under a key of this connection
+//! (`crate::auth`) and replays are refused by sequence number, so only the peer can vouch for
+//! itself, and nobody else can read it.
 
 mod datagram;
 mod detector;
 mod receiver;
 mod sender;
 
-pub use datagram::{DatagramError, Heartbeat, AUTH_LEN, LEN};
+pub use datagram::{DatagramError, Heartbeat, LEN, SEALED_LEN};
 pub use detector::{ChannelHook, FailureDetector, Path, Verdict};
 pub use receiver::{HeartbeatReceiver, ReceiverStats};
 pub use sender::HeartbeatSender;

@@ -176,7 +176,7 @@ fn receive_loop(
 ) {
     // One byte more than the longest heartbeat, so that an oversized datagram shows as too long
     // instead of being silently truncated to a valid-looking prefix.
-    let mut buf = [0u8; super::datagram::AUTH_LEN + 1];
+    let mut buf = [0u8; super::datagram::SEALED_LEN + 1];
     // Highest sequence number accepted, for replay protection under a key.
     let mut last_seq: Option<u64> = None;
     while !stop.load(Ordering::Relaxed) {

@@ -42,8 +42,8 @@ impl HeartbeatSender {
         Self::start_keyed(bind_addr, peer, pair_id, role, generation, interval, None)
     }
 
-    /// As [`HeartbeatSender::start`], with addresses resolved, tagging each datagram with `key`
-    /// when given (the authenticated format).
+    /// As [`HeartbeatSender::start`], with addresses resolved, sealing each datagram with `key`
+    /// when given (the sealed format).
     pub fn start_keyed(
         bind_addr: SocketAddr,
         peer: SocketAddr,
@@ -83,7 +83,7 @@ impl HeartbeatSender {
                     // A send error (no route while a link is down) is what heartbeats are for
                     // detecting on the other side; count it and keep going.
                     let sent = match &key {
-                        Some(k) => socket.send_to(&hb.encode_authenticated(k), peer),
+                        Some(k) => socket.send_to(&hb.encode_sealed(k), peer),
                         None => socket.send_to(&hb.encode(), peer),
                     };
                     match sent {
@@ -93,7 +93,15 @@ impl HeartbeatSender {
                             t_shared.send_errors.fetch_add(1, Ordering::Relaxed)
                         }
                     };
-                    seq = seq.wrapping_add(1);
+                    // The sequence number is the sealed datagrams' nonce: never reuse one, and
+                    // stay inside a key's usage limit (13 years at 10 Hz).
+                    seq = seq.saturating_add(1);
+                    if key.is_some() && seq >= crate::auth::MAX_SEALED {
+                        log::error!(
+                            "heartbeat to {peer}: the key's sequence numbers are used up; stopping"
+                        );
+                        return;
+                    }
                     match stopped.recv_timeout(interval) {
                         Err(RecvTimeoutError::Timeout) => {}
                         Ok(()) | Err(RecvTimeoutError::Disconnected) => return,

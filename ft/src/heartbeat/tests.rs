@@ -263,23 +263,35 @@ fn two_pairs_on_one_host_do_not_mix() {
 }
 
 #[test]
-fn authenticated_datagrams_verify_only_under_their_key() {
+fn sealed_datagrams_open_only_under_their_key_and_hide_their_fields() {
     let k = crate::auth::DatagramKey([1; 32]);
     let other = crate::auth::DatagramKey([2; 32]);
-    let b = hb().encode_authenticated(&k);
-    assert_eq!(b.len(), AUTH_LEN);
+    let b = hb().encode_sealed(&k);
+    assert_eq!(b.len(), SEALED_LEN);
     assert_eq!(Heartbeat::decode_with(&b, Some(&k)), Ok(hb()));
+    // Nothing but magic, version and sequence number is readable: not the pair id, the
+    // generation or the clock.
+    for field in [PAIR.to_le_bytes(), 1_700_000_000_000u64.to_le_bytes()] {
+        assert!(!b.windows(8).any(|w| w == field), "{b:?}");
+    }
     assert_eq!(
         Heartbeat::decode_with(&b, Some(&other)),
         Err(DatagramError::BadTag)
     );
-    // A plain heartbeat where a key is in force, and a tagged one where none is.
+    // A plain heartbeat where a key is in force, and a sealed one where none is.
     assert_eq!(
         Heartbeat::decode_with(&hb().encode(), Some(&k)),
         Err(DatagramError::BadTag)
     );
     assert!(Heartbeat::decode_with(&b, None).is_err());
-    for at in 0..AUTH_LEN {
+    // The readable, HMAC-tagged version 2 of an older Tandem is refused.
+    let mut v2 = b;
+    v2[4] = 2;
+    assert_eq!(
+        Heartbeat::decode_with(&v2, Some(&k)),
+        Err(DatagramError::UnsupportedVersion(2))
+    );
+    for at in 0..SEALED_LEN {
         let mut m = b;
         m[at] ^= 0x04;
         assert!(
@@ -288,31 +300,64 @@ fn authenticated_datagrams_verify_only_under_their_key() {
         );
     }
     assert_eq!(
-        Heartbeat::decode_with(&b[..AUTH_LEN - 1], Some(&k)),
-        Err(DatagramError::BadLength(AUTH_LEN - 1))
+        Heartbeat::decode_with(&b[..SEALED_LEN - 1], Some(&k)),
+        Err(DatagramError::BadLength(SEALED_LEN - 1))
     );
+    // The same heartbeat under another sequence number is other bytes (a fresh nonce).
+    let later = Heartbeat { seq: 8, ..hb() }.encode_sealed(&k);
+    assert_ne!(b[16..], later[16..]);
+}
+
+/// Random edits of sealed datagrams and random bytes never panic the keyed decoder and never
+/// open (the stable stand-in for the `auth_handshake` fuzz target's datagram half).
+#[test]
+fn keyed_decoder_mutation_loop() {
+    let k = crate::auth::DatagramKey([9; 32]);
+    let clean = hb().encode_sealed(&k);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..3000 {
+        let mut d = clean.to_vec();
+        match i % 3 {
+            0 => {
+                let bit = (next() % (SEALED_LEN as u64 * 8)) as usize;
+                d[bit / 8] ^= 1 << (bit % 8);
+            }
+            1 => d.truncate((next() % SEALED_LEN as u64) as usize),
+            _ => d = (0..next() % 100).map(|_| next() as u8).collect(),
+        }
+        assert!(
+            Heartbeat::decode_with(&d, Some(&k)).is_err(),
+            "iteration {i}"
+        );
+    }
 }
 
 #[test]
-fn a_keyed_receiver_takes_only_tagged_fresh_heartbeats() {
+fn a_keyed_receiver_takes_only_sealed_fresh_heartbeats() {
     let k = crate::auth::DatagramKey([7; 32]);
     let d = FailureDetector::new(Duration::from_secs(60));
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let rx = HeartbeatReceiver::start_on(sock, PAIR, 0, d.clone(), Some(k.clone())).unwrap();
     let to = rx.local_addr();
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    // Forged (plain, or tagged with another key): not a sign of life.
+    // Forged (plain, or sealed with another key): not a sign of life.
     s.send_to(&hb().encode(), to).unwrap();
-    let forged = hb().encode_authenticated(&crate::auth::DatagramKey([8; 32]));
+    let forged = hb().encode_sealed(&crate::auth::DatagramKey([8; 32]));
     s.send_to(&forged, to).unwrap();
     assert!(eventually(|| rx.stats().bad_tag == 2), "{:?}", rx.stats());
     assert!(d.last_heard(Path::Udp).is_none());
     // The real one, then the same again (a replay) and an older one.
-    let fresh = hb().encode_authenticated(&k);
+    let fresh = hb().encode_sealed(&k);
     s.send_to(&fresh, to).unwrap();
     assert!(eventually(|| rx.stats().accepted == 1));
     s.send_to(&fresh, to).unwrap();
-    let older = Heartbeat { seq: 3, ..hb() }.encode_authenticated(&k);
+    let older = Heartbeat { seq: 3, ..hb() }.encode_sealed(&k);
     s.send_to(&older, to).unwrap();
     assert!(eventually(|| rx.stats().replayed == 2), "{:?}", rx.stats());
     assert_eq!(rx.stats().accepted, 1);

@@ -77,6 +77,8 @@ pub(crate) struct FrameReader {
     chunk: Vec<u8>,
     next_seq: u64,
     bytes: u64,
+    /// A frame [`FrameReader::peek`] read ahead, returned by the next `recv`.
+    peeked: Option<DecodedFrame>,
 }
 
 impl FrameReader {
@@ -87,6 +89,19 @@ impl FrameReader {
             chunk: vec![0; READ_CHUNK],
             next_seq: 0,
             bytes: 0,
+            peeked: None,
+        }
+    }
+
+    /// The next frame, left for the next `recv` to return.
+    pub(crate) fn peek(&mut self) -> Result<&DecodedFrame, MigrationError> {
+        if self.peeked.is_none() {
+            let f = self.recv()?;
+            self.peeked = Some(f);
+        }
+        match &self.peeked {
+            Some(f) => Ok(f),
+            None => Err(MigrationError::PeerClosed),
         }
     }
 
@@ -102,6 +117,9 @@ impl FrameReader {
 
     /// The next frame; the connection's read timeout bounds each wait for bytes.
     pub(crate) fn recv(&mut self) -> Result<DecodedFrame, MigrationError> {
+        if let Some(f) = self.peeked.take() {
+            return Ok(f);
+        }
         loop {
             if let Some(f) = self.decoder.next_frame()? {
                 if f.seq != self.next_seq {

@@ -2,32 +2,43 @@
 //! then rounds of dirty pages until the rest fits the downtime limit, then pauses, sends the last
 //! pages and the VM state, and waits for the destination to say it restored them.
 //!
-//! Stream, source → destination: `Hello` (ack requested) · `MemoryPages`* `EndOfRound` (round 0:
+//! Stream, source → destination: `Hello` (ack requested) · `Handover` (ack requested; only with
+//! an arbiter) · `MemoryPages`* `EndOfRound` (round 0:
 //! every non-zero page) · (`MemoryPages`* `EndOfRound`)* (dirty rounds) · `MemoryPages`*
 //! `VcpuState`* `DeviceState` `Commit` (ack requested). Destination → source: `Ack` of Hello, `Ack`
 //! of Commit once the state is restored, or `Abort` at any point. The header's epoch is the round.
 //!
-//! Handover: the destination acks Commit after restoring and before resuming, and the source
-//! reports success only on that ack. If the ack is lost after it was sent (the link dies in that
-//! instant), the source resumes while the destination runs too: the two-generals window every
-//! pre-copy VMM has. FT must fence it with the arbiter's generation (DESIGN.md) before relying on it.
+//! Both ends open the stream with `auth`'s handshake for a migration first (with or without a
+//! key; with one, every byte travels encrypted): `accept_source` on the destination, which goes
+//! on waiting through refused connections.
+//!
+//! Hand-over ([`handover`]): the destination restores, (with an arbiter) wins the generation the
+//! source named, runs the VM and acks Commit; the source reports success on that ack. Once the
+//! Commit has left, a source that gets no ack never resumes unless it knows the destination does
+//! not run the VM (its Abort, or the source's own win at the arbiter); otherwise the migration
+//! ends as [`MigrationError::OutcomeUnknown`], the source VM paused.
 
+mod accept;
 pub(crate) mod channel;
+pub mod handover;
 mod policy;
 mod progress;
 mod receiver;
 mod sender;
 
+pub use accept::accept_source;
 /// The error and its causes on one line (the workspace's one helper, under the name this
 /// crate's modules use).
 pub use errors::chain as error_chain;
+pub use handover::{HandoverArbiter, Unsettled};
 pub use policy::{ConvergencePolicy, StopReason};
 pub use progress::{MigrationPhase, MigrationProgress, ProgressHandle, Role};
 pub use receiver::{receive_migration, IncomingMigration, ReceiveOptions, ReceiveReport};
 pub(crate) use sender::ft_initial_sync;
 pub use sender::{open_ft_stream, OpenedStream};
-pub use sender::{send_migration, SendOptions, SendReport};
+pub use sender::{send_migration, Confirmation, SendOptions, SendReport};
 
+use crate::arbiter::{ArbiterError, Holder};
 use crate::frame::{FrameError, FrameType};
 use crate::vm::VmOpError;
 
@@ -105,6 +116,42 @@ pub enum MigrationError {
         #[source]
         source: VmOpError,
     },
+    /// The arbiter the hand-over goes through cannot be used.
+    #[error("the hand-over's arbiter failed")]
+    Arbiter(#[source] Box<ArbiterError>),
+    /// The final state left and neither an ack, the destination's Abort nor the arbiter says
+    /// who runs the VM: the source VM is left paused; the destination may be running it.
+    #[error(
+        "the hand-over's outcome is unknown{}: the destination may be running the VM, so this \
+         source stays paused",
+        unsettled.as_ref().map(|u| format!(" ({u})")).unwrap_or_default()
+    )]
+    OutcomeUnknown {
+        /// What cut the hand-over short.
+        #[source]
+        cause: Box<MigrationError>,
+        /// With an arbiter: why it did not settle it.
+        unsettled: Option<Box<Unsettled>>,
+    },
+    /// The final ack was lost, and the source won the hand-over's generation: it runs the VM
+    /// again (the destination, should it have the state, lost the same claim and never runs).
+    #[error("the destination never confirmed; this source won generation {generation} at the arbiter and runs the VM again")]
+    TookBack {
+        /// The generation won.
+        generation: u64,
+        /// What cut the hand-over short.
+        #[source]
+        cause: Box<MigrationError>,
+    },
+    /// Destination: the source won the hand-over's generation first (it took the VM back).
+    #[error("the source kept the VM: {holder}")]
+    SourceKeptVm {
+        /// Who holds the generation.
+        holder: Box<Holder>,
+    },
+    /// Destination: the arbiter did not answer, so the VM is not run here.
+    #[error("cannot claim the VM")]
+    Unsettled(#[source] Box<Unsettled>),
 }
 
 impl MigrationError {

@@ -25,6 +25,11 @@ pub enum MigrationPhase {
     StopAndCopy,
     /// State sent or restored; waiting for or sending the final Ack.
     Completing,
+    /// The final Ack was lost: the source asks the arbiter who runs the VM.
+    Settling,
+    /// The final state left and nobody can say whether the destination runs the VM: the
+    /// source stays paused until an operator decides (`error` says why).
+    OutcomeUnknown,
     /// Done: the destination runs the guest.
     Completed,
     /// Gave up; `error` says why.
@@ -60,6 +65,10 @@ pub struct MigrationProgress {
     pub downtime_ms: Option<u64>,
     /// Why it failed, with its causes.
     pub error: Option<String>,
+    /// Whether the stream is encrypted and authenticated with a key (known after the handshake).
+    pub authenticated: Option<bool>,
+    /// Destination: why the latest connection was refused at the handshake (the wait goes on).
+    pub refused: Option<String>,
 }
 
 struct Inner {
@@ -90,6 +99,8 @@ impl ProgressHandle {
                 elapsed_ms: 0,
                 downtime_ms: None,
                 error: None,
+                authenticated: None,
+                refused: None,
             },
             started: Instant::now(),
             ended: None,
@@ -113,6 +124,11 @@ impl ProgressHandle {
         p
     }
 
+    /// Records what the handshake established.
+    pub fn set_authenticated(&self, authenticated: bool) {
+        self.lock().p.authenticated = Some(authenticated);
+    }
+
     pub(crate) fn update(&self, f: impl FnOnce(&mut MigrationProgress)) {
         f(&mut self.lock().p)
     }
@@ -121,6 +137,13 @@ impl ProgressHandle {
         let mut g = self.lock();
         g.p.phase = MigrationPhase::Completed;
         g.p.downtime_ms = downtime.map(|d| d.as_millis() as u64);
+        g.ended = Some(Instant::now());
+    }
+
+    pub(crate) fn unknown(&self, error: String) {
+        let mut g = self.lock();
+        g.p.phase = MigrationPhase::OutcomeUnknown;
+        g.p.error = Some(error);
         g.ended = Some(Instant::now());
     }
 

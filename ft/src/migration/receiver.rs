@@ -1,6 +1,7 @@
 //! The destination side of a pre-copy migration.
 
 use super::channel::{FrameReader, FrameWriter};
+use super::handover::{self, Claimed, HandoverArbiter, Terms, Unsettled};
 use super::progress::{MigrationPhase, ProgressHandle};
 use super::{error_chain, unexpected, vm_err, MigrationError};
 use crate::disk::{apply_batch, check_disks, DiskProgress};
@@ -21,6 +22,9 @@ pub struct ReceiveOptions {
     pub io_timeout: Duration,
     /// Where an FT backup shows how far the copy of its replicated disks has come.
     pub disk_progress: DiskProgress,
+    /// Take the VM over only by winning the source's generation at this arbiter
+    /// (`handover`); the source must be given the same.
+    pub arbiter: Option<HandoverArbiter>,
 }
 
 impl Default for ReceiveOptions {
@@ -28,6 +32,7 @@ impl Default for ReceiveOptions {
         ReceiveOptions {
             io_timeout: Duration::from_secs(30),
             disk_progress: DiskProgress::new(),
+            arbiter: None,
         }
     }
 }
@@ -62,6 +67,7 @@ pub struct IncomingMigration {
     progress: ProgressHandle,
     disk_progress: DiskProgress,
     started: Instant,
+    arbiter: Option<HandoverArbiter>,
 }
 
 /// Reads the Hello, then receives into `vm`; see `IncomingMigration`.
@@ -112,6 +118,7 @@ impl IncomingMigration {
                 progress: progress.clone(),
                 disk_progress: opts.disk_progress.clone(),
                 started,
+                arbiter: opts.arbiter.clone(),
             }),
             Err(e) => Err(fail(&mut reader, &mut writer, progress, e)),
         }
@@ -134,8 +141,10 @@ impl IncomingMigration {
     }
 
     /// Receives the VM into `vm`, which must not be running and whose memory must be zero (a fresh
-    /// VM): zero pages are skipped in the full pass. On success `vm` has been restored and resumed.
-    /// On error it was not resumed, the source has been told why, and the caller should discard it.
+    /// VM): zero pages are skipped in the full pass. On success `vm` has been restored and resumed
+    /// (with an arbiter, after winning the source's generation), whether or not the final ack
+    /// reached the source. On error it was not resumed, the source has been told why if it can
+    /// be reached, and the caller should discard it.
     pub fn receive_into<V: MigratableVm + ?Sized>(
         mut self,
         vm: &mut V,
@@ -189,6 +198,11 @@ impl IncomingMigration {
             0,
             0,
         )?;
+        let terms = if handover {
+            self.handover_terms()?
+        } else {
+            None
+        };
         self.progress.update(|p| p.phase = MigrationPhase::Precopy);
 
         let vcpus = vm.vcpu_count() as usize;
@@ -276,11 +290,21 @@ impl IncomingMigration {
                     }
                     if handover {
                         vm.restore_state(&state).map_err(vm_err("restore_state"))?;
-                    }
-                    self.writer.send(&Frame::Ack { seq }, round, 0)?;
-                    if handover {
-                        // The source has handed over now: from here on this VM is the only copy.
+                        if let Some(t) = &terms {
+                            self.claim(t)?;
+                        }
+                        // Ours now: a source that gets no ack stays paused unless it wins the
+                        // generation we hold, so the ack below may be lost without harm.
                         vm.resume().map_err(vm_err("resume"))?;
+                        if let Err(e) = self.writer.send(&Frame::Ack { seq }, round, 0) {
+                            log::warn!(
+                                "incoming migration: the VM runs here, but the final ack did \
+                                 not reach the source: {}",
+                                error_chain(&e)
+                            );
+                        }
+                    } else {
+                        self.writer.send(&Frame::Ack { seq }, round, 0)?;
                     }
                     let report = ReceiveReport {
                         identity: self.hello.identity.clone(),
@@ -299,10 +323,85 @@ impl IncomingMigration {
                 | Frame::Extras { .. }
                 | Frame::EndConfirmed
                 | Frame::ScrubDigest(_)
-                | Frame::ScrubResult(_)) => {
+                | Frame::ScrubResult(_)
+                | Frame::Handover { .. }
+                | Frame::Fence { .. }) => {
                     return Err(unexpected("pages, state or Commit", other.frame_type()))
                 }
             }
+        }
+    }
+}
+
+impl IncomingMigration {
+    /// A migration's first frame after the Hello: the source's hand-over terms if it hands over
+    /// through an arbiter. Both sides must have one, or neither (else one of them could run
+    /// the VM without the arbiter's word); a mismatch is refused before anything is copied.
+    fn handover_terms(&mut self) -> Result<Option<Terms>, MigrationError> {
+        let arbiter = self.arbiter.clone();
+        let first = self.reader.peek()?;
+        let terms = match (&first.frame, arbiter) {
+            (
+                Frame::Handover {
+                    generation,
+                    token,
+                    identity,
+                },
+                Some(a),
+            ) => {
+                let t = Terms {
+                    generation: *generation,
+                    token: *token,
+                    identity: identity.clone(),
+                };
+                handover::check_terms(&*a.0, &t)?;
+                t
+            }
+            (Frame::Handover { .. }, None) => {
+                return Err(MigrationError::Incompatible(
+                    "the source hands over through an arbiter and this destination has none: \
+                     give vm.receive-migration the same arbiter"
+                        .into(),
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(MigrationError::Incompatible(
+                    "this destination takes a VM over only through its arbiter and the source \
+                     has none: give vm.send-migration the same arbiter"
+                        .into(),
+                ))
+            }
+            (_, None) => return Ok(None),
+        };
+        let f = self.reader.recv()?;
+        self.writer.send(&Frame::Ack { seq: f.seq }, 0, 0)?;
+        log::info!(
+            "incoming migration: hand-over through the arbiter in generation {}",
+            terms.generation
+        );
+        Ok(Some(terms))
+    }
+
+    /// Wins the hand-over's generation before the VM runs here, or refuses to run it.
+    fn claim(&mut self, t: &Terms) -> Result<(), MigrationError> {
+        let Some(a) = self.arbiter.clone() else {
+            return Ok(());
+        };
+        self.progress.update(|p| p.phase = MigrationPhase::Settling);
+        match handover::claim(&*a.0, t.generation, &t.destination_claim()) {
+            Claimed::Won => {
+                log::info!("incoming migration: won generation {}", t.generation);
+                Ok(())
+            }
+            Claimed::Lost(holder) => Err(MigrationError::SourceKeptVm {
+                holder: Box::new(holder),
+            }),
+            Claimed::Unreachable(source) => Err(MigrationError::Unsettled(Box::new(
+                Unsettled::Unreachable {
+                    generation: t.generation,
+                    source,
+                },
+            ))),
         }
     }
 }

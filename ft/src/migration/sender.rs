@@ -1,6 +1,7 @@
 //! The source side of a pre-copy migration.
 
 use super::channel::{FrameReader, FrameWriter, Inbox, Waited};
+use super::handover::{self, Claimed, HandoverArbiter, Terms, Unsettled};
 use super::policy::{transfer_time, Convergence, ConvergencePolicy, StopReason};
 use super::progress::{MigrationPhase, ProgressHandle};
 use super::{error_chain, unexpected, vm_err, MigrationError};
@@ -38,6 +39,8 @@ pub struct SendOptions {
     pub batch_pages: usize,
     /// Where an FT initial sync shows how far its copy of replicated disks has come.
     pub disk_progress: DiskProgress,
+    /// Hand over through this arbiter (`handover`); the destination must be given the same.
+    pub arbiter: Option<HandoverArbiter>,
 }
 
 impl Default for SendOptions {
@@ -50,6 +53,7 @@ impl Default for SendOptions {
             commit_timeout: Duration::from_secs(60),
             batch_pages: 256,
             disk_progress: DiskProgress::new(),
+            arbiter: None,
         }
     }
 }
@@ -73,6 +77,21 @@ pub struct SendReport {
     pub downtime: Duration,
     /// Whole migration.
     pub total_time: Duration,
+    /// What proved that the destination runs the VM.
+    pub confirmed_by: Confirmation,
+}
+
+/// What proved that the destination runs the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Confirmation {
+    /// Its ack of the final state.
+    Ack,
+    /// The ack was lost, but the destination holds the hand-over's generation at the arbiter.
+    Arbiter {
+        /// The generation it holds.
+        generation: u64,
+    },
 }
 
 /// Migrates `vm` over `conn`. On success the VM is left paused: it now lives on the destination,
@@ -223,6 +242,20 @@ struct Sender<'a, V: MigratableVm + ?Sized> {
     /// When the last frame went out, for keep-alives during long silent stretches.
     last_sent: Instant,
     started: Instant,
+    /// The hand-over's terms, when it goes through an arbiter.
+    terms: Option<Terms>,
+    /// Migration: the Commit has started to leave, so the destination may run the VM; from
+    /// here on the source never resumes without knowing it does not (`handover`).
+    committed: Option<Committing>,
+}
+
+/// What the report needs once the final state has gone out.
+#[derive(Clone, Copy)]
+struct Committing {
+    stop_reason: StopReason,
+    final_pages: u64,
+    estimate: Duration,
+    paused_at: Instant,
 }
 
 impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
@@ -256,6 +289,8 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
             commit_sent: false,
             last_sent: Instant::now(),
             started: Instant::now(),
+            terms: None,
+            committed: None,
         })
     }
 
@@ -289,6 +324,8 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
             commit_sent: false,
             last_sent: Instant::now(),
             started: Instant::now(),
+            terms: None,
+            committed: None,
         })
     }
 
@@ -299,19 +336,98 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
                 self.progress.complete(Some(report.downtime));
                 Ok(report)
             }
-            Err(e) => {
-                let mut e = self.unwind(e);
-                // A peer that aborted said it did not take the state; any other failure after
-                // the Commit leaves that open.
-                if self.commit_sent && !matches!(e, MigrationError::PeerAborted { .. }) {
-                    e = MigrationError::CommitUnconfirmed {
-                        source: Box::new(e),
-                    };
+            Err(e) => match (self.committed, &self.mode) {
+                (Some(c), Mode::Migrate) => self.settle(e, c),
+                _ => {
+                    let mut e = self.unwind(e);
+                    // FT initial sync: a peer that aborted said it did not take the state; any
+                    // other failure after the Commit leaves that open.
+                    if self.commit_sent && !matches!(e, MigrationError::PeerAborted { .. }) {
+                        e = MigrationError::CommitUnconfirmed {
+                            source: Box::new(e),
+                        };
+                    }
+                    self.progress.fail(error_chain(&e));
+                    Err(e)
                 }
+            },
+        }
+    }
+
+    /// The final state left and no ack came (`e` says why): who runs the VM? See `handover`.
+    fn settle(&mut self, e: MigrationError, c: Committing) -> Result<SendReport, MigrationError> {
+        let cause = error_chain(&e);
+        log::warn!("migration: the final state was sent, but {cause}");
+        let (Some(terms), Some(arbiter)) = (self.terms.clone(), self.opts.arbiter.clone()) else {
+            // The destination's Abort: it will not run the VM (it never does after aborting).
+            if matches!(e, MigrationError::PeerAborted { .. }) {
+                let e = self.unwind(e);
+                self.progress.fail(error_chain(&e));
+                return Err(e);
+            }
+            return Err(self.in_doubt(e, None));
+        };
+        self.set_phase(MigrationPhase::Settling);
+        let generation = terms.generation;
+        match handover::claim(&*arbiter.0, generation, &terms.source_claim(&cause)) {
+            Claimed::Won => {
+                log::warn!("migration: won generation {generation}: the VM runs here again");
+                let e = match self.unwind(e) {
+                    e @ MigrationError::SourceNotResumed { .. } => e,
+                    e => MigrationError::TookBack {
+                        generation,
+                        cause: Box::new(e),
+                    },
+                };
                 self.progress.fail(error_chain(&e));
                 Err(e)
             }
+            Claimed::Lost(h) if terms.is_destination(&h) => {
+                log::info!("migration: the ack was lost, but the destination holds {h}");
+                self.stop_dirty_log_after_success();
+                let report = self.report(c, Confirmation::Arbiter { generation });
+                self.progress.complete(Some(report.downtime));
+                Ok(report)
+            }
+            Claimed::Lost(holder) => {
+                Err(self.in_doubt(e, Some(Box::new(Unsettled::Other { generation, holder }))))
+            }
+            Claimed::Unreachable(source) => {
+                let u = Unsettled::Unreachable { generation, source };
+                Err(self.in_doubt(e, Some(Box::new(u))))
+            }
         }
+    }
+
+    /// Leaves the VM paused (the destination may run it) and says so.
+    fn in_doubt(
+        &mut self,
+        cause: MigrationError,
+        unsettled: Option<Box<Unsettled>>,
+    ) -> MigrationError {
+        if self.dirty_log {
+            if let Err(d) = self.vm.stop_dirty_log() {
+                log::warn!("migration: stop_dirty_log: {}", error_chain(&d));
+            }
+            self.dirty_log = false;
+        }
+        let e = MigrationError::OutcomeUnknown {
+            cause: Box::new(cause),
+            unsettled,
+        };
+        log::error!("migration: {}", error_chain(&e));
+        self.progress.unknown(error_chain(&e));
+        e
+    }
+
+    fn stop_dirty_log_after_success(&mut self) {
+        if let Err(e) = self.vm.stop_dirty_log() {
+            log::warn!(
+                "migration: stop_dirty_log after success: {}",
+                error_chain(&e)
+            );
+        }
+        self.dirty_log = false;
     }
 
     fn purpose(&self) -> StreamPurpose {
@@ -329,6 +445,26 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
             let hello = Frame::Hello(Hello::new(self.purpose(), identity));
             let seq = self.send(&hello, FLAG_ACK_REQUESTED)?;
             self.wait_ack(seq, self.opts.io_timeout, "the destination's Hello ack")?;
+        }
+        if let (Mode::Migrate, Some(a)) = (&self.mode, &self.opts.arbiter) {
+            // Fixed before anything is copied, so that both sides claim the same generation.
+            let terms = Terms::new(&*a.0).map_err(|e| MigrationError::Arbiter(Box::new(e)))?;
+            let frame = Frame::Handover {
+                generation: terms.generation,
+                token: terms.token,
+                identity: terms.identity.clone(),
+            };
+            let seq = self.send(&frame, FLAG_ACK_REQUESTED)?;
+            self.wait_ack(
+                seq,
+                self.opts.io_timeout,
+                "the destination's acceptance of the hand-over",
+            )?;
+            log::info!(
+                "migration: hands over through the arbiter in generation {}",
+                terms.generation
+            );
+            self.terms = Some(terms);
         }
         // Exactly the disks the Hello announced (`open_ft_stream` sent it for FT): the backup
         // checked its images against them.
@@ -441,8 +577,17 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
             pages: final_pages,
             info: None,
         };
+        let committing = Committing {
+            stop_reason,
+            final_pages,
+            estimate,
+            paused_at,
+        };
         // Before the write: a write that fails part-way may still have delivered the frame.
         self.commit_sent = true;
+        if let Mode::Migrate = self.mode {
+            self.committed = Some(committing);
+        }
         let seq = self.send(&commit, FLAG_ACK_REQUESTED)?;
         self.set_phase(MigrationPhase::Completing);
         self.wait_ack(
@@ -450,41 +595,28 @@ impl<'a, V: MigratableVm + ?Sized> Sender<'a, V> {
             self.opts.commit_timeout,
             "the destination's restore ack",
         )?;
-        let downtime = paused_at.elapsed();
-
         if let Mode::KeepRunning(_) = self.mode {
             // FT: the backup holds the state now; the guest runs on, and the dirty log (still on)
             // becomes the first checkpoint's page set.
             self.vm.resume().map_err(vm_err("resume"))?;
             self.paused = false;
-            return Ok(self.report(stop_reason, final_pages, estimate, downtime));
+            return Ok(self.report(committing, Confirmation::Ack));
         }
-        if let Err(e) = self.vm.stop_dirty_log() {
-            log::warn!(
-                "migration: stop_dirty_log after success: {}",
-                error_chain(&e)
-            );
-        }
-        self.dirty_log = false;
-        Ok(self.report(stop_reason, final_pages, estimate, downtime))
+        self.stop_dirty_log_after_success();
+        Ok(self.report(committing, Confirmation::Ack))
     }
 
-    fn report(
-        &self,
-        stop_reason: StopReason,
-        final_pages: u64,
-        estimate: Duration,
-        downtime: Duration,
-    ) -> SendReport {
+    fn report(&self, c: Committing, confirmed_by: Confirmation) -> SendReport {
         SendReport {
             rounds: self.round - 1,
-            stop_reason,
+            stop_reason: c.stop_reason,
             bytes_sent: self.writer.bytes(),
             pages_sent: self.pages_sent,
-            final_dirty_pages: final_pages,
-            estimated_downtime: estimate,
-            downtime,
+            final_dirty_pages: c.final_pages,
+            estimated_downtime: c.estimate,
+            downtime: c.paused_at.elapsed(),
             total_time: self.started.elapsed(),
+            confirmed_by,
         }
     }
 

@@ -18,7 +18,7 @@ fn one(net: &TestNet, mem_mib: u64, workload: &str) -> Value {
     let url = format!("tcp:{HOST_B_LINK_IP}:7600");
     b.put_ok(
         "vm.receive-migration",
-        Some(&json!({"receiver_url": url, "serial": {"mode": "Null"}})),
+        Some(&json!({"receiver_url": url, "serial": {"mode": "Null"}, "insecure": true})),
     );
     p.put_ok(
         "vm.send-migration",

@@ -14,8 +14,11 @@
 //!   and `dirty:64:20000` throughput ratios, checkpoint pause/rate/size, replication bandwidth,
 //!   INC latency and failover time (SIGKILL of the primary -> the client's next reply) per disk
 //!   mode. `ft --quick` takes fewer samples and one failover (the smoke test runs it).
+//! * ft-crypto (test network): each figure without and with a key: AEAD record throughput, link
+//!   throughput, live migration, FT initial sync and checkpoint pause (`bench::ft::crypto`).
 //!
-//! `tandem-bench [foundation|devices|migration|ft [--quick]]` runs one part; no argument runs all.
+//! `tandem-bench [foundation|devices|migration|ft|ft-crypto [--quick]]` runs one part; no
+//! argument runs all.
 
 use tandem_tests::bench;
 use tandem_tests::net::netns_available;
@@ -27,8 +30,8 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let part = args.first().map(String::as_str).unwrap_or_default();
     let quick = args.iter().any(|a| a == "--quick");
-    if !["", "foundation", "devices", "migration", "ft"].contains(&part) {
-        eprintln!("usage: tandem-bench [foundation|devices|migration|ft [--quick]]");
+    if !["", "foundation", "devices", "migration", "ft", "ft-crypto"].contains(&part) {
+        eprintln!("usage: tandem-bench [foundation|devices|migration|ft|ft-crypto [--quick]]");
         std::process::exit(2);
     }
     println!(
@@ -48,6 +51,14 @@ fn main() {
                 || bench::ft::run(true)
             } else {
                 || bench::ft::run(false)
+            },
+        ),
+        (
+            "ft-crypto",
+            if quick {
+                || bench::ft::crypto::run(true)
+            } else {
+                || bench::ft::crypto::run(false)
             },
         ),
     ] {

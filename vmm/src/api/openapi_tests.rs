@@ -73,6 +73,11 @@ fn request_bodies_agree() {
         let body = &op["requestBody"];
         match r.body {
             Body::None => assert!(body.is_null(), "{} documents a body it refuses", r.name),
+            Body::Resume => {
+                assert_eq!(body["required"].as_bool(), Some(false), "{}", r.name);
+                let s = &body["content"]["application/json"]["schema"]["$ref"];
+                assert_eq!(s.as_str(), Some("#/components/schemas/ResumeConfig"));
+            }
             Body::FtVerify => {}
             Body::VmConfig
             | Body::Snapshot
@@ -206,6 +211,44 @@ fn snapshot_schemas_match_serde() {
     check_object(&doc, schema(&doc, "RestoreConfig"), &json, "RestoreConfig");
 }
 
+/// The migration bodies, fully filled, match their schemas.
+#[test]
+fn migration_schemas_match_serde() {
+    use crate::api::types::{FtKeyConfig, RestoreDisk, RestoreNet};
+    use crate::api::{ReceiveMigrationConfig, SendMigrationConfig};
+    let doc = document();
+    let send = SendMigrationConfig {
+        destination_url: "tcp:10.0.0.2:7500".into(),
+        downtime_ms: Some(300),
+        arbiter: Some(ft::arbiter::ArbiterConfig::Path("/a".into())),
+        key: Some(FtKeyConfig { path: "/k".into() }),
+    };
+    let json = serde_json::to_value(&send).expect("serialize");
+    let name = "SendMigrationConfig";
+    check_object(&doc, schema(&doc, name), &json, name);
+    let receive = ReceiveMigrationConfig {
+        receiver_url: "tcp:0.0.0.0:7500".into(),
+        net: vec![RestoreNet {
+            id: "n0".into(),
+            tap: "tap0".into(),
+        }],
+        disks: vec![RestoreDisk {
+            id: "d0".into(),
+            path: "/d".into(),
+        }],
+        serial: Some(SerialConfig {
+            mode: SerialMode::File,
+            file: Some("/f".into()),
+        }),
+        arbiter: Some(ft::arbiter::ArbiterConfig::Path("/a".into())),
+        key: Some(FtKeyConfig { path: "/k".into() }),
+        insecure: true,
+    };
+    let json = serde_json::to_value(&receive).expect("serialize");
+    let name = "ReceiveMigrationConfig";
+    check_object(&doc, schema(&doc, name), &json, name);
+}
+
 /// The FT bodies, fully filled, match their schemas.
 #[test]
 fn ft_schemas_match_serde() {
@@ -242,6 +285,7 @@ fn ft_schemas_match_serde() {
         disk_mode: Some(FtDiskMode::Replicated),
         failure_timeout_ms: Some(1000),
         key: Some(FtKeyConfig { path: "/k".into() }),
+        insecure: true,
         heartbeat_listen: Some("udp:0.0.0.0:7700".into()),
         peer_heartbeat: Some("udp:10.0.0.1:7700".into()),
     };

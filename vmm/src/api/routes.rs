@@ -2,7 +2,7 @@
 //!
 //! Nothing here touches sockets, so every input the server can see is testable as a table.
 
-use super::types::{ApiError, ApiRequest, ReceiveMigrationConfig, RestoreConfig};
+use super::types::{ApiError, ApiRequest, ReceiveMigrationConfig, RestoreConfig, ResumeConfig};
 use crate::config::{ConfigError, VmConfig};
 
 /// Prefix of every endpoint path.
@@ -46,6 +46,8 @@ pub enum Body {
     FtReceive,
     /// A JSON [`super::types::FtEnableConfig`].
     FtEnable,
+    /// An optional JSON [`ResumeConfig`] (none: `{"force": false}`).
+    Resume,
     /// An optional JSON [`super::types::FtVerifyConfig`] (empty: the defaults).
     FtVerify,
 }
@@ -70,7 +72,7 @@ pub const ROUTES: &[Route] = &[
     route("vm.boot", Method::Put, Body::None),
     route("vm.info", Method::Get, Body::None),
     route("vm.pause", Method::Put, Body::None),
-    route("vm.resume", Method::Put, Body::None),
+    route("vm.resume", Method::Put, Body::Resume),
     route("vm.shutdown", Method::Put, Body::None),
     route("vm.reboot", Method::Put, Body::None),
     route("vm.delete", Method::Put, Body::None),
@@ -217,6 +219,15 @@ pub fn parse_request(
                 route.name, body,
             )?)))
         }
+        Body::Resume => {
+            let forced = !body.iter().all(u8::is_ascii_whitespace)
+                && parse_json::<ResumeConfig>(route.name, body)?.force;
+            return Ok(if forced {
+                ApiRequest::VmResumeForced
+            } else {
+                ApiRequest::VmResume
+            });
+        }
         Body::FtVerify if body.iter().all(u8::is_ascii_whitespace) => {
             return Ok(ApiRequest::FtVerify(Default::default()))
         }
@@ -228,7 +239,6 @@ pub fn parse_request(
         "vm.boot" => ApiRequest::VmBoot,
         "vm.info" => ApiRequest::VmInfo,
         "vm.pause" => ApiRequest::VmPause,
-        "vm.resume" => ApiRequest::VmResume,
         "vm.shutdown" => ApiRequest::VmShutdown,
         "vm.reboot" => ApiRequest::VmReboot,
         "vm.delete" => ApiRequest::VmDelete,

@@ -94,6 +94,7 @@ fn every_route_has_a_request() {
             Body::FtEnable => {
                 r#"{"peer":"tcp:10.0.0.2:7600","disk_mode":"replicated","arbiter":{"path":"/a"}}"#
             }
+            Body::Resume => r#"{"force":true}"#,
             Body::None | Body::FtVerify => "",
         };
         assert!(parse(r.method.as_str(), r.name, body).is_ok(), "{}", r.name);
@@ -315,6 +316,20 @@ fn bad_requests_are_rejected() {
             "only valid with",
         ),
         ("PUT", "/api/v1/vm.boot", "{}".into(), 400, "takes no body"),
+        (
+            "PUT",
+            "/api/v1/vm.resume",
+            r#"{"force":1}"#.into(),
+            400,
+            "invalid type",
+        ),
+        (
+            "PUT",
+            "/api/v1/vm.resume",
+            r#"{"forced":true}"#.into(),
+            400,
+            "unknown field",
+        ),
         ("GET", "/api/v1/vmm.ping", "x".into(), 400, "takes no body"),
     ];
     for (method, path, body, status, text) in cases {
@@ -326,6 +341,19 @@ fn bad_requests_are_rejected() {
         assert_eq!(api.status, status, "{method} {path} {body:.60}: {api:?}");
         let chain = api.error.join(": ");
         assert!(chain.contains(text), "{method} {path} {body:.60}: {chain}");
+    }
+}
+
+#[test]
+fn resume_takes_an_optional_force_flag() {
+    for (body, want) in [
+        ("", "VmResume"),
+        ("{}", "VmResume"),
+        (r#"{"force":false}"#, "VmResume"),
+        (r#"{"force":true}"#, "VmResumeForced"),
+    ] {
+        let req = parse("PUT", "vm.resume", body).unwrap();
+        assert_eq!(format!("{req:?}"), want, "{body}");
     }
 }
 

@@ -14,6 +14,9 @@ pub enum ApiRequest {
     VmInfo,
     VmPause,
     VmResume,
+    /// `vm.resume` with `{"force": true}`: also a VM whose migration's outcome is unknown
+    /// (the operator knows the destination does not run it); elsewhere the same as `VmResume`.
+    VmResumeForced,
     VmShutdown,
     VmReboot,
     VmDelete,
@@ -39,9 +42,10 @@ pub enum ApiRequest {
 /// `{"etcd": {...}}`; the same object wherever a member must win a generation.
 pub use ft::arbiter::ArbiterConfig;
 
-/// The pair key both members hold (`ft.enable` and `ft.receive`): a file of at least 32 random
-/// bytes, readable by its owner only. With it the replication stream and the heartbeats are
-/// authenticated; without it on both sides they are not; on one side only, the pair is refused.
+/// The key both ends hold (`ft.enable` / `ft.receive`, `vm.send-migration` /
+/// `vm.receive-migration`): a file of at least 32 random bytes, readable by its owner only. With
+/// it the stream (and an FT pair's heartbeats) is encrypted and authenticated; without it on both
+/// sides it is neither; on one side only, the connection is refused.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FtKeyConfig {
@@ -81,9 +85,12 @@ pub struct FtReceiveConfig {
     /// Silence from the primary after which it counts as failed (default: the primary's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_timeout_ms: Option<u64>,
-    /// The pair key (default: none, unauthenticated).
+    /// The pair key (default: none, unencrypted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<FtKeyConfig>,
+    /// Without a key, listen on an address other hosts can reach anyway (default: refused).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
     /// `udp:ADDR:PORT` to receive the primary's heartbeats on, over a second network path
     /// (with `peer_heartbeat`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,7 +117,7 @@ pub struct FtEnableConfig {
     /// Silence from the backup after which it counts as failed (default 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_timeout_ms: Option<u64>,
-    /// The pair key (default: none, unauthenticated).
+    /// The pair key (default: none, unencrypted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<FtKeyConfig>,
     /// `udp:ADDR:PORT` to receive the backup's heartbeats on, over a second network path
@@ -146,6 +153,23 @@ pub struct SendMigrationConfig {
     /// Longest acceptable guest pause in milliseconds (default 300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downtime_ms: Option<u64>,
+    /// Hand over through this arbiter (the destination must name the same): the VM then runs
+    /// on whichever side wins the hand-over's generation, also when the final ack is lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arbiter: Option<ArbiterConfig>,
+    /// The key the destination holds too (default: none, unencrypted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<FtKeyConfig>,
+}
+
+/// `vm.resume`'s optional body.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeConfig {
+    /// Resume a VM whose migration's outcome is unknown: the operator checked that the
+    /// destination does not run it (default false).
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// `vm.receive-migration`: where to listen, and host resources that replace the source's.
@@ -163,6 +187,16 @@ pub struct ReceiveMigrationConfig {
     /// Where this process sends the guest's console (default: the source's setting).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<SerialConfig>,
+    /// Take the VM over only by winning the source's generation at this arbiter (the source
+    /// must name the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arbiter: Option<ArbiterConfig>,
+    /// The key the source holds too (default: none, unencrypted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<FtKeyConfig>,
+    /// Without a key, listen on an address other hosts can reach anyway (default: refused).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
 }
 
 /// `vm.snapshot`: where to write the snapshot.

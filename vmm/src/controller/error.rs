@@ -92,6 +92,11 @@ pub enum VmmError {
     FtNothingToPromote,
     #[error("this member must not run the guest: {reason}; ft.disable clears it once the operator knows where the guest runs")]
     Fenced { reason: String },
+    #[error(
+        "the migration's outcome is unknown ({reason}): {}",
+        super::migration::IN_DOUBT_ACTION
+    )]
+    OutcomeUnknown { reason: String },
     #[error("the VM is stopped, but the end of the pair is not settled: {reason}")]
     FtEndUnconfirmed { reason: String },
     #[error("cannot use the arbiter")]
@@ -110,6 +115,13 @@ pub enum VmmError {
     FtRefused(#[source] ft::migration::MigrationError),
     #[error("bad heartbeat path")]
     FtHeartbeat(#[source] HeartbeatSetupError),
+    /// A keyless listener other hosts could reach, without `"insecure": true`.
+    #[error(transparent)]
+    InsecureListen(AuthError),
+    #[error("cannot use the migration key")]
+    MigrationKey(#[source] AuthError),
+    #[error("the migration destination was refused")]
+    MigrationAuth(#[source] AuthError),
     #[error("ft.verify runs on the primary; this VMM is the backup")]
     FtVerifyOnBackup,
     #[error("ft.verify needs a protected pair; this primary is {state} (ft.status says why)")]
@@ -136,7 +148,8 @@ impl VmmError {
             | VmmError::FtEndedMeanwhile
             | VmmError::FtVerifyOnBackup
             | VmmError::FtNotProtected { .. }
-            | VmmError::Fenced { .. } => 409,
+            | VmmError::Fenced { .. }
+            | VmmError::OutcomeUnknown { .. } => 409,
             VmmError::FtVerify(e) => super::ft::verify_status(e),
             VmmError::FtOp { .. } | VmmError::FtStart(_) | VmmError::MigrationThread(_) => 500,
             VmmError::FtEndUnconfirmed { .. } => 503,
@@ -149,6 +162,9 @@ impl VmmError {
             | VmmError::FtAuth(_)
             | VmmError::FtRefused(_)
             | VmmError::FtHeartbeat(_)
+            | VmmError::InsecureListen(_)
+            | VmmError::MigrationKey(_)
+            | VmmError::MigrationAuth(_)
             | VmmError::MigrationUrl(_)
             | VmmError::MigrationConnect(_)
             | VmmError::MigrationListen(_)

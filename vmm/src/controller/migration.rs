@@ -1,19 +1,31 @@
-//! `vm.send-migration` and `vm.receive-migration`: the VMM thread checks and connects (so that a
-//! bad URL or an unreachable peer is the caller's immediate 4xx), then a migration thread runs
-//! ft's pre-copy engine and reports back with a `VmmEvent`. `vm.info` shows the progress meanwhile.
+//! `vm.send-migration` and `vm.receive-migration`: the VMM thread checks, connects and runs the
+//! handshake (so that a bad URL, an unreachable peer or a wrong key is the caller's immediate 4xx
+//! and the VM runs on untouched), then a migration thread runs ft's pre-copy engine and reports
+//! back with a `VmmEvent`. `vm.info` shows the progress meanwhile. With a key (the same file on
+//! both ends) the stream is encrypted and authenticated as an FT pair's is; without one a
+//! destination listens only on a local address unless the call says `"insecure": true`.
+//!
+//! Hand-over (`ft::migration::handover`): once the final state has left, the source never runs
+//! the VM again unless it knows the destination does not. When neither the destination's ack,
+//! its Abort nor the arbiter (`arbiter` on both calls) says who runs it, the VM stays here,
+//! paused, as [`InDoubt`] (`vm.info` state `OutcomeUnknown`, `migration.error` and
+//! `migration.action` say why and what to do): `vm.delete` once the destination is seen running
+//! it, `vm.resume` with `{"force": true}` once it is known not to.
 
 use super::overrides::{arriving_config, ArrivingConfigError};
-use super::owner::{Incoming, Local, Outgoing, Owner};
+use super::owner::{InDoubt, Incoming, Local, Outgoing, Owner};
 use super::{Step, Vmm, VmmError, VmmEvent};
+use crate::api::types::ArbiterConfig;
 use crate::api::{ReceiveMigrationConfig, SendMigrationConfig};
 use crate::config::VmConfig;
 use crate::migration::incoming::IncomingVm;
 use crate::migration::source::SourceVm;
 use crate::vm::memory::MemoryError;
 use crate::vm::Vm;
+use ft::auth::{check_listener, handshake, PairKey, Purpose, Side};
 use ft::migration::{
-    send_migration, IncomingMigration, MigrationError, ProgressHandle, ReceiveOptions, Role,
-    SendOptions, SendReport,
+    accept_source, send_migration, HandoverArbiter, IncomingMigration, MigrationError,
+    ProgressHandle, ReceiveOptions, Role, SendOptions, SendReport,
 };
 use ft::transport::{self, Endpoint, Listener, TransportError};
 use serde_json::json;
@@ -30,6 +42,29 @@ const IO_TIMEOUT: Duration = Duration::from_secs(15);
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a destination waits for the source to connect.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Longest handshake either end waits through (a destination then takes the next connection).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads the key a migration call names (400 when the file is missing, short or open to others).
+fn load_key(c: Option<&crate::api::types::FtKeyConfig>) -> Result<Option<PairKey>, VmmError> {
+    c.map(|k| PairKey::load(&k.path).map_err(VmmError::MigrationKey))
+        .transpose()
+}
+
+/// What an operator does about a migration whose outcome is unknown.
+pub(super) const IN_DOUBT_ACTION: &str = "check the destination's vm.info: if the VM runs \
+    there, vm.delete it here; if it does not (its vm.receive-migration failed, or that VMM is \
+    gone), vm.resume here with {\"force\": true}";
+
+/// Opens the arbiter a migration call names, if any (the same object as FT's `arbiter`).
+fn handover_arbiter(c: Option<&ArbiterConfig>) -> Result<Option<HandoverArbiter>, VmmError> {
+    c.map(|c| {
+        ft::arbiter::open(c)
+            .map(HandoverArbiter)
+            .map_err(VmmError::FtArbiter)
+    })
+    .transpose()
+}
 
 /// Why an incoming migration did not produce a VM here.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +97,8 @@ pub(super) struct MigrationStatus {
     active: bool,
     /// The report of a finished migration, or why it failed (its causes, outermost first).
     outcome: Option<Result<serde_json::Value, Vec<String>>>,
+    /// What the operator must do now, if anything.
+    action: Option<&'static str>,
 }
 
 impl MigrationStatus {
@@ -72,6 +109,7 @@ impl MigrationStatus {
             progress,
             active: true,
             outcome: None,
+            action: None,
         }
     }
 
@@ -94,6 +132,9 @@ impl MigrationStatus {
             Some(Ok(report)) => v["report"] = report.clone(),
             Some(Err(e)) => v["error"] = json!(e.join(": ")),
             None => {}
+        }
+        if let Some(a) = self.action {
+            v["action"] = json!(a);
         }
         v
     }
@@ -142,15 +183,16 @@ impl MigrationStatus {
 }
 
 impl Vmm {
-    /// `vm.send-migration` on a running VM: connects, then migrates it in the background.
+    /// `vm.send-migration` on a running VM: connects and runs the handshake, then migrates it
+    /// in the background.
     pub(super) fn send_migration(&mut self, l: Local, c: &SendMigrationConfig) -> Step {
-        let endpoint: Endpoint = match c.destination_url.parse() {
-            Ok(e) => e,
-            Err(e) => return (Owner::Local(l), Err(VmmError::MigrationUrl(e))),
+        let arbiter = match handover_arbiter(c.arbiter.as_ref()) {
+            Ok(a) => a,
+            Err(e) => return (Owner::Local(l), Err(e)),
         };
-        let conn = match transport::connect(&endpoint, CONNECT_TIMEOUT) {
+        let (endpoint, conn, authenticated) = match connect_destination(c) {
             Ok(c) => c,
-            Err(e) => return (Owner::Local(l), Err(VmmError::MigrationConnect(e))),
+            Err(e) => return (Owner::Local(l), Err(e)),
         };
         let Local { config, vm, .. } = l;
         let counters = vm.counter_source();
@@ -161,9 +203,11 @@ impl Vmm {
             max_downtime: Duration::from_millis(c.downtime_ms.unwrap_or(300)),
             io_timeout: IO_TIMEOUT,
             commit_timeout: COMMIT_TIMEOUT,
+            arbiter,
             ..SendOptions::default()
         };
         let progress = ProgressHandle::new(Role::Source);
+        progress.set_authenticated(authenticated);
         let p = progress.clone();
         let events = self.events.clone();
         let config_json = serde_json::to_string(&config).unwrap_or_default();
@@ -233,6 +277,14 @@ impl Vmm {
                 self.last_migration = Some(migration.ended(Ok(report)));
                 Owner::Migrated(config)
             }
+            Err(e @ MigrationError::OutcomeUnknown { .. }) => {
+                let reason = errors::chain(&e);
+                log::error!("migration: {reason}; {IN_DOUBT_ACTION}");
+                let mut m = migration.ended(Err(&e));
+                m.action = Some(IN_DOUBT_ACTION);
+                self.last_migration = Some(m);
+                Owner::InDoubt(InDoubt { config, vm, reason })
+            }
             Err(e) => {
                 log::warn!(
                     "migration failed, the VM keeps running here: {}",
@@ -251,13 +303,13 @@ impl Vmm {
 
     /// `vm.receive-migration` on an empty VMM: listens, then receives a VM in the background.
     pub(super) fn receive_migration(&mut self, c: ReceiveMigrationConfig) -> Step {
-        let endpoint: Endpoint = match c.receiver_url.parse() {
-            Ok(e) => e,
-            Err(e) => return (Owner::Empty, Err(VmmError::MigrationUrl(e))),
+        let arbiter = match handover_arbiter(c.arbiter.as_ref()) {
+            Ok(a) => a,
+            Err(e) => return (Owner::Empty, Err(e)),
         };
-        let listener = match Listener::bind(&endpoint) {
+        let (endpoint, key, listener) = match listen(&c) {
             Ok(l) => l,
-            Err(e) => return (Owner::Empty, Err(VmmError::MigrationListen(e))),
+            Err(e) => return (Owner::Empty, Err(e)),
         };
         let (guest_events, on_failure) = self.new_boot_handlers();
         let progress = ProgressHandle::new(Role::Destination);
@@ -268,11 +320,17 @@ impl Vmm {
             .spawn(move || {
                 crate::seccomp::apply(crate::seccomp::ThreadKind::Migration);
                 let result = (|| -> Result<(Box<VmConfig>, Vm), ReceiveError> {
-                    let conn = listener
-                        .accept(Some(ACCEPT_TIMEOUT))
-                        .map_err(ReceiveError::Accept)?;
+                    let (conn, _) = accept_source(
+                        &listener,
+                        key.as_ref(),
+                        ACCEPT_TIMEOUT,
+                        HANDSHAKE_TIMEOUT,
+                        &p,
+                    )
+                    .map_err(ReceiveError::Accept)?;
                     let opts = ReceiveOptions {
                         io_timeout: IO_TIMEOUT,
+                        arbiter,
                         ..ReceiveOptions::default()
                     };
                     let incoming =
@@ -312,6 +370,26 @@ impl Vmm {
         (Owner::Receiving(Incoming { migration }), Ok(None))
     }
 
+    /// `vm.resume` with `{"force": true}` on a VM whose migration's outcome is unknown: the
+    /// operator has checked that the destination does not run it.
+    pub(super) fn force_resume(&mut self, d: InDoubt) -> Step {
+        log::warn!(
+            "vm.resume forced on a VM whose migration's outcome was unknown ({}): the operator \
+             vouches that the destination does not run it",
+            d.reason
+        );
+        if let Some(m) = self.last_migration.as_mut() {
+            m.action = None;
+        }
+        let l = Local {
+            config: d.config,
+            vm: d.vm,
+            paused: true,
+            announce_on_resume: true,
+        };
+        self.resume(l)
+    }
+
     /// The migration thread built (or failed to build) the VM.
     pub(super) fn migration_received(
         &mut self,
@@ -336,4 +414,44 @@ impl Vmm {
             }
         }
     }
+}
+
+/// Everything `vm.send-migration` checks before the VM is touched: the URL, the key file, the
+/// connection, and the handshake (a destination with another key, or none, is refused here).
+/// Returns where, the stream, and whether it is encrypted.
+fn connect_destination(
+    c: &SendMigrationConfig,
+) -> Result<(Endpoint, Box<dyn ft::transport::Connection>, bool), VmmError> {
+    let endpoint: Endpoint = c.destination_url.parse().map_err(VmmError::MigrationUrl)?;
+    let key = load_key(c.key.as_ref())?;
+    let conn =
+        transport::connect(&endpoint, CONNECT_TIMEOUT).map_err(VmmError::MigrationConnect)?;
+    let (conn, session) = handshake(
+        conn,
+        key.as_ref(),
+        Side::Initiator,
+        Purpose::Migration,
+        HANDSHAKE_TIMEOUT,
+    )
+    .map_err(|e| {
+        log::error!("migration to {endpoint} refused: {}", errors::chain(&e));
+        VmmError::MigrationAuth(e)
+    })?;
+    if !session.authenticated {
+        log::warn!(
+            "migration to {endpoint}: the stream is NOT encrypted or authenticated (no key)"
+        );
+    }
+    Ok((endpoint, conn, session.authenticated))
+}
+
+/// Everything `vm.receive-migration` checks before it listens: the URL, the key file, and that a
+/// keyless listener is local or said `insecure` (a keyless destination runs whatever VM whoever
+/// connects sends it).
+fn listen(c: &ReceiveMigrationConfig) -> Result<(Endpoint, Option<PairKey>, Listener), VmmError> {
+    let endpoint: Endpoint = c.receiver_url.parse().map_err(VmmError::MigrationUrl)?;
+    let key = load_key(c.key.as_ref())?;
+    check_listener(&endpoint, key.is_some(), c.insecure).map_err(VmmError::InsecureListen)?;
+    let listener = Listener::bind(&endpoint).map_err(VmmError::MigrationListen)?;
+    Ok((endpoint, key, listener))
 }

@@ -244,6 +244,14 @@ impl Vmm {
                 lifecycle::stop_vm(l.vm);
                 (O::Empty, Ok(None))
             }
+            // The operator checked the destination: it runs the VM (delete) or not (resume).
+            (R::VmDelete, O::InDoubt(d)) => {
+                lifecycle::stop_vm(d.vm);
+                (O::Empty, Ok(None))
+            }
+            (R::VmResumeForced, O::InDoubt(d)) => self.force_resume(d),
+            // Forcing only matters where a migration's outcome is unknown.
+            (R::VmResumeForced, o) => self.apply(R::VmResume, o),
             (R::VmPause, O::Local(l)) if !l.paused => self.pause(l),
             (R::VmResume, O::Local(l)) if l.paused => self.resume(l),
             (R::VmShutdown, O::Local(l)) => (O::Stopped(self.shut_down(l)), Ok(None)),

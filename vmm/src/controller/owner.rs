@@ -21,6 +21,10 @@ pub enum VmState {
     Migrated,
     /// An incoming migration is building the VM here.
     Receiving,
+    /// The VM was migrating away and the destination may be running it: nobody can say
+    /// (its final ack was lost, no arbiter settled it). Paused here until an operator decides:
+    /// `vm.delete` if it runs on the destination, `vm.resume` with `{"force": true}` if not.
+    OutcomeUnknown,
 }
 
 /// A config and no VM: before the first boot (`Created`) or after a shutdown (`Shutdown`).
@@ -71,6 +75,14 @@ pub(super) struct Backup {
     pub pair: PairHandle,
 }
 
+/// A VM whose migration's outcome is unknown: paused, held here, never resumed on its own.
+pub(super) struct InDoubt {
+    pub config: VmConfig,
+    pub vm: Vm,
+    /// Why the outcome is unknown.
+    pub reason: String,
+}
+
 /// A pair member that must not run the guest (it lost arbitration: the guest runs elsewhere).
 /// Booting it again would make two live VMs; `ft.disable` clears it.
 pub(super) struct Fenced {
@@ -91,6 +103,7 @@ impl Kind<'_> {
             }
             Kind::Migrated => VmState::Migrated,
             Kind::Receiving => VmState::Receiving,
+            Kind::InDoubt(_) => VmState::OutcomeUnknown,
         })
     }
 
@@ -113,6 +126,7 @@ pub(super) enum Owner {
     Primary(Primary),
     Backup(Backup),
     Fenced(Fenced),
+    InDoubt(InDoubt),
 }
 
 /// What kind of owner, without what it holds: enough to decide what a request may do.
@@ -132,6 +146,8 @@ pub(super) enum Kind<'a> {
     Backup,
     /// With the reason it must not run the guest.
     Fenced(&'a str),
+    /// With the reason the migration's outcome is unknown.
+    InDoubt(&'a str),
 }
 
 impl Owner {
@@ -149,6 +165,7 @@ impl Owner {
             Owner::Primary(p) => Kind::Primary { paused: p.paused },
             Owner::Backup(_) => Kind::Backup,
             Owner::Fenced(f) => Kind::Fenced(&f.reason),
+            Owner::InDoubt(d) => Kind::InDoubt(&d.reason),
         }
     }
 
@@ -166,7 +183,8 @@ impl Owner {
             | Owner::MigratingOut(Outgoing { config, .. })
             | Owner::Migrated(config)
             | Owner::Primary(Primary { config, .. })
-            | Owner::Fenced(Fenced { config, .. }) => Some(config),
+            | Owner::Fenced(Fenced { config, .. })
+            | Owner::InDoubt(InDoubt { config, .. }) => Some(config),
         }
     }
 
@@ -176,6 +194,7 @@ impl Owner {
             Owner::Local(l) => Some(l.vm.counter_source()),
             Owner::MigratingOut(o) => Some(o.counters.clone()),
             Owner::Primary(p) => Some(p.counters.clone()),
+            Owner::InDoubt(d) => Some(d.vm.counter_source()),
             _ => None,
         }
     }

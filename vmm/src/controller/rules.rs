@@ -12,7 +12,7 @@ fn action(req: &ApiRequest) -> &'static str {
     match req {
         ApiRequest::VmBoot => "boot",
         ApiRequest::VmPause => "pause",
-        ApiRequest::VmResume => "resume",
+        ApiRequest::VmResume | ApiRequest::VmResumeForced => "resume",
         ApiRequest::VmShutdown => "shut down",
         ApiRequest::VmReboot => "reboot",
         ApiRequest::VmSnapshot(_) => "snapshot",
@@ -110,6 +110,9 @@ pub(super) fn refusal(req: &ApiRequest, owner: Kind<'_>, ft: (Role, FtState)) ->
                 reason: reason.to_string(),
             }
         }
+        Kind::InDoubt(reason) if matches!(req, ApiRequest::VmResume) => VmmError::OutcomeUnknown {
+            reason: reason.to_string(),
+        },
         _ if brings_a_vm(req) && owner.has_config() => VmmError::VmExists,
         // Only a standalone VMM becomes a backup (a halted or failed-over member: ft.disable).
         Kind::Empty if matches!(req, ApiRequest::FtReceive(_)) => VmmError::FtAlready,

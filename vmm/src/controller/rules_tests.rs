@@ -53,6 +53,7 @@ fn a_second_vm_is_refused_whatever_the_state() {
         Kind::Shutdown,
         Kind::Migrated,
         Kind::Fenced("lost"),
+        Kind::InDoubt("ack lost"),
     ] {
         let (name, status) = refused(create(), kind, STANDALONE);
         assert_eq!((name.as_str(), status), ("VmExists", 409), "{kind:?}");
@@ -145,6 +146,27 @@ fn ft_calls_in_a_pair_or_migration_are_refused() {
         refused(ApiRequest::VmPause, Kind::Receiving, STANDALONE),
         ("MigrationInProgress".into(), 409)
     );
+}
+
+#[test]
+fn a_vm_whose_migration_is_in_doubt_only_resumes_by_force() {
+    let e = refusal(&ApiRequest::VmResume, Kind::InDoubt("ack lost"), STANDALONE);
+    assert_eq!(e.status(), 409);
+    let text = e.to_string();
+    assert!(
+        text.contains("ack lost") && text.contains("force") && text.contains("vm.delete"),
+        "{text}"
+    );
+    for req in [
+        ApiRequest::VmBoot,
+        ApiRequest::VmPause,
+        ApiRequest::VmShutdown,
+        ApiRequest::VmReboot,
+        snap(),
+    ] {
+        let (name, status) = refused(req, Kind::InDoubt("ack lost"), STANDALONE);
+        assert_eq!((name.as_str(), status), ("WrongState", 409));
+    }
 }
 
 #[test]

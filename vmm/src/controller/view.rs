@@ -132,6 +132,7 @@ impl View {
             VmState::Shutdown,
             VmState::Migrated,
             VmState::Receiving,
+            VmState::OutcomeUnknown,
         ] {
             e.gauge(
                 "tandem_vm_state",

@@ -16,6 +16,12 @@
 //! (`crate::ft::pair::BackupVm`). The primary tells the backup, in every Extras blob, through which
 //! epoch its shared disks are durable, so the stash only holds the epochs that a dead primary may
 //! not have finished.
+//!
+//! Fencing (shared mode, `ft::gate::Lease`): each ack renews the primary's lease on the shared
+//! disk ([`PrimaryHooks`]' `lease_renewed`), and every Extras blob tells the backup how long that
+//! lease lasts; a backup going live waits until [`BackupDiskHooks::lease_end`] (the last frame it
+//! heard plus that duration) before its first write, so that a primary stopped with committed
+//! writes cannot still be writing them (the pair thread does the wait, also for `ft.promote`).
 
 use devices::virtio::block::disk::RawDisk;
 use devices::virtio::block::gate::{write_writes, ApplyError, DiskGate, DiskMode};
@@ -26,6 +32,7 @@ use ft::gate::{DiskWrite, EpochClock};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// What travels in a checkpoint's Extras blob (postcard).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -34,6 +41,9 @@ pub struct EpochExtras {
     pub durable_through: u64,
     /// The epoch's guest writes, every disk's, in the order the guest issued them per disk.
     pub writes: Vec<DiskWrite>,
+    /// The primary's shared-disk lease, milliseconds from the send of a Commit the backup acks
+    /// (0: none): a backup going live writes nothing before its last frame heard plus this.
+    pub lease_ms: u64,
 }
 
 impl EpochExtras {
@@ -102,8 +112,23 @@ impl EpochHooks for PrimaryHooks {
         EpochExtras {
             durable_through: self.clock.release_bound(),
             writes,
+            lease_ms: self.clock.lease().terms().map_or(0, |t| {
+                t.duration.as_millis().min(u128::from(u64::MAX)) as u64
+            }),
         }
         .encode()
+    }
+
+    fn lease_renewed(&self, sent: std::time::Instant) {
+        self.clock.lease().renew(sent);
+    }
+
+    fn fence(&self, _generation: u64) {
+        self.clock.lease().revoke();
+        // A write already past its lease check finishes before the backup hears we stopped.
+        for d in &self.disks {
+            d.wait_idle();
+        }
     }
 
     fn epoch_committed(&self, n: u64) {
@@ -143,6 +168,8 @@ struct Stash {
     decoded: Option<(u64, EpochExtras)>,
     /// Replicated mode: disks written by `before_ack` and not synced yet.
     unsynced: Vec<u32>,
+    /// The primary's shared-disk lease, as its latest checkpoint announced it.
+    lease: Option<Duration>,
 }
 
 /// Why this backup cannot keep a checkpoint in its copy (it then withdraws from the pair).
@@ -187,6 +214,20 @@ impl BackupDiskHooks {
 
     fn stash(&self) -> std::sync::MutexGuard<'_, Stash> {
         self.stash.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// When the old primary's shared-disk lease is over for sure, given the last time this
+    /// backup heard it on the stream (`None`: the stream never carried a frame): no write of
+    /// this member may start before. `None` when there is nothing to wait for: replicated
+    /// disks (each host writes its own copy), or no lease announced (no checkpoint after the
+    /// initial sync was committed, so the primary never held one).
+    pub fn lease_end(&self, last_heard: Option<Instant>) -> Option<Instant> {
+        if self.mode != DiskMode::Shared {
+            return None;
+        }
+        let lease = self.stash().lease?;
+        // Never heard yet would mean nothing was acked; waiting from now is the safe reading.
+        Some(last_heard.unwrap_or_else(Instant::now) + lease)
     }
 
     /// Epochs stashed for re-issue (shared mode).
@@ -284,6 +325,9 @@ impl BackupHooks for BackupDiskHooks {
                 }
             },
         };
+        if extras.lease_ms > 0 {
+            st.lease = Some(Duration::from_millis(extras.lease_ms));
+        }
         let keep = st
             .pending
             .split_off(&extras.durable_through.saturating_add(1));

@@ -19,6 +19,7 @@ fn extras(durable_through: u64, writes: Vec<DiskWrite>) -> Vec<u8> {
     EpochExtras {
         durable_through,
         writes,
+        lease_ms: 0,
     }
     .encode()
 }
@@ -32,6 +33,7 @@ fn extras_round_trip_and_empty_blob_is_no_writes() {
     let e = EpochExtras {
         durable_through: 7,
         writes: vec![write(1, 512, 0xab)],
+        lease_ms: 1000,
     };
     assert_eq!(EpochExtras::decode(&e.encode()).unwrap(), e);
     assert_eq!(EpochExtras::decode(&[]).unwrap(), EpochExtras::default());
@@ -56,6 +58,71 @@ fn primary_hooks_move_the_clock_in_step_with_the_engine() {
     hooks.epoch_committed(first);
     assert_eq!(clock.committed(), first);
     assert!(!hooks.output_waiting());
+}
+
+#[test]
+fn acks_renew_the_lease_and_checkpoints_announce_it() {
+    let clock = Arc::new(EpochClock::new());
+    let hooks = PrimaryHooks::new(clock.clone(), &[]);
+    hooks.epoch_captured(0);
+    assert!(clock.shared_write_allowed().is_err(), "no ack, no lease");
+    clock
+        .lease()
+        .set_terms(ft::gate::LeaseTerms::for_failure_timeout(
+            Duration::from_secs(2),
+        ));
+    let n = clock.current();
+    hooks.epoch_captured(n);
+    let e = EpochExtras::decode(&hooks.take_epoch_extras(n)).unwrap();
+    assert_eq!(e.lease_ms, 2000);
+    hooks.lease_renewed(Instant::now());
+    hooks.epoch_committed(n);
+    assert_eq!(clock.shared_write_allowed(), Ok(()));
+    // Sent long ago: expired, whatever was committed.
+    let clock = Arc::new(EpochClock::new());
+    clock.protect().unwrap();
+    clock
+        .lease()
+        .set_terms(ft::gate::LeaseTerms::for_failure_timeout(
+            Duration::from_millis(10),
+        ));
+    clock.lease().renew(Instant::now());
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(matches!(
+        clock.shared_write_allowed(),
+        Err(ft::gate::FenceError::Expired { .. })
+    ));
+    clock.halt();
+    assert_eq!(
+        clock.shared_write_allowed(),
+        Err(ft::gate::FenceError::Halted)
+    );
+}
+
+#[test]
+fn a_shared_backup_waits_out_the_announced_lease() {
+    let p = image("lease", 8);
+    let disk = RawDisk::open(&p, false).unwrap();
+    let hooks = BackupDiskHooks::new(DiskMode::Shared, vec![BackupDisk { index: 0, disk }]);
+    let heard = Instant::now();
+    assert_eq!(hooks.lease_end(Some(heard)), None, "no lease announced yet");
+    let blob = EpochExtras {
+        durable_through: 0,
+        writes: vec![],
+        lease_ms: 1500,
+    }
+    .encode();
+    hooks.backup_committed(1, &blob);
+    assert_eq!(
+        hooks.lease_end(Some(heard)),
+        Some(heard + Duration::from_millis(1500))
+    );
+    // Replicated disks are this host's own copy: nothing to wait for.
+    let disk = RawDisk::open(&p, false).unwrap();
+    let repl = BackupDiskHooks::new(DiskMode::Replicated, vec![BackupDisk { index: 0, disk }]);
+    repl.backup_committed(1, &blob);
+    assert_eq!(repl.lease_end(Some(heard)), None);
+    std::fs::remove_file(p).unwrap();
 }
 
 #[test]

@@ -162,23 +162,42 @@ fn ft_and_migration_threads_stream_and_build_vms_but_never_listen() {
 
 #[test]
 fn ft_threads_can_create_and_read_the_directory_arbiters_identity() {
-    let dir = std::env::temp_dir().join(format!("tandem-seccomp-arbiter-{}", std::process::id()));
+    arbiter_identity_under(ThreadKind::Ft, "ft");
+}
+
+#[test]
+fn migration_threads_can_claim_through_the_directory_arbiter() {
+    // A migration given an arbiter reads its identity and claims the hand-over's generation on
+    // its own thread.
+    arbiter_identity_under(ThreadKind::Migration, "migration");
+}
+
+fn arbiter_identity_under(kind: ThreadKind, tag: &'static str) {
+    let dir = std::env::temp_dir().join(format!(
+        "tandem-seccomp-arbiter-{tag}-{}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let d = dir.clone();
     // Under the ft filter, as a pair thread would (create: O_EXCL temporary file + linkat).
     let got = std::thread::spawn(move || {
-        let bpf = compile_with(ThreadKind::Ft, SeccompAction::Errno(REFUSED as u32)).unwrap();
+        let bpf = compile_with(kind, SeccompAction::Errno(REFUSED as u32)).unwrap();
         seccompiler::apply_filter(&bpf).unwrap();
-        use ft::arbiter::Arbiter;
+        use ft::arbiter::{Arbiter, Claim, Outcome};
         let a = ft::arbiter::FileArbiter::open(&d).map_err(|e| e.to_string())?;
         let first = a.identity().map_err(|e| e.to_string())?;
         let again = a.identity().map_err(|e| e.to_string())?;
+        let claim = Claim::here(ft::status::Role::Standalone, "seccomp test");
+        match a.try_acquire(1, &claim).map_err(|e| e.to_string())? {
+            Outcome::Won => {}
+            o => return Err(format!("{o:?}")),
+        }
         Ok::<_, String>((first, again))
     })
     .join()
     .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
-    let (first, again) = got.unwrap_or_else(|e| panic!("refused under the ft filter: {e}"));
+    let (first, again) = got.unwrap_or_else(|e| panic!("refused under the {tag} filter: {e}"));
     assert_eq!(first, again);
 }

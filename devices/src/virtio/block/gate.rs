@@ -26,15 +26,22 @@
 //! it): when full the gate reports no room and the block worker stops taking requests until a
 //! commit frees space. Unprotected: everything held is applied and synced, then writes go
 //! straight to the image. Halted: nothing is applied or dropped.
+//!
+//! Fencing (shared mode): while protected, each write of a committed epoch to the image first
+//! checks the clock's lease ([`EpochClock::shared_write_allowed`], `ft::gate::Lease`); a
+//! primary that was stopped past it keeps the writes held instead of writing them over what a
+//! backup gone live has written since, until it wins the generation (then they are its own to
+//! write) or halts.
 
 use super::disk::{RawDisk, SECTOR_SIZE};
 use super::io::DiskIo;
 use ft::bitmap::DirtyBitmap;
 use ft::disk::BLOCK_SIZE;
-use ft::gate::{DiskWrite, DurabilityId, EpochClock, OutputGate, Protection};
+use ft::gate::{DiskWrite, DurabilityId, EpochClock, FenceError, OutputGate, Protection};
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -66,6 +73,8 @@ pub enum ApplyError {
     OutOfRange { offset: u64, len: usize },
     #[error("disk I/O")]
     Io(#[source] io::Error),
+    #[error("committed writes held back: this member may not write the shared disk now")]
+    Fenced(#[source] FenceError),
 }
 
 /// Gate counters, readable at any time.
@@ -81,6 +90,9 @@ pub struct DiskGateCounters {
     pub durable_epoch: AtomicU64,
     /// Failed attempts to make committed writes durable (retried).
     pub apply_errors: AtomicU64,
+    /// Attempts refused for want of a valid lease (shared mode; retried, or held for good once
+    /// halted).
+    pub fenced: AtomicU64,
     /// Times the gate was full and pushed back on the guest.
     pub full: AtomicU64,
 }
@@ -95,6 +107,7 @@ impl DiskGateCounters {
             ("disk_gate_applied_writes", l(&self.applied_writes)),
             ("disk_gate_durable_epoch", l(&self.durable_epoch)),
             ("disk_gate_apply_errors", l(&self.apply_errors)),
+            ("disk_gate_fenced", l(&self.fenced)),
             ("disk_gate_full", l(&self.full)),
         ]
     }
@@ -126,6 +139,8 @@ pub struct DiskGate {
     counters: DiskGateCounters,
     /// Blocks written while the initial sync copies this disk (`None`: not tracking).
     tracking: Mutex<Option<DirtyBitmap>>,
+    /// The last apply attempt was fenced (logged once per spell, not every retry).
+    fenced: AtomicBool,
 }
 
 impl DiskGate {
@@ -152,6 +167,7 @@ impl DiskGate {
             room: EventFd::new(EFD_NONBLOCK)?,
             counters: DiskGateCounters::default(),
             tracking: Mutex::new(None),
+            fenced: AtomicBool::new(false),
         })
     }
 
@@ -278,7 +294,11 @@ impl DiskGate {
         };
         if self.mode == DiskMode::Shared && !batch.is_empty() {
             if let Err(e) = self.write_batch(&batch) {
-                self.counters.apply_errors.fetch_add(1, Ordering::Relaxed);
+                let counter = match e {
+                    ApplyError::Fenced(_) => &self.counters.fenced,
+                    _ => &self.counters.apply_errors,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
                 self.lock().log.extend(batch);
                 return Err(e);
             }
@@ -300,6 +320,12 @@ impl DiskGate {
             log::error!("{}: {e}", self.name);
         }
         Ok(())
+    }
+
+    /// Returns once no write to the image is in progress; with the lease revoked (or the clock
+    /// halted) first, none starts afterwards while protected.
+    pub fn wait_idle(&self) {
+        drop(self.apply.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
     /// The pair is over or the VM stops: writes every held write to the image if the clock
@@ -340,6 +366,10 @@ impl DiskGate {
     fn write_batch(&self, batch: &[(u64, Vec<DiskWrite>)]) -> Result<(), ApplyError> {
         for (_, writes) in batch {
             for w in writes {
+                // Before every write, not once per batch: the process may stop between two.
+                self.clock
+                    .shared_write_allowed()
+                    .map_err(ApplyError::Fenced)?;
                 self.disk
                     .write_at(&w.data, w.offset)
                     .map_err(ApplyError::Io)?;
@@ -466,11 +496,22 @@ impl OutputGate for DiskGate {
             Protection::Off | Protection::Unprotected => ALL,
             Protection::Halted => return,
         };
-        if let Err(e) = self.make_durable(through) {
-            log::warn!(
-                "{}: committed writes not yet durable, will retry: {e}",
-                self.name
-            );
+        match self.make_durable(through) {
+            Ok(()) => {
+                if self.fenced.swap(false, Ordering::Relaxed) {
+                    log::info!("{}: lease valid again; committed writes applied", self.name);
+                }
+            }
+            Err(ApplyError::Fenced(e)) => {
+                if !self.fenced.swap(true, Ordering::Relaxed) {
+                    log::warn!("{}: committed writes held back: {e}", self.name);
+                }
+            }
+            Err(e) => log::warn!(
+                "{}: committed writes not yet durable, will retry: {}",
+                self.name,
+                errors::chain(&e)
+            ),
         }
     }
 }

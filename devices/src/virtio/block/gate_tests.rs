@@ -8,13 +8,30 @@ use vmm_sys_util::tempfile::TempFile;
 
 const SECTORS: u64 = 16;
 
-/// A 16-sector image of zeroes and a gate on it.
+/// A 16-sector image of zeroes and a gate on it, with a lease for the whole test (fencing has
+/// its own test): as if every ack renewed it.
 fn rig(mode: DiskMode, cap: usize) -> (TempFile, Arc<EpochClock>, DiskGate) {
+    let (file, clock, g) = rig_without_lease(mode, cap);
+    clock.lease().set_terms(ft::gate::LeaseTerms {
+        duration: std::time::Duration::from_secs(3600),
+        margin: std::time::Duration::ZERO,
+    });
+    clock.lease().renew(std::time::Instant::now());
+    (file, clock, g)
+}
+
+/// As [`rig`], with a lease of 40 ms that nothing has renewed yet.
+fn rig_without_lease(mode: DiskMode, cap: usize) -> (TempFile, Arc<EpochClock>, DiskGate) {
     let file = TempFile::new().unwrap();
     file.as_file()
         .write_all(&vec![0u8; (SECTORS * SECTOR_SIZE) as usize])
         .unwrap();
     let clock = Arc::new(EpochClock::new());
+    clock
+        .lease()
+        .set_terms(ft::gate::LeaseTerms::for_failure_timeout(
+            std::time::Duration::from_millis(40),
+        ));
     let disk = RawDisk::open(file.as_path(), false).unwrap();
     let g = DiskGate::new("d0", 0, mode, clock.clone(), disk, cap).unwrap();
     (file, clock, g)
@@ -168,6 +185,51 @@ fn halted_applies_nothing() {
     g.pump(&clock);
     assert_eq!(on_file(&f, 0), 0);
     assert_eq!(seen(&g, 0), 1);
+}
+
+#[test]
+fn committed_writes_wait_for_a_valid_lease_and_never_reach_the_image_once_halted() {
+    let (file, clock, g) = rig_without_lease(DiskMode::Shared, 1 << 20);
+    clock.protect().unwrap();
+    write(&g, 1, 1, 5);
+    assert_eq!(clock.capture(), Ok(1));
+    // Committed, but no ack ever renewed a lease: held, counted, still served from the overlay.
+    commit(&clock, &g, 1);
+    assert_eq!(on_file(&file, 1), 0);
+    assert_eq!(seen(&g, 1), 5);
+    assert_eq!(g.counters().fenced.load(Ordering::Relaxed), 1);
+    assert_eq!(clock.release_bound(), 0, "nothing of epoch 1 may leave");
+    // An ack renews it: applied.
+    clock.lease().renew(std::time::Instant::now());
+    g.pump(&clock);
+    assert_eq!(on_file(&file, 1), 5);
+    assert_eq!(clock.release_bound(), 1);
+    // The lease runs out (a primary stopped past it): the next committed write stays held.
+    write(&g, 2, 1, 6);
+    assert_eq!(clock.capture(), Ok(2));
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    commit(&clock, &g, 2);
+    assert_eq!(on_file(&file, 2), 0);
+    assert_eq!(seen(&g, 2), 6);
+    // It lost: halted, nothing is applied even with a fresh lease.
+    clock.halt();
+    clock.lease().renew(std::time::Instant::now());
+    assert!(matches!(
+        g.make_durable(2),
+        Err(ApplyError::Fenced(ft::gate::FenceError::Halted))
+    ));
+    assert_eq!(on_file(&file, 2), 0);
+
+    // Winning the generation instead (unprotected) makes held writes this member's to write.
+    let (file, clock, g) = rig_without_lease(DiskMode::Shared, 1 << 20);
+    clock.protect().unwrap();
+    write(&g, 3, 1, 7);
+    clock.capture().unwrap();
+    commit(&clock, &g, 1);
+    assert_eq!(on_file(&file, 3), 0);
+    clock.unprotect().unwrap();
+    g.pump(&clock);
+    assert_eq!(on_file(&file, 3), 7);
 }
 
 #[test]

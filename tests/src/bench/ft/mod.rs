@@ -3,6 +3,7 @@
 //! time as a client on one TCP connection sees it. Prints figures; asserts nothing about speed
 //! (it does stop on a wrong answer, e.g. an INC lost across a failover).
 
+pub mod crypto;
 mod failover;
 mod load;
 mod pair;

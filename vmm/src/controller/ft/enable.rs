@@ -9,7 +9,7 @@ use crate::api::types::FtEnableConfig;
 use crate::ft::pair::{spawn_primary, PairTiming, PrimarySetup};
 use crate::migration::source::identity;
 use devices::virtio::block::gate::DiskMode;
-use ft::auth::{handshake, Side};
+use ft::auth::{handshake, Purpose, Side};
 use ft::checkpoint::PairSettings;
 use ft::migration::{open_ft_stream, OpenedStream};
 use ft::status::{FtState, Role};
@@ -51,19 +51,25 @@ impl Vmm {
         let conn = transport::connect(&endpoint, CONNECT_TIMEOUT).map_err(VmmError::FtPeer)?;
         // Before anything is gated or sent: a peer with another key (or none) is this call's
         // error, and the VM runs on untouched.
-        let (conn, session) = handshake(conn, key.as_ref(), Side::Initiator, CONNECT_TIMEOUT)
-            .map_err(|e| {
-                let why = errors::chain(&e);
-                log::error!("ft.enable: the backup at {endpoint} was refused: {why}");
-                self.ft_status.note(&format!(
-                    "ft.enable refused the backup at {endpoint}: {why}"
-                ));
-                VmmError::FtAuth(e)
-            })?;
+        let (conn, session) = handshake(
+            conn,
+            key.as_ref(),
+            Side::Initiator,
+            Purpose::Ft,
+            CONNECT_TIMEOUT,
+        )
+        .map_err(|e| {
+            let why = errors::chain(&e);
+            log::error!("ft.enable: the backup at {endpoint} was refused: {why}");
+            self.ft_status.note(&format!(
+                "ft.enable refused the backup at {endpoint}: {why}"
+            ));
+            VmmError::FtAuth(e)
+        })?;
         if !session.authenticated {
             log::warn!(
-                "ft: the replication stream to {endpoint} is NOT authenticated (no pair key): \
-                 anyone on the link can alter or forge it"
+                "ft: the replication stream to {endpoint} is NOT encrypted or authenticated (no \
+                 pair key): anyone on the link can read, alter or forge it"
             );
         }
         Ok(Connected {

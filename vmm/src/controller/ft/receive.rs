@@ -7,6 +7,7 @@ use super::{heartbeat_paths, load_key, ms, open_arbiter, pair_disk_mode, OpenArb
 use crate::api::types::FtReceiveConfig;
 use crate::config::VmConfig;
 use crate::ft::pair::{spawn_backup, BackupSetup, LocalizeError};
+use ft::auth::check_listener;
 use ft::checkpoint::BackupWants;
 use ft::status::Role;
 use ft::transport::{Endpoint, Listener};
@@ -29,6 +30,8 @@ impl Vmm {
         let key = load_key(c.key.as_ref())?;
         let heartbeat = heartbeat_paths(c.heartbeat_listen.as_ref(), c.peer_heartbeat.as_ref())?;
         let endpoint: Endpoint = c.listen.parse().map_err(VmmError::MigrationUrl)?;
+        // Safe by default: a keyless backup takes a VM from whoever connects.
+        check_listener(&endpoint, key.is_some(), c.insecure).map_err(VmmError::InsecureListen)?;
         let listener = Listener::bind(&endpoint).map_err(VmmError::MigrationListen)?;
         self.ft_status
             .enable(

@@ -41,6 +41,7 @@ use ft::heartbeat::{ChannelHook, FailureDetector, Path, Verdict};
 use ft::migration::{MigrationError, ReceiveOptions};
 use ft::status::{FtState, StatusHandle};
 use ft::transport::Connection;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
@@ -50,6 +51,8 @@ struct BackupPairHooks {
     disks: OnceLock<Arc<BackupDiskHooks>>,
     status: StatusHandle,
     channel: ChannelHook,
+    /// Set by ft.promote ([`PairHandle::command`]).
+    promote: Arc<AtomicBool>,
     /// TEST ONLY ([`replica_fault`]): corrupts the replica once the initial sync is in.
     fault: OnceLock<replica_fault::Armed>,
 }
@@ -98,6 +101,11 @@ impl BackupHooks for BackupPairHooks {
     fn heartbeat_sent(&self) {
         self.status.record_heartbeat_sent(Path::Channel);
     }
+    fn promote_requested(&self) -> Option<u64> {
+        self.promote
+            .load(Ordering::SeqCst)
+            .then(|| self.status.generation().saturating_add(1))
+    }
     fn scrub_disks(&self) -> Option<&dyn ft::scrub::ScrubDisks> {
         self.disks.get().and_then(|d| d.scrub_disks())
     }
@@ -128,6 +136,20 @@ pub struct BackupSetup {
     pub heartbeat: Option<HeartbeatPaths>,
 }
 
+/// Sleeps until `end` (the old primary's shared-disk lease is over), saying so in ft.status.
+fn wait_out_lease(end: Option<Instant>, status: &StatusHandle) {
+    let Some(left) = end.and_then(|e| e.checked_duration_since(Instant::now())) else {
+        return;
+    };
+    let why = format!(
+        "won the generation; waiting {left:?} for the old primary's disk lease to run out \
+         before the first write"
+    );
+    log::info!("ft backup: {why}");
+    status.note(&why);
+    std::thread::sleep(left);
+}
+
 /// How long a backup waits for its primary to connect.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often a waiting backup looks at its commands.
@@ -139,9 +161,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn spawn_backup(s: BackupSetup, report: ReportSink) -> Result<PairHandle, PairError> {
     let (tx, rx) = std::sync::mpsc::channel();
     let stream: Arc<Mutex<Option<Box<dyn Connection>>>> = Arc::default();
+    let promote: Arc<AtomicBool> = Arc::default();
     let mut handle = PairHandle {
         commands: tx,
         stream: stream.clone(),
+        promote: promote.clone(),
         thread: None,
         waiter: Arc::default(),
     };
@@ -149,7 +173,7 @@ pub fn spawn_backup(s: BackupSetup, report: ReportSink) -> Result<PairHandle, Pa
         .name("tandem_ft_backup".into())
         .spawn(move || {
             crate::seccomp::apply(crate::seccomp::ThreadKind::Ft);
-            report(match run_backup(s, &stream, &rx) {
+            report(match run_backup(s, &stream, &promote, &rx) {
                 Some((config, vm, paused, reason)) => PairReport::BackupLive {
                     config: Box::new(config),
                     vm,
@@ -171,6 +195,7 @@ pub fn spawn_backup(s: BackupSetup, report: ReportSink) -> Result<PairHandle, Pa
 fn run_backup(
     s: BackupSetup,
     stream: &Mutex<Option<Box<dyn Connection>>>,
+    promote_asked: &Arc<AtomicBool>,
     commands: &Receiver<PairCommand>,
 ) -> Option<(VmConfig, Vm, bool, String)> {
     let status = s.status.clone();
@@ -185,6 +210,7 @@ fn run_backup(
         sync: ReceiveOptions {
             io_timeout: s.failure_timeout.max(SYNC_IO_TIMEOUT),
             disk_progress: s.status.disk_progress(),
+            ..ReceiveOptions::default()
         },
         heartbeat_interval: Duration::from_millis(100),
         peer_timeout: s.failure_timeout,
@@ -199,8 +225,9 @@ fn run_backup(
             }
             match s.listener.accept(Some(ACCEPT_TURN)) {
                 Ok(c) => {
-                    use ft::auth::{handshake, Side};
-                    match handshake(c, s.key.as_ref(), Side::Responder, HANDSHAKE_TIMEOUT) {
+                    use ft::auth::{handshake, Purpose, Side};
+                    let key = s.key.as_ref();
+                    match handshake(c, key, Side::Responder, Purpose::Ft, HANDSHAKE_TIMEOUT) {
                         Ok(done) => break done,
                         // Whoever connected cannot end the wait: the real primary may come next.
                         Err(e) => {
@@ -220,7 +247,9 @@ fn run_backup(
         };
         let (conn, session) = conn;
         if !session.authenticated {
-            log::warn!("ft backup: the replication stream is NOT authenticated (no pair key)");
+            log::warn!(
+                "ft backup: the replication stream is NOT encrypted or authenticated (no key)"
+            );
         }
         status.set_authenticated(session.authenticated);
         if let Ok(c) = conn.try_clone_box() {
@@ -260,10 +289,13 @@ fn run_backup(
             Some(Ok(h)) => Some(h),
             None => None,
         };
+        // A promote is only taken while protected, so none can be meant for this new stream.
+        promote_asked.store(false, Ordering::SeqCst);
         let hooks = Arc::new(BackupPairHooks {
             disks: OnceLock::new(),
             status: status.clone(),
             channel: detector.channel_hook(),
+            promote: promote_asked.clone(),
             fault: OnceLock::new(),
         });
         let config: OnceLock<VmConfig> = OnceLock::new();
@@ -421,18 +453,26 @@ fn run_backup(
             return None;
         }
         let config = config.get()?.clone();
-        break (exit, detector, config, heartbeats);
+        let disks = hooks.disks.get().cloned();
+        break (exit, detector, config, heartbeats, disks);
     };
-    let (exit, detector, config, _heartbeats) = exit;
+    let (exit, detector, config, _heartbeats, disks) = exit;
     let why = errors::chain(&exit.error);
     log::warn!("ft backup: stream ended: {why}");
     let mut coordinator = FailoverCoordinator::new(s.arbiter, status.clone());
     // A primary that closed cleanly or fell silent leaves "the peer closed the connection" or a
     // timeout here; a corrupt, truncated or unexpected frame is named: the reasons say which.
     coordinator.set_cause(format!("the replication stream ended: {why}"));
+    // ft.promote ended the stream: the primary may have confirmed it stopped writing.
+    let (mut promote, fenced) = match &exit.error {
+        CheckpointError::BackupStopped { cause, .. } => match **cause {
+            CheckpointError::Promoted { confirmed } => (true, confirmed),
+            _ => (false, false),
+        },
+        _ => (false, false),
+    };
     let mut backup = Some(exit.backup);
     let mut next_try = Instant::now();
-    let mut promote = false;
     loop {
         match commands.recv_timeout(TICK) {
             Ok(
@@ -490,6 +530,18 @@ fn run_backup(
             Decision::Stay => {}
             Decision::Retry { after, .. } => next_try = Instant::now() + after,
             Decision::GoLive { generation } => {
+                // Fencing: the old primary may hold a lease on the shared disk until the last
+                // frame we heard plus its duration; nothing of ours is written before that.
+                if fenced {
+                    log::info!(
+                        "ft backup: the old primary confirmed it stopped writing the shared disk"
+                    );
+                } else {
+                    let lease_end = disks
+                        .as_ref()
+                        .and_then(|d| d.lease_end(detector.last_heard(Path::Channel)));
+                    wait_out_lease(lease_end, &status);
+                }
                 let b = backup.take()?;
                 let from = b.last_committed();
                 let paused = b.committed_guest_paused();

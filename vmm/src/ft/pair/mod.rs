@@ -31,7 +31,7 @@ use ft::frame::FrameType;
 use ft::heartbeat::Path;
 use ft::status::StatusHandle;
 use ft::transport::Connection;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -140,8 +140,11 @@ type Joined = Option<Box<(Option<Vm>, PrimaryEnd)>>;
 /// What the VMM thread keeps of a running pair member.
 pub struct PairHandle {
     commands: Sender<PairCommand>,
-    /// The backup's stream, so that ft.promote/ft.disable can end `FtBackup::run` at once.
+    /// The backup's stream, so that ft.disable can end `FtBackup::run` at once.
     stream: Arc<Mutex<Option<Box<dyn Connection>>>>,
+    /// ft.promote on a backup that receives: its engine asks the primary to fence itself
+    /// (`BackupHooks::promote_requested`) before the stream ends.
+    promote: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<Joined>>,
     /// Whether the VMM thread waits in [`PairHandle::end_within`]: the thread and the VMM
     /// thread agree through it on who carries the VM back (the join or a report).
@@ -229,8 +232,15 @@ impl PairHandle {
         Some(*joined)
     }
 
-    /// Passes `c` to the thread; a backup's stream is closed so that it stops receiving.
+    /// Passes `c` to the thread; a backup's stream is closed so that it stops receiving (on
+    /// ft.promote, its engine first asks the primary to stop writing the shared disk, and ends
+    /// the stream itself).
     pub fn command(&self, c: PairCommand) {
+        if matches!(c, PairCommand::Promote) {
+            self.promote.store(true, Ordering::SeqCst);
+            let _ = self.commands.send(c);
+            return;
+        }
         let stops_backup = !matches!(
             c,
             PairCommand::Pause(_) | PairCommand::Resume(_) | PairCommand::Verify(_)

@@ -38,7 +38,7 @@ use ft::checkpoint::{
 };
 use ft::failover::{Decision, FailoverCoordinator};
 use ft::frame::FrameType;
-use ft::gate::{EpochClock, Releaser};
+use ft::gate::{EpochClock, LeaseTerms, Releaser};
 use ft::heartbeat::{ChannelHook, FailureDetector, Path, Verdict};
 use ft::migration::OpenedStream;
 use ft::migration::SendOptions;
@@ -128,6 +128,18 @@ impl EpochHooks for PrimaryPairHooks {
     fn epoch_committed(&self, n: u64) {
         self.gates.epoch_committed(n)
     }
+    fn lease_renewed(&self, sent: Instant) {
+        self.gates.lease_renewed(sent)
+    }
+    fn fence(&self, generation: u64) {
+        self.gates.fence(generation);
+        let why = format!(
+            "the backup is being promoted (ft.promote, generation {generation}): this primary \
+             gave up its shared-disk lease and writes nothing more until it wins a generation"
+        );
+        log::warn!("ft primary: {why}");
+        self.status.note(&why);
+    }
     fn output_waiting(&self) -> bool {
         self.gates.output_waiting()
     }
@@ -180,6 +192,10 @@ pub fn spawn_primary(
     report: ReportSink,
 ) -> Result<PairHandle, Box<(Vm, PairError)>> {
     let clock = Arc::new(EpochClock::new());
+    // Shared-disk writes of committed epochs need a lease that each ack renews (fencing).
+    clock
+        .lease()
+        .set_terms(LeaseTerms::for_failure_timeout(s.timing.failure_timeout));
     let gates = match s.vm.enable_ft(&FtSetup::new(clock.clone(), s.disk_mode)) {
         Ok(g) => g,
         Err(e) => {
@@ -220,6 +236,7 @@ pub fn spawn_primary(
     let mut handle = PairHandle {
         commands: tx,
         stream: Arc::default(),
+        promote: Arc::default(),
         thread: None,
         waiter: Arc::default(),
     };
