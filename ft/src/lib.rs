@@ -5,7 +5,9 @@
 //! epochs, backup staging/ack/apply, go-live), and the FT building blocks around it: `gate` (the
 //! epoch clock and output rule the device gates follow), `status` (state machine, ft.status),
 //! `heartbeat` (UDP second path, channel hook, failure detector), `arbiter` (per-generation
-//! split-brain fencing) and `failover` (the decision). The `vmm` wires them into a pair (`vmm::ft`).
+//! split-brain fencing), `failover` (the decision) and `scrub` (the replica scrub, which checks
+//! the backup's copy against the primary's and heals it). The `vmm` wires them into a pair
+//! (`vmm::ft`).
 
 pub mod arbiter;
 pub mod auth;
@@ -17,6 +19,7 @@ pub mod frame;
 pub mod gate;
 pub mod heartbeat;
 pub mod migration;
+pub mod scrub;
 pub mod status;
 pub mod thread_hook;
 pub mod transport;

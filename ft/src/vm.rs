@@ -108,6 +108,12 @@ pub trait MigratableVm {
     /// not be resumed.
     fn restore_state(&mut self, state: &VmState) -> Result<(), VmOpError>;
 
+    /// Guest RAM as (first guest-physical address, pages) per region, in linear page order, so
+    /// that messages can name a page by its address; default: one region at address 0.
+    fn ram_ranges(&self) -> Vec<(u64, u64)> {
+        vec![(0, self.page_count())]
+    }
+
     /// The replicated disks an FT initial sync copies with memory (`crate::disk`); none by
     /// default (a migration, shared disks).
     fn disks(&mut self) -> Option<&mut dyn crate::disk::VmDisks> {

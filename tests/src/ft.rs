@@ -114,7 +114,7 @@ pub fn protected_pair_with(tag: &str, disk_mode: &str, failure_timeout_ms: u64) 
 }
 
 /// The default `arbiter` object: the pair's directory.
-fn directory_arbiter(_: &TestNet, dir: &Path) -> Value {
+pub fn directory_arbiter(_: &TestNet, dir: &Path) -> Value {
     json!({ "path": dir })
 }
 
@@ -161,11 +161,23 @@ pub fn booted_pair_using(
     failure_timeout_ms: u64,
     make_arbiter: impl FnOnce(&TestNet, &Path) -> Value,
 ) -> Pair {
+    booted_pair_backup_env(tag, disk_mode, failure_timeout_ms, make_arbiter, &[])
+}
+
+/// [`booted_pair_using`] with the backup's `tandem` started with `backup_env` added to its
+/// environment (a test-only hook such as `TANDEM_TEST_CORRUPT_REPLICA`).
+pub fn booted_pair_backup_env(
+    tag: &str,
+    disk_mode: &str,
+    failure_timeout_ms: u64,
+    make_arbiter: impl FnOnce(&TestNet, &Path) -> Value,
+    backup_env: &[(&str, &str)],
+) -> Pair {
     let net = TestNet::up(tag);
     net.add_tap(Node::HostP, "tap0");
     net.add_tap(Node::HostB, "tap0");
     let p = Tandem::start_in_netns(&format!("{tag}-p"), &net.ns(Node::HostP));
-    let b = Tandem::start_in_netns(&format!("{tag}-b"), &net.ns(Node::HostB));
+    let b = Tandem::start_in_netns_with_env(&format!("{tag}-b"), &net.ns(Node::HostB), backup_env);
     // Storage both hosts see: the disk (shared mode) and the arbiter's directory.
     let store = TempDir::new(&format!("{tag}-store"));
     let image = store.path("counter.img");

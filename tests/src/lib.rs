@@ -94,6 +94,10 @@ pub const METRIC_FAMILIES: &[&str] = &[
     "tandem_ft_disk_sync_copied_bytes",
     "tandem_ft_disk_sync_dirty_blocks",
     "tandem_ft_disk_sync_sent_bytes_total",
+    "tandem_ft_scrub_regions_total",
+    "tandem_ft_scrub_bytes_total",
+    "tandem_ft_scrub_mismatches_total",
+    "tandem_ft_scrub_unhealed_regions",
 ];
 
 /// The families of [`METRIC_FAMILIES`] that are histograms: their series are `<family>_bucket`,

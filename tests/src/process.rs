@@ -23,16 +23,22 @@ impl Tandem {
 
     /// Like [`Tandem::start`] with extra command-line arguments.
     pub fn start_with_args(name: &str, args: &[&str]) -> Self {
-        Self::spawn(name, None, args)
+        Self::spawn(name, None, args, &[])
     }
 
     /// Starts `tandem` inside network namespace `netns` (a "host" of the test network), so that
     /// its taps live there; its API socket is still a path on the shared filesystem.
     pub fn start_in_netns(name: &str, netns: &str) -> Self {
-        Self::spawn(name, Some(netns), &[])
+        Self::spawn(name, Some(netns), &[], &[])
     }
 
-    fn spawn(name: &str, netns: Option<&str>, args: &[&str]) -> Self {
+    /// [`Tandem::start_in_netns`] with extra environment variables (e.g. a test-only hook such
+    /// as `TANDEM_TEST_CORRUPT_REPLICA`).
+    pub fn start_in_netns_with_env(name: &str, netns: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn(name, Some(netns), &[], env)
+    }
+
+    fn spawn(name: &str, netns: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = TempDir::new(name);
         let socket = dir.path("api.sock");
         let serial_path = dir.path("serial.log");
@@ -50,6 +56,7 @@ impl Tandem {
             .arg("--api-socket")
             .arg(&socket)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

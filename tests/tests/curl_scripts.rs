@@ -141,6 +141,15 @@ fn ft_scripts_set_up_watch_promote_and_disable_a_pair() {
         "{enable:?}"
     );
 
+    // The backup's copy checks out; on the backup the call is refused.
+    let verify = run("ft-verify.sh", &p.socket, &[]);
+    assert!(verify.status.success(), "{verify:?}\nlog:\n{}", p.log());
+    assert!(text(&verify).contains("differences: 0"), "{verify:?}");
+    let bad = run("ft-verify.sh", &b.socket, &[]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("HTTP 409") && err.contains("primary"), "{err}");
+
     // The watch shows the backup protected, one line per refresh.
     let watch = run(
         "ft-watch.sh",

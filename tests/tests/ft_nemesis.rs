@@ -1,7 +1,7 @@
 //! The nemesis soak (issue 11): a seeded schedule of faults against a protected pair under a
 //! recording client, the survivor protected again after each; never two live VMs, no
-//! acknowledged value lost, the disk in step. The seed is printed first;
-//! `TANDEM_NEMESIS_SEED=<seed>` replays a run, `TANDEM_NEMESIS_FAULTS=<n>` and
+//! acknowledged value lost, the disk in step, and `ft.verify` clean after every step. The seed is
+//! printed first; `TANDEM_NEMESIS_SEED=<seed>` replays a run, `TANDEM_NEMESIS_FAULTS=<n>` and
 //! `TANDEM_NEMESIS_MINUTES=<m>` make it longer. Both disk modes together inject at least 100
 //! faults per run.
 
@@ -12,12 +12,14 @@ use tandem_tests::require_kvm_and_netns;
 fn run(tag: &str, disk_mode: &'static str, faults: usize) {
     let r = soak(tag, disk_mode, faults, Duration::from_secs(11 * 60));
     eprintln!(
-        "[{tag}] seed {}: {} faults, {} INCs ({} acknowledged), both hosts polled {} times",
+        "[{tag}] seed {}: {} faults, {} INCs ({} acknowledged), both hosts polled {} times, \
+         {} clean ft.verify passes",
         r.seed,
         r.faults.len(),
         r.ops,
         r.acked,
-        r.watcher_polls
+        r.watcher_polls,
+        r.verified
     );
     for (f, took) in &r.faults {
         eprintln!("[{tag}]   {f:?} {took:?}");
@@ -27,6 +29,11 @@ fn run(tag: &str, disk_mode: &'static str, faults: usize) {
         "only {} of {} faults within the time budget (seed {})",
         r.faults.len(),
         r.target,
+        r.seed
+    );
+    assert!(
+        r.verified > 0,
+        "ft.verify never compared a pair (seed {}): {r:?}",
         r.seed
     );
     assert!(

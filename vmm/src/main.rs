@@ -240,6 +240,8 @@ fn main() -> ExitCode {
             Err(e) => log::warn!("cannot open TANDEM_SECCOMP_REPORT file: {e}"),
         }
     }
+    // TEST ONLY, for tests/tests/ft_verify.rs: a backup corrupts its replica once.
+    vmm::ft::replica_fault::init_from_env();
     // Hidden, for tests/tests/seccomp.rs: a thread of this kind makes a forbidden syscall.
     let selftest = std::env::var("TANDEM_SECCOMP_SELFTEST").ok();
     vmm::seccomp::configure(cli.seccomp, selftest);

@@ -366,6 +366,17 @@ impl<V: MigratableVm> FtBackup<V> {
         match frame {
             Frame::Heartbeat { .. } => return Ok(false),
             Frame::Abort { reason } => return Err(MigrationError::PeerAborted { reason }.into()),
+            // Of the last committed checkpoint (`epoch`, normally `next - 1`): answered now,
+            // between checkpoints, while this copy holds exactly that state.
+            Frame::ScrubDigest(d) => {
+                let committed = self.committed.as_ref().map(|c| (c.epoch, &c.state));
+                let r =
+                    crate::scrub::check(&mut self.vm, committed, epoch, &d, hooks.scrub_disks())
+                        .map_err(CheckpointError::Scrub)?;
+                writer.send(&Frame::ScrubResult(r.clone()), epoch, 0)?;
+                hooks.scrub_answered(&r);
+                return Ok(false);
+            }
             _ if epoch != next => {
                 return Err(CheckpointError::Protocol(format!(
                     "{:?} frame of epoch {epoch} while receiving checkpoint {next}",
@@ -420,7 +431,8 @@ impl<V: MigratableVm> FtBackup<V> {
             f @ (Frame::Hello(_)
             | Frame::Ack { .. }
             | Frame::EndOfRound { .. }
-            | Frame::EndConfirmed) => {
+            | Frame::EndConfirmed
+            | Frame::ScrubResult(_)) => {
                 return Err(unexpected("a checkpoint frame", f.frame_type()).into())
             }
             body => staging.add(body, &self.vm, &self.sent)?,

@@ -78,6 +78,11 @@ impl Captured {
         self.extras = extras;
     }
 
+    /// The vCPU and device state captured (the replica scrub hashes it).
+    pub(crate) fn state(&self) -> &VmState {
+        &self.state
+    }
+
     /// Pages in the checkpoint.
     pub(crate) fn pages(&self) -> u64 {
         self.pfns.len() as u64

@@ -7,6 +7,7 @@ use super::flow::{EpochSample, FlowControl, FlowLimit, FlowReport};
 use super::hooks::EpochHooks;
 use super::pool::BufferPool;
 use super::primary::{lock, GuestRun, PrimaryOptions, Shared};
+use super::scrub;
 use super::stats::{PauseSteps, StatsSink, Trigger};
 use super::window::InFlight;
 use super::{vm_err, CheckpointError};
@@ -267,7 +268,7 @@ pub(super) fn epoch_loop<V: MigratableVm>(
             break; // the sender ended on an error it has recorded
         }
         if keep_paused {
-            if !stay_paused(s, vm) {
+            if !stay_paused(s, vm, epoch, hooks) {
                 break;
             }
             started = Instant::now();
@@ -307,7 +308,12 @@ fn take_pause(s: &Shared) -> Trigger {
 
 /// The guest is paused after its checkpoint: says so, then waits for `resume_guest` (resumes
 /// the guest, `true`) or the end of epochs (leaves it paused, `false`).
-fn stay_paused<V: MigratableVm>(s: &Shared, vm: &Mutex<V>) -> bool {
+fn stay_paused<V: MigratableVm>(
+    s: &Shared,
+    vm: &Mutex<V>,
+    epoch: u64,
+    hooks: &dyn EpochHooks,
+) -> bool {
     s.vm_paused.store(true, Ordering::SeqCst);
     let mut g = lock(&s.guest);
     *g = GuestRun::Paused;
@@ -316,6 +322,13 @@ fn stay_paused<V: MigratableVm>(s: &Shared, vm: &Mutex<V>) -> bool {
         if s.stop.load(Ordering::SeqCst) {
             return false;
         }
+        if *g == GuestRun::ResumeAsked {
+            break;
+        }
+        // A paused guest is a still copy: the scrub may compare it at its own pace.
+        drop(g);
+        scrub::while_guest_paused(&s.scrub, &*lock(vm), epoch, hooks);
+        g = lock(&s.guest);
         if *g == GuestRun::ResumeAsked {
             break;
         }
@@ -415,6 +428,9 @@ fn capture<V: MigratableVm + ?Sized>(
         let t = Instant::now();
         hooks.epoch_captured(epoch);
         cap.set_extras(hooks.take_epoch_extras(epoch));
+        // The replica scrub hashes its share while the guest is paused at this checkpoint
+        // (bounded per pause, `crate::scrub`); counted with the gates' step.
+        scrub::at_capture(&s.scrub, &*vm, &cap, hooks);
         steps.gates = t.elapsed();
         Ok(cap)
     })();

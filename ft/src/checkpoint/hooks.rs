@@ -2,6 +2,7 @@
 
 use super::stats::ReceivedCheckpoint;
 use crate::frame::FrameType;
+use crate::scrub::ScrubDisks;
 
 /// The primary's callbacks; the output gates implement it. Called from engine threads, so they
 /// must be quick and must not block on the engine.
@@ -37,6 +38,11 @@ pub trait EpochHooks: Send + Sync {
     fn on_peer_frame(&self, _kind: FrameType) {}
     /// A heartbeat frame went to the backup (for the metrics); default: ignored.
     fn heartbeat_sent(&self) {}
+    /// The replicated disks the scrub reads while the guest is paused (none in shared-disk
+    /// mode); default: none.
+    fn scrub_disks(&self) -> Option<&dyn ScrubDisks> {
+        None
+    }
 }
 
 /// Why a backup cannot keep a checkpoint in its own copy (a replicated disk it cannot write:
@@ -71,6 +77,13 @@ pub trait BackupHooks: Send + Sync {
     fn promote_requested(&self) -> Option<u64> {
         None
     }
+    /// This backup's replicated disks, which the scrub reads and repairs (none in shared-disk
+    /// mode); default: none.
+    fn scrub_disks(&self) -> Option<&dyn ScrubDisks> {
+        None
+    }
+    /// The backup answered a scrub digest (`r.mismatches` differed here); default: ignored.
+    fn scrub_answered(&self, _r: &crate::frame::ScrubResult) {}
 }
 
 /// Hooks that hold nothing and ask for nothing.

@@ -31,6 +31,7 @@ mod hooks;
 mod link;
 mod pool;
 mod primary;
+mod scrub;
 mod sent_pages;
 mod settings;
 mod staging;
@@ -131,6 +132,10 @@ pub enum CheckpointError {
     /// `go_live` without a committed checkpoint.
     #[error("no committed checkpoint to go live from")]
     NothingCommitted,
+    /// The backup could not take the replica scrub's repair: its copy is not what was
+    /// committed.
+    #[error("replica scrub")]
+    Scrub(#[source] crate::scrub::ScrubError),
     /// This backup cannot keep checkpoint `epoch` in its own copy: it withdraws from the pair
     /// (the primary is told, [`WITHDRAW_PREFIX`]) and must never go live from this stream.
     #[error("this backup cannot keep checkpoint {epoch} in its copy")]

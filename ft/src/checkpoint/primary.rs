@@ -15,6 +15,7 @@ use super::epoch::epoch_loop;
 use super::flow::FlowOptions;
 use super::hooks::EpochHooks;
 use super::link::{Acked, LinkEstimate};
+use super::scrub;
 use super::sent_pages::SentPages;
 use super::settings::{PairDiskMode, PairSettings};
 use super::stats::{CheckpointStats, StatsSink};
@@ -26,6 +27,7 @@ use crate::migration::{
     error_chain, ft_initial_sync, open_ft_stream, MigrationError, OpenedStream, ProgressHandle,
     Role, SendOptions, SendReport,
 };
+use crate::scrub::{PrimaryScrub, ScrubOptions, ScrubStatus, VerifyTicket};
 use crate::transport::Connection;
 use crate::vm::MigratableVm;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,6 +66,8 @@ pub struct PrimaryOptions {
     pub delta_cache_bytes: u64,
     /// How long [`FtPrimary::end`] waits for the backup to confirm that it discarded its copy.
     pub end_confirm_timeout: Duration,
+    /// The replica scrub (`crate::scrub`): background rate and `ft.verify`'s pace.
+    pub scrub: ScrubOptions,
 }
 
 impl Default for PrimaryOptions {
@@ -79,6 +83,7 @@ impl Default for PrimaryOptions {
             ack_timeout: Duration::from_secs(5),
             delta_cache_bytes: 64 << 20,
             end_confirm_timeout: Duration::from_millis(500),
+            scrub: ScrubOptions::default(),
         }
     }
 }
@@ -151,6 +156,8 @@ pub(super) struct Shared {
     end_deadline: Mutex<Option<Instant>>,
     /// The backup's Fence was honoured (lease given up): the sender answers it, then stops.
     fenced: Mutex<Option<u64>>,
+    /// The replica scrub.
+    pub(super) scrub: Arc<PrimaryScrub>,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -161,7 +168,8 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     /// Records the first error and stops everything.
     pub(super) fn fail(&self, e: CheckpointError) {
-        log::warn!("ft primary: {}", error_chain(&e));
+        let why = error_chain(&e);
+        log::warn!("ft primary: {why}");
         let mut slot = lock(&self.error);
         if slot.is_none() {
             *slot = Some(e);
@@ -169,6 +177,7 @@ impl Shared {
         drop(slot);
         self.stop.store(true, Ordering::SeqCst);
         self.changed.notify_all();
+        self.scrub.end(&format!("checkpointing stopped: {why}"));
     }
 
     pub(super) fn failed(&self) -> bool {
@@ -258,6 +267,7 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
             end_confirmed: AtomicBool::new(false),
             end_deadline: Mutex::new(None),
             fenced: Mutex::new(None),
+            scrub: Arc::new(PrimaryScrub::new(opts.scrub.clone(), stats.clone())),
         });
         let vm = Arc::new(Mutex::new(vm));
         let mut p = FtPrimary {
@@ -335,6 +345,17 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
     /// Checkpoints in flight now.
     pub fn in_flight(&self) -> usize {
         lock(&self.shared.window).len()
+    }
+
+    /// `ft.verify`: starts a full replica scrub pass (or joins the one under way); the ticket
+    /// waits for its report ([`crate::scrub`]).
+    pub fn verify(&self) -> VerifyTicket {
+        self.shared.scrub.verify()
+    }
+
+    /// The replica scrub's figures.
+    pub fn scrub_status(&self) -> ScrubStatus {
+        self.shared.scrub.status()
     }
 
     /// Pauses the guest with a checkpoint that records it paused (the backup then knows), and
@@ -432,6 +453,7 @@ impl<V: MigratableVm + Send + 'static> FtPrimary<V> {
         // timeout, so the primary must not spend longer than that on a blocked stream.
         let deadline = reason.map(|_| Instant::now() + self.end_confirm_timeout);
         *lock(&self.shared.end_deadline) = deadline;
+        self.shared.scrub.end("the pair is ending");
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.changed.notify_all();
         let join_err = |what: &str| CheckpointError::Thread(format!("{what} panicked"));
@@ -573,6 +595,11 @@ fn send_loop(
             Ok(cap) => {
                 last_epoch = cap.epoch;
                 send_checkpoint(s, &mut writer, &cap, o, &mut sent_pages)
+                    .and_then(|()| scrub::send_digests(&s.scrub, &mut writer, cap.epoch))
+            }
+            // A guest left paused: digests of its checkpoint go out as they are hashed.
+            Err(RecvTimeoutError::Timeout) if s.scrub.has_ready(last_epoch) => {
+                scrub::send_digests(&s.scrub, &mut writer, last_epoch)
             }
             Err(RecvTimeoutError::Timeout) if last_sent.elapsed() >= o.heartbeat_interval => {
                 let hb = Frame::Heartbeat {
@@ -650,6 +677,7 @@ fn ack_loop(
                         *lock(&s.fenced) = Some(generation);
                         Ok(())
                     }
+                    Frame::ScrubResult(r) => scrub::on_result(&s.scrub, f.epoch, &r),
                     // Only ever after our Abort: everything before it was acked already.
                     Frame::EndConfirmed => {
                         s.end_confirmed.store(true, Ordering::SeqCst);

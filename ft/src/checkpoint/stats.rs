@@ -127,6 +127,12 @@ pub trait StatsSink: Send + Sync {
     fn in_flight(&self, _epochs: usize, _staged_bytes: u64) {}
     /// Flow control changed its settings. Default: ignored.
     fn flow(&self, _f: &super::flow::FlowReport) {}
+    /// The replica scrub compared regions (a backup's answer); `reason` says what it found
+    /// when that is worth `ft.status`'s reason (a difference, a region it could not heal).
+    /// Default: ignored.
+    fn scrub_checked(&self, _c: &crate::scrub::ScrubChecked, _reason: Option<&str>) {}
+    /// The replica scrub's figures for `ft.status` changed. Default: ignored.
+    fn scrub_status(&self, _s: &crate::scrub::ScrubStatus) {}
 }
 
 /// A sink that drops everything.

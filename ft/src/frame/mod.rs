@@ -22,6 +22,7 @@ mod encoder;
 mod header;
 mod pages;
 mod payload;
+mod scrub;
 mod wire;
 
 pub use decoder::Decoder;
@@ -31,6 +32,10 @@ pub use encoder::encode_frame;
 pub use header::FrameHeader;
 pub use pages::{is_zero_page, PageBatch, PageRef, PAGE_SIZE};
 pub use payload::{CommitInfo, Frame, Hello, StreamPurpose};
+pub use scrub::{
+    ScrubDigest, ScrubEntry, ScrubOutcome, ScrubRegion, ScrubRepair, ScrubResult, MAX_REGION_BYTES,
+    MAX_REGION_PAGES, MAX_SCRUB_ENTRIES,
+};
 
 /// The four bytes every frame starts with.
 pub const MAGIC: [u8; 4] = *b"TNDM";
@@ -81,6 +86,11 @@ pub enum FrameType {
     /// FT `ft.promote`: the backup asks the primary to stop writing the shared disk; the
     /// primary answers with the same frame once it has (protocol version 5 and later).
     Fence = 14,
+    /// The replica scrub: the primary's hashes of regions of a committed checkpoint, with
+    /// repairs of regions found different before (protocol version 5).
+    ScrubDigest = 17,
+    /// The replica scrub: the backup's regions that differ from a digest (protocol version 5).
+    ScrubResult = 18,
 }
 
 impl FrameType {
@@ -101,6 +111,8 @@ impl FrameType {
             12 => FrameType::DiskBlocks,
             13 => FrameType::Handover,
             14 => FrameType::Fence,
+            17 => FrameType::ScrubDigest,
+            18 => FrameType::ScrubResult,
             _ => return None,
         })
     }

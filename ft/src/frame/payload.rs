@@ -3,6 +3,7 @@
 
 use super::disk::DiskBatch;
 use super::pages::{PageBatch, PAGE_SIZE};
+use super::scrub::{ScrubDigest, ScrubResult};
 use super::wire::{put_len_prefixed, WireError, WireReader};
 use super::{FrameError, FrameType};
 use crate::arbiter::Identity;
@@ -152,6 +153,10 @@ pub enum Frame {
         /// The generation the backup is about to claim.
         generation: u64,
     },
+    /// The primary's scrub hashes of the checkpoint named by the header's epoch, and repairs.
+    ScrubDigest(ScrubDigest),
+    /// The backup's answer to a ScrubDigest (same epoch).
+    ScrubResult(ScrubResult),
 }
 
 impl Frame {
@@ -172,6 +177,8 @@ impl Frame {
             Frame::DiskBlocks(_) => FrameType::DiskBlocks,
             Frame::Handover { .. } => FrameType::Handover,
             Frame::Fence { .. } => FrameType::Fence,
+            Frame::ScrubDigest(_) => FrameType::ScrubDigest,
+            Frame::ScrubResult(_) => FrameType::ScrubResult,
         }
     }
 
@@ -219,6 +226,8 @@ impl Frame {
             }
             Frame::Ack { seq } => out.extend_from_slice(&seq.to_le_bytes()),
             Frame::EndConfirmed => {}
+            Frame::ScrubDigest(d) => d.encode(out),
+            Frame::ScrubResult(r) => r.encode(out),
             Frame::Abort { reason } => out.extend_from_slice(reason.as_bytes()),
             Frame::Heartbeat { timestamp_ms } => out.extend_from_slice(&timestamp_ms.to_le_bytes()),
             Frame::Extras {
@@ -342,6 +351,12 @@ impl Frame {
                 seq: r.u64().map_err(short)?,
             },
             FrameType::EndConfirmed => Frame::EndConfirmed,
+            FrameType::ScrubDigest => {
+                Frame::ScrubDigest(ScrubDigest::decode(&mut r).map_err(malformed)?)
+            }
+            FrameType::ScrubResult => {
+                Frame::ScrubResult(ScrubResult::decode(&mut r).map_err(malformed)?)
+            }
             FrameType::Abort => Frame::Abort {
                 // Lossy: a garbled reason should still reach the log rather than hide the abort.
                 reason: String::from_utf8_lossy(r.bytes(r.remaining()).map_err(short)?)

@@ -322,6 +322,8 @@ impl IncomingMigration {
                 | Frame::Ack { .. }
                 | Frame::Extras { .. }
                 | Frame::EndConfirmed
+                | Frame::ScrubDigest(_)
+                | Frame::ScrubResult(_)
                 | Frame::Handover { .. }
                 | Frame::Fence { .. }) => {
                     return Err(unexpected("pages, state or Commit", other.frame_type()))

@@ -70,6 +70,36 @@ pub struct HeartbeatCounts {
     pub received: u64,
 }
 
+/// What the replica scrub compared and found (primary).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ScrubCounts {
+    /// Regions compared with the backup's copy.
+    pub regions: u64,
+    /// Bytes of memory and disk compared.
+    pub bytes: u64,
+    /// Regions found different: guest memory.
+    pub mismatches_memory: u64,
+    /// Regions found different: replicated disks.
+    pub mismatches_disk: u64,
+    /// Regions found different: device or vCPU state.
+    pub mismatches_device: u64,
+}
+
+impl ScrubCounts {
+    /// Adds one backup answer's figures.
+    pub fn add(&mut self, c: &crate::scrub::ScrubChecked) {
+        self.regions = self.regions.saturating_add(c.regions);
+        self.bytes = self.bytes.saturating_add(c.bytes);
+        for kind in &c.mismatches {
+            match *kind {
+                "memory" => self.mismatches_memory += 1,
+                "disk" => self.mismatches_disk += 1,
+                _ => self.mismatches_device += 1,
+            }
+        }
+    }
+}
+
 /// Everything counted since the VMM started.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FtCounters {
@@ -94,6 +124,8 @@ pub struct FtCounters {
     pub pages: PageEncodings,
     /// Guest pause per step, summed over the primary's checkpoints.
     pub pause_steps: PauseSteps,
+    /// The replica scrub (primary).
+    pub scrub: ScrubCounts,
 }
 
 impl Default for FtCounters {
@@ -109,6 +141,7 @@ impl Default for FtCounters {
             disk_sync_bytes: 0,
             pages: PageEncodings::default(),
             pause_steps: PauseSteps::default(),
+            scrub: ScrubCounts::default(),
         }
     }
 }

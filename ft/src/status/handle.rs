@@ -92,6 +92,9 @@ pub struct FtStatus {
     pub arbiter_error: Option<String>,
     /// The copy of replicated disks in this pair's (latest) initial sync.
     pub disk_sync: crate::disk::DiskSync,
+    /// The replica scrub (primary): what it compared, the differences it found and healed,
+    /// and the last `ft.verify` pass.
+    pub scrub: crate::scrub::ScrubStatus,
 }
 
 struct Inner {
@@ -125,6 +128,7 @@ struct Inner {
     udp_source: Option<UdpCounts>,
     /// The disk copy's figures; one handle for the VMM's life (its lifetime count is a metric).
     disk: crate::disk::DiskProgress,
+    scrub: crate::scrub::ScrubStatus,
 }
 
 /// Reads the running second path's heartbeat counts (sent, received).
@@ -160,6 +164,7 @@ impl Inner {
             counters: FtCounters::default(),
             udp_source: None,
             disk: crate::disk::DiskProgress::new(),
+            scrub: crate::scrub::ScrubStatus::default(),
         }
     }
 
@@ -418,6 +423,22 @@ impl StatusHandle {
         self.lock().counters.heartbeats_mut(path).received += 1;
     }
 
+    /// Primary: the replica scrub compared regions; `reason`, when given, becomes the status's
+    /// reason (a difference found, a region that could not be healed).
+    pub fn record_scrub_checked(&self, c: &crate::scrub::ScrubChecked, reason: Option<&str>) {
+        let mut g = self.lock();
+        g.counters.scrub.add(c);
+        if let Some(r) = reason {
+            g.reason = r.to_owned();
+            g.reason_at_unix_ms = unix_ms();
+        }
+    }
+
+    /// Primary: the replica scrub's figures for `ft.status`.
+    pub fn set_scrub(&self, s: &crate::scrub::ScrubStatus) {
+        self.lock().scrub = s.clone();
+    }
+
     /// The counters since the VMM started (for metrics).
     pub fn counters(&self) -> FtCounters {
         let g = self.lock();
@@ -532,6 +553,7 @@ impl StatusHandle {
             state_age_ms: age_ms(g.state_since),
             arbiter_error: g.arbiter_error.clone(),
             disk_sync: g.disk.snapshot(),
+            scrub: g.scrub.clone(),
         }
     }
 }

@@ -10,7 +10,7 @@ mod handle;
 mod samples;
 mod transitions;
 
-pub use counters::{FtCounters, HeartbeatCounts, Histogram, PAUSE_BUCKETS_US};
+pub use counters::{FtCounters, HeartbeatCounts, Histogram, ScrubCounts, PAUSE_BUCKETS_US};
 pub(crate) use handle::unix_ms;
 pub use handle::{FlowStatus, FtStatus, PathAges, StatusHandle, UdpCounts};
 pub use samples::{PauseStats, PauseStepStats, StepStats};

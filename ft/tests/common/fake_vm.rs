@@ -183,6 +183,10 @@ impl Probe {
     pub fn state(&self) -> VmState {
         state_for(self.shared.writes.load(Ordering::SeqCst), self.vcpus)
     }
+    /// Flips every bit of the byte at `at` behind the VM's back (a replica gone wrong).
+    pub fn flip(&self, at: usize) {
+        self.shared.mem.lock().unwrap()[at] ^= 0xff;
+    }
 }
 
 fn dirtier(shared: Arc<Shared>, pages: u64, rate: u64, seed: u64) {

@@ -3,7 +3,8 @@
 //! commands the pair's members; after each fault the survivor is protected again by a fresh
 //! backup on the other host. Checked throughout and after every step: never two members running
 //! the guest alone at once (`watch`), every reply the previous + 1 with no acknowledged value
-//! lost (`history`), and, at quiet points, the disk's counter equal to the last reply and (in
+//! lost (`history`), `ft.verify` finding no difference between the backup's copy and the
+//! primary's (`verify`), and, at quiet points, the disk's counter equal to the last reply and (in
 //! replicated mode) the backup's image equal to the primary's.
 //!
 //! `TANDEM_NEMESIS_SEED=<seed>` replays a run (the seed is printed first); `TANDEM_NEMESIS_FAULTS`
@@ -12,6 +13,7 @@
 pub mod cluster;
 pub mod faults;
 pub mod history;
+pub mod verify;
 pub mod watch;
 
 use crate::client::{counter_on_disk, CounterConn};
@@ -23,6 +25,7 @@ use history::History;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use verify::Verified;
 use watch::Watcher;
 
 /// A seeded schedule (xorshift64*): the same seed, the same faults in the same order.
@@ -157,6 +160,8 @@ pub struct Report {
     pub acked: usize,
     pub ops: usize,
     pub watcher_polls: u64,
+    /// Steps after which `ft.verify` compared everything and found no difference.
+    pub verified: usize,
 }
 
 /// Runs the soak on a fresh cluster until `faults` faults were injected or `budget` passed.
@@ -178,6 +183,7 @@ pub fn soak(tag: &str, disk_mode: &'static str, faults: usize, budget: Duration)
     let watcher = Watcher::start(c.sockets.clone(), run_start);
     let client = Client::start(&c, run_start);
     let mut done = Vec::new();
+    let mut verified = 0;
     let fail = |c: &Cluster, what: String, done: &[(Fault, Duration)]| -> ! {
         panic!(
             "[{tag}] seed {seed}: {what}\nfaults so far: {done:?}\n{}",
@@ -209,6 +215,11 @@ pub fn soak(tag: &str, disk_mode: &'static str, faults: usize, budget: Duration)
                 &done,
             );
         }
+        match verify::replica_equal(&c) {
+            Ok(Verified::Clean) => verified += 1,
+            Ok(Verified::Skipped(why)) => eprintln!("[{tag}] ft.verify skipped: {why}"),
+            Err(why) => fail(&c, why, &done),
+        }
         if done.len() % 10 == 0 {
             if let Err(why) = quiet_check(&c, &client) {
                 fail(&c, why, &done);
@@ -238,6 +249,7 @@ pub fn soak(tag: &str, disk_mode: &'static str, faults: usize, budget: Duration)
         acked: history.acked(),
         ops: history.ops.len(),
         watcher_polls: polls,
+        verified,
     }
 }
 

@@ -216,6 +216,41 @@ pub fn add_ft(e: &mut Exposition, s: &FtStatus, c: &FtCounters) {
         vec![],
         c.disk_sync_bytes as f64,
     );
+    add_scrub(e, s, c);
+}
+
+/// The replica scrub's families (primary): what it compared, and the differences it found.
+fn add_scrub(e: &mut Exposition, s: &FtStatus, c: &FtCounters) {
+    e.counter(
+        "tandem_ft_scrub_regions_total",
+        "regions of memory, disk and device state the replica scrub compared with the backup's copy",
+        vec![],
+        c.scrub.regions as f64,
+    );
+    e.counter(
+        "tandem_ft_scrub_bytes_total",
+        "bytes of memory and disk the replica scrub compared with the backup's copy",
+        vec![],
+        c.scrub.bytes as f64,
+    );
+    for (kind, n) in [
+        ("memory", c.scrub.mismatches_memory),
+        ("disk", c.scrub.mismatches_disk),
+        ("device", c.scrub.mismatches_device),
+    ] {
+        e.counter(
+            "tandem_ft_scrub_mismatches_total",
+            "regions the replica scrub found different on the backup (each is re-sent), by kind",
+            vec![("kind", kind.to_string())],
+            n as f64,
+        );
+    }
+    e.gauge(
+        "tandem_ft_scrub_unhealed_regions",
+        "regions of this pair still different on the backup after every repair attempt",
+        vec![],
+        s.scrub.unhealed as f64,
+    );
 }
 
 #[cfg(test)]
@@ -312,6 +347,31 @@ mod tests {
         assert_eq!(at(0.0001), Some(1.0));
         assert_eq!(at(0.0005), Some(2.0));
         assert_eq!(at(0.005), Some(3.0));
+        assert_eq!(v("tandem_ft_scrub_regions_total", None), 0.0);
+        st.record_scrub_checked(
+            &ft::scrub::ScrubChecked {
+                regions: 5,
+                bytes: 4096,
+                mismatches: vec!["memory", "disk", "disk"],
+            },
+            Some("scrub: memory differed"),
+        );
+        let text2 = {
+            let mut e = Exposition::default();
+            add_ft(&mut e, &st.snapshot(), &st.counters());
+            e.render()
+        };
+        let scrape2 = prometheus_parse::Scrape::parse(text2.lines().map(|l| Ok(l.to_string())))
+            .expect("valid exposition");
+        let v2 = |n, l| value(&scrape2, n, l);
+        assert_eq!(v2("tandem_ft_scrub_regions_total", None), 5.0);
+        assert_eq!(v2("tandem_ft_scrub_bytes_total", None), 4096.0);
+        let kind = |k| v2("tandem_ft_scrub_mismatches_total", Some(("kind", k)));
+        assert_eq!(
+            (kind("memory"), kind("disk"), kind("device")),
+            (1.0, 2.0, 0.0)
+        );
+        assert_eq!(st.snapshot().reason, "scrub: memory differed");
         // No ack age or heartbeat age without a peer heard: absent rather than a fake zero.
         assert!(text.contains("tandem_ft_ack_age_seconds "));
         assert!(!text.contains("tandem_ft_heartbeat_age_seconds"));

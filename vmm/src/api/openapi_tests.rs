@@ -78,6 +78,7 @@ fn request_bodies_agree() {
                 let s = &body["content"]["application/json"]["schema"]["$ref"];
                 assert_eq!(s.as_str(), Some("#/components/schemas/ResumeConfig"));
             }
+            Body::FtVerify => {}
             Body::VmConfig
             | Body::Snapshot
             | Body::Restore
@@ -104,14 +105,20 @@ fn request_bodies_agree() {
                 );
             }
         }
+        if r.body == Body::FtVerify {
+            assert_eq!(body["required"].as_bool(), Some(false), "{}", r.name);
+            let s = &body["content"]["application/json"]["schema"]["$ref"];
+            assert_eq!(s.as_str(), Some("#/components/schemas/FtVerifyConfig"));
+        }
         let codes: Vec<&str> = op["responses"]
             .as_mapping()
             .expect("responses")
             .keys()
             .filter_map(Value::as_str)
             .collect();
-        // GETs answer with a body (200), PUTs with none (204); both document their errors.
-        let ok = if r.method == Method::Get {
+        // GETs answer with a body (200), PUTs with none (204), but for ft.verify, whose answer
+        // is the pass's report; all document their errors.
+        let ok = if r.method == Method::Get || r.body == Body::FtVerify {
             "200"
         } else {
             "204"
@@ -313,6 +320,7 @@ fn ft_schemas_match_serde() {
         key: Some(FtKeyConfig { path: "/k".into() }),
         heartbeat_listen: Some("udp:0.0.0.0:7700".into()),
         peer_heartbeat: Some("udp:10.0.0.2:7700".into()),
+        scrub_period_s: Some(60),
     };
     let json = serde_json::to_value(&enable).expect("serialize");
     check_object(
@@ -321,6 +329,38 @@ fn ft_schemas_match_serde() {
         &json,
         "FtEnableConfig",
     );
+    let verify = crate::api::types::FtVerifyConfig {
+        timeout_ms: Some(5000),
+    };
+    let json = serde_json::to_value(&verify).expect("serialize");
+    check_object(
+        &doc,
+        schema(&doc, "FtVerifyConfig"),
+        &json,
+        "FtVerifyConfig",
+    );
+    let report = ft::scrub::VerifyReport {
+        pass: 1,
+        clean: false,
+        healed: true,
+        first_epoch: Some(3),
+        last_epoch: Some(5),
+        regions: 10,
+        bytes: 1 << 20,
+        memory_bytes: 1 << 20,
+        disk_bytes: 0,
+        mismatches: vec![ft::scrub::Mismatch {
+            region: "device state".into(),
+            kind: "device",
+            epoch: 4,
+            healed: Some(true),
+            at_unix_ms: 1,
+        }],
+        errors: vec!["x".into()],
+        duration_ms: 7,
+    };
+    let json = serde_json::to_value(&report).expect("serialize");
+    check_object(&doc, schema(&doc, "VerifyReport"), &json, "VerifyReport");
     let status = serde_json::to_value(ft::status::StatusHandle::new().snapshot()).expect("status");
     let props = resolve(&doc, schema(&doc, "FtStatus"))["properties"]
         .as_mapping()

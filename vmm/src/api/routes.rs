@@ -48,6 +48,8 @@ pub enum Body {
     FtEnable,
     /// An optional JSON [`ResumeConfig`] (none: `{"force": false}`).
     Resume,
+    /// An optional JSON [`super::types::FtVerifyConfig`] (empty: the defaults).
+    FtVerify,
 }
 
 /// One endpoint: its name under [`API_PREFIX`], method and body.
@@ -85,6 +87,7 @@ pub const ROUTES: &[Route] = &[
     route("ft.status", Method::Get, Body::None),
     route("ft.promote", Method::Put, Body::None),
     route("ft.disable", Method::Put, Body::None),
+    route("ft.verify", Method::Put, Body::FtVerify),
 ];
 
 /// Why a request could not be turned into an [`ApiRequest`].
@@ -225,6 +228,10 @@ pub fn parse_request(
                 ApiRequest::VmResume
             });
         }
+        Body::FtVerify if body.iter().all(u8::is_ascii_whitespace) => {
+            return Ok(ApiRequest::FtVerify(Default::default()))
+        }
+        Body::FtVerify => return Ok(ApiRequest::FtVerify(parse_json(route.name, body)?)),
     }
     Ok(match route.name {
         "vmm.ping" => ApiRequest::VmmPing,

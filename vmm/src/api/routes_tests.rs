@@ -71,6 +71,7 @@ fn every_endpoint_parses() {
         ("GET", "ft.status", "", "FtStatus"),
         ("PUT", "ft.promote", "", "FtPromote"),
         ("PUT", "ft.disable", "", "FtDisable"),
+        ("PUT", "ft.verify", r#"{"timeout_ms":5000}"#, "FtVerify"),
     ];
     assert_eq!(cases.len(), ROUTES.len(), "a route has no test case");
     for (method, name, body, want) in cases {
@@ -94,9 +95,27 @@ fn every_route_has_a_request() {
                 r#"{"peer":"tcp:10.0.0.2:7600","disk_mode":"replicated","arbiter":{"path":"/a"}}"#
             }
             Body::Resume => r#"{"force":true}"#,
-            Body::None => "",
+            Body::None | Body::FtVerify => "",
         };
         assert!(parse(r.method.as_str(), r.name, body).is_ok(), "{}", r.name);
+    }
+}
+
+#[test]
+fn verify_takes_an_optional_timeout() {
+    for (body, want) in [
+        ("", None),
+        ("  ", None),
+        ("{}", None),
+        (r#"{"timeout_ms":7}"#, Some(7)),
+    ] {
+        match parse("PUT", "ft.verify", body) {
+            Ok(ApiRequest::FtVerify(c)) => assert_eq!(c.timeout_ms, want, "{body:?}"),
+            other => panic!("{body:?}: {other:?}"),
+        }
+    }
+    for bad in [r#"{"timeout":7}"#, r#"{"timeout_ms":-1}"#, "7", "{"] {
+        assert!(parse("PUT", "ft.verify", bad).is_err(), "{bad}");
     }
 }
 

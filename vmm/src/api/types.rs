@@ -35,6 +35,8 @@ pub enum ApiRequest {
     FtStatus,
     FtPromote,
     FtDisable,
+    /// `ft.verify`: one full replica scrub pass on a protected primary, answered when done.
+    FtVerify(FtVerifyConfig),
 }
 
 /// Where the pair's arbiter lives: `{"path": DIR}` on storage both hosts see, or
@@ -130,6 +132,21 @@ pub struct FtEnableConfig {
     /// `udp:ADDR:PORT` where the backup receives this primary's heartbeats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_heartbeat: Option<String>,
+    /// The background replica scrub compares all of guest memory and the replicated disks with
+    /// the backup's copy once per this many seconds (default 300; 0 turns it off, `ft.verify`
+    /// still works).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrub_period_s: Option<u64>,
+}
+
+/// `ft.verify`: how long to wait for the pass; the body may be left out.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FtVerifyConfig {
+    /// Longest wait for the pass, milliseconds (default 30000, at most 50000: the API gives up
+    /// on the VMM after 60 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// `vm.send-migration`: where the destination listens, and the pause we accept.

@@ -122,6 +122,12 @@ pub enum VmmError {
     MigrationKey(#[source] AuthError),
     #[error("the migration destination was refused")]
     MigrationAuth(#[source] AuthError),
+    #[error("ft.verify runs on the primary; this VMM is the backup")]
+    FtVerifyOnBackup,
+    #[error("ft.verify needs a protected pair; this primary is {state} (ft.status says why)")]
+    FtNotProtected { state: &'static str },
+    #[error("the replica scrub did not finish")]
+    FtVerify(#[source] ft::scrub::ScrubError),
 }
 
 impl VmmError {
@@ -140,8 +146,11 @@ impl VmmError {
             | VmmError::FtNothingToPromote
             | VmmError::FtSyncing
             | VmmError::FtEndedMeanwhile
+            | VmmError::FtVerifyOnBackup
+            | VmmError::FtNotProtected { .. }
             | VmmError::Fenced { .. }
             | VmmError::OutcomeUnknown { .. } => 409,
+            VmmError::FtVerify(e) => super::ft::verify_status(e),
             VmmError::FtOp { .. } | VmmError::FtStart(_) | VmmError::MigrationThread(_) => 500,
             VmmError::FtEndUnconfirmed { .. } => 503,
             // The caller's input: a bad URL or key file, an unreachable peer or arbiter, an

@@ -61,6 +61,9 @@ pub struct Vmm {
     /// The last migration that ended, for `vm.info`.
     last_migration: Option<migration::MigrationStatus>,
     view: View,
+    /// An `ft.verify` pass the call just started: [`Vmm::handle_event`] hands its answer to a
+    /// thread that waits for the report, so this thread does not.
+    pending_verify: Option<ft::PendingVerify>,
 }
 
 impl Vmm {
@@ -76,6 +79,7 @@ impl Vmm {
             builds: 0,
             exit_on_guest_shutdown,
             last_migration: None,
+            pending_verify: None,
         }
     }
 
@@ -120,8 +124,14 @@ impl Vmm {
             // Published before the answer: a caller's next read sees what its call did.
             let r = self.handle_api(req);
             let ok = r.is_ok();
-            // The caller may have gone away; nothing to do about it here.
-            let _ = reply.send(r);
+            match self.pending_verify.take() {
+                // ft.verify started a pass: answered once it ends, off this thread.
+                Some(v) if ok => v.answer_later(reply),
+                // The caller may have gone away; nothing to do about it here.
+                _ => {
+                    let _ = reply.send(r);
+                }
+            }
             return if exit && ok {
                 Flow::Exit
             } else {
@@ -198,8 +208,11 @@ impl Vmm {
         }
     }
 
-    /// Answers one API call.
+    /// Answers one API call. An `ft.verify` that starts a pass answers `Ok(None)` here and
+    /// leaves the pass in `pending_verify`: only [`Vmm::handle_event`] delivers its report.
     pub fn handle_api(&mut self, req: ApiRequest) -> ApiResponse {
+        // A pass left by an earlier direct call must never answer this one.
+        self.pending_verify = None;
         let owner = std::mem::replace(&mut self.owner, Owner::Empty);
         let (owner, r) = self.apply(req, owner);
         self.owner = owner;
@@ -264,6 +277,9 @@ impl Vmm {
             (R::VmResume, O::Primary(p)) if protected && p.paused => self.ft_pause(p, false),
             (R::VmShutdown, O::Primary(p)) if protected => self.ft_shutdown(p),
             (R::VmReboot, O::Primary(p)) if protected => self.ft_reboot(p),
+            (R::FtVerify(c), O::Primary(p)) if ft.1 == ::ft::status::FtState::Protected => {
+                self.ft_verify(p, &c)
+            }
             (R::FtDisable, O::Primary(p)) => self.ft_disable_primary(p),
 
             (R::FtPromote, O::Backup(b)) if protected => {

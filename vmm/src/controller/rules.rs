@@ -35,6 +35,29 @@ fn brings_a_vm(req: &ApiRequest) -> bool {
     )
 }
 
+/// Why `ft.verify` is refused: it needs a protected primary.
+fn verify_refusal(owner: Kind<'_>, ft: (Role, FtState)) -> VmmError {
+    match (owner, ft.1) {
+        (Kind::Backup, _) => VmmError::FtVerifyOnBackup,
+        (Kind::Primary { .. }, FtState::Syncing) => VmmError::FtSyncing,
+        (Kind::Primary { .. }, state) => VmmError::FtNotProtected {
+            state: state_name(state),
+        },
+        _ => VmmError::FtNotEnabled,
+    }
+}
+
+/// A state as `ft.status` spells it.
+fn state_name(s: FtState) -> &'static str {
+    match s {
+        FtState::Syncing => "syncing",
+        FtState::Protected => "protected",
+        FtState::Unprotected => "unprotected",
+        FtState::FailingOver => "failing_over",
+        FtState::Halted => "halted",
+    }
+}
+
 /// Why `req` is refused while `owner` holds the VM and the FT status is `ft`.
 pub(super) fn refusal(req: &ApiRequest, owner: Kind<'_>, ft: (Role, FtState)) -> VmmError {
     match req {
@@ -43,6 +66,7 @@ pub(super) fn refusal(req: &ApiRequest, owner: Kind<'_>, ft: (Role, FtState)) ->
         }
         ApiRequest::FtPromote => return VmmError::FtNotBackup,
         ApiRequest::FtDisable => return VmmError::FtNotEnabled,
+        ApiRequest::FtVerify(_) => return verify_refusal(owner, ft),
         ApiRequest::FtEnable(_) | ApiRequest::FtReceive(_)
             if matches!(owner, Kind::Primary { .. } | Kind::Backup) =>
         {

@@ -168,3 +168,39 @@ fn a_vm_whose_migration_is_in_doubt_only_resumes_by_force() {
         assert_eq!((name.as_str(), status), ("WrongState", 409));
     }
 }
+
+#[test]
+fn verify_needs_a_protected_primary() {
+    let verify = || ApiRequest::FtVerify(Default::default());
+    let primary = Kind::Primary { paused: false };
+    let cases = [
+        (Kind::Backup, BACKUP_SYNCING, "FtVerifyOnBackup"),
+        (
+            Kind::Backup,
+            (Role::Backup, FtState::Protected),
+            "FtVerifyOnBackup",
+        ),
+        (primary, SYNCING, "FtSyncing"),
+        (primary, HALTED, "FtNotProtected"),
+        (
+            primary,
+            (Role::Primary, FtState::Unprotected),
+            "FtNotProtected",
+        ),
+        (Kind::Running, STANDALONE, "FtNotEnabled"),
+        (Kind::Empty, STANDALONE, "FtNotEnabled"),
+        (Kind::Fenced("lost"), HALTED, "FtNotEnabled"),
+    ];
+    for (kind, ft, want) in cases {
+        assert_eq!(
+            refused(verify(), kind, ft),
+            (want.into(), 409),
+            "{kind:?} {ft:?}"
+        );
+    }
+    let e = refusal(&verify(), primary, HALTED);
+    assert_eq!(
+        e.to_string(),
+        "ft.verify needs a protected pair; this primary is halted (ft.status says why)"
+    );
+}

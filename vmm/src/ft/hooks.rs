@@ -65,7 +65,7 @@ impl EpochExtras {
 /// The primary's hooks over its epoch clock and device gates.
 pub struct PrimaryHooks {
     clock: Arc<EpochClock>,
-    disks: Vec<Arc<DiskGate>>,
+    pub(super) disks: Vec<Arc<DiskGate>>,
     nets: Vec<Arc<TxGate>>,
 }
 
@@ -155,6 +155,10 @@ impl EpochHooks for PrimaryHooks {
                 .iter()
                 .any(|g| g.counters().held_bytes.load(Ordering::Relaxed) > 0)
     }
+
+    fn scrub_disks(&self) -> Option<&dyn ft::scrub::ScrubDisks> {
+        Some(self)
+    }
 }
 
 /// One of the backup's disks.
@@ -202,8 +206,8 @@ pub enum DiskReplicaError {
 
 /// The backup's hooks: write (replicated) or stash (shared) each verified checkpoint's writes.
 pub struct BackupDiskHooks {
-    mode: DiskMode,
-    disks: Vec<BackupDisk>,
+    pub(super) mode: DiskMode,
+    pub(super) disks: Vec<BackupDisk>,
     stash: Mutex<Stash>,
 }
 
@@ -289,6 +293,10 @@ impl BackupDiskHooks {
 }
 
 impl BackupHooks for BackupDiskHooks {
+    fn scrub_disks(&self) -> Option<&dyn ft::scrub::ScrubDisks> {
+        Some(self)
+    }
+
     fn before_ack(&self, n: u64, extras: &[u8]) -> Result<(), ft::checkpoint::ReplicaError> {
         let extras = EpochExtras::decode(extras)
             .map_err(|source| DiskReplicaError::Decode { epoch: n, source })?;

@@ -4,9 +4,13 @@
 //! drives the output gates ([`hooks`]), and each side's thread ([`pair`]): checkpointing,
 //! failure detection, arbitration, failover, and the VM operations carried to the backup
 //! (pause, resume, shutdown, reboot); [`second_path`]: UDP heartbeats and the rule that uses them;
-//! [`disks`]: the replicated disks the initial sync copies, on either side.
+//! [`disks`]: the replicated disks the initial sync copies, on either side;
+//! [`scrub`]: the replicated disks as the replica scrub reads and repairs them;
+//! [`replica_fault`]: a test-only hook that corrupts a backup's copy on purpose.
 
 pub mod disks;
 pub mod hooks;
 pub mod pair;
+pub mod replica_fault;
+pub mod scrub;
 pub mod second_path;

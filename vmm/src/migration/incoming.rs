@@ -46,6 +46,11 @@ impl IncomingVm {
         })
     }
 
+    /// A handle on guest RAM while it is received (the same mapping), until the VM is built.
+    pub fn guest_memory(&self) -> Option<GuestMemoryMmap> {
+        self.memory.clone()
+    }
+
     /// The VM once received and resumed.
     pub fn into_vm(self) -> Option<Vm> {
         self.vm
@@ -63,6 +68,10 @@ impl MigratableVm for IncomingVm {
 
     fn config_json(&self) -> String {
         serde_json::to_string(&self.config).unwrap_or_default()
+    }
+
+    fn ram_ranges(&self) -> Vec<(u64, u64)> {
+        self.map.ranges()
     }
 
     fn read_page(&self, pfn: u64, buf: &mut [u8; PAGE_SIZE]) -> Result<(), VmOpError> {

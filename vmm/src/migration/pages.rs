@@ -25,6 +25,11 @@ impl PageMap {
         }
     }
 
+    /// Guest RAM as (first guest-physical address, pages), in linear page order.
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        self.regions.clone()
+    }
+
     /// Pages in guest RAM.
     pub fn pages(&self) -> u64 {
         self.regions.iter().map(|r| r.1).sum()

@@ -81,6 +81,10 @@ impl<V: BorrowMut<Vm>> MigratableVm for SourceVm<V> {
         self.config_json.clone()
     }
 
+    fn ram_ranges(&self) -> Vec<(u64, u64)> {
+        self.map.ranges()
+    }
+
     fn read_page(&self, pfn: u64, buf: &mut [u8; PAGE_SIZE]) -> Result<(), VmOpError> {
         let gpa = self.map.gpa(pfn).ok_or(VmOpError::PageOutOfRange {
             pfn,

@@ -184,6 +184,9 @@ impl Vmm {
     }
 }
 
+/// How often the background replica scrub covers everything, unless `ft.enable` says.
+const DEFAULT_SCRUB_PERIOD_S: u64 = 300;
+
 /// The pair's timing as `ft.enable` set it (defaults filled in).
 fn timing(c: &FtEnableConfig) -> PairTiming {
     PairTiming {
@@ -195,6 +198,10 @@ fn timing(c: &FtEnableConfig) -> PairTiming {
             .unwrap_or(ft::checkpoint::DEFAULT_MAX_BACKLOG_BYTES)
             .max(MIN_BACKLOG_BYTES),
         target_pause: ms(c.target_pause_ms, 4),
+        scrub_period: match c.scrub_period_s.unwrap_or(DEFAULT_SCRUB_PERIOD_S) {
+            0 => None,
+            s => Some(std::time::Duration::from_secs(s)),
+        },
     }
 }
 

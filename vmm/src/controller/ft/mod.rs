@@ -16,6 +16,9 @@
 //! `vm.delete`, `vm.snapshot` and migrations stay refused with 409 "FT is enabled; ft.disable
 //! first"; every VM call on a backup is refused too.
 //!
+//! `ft.verify` on a protected primary: one full replica scrub pass, answered with its report
+//! (`verify.rs`); refused with 409 on a backup, while syncing, or on a primary not protected.
+//!
 //! Re-protect: a primary running unprotected (after a failover, or after losing its backup) takes
 //! `ft.enable` to a new backup; it keeps the generation it holds (or the arbiter's, if higher),
 //! which the next failover's claim goes above.
@@ -24,6 +27,9 @@ mod enable;
 mod ops;
 mod receive;
 mod reports;
+mod verify;
+
+pub(super) use verify::{status as verify_status, PendingVerify};
 
 use super::{Vmm, VmmError, VmmEvent};
 use crate::api::types::{FtDiskMode, FtKeyConfig};

@@ -18,6 +18,7 @@
 
 use super::super::disks::{ReplicaDisk, ReplicaDisks};
 use super::super::hooks::{BackupDisk, BackupDiskHooks};
+use super::super::replica_fault;
 use super::super::second_path::{self, Deferral, HeartbeatPaths};
 use super::backup_vm::BackupVm;
 use super::{
@@ -54,6 +55,8 @@ struct BackupPairHooks {
     channel: ChannelHook,
     /// Set by ft.promote ([`PairHandle::command`]).
     promote: Arc<AtomicBool>,
+    /// TEST ONLY ([`replica_fault`]): corrupts the replica once the initial sync is in.
+    fault: OnceLock<replica_fault::Armed>,
 }
 
 impl BackupHooks for BackupPairHooks {
@@ -78,6 +81,9 @@ impl BackupHooks for BackupPairHooks {
                 FtState::Protected,
                 "initial sync received; checkpoints flow",
             );
+            if let Some(f) = self.fault.get() {
+                f.fire();
+            }
         }
         self.status.record_commit(n);
         // The ack went out just before this call; the initial sync's commit is no checkpoint.
@@ -101,6 +107,9 @@ impl BackupHooks for BackupPairHooks {
         self.promote
             .load(Ordering::SeqCst)
             .then(|| self.status.generation().saturating_add(1))
+    }
+    fn scrub_disks(&self) -> Option<&dyn ft::scrub::ScrubDisks> {
+        self.disks.get().and_then(|d| d.scrub_disks())
     }
 }
 
@@ -289,6 +298,7 @@ fn run_backup(
             status: status.clone(),
             channel: detector.channel_hook(),
             promote: promote_asked.clone(),
+            fault: OnceLock::new(),
         });
         let config: OnceLock<VmConfig> = OnceLock::new();
         let build_hooks = hooks.clone();
@@ -348,6 +358,9 @@ fn run_backup(
             let _ = build_hooks.disks.set(disks.clone());
             let inner = IncomingVm::new(cfg.clone(), handlers)
                 .map_err(|e| format!("cannot build the replica: {}", errors::chain(&e)))?;
+            if let Some(f) = inner.guest_memory().and_then(replica_fault::arm) {
+                let _ = build_hooks.fault.set(f);
+            }
             let _ = config.set(cfg);
             Ok((
                 BackupVm {
@@ -475,6 +488,9 @@ fn run_backup(
                 return end("ft.disable on the backup; copy discarded".into());
             }
             Ok(PairCommand::Pause(reply) | PairCommand::Resume(reply)) => {
+                let _ = reply.send(Err(PairError::NotPrimary));
+            }
+            Ok(PairCommand::Verify(reply)) => {
                 let _ = reply.send(Err(PairError::NotPrimary));
             }
             Ok(PairCommand::Promote) => promote = true,

@@ -32,6 +32,9 @@ impl MigratableVm for BackupVm {
     fn config_json(&self) -> String {
         self.inner.config_json()
     }
+    fn ram_ranges(&self) -> Vec<(u64, u64)> {
+        self.inner.ram_ranges()
+    }
     fn read_page(&self, pfn: u64, buf: &mut [u8; PAGE_SIZE]) -> Result<(), VmOpError> {
         self.inner.read_page(pfn, buf)
     }

@@ -60,10 +60,15 @@ pub struct PairTiming {
     pub max_backlog_bytes: u64,
     /// The pause flow control aims at (`ft.enable`'s `target_pause_ms`).
     pub target_pause: Duration,
+    /// The background replica scrub covers everything once per this period (`None`: off).
+    pub scrub_period: Option<Duration>,
 }
 
 /// The answer to a pause or resume: an error says why it was not done.
 pub type OpReply = Sender<Result<(), PairError>>;
+
+/// The answer to ft.verify: the pass's ticket (the caller waits on it), or why there is none.
+pub type VerifyReply = Sender<Result<ft::scrub::VerifyTicket, PairError>>;
 
 /// What the VMM thread asks of a pair thread.
 #[derive(Debug)]
@@ -79,6 +84,9 @@ pub enum PairCommand {
     Pause(OpReply),
     /// vm.resume on the primary.
     Resume(OpReply),
+    /// ft.verify on the primary: starts (or joins) a full replica scrub pass at once; the
+    /// ticket comes back for the caller to wait on, so this thread never waits for the pass.
+    Verify(VerifyReply),
     /// vm.shutdown or vmm.shutdown on the primary (the reason the backup is told): end the pair
     /// on purpose; the VM comes back through [`PairHandle::end`].
     Shutdown(&'static str),
@@ -205,6 +213,20 @@ impl PairHandle {
         }
     }
 
+    /// Asks a primary's thread for a replica scrub pass (ft.verify); the ticket comes back at
+    /// once, within `timeout` of the thread's turn.
+    pub fn verify(&self, timeout: Duration) -> Result<ft::scrub::VerifyTicket, PairError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.commands
+            .send(PairCommand::Verify(tx))
+            .map_err(|_| PairError::Ended)?;
+        match rx.recv_timeout(timeout) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => Err(PairError::NoAnswer(timeout)),
+            Err(RecvTimeoutError::Disconnected) => Err(PairError::Ended),
+        }
+    }
+
     /// Passes `c` (Shutdown, Reboot, Leave) and waits for the thread to end; a primary's VM
     /// comes back. `None`: the thread had ended on its own (its report is on the way), or was
     /// already joined.
@@ -223,7 +245,10 @@ impl PairHandle {
             let _ = self.commands.send(c);
             return;
         }
-        let stops_backup = !matches!(c, PairCommand::Pause(_) | PairCommand::Resume(_));
+        let stops_backup = !matches!(
+            c,
+            PairCommand::Pause(_) | PairCommand::Resume(_) | PairCommand::Verify(_)
+        );
         let _ = self.commands.send(c);
         if !stops_backup {
             return;
@@ -254,6 +279,12 @@ impl StatsSink for StatusStats {
     }
     fn flow(&self, f: &ft::checkpoint::FlowReport) {
         self.0.set_flow(f);
+    }
+    fn scrub_checked(&self, c: &ft::scrub::ScrubChecked, reason: Option<&str>) {
+        self.0.record_scrub_checked(c, reason);
+    }
+    fn scrub_status(&self, s: &ft::scrub::ScrubStatus) {
+        self.0.set_scrub(s);
     }
 }
 

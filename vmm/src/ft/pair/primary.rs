@@ -156,6 +156,9 @@ impl EpochHooks for PrimaryPairHooks {
     fn heartbeat_sent(&self) {
         self.status.record_heartbeat_sent(Path::Channel);
     }
+    fn scrub_disks(&self) -> Option<&dyn ft::scrub::ScrubDisks> {
+        self.gates.scrub_disks()
+    }
 }
 
 /// Everything `spawn_primary` needs.
@@ -344,6 +347,10 @@ impl PrimaryRun {
                 target_pause: t.target_pause,
                 ..FlowOptions::default()
             },
+            scrub: ft::scrub::ScrubOptions {
+                period: t.scrub_period,
+                ..ft::scrub::ScrubOptions::default()
+            },
             ..PrimaryOptions::default()
         };
         let stats = Arc::new(StatusStats(self.status.clone()));
@@ -422,6 +429,10 @@ impl PrimaryRun {
                         .map_err(PairError::Checkpoint);
                     self.status.set_guest_paused(primary.guest_paused());
                     let _ = reply.send(r);
+                    None
+                }
+                Ok(PairCommand::Verify(reply)) => {
+                    let _ = reply.send(Ok(primary.verify()));
                     None
                 }
                 Ok(PairCommand::Promote | PairCommand::Leave) | Err(RecvTimeoutError::Timeout) => {
@@ -636,6 +647,10 @@ impl PrimaryRun {
                     while Instant::now() < until {
                         let next = match self.commands.recv_timeout(TICK) {
                             Ok(PairCommand::Pause(reply) | PairCommand::Resume(reply)) => {
+                                let _ = reply.send(Err(PairError::Ended));
+                                None
+                            }
+                            Ok(PairCommand::Verify(reply)) => {
                                 let _ = reply.send(Err(PairError::Ended));
                                 None
                             }
