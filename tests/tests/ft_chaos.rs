@@ -394,40 +394,9 @@ fn counts_up(seen: &[u64]) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------------
 // Seeded randomness
 
-/// splitmix64: small, good enough to pick moments, and the same everywhere for one seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in 0..=max.
-    fn upto(&mut self, max: u64) -> u64 {
-        self.next() % (max + 1)
-    }
-}
-
 /// `TANDEM_CHAOS_SEED` (decimal or 0x-hex), else one from the clock; always printed.
 fn chaos_seed() -> u64 {
-    match std::env::var("TANDEM_CHAOS_SEED") {
-        Ok(s) => {
-            let s = s.trim();
-            let v = match s.strip_prefix("0x") {
-                Some(h) => u64::from_str_radix(h, 16),
-                None => s.parse(),
-            };
-            v.unwrap_or_else(|e| panic!("TANDEM_CHAOS_SEED={s:?}: {e}"))
-        }
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1),
-    }
+    tandem_testkit::seed("TANDEM_CHAOS_SEED")
 }
 
 fn chaos_runs() -> usize {
@@ -523,7 +492,7 @@ fn kill_chaos(tag: &str, disk_mode: &'static str, stream: u64) {
         "[{tag}] {runs} runs, seed {base:#x} (replay: TANDEM_CHAOS_SEED={base:#x} \
          TANDEM_CHAOS_RUNS={runs})"
     );
-    let mut rng = Rng(base ^ stream);
+    let mut rng = tandem_testkit::Rng::new(base ^ stream);
     let net = network(tag);
     let started = Instant::now();
     let mut takeovers = Vec::new();

@@ -8,6 +8,7 @@ use crate::transport::Connection;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
+use tandem_testkit::{mutation_loop, Edit, EditKind, Rng};
 
 const T: Duration = Duration::from_secs(5);
 
@@ -308,7 +309,7 @@ fn handshake_decoder_mutation_loop() {
         nonce: [0x33; 32],
     }
     .encode();
-    let mut rng = Rng(0x0ddc_0ffe_e15e_a5e5);
+    let mut rng = Rng::new(0x0ddc_0ffe_e15e_a5e5);
     for iter in 0..5000 {
         let mut b = clean.to_vec();
         match iter % 3 {
@@ -321,7 +322,7 @@ fn handshake_decoder_mutation_loop() {
                 );
             }
             1 => b.truncate(rng.below(MSG_LEN)),
-            _ => b = (0..rng.below(60)).map(|_| rng.next() as u8).collect(),
+            _ => b = (0..rng.below(60)).map(|_| rng.byte()).collect(),
         }
         if let Ok(h) = AuthHello::decode(&b) {
             assert_eq!(&h.encode()[..], &b[..], "iteration {iter}");
@@ -724,54 +725,35 @@ fn key_files_are_checked_like_ssh_keys() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// xorshift64*: deterministic, so a failure reproduces from the printed iteration.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 /// Random edits never panic and never yield data that was not sealed; every bit flip fails.
 #[test]
 fn bounded_mutation_loop() {
     let pieces: Vec<Vec<u8>> = (0..5).map(|i| vec![i as u8; 10 + i * 40]).collect();
     let refs: Vec<&[u8]> = pieces.iter().map(|p| p.as_slice()).collect();
     let clean = sealed(K, &refs).concat();
-    let mut rng = Rng(0x1234_5678_9abc_def1);
-    for iter in 0..2000 {
-        let mut b = clean.clone();
-        match iter % 3 {
-            0 => {
-                let bit = rng.below(b.len() * 8);
-                b[bit / 8] ^= 1 << (bit % 8);
-                assert!(open_all(K, &b).is_err(), "iteration {iter}: bit {bit}");
+    let kinds = [EditKind::FlipBit, EditKind::Overwrite, EditKind::Garbage];
+    mutation_loop(
+        &clean,
+        0x1234_5678_9abc_def1,
+        2000,
+        &kinds,
+        |iter, edit, b, _| match edit {
+            Edit::FlipBit(bit) => {
+                assert!(open_all(K, b).is_err(), "iteration {iter}: bit {bit}");
             }
-            1 => {
-                for _ in 0..1 + rng.below(10) {
-                    let at = rng.below(b.len());
-                    b[at] = rng.next() as u8;
-                }
-                if let Ok(got) = open_all(K, &b) {
+            Edit::Overwrite(_) => {
+                if let Ok(got) = open_all(K, b) {
                     assert_eq!(got, pieces, "iteration {iter}");
                 }
             }
-            _ => {
-                let len = rng.below(300);
-                let g: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            Edit::Garbage(_) | Edit::Truncate(_) => {
                 let mut o = Opener::new(K);
-                o.push(&g);
+                o.push(b);
                 let _ = o.next_record();
                 let _ = o.finish();
             }
-        }
-    }
+        },
+    );
 }
 
 #[test]

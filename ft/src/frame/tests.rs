@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::vm::VmIdentity;
+use tandem_testkit::{mutation_loop, Edit, Rng, ALL_EDITS};
 
 fn samples() -> Vec<Frame> {
     let mut pages = PageBatch::new();
@@ -450,72 +451,52 @@ fn a_failed_decoder_stays_failed() {
     assert_eq!(d.finish(), Err(FrameError::Poisoned));
 }
 
-/// xorshift64*: deterministic, so a failure reproduces from the printed iteration.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 /// Every single-bit flip anywhere in a stream is caught (CRC-32 detects all of them), every
 /// truncation is caught, and random garbage never panics; decoded frames re-encode identically.
 #[test]
 fn bounded_mutation_loop() {
     let frames = samples();
     let clean = stream(&frames);
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    for iter in 0..3000 {
-        let sizes = [1 + rng.below(5000), 1 + rng.below(40), 1 + rng.below(300)];
-        let mut b = clean.clone();
-        match iter % 4 {
-            0 => {
-                let bit = rng.below(b.len() * 8);
-                b[bit / 8] ^= 1 << (bit % 8);
-                let (_, r) = decode_in_pieces(&b, &sizes);
-                assert!(
-                    r.is_err(),
-                    "iteration {iter}: bit {bit} flipped went unnoticed"
-                );
-            }
-            1 => {
-                let cut = rng.below(b.len());
-                b.truncate(cut);
-                let (got, r) = decode_in_pieces(&b, &sizes);
-                assert!(got.len() < frames.len(), "iteration {iter}");
-                let on_boundary = r.is_ok();
-                assert_eq!(
-                    on_boundary,
-                    stream(&frames[..got.len()]).len() == cut,
-                    "iteration {iter}"
-                );
-            }
-            2 => {
-                for _ in 0..1 + rng.below(20) {
-                    let at = rng.below(b.len());
-                    b[at] = rng.next() as u8;
+    mutation_loop(
+        &clean,
+        0x9e37_79b9_7f4a_7c15,
+        3000,
+        &ALL_EDITS,
+        |iter, edit, b, rng| {
+            let sizes = [1 + rng.below(5000), 1 + rng.below(40), 1 + rng.below(300)];
+            match edit {
+                Edit::FlipBit(bit) => {
+                    let (_, r) = decode_in_pieces(b, &sizes);
+                    assert!(
+                        r.is_err(),
+                        "iteration {iter}: bit {bit} flipped went unnoticed"
+                    );
                 }
-                check_decoded_reencode(&b, &sizes);
-            }
-            _ => {
-                // Garbage behind a valid-looking header prefix, so that deeper checks get reached.
-                let mut g = clean[..HEADER_LEN].to_vec();
-                let len = rng.below(200);
-                g.extend((0..len).map(|_| rng.next() as u8));
-                if rng.below(2) == 0 {
-                    g[24..28].copy_from_slice(&((len as u32).to_le_bytes()));
-                    reseal(&mut g);
+                Edit::Truncate(cut) => {
+                    let (got, r) = decode_in_pieces(b, &sizes);
+                    assert!(got.len() < frames.len(), "iteration {iter}");
+                    let on_boundary = r.is_ok();
+                    assert_eq!(
+                        on_boundary,
+                        stream(&frames[..got.len()]).len() == cut,
+                        "iteration {iter}"
+                    );
                 }
-                check_decoded_reencode(&g, &sizes);
+                Edit::Overwrite(_) => check_decoded_reencode(b, &sizes),
+                Edit::Garbage(_) => {
+                    // Garbage behind a valid-looking header prefix, so that deeper checks get reached.
+                    let mut g = clean[..HEADER_LEN].to_vec();
+                    let len = b.len().min(200);
+                    g.extend_from_slice(&b[..len]);
+                    if rng.below(2) == 0 {
+                        g[24..28].copy_from_slice(&((len as u32).to_le_bytes()));
+                        reseal(&mut g);
+                    }
+                    check_decoded_reencode(&g, &sizes);
+                }
             }
-        }
-    }
+        },
+    );
 }
 
 fn check_decoded_reencode(b: &[u8], sizes: &[usize]) {
@@ -715,7 +696,7 @@ fn scrub_frames_are_checked() {
 fn disk_payload_garbage_never_panics() {
     // Behind a valid header and CRC, so that every mutation reaches the DiskBlocks and Hello
     // disk-list parsers: whatever decodes must re-encode to the same frame.
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
     let ft_hello = samples()
         .into_iter()
         .find(|f| matches!(f, Frame::Hello(h) if !h.identity.disks.is_empty()))
@@ -731,13 +712,13 @@ fn disk_payload_garbage_never_panics() {
             0 => {
                 for _ in 0..1 + rng.below(8) {
                     let at = HEADER_LEN + rng.below(b.len() - HEADER_LEN);
-                    b[at] = rng.next() as u8;
+                    b[at] = rng.byte();
                 }
             }
             1 => b.truncate(HEADER_LEN + rng.below(b.len() - HEADER_LEN)),
             _ => {
                 b.truncate(HEADER_LEN);
-                b.extend((0..rng.below(600)).map(|_| rng.next() as u8));
+                b.extend((0..rng.below(600)).map(|_| rng.byte()));
             }
         }
         let len = (b.len() - HEADER_LEN) as u32;
@@ -752,7 +733,7 @@ fn scrub_payload_garbage_never_panics() {
     // The stable stand-in for the `scrub` fuzz target: behind a valid header and CRC, mutated,
     // cut and random ScrubDigest and ScrubResult payloads never panic, and whatever decodes
     // re-encodes to exactly the same bytes (every unused field must be zero).
-    let mut rng = Rng(0x5eed_5c4b_0000_0017);
+    let mut rng = Rng::new(0x5eed_5c4b_0000_0017);
     let bases = [
         encoded(&Frame::ScrubDigest(scrub_digest())),
         encoded(&Frame::ScrubResult(scrub_result())),
@@ -764,13 +745,13 @@ fn scrub_payload_garbage_never_panics() {
             0 => {
                 for _ in 0..1 + rng.below(4) {
                     let at = HEADER_LEN + rng.below(b.len() - HEADER_LEN);
-                    b[at] = rng.next() as u8;
+                    b[at] = rng.byte();
                 }
             }
             1 => b.truncate(HEADER_LEN + rng.below(b.len() - HEADER_LEN)),
             _ => {
                 b.truncate(HEADER_LEN);
-                b.extend((0..rng.below(200)).map(|_| rng.next() as u8));
+                b.extend((0..rng.below(200)).map(|_| rng.byte()));
             }
         }
         let len = (b.len() - HEADER_LEN) as u32;

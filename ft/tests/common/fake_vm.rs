@@ -39,23 +39,16 @@ pub struct FakeVm {
     pub hot_pages: u64,
 }
 
-fn xorshift(s: &mut u64) -> u64 {
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    *s
-}
-
 impl FakeVm {
     /// A running source: about half its pages hold data, the rest are zero, and a guest thread
     /// dirties `rate` pages per second (one in eight written back to all zeros).
     pub fn source(pages: u64, vcpus: u32, rate: u64, seed: u64) -> FakeVm {
         let mut mem = vec![0u8; pages as usize * PAGE_SIZE];
-        let mut s = seed | 1;
+        let mut s = tandem_testkit::Rng::new(seed);
         for (i, page) in mem.chunks_exact_mut(PAGE_SIZE).enumerate() {
-            if i % 2 == 0 || xorshift(&mut s).is_multiple_of(3) {
+            if i % 2 == 0 || s.next_u64().is_multiple_of(3) {
                 for w in page.chunks_exact_mut(8) {
-                    w.copy_from_slice(&xorshift(&mut s).to_le_bytes());
+                    w.copy_from_slice(&s.next_u64().to_le_bytes());
                 }
             }
         }
@@ -190,7 +183,7 @@ impl Probe {
 }
 
 fn dirtier(shared: Arc<Shared>, pages: u64, rate: u64, seed: u64) {
-    let mut s = seed | 1;
+    let mut s = tandem_testkit::Rng::new(seed);
     let mut owed = 0.0f64;
     while !shared.stop.load(Ordering::SeqCst) {
         {
@@ -201,15 +194,15 @@ fn dirtier(shared: Arc<Shared>, pages: u64, rate: u64, seed: u64) {
             owed += rate as f64 * TICK.as_secs_f64();
             while owed >= 1.0 {
                 owed -= 1.0;
-                let pfn = xorshift(&mut s) % pages;
+                let pfn = s.next_u64() % pages;
                 let at = pfn as usize * PAGE_SIZE;
                 let mut mem = shared.mem.lock().unwrap();
                 let page = &mut mem[at..at + PAGE_SIZE];
-                if xorshift(&mut s).is_multiple_of(8) {
+                if s.next_u64().is_multiple_of(8) {
                     page.fill(0);
                 } else {
-                    let off = (xorshift(&mut s) as usize % (PAGE_SIZE / 8)) * 8;
-                    page[off..off + 8].copy_from_slice(&xorshift(&mut s).to_le_bytes());
+                    let off = (s.next_u64() as usize % (PAGE_SIZE / 8)) * 8;
+                    page[off..off + 8].copy_from_slice(&s.next_u64().to_le_bytes());
                 }
                 drop(mem);
                 if let Some(d) = shared.dirty.lock().unwrap().as_mut() {

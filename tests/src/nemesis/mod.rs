@@ -28,40 +28,30 @@ use std::time::{Duration, Instant};
 use verify::Verified;
 use watch::Watcher;
 
-/// A seeded schedule (xorshift64*): the same seed, the same faults in the same order.
-pub struct Schedule(u64);
+/// A seeded schedule: the same seed, the same faults in the same order.
+pub struct Schedule {
+    seed: u64,
+    rng: tandem_testkit::Rng,
+}
 
 impl Schedule {
-    /// From `TANDEM_NEMESIS_SEED`, or the clock.
+    /// From `TANDEM_NEMESIS_SEED` (decimal or 0x-hex), or the clock.
     pub fn from_env() -> Schedule {
-        let seed = std::env::var("TANDEM_NEMESIS_SEED")
-            .ok()
-            .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
-            })
-            .max(1);
-        Schedule(seed)
+        let seed = tandem_testkit::seed("TANDEM_NEMESIS_SEED");
+        Schedule {
+            seed,
+            rng: tandem_testkit::Rng::new(seed),
+        }
     }
 
     /// The seed, as `TANDEM_NEMESIS_SEED` takes it.
     pub fn seed(&self) -> String {
-        format!("{:#x}", self.0)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        format!("{:#x}", self.seed)
     }
 
     /// The next fault.
     pub fn fault(&mut self) -> Fault {
-        ALL[(self.next() % ALL.len() as u64) as usize]
+        ALL[self.rng.below(ALL.len())]
     }
 }
 

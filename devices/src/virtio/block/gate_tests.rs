@@ -4,6 +4,7 @@ use super::*;
 use crate::virtio::net::gate::TxGate;
 use crate::virtio::net::tx::TxSink;
 use std::io::Write;
+use tandem_testkit::Rng;
 use vmm_sys_util::tempfile::TempFile;
 
 const SECTORS: u64 = 16;
@@ -303,23 +304,12 @@ fn releaser_thread_orders_disk_before_net() {
     );
 }
 
-/// A small xorshift, so the property test needs no new crate and is reproducible.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 #[test]
 fn random_writes_reads_and_commits_match_a_model() {
     for seed in 1..=20u64 {
         let (f, clock, g) = rig(DiskMode::Shared, 1 << 30);
         clock.protect().unwrap();
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut rng = Rng::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         // What the guest sees, and per epoch the writes that the image will get on commit.
         let mut guest = vec![0u8; SECTORS as usize];
         let mut image = vec![0u8; SECTORS as usize];
@@ -327,22 +317,22 @@ fn random_writes_reads_and_commits_match_a_model() {
         let mut captured = 0;
         let mut committed = 0;
         for _ in 0..200 {
-            match rng.next(10) {
+            match rng.below_u64(10) {
                 0..=4 => {
-                    let s = rng.next(SECTORS);
-                    let n = 1 + rng.next(SECTORS - s) as usize;
-                    let fill = 1 + rng.next(250) as u8;
+                    let s = rng.below_u64(SECTORS);
+                    let n = 1 + rng.below_u64(SECTORS - s) as usize;
+                    let fill = 1 + rng.below_u64(250) as u8;
                     write(&g, s, n, fill);
                     guest[s as usize..s as usize + n].fill(fill);
                     pending.push((clock.current(), s, n, fill));
                 }
                 5..=6 => {
-                    let s = rng.next(SECTORS);
+                    let s = rng.below_u64(SECTORS);
                     assert_eq!(seen(&g, s), guest[s as usize], "seed {seed} sector {s}");
                 }
                 7..=8 => captured = clock.capture().unwrap(),
                 _ if captured > committed => {
-                    committed = committed + 1 + rng.next(captured - committed);
+                    committed = committed + 1 + rng.below_u64(captured - committed);
                     commit(&clock, &g, committed);
                     for &(_, s, n, fill) in pending.iter().filter(|w| w.0 <= committed) {
                         image[s as usize..s as usize + n].fill(fill);
