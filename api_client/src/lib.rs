@@ -1,5 +1,9 @@
 //! Client for the Tandem REST API over a Unix socket. Standalone: it does not link the VMM.
 
+// Not yet: the public items of this crate still lack their one-line docs (issue 10 item 8);
+// the workspace lint holds for ft, errors, tandem-require and tandem-testkit.
+#![allow(missing_docs)]
+
 pub mod ft_view;
 pub mod http;
 
