@@ -5,7 +5,7 @@
 use crate::metrics::free_port;
 use crate::{Tandem, TempDir};
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long a pair gets to reach a state.
 pub const PAIR_TIMEOUT: Duration = Duration::from_secs(60);
@@ -66,26 +66,12 @@ impl LocalPair {
     }
 }
 
-/// `ft.status` of `t`.
-pub fn ft_status(t: &Tandem) -> Value {
-    let (code, v) = t.get("ft.status");
-    assert_eq!(code, 200, "ft.status: {v}");
-    v
-}
+pub use crate::ft::ft_status;
 
-/// Waits until `t`'s ft.status says `role`/`state`; panics with its log after [`PAIR_TIMEOUT`].
+/// Waits until `t`'s ft.status says `role`/`state` (`crate::ft::wait_status`); panics with its
+/// log after [`crate::ft::T`].
 pub fn wait_ft(t: &Tandem, role: &str, state: &str) -> Value {
-    let start = Instant::now();
-    loop {
-        let s = ft_status(t);
-        if s["role"] == role && s["state"] == state {
-            return s;
-        }
-        assert!(
-            start.elapsed() < PAIR_TIMEOUT,
-            "ft.status never {role}/{state}: {s}\nlog:\n{}",
-            t.log()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    crate::ft::wait_status(t, &format!("{role}/{state}"), |s| {
+        s["role"] == role && s["state"] == state
+    })
 }

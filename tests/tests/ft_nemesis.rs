@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 use tandem_tests::nemesis::soak;
-use tandem_tests::require_kvm_and_netns;
 
 fn run(tag: &str, disk_mode: &'static str, faults: usize) {
     let r = soak(tag, disk_mode, faults, Duration::from_secs(11 * 60));
@@ -45,13 +44,15 @@ fn run(tag: &str, disk_mode: &'static str, faults: usize) {
 #[test]
 fn nemesis_shared_disk() {
     let name = "nemesis_shared_disk";
-    require_kvm_and_netns!(name);
+    let _ = name;
+    tandem_tests::require!(kvm, netns, tcpdump);
     run("nms", "shared", 55);
 }
 
 #[test]
 fn nemesis_replicated_disks() {
     let name = "nemesis_replicated_disks";
-    require_kvm_and_netns!(name);
+    let _ = name;
+    tandem_tests::require!(kvm, netns, tcpdump);
     run("nmr", "replicated", 50);
 }

@@ -28,9 +28,19 @@ fn quickstart_ft_protects_kills_the_primary_and_the_client_carries_on() {
         "\"state\":\"protected\"",
         "\"authenticated\":true",
         "backup took over after",
-        "\"role\":\"primary\",\"state\":\"unprotected\"",
         "every reply was the previous + 1",
     ] {
         assert!(stdout.contains(line), "no {line:?} in:\n{stdout}\n{stderr}");
     }
+    // The new primary's ft.status, read as JSON (its fields may come in any order).
+    let new_primary = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("new primary:"))
+        .and_then(|j| serde_json::from_str::<serde_json::Value>(j.trim()).ok())
+        .unwrap_or_else(|| panic!("no new primary's ft.status in:\n{stdout}\n{stderr}"));
+    assert_eq!(
+        (&new_primary["role"], &new_primary["state"]),
+        (&"primary".into(), &"unprotected".into()),
+        "{new_primary}"
+    );
 }

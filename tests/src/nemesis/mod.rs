@@ -15,6 +15,7 @@ pub mod faults;
 pub mod history;
 pub mod verify;
 pub mod watch;
+pub mod wire;
 
 use crate::client::{counter_on_disk, CounterConn};
 use crate::ft::GUEST_IP;
@@ -150,6 +151,8 @@ pub struct Report {
     pub acked: usize,
     pub ops: usize,
     pub watcher_polls: u64,
+    /// Frames the guest sent out on each host's tap.
+    pub wire_frames: [usize; 2],
     /// Steps after which `ft.verify` compared everything and found no difference.
     pub verified: usize,
 }
@@ -171,6 +174,12 @@ pub fn soak(tag: &str, disk_mode: &'static str, faults: usize, budget: Duration)
     let mut c = Cluster::up(tag, disk_mode, 500);
     c.protect(0, 1);
     let watcher = Watcher::start(c.sockets.clone(), run_start);
+    let wire = wire::Wire::start(
+        &c.net,
+        [c.slots[0].node, c.slots[1].node],
+        "tap0",
+        crate::ft::GUEST_IP,
+    );
     let client = Client::start(&c, run_start);
     let mut done = Vec::new();
     let mut verified = 0;
@@ -197,6 +206,9 @@ pub fn soak(tag: &str, disk_mode: &'static str, faults: usize, budget: Duration)
         if let Some(v) = watcher.violations().first() {
             fail(&c, format!("two live VMs: {v}"), &done);
         }
+        if let Some(v) = wire.violations().first() {
+            fail(&c, format!("two hosts answer for the guest: {v}"), &done);
+        }
         let h = client.history();
         if let Some(v) = h.check() {
             fail(
@@ -222,6 +234,10 @@ pub fn soak(tag: &str, disk_mode: &'static str, faults: usize, budget: Duration)
     let history = client.finish();
     let polls = watcher.polls();
     let violations = watcher.finish();
+    let (wire_frames, on_wire) = wire.finish();
+    if let Some(v) = on_wire.first() {
+        fail(&c, format!("two hosts answer for the guest: {v}"), &done);
+    }
     if let Some(v) = violations.first() {
         fail(&c, format!("two live VMs: {v}"), &done);
     }
@@ -239,6 +255,7 @@ pub fn soak(tag: &str, disk_mode: &'static str, faults: usize, budget: Duration)
         acked: history.acked(),
         ops: history.ops.len(),
         watcher_polls: polls,
+        wire_frames,
         verified,
     }
 }

@@ -195,28 +195,20 @@ impl Vm {
     }
 }
 
-/// `ft.status` of `t`.
-pub fn ft_status(t: &Tandem) -> Value {
-    let (code, v) = t.get("ft.status");
-    assert_eq!(code, 200, "ft.status: {v}");
-    v
-}
+pub use crate::ft::ft_status;
 
-/// Polls `ft.status` every 5 ms until `role`/`state`; panics on `halted` or after [`T`].
+/// Waits until `role`/`state` (`crate::ft::wait_status`); panics on `halted` or after
+/// [`crate::ft::T`]. How long it took.
 pub fn wait_ft(t: &Tandem, role: &str, state: &str) -> Duration {
     let start = Instant::now();
-    loop {
-        let s = ft_status(t);
-        if s["role"] == role && s["state"] == state {
-            return start.elapsed();
-        }
+    crate::ft::wait_status(t, &format!("{role}/{state}"), |s| {
         assert!(
-            s["state"] != "halted" && start.elapsed() < T,
-            "ft.status never {role}/{state}: {s}\nlog:\n{}",
-            t.log()
+            s["state"] != "halted",
+            "halted while waiting for {role}/{state}: {s}"
         );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+        s["role"] == role && s["state"] == state
+    });
+    start.elapsed()
 }
 
 /// Bytes host P has sent on the host-to-host link (the replication stream and heartbeats).
