@@ -12,26 +12,37 @@ pub const MAX_BODY_BYTES: usize = 16 << 20;
 /// A response that could not be parsed.
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
+    /// The stream ended (EOF) before the head, a line or the announced body was complete.
     #[error("connection closed before the response was complete")]
     Truncated,
+    /// The first line is not `HTTP/1.x NNN ...` with a status from 100 to 599.
     #[error("malformed status line: {0:?}")]
     StatusLine(String),
+    /// A header line has no `:` or its name is empty or holds whitespace.
     #[error("malformed header line: {0:?}")]
     HeaderLine(String),
+    /// More than [`MAX_HEADERS`] header (or chunked trailer) lines arrived.
     #[error("more than {MAX_HEADERS} header lines")]
     TooManyHeaders,
+    /// A status, header or chunk-size line ran past [`MAX_LINE_BYTES`].
     #[error("line longer than {MAX_LINE_BYTES} bytes")]
     LineTooLong,
+    /// `Content-Length` is not a decimal number, or repeated with different values.
     #[error("invalid Content-Length: {0:?}")]
     ContentLength(String),
+    /// `Transfer-Encoding` names anything but `chunked`.
     #[error("unsupported Transfer-Encoding: {0:?}")]
     TransferEncoding(String),
+    /// A chunk-size line is not a hexadecimal number (extensions after `;` allowed).
     #[error("invalid chunk size line: {0:?}")]
     ChunkSize(String),
+    /// A chunk's data is not followed by an empty line.
     #[error("chunk not followed by CRLF")]
     ChunkEnd,
+    /// The body (announced, read to EOF, or chunks summed) exceeds [`MAX_BODY_BYTES`].
     #[error("body larger than {MAX_BODY_BYTES} bytes")]
     BodyTooLarge,
+    /// Reading the stream failed (a timeout included).
     #[error("read failed")]
     Io(#[source] std::io::Error),
 }
@@ -39,8 +50,11 @@ pub enum ParseError {
 /// A parsed response: status, headers in order (names as sent), body bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawResponse {
+    /// The status code of the final (non-1xx) answer.
     pub status: u16,
+    /// The header lines as `(name, value)`, names as sent and values trimmed.
     pub headers: Vec<(String, String)>,
+    /// The body, de-chunked; empty for 1xx, 204 and 304 answers.
     pub body: Vec<u8>,
 }
 

@@ -1,9 +1,5 @@
 //! Client for the Tandem REST API over a Unix socket. Standalone: it does not link the VMM.
 
-// Not yet: the public items of this crate still lack their one-line docs (issue 10 item 8);
-// the workspace lint holds for ft, errors, tandem-require and tandem-testkit.
-#![allow(missing_docs)]
-
 pub mod ft_view;
 pub mod http;
 
@@ -21,28 +17,47 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(90);
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The API socket cannot be connected to (no VMM listening, or no permission).
     #[error("cannot connect to {path}")]
     Connect {
+        /// The socket the client was made for.
         path: PathBuf,
+        /// What `connect(2)` said.
         #[source]
         source: std::io::Error,
     },
+    /// Setting the timeouts or writing the request failed, and no answer could be read.
     #[error("I/O error talking to the API")]
     Io(#[source] std::io::Error),
+    /// The method or path is empty or holds a byte that is not printable ASCII.
     #[error("invalid endpoint {0:?}")]
     BadEndpoint(String),
+    /// The server's answer is not a well-formed HTTP/1.1 response.
     #[error("malformed HTTP response")]
     Parse(#[source] http::ParseError),
+    /// The answer has a non-blank body that does not parse as JSON.
     #[error("response body (HTTP {status}) is not JSON")]
     BadJson {
+        /// The answer's HTTP status code.
         status: u16,
+        /// Where the JSON parser stopped.
         #[source]
         source: serde_json::Error,
     },
+    /// A query endpoint answered 2xx with an empty body.
     #[error("{endpoint} answered without a body")]
-    MissingBody { endpoint: String },
+    MissingBody {
+        /// The endpoint as the caller named it (`"vm.info"`).
+        endpoint: String,
+    },
+    /// The API answered a non-2xx status.
     #[error("API error {status}: {}", error.join(": "))]
-    Api { status: u16, error: Vec<String> },
+    Api {
+        /// The answer's HTTP status code.
+        status: u16,
+        /// The API's error chain, outermost cause first (`["HTTP 500"]` when the body is empty).
+        error: Vec<String>,
+    },
 }
 
 impl ClientError {
@@ -59,8 +74,11 @@ impl ClientError {
 /// One answer: status, headers and JSON body (`None` when empty).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Response {
+    /// The HTTP status code.
     pub status: u16,
+    /// The header lines as `(name, value)`, in the order sent.
     pub headers: Vec<(String, String)>,
+    /// The parsed JSON body; `None` when the body was empty or only whitespace.
     pub body: Option<Value>,
 }
 

@@ -14,10 +14,22 @@ pub trait PioDevice: Send {
 /// Registration errors.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BusError {
+    /// The new device's ports overlap a registered device's.
     #[error("ports {base:#x}+{len} overlap an existing device")]
-    Overlap { base: u16, len: u16 },
+    Overlap {
+        /// The first port asked for.
+        base: u16,
+        /// How many ports were asked for.
+        len: u16,
+    },
+    /// The port range is empty or runs past port 0xffff.
     #[error("ports {base:#x}+{len} is an empty or wrapping range")]
-    BadRange { base: u16, len: u16 },
+    BadRange {
+        /// The first port asked for.
+        base: u16,
+        /// How many ports were asked for.
+        len: u16,
+    },
 }
 
 /// Immutable once the VM runs; shared by every vCPU thread.

@@ -1,10 +1,6 @@
 //! Guest-visible devices: the port I/O and MMIO buses, 16550 serial, i8042, the ACPI
 //! power-management block, and virtio-mmio block and network devices.
 
-// Not yet: the public items of this crate still lack their one-line docs (issue 10 item 8);
-// the workspace lint holds for ft, errors, tandem-require and tandem-testkit.
-#![allow(missing_docs)]
-
 pub mod acpi_pm;
 pub mod bus;
 pub mod i8042;

@@ -14,10 +14,22 @@ pub trait MmioDevice: Send {
 /// Registration errors.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MmioBusError {
+    /// The new window overlaps a registered device's.
     #[error("MMIO window {base:#x}+{len:#x} overlaps an existing device")]
-    Overlap { base: u64, len: u64 },
+    Overlap {
+        /// The guest physical address asked for.
+        base: u64,
+        /// The window's length in bytes.
+        len: u64,
+    },
+    /// The window is empty or runs past the end of the address space.
     #[error("MMIO window {base:#x}+{len:#x} is empty or wraps")]
-    BadRange { base: u64, len: u64 },
+    BadRange {
+        /// The guest physical address asked for.
+        base: u64,
+        /// The window's length in bytes.
+        len: u64,
+    },
 }
 
 /// Immutable once the VM runs; shared by every vCPU thread.

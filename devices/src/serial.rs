@@ -22,7 +22,9 @@ impl Trigger for IrqTrigger {
 /// Bytes the guest wrote and bytes lost to a failing output.
 #[derive(Default, Debug)]
 pub struct SerialCounters {
+    /// Bytes the guest wrote to the transmit register.
     pub tx_bytes: AtomicU64,
+    /// Bytes the guest wrote that the output failed to take (dropped).
     pub tx_lost_bytes: AtomicU64,
 }
 
@@ -54,15 +56,25 @@ impl SerialDevice {
 /// The 16550's registers and receive FIFO, as saved in a VM snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SerialSnapshot {
+    /// Divisor latch, low byte (DLL; offset 0 with DLAB set).
     pub baud_divisor_low: u8,
+    /// Divisor latch, high byte (DLM; offset 1 with DLAB set).
     pub baud_divisor_high: u8,
+    /// Interrupt enable register (IER).
     pub interrupt_enable: u8,
+    /// Interrupt identification register (IIR).
     pub interrupt_identification: u8,
+    /// Line control register (LCR; bit 7 is DLAB).
     pub line_control: u8,
+    /// Line status register (LSR).
     pub line_status: u8,
+    /// Modem control register (MCR; bit 4 is loopback).
     pub modem_control: u8,
+    /// Modem status register (MSR).
     pub modem_status: u8,
+    /// Scratch register (SCR).
     pub scratch: u8,
+    /// Bytes received but not yet read by the guest, oldest first (at most 64).
     pub in_buffer: Vec<u8>,
 }
 

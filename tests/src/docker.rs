@@ -149,6 +149,7 @@ fn unique(name: &str) -> String {
 
 /// A user-defined bridge network, removed when dropped.
 pub struct Network {
+    /// The network's name, unique to this test process (`tandem-test-NAME-PID-N`).
     pub name: String,
 }
 
@@ -169,7 +170,9 @@ impl Drop for Network {
 
 /// A container of Tandem's image, removed (with `docker rm -f`) when dropped.
 pub struct Container {
+    /// The container id `docker run -d` printed.
     pub id: String,
+    /// The container's name, unique to this test process (`tandem-test-NAME-PID-N`).
     pub name: String,
     /// Bind-mounted at [`RUN_DIR`]: the API socket, the console, the seccomp report.
     pub dir: TempDir,

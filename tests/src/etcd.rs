@@ -67,11 +67,17 @@ fn run(cmd: &mut Command) -> Output {
 /// A private CA, a server certificate for one IP address and a client certificate, made with
 /// openssl (EC P-256, valid two days).
 pub struct Tls {
+    /// The folder holding every file below; removed when dropped.
     pub dir: TempDir,
+    /// The CA certificate (PEM) that signed both certificates.
     pub ca: PathBuf,
+    /// The server's certificate (PEM), for the IP address given to [`Tls::generate`].
     pub server_cert: PathBuf,
+    /// The server's private key (PEM).
     pub server_key: PathBuf,
+    /// The client's certificate (PEM), signed by the CA.
     pub client_cert: PathBuf,
+    /// The client's private key (PEM).
     pub client_key: PathBuf,
 }
 

@@ -45,11 +45,15 @@ pub fn wait_ft(t: &Tandem, role: &str, state: &str, other: &Tandem) -> Duration 
 
 /// A protected pair: P runs a counter guest, B holds its replica.
 pub struct Pair {
+    /// The test network: hosts P and B, their taps and the host-to-host link.
     pub net: TestNet,
+    /// The primary's VMM, in host P's namespace, running the counter guest.
     pub p: Tandem,
+    /// The backup's VMM, in host B's namespace.
     pub b: Tandem,
     /// The primary's disk image, and the backup's (the same file in shared mode).
     pub p_image: PathBuf,
+    /// The backup's disk image: its own copy in replicated mode, else `p_image` again.
     pub b_image: PathBuf,
     /// The arbiter's directory, on storage both hosts see.
     pub arbiter: PathBuf,
@@ -60,6 +64,7 @@ pub struct Pair {
     pub disk_mode: String,
     /// Both members' failure timeout.
     pub failure_timeout_ms: u64,
+    /// Storage both hosts see: the disk images and the arbiter directory; removed when dropped.
     pub store: TempDir,
 }
 

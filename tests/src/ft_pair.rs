@@ -12,8 +12,11 @@ pub use crate::ft::{
 
 /// Two hosts, P running the guest, B idle; nothing paired yet.
 pub struct Hosts {
+    /// The test network: hosts P and B, their taps and the host-to-host link.
     pub net: TestNet,
+    /// The VMM on host P, running the counter guest.
     pub p: Tandem,
+    /// The VMM on host B, with no VM yet.
     pub b: Tandem,
     /// Shared storage: the disk image and the arbiter's directory.
     pub store: TempDir,

@@ -17,10 +17,6 @@
 //! A test that can never run on our CI hosts gets `#[ignore = "why"]` on top (see
 //! `tests/tests/linux_guest.rs`). Details: the `tandem_require` crate (tests/require).
 
-// Not yet: the public items of this crate still lack their one-line docs (issue 10 item 8);
-// the workspace lint holds for ft, errors, tandem-require and tandem-testkit.
-#![allow(missing_docs)]
-
 pub mod bench;
 pub mod capture;
 pub mod client;

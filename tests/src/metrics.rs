@@ -16,7 +16,9 @@ pub(crate) fn http_get(mut s: impl Read + Write, path: &str) -> std::io::Result<
 
 /// A parsed scrape and its text (for failure messages).
 pub struct Metrics {
+    /// The parsed exposition.
     pub scrape: prometheus_parse::Scrape,
+    /// The exposition as served, for failure messages.
     pub text: String,
 }
 

@@ -6,17 +6,25 @@ use std::process::Command;
 
 /// Guest LAN addresses the topology hands out.
 pub const CLIENT_IP: &str = "10.77.0.100";
+/// Host P's address on its LAN bridge (`br-lan`).
 pub const HOST_P_LAN_IP: &str = "10.77.0.11";
+/// Host B's address on its LAN bridge (`br-lan`).
 pub const HOST_B_LAN_IP: &str = "10.77.0.12";
+/// Host P's end (`ft0`) of the host-to-host link, where FT traffic goes.
 pub const HOST_P_LINK_IP: &str = "10.99.0.1";
+/// Host B's end (`ft0`) of the host-to-host link, where FT traffic goes.
 pub const HOST_B_LINK_IP: &str = "10.99.0.2";
 
 /// One of the namespaces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Node {
+    /// The client namespace (`-c`): `eth0` at [`CLIENT_IP`] on the LAN.
     Client,
+    /// Host P (`-p`): LAN bridge at [`HOST_P_LAN_IP`], link end at [`HOST_P_LINK_IP`].
     HostP,
+    /// Host B (`-b`): LAN bridge at [`HOST_B_LAN_IP`], link end at [`HOST_B_LINK_IP`].
     HostB,
+    /// The LAN switch (`-l`): the `lan` bridge the client's and hosts' uplinks join.
     Lan,
 }
 
@@ -43,6 +51,7 @@ pub fn netns_available(who: &str) -> bool {
 
 /// A live test network.
 pub struct TestNet {
+    /// The namespaces' prefix (`t`, tag, pid, counter); [`TestNet::ns`] adds a node's suffix.
     pub name: String,
 }
 

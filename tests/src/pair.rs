@@ -12,11 +12,15 @@ pub const PAIR_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Two VMMs, the primary's VM running, and the storage both see (the arbiter directory).
 pub struct LocalPair {
+    /// The primary's VMM, running an idle guest.
     pub p: Tandem,
+    /// The backup's VMM, with no VM until `ft.receive`.
     pub b: Tandem,
     /// `tcp:127.0.0.1:PORT`, where the backup listens.
     pub url: String,
+    /// The arbiter's directory, in `store`.
     pub arbiter: std::path::PathBuf,
+    /// The scratch folder both members see; removed when dropped.
     pub store: TempDir,
 }
 

@@ -9,9 +9,13 @@ use std::time::{Duration, Instant};
 
 /// A running `tandem --api-socket` process; killed when dropped.
 pub struct Tandem {
+    /// The `tandem` process (`ip netns exec` execs it, so this pid is tandem's).
     pub child: Child,
+    /// The API socket, `api.sock` in [`Tandem::dir`].
     pub socket: PathBuf,
+    /// `serial.log` in [`Tandem::dir`], where tests' VM configs send the guest console.
     pub serial_path: PathBuf,
+    /// The scratch folder with the socket, the console and `tandem.log` (stderr).
     pub dir: TempDir,
 }
 

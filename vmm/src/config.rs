@@ -16,12 +16,16 @@ pub const DEFAULT_MEMORY_BYTES: u64 = 512 << 20;
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
+    /// vCPU count; one vCPU when absent.
     #[serde(default)]
     pub cpus: CpusConfig,
+    /// Guest RAM size; [`DEFAULT_MEMORY_BYTES`] when absent.
     #[serde(default)]
     pub memory: MemoryConfig,
+    /// Kernel, initramfs and command line; all absent boots the built-in guest.
     #[serde(default)]
     pub payload: PayloadConfig,
+    /// The 16550 serial port; `Null` (present, output discarded) when absent.
     #[serde(default)]
     pub serial: SerialConfig,
     /// virtio-blk disks, in the order the guest finds them.
@@ -36,6 +40,7 @@ pub struct VmConfig {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct CpusConfig {
+    /// vCPUs to create and start at boot, 1 to [`MAX_VCPUS`].
     pub boot_vcpus: u8,
 }
 
@@ -65,10 +70,14 @@ impl Default for MemoryConfig {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PayloadConfig {
+    /// A Linux bzImage or ELF kernel on the host; `None` boots the built-in guest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<PathBuf>,
+    /// An initramfs loaded beside the kernel; only with `kernel`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initramfs: Option<PathBuf>,
+    /// The guest command line (the built-in guest reads `workload=` here); the VMM appends
+    /// `virtio_mmio.device=` entries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
 }
@@ -92,8 +101,10 @@ pub enum SerialMode {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SerialConfig {
+    /// Where the port's output goes; `Null` when absent.
     #[serde(default)]
     pub mode: SerialMode,
+    /// The file output is appended to; required with `File`, refused otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
 }
@@ -104,7 +115,9 @@ pub struct SerialConfig {
 pub struct DiskConfig {
     /// Unique among disks and NICs; the guest reads its first 20 bytes as the disk serial.
     pub id: String,
+    /// The raw image file on the host.
     pub path: PathBuf,
+    /// The guest may only read the disk (the image is opened read-only).
     #[serde(default)]
     pub readonly: bool,
 }
@@ -128,32 +141,71 @@ pub const MAX_VIRTIO_DEVICES: usize = 19;
 /// A configuration that cannot be used, and why.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    /// `cpus.boot_vcpus` is 0 or above [`MAX_VCPUS`].
     #[error("cpus.boot_vcpus must be between 1 and {MAX_VCPUS}, got {0}")]
     VcpuCount(u8),
+    /// `memory.size` is below [`MIN_MEMORY_BYTES`].
     #[error("memory.size must be at least {MIN_MEMORY_BYTES} bytes, got {0}")]
     MemoryTooSmall(u64),
+    /// `memory.size` is not a multiple of 4 KiB.
     #[error("memory.size must be a multiple of 4096, got {0}")]
     MemoryUnaligned(u64),
+    /// `memory.size` is above what this host allows (see [`host_memory_limit`]).
     #[error("memory.size {size} is more than this host allows ({limit} bytes)")]
-    MemoryTooLarge { size: u64, limit: u64 },
+    MemoryTooLarge {
+        /// The bytes asked for.
+        size: u64,
+        /// The host's limit in bytes.
+        limit: u64,
+    },
+    /// `serial.mode` is `File` but `serial.file` is absent.
     #[error("serial.mode File needs serial.file")]
     SerialFileMissing,
+    /// `serial.file` is given with another mode than `File`.
     #[error("serial.file is only valid with serial.mode File")]
     SerialFileUnexpected,
+    /// `payload.initramfs` is given without `payload.kernel`.
     #[error("payload.initramfs needs payload.kernel")]
     InitramfsWithoutKernel,
+    /// The kernel or initramfs is not a readable regular file.
     #[error("payload.{field}: {path} does not exist or is not a readable file")]
-    PayloadFile { field: &'static str, path: String },
+    PayloadFile {
+        /// `kernel` or `initramfs`.
+        field: &'static str,
+        /// The path as given.
+        path: String,
+    },
+    /// A disk or NIC has an empty `id`.
     #[error("device ids must not be empty")]
     EmptyDeviceId,
+    /// Two disks or NICs share an `id`.
     #[error("device id {0:?} is used more than once (disks and NICs share one namespace)")]
     DuplicateDeviceId(String),
+    /// A disk image is not a readable regular file.
     #[error("disk {id}: {path} does not exist or is not a readable regular file")]
-    DiskFile { id: String, path: String },
+    DiskFile {
+        /// The disk's `id`.
+        id: String,
+        /// The image path as given.
+        path: String,
+    },
+    /// A NIC's `mac` is not six hex bytes or is a multicast address.
     #[error("NIC {id}: {mac:?} is not a unicast MAC address like 52:54:00:12:34:56")]
-    BadMac { id: String, mac: String },
+    BadMac {
+        /// The NIC's `id`.
+        id: String,
+        /// The `mac` as given.
+        mac: String,
+    },
+    /// A NIC's `tap` is not a valid interface name.
     #[error("NIC {id}: tap name {tap:?} must be 1 to 15 characters, without '/', NUL or spaces")]
-    BadTapName { id: String, tap: String },
+    BadTapName {
+        /// The NIC's `id`.
+        id: String,
+        /// The `tap` as given.
+        tap: String,
+    },
+    /// There are more disks and NICs than [`MAX_VIRTIO_DEVICES`].
     #[error("{0} disks and NICs are more than the {MAX_VIRTIO_DEVICES} a VM can have")]
     TooManyDevices(usize),
 }

@@ -12,16 +12,32 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 /// Why a chain cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ChainError {
+    /// The available ring named a head that yields no descriptor.
     #[error("the chain has no descriptors (head index out of range or unreadable)")]
     Empty,
+    /// The walk stopped while the last descriptor still pointed onwards.
     #[error("the chain is cut short: a loop, a next index out of range, an unreadable descriptor or more than 4 GiB in all")]
     Truncated,
+    /// A device-readable descriptor comes after a device-writable one.
     #[error("a device-readable descriptor follows a device-writable one")]
     ReadableAfterWritable,
+    /// A descriptor's buffer is not wholly inside guest RAM.
     #[error("descriptor buffer {addr:#x}+{len:#x} is not in guest RAM")]
-    OutsideMemory { addr: u64, len: u32 },
+    OutsideMemory {
+        /// The buffer's guest physical address.
+        addr: u64,
+        /// The buffer's length in bytes.
+        len: u32,
+    },
+    /// A read or write reaches past the readable (or writable) bytes of the chain.
     #[error("access at {offset:#x}+{len:#x} past the end of the chain's buffers")]
-    OutOfRange { offset: u64, len: usize },
+    OutOfRange {
+        /// The access's offset into the chain's stream, in bytes.
+        offset: u64,
+        /// The access's length in bytes.
+        len: usize,
+    },
+    /// Copying to or from guest memory failed at this guest physical address.
     #[error("guest memory access at {0:#x} failed")]
     Memory(u64),
 }

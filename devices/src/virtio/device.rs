@@ -10,10 +10,18 @@ use vmm_sys_util::eventfd::EventFd;
 /// Why a device could not start after the driver set DRIVER_OK.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {
+    /// The transport handed over another number of queues than the device has.
     #[error("the device needs {expected} queues, the transport gave {got}")]
-    QueueCount { expected: usize, got: usize },
+    QueueCount {
+        /// Queues the device has (2 for net, 1 for block).
+        expected: usize,
+        /// Queues the transport handed over.
+        got: usize,
+    },
+    /// Cloning the tap or disk file descriptor for the worker failed.
     #[error("cannot duplicate a file descriptor for the worker")]
     Dup(#[source] std::io::Error),
+    /// Spawning the worker thread failed.
     #[error("cannot start the device's worker thread")]
     Worker(#[source] std::io::Error),
 }
@@ -25,7 +33,9 @@ pub enum DeviceSnapshot {
     Block,
     /// virtio-net: the MAC the driver read, and a frame read from the tap but not yet delivered.
     Net {
+        /// The MAC address the guest driver read, kept across a restore.
         mac: [u8; 6],
+        /// A frame (vnet header first) read from the tap that no RX buffer took yet; `None`: none.
         held_frame: Option<Vec<u8>>,
     },
 }
@@ -33,8 +43,13 @@ pub enum DeviceSnapshot {
 /// A saved device state this device cannot take.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceStateError {
+    /// The snapshot is of another kind of device.
     #[error("saved state is not that of a {expected} device")]
-    WrongKind { expected: &'static str },
+    WrongKind {
+        /// The kind this device is (`block` or `net`).
+        expected: &'static str,
+    },
+    /// The snapshot is of this kind but cannot be taken (e.g. a held frame larger than any frame).
     #[error("saved state is invalid: {0}")]
     Invalid(&'static str),
 }
@@ -42,7 +57,9 @@ pub enum DeviceStateError {
 /// One queue handed to a device at activation: its ring state and the eventfd that fires when
 /// the driver writes the queue's index to QueueNotify.
 pub struct ActiveQueue {
+    /// The queue's ring addresses, size and progress.
     pub queue: Queue,
+    /// Fires when the driver writes this queue's index to QueueNotify (an ioeventfd).
     pub notify: EventFd,
 }
 

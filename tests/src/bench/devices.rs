@@ -150,6 +150,7 @@ fn boot(net: &TestNet, workload: &str, disk: Option<&std::path::Path>) -> Tandem
     t
 }
 
+/// Runs the device bench: TCP round trips, throughput and disk write+flush beside host baselines.
 pub fn run() {
     let net = TestNet::up("bch");
     net.add_tap(Node::HostP, "tap0");

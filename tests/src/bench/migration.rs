@@ -41,6 +41,7 @@ fn one(net: &TestNet, mem_mib: u64, workload: &str) -> Value {
     }
 }
 
+/// Runs the migration bench: 256 and 1024 MiB guests, idle and dirtying, over the host link.
 pub fn run() {
     let net = TestNet::up("bmg");
     for mem in [256u64, 1024] {

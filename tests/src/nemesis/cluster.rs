@@ -13,23 +13,33 @@ use std::time::{Duration, Instant};
 
 /// One host: its VMM now, and where its things are.
 pub struct Slot {
+    /// Which namespace of the test network this host is.
     pub node: Node,
+    /// The host's address on the LAN (the heartbeats' second path).
     pub lan_ip: &'static str,
+    /// The host's address on the host-to-host link (the FT stream).
     pub link_ip: &'static str,
     /// This host's disk image (replicated mode; in shared mode both slots name the one image).
     pub image: PathBuf,
+    /// The VMM running on this host now; `None` while a fault has taken it out.
     pub member: Option<Tandem>,
 }
 
 /// Both hosts, the shared storage and what every pair of them uses.
 pub struct Cluster {
+    /// The test network both hosts live in.
     pub net: TestNet,
+    /// The run's tag, prefix of process and namespace names.
     pub tag: String,
     /// `shared` or `replicated`.
     pub disk_mode: &'static str,
+    /// Host P's slot, then host B's.
     pub slots: [Slot; 2],
+    /// Storage both hosts see: disk images, the arbiter directory and the key.
     pub store: TempDir,
+    /// The arbiter's directory, in `store`.
     pub arbiter: PathBuf,
+    /// The 32-byte pair key file (mode 0600) every pair is given.
     pub key: PathBuf,
     /// Both members' failure timeout.
     pub timeout_ms: u64,

@@ -23,6 +23,7 @@ pub struct Op {
 /// Every INC of a run, in order.
 #[derive(Debug, Clone, Default)]
 pub struct History {
+    /// Every INC sent, in sending order.
     pub ops: Vec<Op>,
 }
 

@@ -144,12 +144,17 @@ impl Client {
 /// What a soak did.
 #[derive(Debug)]
 pub struct Report {
+    /// The schedule's seed, as `TANDEM_NEMESIS_SEED` takes it to replay the run.
     pub seed: String,
     /// The faults it was to inject (`TANDEM_NEMESIS_FAULTS` overrides the caller's number).
     pub target: usize,
+    /// Each fault injected, in order, with how long injecting and recovering from it took.
     pub faults: Vec<(Fault, Duration)>,
+    /// INCs that got a value back.
     pub acked: usize,
+    /// INCs sent, answered or not.
     pub ops: usize,
+    /// How many times the watcher polled both VMMs for two live VMs.
     pub watcher_polls: u64,
     /// Frames the guest sent out on each host's tap.
     pub wire_frames: [usize; 2],

@@ -11,12 +11,16 @@ use tiny_http::{Method, Response, Server};
 /// Why the metrics listener could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsServerError {
+    /// The `--metrics-listen` address cannot be bound or served on.
     #[error("cannot listen for metrics on {addr}")]
     Bind {
+        /// The address as given.
         addr: String,
+        /// Why binding or serving failed.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// Spawning the metrics thread failed.
     #[error("cannot start the metrics thread")]
     Spawn(#[source] std::io::Error),
 }

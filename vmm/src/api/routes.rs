@@ -13,7 +13,9 @@ pub const MAX_BODY_BYTES: usize = 64 << 10;
 /// HTTP methods the API uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
+    /// `GET`: a query; never changes anything.
     Get,
+    /// `PUT`: an action, with or without a body.
     Put,
 }
 
@@ -55,8 +57,11 @@ pub enum Body {
 /// One endpoint: its name under [`API_PREFIX`], method and body.
 #[derive(Clone, Copy, Debug)]
 pub struct Route {
+    /// The endpoint's name, as clients write it (`vm.info`).
     pub name: &'static str,
+    /// The one method the endpoint accepts.
     pub method: Method,
+    /// What the request body must hold.
     pub body: Body,
 }
 
@@ -93,31 +98,49 @@ pub const ROUTES: &[Route] = &[
 /// Why a request could not be turned into an [`ApiRequest`].
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
+    /// The path is not under [`API_PREFIX`] or names no endpoint (the path, shortened).
     #[error("no such endpoint: {0}")]
     NotFound(String),
+    /// The endpoint exists but takes another method.
     #[error("{name} does not accept {method}; use {allow}")]
     MethodNotAllowed {
+        /// The endpoint's name.
         name: &'static str,
+        /// The method the client used, shortened.
         method: String,
+        /// The method the endpoint takes, for the `Allow` header.
         allow: &'static str,
     },
+    /// The body exceeds [`MAX_BODY_BYTES`].
     #[error("request body is {len} bytes, the limit is {MAX_BODY_BYTES}")]
-    BodyTooLarge { len: usize },
+    BodyTooLarge {
+        /// The body's length in bytes.
+        len: usize,
+    },
+    /// An endpoint that needs a JSON body got none (its name).
     #[error("{0} needs a JSON body")]
     MissingBody(&'static str),
+    /// An endpoint that takes no body got a non-blank one (its name).
     #[error("{0} takes no body")]
     UnexpectedBody(&'static str),
+    /// The body is not UTF-8 (the endpoint's name).
     #[error("{0}: body is not valid UTF-8")]
     NotUtf8(&'static str),
+    /// The body is not JSON of the endpoint's shape.
     #[error("{name}: invalid JSON body")]
     BadJson {
+        /// The endpoint's name.
         name: &'static str,
+        /// Where the JSON parser stopped.
         #[source]
         source: serde_json::Error,
     },
+    /// The `vm.create` config parses but does not validate.
     #[error("{name}: invalid VM configuration")]
     BadConfig {
+        /// The endpoint's name.
         name: &'static str,
+        /// The check it fails.
         #[source]
         source: ConfigError,
     },

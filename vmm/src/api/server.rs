@@ -32,14 +32,19 @@ const MAX_DRAIN_BYTES: usize = 1 << 20;
 /// Why the API server could not start, or why it stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiServerError {
+    /// The API socket cannot be bound.
     #[error("cannot prepare API socket")]
     Socket(#[source] SocketError),
+    /// tiny_http cannot serve on the bound socket.
     #[error("cannot start the HTTP server")]
     Http(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Spawning the API server or accept thread failed.
     #[error("cannot spawn the API thread")]
     Spawn(#[source] std::io::Error),
+    /// The API thread panicked (seen at startup or when joined).
     #[error("the API thread panicked")]
     Panicked,
+    /// Accepting on the API socket failed; the server stops.
     #[error("the API socket stopped accepting connections")]
     Accept(#[source] std::io::Error),
 }

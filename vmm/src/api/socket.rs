@@ -13,39 +13,57 @@ use std::path::{Path, PathBuf};
 /// Why the socket path could not be bound.
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
+    /// A live server answers on the socket path already.
     #[error("another server is already listening on {0}")]
     InUse(PathBuf),
+    /// Another process holds `<path>.lock` (the path here is the socket's).
     #[error("another VMM owns {0} (its lock file is held)")]
     Locked(PathBuf),
+    /// The lock file cannot be opened or flocked.
     #[error("cannot open or lock {path}")]
     Lock {
+        /// The lock file, `<socket>.lock`.
         path: PathBuf,
+        /// What the kernel said.
         #[source]
         source: std::io::Error,
     },
+    /// The path exists and is not a socket; it is never deleted.
     #[error("{0} exists and is not a socket")]
     NotASocket(PathBuf),
+    /// Reading the path's metadata, or probing it with a connect, failed.
     #[error("cannot inspect {path}")]
     Inspect {
+        /// The socket path.
         path: PathBuf,
+        /// What the kernel said.
         #[source]
         source: std::io::Error,
     },
+    /// A stale socket (nobody answering) cannot be removed.
     #[error("cannot remove stale socket {path}")]
     RemoveStale {
+        /// The socket path.
         path: PathBuf,
+        /// What `unlink(2)` said.
         #[source]
         source: std::io::Error,
     },
+    /// Binding the listening socket failed.
     #[error("cannot bind {path}")]
     Bind {
+        /// The socket path.
         path: PathBuf,
+        /// What `bind(2)` said.
         #[source]
         source: std::io::Error,
     },
+    /// Setting the socket's mode to 0600 failed (the socket is removed).
     #[error("cannot make {path} private (mode 0600)")]
     Chmod {
+        /// The socket path.
         path: PathBuf,
+        /// What `chmod(2)` said.
         #[source]
         source: std::io::Error,
     },
@@ -53,6 +71,7 @@ pub enum SocketError {
 
 /// A bound API socket and the lock that makes this process its owner; keep both alive together.
 pub struct BoundSocket {
+    /// The listening socket, mode 0600, for the API server to accept on.
     pub listener: UnixListener,
     /// Held (flock) for as long as the server runs; closing it releases the path.
     pub lock: File,

@@ -8,32 +8,50 @@ use std::path::PathBuf;
 /// One API call, already parsed and validated for shape (not for state).
 #[derive(Debug)]
 pub enum ApiRequest {
+    /// `GET vmm.ping`: version and pid, a liveness check.
     VmmPing,
+    /// `PUT vmm.shutdown`: stop the VM, if any, and exit the VMM.
     VmmShutdown,
+    /// `PUT vm.create`: take a VM config, nothing started yet.
     VmCreate(Box<VmConfig>),
+    /// `PUT vm.boot`: build and start the created VM.
     VmBoot,
+    /// `GET vm.info`: the config and the VM's state.
     VmInfo,
+    /// `PUT vm.pause`: stop the vCPUs.
     VmPause,
+    /// `PUT vm.resume`: run a paused VM again.
     VmResume,
     /// `vm.resume` with `{"force": true}`: also a VM whose migration's outcome is unknown
     /// (the operator knows the destination does not run it); elsewhere the same as `VmResume`.
     VmResumeForced,
+    /// `PUT vm.shutdown`: stop the VM, keeping its config for a later `vm.boot`.
     VmShutdown,
+    /// `PUT vm.reboot`: a fresh VM from the same config.
     VmReboot,
+    /// `PUT vm.delete`: stop the VM and forget its config.
     VmDelete,
+    /// `GET vm.counters`: the devices' counters, by device.
     VmCounters,
+    /// `PUT vm.snapshot`: save the paused VM to a directory.
     VmSnapshot(SnapshotConfig),
+    /// `PUT vm.restore`: build a VM from a snapshot, with this host's resources.
     VmRestore(Box<RestoreConfig>),
+    /// `PUT vm.send-migration`: move the running VM to a destination VMM.
     VmSendMigration(SendMigrationConfig),
     /// Prometheus text; the answer is a JSON string the server sends as text.
     Metrics,
+    /// `PUT vm.receive-migration`: wait for a migrating VM and take it over.
     VmReceiveMigration(Box<ReceiveMigrationConfig>),
     /// `ft.receive`: become the backup of a pair.
     FtReceive(Box<FtReceiveConfig>),
     /// `ft.enable`: protect the running VM with a backup.
     FtEnable(Box<FtEnableConfig>),
+    /// `GET ft.status`: this member's role, state and figures.
     FtStatus,
+    /// `PUT ft.promote`: make a backup go live from its last checkpoint.
     FtPromote,
+    /// `PUT ft.disable`: end the pair (a primary runs on alone), or clear a fenced member.
     FtDisable,
     /// `ft.verify`: one full replica scrub pass on a protected primary, answered when done.
     FtVerify(FtVerifyConfig),
@@ -50,6 +68,7 @@ pub use ft::arbiter::ArbiterConfig;
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FtKeyConfig {
+    /// The key file: at least 32 random bytes, readable by its owner only.
     pub path: PathBuf,
 }
 
@@ -103,7 +122,9 @@ pub struct FtReceiveRequest {
 pub struct FtEnableConfig {
     /// `tcp:HOST:PORT` where the backup's `ft.receive` listens.
     pub peer: String,
+    /// How the disks are shared; the backup must say the same (or nothing).
     pub disk_mode: FtDiskMode,
+    /// Where the pair's arbiter lives (the backup must name the same store).
     pub arbiter: ArbiterConfig,
     /// Longest epoch (default 25).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -225,6 +246,7 @@ pub struct RestoreRequest {
 /// An API call that failed: the HTTP status to answer with and the error chain, outermost first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ApiError {
+    /// The HTTP status to answer with (not in the body).
     #[serde(skip)]
     pub status: u16,
     /// The error's message followed by each `source()` in turn.

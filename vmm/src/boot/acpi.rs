@@ -50,18 +50,36 @@ pub struct AcpiConfig<'a> {
 /// Why the tables could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum AcpiError {
+    /// The config asks for no vCPU.
     #[error("an ACPI machine needs at least one vCPU")]
     NoCpus,
+    /// A virtio-mmio window is empty or reaches above 4 GiB.
     #[error("virtio-mmio device {index} ({addr:#x}, {len:#x} bytes) must be non-empty and lie below 4 GiB")]
-    MmioOutOfRange { index: usize, addr: u64, len: u64 },
+    MmioOutOfRange {
+        /// The device's index.
+        index: usize,
+        /// The window's guest physical address.
+        addr: u64,
+        /// The window's length in bytes.
+        len: u64,
+    },
+    /// More virtio-mmio devices than the DSDT can name.
     #[error("{0} virtio-mmio devices are more than the DSDT can name (at most {max})", max = dsdt::MAX_MMIO_DEVICES)]
     TooManyDevices(usize),
+    /// The tables do not fit in the ACPI area.
     #[error("ACPI tables need {needed:#x} bytes from {RSDP_START:#x}, but the ACPI area ends at {ACPI_END:#x}")]
-    TooLarge { needed: u64 },
+    TooLarge {
+        /// Bytes the tables need from `RSDP_START`.
+        needed: u64,
+    },
+    /// Writing a table into guest memory failed.
     #[error("cannot write the {table} table at {addr:#x} into guest memory")]
     GuestMemory {
+        /// The table's signature (`RSDP`, `DSDT`, `FADT`, `MADT`, `XSDT`).
         table: &'static str,
+        /// Guest physical address of the table.
         addr: u64,
+        /// What vm-memory said.
         #[source]
         source: vm_memory::GuestMemoryError,
     },

@@ -11,8 +11,10 @@ pub const LAPIC_BUS_KHZ: u32 = 1_000_000;
 /// CPUID errors.
 #[derive(Debug, thiserror::Error)]
 pub enum CpuidError {
+    /// `KVM_GET_SUPPORTED_CPUID` failed.
     #[error("cannot read KVM's supported CPUID")]
     Supported(#[source] kvm_ioctls::Error),
+    /// The CPUID list is full, so this leaf cannot be added.
     #[error("cannot add CPUID leaf {0:#x}")]
     Full(u32),
 }

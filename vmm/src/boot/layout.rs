@@ -11,7 +11,9 @@ pub const ZERO_PAGE_START: u64 = 0x7000;
 pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
 /// Boot page tables: PML4, PDPT, then one page directory per GiB identity-mapped.
 pub const PML4_START: u64 = 0x9000;
+/// The boot page directory pointer table (one page).
 pub const PDPTE_START: u64 = 0xa000;
+/// The first boot page directory; one page per identity-mapped GiB follows.
 pub const PDE_START: u64 = 0xb000;
 /// GiB identity-mapped by the boot page tables (Linux needs the kernel, zero page and cmdline mapped).
 pub const BOOT_IDENTITY_GIB: u64 = 4;
@@ -47,6 +49,7 @@ pub const SERIAL_PORT: u16 = 0x3f8;
 pub const SERIAL_IRQ: u32 = 4;
 /// I/O ports of the i8042 controller (data, command/status).
 pub const I8042_DATA_PORT: u16 = 0x60;
+/// The i8042's command/status port.
 pub const I8042_COMMAND_PORT: u16 = 0x64;
 /// ACPI power-management block (hardware-reduced): +0 sleep control, +1 sleep status, +2 reset.
 pub const ACPI_PM_PORT: u16 = 0x600;

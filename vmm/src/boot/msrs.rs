@@ -28,13 +28,23 @@ const APIC_MODE_EXTINT: u32 = 0x7;
 /// MSR and LAPIC setup errors.
 #[derive(Debug, thiserror::Error)]
 pub enum MsrError {
+    /// `kvm_msrs` cannot be built from the boot MSR list.
     #[error("cannot build the MSR list")]
     Build,
+    /// KVM took only some of the boot MSRs.
     #[error("KVM set {set} of {wanted} boot MSRs")]
-    Partial { set: usize, wanted: usize },
+    Partial {
+        /// MSRs KVM set.
+        set: usize,
+        /// MSRs asked for.
+        wanted: usize,
+    },
+    /// Setting the boot MSRs, or reading or writing the LAPIC, failed.
     #[error("cannot {what}")]
     Kvm {
+        /// What the VMM was doing (`set MSRs`, `get LAPIC`, `set LAPIC`).
         what: &'static str,
+        /// What KVM said.
         #[source]
         source: kvm_ioctls::Error,
     },

@@ -14,26 +14,37 @@ pub static BUILTIN_GUEST: &[u8] = include_bytes!(env!("TANDEM_GUEST_ELF"));
 /// Payload errors.
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
+    /// The kernel or initramfs file cannot be opened.
     #[error("cannot open {path}")]
     Open {
+        /// The file as the config names it.
         path: String,
+        /// What `open(2)` said.
         #[source]
         source: std::io::Error,
     },
+    /// The kernel cannot be loaded.
     #[error("kernel {path}")]
     Kernel {
+        /// The kernel file as the config names it.
         path: String,
+        /// Why it cannot be loaded.
         #[source]
         source: LinuxError,
     },
+    /// The initramfs cannot be loaded.
     #[error("initramfs {path}")]
     Initramfs {
+        /// The initramfs file as the config names it.
         path: String,
+        /// Why it cannot be loaded.
         #[source]
         source: LinuxError,
     },
+    /// The command line or boot_params cannot be written.
     #[error("boot parameters")]
     BootParams(#[source] LinuxError),
+    /// The ACPI tables cannot be built or written.
     #[error("ACPI tables")]
     Acpi(#[from] acpi::AcpiError),
 }

@@ -17,15 +17,21 @@ const EFER_LMA: u64 = 0x400;
 /// Boot register setup errors.
 #[derive(Debug, thiserror::Error)]
 pub enum RegsError {
+    /// Writing a boot page table, GDT or IDT into guest memory failed.
     #[error("cannot write boot {what} into guest memory")]
     WriteMemory {
+        /// What was being written (`GDT`, `IDT`, `PML4`, `PDPT`, `page directory`).
         what: &'static str,
+        /// What vm-memory said.
         #[source]
         source: vm_memory::GuestMemoryError,
     },
+    /// Reading or setting the boot vCPU's registers failed.
     #[error("cannot {what}")]
     Kvm {
+        /// What the VMM was doing (`get sregs`, `set regs`, `set fpu`, ...).
         what: &'static str,
+        /// What KVM said.
         #[source]
         source: kvm_ioctls::Error,
     },

@@ -72,12 +72,16 @@ fn handover_arbiter(c: Option<&ArbiterConfig>) -> Result<Option<HandoverArbiter>
 /// Why an incoming migration did not produce a VM here.
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiveError {
+    /// No source connected and passed the handshake before the timeout.
     #[error("no source connected")]
     Accept(#[source] TransportError),
+    /// The migration stream broke or carried something invalid.
     #[error("the migration stream failed")]
     Stream(#[source] MigrationError),
+    /// The source's config or memory cannot be taken here; the source was told why.
     #[error("the source's VM cannot run here")]
     Refused(#[source] MigrationError),
+    /// The stream completed but left no VM to run.
     #[error("the stream ended without a VM")]
     NoVm,
 }
@@ -85,8 +89,10 @@ pub enum ReceiveError {
 /// Why the source's VM cannot be built here.
 #[derive(Debug, thiserror::Error)]
 pub enum DestinationConfigError {
+    /// The source's config is not valid on this host, with its overrides.
     #[error(transparent)]
     Config(#[from] ArrivingConfigError),
+    /// Guest RAM of the arriving size cannot be allocated.
     #[error("cannot allocate the guest's memory")]
     Memory(#[source] MemoryError),
 }

@@ -37,7 +37,9 @@ use std::sync::Arc;
 /// What the event loop does after an event.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Flow {
+    /// Keep handling events.
     Continue,
+    /// `vmm.shutdown` was answered: leave the loop and exit.
     Exit,
 }
 

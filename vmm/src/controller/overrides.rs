@@ -7,10 +7,18 @@ use crate::config::VmConfig;
 /// An override names a device the VM does not have.
 #[derive(Debug, thiserror::Error)]
 pub enum OverrideError {
+    /// A NIC override names no NIC of the VM.
     #[error("the VM has no NIC {id:?}")]
-    NoNic { id: String },
+    NoNic {
+        /// The override's `id`.
+        id: String,
+    },
+    /// A disk override names no disk of the VM.
     #[error("the VM has no disk {id:?}")]
-    NoDisk { id: String },
+    NoDisk {
+        /// The override's `id`.
+        id: String,
+    },
 }
 
 /// Puts the caller's taps, disk paths and serial output into `cfg`.
@@ -40,10 +48,13 @@ pub fn apply_overrides(cfg: &mut VmConfig, host: &HostOverrides) -> Result<(), O
 /// Why a VM config sent by a peer (a migration's source, an FT primary) cannot run here.
 #[derive(Debug, thiserror::Error)]
 pub enum ArrivingConfigError {
+    /// The peer's config is not JSON of a VM config.
     #[error("the peer's VM config is not valid here")]
     Parse(#[source] serde_json::Error),
+    /// This host's overrides name a device the config lacks.
     #[error(transparent)]
     Override(#[from] OverrideError),
+    /// The config, with this host's overrides, does not validate here.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
 }

@@ -13,9 +13,13 @@ use serde::Serialize;
 /// Lifecycle state as `vm.info` reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum VmState {
+    /// Configured by `vm.create` and not booted yet.
     Created,
+    /// The vCPUs run.
     Running,
+    /// The vCPUs are stopped: `vm.pause`, or a restore without `resume`.
     Paused,
+    /// Stopped (`vm.shutdown`, guest power-off, a fenced member); the config stays for `vm.boot`.
     Shutdown,
     /// The VM was migrated away and now runs on the destination.
     Migrated,

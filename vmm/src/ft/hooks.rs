@@ -184,21 +184,30 @@ struct Stash {
 /// Why this backup cannot keep a checkpoint in its copy (it then withdraws from the pair).
 #[derive(Debug, thiserror::Error)]
 pub enum DiskReplicaError {
+    /// The checkpoint's extras (its disk writes) do not decode.
     #[error("checkpoint {epoch}: undecodable disk writes")]
     Decode {
+        /// The checkpoint's epoch number.
         epoch: u64,
+        /// What postcard said.
         #[source]
         source: postcard::Error,
     },
+    /// Replicated mode: the checkpoint's writes cannot be applied to this host's images.
     #[error("checkpoint {epoch}: writing the replicated disks")]
     Write {
+        /// The checkpoint's epoch number.
         epoch: u64,
+        /// Why the writes were refused or failed.
         #[source]
         source: ApplyError,
     },
+    /// Replicated mode: syncing the written images after the ack failed.
     #[error("checkpoint {epoch}: syncing the replicated disks")]
     Sync {
+        /// The checkpoint's epoch number.
         epoch: u64,
+        /// What flushing the image said.
         #[source]
         source: std::io::Error,
     },

@@ -7,6 +7,7 @@
 
 use super::{allow, allow_arg, allow_ioctls, common, ioctls, Rules};
 
+/// Adds the API threads' syscalls, as this module's doc lists them, to `r`.
 pub fn add(r: &mut Rules) {
     common::spawn_threads(r);
     allow(

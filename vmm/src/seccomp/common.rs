@@ -5,6 +5,7 @@
 
 use super::{allow, allow_arg, Rules};
 
+/// The rules every thread kind starts from: what any Rust thread needs (the module doc says what).
 pub fn rules() -> Rules {
     let mut r = Rules::new();
     allow(

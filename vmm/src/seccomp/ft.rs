@@ -14,6 +14,7 @@
 
 use super::{allow, common, vmm, Rules};
 
+/// Adds the FT pair threads' syscalls, as this module's doc lists them, to `r`.
 pub fn add(r: &mut Rules) {
     common::spawn_threads(r);
     vmm::files(r);

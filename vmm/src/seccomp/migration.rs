@@ -9,6 +9,7 @@
 
 use super::{common, ft, vmm, Rules};
 
+/// Adds the migration threads' syscalls, as this module's doc lists them, to `r`.
 pub fn add(r: &mut Rules) {
     common::spawn_threads(r);
     vmm::files(r);

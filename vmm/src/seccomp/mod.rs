@@ -62,6 +62,7 @@ pub enum ThreadKind {
 }
 
 impl ThreadKind {
+    /// Every kind, each with its own filter.
     pub const ALL: [ThreadKind; 6] = [
         ThreadKind::Api,
         ThreadKind::Vmm,
@@ -71,6 +72,7 @@ impl ThreadKind {
         ThreadKind::Ft,
     ];
 
+    /// The kind's short name, for logs and the seccomp report.
     pub fn name(self) -> &'static str {
         match self {
             ThreadKind::Api => "api",

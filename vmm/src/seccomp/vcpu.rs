@@ -7,6 +7,7 @@
 
 use super::{allow_arg, allow_ioctls, ioctls, Rules};
 
+/// Adds the vCPU threads' syscalls, as this module's doc lists them, to `r`.
 pub fn add(r: &mut Rules) {
     allow_ioctls(r, &ioctls::kvm_vcpu());
     // Closing an fd (a vCPU thread that ends drops the last handle on its vCPU fd and, at times,

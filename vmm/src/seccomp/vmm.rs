@@ -14,6 +14,7 @@ pub const SOCKET_FAMILIES: [u64; 3] = [
     libc::AF_INET6 as u64,
 ];
 
+/// Adds the VMM thread's syscalls, as this module's doc lists them, to `r`.
 pub fn add(r: &mut Rules) {
     common::spawn_threads(r);
     files(r);

@@ -5,6 +5,7 @@
 
 use super::{allow, allow_arg, Rules};
 
+/// Adds the virtio workers' syscalls, as this module's doc lists them, to `r`.
 pub fn add(r: &mut Rules) {
     allow(
         r,

@@ -15,18 +15,38 @@ pub const HEADER_LEN: usize = 8 + 4 + 8 + 4;
 /// Why a state file cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
+    /// The first 8 bytes are not [`MAGIC`] (nor a prefix of it).
     #[error("not a Tandem state file (bad magic)")]
     BadMagic,
+    /// The header's format version is not [`VERSION`].
     #[error("state format version {found} is not supported (this build reads version {VERSION})")]
-    WrongVersion { found: u32 },
+    WrongVersion {
+        /// The version the header names.
+        found: u32,
+    },
+    /// The file is shorter than its header, or than the payload length it announces.
     #[error("state is truncated: {need} bytes needed, {have} present")]
-    Truncated { need: u64, have: u64 },
+    Truncated {
+        /// Bytes the header (and payload) need.
+        need: u64,
+        /// Bytes present.
+        have: u64,
+    },
+    /// The file has this many bytes after the payload the header announces.
     #[error("state has {0} bytes after its end")]
     Trailing(u64),
+    /// The payload's CRC-32 differs from the header's.
     #[error("state checksum mismatch: header says {expected:#010x}, payload has {found:#010x}")]
-    Checksum { expected: u32, found: u32 },
+    Checksum {
+        /// The CRC-32 in the header.
+        expected: u32,
+        /// The CRC-32 of the payload.
+        found: u32,
+    },
+    /// The payload passed its checks but does not decode as a [`VmSnapshot`].
     #[error("cannot decode the state")]
     Decode(#[source] postcard::Error),
+    /// Encoding the [`VmSnapshot`] with postcard failed.
     #[error("cannot encode the state")]
     Encode(#[source] postcard::Error),
 }

@@ -21,22 +21,39 @@ const CHUNK: usize = 1 << 20;
 /// Memory file errors.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryStateError {
+    /// Creating, sizing, writing or reading the memory file failed.
     #[error("cannot {what} memory file {path}")]
     Io {
+        /// What the VMM was doing to the file (`create`, `size`, `write`, ...).
         what: &'static str,
+        /// The memory file's path.
         path: String,
+        /// What the kernel said.
         #[source]
         source: std::io::Error,
     },
+    /// The memory file's length differs from the VM's RAM size.
     #[error("memory file {path} holds {file} bytes, the VM has {vm}")]
-    Size { path: String, file: u64, vm: u64 },
+    Size {
+        /// The memory file's path.
+        path: String,
+        /// The file's length in bytes.
+        file: u64,
+        /// The VM's RAM in bytes.
+        vm: u64,
+    },
+    /// Copying a page to or from guest RAM at this guest physical address failed.
     #[error("cannot access guest memory at {0:#x}")]
     Guest(u64, #[source] vm_memory::GuestMemoryError),
+    /// Re-registering the memory slots with KVM's dirty logging on failed.
     #[error("cannot turn on KVM's dirty log")]
     Register(#[source] crate::vm::memory::MemoryError),
+    /// `KVM_GET_DIRTY_LOG` failed for a memory slot.
     #[error("cannot read KVM's dirty log of slot {slot}")]
     DirtyLog {
+        /// The KVM memory slot.
         slot: u32,
+        /// What KVM said.
         #[source]
         source: kvm_ioctls::Error,
     },
@@ -45,6 +62,7 @@ pub enum MemoryStateError {
 /// What a memory save wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemorySaveStats {
+    /// Guest RAM in bytes: the memory file's length (zero pages are holes).
     pub total_bytes: u64,
     /// Bytes of non-zero pages actually written.
     pub data_bytes: u64,
@@ -167,14 +185,18 @@ pub fn restore(mem: &GuestMemoryMmap, path: &Path) -> Result<(), MemoryStateErro
 /// `start + i * PAGE_SIZE`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RegionDirty {
+    /// Guest physical address of the region's first page.
     pub start: GuestAddress,
+    /// The region's length in bytes.
     pub len: u64,
+    /// One bit per 4 KiB page, set if the page was written.
     pub bits: Vec<u64>,
 }
 
 /// Pages written since the last [`dirty_pages`] (or [`start_dirty_log`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DirtyBitmap {
+    /// Each guest RAM region's dirty pages, in address order.
     pub regions: Vec<RegionDirty>,
 }
 

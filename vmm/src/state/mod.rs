@@ -30,15 +30,21 @@ pub struct DevicesState {
 pub struct VmSnapshot {
     /// Guest RAM size in bytes, checked against the memory file and the config at restore.
     pub memory_size: u64,
+    /// Each vCPU's state, sorted by vCPU index.
     pub vcpus: Vec<vcpu::VcpuState>,
+    /// The VM-wide KVM state: PICs, IOAPIC, PIT, clock.
     pub kvm: vm::KvmVmState,
+    /// The devices' state: the serial port and the virtio transports.
     pub devices: DevicesState,
 }
 
 /// How long each part of a capture took, for logs and benchmarks.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CaptureTimes {
+    /// Time to collect every vCPU's state from its thread.
     pub vcpus: std::time::Duration,
+    /// Time to read the VM-wide KVM state.
     pub kvm: std::time::Duration,
+    /// Time to capture the devices' state.
     pub devices: std::time::Duration,
 }

@@ -18,19 +18,35 @@ const MAX_FILE: u64 = 64 << 20;
 /// Snapshot directory errors.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
+    /// The URL is not `file://` followed by an absolute path.
     #[error("{url:?} is not a file:// URL of an absolute path")]
-    Url { url: String },
+    Url {
+        /// The URL as given.
+        url: String,
+    },
+    /// A snapshot directory or file cannot be opened, read, written or synced.
     #[error("cannot {what} {path}")]
     Io {
+        /// What the VMM was doing (`open directory`, `write`, ...).
         what: &'static str,
+        /// The directory or file.
         path: String,
+        /// What the kernel said.
         #[source]
         source: std::io::Error,
     },
+    /// A config or state file is larger than a snapshot file may be (64 MiB).
     #[error("{path} is {len} bytes, more than the {MAX_FILE} a snapshot file may have")]
-    TooLarge { path: String, len: u64 },
+    TooLarge {
+        /// The file.
+        path: String,
+        /// Its length in bytes.
+        len: u64,
+    },
+    /// `config.json` cannot be encoded, or does not parse as a VM config.
     #[error("invalid {CONFIG_FILE}")]
     Config(#[source] serde_json::Error),
+    /// `state.bin` cannot be encoded, or fails its header checks or decoding.
     #[error("invalid {STATE_FILE}")]
     Format(#[source] FormatError),
 }

@@ -23,27 +23,42 @@ const XSAVE_MAX_WORDS: usize = 64 << 10;
 /// vCPU state errors.
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuStateError {
+    /// A KVM ioctl on a vCPU fd failed while capturing or restoring its state.
     #[error("cannot {what} of vCPU {id}")]
     Kvm {
+        /// What the VMM was doing (`read the LAPIC`, `write MP state`, ...).
         what: &'static str,
+        /// The vCPU's index.
         id: u8,
+        /// What KVM said.
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// `KVM_GET_MSRS` or `KVM_SET_MSRS` handled fewer MSRs than asked.
     #[error("vCPU {id}: KVM took {done} of {want} MSRs (first refused: {index:#x})")]
     MsrCount {
+        /// The vCPU's index.
         id: u8,
+        /// MSRs KVM handled before it stopped.
         done: usize,
+        /// MSRs asked for in that call.
         want: usize,
+        /// The first MSR KVM refused.
         index: u32,
     },
+    /// A saved XSAVE area is smaller than the legacy 4 KiB or larger than this host's.
     #[error("vCPU {id}: saved XSAVE area has {words} words; this host takes {min}..={max}")]
     XsaveSize {
+        /// The vCPU's index.
         id: u8,
+        /// The saved area's size in u32 words.
         words: usize,
+        /// The fewest words taken (1024, the legacy `KVM_GET_XSAVE` area).
         min: usize,
+        /// The most words this host's `KVM_CAP_XSAVE2` size allows.
         max: usize,
     },
+    /// Allocating a `kvm_msrs` or XSAVE2 buffer failed.
     #[error("cannot allocate an MSR or XSAVE buffer")]
     Fam(#[source] vmm_sys_util::fam::Error),
 }
@@ -51,25 +66,33 @@ pub enum VcpuStateError {
 /// Architectural state of one vCPU.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VcpuState {
+    /// The vCPU's index, which is also its APIC ID.
     pub id: u8,
+    /// Runnable, halted, waiting for INIT/SIPI (`KVM_GET_MP_STATE`).
     #[serde(with = "raw")]
     pub mp_state: kvm_mp_state,
+    /// General-purpose registers, RIP and RFLAGS (`KVM_GET_REGS`).
     #[serde(with = "raw")]
     pub regs: kvm_regs,
+    /// Segment, control and descriptor-table registers, EFER, APIC base (`KVM_GET_SREGS`).
     #[serde(with = "raw")]
     pub sregs: kvm_sregs,
     /// The XSAVE area as u32 words: 1024 for `KVM_GET_XSAVE`, more with `KVM_GET_XSAVE2`.
     pub xsave: Vec<u32>,
+    /// Extended control registers, XCR0 (`KVM_GET_XCRS`).
     #[serde(with = "raw")]
     pub xcrs: kvm_xcrs,
+    /// Debug registers DR0-DR3, DR6, DR7 (`KVM_GET_DEBUGREGS`).
     #[serde(with = "raw")]
     pub debugregs: kvm_debugregs,
+    /// The local APIC's register page (`KVM_GET_LAPIC`).
     #[serde(with = "raw")]
     pub lapic: kvm_lapic_state,
     /// TSC frequency, when KVM reports one; MSR_IA32_TSC is among `msrs`.
     pub tsc_khz: Option<u32>,
     /// (index, value) of every saveable MSR.
     pub msrs: Vec<(u32, u64)>,
+    /// Pending exceptions, interrupts, NMIs and SMM state (`KVM_GET_VCPU_EVENTS`).
     #[serde(with = "raw")]
     pub events: kvm_vcpu_events,
 }

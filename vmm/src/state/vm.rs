@@ -11,9 +11,12 @@ use serde::{Deserialize, Serialize};
 /// VM-wide KVM state errors.
 #[derive(Debug, thiserror::Error)]
 pub enum KvmVmStateError {
+    /// A KVM ioctl on the VM fd failed while capturing or restoring its state.
     #[error("cannot {what}")]
     Kvm {
+        /// What the VMM was doing (`read the PIT`, `write the master PIC`, ...).
         what: &'static str,
+        /// What KVM said.
         #[source]
         source: kvm_ioctls::Error,
     },
@@ -26,14 +29,19 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> KvmVmStateEr
 /// Interrupt controllers, PIT and clock.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct KvmVmState {
+    /// The master 8259 PIC's state (`KVM_GET_IRQCHIP`, chip 0).
     #[serde(with = "raw")]
     pub pic_master: kvm_irqchip,
+    /// The slave 8259 PIC's state (`KVM_GET_IRQCHIP`, chip 1).
     #[serde(with = "raw")]
     pub pic_slave: kvm_irqchip,
+    /// The IOAPIC's state (`KVM_GET_IRQCHIP`, chip 2).
     #[serde(with = "raw")]
     pub ioapic: kvm_irqchip,
+    /// The 8254 PIT's channels (`KVM_GET_PIT2`).
     #[serde(with = "raw")]
     pub pit: kvm_pit_state2,
+    /// The kvmclock value (`KVM_GET_CLOCK`).
     #[serde(with = "raw")]
     pub clock: kvm_clock_data,
 }

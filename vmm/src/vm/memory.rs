@@ -13,18 +13,25 @@ pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<AtomicBitmap>;
 /// Guest memory errors.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
+    /// Mapping guest RAM failed (host out of memory or address space).
     #[error("cannot allocate {size} bytes of guest memory")]
     Allocate {
+        /// The RAM size asked for, in bytes.
         size: u64,
+        /// What vm-memory said.
         #[source]
         source: vm_memory::mmap::FromRangesError,
     },
+    /// `KVM_SET_USER_MEMORY_REGION` refused a RAM region.
     #[error("cannot register guest memory slot {slot} with KVM")]
     RegisterSlot {
+        /// The KVM memory slot.
         slot: u32,
+        /// What KVM said.
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// The RAM size (in bytes) does not fit a host `usize`.
     #[error("guest memory size {0} does not fit this host's address space")]
     TooLarge(u64),
 }

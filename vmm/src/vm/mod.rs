@@ -39,50 +39,73 @@ const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// VM errors, outermost layer of the VM's life.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
+    /// `/dev/kvm` cannot be opened (no KVM, or no permission).
     #[error("cannot open /dev/kvm")]
     OpenKvm(#[source] kvm_ioctls::Error),
+    /// A KVM ioctl failed while building or wiring the VM.
     #[error("cannot {what}")]
     Kvm {
+        /// What the VMM was doing, as a verb phrase (`create the VM`).
         what: &'static str,
+        /// What KVM said.
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// Guest RAM cannot be mapped or registered.
     #[error("guest memory")]
     Memory(#[from] memory::MemoryError),
+    /// The kernel, initramfs or built-in guest cannot be loaded.
     #[error("cannot load the payload")]
     Payload(#[from] payload::PayloadError),
+    /// The boot vCPU's registers cannot be set.
     #[error("cannot set up boot registers")]
     Regs(#[from] regs::RegsError),
+    /// A vCPU's CPUID cannot be set.
     #[error("cannot set up CPUID")]
     Cpuid(#[from] cpuid::CpuidError),
+    /// A vCPU's MSRs cannot be set.
     #[error("cannot set up MSRs")]
     Msrs(#[from] msrs::MsrError),
+    /// A device's ports or MMIO window clash with another's.
     #[error("cannot wire device")]
     Bus(#[from] BusError),
+    /// The `serial.file` cannot be opened for appending.
     #[error("cannot open serial output {path}")]
     SerialFile {
+        /// The file as the config names it.
         path: String,
+        /// What `open(2)` said.
         #[source]
         source: std::io::Error,
     },
+    /// Creating an interrupt or exit eventfd failed.
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
+    /// Creating, starting or stopping a vCPU thread failed.
     #[error("vCPU")]
     Vcpu(#[from] vcpu::VcpuError),
+    /// A disk or NIC cannot be built or wired.
     #[error("cannot set up virtio devices")]
     Virtio(#[from] virtio::VirtioSetupError),
+    /// A vCPU's state cannot be captured or restored.
     #[error("vCPU state")]
     VcpuState(#[from] VcpuStateError),
+    /// The VM-wide KVM state (irqchip, PIT, clock) cannot be captured or restored.
     #[error("VM-wide KVM state")]
     KvmState(#[from] KvmVmStateError),
+    /// Guest memory cannot be saved or restored.
     #[error("guest memory state")]
     MemoryState(#[from] MemoryStateError),
+    /// The saved serial port state cannot be restored.
     #[error("serial port state")]
     SerialState(#[from] SerialRestoreError),
+    /// A virtio device's saved state cannot be taken or restored.
     #[error("virtio device state")]
     VirtioState(#[from] virtio::VirtioStateError),
+    /// A saved state does not fit the config (memory size, vCPU count or order differ).
     #[error("snapshot does not fit the config: {0}")]
     Mismatch(String),
+    /// A vCPU (the first number) did not stop and report its state within the time (the second).
     #[error("vCPU {0} did not report its state within {1:?}")]
     CaptureTimeout(u8, Duration),
 }

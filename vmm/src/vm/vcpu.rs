@@ -30,10 +30,15 @@ pub fn install_kick_handler() -> std::io::Result<()> {
 /// Per-vCPU exit counters, read by `vm.counters`.
 #[derive(Default, Debug)]
 pub struct VcpuCounters {
+    /// Every exit from KVM_RUN.
     pub exits: AtomicU64,
+    /// Port I/O exits (IN and OUT).
     pub io_exits: AtomicU64,
+    /// MMIO exits (reads and writes).
     pub mmio_exits: AtomicU64,
+    /// Port accesses no device claimed (reads see 0xff bytes).
     pub unhandled_io: AtomicU64,
+    /// MMIO accesses no device claimed (reads see 0xff bytes).
     pub unhandled_mmio: AtomicU64,
 }
 
@@ -56,6 +61,7 @@ pub struct VcpuShared {
     changed: Condvar,
     /// Mirrors `pause || stop` so the run loop can check without the lock.
     attention: AtomicBool,
+    /// This vCPU's exit counters.
     pub counters: VcpuCounters,
 }
 
@@ -64,7 +70,9 @@ pub type VcpuFailureHandler = Arc<dyn Fn(u8, String) + Send + Sync>;
 
 /// A vCPU whose thread runs.
 pub struct VcpuHandle {
+    /// The vCPU's index (also its APIC ID).
     pub id: u8,
+    /// The pause and stop requests the thread obeys, and its counters.
     pub shared: Arc<VcpuShared>,
     /// The vCPU's fd: its thread holds the lock while in KVM_RUN and handling the exit, so that
     /// another thread can read a parked vCPU's state without waking it (see [`VcpuHandle::with_fd`]).
@@ -75,23 +83,33 @@ pub struct VcpuHandle {
 /// vCPU thread errors.
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
+    /// The vCPU thread cannot be spawned.
     #[error("cannot spawn the thread of vCPU {id}")]
     Spawn {
+        /// The vCPU's index.
         id: u8,
+        /// What `thread::Builder::spawn` said.
         #[source]
         source: std::io::Error,
     },
+    /// A vCPU (the first number) did not park within the time (the second) when asked to.
     #[error("vCPU {0} did not stop within {1:?}")]
     Timeout(u8, Duration),
 }
 
 /// Everything a vCPU thread needs.
 pub struct VcpuContext {
+    /// The vCPU's index (also its APIC ID).
     pub id: u8,
+    /// The KVM vCPU, set up for boot or restored.
     pub fd: VcpuFd,
+    /// The port I/O bus that IN/OUT exits go to.
     pub pio: Arc<PioBus>,
+    /// The MMIO bus that MMIO exits go to.
     pub mmio: Arc<MmioBus>,
+    /// Where the devices report guest resets and power-offs.
     pub guest_events: GuestEventHandler,
+    /// Called once when the thread stops on an error (KVM_RUN failed, an unhandled exit).
     pub on_failure: VcpuFailureHandler,
 }
 

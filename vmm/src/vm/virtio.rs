@@ -57,34 +57,50 @@ pub const VIRTIO_FIRST_GSI: u32 = 5;
 /// Why the devices could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum VirtioSetupError {
+    /// A disk's image cannot be opened.
     #[error("disk")]
     Block(#[from] BlockError),
+    /// A NIC's tap cannot be opened or set up.
     #[error("network")]
     Net(#[from] NetError),
+    /// A NIC's `mac` does not parse.
     #[error("NIC {id}")]
     Mac {
+        /// The NIC's id in the VM config.
         id: String,
+        /// Why the MAC does not parse.
         #[source]
         source: MacParseError,
     },
+    /// A device's virtio-mmio transport cannot be built.
     #[error("virtio-mmio transport")]
     Transport(#[from] MmioError),
+    /// Duplicating a NIC's tap fd for its gratuitous-ARP announcer failed.
     #[error("cannot duplicate a tap fd to announce the NIC")]
     Announcer(#[source] std::io::Error),
+    /// Creating a device's interrupt eventfd failed.
     #[error("cannot create an interrupt eventfd")]
     EventFd(#[source] std::io::Error),
+    /// Registering a device's irqfd or queue ioeventfd with KVM failed.
     #[error("cannot register {what} of device {index} with KVM")]
     Kvm {
+        /// What was being registered (`the irqfd`, `a queue ioeventfd`).
         what: &'static str,
+        /// The device's index (disks first, then NICs).
         index: usize,
+        /// What KVM said.
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// A device's MMIO window clashes with another's.
     #[error("MMIO bus")]
     Bus(#[from] MmioBusError),
+    /// A device's output cannot be put behind an FT gate at `ft.enable`.
     #[error("cannot put virtio device {index} behind an FT gate")]
     Gate {
+        /// The device's index (disks first, then NICs).
         index: usize,
+        /// Why the gate could not be set up.
         #[source]
         source: std::io::Error,
     },
@@ -104,11 +120,20 @@ impl VirtioSetupError {
 /// A snapshot's devices do not fit this VM's.
 #[derive(Debug, thiserror::Error)]
 pub enum VirtioStateError {
+    /// The snapshot has another number of virtio devices than the config.
     #[error("snapshot has {saved} virtio devices, the config {ours}")]
-    Count { saved: usize, ours: usize },
+    Count {
+        /// Devices in the snapshot.
+        saved: usize,
+        /// Disks and NICs in the config.
+        ours: usize,
+    },
+    /// A device refused its saved state.
     #[error("virtio device {index}")]
     Device {
+        /// The device's index (disks first, then NICs).
         index: usize,
+        /// Why the transport or device refused it.
         #[source]
         source: MmioStateError,
     },

@@ -65,14 +65,34 @@ pub enum DiskMode {
 /// A write log the backup cannot apply to its disk.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
+    /// A logged write names another disk than the one it is applied to.
     #[error("write for disk {got} sent to disk {ours}")]
-    WrongDisk { got: u32, ours: u32 },
+    WrongDisk {
+        /// The disk index the write names.
+        got: u32,
+        /// The index of the disk being written.
+        ours: u32,
+    },
+    /// A logged write's offset or length is not a whole number of 512-byte sectors.
     #[error("write of {len} bytes at {offset} is not whole sectors")]
-    Misaligned { offset: u64, len: usize },
+    Misaligned {
+        /// The write's byte offset on the disk.
+        offset: u64,
+        /// The write's length in bytes.
+        len: usize,
+    },
+    /// A logged write ends past the end of the disk image.
     #[error("write of {len} bytes at {offset} lies past the end of the disk")]
-    OutOfRange { offset: u64, len: usize },
+    OutOfRange {
+        /// The write's byte offset on the disk.
+        offset: u64,
+        /// The write's length in bytes.
+        len: usize,
+    },
+    /// Writing or syncing the disk image failed.
     #[error("disk I/O")]
     Io(#[source] io::Error),
+    /// The fence forbids writing the shared disk now (halted, or no valid lease).
     #[error("committed writes held back: this member may not write the shared disk now")]
     Fenced(#[source] FenceError),
 }

@@ -55,9 +55,12 @@ pub struct BlockConfig {
 /// Block device set-up errors.
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
+    /// The disk image cannot be opened (read-write unless `readonly`).
     #[error("cannot open disk image {path}")]
     Open {
+        /// The image's path, as the config gave it.
         path: String,
+        /// What `open(2)` said.
         #[source]
         source: std::io::Error,
     },

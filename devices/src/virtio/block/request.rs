@@ -22,18 +22,33 @@ pub type DiskId = [u8; VIRTIO_BLK_ID_BYTES as usize];
 /// Why a request failed; each maps to the status the guest sees.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
+    /// The chain's readable bytes are fewer than the 16-byte request header.
     #[error("the request has no room for a {HEADER_SIZE}-byte header")]
     ShortHeader,
+    /// The header's request type is not IN, OUT, FLUSH or GET_ID.
     #[error("request type {0} is not supported")]
     Unsupported(u32),
+    /// A read or write length is not a whole number of 512-byte sectors.
     #[error("{len} bytes is not a whole number of sectors")]
-    Unaligned { len: u64 },
+    Unaligned {
+        /// The data length in bytes.
+        len: u64,
+    },
+    /// A read or write reaches past the last sector of the disk.
     #[error("sectors {sector}+{len} bytes lie past the end of the disk")]
-    OutOfRange { sector: u64, len: u64 },
+    OutOfRange {
+        /// The first sector of the request.
+        sector: u64,
+        /// The data length in bytes.
+        len: u64,
+    },
+    /// The guest asked to write a disk opened read-only.
     #[error("write to a read-only disk")]
     ReadOnly,
+    /// The request's buffers cannot be read or written in guest memory.
     #[error("guest buffers")]
     Chain(#[from] ChainError),
+    /// Reading, writing or flushing the disk image failed.
     #[error("disk I/O")]
     Io(#[source] std::io::Error),
 }

@@ -36,12 +36,17 @@ pub const QUEUE_NOTIFY_OFFSET: u64 = VIRTIO_MMIO_QUEUE_NOTIFY as u64;
 /// Transport set-up errors.
 #[derive(Debug, thiserror::Error)]
 pub enum MmioError {
+    /// Creating a queue's notification eventfd failed.
     #[error("cannot create a queue notification eventfd")]
     EventFd(#[source] std::io::Error),
+    /// The device asks for a queue size virtio-queue refuses (not a power of two up to 32768).
     #[error("queue {index}: bad maximum size {size}")]
     QueueSize {
+        /// The queue's index.
         index: usize,
+        /// The maximum size the device asked for.
         size: u16,
+        /// What virtio-queue said.
         #[source]
         source: virtio_queue::Error,
     },

@@ -9,14 +9,23 @@ use virtio_queue::{Queue, QueueState, QueueT};
 /// One virtqueue as the transport and the device last saw it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueSnapshot {
+    /// The most descriptors the device allows (QueueNumMax); a restore keeps the device's own.
     pub max_size: u16,
+    /// The queue size the driver chose (QueueNum).
     pub size: u16,
+    /// The driver set QueueReady.
     pub ready: bool,
+    /// Guest physical address of the descriptor table.
     pub desc_table: u64,
+    /// Guest physical address of the available (driver) ring.
     pub avail_ring: u64,
+    /// Guest physical address of the used (device) ring.
     pub used_ring: u64,
+    /// The next available-ring index the device will take.
     pub next_avail: u16,
+    /// The next used-ring index the device will fill.
     pub next_used: u16,
+    /// The driver acked VIRTIO_F_EVENT_IDX, so notifications use the event index.
     pub event_idx_enabled: bool,
     /// The driver wrote a QueueNum the queue cannot take.
     pub bad_size: bool,
@@ -25,35 +34,63 @@ pub struct QueueSnapshot {
 /// A virtio-mmio transport and its device.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MmioSnapshot {
+    /// The virtio device ID (1 net, 2 block); a restore refuses another.
     pub device_type: u32,
+    /// The device status register (ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK bits).
     pub status: u32,
+    /// The feature bits the driver acked.
     pub acked_features: u64,
+    /// The driver acked bits beyond the 64 that exist (FEATURES_OK is then refused).
     pub acked_unoffered: bool,
+    /// The queue that QueueSel last selected.
     pub queue_select: u32,
+    /// Which 32-bit word of the device features DeviceFeaturesSel selects.
     pub device_features_select: u32,
+    /// Which 32-bit word of the driver features DriverFeaturesSel selects.
     pub driver_features_select: u32,
+    /// Pending InterruptStatus bits (used buffer, configuration change).
     pub interrupt_status: u32,
+    /// The device met an error and reports DEVICE_NEEDS_RESET until the driver resets it.
     pub needs_reset: bool,
+    /// ConfigGeneration; always 0, as the configuration space never changes.
     pub config_generation: u32,
     /// DRIVER_OK was accepted and the device runs.
     pub activated: bool,
+    /// Each virtqueue, in queue index order.
     pub queues: Vec<QueueSnapshot>,
+    /// The device's own state (block or net).
     pub device: DeviceSnapshot,
 }
 
 /// A snapshot this transport cannot take.
 #[derive(Debug, thiserror::Error)]
 pub enum MmioStateError {
+    /// The snapshot is of another kind of device.
     #[error("saved device type {saved} differs from this device's {ours}")]
-    DeviceType { saved: u32, ours: u32 },
+    DeviceType {
+        /// The saved device ID.
+        saved: u32,
+        /// This transport's device ID.
+        ours: u32,
+    },
+    /// The snapshot has a different number of queues than the device.
     #[error("saved state has {saved} queues, the device has {ours}")]
-    QueueCount { saved: usize, ours: usize },
+    QueueCount {
+        /// Queues in the snapshot.
+        saved: usize,
+        /// Queues the device has.
+        ours: usize,
+    },
+    /// A saved queue's addresses or size are not a valid queue for this device.
     #[error("saved queue {index} is invalid")]
     Queue {
+        /// The queue's index.
         index: usize,
+        /// What virtio-queue refused.
         #[source]
         source: virtio_queue::Error,
     },
+    /// The device refused its part of the snapshot.
     #[error("device state")]
     Device(#[from] DeviceStateError),
 }

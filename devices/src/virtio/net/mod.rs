@@ -103,9 +103,12 @@ pub struct NetConfig {
 /// NIC set-up errors.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
+    /// The NIC's tap cannot be opened or set up.
     #[error("NIC {id}")]
     Tap {
+        /// The NIC's id in the VM config.
         id: String,
+        /// Why the tap failed.
         #[source]
         source: TapError,
     },
@@ -114,9 +117,13 @@ pub enum NetError {
 /// Frame counters, shared with the worker.
 #[derive(Debug, Default)]
 pub struct NetCounters {
+    /// Frames delivered from the tap into a guest RX buffer.
     pub rx_frames: AtomicU64,
+    /// Frames read from the tap but not delivered (runts, too big for any RX buffer, a dead queue).
     pub rx_dropped: AtomicU64,
+    /// Frames from the guest written to the tap.
     pub tx_frames: AtomicU64,
+    /// TX chains the guest queued that never reached the tap (malformed, or the write failed).
     pub tx_dropped: AtomicU64,
 }
 

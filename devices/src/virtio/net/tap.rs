@@ -2,6 +2,10 @@
 //! preceded by a 12-byte virtio-net header (IFF_VNET_HDR), with no offloads (so the kernel hands
 //! us only complete, checksummed frames of at most the tap's MTU).
 
+// vmm-sys-util's `ioctl_iow_nr!` makes each request a `pub fn` that no doc comment can reach (rustc
+// ignores docs and lint attributes on a macro invocation); every other public item here has one.
+#![allow(missing_docs)]
+
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -47,20 +51,29 @@ impl IfReq {
 /// Tap errors.
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {
+    /// The name is empty, longer than [`MAX_TAP_NAME_LEN`], or holds a NUL or `/`.
     #[error("tap name {0:?} must be 1 to {MAX_TAP_NAME_LEN} bytes without NUL or '/'")]
     BadName(String),
+    /// `/dev/net/tun` cannot be opened (missing, or no permission).
     #[error("cannot open /dev/net/tun")]
     OpenTun(#[source] io::Error),
+    /// `TUNSETIFF` refused the name (no such tap, or it belongs to another user).
     #[error("cannot attach to tap {name}")]
     Attach {
+        /// The tap interface's name.
         name: String,
+        /// What `TUNSETIFF` said.
         #[source]
         source: io::Error,
     },
+    /// Setting the vnet header size, turning offloads off or bringing the link up failed.
     #[error("cannot configure tap {name} ({what})")]
     Configure {
+        /// The tap interface's name.
         name: String,
+        /// The step that failed: `vnet header size`, `offloads` or `link up`.
         what: &'static str,
+        /// What the kernel said.
         #[source]
         source: io::Error,
     },

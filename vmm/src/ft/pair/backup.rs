@@ -122,13 +122,17 @@ pub type Localize = Box<dyn Fn(&str) -> Result<VmConfig, LocalizeError> + Send>;
 
 /// Everything `spawn_backup` needs.
 pub struct BackupSetup {
+    /// The bound `ft.receive` listener the primary connects to.
     pub listener: ft::transport::Listener,
     /// Turns the primary's config (JSON) into this host's (taps, disk paths, serial).
     pub localize: Localize,
     /// What `ft.receive` said of the pair's settings; the primary's Hello must agree.
     pub wants: BackupWants,
+    /// The store where the pair's generations are claimed.
     pub arbiter: Arc<dyn Arbiter>,
+    /// Where the backup reports its role, state and figures (`ft.status`).
     pub status: StatusHandle,
+    /// Silence from the primary after which it counts as failed, until the Hello sets the pair's.
     pub failure_timeout: Duration,
     /// What the replica's threads report through once it runs.
     pub handlers: VmHandlers,

@@ -103,10 +103,17 @@ pub enum PairCommand {
 /// What a pair thread reports when it ends on its own (not through [`PairHandle::end`]).
 pub enum PairReport {
     /// The primary's thread handed the VM back (`None`: the engine lost it).
-    PrimaryEnded { vm: Option<Vm>, end: PrimaryEnd },
+    PrimaryEnded {
+        /// The VM; `None` when the engine lost it.
+        vm: Option<Vm>,
+        /// How the pair ended.
+        end: PrimaryEnd,
+    },
     /// The backup went live: the VM runs here now, as the primary.
     BackupLive {
+        /// The config the primary sent, with this host's overrides.
         config: Box<VmConfig>,
+        /// The VM built from the last committed checkpoint.
         vm: Vm,
         /// The primary's guest was paused at the checkpoint it went live from: it stays paused.
         paused: bool,

@@ -163,13 +163,19 @@ impl EpochHooks for PrimaryPairHooks {
 
 /// Everything `spawn_primary` needs.
 pub struct PrimarySetup {
+    /// The running VM the pair protects; the primary's thread holds it from now on.
     pub vm: Vm,
+    /// The VM's config, sent to the backup with the initial sync.
     pub config: VmConfig,
     /// The stream, its Hello accepted by the backup (`ft.enable` opened it).
     pub stream: OpenedStream,
+    /// How the pair shares the disks.
     pub disk_mode: DiskMode,
+    /// The store where the pair's generations are claimed.
     pub arbiter: Arc<dyn Arbiter>,
+    /// Where the pair reports its role, state and figures (`ft.status`).
     pub status: StatusHandle,
+    /// Epoch length, heartbeat, failure timeout and flow control bounds.
     pub timing: PairTiming,
     /// What the handshake in `ft.enable` established.
     pub session: ft::auth::Session,
