@@ -13,6 +13,7 @@ use tandem_tests::client::{counter_on_disk, CounterConn};
 use tandem_tests::ft::{
     ft_status, signal, wait_ft, wait_halted, wait_status, wait_takeover, FT_PORT, GUEST_IP, T,
 };
+use tandem_tests::ft_pair::Hosts;
 use tandem_tests::net::{Node, TestNet, HOST_B_LINK_IP};
 use tandem_tests::stall::StallableFs;
 use tandem_tests::{require, Tandem, TempDir};
@@ -27,23 +28,10 @@ struct Fenced {
 }
 
 fn pair_on(tag: &str, fs: &StallableFs, failure_timeout_ms: u64) -> Fenced {
-    let net = TestNet::up(tag);
-    net.add_tap(Node::HostP, "tap0");
-    net.add_tap(Node::HostB, "tap0");
-    let p = Tandem::start_in_netns(&format!("{tag}-p"), &net.ns(Node::HostP));
-    let b = Tandem::start_in_netns(&format!("{tag}-b"), &net.ns(Node::HostB));
-    // The arbiter must not be on the disk that stalls: it is what decides who may write.
-    let store = TempDir::new(&format!("{tag}-store"));
-    let arbiter = store.path("arbiter");
-    std::fs::create_dir(&arbiter).unwrap();
+    // The arbiter (in the store) must not be on the disk that stalls: it decides who may write.
     let image = fs.path(&format!("{tag}.img"));
-    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
-    let mut cfg = p.builtin_config(1, 128, &format!("workload=counter ip={GUEST_IP}/24"));
-    cfg["disks"] = json!([{"id": "disk0", "path": image}]);
-    cfg["net"] = json!([{"id": "nic0", "tap": "tap0"}]);
-    p.put_ok("vm.create", Some(&cfg));
-    p.put_ok("vm.boot", None);
-    p.serial().wait_for("tandem-guest: ready", T);
+    let Hosts { net, p, b, store } = Hosts::up_with_disk(tag, Some(image.clone()));
+    let arbiter = store.path("arbiter");
     let url = format!("tcp:{HOST_B_LINK_IP}:{FT_PORT}");
     b.put_ok(
         "ft.receive",

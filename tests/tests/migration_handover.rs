@@ -29,25 +29,11 @@ struct Hosts {
 
 impl Hosts {
     fn up(tag: &str) -> Hosts {
-        let net = TestNet::up(tag);
-        net.add_tap(Node::HostP, "tap0");
-        net.add_tap(Node::HostB, "tap0");
-        let p = Tandem::start_in_netns(&format!("{tag}-p"), &net.ns(Node::HostP));
-        let b = Tandem::start_in_netns(&format!("{tag}-b"), &net.ns(Node::HostB));
-        let store = TempDir::new(&format!("{tag}-store"));
-        std::fs::create_dir(store.path("arbiter")).unwrap();
-        let image = store.path("counter.img");
-        std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
-        let mut cfg = p.builtin_config(1, 128, &format!("workload=counter ip={GUEST_IP}/24"));
-        cfg["disks"] = json!([{"id": "disk0", "path": image}]);
-        cfg["net"] = json!([{"id": "nic0", "tap": "tap0"}]);
-        p.put_ok("vm.create", Some(&cfg));
-        p.put_ok("vm.boot", None);
-        p.serial().wait_for("tandem-guest: ready", T);
+        let h = tandem_tests::ft_pair::Hosts::up(tag);
         Hosts {
-            net,
-            hosts: [p, b],
-            store,
+            net: h.net,
+            hosts: [h.p, h.b],
+            store: h.store,
         }
     }
 

@@ -315,7 +315,7 @@ pub fn install_sigsys_handler() -> std::io::Result<()> {
 extern "C" fn sigsys_handler(
     _sig: libc::c_int,
     info: *mut libc::siginfo_t,
-    _ctx: *mut libc::c_void,
+    ctx: *mut libc::c_void,
 ) {
     // siginfo_t for SIGSYS: si_signo, si_errno, si_code (3 ints + padding), then
     // _sigsys { void *_call_addr; int _syscall; unsigned int _arch; }.
@@ -324,7 +324,7 @@ extern "C" fn sigsys_handler(
         let base = info as *const u8;
         std::ptr::read_unaligned(base.add(16 + 8) as *const i32)
     };
-    let mut buf = [0u8; 160];
+    let mut buf = [0u8; 400];
     let mut n = 0;
     let mut put = |s: &[u8]| {
         for b in s {
@@ -353,6 +353,32 @@ extern "C" fn sigsys_handler(
         }
     }
     put(&digits[i..]);
+    // A forbidden open says what it tried to open: the path names the culprit far better than
+    // the syscall's number.
+    let path_reg = match i64::from(nr) {
+        libc::SYS_openat => Some(libc::REG_RSI),
+        libc::SYS_open => Some(libc::REG_RDI),
+        _ => None,
+    };
+    if let (Some(reg), false) = (path_reg, ctx.is_null()) {
+        // SAFETY: for a SA_SIGINFO handler the kernel passes a valid ucontext_t; the trapped
+        // syscall's arguments are in its saved registers.
+        let ptr = unsafe { (*(ctx as *const libc::ucontext_t)).uc_mcontext.gregs[reg as usize] };
+        put(b" (path \"");
+        let p = ptr as *const u8;
+        if !p.is_null() {
+            for k in 0..120 {
+                // SAFETY: the thread passed this pointer to open as a NUL-terminated path; we
+                // read it only up to its NUL (or 120 bytes).
+                let b = unsafe { std::ptr::read_volatile(p.add(k)) };
+                if b == 0 {
+                    break;
+                }
+                put(&[b]);
+            }
+        }
+        put(b"\")");
+    }
     put(b" (see ausyscall or /usr/include/asm/unistd_64.h); exiting\n");
     let also = REPORT_FD.load(Ordering::Relaxed);
     // SAFETY: write(2) and _exit(2) are async-signal-safe; an atomic load is too.

@@ -154,10 +154,23 @@ impl TxGate {
         self.release_locked(&mut st, bound);
     }
 
+    /// Whether a committed frame may leave now. A protected primary sends only under the lease
+    /// its acks renew (`ft::gate::Lease`), as it writes the shared disk: one stopped past its
+    /// failure timeout with committed frames still held must not send them once it continues,
+    /// when a backup may be live and answering for the guest. They stay held until an ack
+    /// renews the lease, or the pair ends (released if this member won, dropped if it halted);
+    /// the guest's TCP covers them either way.
+    fn may_send(&self) -> bool {
+        self.clock.mode() != Protection::Protected
+            || self.clock.lease().terms().is_none()
+            || self.clock.lease().check().is_ok()
+    }
+
     fn release_locked(&self, st: &mut State, bound: u64) {
         let was_full = !self.has_room();
         let mut freed = false;
-        while st.held.front().is_some_and(|h| h.epoch <= bound) {
+        // Before every frame, not once per batch: the process may stop between two.
+        while st.held.front().is_some_and(|h| h.epoch <= bound) && self.may_send() {
             let Some(h) = st.held.pop_front() else { break };
             let len = h.frame.len() as u64;
             let held_us = u64::try_from(h.since.elapsed().as_micros()).unwrap_or(u64::MAX);

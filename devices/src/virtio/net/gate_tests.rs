@@ -169,3 +169,33 @@ fn settling_releases_what_an_unprotected_clock_allows_and_drops_what_a_halted_on
     assert_eq!(g.counters().held_frames.load(Ordering::Relaxed), 0);
     assert_eq!(g.counters().held_bytes.load(Ordering::Relaxed), 0);
 }
+
+#[test]
+fn a_protected_primary_sends_committed_frames_only_under_its_lease() {
+    let (clock, g, wire) = gate(1 << 20);
+    clock
+        .lease()
+        .set_terms(ft::gate::LeaseTerms::for_failure_timeout(
+            std::time::Duration::from_millis(40),
+        ));
+    clock.protect().unwrap();
+    g.send(&[1]).unwrap();
+    assert_eq!(clock.capture(), Ok(1));
+    // Committed, but the ack that renewed the lease was sent long ago (a primary stopped
+    // past its timeout): the frame stays held.
+    clock.lease().renew(std::time::Instant::now());
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    step(&clock, &g, Some(1));
+    assert!(wire.frames().is_empty(), "sent without a lease");
+    assert_eq!(g.counters().held_frames.load(Ordering::Relaxed), 1);
+    // A fresh ack renews it: the frame leaves.
+    clock.lease().renew(std::time::Instant::now());
+    step(&clock, &g, None);
+    assert_eq!(wire.frames(), [1]);
+    // Halted with frames held: they are dropped, never sent.
+    g.send(&[2]).unwrap();
+    assert_eq!(clock.capture(), Ok(2));
+    clock.halt();
+    g.settle("test");
+    assert_eq!(wire.frames(), [1]);
+}
