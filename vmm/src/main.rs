@@ -190,6 +190,14 @@ impl Cli {
 }
 
 fn main() -> ExitCode {
+    // glibc's malloc, the first time it shrinks a thread arena's heap, opens
+    // /proc/sys/vm/overcommit_memory, from whichever thread freed the memory: a device worker
+    // under a filter with no opens died of it mid-soak. A trim threshold no arena heap (64 MiB at
+    // most) reaches means that shrink never happens; freed memory is reused, not handed back.
+    // SAFETY: mallopt only sets a malloc parameter; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
     let cli = Cli::parse();
     let target = match &cli.log_file {
         Some(p) => match std::fs::OpenOptions::new()
