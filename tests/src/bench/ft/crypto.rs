@@ -12,6 +12,7 @@
 //!
 //! `--quick` (the smoke test) takes small sizes, one round and an idle 64 MiB guest.
 
+use super::pair::link_tx_bytes;
 use crate::bench::ms;
 use crate::ft::{ft_status, wait_ft, FT_PORT};
 use crate::ft_pair::write_key;
@@ -288,25 +289,6 @@ fn migration(net: &TestNet, key: &Path, z: &Sizes) {
             series(&f[3], 0)
         );
     }
-}
-
-/// Bytes host P has sent on the host-to-host link.
-fn link_tx_bytes(net: &TestNet) -> u64 {
-    let out = std::process::Command::new("ip")
-        .args([
-            "-n",
-            &net.ns(Node::HostP),
-            "-s",
-            "-j",
-            "link",
-            "show",
-            "dev",
-            "ft0",
-        ])
-        .output()
-        .expect("run ip");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    v[0]["stats64"]["tx"]["bytes"].as_u64().unwrap_or(0)
 }
 
 /// One protected stretch: (ms to protected, pause p50 µs, pause p99 µs, checkpoints/s, link MB/s).
