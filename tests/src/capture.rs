@@ -45,6 +45,31 @@ pub fn tcpdump_available(test: &str) -> bool {
     false
 }
 
+/// Waits (at most 30 s) until the tcpdump `child` (its stderr piped) says it listens on `what`,
+/// reading its standard error on a thread from then on (echoed to the test's log when `echo`);
+/// kills it and panics when it never does.
+pub fn wait_listening(child: &mut Child, echo: bool, what: &str) {
+    let stderr = child.stderr.take().expect("tcpdump stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut ready = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if echo {
+                eprintln!("tcpdump: {line}");
+            }
+            if line.contains("listening on") {
+                if let Some(tx) = ready.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    });
+    if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        let _ = child.kill();
+        panic!("tcpdump never said it was listening on {what}");
+    }
+}
+
 /// A running capture; stopped (and its file read) by [`Capture::stop`].
 pub struct Capture {
     child: Child,
@@ -81,24 +106,8 @@ impl Capture {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start tcpdump");
-        let stderr = child.stderr.take().expect("tcpdump stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut ready = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                // Its summary (packets captured, dropped by the kernel) goes to the test's log.
-                eprintln!("tcpdump: {line}");
-                if line.contains("listening on") {
-                    if let Some(tx) = ready.take() {
-                        let _ = tx.send(());
-                    }
-                }
-            }
-        });
-        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
-            let _ = child.kill();
-            panic!("tcpdump never said it was listening on {iface}");
-        }
+        // Its summary (packets captured, dropped by the kernel) goes to the test's log.
+        wait_listening(&mut child, true, iface);
         Capture {
             child,
             file,

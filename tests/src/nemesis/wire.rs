@@ -41,7 +41,6 @@ impl Wire {
                 .spawn()
                 .expect("start tcpdump");
             let out = child.stdout.take().expect("tcpdump stdout");
-            let err = child.stderr.take().expect("tcpdump stderr");
             let s = seen.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(out).lines().map_while(Result::ok) {
@@ -51,21 +50,7 @@ impl Wire {
                     }
                 }
             });
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                let mut ready = Some(tx);
-                for line in BufReader::new(err).lines().map_while(Result::ok) {
-                    if line.contains("listening on") {
-                        if let Some(tx) = ready.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                }
-            });
-            if rx.recv_timeout(Duration::from_secs(30)).is_err() {
-                let _ = child.kill();
-                panic!("tcpdump never listened on {tap} of host {slot}");
-            }
+            crate::capture::wait_listening(&mut child, false, &format!("{tap} of host {slot}"));
             children.push(child);
         }
         Wire { children, seen }
