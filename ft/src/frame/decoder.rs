@@ -10,6 +10,8 @@ pub struct Decoder {
     buf: Vec<u8>,
     max_payload: u32,
     poisoned: bool,
+    /// Bytes of the frames returned so far (header and payload).
+    decoded: u64,
 }
 
 impl Default for Decoder {
@@ -30,6 +32,7 @@ impl Decoder {
             buf: Vec::new(),
             max_payload: max_payload.min(MAX_PAYLOAD),
             poisoned: false,
+            decoded: 0,
         }
     }
 
@@ -43,6 +46,12 @@ impl Decoder {
     /// Bytes received but not yet returned as a frame.
     pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Bytes of all the frames returned so far, headers included: what a frame cost on the
+    /// stream, however the reads that brought it were cut.
+    pub fn decoded_bytes(&self) -> u64 {
+        self.decoded
     }
 
     /// The next complete frame, `Ok(None)` if more bytes are needed. Garbage is reported as soon
@@ -107,6 +116,7 @@ impl Decoder {
         }
         let frame = Frame::decode_payload(h.frame_type, &self.buf[HEADER_LEN..end])?;
         self.buf.drain(..end);
+        self.decoded += end as u64;
         Ok(Some(DecodedFrame {
             seq: h.seq,
             epoch: h.epoch,

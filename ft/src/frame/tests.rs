@@ -233,6 +233,30 @@ fn every_type_round_trips_in_any_pieces() {
 }
 
 #[test]
+fn decoded_bytes_count_whole_frames_however_the_reads_were_cut() {
+    let frames = samples();
+    let sizes: Vec<u64> = frames.iter().map(|f| encoded(f).len() as u64).collect();
+    let bytes = stream(&frames);
+    // All of it in one read: each frame still counts its own bytes when it comes out.
+    let mut d = Decoder::new();
+    d.push(&bytes);
+    let mut total = 0;
+    for size in &sizes {
+        assert!(d.next_frame().unwrap().is_some());
+        total += size;
+        assert_eq!(d.decoded_bytes(), total);
+    }
+    // A frame cut in two counts nothing until it is whole.
+    let mut d = Decoder::new();
+    d.push(&bytes[..sizes[0] as usize - 1]);
+    assert_eq!(d.next_frame().unwrap(), None);
+    assert_eq!(d.decoded_bytes(), 0);
+    d.push(&bytes[sizes[0] as usize - 1..sizes[0] as usize]);
+    assert!(d.next_frame().unwrap().is_some());
+    assert_eq!(d.decoded_bytes(), sizes[0]);
+}
+
+#[test]
 fn bad_magic_is_reported_from_the_first_wrong_byte() {
     assert_eq!(
         one(b"G"),

@@ -76,7 +76,6 @@ pub(crate) struct FrameReader {
     decoder: Decoder,
     chunk: Vec<u8>,
     next_seq: u64,
-    bytes: u64,
     /// A frame [`FrameReader::peek`] read ahead, returned by the next `recv`.
     peeked: Option<DecodedFrame>,
 }
@@ -88,7 +87,6 @@ impl FrameReader {
             decoder: Decoder::new(),
             chunk: vec![0; READ_CHUNK],
             next_seq: 0,
-            bytes: 0,
             peeked: None,
         }
     }
@@ -105,9 +103,10 @@ impl FrameReader {
         }
     }
 
-    /// Bytes read so far.
+    /// Bytes of the frames received so far. Counted per frame, not per read: one read may
+    /// bring the end of one checkpoint and the whole of the next.
     pub(crate) fn bytes(&self) -> u64 {
-        self.bytes
+        self.decoder.decoded_bytes()
     }
 
     /// Bounds each wait for bytes in `recv`; a timeout leaves partly received frames buffered.
@@ -137,7 +136,6 @@ impl FrameReader {
                     return Err(MigrationError::PeerClosed);
                 }
                 Ok(n) => {
-                    self.bytes += n as u64;
                     self.decoder.push(&self.chunk[..n]);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
