@@ -178,34 +178,14 @@ pub fn booted_pair_backup_env(
     make_arbiter: impl FnOnce(&TestNet, &Path) -> Value,
     backup_env: &[(&str, &str)],
 ) -> Pair {
-    let net = TestNet::up(tag);
-    net.add_tap(Node::HostP, "tap0");
-    net.add_tap(Node::HostB, "tap0");
+    let net = TestNet::up_with_taps(tag);
     let p = Tandem::start_in_netns(&format!("{tag}-p"), &net.ns(Node::HostP));
     let b = Tandem::start_in_netns_with_env(&format!("{tag}-b"), &net.ns(Node::HostB), backup_env);
-    // Storage both hosts see: the disk (shared mode) and the arbiter's directory.
     let store = TempDir::new(&format!("{tag}-store"));
-    let image = store.path("counter.img");
-    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
-    // Replicated mode: the backup's own copy, identical at the start.
-    let b_image = match disk_mode {
-        "replicated" => {
-            let i = store.path("counter-b.img");
-            std::fs::write(&i, vec![0u8; 1 << 20]).unwrap();
-            i
-        }
-        _ => image.clone(),
-    };
-    let arbiter = store.path("arbiter");
-    std::fs::create_dir(&arbiter).unwrap();
+    let (image, b_image) = pair_images(&store, disk_mode, 1 << 20);
+    let arbiter = arbiter_dir(&store);
     let arbiter_config = make_arbiter(&net, &arbiter);
-
-    let mut cfg = p.builtin_config(1, 128, &format!("workload=counter ip={GUEST_IP}/24"));
-    cfg["disks"] = json!([{"id": "disk0", "path": image}]);
-    cfg["net"] = json!([{"id": "nic0", "tap": "tap0"}]);
-    p.put_ok("vm.create", Some(&cfg));
-    p.put_ok("vm.boot", None);
-    p.serial().wait_for("tandem-guest: ready", T);
+    p.boot_counter(128, GUEST_IP, &image);
 
     Pair {
         net,
@@ -219,6 +199,43 @@ pub fn booted_pair_backup_env(
         failure_timeout_ms,
         store,
     }
+}
+
+/// Zeroed disk images of `bytes` in `store` for a pair in `disk_mode`: the primary's
+/// (`counter.img`) and the backup's, which is the same file unless the mode is `replicated`
+/// (then `counter-b.img`, identical at the start).
+pub fn pair_images(store: &TempDir, disk_mode: &str, bytes: usize) -> (PathBuf, PathBuf) {
+    let image = store.path("counter.img");
+    std::fs::write(&image, vec![0u8; bytes]).expect("disk image");
+    let b_image = match disk_mode {
+        "replicated" => {
+            let i = store.path("counter-b.img");
+            std::fs::write(&i, vec![0u8; bytes]).expect("disk image");
+            i
+        }
+        _ => image.clone(),
+    };
+    (image, b_image)
+}
+
+/// Makes the file arbiter's directory, `arbiter` in `store` (storage both hosts see).
+pub fn arbiter_dir(store: &TempDir) -> PathBuf {
+    let dir = store.path("arbiter");
+    std::fs::create_dir(&dir).expect("arbiter directory");
+    dir
+}
+
+/// Writes `bytes` as a pair key file at `path`, mode 0600 (a key others can read is refused).
+pub fn write_key_file(path: &Path, bytes: &[u8]) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .expect("key file");
+    std::io::Write::write_all(&mut f, bytes).expect("key");
 }
 
 /// A client on one connection, INC after INC, until `stop`: (replies, slowest INC).

@@ -68,19 +68,11 @@ pub fn assert_same_image(what: &str, replica: &Path, primary: &Path) {
 /// Two hosts with a counter guest on P (its disk `p_image`) and B waiting as its backup in
 /// replicated mode with `b_image`; FT is not enabled yet (the caller may start writing first).
 pub fn replicated_pair(tag: &str, store: TempDir, p_image: PathBuf, b_image: PathBuf) -> Pair {
-    let net = TestNet::up(tag);
-    net.add_tap(Node::HostP, "tap0");
-    net.add_tap(Node::HostB, "tap0");
+    let net = TestNet::up_with_taps(tag);
     let p = Tandem::start_in_netns(&format!("{tag}-p"), &net.ns(Node::HostP));
     let b = Tandem::start_in_netns(&format!("{tag}-b"), &net.ns(Node::HostB));
-    let arbiter = store.path("arbiter");
-    std::fs::create_dir(&arbiter).expect("arbiter dir");
-    let mut cfg = p.builtin_config(1, 128, &format!("workload=counter ip={GUEST_IP}/24"));
-    cfg["disks"] = json!([{"id": "disk0", "path": p_image}]);
-    cfg["net"] = json!([{"id": "nic0", "tap": "tap0"}]);
-    p.put_ok("vm.create", Some(&cfg));
-    p.put_ok("vm.boot", None);
-    p.serial().wait_for("tandem-guest: ready", T);
+    let arbiter = crate::ft::arbiter_dir(&store);
+    p.boot_counter(128, GUEST_IP, &p_image);
     let pair = Pair {
         net,
         p,

@@ -31,21 +31,14 @@ impl Hosts {
     /// As [`Hosts::up`], the guest's disk at `image` when given (a file system a test stalls
     /// or fills), else `counter.img` in the store; the arbiter's directory is always in the store.
     pub fn up_with_disk(tag: &str, image: Option<std::path::PathBuf>) -> Hosts {
-        let net = TestNet::up(tag);
-        net.add_tap(Node::HostP, "tap0");
-        net.add_tap(Node::HostB, "tap0");
+        let net = TestNet::up_with_taps(tag);
         let p = Tandem::start_in_netns(&format!("{tag}-p"), &net.ns(Node::HostP));
         let b = Tandem::start_in_netns(&format!("{tag}-b"), &net.ns(Node::HostB));
         let store = TempDir::new(&format!("{tag}-store"));
         let image = image.unwrap_or_else(|| store.path("counter.img"));
-        std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
-        std::fs::create_dir(store.path("arbiter")).unwrap();
-        let mut cfg = p.builtin_config(1, 128, &format!("workload=counter ip={GUEST_IP}/24"));
-        cfg["disks"] = json!([{"id": "disk0", "path": image}]);
-        cfg["net"] = json!([{"id": "nic0", "tap": "tap0"}]);
-        p.put_ok("vm.create", Some(&cfg));
-        p.put_ok("vm.boot", None);
-        p.serial().wait_for("tandem-guest: ready", T);
+        std::fs::write(&image, vec![0u8; 1 << 20]).expect("disk image");
+        crate::ft::arbiter_dir(&store);
+        p.boot_counter(128, GUEST_IP, &image);
         Hosts { net, p, b, store }
     }
 

@@ -93,6 +93,15 @@ impl TestNet {
         c
     }
 
+    /// The test network with `tap0` on hosts P and B: where an FT pair's guest has its NIC on
+    /// either host.
+    pub fn up_with_taps(tag: &str) -> Self {
+        let net = TestNet::up(tag);
+        net.add_tap(Node::HostP, "tap0");
+        net.add_tap(Node::HostB, "tap0");
+        net
+    }
+
     /// Creates tap `tap` on host `node` (HostP or HostB), attached to its LAN bridge.
     pub fn add_tap(&self, node: Node, tap: &str) {
         let out = Command::new("bash")

@@ -136,6 +136,18 @@ impl Tandem {
         })
     }
 
+    /// Creates and boots the counter guest (`mem_mib` MiB, one vCPU) at `ip`/24 with `image` as
+    /// `disk0` and `nic0` on `tap0`, then waits for `tandem-guest: ready`.
+    pub fn boot_counter(&self, mem_mib: u64, ip: &str, image: &std::path::Path) {
+        let mut cfg = self.builtin_config(1, mem_mib, &format!("workload=counter ip={ip}/24"));
+        cfg["disks"] = json!([{"id": "disk0", "path": image}]);
+        cfg["net"] = json!([{"id": "nic0", "tap": "tap0"}]);
+        self.put_ok("vm.create", Some(&cfg));
+        self.put_ok("vm.boot", None);
+        self.serial()
+            .wait_for("tandem-guest: ready", Duration::from_secs(60));
+    }
+
     /// Creates and boots the built-in guest, then waits for `tandem-guest: ready`.
     pub fn boot_builtin(&self, cpus: u8, mem_mib: u64, cmdline: &str) -> Duration {
         self.put_ok(

@@ -26,7 +26,7 @@ use tandem_tests::net::{Node, TestNet, HOST_B_LINK_IP};
 use tandem_tests::tamper::{Tamper, TamperProxy};
 use tandem_tests::{require, Tandem, TempDir};
 
-use tandem_tests::ft::{ft_status, FT_PORT, GUEST_IP, T};
+use tandem_tests::ft::{arbiter_dir, ft_status, pair_images, write_key_file, FT_PORT, GUEST_IP, T};
 /// Where a backup behind the tampering proxy listens (host B's loopback).
 const BEHIND_PROXY_PORT: u16 = 7601;
 
@@ -78,10 +78,7 @@ impl Spec {
 
 /// A network with a tap for the guest on each host, reused by pairs one after the other.
 fn network(tag: &str) -> TestNet {
-    let net = TestNet::up(tag);
-    net.add_tap(Node::HostP, "tap0");
-    net.add_tap(Node::HostB, "tap0");
-    net
+    TestNet::up_with_taps(tag)
 }
 
 /// P runs a counter guest, B waits for it (`ft.receive`); FT is not enabled yet.
@@ -107,37 +104,11 @@ impl Pair {
         let p = Tandem::start_in_netns(&format!("{tag}-p"), &net.ns(Node::HostP));
         let b = Tandem::start_in_netns(&format!("{tag}-b"), &net.ns(Node::HostB));
         let store = TempDir::new(&format!("{tag}-store"));
-        let p_image = store.path("counter.img");
-        std::fs::write(&p_image, vec![0u8; 1 << 20]).unwrap();
-        let b_image = match spec.disk_mode {
-            "replicated" => {
-                let i = store.path("counter-b.img");
-                std::fs::write(&i, vec![0u8; 1 << 20]).unwrap();
-                i
-            }
-            _ => p_image.clone(),
-        };
-        let arbiter = store.path("arbiter");
-        std::fs::create_dir(&arbiter).unwrap();
+        let (p_image, b_image) = pair_images(&store, spec.disk_mode, 1 << 20);
+        let arbiter = arbiter_dir(&store);
         let key = store.path("ft.key");
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&key)
-                .unwrap();
-            std::io::Write::write_all(&mut f, &[0x5au8; 32]).unwrap();
-        }
-
-        let mut cfg = p.builtin_config(1, 64, &format!("workload=counter ip={GUEST_IP}/24"));
-        cfg["disks"] = json!([{"id": "disk0", "path": p_image}]);
-        cfg["net"] = json!([{"id": "nic0", "tap": "tap0"}]);
-        p.put_ok("vm.create", Some(&cfg));
-        p.put_ok("vm.boot", None);
-        p.serial().wait_for("tandem-guest: ready", T);
+        write_key_file(&key, &[0x5au8; 32]);
+        p.boot_counter(64, GUEST_IP, &p_image);
 
         let listen = if spec.behind_proxy {
             format!("tcp:127.0.0.1:{BEHIND_PROXY_PORT}")

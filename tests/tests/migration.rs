@@ -23,9 +23,7 @@ struct Pair {
 
 impl Pair {
     fn new(tag: &str) -> Self {
-        let net = TestNet::up(tag);
-        net.add_tap(Node::HostP, "tap0");
-        net.add_tap(Node::HostB, "tap0");
+        let net = TestNet::up_with_taps(tag);
         let p = Tandem::start_in_netns(&format!("{tag}-p"), &net.ns(Node::HostP));
         let b = Tandem::start_in_netns(&format!("{tag}-b"), &net.ns(Node::HostB));
         Pair { net, hosts: [p, b] }
@@ -86,12 +84,7 @@ fn counter_survives_twenty_migrations_on_one_connection() {
     let image = store.path("counter.img");
     std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
     let p = &pair.hosts[0];
-    let mut cfg = p.builtin_config(1, 128, &format!("workload=counter ip={GUEST_IP}/24"));
-    cfg["disks"] = json!([{"id": "disk0", "path": image}]);
-    cfg["net"] = json!([{"id": "nic0", "tap": "tap0"}]);
-    p.put_ok("vm.create", Some(&cfg));
-    p.put_ok("vm.boot", None);
-    p.serial().wait_for("tandem-guest: ready", T);
+    p.boot_counter(128, GUEST_IP, &image);
 
     // One connection, INC after INC, for as long as the migrations go on.
     let stop = Arc::new(AtomicBool::new(false));

@@ -193,12 +193,7 @@ fn counter_service_continues_after_restore_in_a_new_process() {
     };
     {
         let t = Tandem::start_in_netns("snap-counter-src", &hp);
-        let mut cfg = t.builtin_config(1, 128, &format!("workload=counter ip={IP}/24"));
-        cfg["disks"] = json!([{"id": "disk0", "path": image}]);
-        cfg["net"] = json!([{"id": "nic0", "tap": "tap0"}]);
-        t.put_ok("vm.create", Some(&cfg));
-        t.put_ok("vm.boot", None);
-        t.serial().wait_for("tandem-guest: ready", T);
+        t.boot_counter(128, IP, &image);
         let (_, last) = counter(|c| {
             for _ in 0..41 {
                 c.inc().expect("INC");

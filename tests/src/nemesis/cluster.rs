@@ -56,34 +56,12 @@ const IMAGE_BYTES: usize = 1 << 20;
 impl Cluster {
     /// Brings the network up and boots the counter guest standalone on host P.
     pub fn up(tag: &str, disk_mode: &'static str, timeout_ms: u64) -> Cluster {
-        let net = TestNet::up(tag);
-        net.add_tap(Node::HostP, "tap0");
-        net.add_tap(Node::HostB, "tap0");
+        let net = TestNet::up_with_taps(tag);
         let store = TempDir::new(&format!("{tag}-store"));
-        let arbiter = store.path("arbiter");
-        std::fs::create_dir(&arbiter).expect("arbiter dir");
+        let arbiter = crate::ft::arbiter_dir(&store);
         let key = store.path("pair.key");
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&key)
-                .expect("key file");
-            std::io::Write::write_all(&mut f, &[0x6bu8; 32]).expect("key");
-        }
-        let p_image = store.path("disk-p.img");
-        std::fs::write(&p_image, vec![0u8; IMAGE_BYTES]).expect("image");
-        let b_image = match disk_mode {
-            "replicated" => {
-                let i = store.path("disk-b.img");
-                std::fs::write(&i, vec![0u8; IMAGE_BYTES]).expect("image");
-                i
-            }
-            _ => p_image.clone(),
-        };
+        crate::ft::write_key_file(&key, &[0x6bu8; 32]);
+        let (p_image, b_image) = crate::ft::pair_images(&store, disk_mode, IMAGE_BYTES);
         let slots = [
             Slot {
                 node: Node::HostP,
@@ -114,12 +92,7 @@ impl Cluster {
         };
         c.start_vmm(0);
         let p = c.member(0);
-        let mut cfg = p.builtin_config(1, GUEST_MIB, &format!("workload=counter ip={GUEST_IP}/24"));
-        cfg["disks"] = json!([{"id": "disk0", "path": c.slots[0].image}]);
-        cfg["net"] = json!([{"id": "nic0", "tap": "tap0"}]);
-        p.put_ok("vm.create", Some(&cfg));
-        p.put_ok("vm.boot", None);
-        p.serial().wait_for("tandem-guest: ready", T);
+        p.boot_counter(GUEST_MIB, GUEST_IP, &c.slots[0].image);
         c
     }
 

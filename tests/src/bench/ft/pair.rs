@@ -59,11 +59,8 @@ pub struct Site {
 impl Site {
     /// Builds the network; `tag` names it.
     pub fn up(tag: &str) -> Site {
-        let net = TestNet::up(tag);
-        net.add_tap(Node::HostP, "tap0");
-        net.add_tap(Node::HostB, "tap0");
         Site {
-            net,
+            net: TestNet::up_with_taps(tag),
             store: TempDir::new(&format!("bench-{tag}")),
             vms: std::cell::Cell::new(0),
         }
