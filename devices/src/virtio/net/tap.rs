@@ -2,16 +2,11 @@
 //! preceded by a 12-byte virtio-net header (IFF_VNET_HDR), with no offloads (so the kernel hands
 //! us only complete, checksummed frames of at most the tap's MTU).
 
-// vmm-sys-util's `ioctl_iow_nr!` makes each request a `pub fn` that no doc comment can reach (rustc
-// ignores docs and lint attributes on a macro invocation); every other public item here has one.
-#![allow(missing_docs)]
-
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref, ioctl_with_val};
-use vmm_sys_util::ioctl_iow_nr;
 
 /// Longest interface name Linux accepts (IFNAMSIZ minus the NUL).
 pub const MAX_TAP_NAME_LEN: usize = 15;
@@ -19,10 +14,16 @@ pub const MAX_TAP_NAME_LEN: usize = 15;
 /// `num_buffers`).
 pub const VNET_HDR_LEN: usize = 12;
 
-const TUNTAP: u32 = b'T' as u32;
-ioctl_iow_nr!(TUNSETIFF, TUNTAP, 202, libc::c_int);
-ioctl_iow_nr!(TUNSETOFFLOAD, TUNTAP, 208, libc::c_uint);
-ioctl_iow_nr!(TUNSETVNETHDRSZ, TUNTAP, 216, libc::c_int);
+// vmm-sys-util's macro makes each request a `pub fn` that no doc comment can reach; a private
+// module keeps them out of the crate's documented surface.
+mod nr {
+    use vmm_sys_util::ioctl_iow_nr;
+    const TUNTAP: u32 = b'T' as u32;
+    ioctl_iow_nr!(TUNSETIFF, TUNTAP, 202, libc::c_int);
+    ioctl_iow_nr!(TUNSETOFFLOAD, TUNTAP, 208, libc::c_uint);
+    ioctl_iow_nr!(TUNSETVNETHDRSZ, TUNTAP, 216, libc::c_int);
+}
+use nr::{TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ};
 
 const IFF_TAP: i16 = 0x0002;
 const IFF_NO_PI: i16 = 0x1000;
