@@ -82,6 +82,8 @@ pub struct EpochClock {
     /// (output-triggered epochs) instead of finding it on its next poll.
     outputs: Mutex<u64>,
     output_held: Condvar,
+    /// The newest epoch in which a gate held an output (0: none yet).
+    last_output: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -111,14 +113,27 @@ impl EpochClock {
             changed: Condvar::new(),
             outputs: Mutex::new(0),
             output_held: Condvar::new(),
+            last_output: AtomicU64::new(0),
         }
     }
 
     /// A gate holds an output now: wakes [`EpochClock::wait_output`].
     pub fn note_output(&self) {
+        // Gates hold outputs with the device running, captures happen with it stopped: the
+        // epoch read here is the one the output was tagged with.
+        self.last_output
+            .fetch_max(self.current.load(Ordering::Acquire), Ordering::AcqRel);
         let mut n = self.outputs.lock().unwrap_or_else(|p| p.into_inner());
         *n = n.wrapping_add(1);
         self.output_held.notify_all();
+    }
+
+    /// Whether an output is held in the running epoch: only a checkpoint of this epoch can
+    /// release it. Outputs of captured epochs are not counted: their checkpoints are in flight
+    /// (or acked, the releaser about to move them), and another checkpoint would only delay the
+    /// next output behind it.
+    pub fn output_in_current_epoch(&self) -> bool {
+        self.last_output.load(Ordering::Acquire) >= self.current()
     }
 
     /// A counter of held outputs, for [`EpochClock::wait_output`].
@@ -302,6 +317,23 @@ mod tests {
         assert_eq!(c.capture(), Ok(1));
         assert_eq!(c.current(), 2);
         assert_eq!(c.committed(), 0);
+    }
+
+    #[test]
+    fn only_output_of_the_running_epoch_asks_for_a_checkpoint() {
+        let c = EpochClock::new();
+        c.protect().unwrap();
+        assert!(!c.output_in_current_epoch(), "nothing held yet");
+        c.note_output();
+        assert!(c.output_in_current_epoch());
+        // Captured: the output rides on epoch 1's checkpoint; epoch 2 has none of its own,
+        // whether epoch 1 is in flight or acked and not yet released.
+        c.capture().unwrap();
+        assert!(!c.output_in_current_epoch());
+        c.commit(1).unwrap();
+        assert!(!c.output_in_current_epoch());
+        c.note_output();
+        assert!(c.output_in_current_epoch());
     }
 
     #[test]
