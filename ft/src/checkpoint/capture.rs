@@ -96,7 +96,8 @@ impl Captured {
             + self.state.vcpus.iter().map(Vec::len).sum::<usize>()) as u64
     }
 
-    /// Sends everything but the Commit, pages as deltas against `sent` where that is shorter;
+    /// Queues everything but the Commit on `w` (large checkpoints go out as they are encoded,
+    /// the rest with the caller's flush), pages as deltas against `sent` where that is shorter;
     /// returns the page count the Commit must announce.
     pub(crate) fn send_body(
         &self,
@@ -116,7 +117,7 @@ impl Captured {
             }
             if batch.page_count() as usize >= batch_pages.max(1) {
                 sent += batch.page_count();
-                w.send(
+                w.queue(
                     &Frame::MemoryPages(std::mem::take(&mut batch)),
                     self.epoch,
                     0,
@@ -125,15 +126,15 @@ impl Captured {
         }
         if !batch.is_empty() {
             sent += batch.page_count();
-            w.send(&Frame::MemoryPages(batch), self.epoch, 0)?;
+            w.queue(&Frame::MemoryPages(batch), self.epoch, 0)?;
         }
         for (index, data) in self.state.vcpus.iter().enumerate() {
             let index = u32::try_from(index)
                 .map_err(|_| MigrationError::Protocol("too many vCPUs".into()))?;
             let data = data.clone();
-            w.send(&Frame::VcpuState { index, data }, self.epoch, 0)?;
+            w.queue(&Frame::VcpuState { index, data }, self.epoch, 0)?;
         }
-        w.send(
+        w.queue(
             &Frame::DeviceState(self.state.devices.clone()),
             self.epoch,
             0,
@@ -149,7 +150,7 @@ impl Captured {
                 total,
                 data,
             };
-            w.send(&frame, self.epoch, 0)?;
+            w.queue(&frame, self.epoch, 0)?;
             offset = end;
             if offset >= self.extras.len() {
                 break;

@@ -642,8 +642,8 @@ fn send_checkpoint(
         e.sent_at = Some(Instant::now());
         e.send_started = Some(started);
     }
-    w.send(&commit, cap.epoch, flags)?;
-    Ok(())
+    w.queue(&commit, cap.epoch, flags)?;
+    w.flush()
 }
 
 /// Header plus an FT Commit's payload (u32 vCPUs, u64 pages, CommitInfo: u64 pause, u8 flags).

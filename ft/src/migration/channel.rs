@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 
 const READ_CHUNK: usize = 64 << 10;
 
+/// Queued frames go out once this many bytes wait: a large checkpoint streams while it is
+/// encoded, a small one leaves in one write.
+const FLUSH_AT: usize = 256 << 10;
+
 /// Sends frames, numbering them 0, 1, 2...
 pub(crate) struct FrameWriter {
     conn: Box<dyn Connection>,
@@ -29,26 +33,51 @@ impl FrameWriter {
         }
     }
 
-    /// Sends one frame and returns its sequence number.
+    /// Sends one frame (after any queued ones) and returns its sequence number.
     pub(crate) fn send(
         &mut self,
         frame: &Frame,
         epoch: u64,
         flags: u8,
     ) -> Result<u64, MigrationError> {
-        self.buf.clear();
-        encode_frame(frame, self.seq, epoch, flags, &mut self.buf)
-            .map_err(MigrationError::Encode)?;
-        self.conn
-            .write_all(&self.buf)
-            .map_err(MigrationError::Send)?;
-        self.bytes += self.buf.len() as u64;
-        let seq = self.seq;
-        self.seq += 1;
+        let seq = self.queue(frame, epoch, flags)?;
+        self.flush()?;
         Ok(seq)
     }
 
-    /// Bytes written so far.
+    /// Numbers and encodes a frame to go out with the next [`FrameWriter::flush`] (or
+    /// [`FrameWriter::send`]); past `FLUSH_AT` queued bytes they go out at once. A checkpoint's
+    /// frames leave in one write instead of one each: fewer system calls, one TCP push.
+    pub(crate) fn queue(
+        &mut self,
+        frame: &Frame,
+        epoch: u64,
+        flags: u8,
+    ) -> Result<u64, MigrationError> {
+        let before = self.buf.len();
+        // A frame that cannot be encoded leaves the buffer as it was.
+        encode_frame(frame, self.seq, epoch, flags, &mut self.buf)
+            .map_err(MigrationError::Encode)?;
+        self.bytes += (self.buf.len() - before) as u64;
+        let seq = self.seq;
+        self.seq += 1;
+        if self.buf.len() >= FLUSH_AT {
+            self.flush()?;
+        }
+        Ok(seq)
+    }
+
+    /// Writes every queued frame.
+    pub(crate) fn flush(&mut self) -> Result<(), MigrationError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let r = self.conn.write_all(&self.buf).map_err(MigrationError::Send);
+        self.buf.clear();
+        r
+    }
+
+    /// Bytes of the frames sent or queued so far.
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes
     }
@@ -238,5 +267,56 @@ impl Inbox {
 impl From<FrameError> for MigrationError {
     fn from(e: FrameError) -> Self {
         MigrationError::Frame(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn queued_frames_leave_together_on_flush_and_in_order() {
+        let (a, b) = UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let mut w = FrameWriter::new(Box::new(a));
+        let frames = [
+            Frame::DeviceState(vec![1, 2, 3]),
+            Frame::Heartbeat { timestamp_ms: 7 },
+            Frame::EndOfRound { pages: 3 },
+        ];
+        for (i, f) in frames.iter().enumerate() {
+            assert_eq!(w.queue(f, 5, 0).unwrap(), i as u64);
+        }
+        let mut peek = [0u8; 1];
+        assert!(
+            (&b).read(&mut peek).is_err(),
+            "nothing is written before the flush"
+        );
+        let queued = w.bytes();
+        w.flush().unwrap();
+        // A send after the flush goes out behind them, numbered next.
+        assert_eq!(w.send(&Frame::EndConfirmed, 5, 0).unwrap(), 3);
+        b.set_nonblocking(false).unwrap();
+        let mut r = FrameReader::new(Box::new(b));
+        for f in frames.iter().chain([&Frame::EndConfirmed]) {
+            assert_eq!(&r.recv().unwrap().frame, f);
+        }
+        assert_eq!(r.bytes(), w.bytes());
+        assert!(queued > 0 && queued < w.bytes());
+    }
+
+    #[test]
+    fn a_large_queue_streams_without_waiting_for_the_flush() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut w = FrameWriter::new(Box::new(a));
+        let reader = std::thread::spawn(move || {
+            let mut r = FrameReader::new(Box::new(b));
+            r.recv().map(|f| f.frame)
+        });
+        let big = Frame::DeviceState(vec![9; FLUSH_AT]);
+        w.queue(&big, 1, 0).unwrap();
+        // Past FLUSH_AT the frame went out by itself: the reader has it with no flush.
+        assert_eq!(reader.join().unwrap().unwrap(), big);
     }
 }
