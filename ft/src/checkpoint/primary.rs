@@ -761,6 +761,9 @@ fn on_ack(
         stall: e.stall,
         pages: e.pages,
         bytes: e.wire_bytes,
+        send: e.sent_at.map_or(Duration::ZERO, |t| {
+            t.saturating_duration_since(e.resumed_at)
+        }),
         ack_latency: e.resumed_at.elapsed(),
         in_flight_before: e.in_flight_before,
     });

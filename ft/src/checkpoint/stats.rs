@@ -75,7 +75,9 @@ pub struct CheckpointStats {
     pub pages: u64,
     /// Stream bytes of the checkpoint.
     pub bytes: u64,
-    /// From resume to the backup's ack.
+    /// From resume until its Commit frame was written: the sender's queue and the encoding.
+    pub send: Duration,
+    /// From resume to the backup's ack (`send`, then the link and the backup there and back).
     pub ack_latency: Duration,
     /// Checkpoints in flight when this one was captured (itself excluded).
     pub in_flight_before: usize,
@@ -213,6 +215,7 @@ mod tests {
             stall: Duration::ZERO,
             pages: 0,
             bytes,
+            send: Duration::ZERO,
             ack_latency: Duration::from_millis(ms),
             in_flight_before: 0,
         };

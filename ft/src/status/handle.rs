@@ -1,7 +1,9 @@
 //! The shared status handle and the snapshot it gives the API.
 
 use super::counters::{FtCounters, HeartbeatCounts};
-use super::samples::{PauseStats, PauseStepStats, Ring, StepRings};
+use super::samples::{
+    CommitLatencyStats, CommitRings, PauseStats, PauseStepStats, Ring, StepRings,
+};
 use super::transitions::transition_allowed;
 use super::{FtState, Role, StatusError};
 use crate::heartbeat::{FailureDetector, Path};
@@ -57,6 +59,8 @@ pub struct FtStatus {
     pub pause: PauseStats,
     /// Where the pause goes, step by step, over the same window as `pause` (primary).
     pub pause_steps: PauseStepStats,
+    /// What a checkpoint takes to commit after the pause, over the same window (primary).
+    pub commit_latency: CommitLatencyStats,
     /// Flow control (primary).
     pub flow: FlowStatus,
     /// The initial sync that protected the guest (primary; `None` before it completed): its
@@ -109,6 +113,7 @@ struct Inner {
     pauses_us: Ring,
     pause_max_us: u64,
     steps: StepRings,
+    commit: CommitRings,
     flow: FlowStatus,
     initial_sync: Option<crate::migration::SendReport>,
     bytes: Ring,
@@ -148,6 +153,7 @@ impl Inner {
             pauses_us: Ring::new(),
             pause_max_us: 0,
             steps: StepRings::new(),
+            commit: CommitRings::new(),
             flow: FlowStatus::default(),
             initial_sync: None,
             bytes: Ring::new(),
@@ -369,6 +375,12 @@ impl StatusHandle {
         sum.resume += steps.resume;
     }
 
+    /// Primary: a committed checkpoint's time from resume to its Commit written (`send`) and
+    /// from there to its ack (`ack`).
+    pub fn record_commit_latency(&self, send: Duration, ack: Duration) {
+        self.lock().commit.push(send, ack);
+    }
+
     /// Primary: the initial sync completed with `report`.
     pub fn set_initial_sync(&self, report: &crate::migration::SendReport) {
         self.lock().initial_sync = Some(report.clone());
@@ -534,6 +546,7 @@ impl StatusHandle {
                 max_us: g.pause_max_us,
             },
             pause_steps: g.steps.stats(),
+            commit_latency: g.commit.stats(),
             flow: g.flow,
             initial_sync: g.initial_sync.clone(),
             bytes_last_checkpoint: g.bytes_last,

@@ -13,7 +13,7 @@ mod transitions;
 pub use counters::{FtCounters, HeartbeatCounts, Histogram, ScrubCounts, PAUSE_BUCKETS_US};
 pub(crate) use handle::unix_ms;
 pub use handle::{FlowStatus, FtStatus, PathAges, StatusHandle, UdpCounts};
-pub use samples::{PauseStats, PauseStepStats, StepStats};
+pub use samples::{CommitLatencyStats, PauseStats, PauseStepStats, StepStats};
 pub use transitions::transition_allowed;
 
 /// Which part this VMM plays in its pair.

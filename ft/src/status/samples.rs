@@ -44,6 +44,50 @@ pub struct PauseStepStats {
     pub resume: StepStats,
 }
 
+/// How long a checkpoint took to commit once the guest ran again, over the recent window: what
+/// output held behind it waits beyond the pause.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CommitLatencyStats {
+    /// From resume until its Commit frame was written (the sender's queue and the encoding).
+    pub send: StepStats,
+    /// From the Commit frame written until its ack was handled: the link both ways and the
+    /// backup's receive, check and ack.
+    pub ack: StepStats,
+}
+
+/// The rings behind [`CommitLatencyStats`].
+#[derive(Debug, Clone)]
+pub(crate) struct CommitRings {
+    send: Ring,
+    ack: Ring,
+}
+
+impl CommitRings {
+    pub(crate) fn new() -> Self {
+        CommitRings {
+            send: Ring::new(),
+            ack: Ring::new(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, send: std::time::Duration, ack: std::time::Duration) {
+        let us = |d: std::time::Duration| d.as_micros().min(u128::from(u64::MAX)) as u64;
+        self.send.push(us(send));
+        self.ack.push(us(ack));
+    }
+
+    pub(crate) fn stats(&self) -> CommitLatencyStats {
+        let of = |r: &Ring| StepStats {
+            p50_us: r.percentile(50),
+            p99_us: r.percentile(99),
+        };
+        CommitLatencyStats {
+            send: of(&self.send),
+            ack: of(&self.ack),
+        }
+    }
+}
+
 /// One ring per pause step, in `PauseSteps::named` order.
 #[derive(Debug, Clone)]
 pub(crate) struct StepRings([Ring; 8]);

@@ -125,6 +125,9 @@ fn figures_and_serialized_names() {
     for i in 1..=100u64 {
         s.record_checkpoint(Duration::from_micros(i * 10), 1000 * i);
     }
+    for i in 1..=100u64 {
+        s.record_commit_latency(Duration::from_micros(i), Duration::from_micros(i * 100));
+    }
     s.record_commit(99);
     s.set_backlog(4096, 1);
     let d = FailureDetector::new(Duration::from_secs(5));
@@ -138,6 +141,13 @@ fn figures_and_serialized_names() {
     assert_eq!(snap.bytes_last_checkpoint, 100_000);
     assert_eq!(snap.bytes_per_checkpoint, 50_500);
     assert_eq!(snap.last_committed_epoch, Some(99));
+    assert_eq!(
+        (
+            snap.commit_latency.send.p50_us,
+            snap.commit_latency.ack.p99_us
+        ),
+        (50, 9900)
+    );
     assert!(snap.ack_age_ms.is_some());
     assert!(snap.heartbeat_age.channel_ms.is_some());
     assert_eq!(snap.heartbeat_age.udp_ms, None);
@@ -151,6 +161,7 @@ fn figures_and_serialized_names() {
         "last_committed_epoch",
         "checkpoint_count",
         "pause",
+        "commit_latency",
         "bytes_per_checkpoint",
         "backlog_bytes",
         "backlog_epochs",

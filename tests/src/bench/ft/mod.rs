@@ -327,6 +327,15 @@ fn throughput(site: &Site, z: &Sizes, l: &Load) -> Vec<Row> {
     rows
 }
 
+/// ft.status's commit latency (its recent window): what output waits beyond the pause.
+fn commit_latency(p: &crate::Tandem) -> String {
+    let c = &crate::ft::ft_status(p)["commit_latency"];
+    format!(
+        "after the pause (ft.status window): send p50 {} µs, ack p50 {} / p99 {} µs",
+        c["send"]["p50_us"], c["ack"]["p50_us"], c["ack"]["p99_us"]
+    )
+}
+
 /// An idle guest's checkpoints at `vcpus` vCPUs.
 fn idle(site: &Site, z: &Sizes, vcpus: u8) -> Row {
     let g = Guest {
@@ -349,12 +358,13 @@ fn idle(site: &Site, z: &Sizes, vcpus: u8) -> Row {
         "µs",
     );
     row.note = format!(
-        "mean per step: {}",
+        "mean per step: {}; {}",
         c.steps_us
             .iter()
             .map(|(k, v)| format!("{k} {v:.0}"))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        commit_latency(&vm.p)
     );
     row.ckpt = Some(c);
     row
@@ -371,6 +381,7 @@ fn echo(site: &Site, z: &Sizes) -> Vec<Row> {
     };
     let per = z.round_trips / z.rounds;
     let (mut standalone, mut ft, mut ckpt) = (Vec::new(), Vec::new(), Delta::default());
+    let mut commit = String::new();
     for _ in 0..z.rounds {
         {
             let _vm = site.boot(&g);
@@ -386,6 +397,7 @@ fn echo(site: &Site, z: &Sizes) -> Vec<Row> {
             poll.sleep(&vm.p, Duration::from_millis(50));
         }
         ckpt.merge(&mark.since(&vm, &site.net, &poll));
+        commit = commit_latency(&vm.p);
         ft.extend(client.join().expect("echo client"));
     }
     standalone.sort();
@@ -398,7 +410,7 @@ fn echo(site: &Site, z: &Sizes) -> Vec<Row> {
         row.compare = Compare::Added;
         if p == 0.5 {
             row.ckpt = Some(ckpt.ckpt());
-            row.note = "output-triggered checkpoints".into();
+            row.note = format!("output-triggered checkpoints; {commit}");
         }
         rows.push(row);
     }

@@ -278,6 +278,8 @@ impl StatsSink for StatusStats {
     fn checkpoint_committed(&self, s: &CheckpointStats) {
         self.0.record_checkpoint(s.pause, s.bytes);
         self.0.record_pause_steps(&s.steps);
+        self.0
+            .record_commit_latency(s.send, s.ack_latency.saturating_sub(s.send));
         self.0.record_page_encodings(&s.encodings);
         self.0.record_commit(s.epoch);
     }
