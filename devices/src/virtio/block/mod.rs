@@ -25,7 +25,7 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_S_IOERR,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::epoll::{EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -73,7 +73,7 @@ pub struct Block {
     disk_id: DiskId,
     features: u64,
     config_space: Vec<u8>,
-    worker: Option<Worker<Queue>>,
+    worker: Option<Worker<QueueState>>,
     /// The FT gate every request goes through once FT is enabled.
     gate: Option<Arc<DiskGate>>,
 }
@@ -205,7 +205,8 @@ impl VirtioDevice for Block {
     }
 
     fn quiesce(&mut self) -> Option<Vec<Queue>> {
-        self.worker.take()?.stop().map(|q| vec![q])
+        let q = Queue::try_from(self.worker.take()?.stop()?).ok()?;
+        Some(vec![q])
     }
 
     fn state(&self) -> DeviceSnapshot {
@@ -273,7 +274,7 @@ pub(crate) struct BlockWorker {
 }
 
 impl BlockWorker {
-    fn run(mut self, ep: WorkerEpoll, notify: EventFd) -> Queue {
+    fn run(mut self, ep: WorkerEpoll<QueueState>, notify: EventFd) -> QueueState {
         let watched = ep
             .add(notify.as_raw_fd(), EventSet::IN, QUEUE_TOKEN)
             .and_then(|_| match self.disk.room_fd() {
@@ -283,13 +284,13 @@ impl BlockWorker {
         if let Err(e) = watched {
             crate::guest_error!("virtio-blk: cannot watch the queue: {e}");
             self.interrupt.set_needs_reset();
-            return self.queue;
+            return self.queue.state();
         }
         let mut events = vec![EpollEvent::default(); 4];
         // Requests queued before the first notification are served too.
         self.process_queue();
         loop {
-            match ep.wait(&mut events) {
+            match ep.wait(&mut events, || self.queue.state()) {
                 Ok(Some(tokens)) => {
                     // Draining the counters first means a notification arriving during
                     // processing wakes us again rather than being lost.
@@ -307,7 +308,7 @@ impl BlockWorker {
                 }
             }
         }
-        self.queue
+        self.queue.state()
     }
 
     fn give_up(&mut self, what: &str, e: virtio_queue::Error) {

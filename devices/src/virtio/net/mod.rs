@@ -259,7 +259,8 @@ impl VirtioDevice for Net {
     fn quiesce(&mut self) -> Option<Vec<Queue>> {
         let out = self.worker.take()?.stop()?;
         self.held_frame = out.held_frame;
-        Some(vec![out.rx, out.tx])
+        let [rx, tx] = [out.rx, out.tx].map(|s| Queue::try_from(s).ok());
+        Some(vec![rx?, tx?])
     }
 
     fn state(&self) -> DeviceSnapshot {
