@@ -314,6 +314,8 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) {
+        // The device replaces any worker it still has; a parked one must not be resumed after.
+        self.parked = false;
         for (i, q) in self.queues.iter().enumerate() {
             let bad_size = self.bad_queue_size.get(i).copied().unwrap_or(true);
             if bad_size || !q.is_valid(&self.mem) {
