@@ -45,7 +45,7 @@ fn a_disk_worker_that_panics_leaves_the_vmm_up() {
         "{log}"
     );
 
-    // The VMM is up and still manages the VM: it answers, pauses (finding no worker to stop, the
+    // The VMM is up and still manages the VM: it answers, pauses (finding no worker to park, the
     // device stays stopped) and resumes it, and shuts it down cleanly.
     // Operators see it in the metrics too.
     let metrics = get_metrics(&t.socket);

@@ -89,20 +89,37 @@ pub trait VirtioDevice: Send {
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         crate::guest_debug!("ignoring a {}-byte config write at {offset:#x}", data.len());
     }
-    /// Starts processing the queues.
+    /// Starts processing the queues with a fresh worker (one left parked by
+    /// [`VirtioDevice::quiesce`] is stopped first).
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
-    /// Stops processing (joins the worker) and returns to the pre-activation state.
+    /// Stops processing (joins the worker, running or parked) and returns to the pre-activation
+    /// state.
     fn reset(&mut self);
-    /// Stops the worker, keeping the device's state, and hands back the queues with their
-    /// progress; `None` when no worker ran. [`VirtioDevice::activate`] starts it again.
+    /// Pauses processing for a state capture, keeping the device's state: the worker finishes
+    /// what it is doing, hands over copies of the queues with their progress (returned here)
+    /// and parks, touching neither guest memory nor the queues, until [`VirtioDevice::resume`]
+    /// (the cheap way back: no new thread) or until something stops it. `None` when no worker
+    /// ran or it died: the transport then treats the device as broken, never restarting it from
+    /// stale copies. A device may also stop its worker here instead of parking it, and let
+    /// [`VirtioDevice::activate`] start a new one.
     fn quiesce(&mut self) -> Option<Vec<Queue>>;
+    /// Lets the worker that [`VirtioDevice::quiesce`] parked go on where it was; `false` when
+    /// none is parked (stopped since, or never parked), and the transport then activates the
+    /// device afresh from its copies. Anything that changes the device or its queues while it is
+    /// quiesced (restore, enable_ft, reset, activate) must stop a parked worker first, so that
+    /// this says `false`. The default: no worker parks.
+    fn resume(&mut self) -> bool {
+        false
+    }
     /// Device-specific state for a snapshot; call it while quiesced.
     fn state(&self) -> DeviceSnapshot;
-    /// Takes device-specific state from a snapshot, before activation.
+    /// Takes device-specific state from a snapshot, before activation (a parked worker is
+    /// stopped: the next activation starts from this state).
     fn restore(&mut self, state: &DeviceSnapshot) -> Result<(), DeviceStateError>;
     /// Puts the device's output behind an FT gate from its next activation (so call it while
-    /// quiesced); `index` is the device's position in the VM, the same on both hosts. `None`:
-    /// the device has no output to gate.
+    /// quiesced; a parked worker is stopped, so that resume activates one behind the gate);
+    /// `index` is the device's position in the VM, the same on both hosts. `None`: the device
+    /// has no output to gate.
     fn enable_ft(
         &mut self,
         _setup: &super::ft::FtSetup,

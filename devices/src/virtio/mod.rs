@@ -1,13 +1,14 @@
 //! Virtio devices over the virtio-mmio transport (virtio 1.x, split virtqueues).
 //!
 //! Thread model: every activated device runs one worker thread of its own that sleeps in epoll on
-//! its queues' ioeventfds (plus the tap for a NIC) and a stop eventfd ([`worker::Worker`]). We chose
-//! this over rust-vmm's `event-manager` because each device then owns its whole lifecycle: reset,
-//! VM stop and drop join exactly the thread the device started, which is what a VM rebuilt on every
-//! reboot needs (no shared event loop to deregister from, no leaked threads or fds), and FT's later
-//! "quiesce every device, capture its state" step is a join that hands the queues back. A busy disk
-//! also never delays another device's notifications. The cost, one mostly idle thread per device,
-//! is small at our device counts.
+//! its queues' ioeventfds (plus the tap for a NIC) and its stop and park eventfds
+//! ([`worker::Worker`]). We chose this over rust-vmm's `event-manager` because each device then
+//! owns its whole lifecycle: reset, VM stop and drop join exactly the thread the device started,
+//! which is what a VM rebuilt on every reboot needs (no shared event loop to deregister from, no
+//! leaked threads or fds), and FT's "quiesce every device, capture its state" step parks each
+//! worker, which hands over copies of its queues and waits, so a checkpoint costs no thread stop or
+//! start. A busy disk also never delays another device's notifications. The cost, one mostly idle
+//! thread per device, is small at our device counts.
 
 pub mod block;
 pub mod chain;

@@ -25,7 +25,7 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_S_IOERR,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::epoll::{EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -73,7 +73,8 @@ pub struct Block {
     disk_id: DiskId,
     features: u64,
     config_space: Vec<u8>,
-    worker: Option<Worker<Queue>>,
+    /// Hands back (stopped) or over (parked) its queue's state.
+    worker: Option<Worker<QueueState>>,
     /// The FT gate every request goes through once FT is enabled.
     gate: Option<Arc<DiskGate>>,
 }
@@ -123,6 +124,8 @@ impl Block {
         mode: DiskMode,
         cap_bytes: usize,
     ) -> std::io::Result<Arc<DiskGate>> {
+        // A parked worker writes to the ungated disk; the next activation takes the gate.
+        self.stop_parked_worker();
         if let Some(old) = self.gate.take() {
             old.settle("a new FT gate replaces it");
         }
@@ -142,6 +145,21 @@ impl Block {
     /// ([`gate::apply_writes`]) while the VM does not run.
     pub fn replica_disk(&self) -> std::io::Result<RawDisk> {
         self.disk.try_clone()
+    }
+
+    /// Stops the worker, running or parked; what it hands back is not needed (a parked one
+    /// already handed over its queue).
+    fn stop_worker(&mut self) {
+        if let Some(w) = self.worker.take() {
+            let _ = w.stop();
+        }
+    }
+
+    /// Stops the worker if it is parked, so that the next activation starts a fresh one.
+    fn stop_parked_worker(&mut self) {
+        if self.worker.as_ref().is_some_and(Worker::is_parked) {
+            self.stop_worker();
+        }
     }
 
     fn worker_disk(&self) -> Result<Box<dyn DiskIo>, ActivateError> {
@@ -185,9 +203,7 @@ impl VirtioDevice for Block {
             broken: false,
         };
         let notify = q.notify;
-        if let Some(w) = self.worker.take() {
-            let _ = w.stop();
-        }
+        self.stop_worker();
         self.worker = Some(
             Worker::spawn(format!("tandem_blk_{}", self.id), interrupt, move |ep| {
                 worker.run(ep, notify)
@@ -198,14 +214,33 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self) {
-        if let Some(w) = self.worker.take() {
-            // The queue comes back for FT state capture later; a reset just drops it.
-            let _ = w.stop();
-        }
+        self.stop_worker();
     }
 
     fn quiesce(&mut self) -> Option<Vec<Queue>> {
-        self.worker.take()?.stop().map(|q| vec![q])
+        let w = self.worker.as_mut()?;
+        let state = w.park();
+        if !w.is_parked() {
+            // It ended instead of parking (see `Worker::park`): nothing is left to go on.
+            self.worker = None;
+        }
+        match Queue::try_from(state?) {
+            Ok(q) => Some(vec![q]),
+            Err(e) => {
+                // Cannot happen (the worker's queue was a valid one), but a worker whose state
+                // cannot be taken must not go on either.
+                crate::guest_error!(
+                    "virtio-blk: {}: a worker handed back a bad queue: {e}",
+                    self.id
+                );
+                self.stop_worker();
+                None
+            }
+        }
+    }
+
+    fn resume(&mut self) -> bool {
+        self.worker.as_mut().is_some_and(Worker::unpark)
     }
 
     fn state(&self) -> DeviceSnapshot {
@@ -215,7 +250,11 @@ impl VirtioDevice for Block {
     fn restore(&mut self, state: &DeviceSnapshot) -> Result<(), DeviceStateError> {
         match state {
             // Everything else (capacity, ID) comes from the config and the image.
-            DeviceSnapshot::Block => Ok(()),
+            DeviceSnapshot::Block => {
+                // The parked worker's queue is not the saved one.
+                self.stop_parked_worker();
+                Ok(())
+            }
             _ => Err(DeviceStateError::WrongKind { expected: "block" }),
         }
     }
@@ -273,7 +312,7 @@ pub(crate) struct BlockWorker {
 }
 
 impl BlockWorker {
-    fn run(mut self, ep: WorkerEpoll, notify: EventFd) -> Queue {
+    fn run(mut self, ep: WorkerEpoll<QueueState>, notify: EventFd) -> QueueState {
         let watched = ep
             .add(notify.as_raw_fd(), EventSet::IN, QUEUE_TOKEN)
             .and_then(|_| match self.disk.room_fd() {
@@ -283,13 +322,13 @@ impl BlockWorker {
         if let Err(e) = watched {
             crate::guest_error!("virtio-blk: cannot watch the queue: {e}");
             self.interrupt.set_needs_reset();
-            return self.queue;
+            return self.queue.state();
         }
         let mut events = vec![EpollEvent::default(); 4];
         // Requests queued before the first notification are served too.
         self.process_queue();
         loop {
-            match ep.wait(&mut events) {
+            match ep.wait(&mut events, || self.queue.state()) {
                 Ok(Some(tokens)) => {
                     // Draining the counters first means a notification arriving during
                     // processing wakes us again rather than being lost.
@@ -307,7 +346,7 @@ impl BlockWorker {
                 }
             }
         }
-        self.queue
+        self.queue.state()
     }
 
     fn give_up(&mut self, what: &str, e: virtio_queue::Error) {

@@ -357,3 +357,69 @@ fn device_offers_and_describes_itself() {
     };
     assert!(matches!(Block::new(&missing), Err(BlockError::Open { .. })));
 }
+
+/// The disk's worker parks on quiesce (its queue's progress handed over), serves nothing while
+/// parked, goes on with resume, and is stopped by a restore so that resume says there is none.
+#[test]
+fn quiesce_parks_the_disk_worker_resume_lets_it_go_on_and_restore_stops_it() {
+    use crate::virtio::device::{ActivateContext, ActiveQueue};
+    use std::time::{Duration, Instant};
+    let fx = image();
+    let mem = memory();
+    let mq = MockSplitQueue::new(&mem, 16);
+    header(&mem, VIRTIO_BLK_T_GET_ID, 0);
+    let mut dev = Block::new(&BlockConfig {
+        id: "bk0".into(),
+        path: fx.path.clone(),
+        readonly: false,
+    })
+    .unwrap();
+    let notify = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+    // A GET_ID request (descriptors 0-2), another one (3-5) added later.
+    let request = |first: u16| {
+        [
+            desc(HDR, 16, NEXT, first + 1),
+            desc(DATA, 20, W | NEXT, first + 2),
+            desc(STATUS, 1, W, 0),
+        ]
+    };
+    mq.add_desc_chains(&request(0), 0).unwrap();
+    let interrupt = Arc::new(Interrupt::new(
+        EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap(),
+    ));
+    dev.activate(ActivateContext {
+        mem: mem.clone(),
+        interrupt,
+        queues: vec![ActiveQueue {
+            queue: mq.create_queue().unwrap(),
+            notify: notify.try_clone().unwrap(),
+        }],
+        acked_features: VIRTIO_F_VERSION_1,
+    })
+    .unwrap();
+    let served = |n: u16| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while used(&mem, &mq, 0).0 != n {
+            assert!(Instant::now() < deadline, "request {n} never served");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    served(1);
+
+    let q = dev.quiesce().expect("a parked worker hands over its queue");
+    assert_eq!((q[0].next_avail(), q[0].next_used()), (1, 1));
+    mq.add_desc_chains(&request(3), 3).unwrap();
+    notify.write(1).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(used(&mem, &mq, 0).0, 1, "a parked worker serves nothing");
+    assert!(dev.resume(), "the parked worker goes on");
+    served(2);
+    assert!(!dev.resume(), "a running worker is not parked");
+
+    let q = dev.quiesce().unwrap();
+    assert_eq!((q[0].next_avail(), q[0].next_used()), (2, 2));
+    dev.restore(&DeviceSnapshot::Block).unwrap();
+    assert!(!dev.resume(), "restore stopped the parked worker");
+    assert!(dev.quiesce().is_none(), "and no worker is left");
+    dev.reset();
+}

@@ -74,8 +74,12 @@ pub struct MmioTransport {
     acked_unoffered: bool,
     status: u32,
     activated: bool,
-    /// The device's worker is stopped for a state capture (or not yet started after a restore).
+    /// The device's worker is paused for a state capture (or not yet started after a restore).
     quiesced: bool,
+    /// The quiesce parked the device's worker and nothing changed since: resume lets it go on
+    /// instead of activating the device again. Whatever changes the device or the queues
+    /// clears it (and the device stops its parked worker).
+    parked: bool,
     /// DRIVER_OK was accepted; the activation waits for [`MmioTransport::activate_pending`].
     activation_pending: bool,
     /// Where DRIVER_OK is reported; without one the device activates at once, on the caller's
@@ -115,6 +119,7 @@ impl MmioTransport {
             status: 0,
             activated: false,
             quiesced: false,
+            parked: false,
             activation_pending: false,
             notifier: None,
         })
@@ -162,12 +167,14 @@ impl MmioTransport {
     }
 
     /// Puts the device's output behind an FT gate (see [`VirtioDevice::enable_ft`]); call it
-    /// while quiesced or before activation, so that the next activation uses the gate.
+    /// while quiesced or before activation, so that the next activation uses the gate (a
+    /// parked worker does not go on: resume starts a fresh one).
     pub fn enable_ft(
         &mut self,
         setup: &crate::virtio::ft::FtSetup,
         index: u32,
     ) -> std::io::Result<Option<crate::virtio::ft::DeviceGate>> {
+        self.parked = false;
         self.device.enable_ft(setup, index)
     }
 
@@ -177,11 +184,13 @@ impl MmioTransport {
         self.reset();
     }
 
-    /// Stops the device (joins its worker) and forgets any activation not yet run.
+    /// Stops the device (joins its worker, running or parked) and forgets any activation not
+    /// yet run.
     fn stop_device(&mut self) {
         self.device.reset();
         self.activated = false;
         self.quiesced = false;
+        self.parked = false;
         self.activation_pending = false;
     }
 
@@ -305,6 +314,8 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) {
+        // The device replaces any worker it still has; a parked one must not be resumed after.
+        self.parked = false;
         for (i, q) in self.queues.iter().enumerate() {
             let bad_size = self.bad_queue_size.get(i).copied().unwrap_or(true);
             if bad_size || !q.is_valid(&self.mem) {

@@ -1,5 +1,6 @@
-//! Quiescing a transport (its device's worker stops and hands the queues back) and saving or
-//! restoring its registers, queues and device, for snapshots, migration and FT checkpoints.
+//! Quiescing a transport (its device's worker parks and hands over copies of the queues) and
+//! saving or restoring its registers, queues and device, for snapshots, migration and FT
+//! checkpoints.
 
 use super::MmioTransport;
 use crate::virtio::device::{DeviceSnapshot, DeviceStateError};
@@ -96,8 +97,9 @@ pub enum MmioStateError {
 }
 
 impl MmioTransport {
-    /// Stops the device's worker so that nothing touches guest memory or the queues; the
-    /// queues' progress comes back into the transport. [`MmioTransport::resume`] undoes it.
+    /// Parks the device's worker so that nothing touches guest memory or the queues; copies of
+    /// the queues with their progress come into the transport (for [`MmioTransport::state`]).
+    /// [`MmioTransport::resume`] undoes it.
     pub fn quiesce(&mut self) {
         if std::mem::take(&mut self.activation_pending) {
             // DRIVER_OK arrived but the device has not started yet: it is as good as running
@@ -111,13 +113,14 @@ impl MmioTransport {
                 Some(queues) if queues.len() == self.queues.len() => {
                     self.queues = queues;
                     self.quiesced = true;
+                    self.parked = true;
                 }
                 _ => {
                     // The worker died (it panicked and marked the device broken) and took the
                     // queues' progress with it: restarting from our stale copies would replay
                     // requests, so the device stays stopped until the driver resets it.
                     crate::guest_warn!(
-                        "virtio-mmio: device {} has no worker to stop; it stays stopped until reset",
+                        "virtio-mmio: device {} has no worker to park; it stays stopped until reset",
                         self.device.device_type()
                     );
                     self.activated = false;
@@ -127,10 +130,15 @@ impl MmioTransport {
         }
     }
 
-    /// Starts the device's worker again after [`MmioTransport::quiesce`] or a restore.
+    /// Lets the device's parked worker go on after [`MmioTransport::quiesce`] (no new thread,
+    /// no waiting for it), or starts a fresh one when something changed the device or its
+    /// queues meanwhile, after a restore, or when the device does not park its worker.
     pub fn resume(&mut self) {
         if self.quiesced {
             self.quiesced = false;
+            if std::mem::take(&mut self.parked) && self.device.resume() {
+                return;
+            }
             self.activated = false;
             self.activate();
         }
@@ -209,7 +217,9 @@ impl MmioTransport {
                 Queue::try_from(state).map_err(|source| MmioStateError::Queue { index, source })?,
             );
         }
+        // The device stops a parked worker; resume then activates from the restored queues.
         self.device.restore(&s.device)?;
+        self.parked = false;
         self.queues = queues;
         self.bad_queue_size = s.queues.iter().map(|q| q.bad_size).collect();
         self.status = s.status;

@@ -433,3 +433,4 @@ fn driver_disabling_a_queue_after_driver_ok_stops_the_device() {
 }
 
 mod activation;
+mod park;

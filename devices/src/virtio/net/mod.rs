@@ -184,6 +184,21 @@ impl Net {
         }
     }
 
+    /// Stops the worker, running or parked; what it hands back is not needed (a parked one
+    /// already handed over its state).
+    fn stop_worker(&mut self) {
+        if let Some(w) = self.worker.take() {
+            let _ = w.stop();
+        }
+    }
+
+    /// Stops the worker if it is parked, so that the next activation starts a fresh one.
+    fn stop_parked_worker(&mut self) {
+        if self.worker.as_ref().is_some_and(Worker::is_parked) {
+            self.stop_worker();
+        }
+    }
+
     /// Frame counters.
     pub fn counters(&self) -> Arc<NetCounters> {
         self.counters.clone()
@@ -237,9 +252,7 @@ impl VirtioDevice for Net {
         )
         .with_held_frame(self.held_frame.take());
         let (rx_notify, tx_notify) = (rx.notify, tx.notify);
-        if let Some(w) = self.worker.take() {
-            let _ = w.stop();
-        }
+        self.stop_worker();
         self.worker = Some(
             Worker::spawn(format!("tandem_net_{}", self.id), interrupt, move |ep| {
                 worker.run(ep, rx_notify, tx_notify)
@@ -250,16 +263,39 @@ impl VirtioDevice for Net {
     }
 
     fn reset(&mut self) {
-        if let Some(w) = self.worker.take() {
-            let _ = w.stop();
-        }
+        self.stop_worker();
         self.held_frame = None;
     }
 
     fn quiesce(&mut self) -> Option<Vec<Queue>> {
-        let out = self.worker.take()?.stop()?;
+        let w = self.worker.as_mut()?;
+        let out = w.park();
+        if !w.is_parked() {
+            // It ended instead of parking (see `Worker::park`): nothing is left to go on.
+            self.worker = None;
+        }
+        let out = out?;
         self.held_frame = out.held_frame;
-        Some(vec![out.rx, out.tx])
+        let queues = [out.rx, out.tx].map(|s| Queue::try_from(s).ok());
+        match queues {
+            [Some(rx), Some(tx)] => Some(vec![rx, tx]),
+            _ => {
+                // Cannot happen (the worker's queues were valid ones), but a worker whose
+                // state cannot be taken must not go on either.
+                crate::guest_error!("virtio-net: {}: a worker handed back a bad queue", self.id);
+                self.stop_worker();
+                None
+            }
+        }
+    }
+
+    fn resume(&mut self) -> bool {
+        let resumed = self.worker.as_mut().is_some_and(Worker::unpark);
+        if resumed {
+            // The worker still holds the frame; ours was the copy for `state`.
+            self.held_frame = None;
+        }
+        resumed
     }
 
     fn state(&self) -> DeviceSnapshot {
@@ -280,6 +316,8 @@ impl VirtioDevice for Net {
                         "held RX frame is larger than any frame",
                     ));
                 }
+                // The parked worker's frame and queues are not the saved ones.
+                self.stop_parked_worker();
                 // The guest driver read this MAC; it must not change under it.
                 self.mac = MacAddr(*mac);
                 self.held_frame = held_frame.clone();
@@ -290,6 +328,8 @@ impl VirtioDevice for Net {
     }
 
     fn enable_ft(&mut self, setup: &FtSetup, _index: u32) -> std::io::Result<Option<DeviceGate>> {
+        // A parked worker sends through the old sink; the next activation takes the gate.
+        self.stop_parked_worker();
         if let Some(old) = self.tx_gate.take() {
             old.settle("a new FT gate replaces it");
         }

@@ -13,7 +13,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
 use vmm_sys_util::epoll::{EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -46,11 +46,12 @@ pub(crate) struct NetWorker {
     tx_broken: bool,
 }
 
-/// What a stopped worker hands back: its queues with their progress, and a frame read from the
-/// tap that no RX buffer has taken yet (it belongs to the device's state, not the tap's).
+/// What a stopped worker hands back, and a copy of which a parked one hands over: its queues
+/// with their progress, and a frame read from the tap that no RX buffer has taken yet (it
+/// belongs to the device's state, not the tap's).
 pub(crate) struct NetWorkerOut {
-    pub rx: Queue,
-    pub tx: Queue,
+    pub rx: QueueState,
+    pub tx: QueueState,
     pub held_frame: Option<Vec<u8>>,
 }
 
@@ -101,7 +102,7 @@ impl NetWorker {
 
     pub(crate) fn run(
         mut self,
-        ep: WorkerEpoll,
+        ep: WorkerEpoll<NetWorkerOut>,
         rx_notify: EventFd,
         tx_notify: EventFd,
     ) -> NetWorkerOut {
@@ -137,7 +138,7 @@ impl NetWorker {
                 }
                 tap_watched = want_tap;
             }
-            let tokens = match ep.wait(&mut events) {
+            let tokens = match ep.wait(&mut events, || self.snapshot()) {
                 Ok(Some(t)) => t,
                 Ok(None) => break,
                 Err(e) => {
@@ -166,13 +167,18 @@ impl NetWorker {
     }
 
     fn into_out(self) -> NetWorkerOut {
+        self.snapshot()
+    }
+
+    /// The queues' progress and the held frame, as a park hands them over.
+    fn snapshot(&self) -> NetWorkerOut {
         let held_frame = self
             .pending
             .and_then(|len| self.frame.get(..len))
             .map(<[u8]>::to_vec);
         NetWorkerOut {
-            rx: self.rx,
-            tx: self.tx,
+            rx: self.rx.state(),
+            tx: self.tx.state(),
             held_frame,
         }
     }

@@ -106,11 +106,12 @@ impl VirtioDevice for Panicky {
         use vmm_sys_util::epoll::{EpollEvent, EventSet};
         let mut queues = ctx.queues;
         let notify = queues.remove(0).notify;
-        let body = move |ep: crate::virtio::worker::WorkerEpoll| {
+        let body = move |ep: crate::virtio::worker::WorkerEpoll<Vec<virtio_queue::Queue>>| {
             use std::os::fd::AsRawFd;
             ep.add(notify.as_raw_fd(), EventSet::IN, 0).unwrap();
             let mut events = vec![EpollEvent::default(); 2];
-            match ep.wait(&mut events) {
+            // Never parked: its quiesce stops it.
+            match ep.wait(&mut events, Vec::new) {
                 Ok(Some(_)) => panic!("a bug in the device model"),
                 _ => queues.into_iter().map(|q| q.queue).collect(),
             }
