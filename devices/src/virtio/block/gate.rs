@@ -289,8 +289,13 @@ impl DiskGate {
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
         if held + buf.len() as u64 >= self.cap_bytes {
             self.counters.full.fetch_add(1, Ordering::Relaxed);
+            // The guest's disk now waits for a commit: end the epoch for it.
+            self.clock.note_output();
         }
-        self.clock.note_output();
+        // Otherwise a write does not end the epoch early: nobody outside sees it (shared: it
+        // reaches the image after its commit; replicated: only the backup's copy waits), and the
+        // output that depends on it (a reply after a FLUSH) ends the epoch itself. Ending it on
+        // the write would take one checkpoint for the write and another for the reply.
     }
 
     fn release_bytes(&self, n: u64) {

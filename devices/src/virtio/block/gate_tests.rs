@@ -239,8 +239,16 @@ fn a_full_gate_pushes_back_until_commit() {
     clock.protect().unwrap();
     write(&g, 0, 1, 1);
     assert!(g.has_room());
+    assert!(
+        !clock.output_in_current_epoch(),
+        "a write with room left does not end the epoch"
+    );
     write(&g, 1, 1, 1);
     assert!(!g.has_room());
+    assert!(
+        clock.output_in_current_epoch(),
+        "a full gate ends the epoch: the guest's disk waits for the commit"
+    );
     clock.capture().unwrap();
     commit(&clock, &g, 1);
     assert!(g.has_room());
