@@ -580,8 +580,10 @@ fn send_loop(
     loop {
         if let Some(generation) = lock(&s.fenced).take() {
             // ft.promote: the lease is given up and no write is in flight; say so, and stop.
-            let _ = writer.send(&Frame::Fence { generation }, last_epoch, 0);
+            // Recorded before the Fence goes out: the backup answers it with an Abort, which
+            // the ack thread could otherwise record first as why the pair ended.
             s.fail(CheckpointError::Fenced { generation });
+            let _ = writer.send(&Frame::Fence { generation }, last_epoch, 0);
             return writer;
         }
         if s.failed() {
