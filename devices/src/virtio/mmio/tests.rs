@@ -384,7 +384,20 @@ fn net_worker_runs_from_driver_ok_to_reset() {
     assert!(thread_named("tandem_net_n0"));
     w(&mut t, VIRTIO_MMIO_STATUS, 0);
     assert!(!t.is_activated());
-    assert!(!thread_named("tandem_net_n0"), "reset joined the worker");
+    assert!(thread_gone("tandem_net_n0"), "reset joined the worker");
+}
+
+/// Whether no thread is named `name`, waiting up to 5 s: a joined thread can stay listed in
+/// /proc for a moment (the join returns when it clears its tid, before it is reaped).
+fn thread_gone(name: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while thread_named(name) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
 }
 
 fn thread_named(name: &str) -> bool {
