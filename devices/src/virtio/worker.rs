@@ -338,6 +338,29 @@ impl<T: Send + 'static> Worker<T> {
     }
 }
 
+/// A device's worker, if it has one (none before activation): the stops every device needs.
+pub(crate) trait WorkerSlot {
+    /// Stops the worker, running or parked; what it hands back is dropped (a parked one has
+    /// handed over its state already).
+    fn stop_worker(&mut self);
+    /// Stops the worker only if it is parked, so that the next activation starts a fresh one.
+    fn stop_parked_worker(&mut self);
+}
+
+impl<T: Send + 'static> WorkerSlot for Option<Worker<T>> {
+    fn stop_worker(&mut self) {
+        if let Some(w) = self.take() {
+            let _ = w.stop();
+        }
+    }
+
+    fn stop_parked_worker(&mut self) {
+        if self.as_ref().is_some_and(Worker::is_parked) {
+            self.stop_worker();
+        }
+    }
+}
+
 impl<T> Worker<T> {
     fn stop_inner(&mut self) -> Option<T> {
         let thread = self.thread.take()?;

@@ -11,7 +11,7 @@ use super::device::{
     ActivateContext, ActivateError, DeviceSnapshot, DeviceStateError, Interrupt, VirtioDevice,
 };
 use super::ft::{DeviceGate, FtSetup};
-use super::worker::{Worker, WorkerEpoll};
+use super::worker::{Worker, WorkerEpoll, WorkerSlot};
 use super::{GuestMemoryMmap, VIRTIO_F_VERSION_1};
 use disk::RawDisk;
 use ft::gate::EpochClock;
@@ -125,7 +125,7 @@ impl Block {
         cap_bytes: usize,
     ) -> std::io::Result<Arc<DiskGate>> {
         // A parked worker writes to the ungated disk; the next activation takes the gate.
-        self.stop_parked_worker();
+        self.worker.stop_parked_worker();
         if let Some(old) = self.gate.take() {
             old.settle("a new FT gate replaces it");
         }
@@ -145,21 +145,6 @@ impl Block {
     /// ([`gate::apply_writes`]) while the VM does not run.
     pub fn replica_disk(&self) -> std::io::Result<RawDisk> {
         self.disk.try_clone()
-    }
-
-    /// Stops the worker, running or parked; what it hands back is not needed (a parked one
-    /// already handed over its queue).
-    fn stop_worker(&mut self) {
-        if let Some(w) = self.worker.take() {
-            let _ = w.stop();
-        }
-    }
-
-    /// Stops the worker if it is parked, so that the next activation starts a fresh one.
-    fn stop_parked_worker(&mut self) {
-        if self.worker.as_ref().is_some_and(Worker::is_parked) {
-            self.stop_worker();
-        }
     }
 
     fn worker_disk(&self) -> Result<Box<dyn DiskIo>, ActivateError> {
@@ -203,7 +188,7 @@ impl VirtioDevice for Block {
             broken: false,
         };
         let notify = q.notify;
-        self.stop_worker();
+        self.worker.stop_worker();
         self.worker = Some(
             Worker::spawn(format!("tandem_blk_{}", self.id), interrupt, move |ep| {
                 worker.run(ep, notify)
@@ -214,7 +199,7 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self) {
-        self.stop_worker();
+        self.worker.stop_worker();
     }
 
     fn quiesce(&mut self) -> Option<Vec<Queue>> {
@@ -233,7 +218,7 @@ impl VirtioDevice for Block {
                     "virtio-blk: {}: a worker handed back a bad queue: {e}",
                     self.id
                 );
-                self.stop_worker();
+                self.worker.stop_worker();
                 None
             }
         }
@@ -252,7 +237,7 @@ impl VirtioDevice for Block {
             // Everything else (capacity, ID) comes from the config and the image.
             DeviceSnapshot::Block => {
                 // The parked worker's queue is not the saved one.
-                self.stop_parked_worker();
+                self.worker.stop_parked_worker();
                 Ok(())
             }
             _ => Err(DeviceStateError::WrongKind { expected: "block" }),

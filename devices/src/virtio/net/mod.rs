@@ -13,7 +13,7 @@ use super::device::{
     ActivateContext, ActivateError, DeviceSnapshot, DeviceStateError, VirtioDevice,
 };
 use super::ft::{DeviceGate, FtSetup};
-use super::worker::Worker;
+use super::worker::{Worker, WorkerSlot};
 use super::VIRTIO_F_VERSION_1;
 use gate::{GatedTxSink, TxGate};
 use std::fmt;
@@ -184,21 +184,6 @@ impl Net {
         }
     }
 
-    /// Stops the worker, running or parked; what it hands back is not needed (a parked one
-    /// already handed over its state).
-    fn stop_worker(&mut self) {
-        if let Some(w) = self.worker.take() {
-            let _ = w.stop();
-        }
-    }
-
-    /// Stops the worker if it is parked, so that the next activation starts a fresh one.
-    fn stop_parked_worker(&mut self) {
-        if self.worker.as_ref().is_some_and(Worker::is_parked) {
-            self.stop_worker();
-        }
-    }
-
     /// Frame counters.
     pub fn counters(&self) -> Arc<NetCounters> {
         self.counters.clone()
@@ -252,7 +237,7 @@ impl VirtioDevice for Net {
         )
         .with_held_frame(self.held_frame.take());
         let (rx_notify, tx_notify) = (rx.notify, tx.notify);
-        self.stop_worker();
+        self.worker.stop_worker();
         self.worker = Some(
             Worker::spawn(format!("tandem_net_{}", self.id), interrupt, move |ep| {
                 worker.run(ep, rx_notify, tx_notify)
@@ -263,7 +248,7 @@ impl VirtioDevice for Net {
     }
 
     fn reset(&mut self) {
-        self.stop_worker();
+        self.worker.stop_worker();
         self.held_frame = None;
     }
 
@@ -283,7 +268,7 @@ impl VirtioDevice for Net {
                 // Cannot happen (the worker's queues were valid ones), but a worker whose
                 // state cannot be taken must not go on either.
                 crate::guest_error!("virtio-net: {}: a worker handed back a bad queue", self.id);
-                self.stop_worker();
+                self.worker.stop_worker();
                 None
             }
         }
@@ -317,7 +302,7 @@ impl VirtioDevice for Net {
                     ));
                 }
                 // The parked worker's frame and queues are not the saved ones.
-                self.stop_parked_worker();
+                self.worker.stop_parked_worker();
                 // The guest driver read this MAC; it must not change under it.
                 self.mac = MacAddr(*mac);
                 self.held_frame = held_frame.clone();
@@ -329,7 +314,7 @@ impl VirtioDevice for Net {
 
     fn enable_ft(&mut self, setup: &FtSetup, _index: u32) -> std::io::Result<Option<DeviceGate>> {
         // A parked worker sends through the old sink; the next activation takes the gate.
-        self.stop_parked_worker();
+        self.worker.stop_parked_worker();
         if let Some(old) = self.tx_gate.take() {
             old.settle("a new FT gate replaces it");
         }
