@@ -7,26 +7,37 @@ use std::time::Duration;
 
 /// What parking needs of a vCPU.
 pub trait Parkable {
-    /// Asks the vCPU to park and waits until it has, at most `timeout`.
-    fn park(&self, timeout: Duration) -> Result<(), VcpuError>;
+    /// Asks the vCPU to park (kicking it out of the guest) without waiting.
+    fn ask_park(&self);
+    /// Waits until the vCPU asked has parked, at most `timeout`.
+    fn wait_parked(&self, timeout: Duration) -> Result<(), VcpuError>;
     /// Lets it run again (also withdraws a pending park request).
     fn unpark(&self);
 }
 
 impl Parkable for VcpuHandle {
-    fn park(&self, timeout: Duration) -> Result<(), VcpuError> {
-        self.pause(timeout)
+    fn ask_park(&self) {
+        self.ask_pause()
+    }
+    fn wait_parked(&self, timeout: Duration) -> Result<(), VcpuError> {
+        VcpuHandle::wait_parked(self, timeout)
     }
     fn unpark(&self) {
         self.resume()
     }
 }
 
-/// Parks every vCPU; if one does not park in time, every vCPU is let run again (the one that
-/// failed included) and its error returned.
+/// Parks every vCPU: all are asked (and kicked) first, then waited for, so that they stop in
+/// parallel (every FT checkpoint pauses; one after another, the pause grew by a whole stop per
+/// vCPU). If one does not park in time, every vCPU is let run again (the one that failed
+/// included) and its error returned.
 pub fn park_all<P: Parkable>(vcpus: &[P], timeout: Duration) -> Result<(), VcpuError> {
     for v in vcpus {
-        if let Err(e) = v.park(timeout) {
+        v.ask_park();
+    }
+    // Each wait gets the whole timeout: they all started together, so a slow one costs once.
+    for v in vcpus {
+        if let Err(e) = v.wait_parked(timeout) {
             for v in vcpus {
                 v.unpark();
             }
@@ -40,6 +51,11 @@ pub fn park_all<P: Parkable>(vcpus: &[P], timeout: Duration) -> Result<(), VcpuE
 mod tests {
     use super::*;
     use std::cell::Cell;
+
+    thread_local! {
+        /// A wait has begun on this test's thread: asking another vCPU now is a serial pause.
+        static ASKED_ALL: Cell<bool> = const { Cell::new(false) };
+    }
 
     /// A vCPU that parks unless told it is stuck.
     struct Fake {
@@ -61,8 +77,17 @@ mod tests {
     }
 
     impl Parkable for Fake {
-        fn park(&self, timeout: Duration) -> Result<(), VcpuError> {
+        fn ask_park(&self) {
+            assert!(
+                !ASKED_ALL.with(|w| w.get()),
+                "vCPU {} asked after a wait began",
+                self.id
+            );
             self.pending.set(true);
+        }
+        fn wait_parked(&self, timeout: Duration) -> Result<(), VcpuError> {
+            ASKED_ALL.with(|w| w.set(true));
+            assert!(self.pending.get(), "vCPU {} waited for unasked", self.id);
             if self.stuck {
                 return Err(VcpuError::Timeout(self.id, timeout));
             }
@@ -87,8 +112,12 @@ mod tests {
     }
 
     #[test]
-    fn every_vcpu_parks_when_all_can() {
-        let vcpus = [Fake::new(0, false), Fake::new(1, false)];
+    fn every_vcpu_parks_when_all_can_asked_all_before_any_is_waited_for() {
+        let vcpus = [
+            Fake::new(0, false),
+            Fake::new(1, false),
+            Fake::new(2, false),
+        ];
         park_all(&vcpus, Duration::from_millis(1)).unwrap();
         assert!(vcpus.iter().all(|v| v.parked.get()));
     }
