@@ -340,14 +340,44 @@ impl<T: Send + 'static> Worker<T> {
 
 /// A device's worker, if it has one (none before activation): the stops every device needs.
 pub(crate) trait WorkerSlot {
+    /// What the worker hands over.
+    type State;
     /// Stops the worker, running or parked; what it hands back is dropped (a parked one has
     /// handed over its state already).
     fn stop_worker(&mut self);
     /// Stops the worker only if it is parked, so that the next activation starts a fresh one.
     fn stop_parked_worker(&mut self);
+    /// Parks the worker and returns the state it handed over (`None` without a worker); one
+    /// that ended instead (see [`Worker::park`]) leaves the slot, its result returned.
+    fn park_worker(&mut self) -> Option<Self::State>;
+}
+
+/// A device's queues from the states its parked worker handed over; if one cannot be taken
+/// (cannot happen: the worker's queues were valid ones), the worker is stopped, as it must not
+/// go on either, and `None` returned.
+pub(crate) fn queues_or_stop<T: Send + 'static>(
+    slot: &mut Option<Worker<T>>,
+    states: impl IntoIterator<Item = virtio_queue::QueueState>,
+    kind: &str,
+    id: &dyn std::fmt::Display,
+) -> Option<Vec<virtio_queue::Queue>> {
+    let queues: Result<Vec<_>, _> = states
+        .into_iter()
+        .map(virtio_queue::Queue::try_from)
+        .collect();
+    match queues {
+        Ok(q) => Some(q),
+        Err(e) => {
+            crate::guest_error!("{kind}: {id}: a worker handed back a bad queue: {e}");
+            slot.stop_worker();
+            None
+        }
+    }
 }
 
 impl<T: Send + 'static> WorkerSlot for Option<Worker<T>> {
+    type State = T;
+
     fn stop_worker(&mut self) {
         if let Some(w) = self.take() {
             let _ = w.stop();
@@ -358,6 +388,15 @@ impl<T: Send + 'static> WorkerSlot for Option<Worker<T>> {
         if self.as_ref().is_some_and(Worker::is_parked) {
             self.stop_worker();
         }
+    }
+
+    fn park_worker(&mut self) -> Option<T> {
+        let w = self.as_mut()?;
+        let state = w.park();
+        if !w.is_parked() {
+            *self = None;
+        }
+        state
     }
 }
 

@@ -11,7 +11,7 @@ use super::device::{
     ActivateContext, ActivateError, DeviceSnapshot, DeviceStateError, Interrupt, VirtioDevice,
 };
 use super::ft::{DeviceGate, FtSetup};
-use super::worker::{Worker, WorkerEpoll, WorkerSlot};
+use super::worker::{queues_or_stop, Worker, WorkerEpoll, WorkerSlot};
 use super::{GuestMemoryMmap, VIRTIO_F_VERSION_1};
 use disk::RawDisk;
 use ft::gate::EpochClock;
@@ -203,25 +203,8 @@ impl VirtioDevice for Block {
     }
 
     fn quiesce(&mut self) -> Option<Vec<Queue>> {
-        let w = self.worker.as_mut()?;
-        let state = w.park();
-        if !w.is_parked() {
-            // It ended instead of parking (see `Worker::park`): nothing is left to go on.
-            self.worker = None;
-        }
-        match Queue::try_from(state?) {
-            Ok(q) => Some(vec![q]),
-            Err(e) => {
-                // Cannot happen (the worker's queue was a valid one), but a worker whose state
-                // cannot be taken must not go on either.
-                crate::guest_error!(
-                    "virtio-blk: {}: a worker handed back a bad queue: {e}",
-                    self.id
-                );
-                self.worker.stop_worker();
-                None
-            }
-        }
+        let state = self.worker.park_worker()?;
+        queues_or_stop(&mut self.worker, [state], "virtio-blk", &self.id)
     }
 
     fn resume(&mut self) -> bool {

@@ -13,7 +13,7 @@ use super::device::{
     ActivateContext, ActivateError, DeviceSnapshot, DeviceStateError, VirtioDevice,
 };
 use super::ft::{DeviceGate, FtSetup};
-use super::worker::{Worker, WorkerSlot};
+use super::worker::{queues_or_stop, Worker, WorkerSlot};
 use super::VIRTIO_F_VERSION_1;
 use gate::{GatedTxSink, TxGate};
 use std::fmt;
@@ -253,25 +253,9 @@ impl VirtioDevice for Net {
     }
 
     fn quiesce(&mut self) -> Option<Vec<Queue>> {
-        let w = self.worker.as_mut()?;
-        let out = w.park();
-        if !w.is_parked() {
-            // It ended instead of parking (see `Worker::park`): nothing is left to go on.
-            self.worker = None;
-        }
-        let out = out?;
+        let out = self.worker.park_worker()?;
         self.held_frame = out.held_frame;
-        let queues = [out.rx, out.tx].map(|s| Queue::try_from(s).ok());
-        match queues {
-            [Some(rx), Some(tx)] => Some(vec![rx, tx]),
-            _ => {
-                // Cannot happen (the worker's queues were valid ones), but a worker whose
-                // state cannot be taken must not go on either.
-                crate::guest_error!("virtio-net: {}: a worker handed back a bad queue", self.id);
-                self.worker.stop_worker();
-                None
-            }
-        }
+        queues_or_stop(&mut self.worker, [out.rx, out.tx], "virtio-net", &self.id)
     }
 
     fn resume(&mut self) -> bool {

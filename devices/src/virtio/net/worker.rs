@@ -118,7 +118,7 @@ impl NetWorker {
         if let Err(e) = watched {
             crate::guest_error!("virtio-net: cannot watch queues and tap: {e}");
             self.interrupt.set_needs_reset();
-            return self.into_out();
+            return self.snapshot();
         }
         let mut tap_watched = true;
         let mut events = vec![EpollEvent::default(); 8];
@@ -163,10 +163,6 @@ impl NetWorker {
                 state = self.process_rx();
             }
         }
-        self.into_out()
-    }
-
-    fn into_out(self) -> NetWorkerOut {
         self.snapshot()
     }
 
