@@ -47,6 +47,36 @@ impl PageMap {
         None
     }
 
+    /// Turns a linear bitmap into one per region shaped like `like` (the inverse of
+    /// [`PageMap::linear`]).
+    pub fn regional(&self, linear: &DirtyBitmap, like: &RegionBitmap) -> RegionBitmap {
+        let mut out = like.clone();
+        out.regions
+            .iter_mut()
+            .for_each(|r| r.bits.iter_mut().for_each(|w| *w = 0));
+        // (first linear page, pages) per region.
+        let mut spans = Vec::with_capacity(self.regions.len());
+        let mut first = 0;
+        for &(_, pages) in &self.regions {
+            spans.push((first, pages));
+            first += pages;
+        }
+        for pfn in linear.iter() {
+            let Some(i) = spans.iter().position(|&(f, n)| pfn >= f && pfn < f + n) else {
+                continue;
+            };
+            let page = pfn - spans[i].0;
+            if let Some(w) = out
+                .regions
+                .get_mut(i)
+                .and_then(|r| r.bits.get_mut((page / 64) as usize))
+            {
+                *w |= 1 << (page % 64);
+            }
+        }
+        out
+    }
+
     /// Turns a per-region dirty bitmap into a linear one.
     pub fn linear(&self, dirty: &RegionBitmap) -> DirtyBitmap {
         let mut out = DirtyBitmap::new(self.pages());
@@ -75,6 +105,34 @@ mod tests {
     use super::*;
     use crate::boot::layout::{MMIO_HOLE_END, MMIO_HOLE_START};
     use crate::state::memory::RegionDirty;
+
+    #[test]
+    fn regional_is_the_inverse_of_linear() {
+        let mem = crate::vm::memory::create_guest_memory(MMIO_HOLE_START + (8 << 20)).unwrap();
+        let map = PageMap::new(&mem);
+        let low = MMIO_HOLE_START / 4096;
+        let shape = RegionBitmap {
+            regions: vec![
+                RegionDirty {
+                    start: GuestAddress(0),
+                    len: MMIO_HOLE_START,
+                    bits: vec![u64::MAX; low.div_ceil(64) as usize],
+                },
+                RegionDirty {
+                    start: GuestAddress(MMIO_HOLE_END),
+                    len: 8 << 20,
+                    bits: vec![u64::MAX; 32],
+                },
+            ],
+        };
+        let mut linear = DirtyBitmap::new(map.pages());
+        for pfn in [0, 3, low - 1, low, low + 2047] {
+            linear.set(pfn);
+        }
+        let regional = map.regional(&linear, &shape);
+        assert_eq!(regional.count(), 5);
+        assert_eq!(map.linear(&regional), linear);
+    }
 
     #[test]
     fn linear_pages_skip_the_hole() {

@@ -8,10 +8,10 @@
 #[allow(non_snake_case)]
 mod nr {
     use kvm_bindings::{
-        kvm_clock_data, kvm_cpuid2, kvm_debugregs, kvm_dirty_log, kvm_fpu, kvm_ioeventfd,
-        kvm_irq_routing, kvm_irqchip, kvm_irqfd, kvm_lapic_state, kvm_mp_state, kvm_msr_list,
-        kvm_msrs, kvm_pit_config, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_userspace_memory_region,
-        kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+        kvm_clear_dirty_log, kvm_clock_data, kvm_cpuid2, kvm_debugregs, kvm_dirty_log,
+        kvm_enable_cap, kvm_fpu, kvm_ioeventfd, kvm_irq_routing, kvm_irqchip, kvm_irqfd,
+        kvm_lapic_state, kvm_mp_state, kvm_msr_list, kvm_msrs, kvm_pit_config, kvm_pit_state2,
+        kvm_regs, kvm_sregs, kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
     };
     use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
 
@@ -48,6 +48,8 @@ mod nr {
     ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
     ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_pit_state2);
     ioctl_iow_nr!(KVM_SET_PIT2, KVMIO, 0xa0, kvm_pit_state2);
+    ioctl_iow_nr!(KVM_ENABLE_CAP, KVMIO, 0xa3, kvm_enable_cap);
+    ioctl_iowr_nr!(KVM_CLEAR_DIRTY_LOG, KVMIO, 0xc0, kvm_clear_dirty_log);
 
     // On a vCPU fd.
     ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
@@ -109,6 +111,9 @@ pub fn kvm_vm() -> Vec<u64> {
         KVM_GET_CLOCK(),
         KVM_GET_PIT2(),
         KVM_SET_PIT2(),
+        // Manual dirty-log protection: turned on when a VM is built, used by FT's capture.
+        KVM_ENABLE_CAP(),
+        KVM_CLEAR_DIRTY_LOG(),
     ]
 }
 
@@ -174,6 +179,8 @@ mod tests {
         assert_eq!(KVM_GET_DIRTY_LOG(), 0x4010_ae42);
         assert_eq!(KVM_IRQFD(), 0x4020_ae76);
         assert_eq!(KVM_GET_XSAVE2(), 0x9000_aecf);
+        assert_eq!(KVM_ENABLE_CAP(), 0x4068_aea3);
+        assert_eq!(KVM_CLEAR_DIRTY_LOG(), 0xc018_aec0);
         assert_eq!(TUNSETIFF(), 0x4004_54ca);
         // Same number, different size: must stay distinct requests.
         assert_ne!(KVM_GET_PIT2(), KVM_GET_VCPU_EVENTS());

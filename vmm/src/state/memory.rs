@@ -57,6 +57,15 @@ pub enum MemoryStateError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// `KVM_CLEAR_DIRTY_LOG` (write-protecting pages again) failed for a memory slot.
+    #[error("cannot clear KVM's dirty log of slot {slot}")]
+    ClearDirtyLog {
+        /// The KVM memory slot.
+        slot: u32,
+        /// What KVM said.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What a memory save wrote.
@@ -224,23 +233,70 @@ impl DirtyBitmap {
     }
 }
 
+/// Asks KVM to leave dirty pages writable when it reports them
+/// (`KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`), so that [`dirty_pages_keeping`] can choose which to
+/// write-protect again; true if KVM agreed. Without it every reported page is write-protected
+/// again, and the guest's next write to it costs a fault (tens of µs under PVM).
+pub fn enable_manual_protect(vm: &VmFd) -> bool {
+    let cap = kvm_bindings::kvm_enable_cap {
+        cap: kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+        args: [
+            u64::from(kvm_bindings::KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE),
+            0,
+            0,
+            0,
+        ],
+        ..Default::default()
+    };
+    vm.check_extension_raw(u64::from(cap.cap)) as u64 & cap.args[0] != 0
+        && vm.enable_cap(&cap).is_ok()
+}
+
 /// Turns on KVM's dirty log for every slot and clears both logs, so that [`dirty_pages`] reports
 /// writes from now on.
-pub fn start_dirty_log(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryStateError> {
+pub fn start_dirty_log(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    manual: bool,
+) -> Result<(), MemoryStateError> {
     crate::vm::memory::register_memory(vm, mem, true).map_err(MemoryStateError::Register)?;
-    dirty_pages(vm, mem).map(|_| ())
+    dirty_pages(vm, mem, manual).map(|_| ())
 }
 
 /// Pages dirtied since the last call, by vCPUs (KVM's log) or devices (vm-memory's bitmap); both
-/// logs are cleared. Needs [`start_dirty_log`] first.
-pub fn dirty_pages(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<DirtyBitmap, MemoryStateError> {
+/// logs are cleared. Needs [`start_dirty_log`] first; `manual` says whether
+/// [`enable_manual_protect`] succeeded on this VM.
+pub fn dirty_pages(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    manual: bool,
+) -> Result<DirtyBitmap, MemoryStateError> {
+    dirty_pages_keeping(vm, mem, manual, |_| None)
+}
+
+/// [`dirty_pages`], except that of the pages reported `keep` may pick some (from the whole
+/// bitmap it is shown) to stay writable: KVM keeps them dirty, so the next call reports them
+/// again whether or not they were written, and the guest's writes to them meanwhile cost no
+/// fault. Only with `manual`; without it `keep` is not asked and every page is protected again.
+/// Every page not kept is write-protected before this returns, so a copy made after it sees
+/// every write before it, and any later write is reported next time.
+pub fn dirty_pages_keeping(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    manual: bool,
+    keep: impl FnOnce(&DirtyBitmap) -> Option<DirtyBitmap>,
+) -> Result<DirtyBitmap, MemoryStateError> {
     let mut out = DirtyBitmap::default();
+    let mut logged = Vec::new();
     for (slot, region) in mem.iter().enumerate() {
         let slot = slot as u32;
         let len = usize::try_from(region.len()).unwrap_or(usize::MAX);
         let mut bits = vm
             .get_dirty_log(slot, len)
             .map_err(|source| MemoryStateError::DirtyLog { slot, source })?;
+        if manual {
+            logged.push(bits.clone());
+        }
         // The mapping's own bitmap (the trait's `bitmap()` is a sliced view without get_and_reset).
         let ours = std::ops::Deref::deref(region).bitmap().get_and_reset();
         for (k, o) in bits.iter_mut().zip(ours) {
@@ -252,7 +308,54 @@ pub fn dirty_pages(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<DirtyBitmap, Memo
             bits,
         });
     }
+    if manual {
+        let kept = keep(&out);
+        for (slot, (mut bits, region)) in logged.into_iter().zip(&out.regions).enumerate() {
+            if let Some(k) = kept.as_ref().and_then(|k| k.regions.get(slot)) {
+                for (b, k) in bits.iter_mut().zip(&k.bits) {
+                    *b &= !k;
+                }
+            }
+            if bits.iter().any(|&w| w != 0) {
+                clear_dirty_log(vm, slot as u32, region.len, &mut bits)?;
+            }
+        }
+    }
     Ok(out)
+}
+
+/// Write-protects again the pages of `slot` set in `bits` (and clears their dirty bits).
+fn clear_dirty_log(
+    vm: &VmFd,
+    slot: u32,
+    len: u64,
+    bits: &mut [u64],
+) -> Result<(), MemoryStateError> {
+    let pages = u32::try_from(len / PAGE_SIZE as u64).unwrap_or(u32::MAX);
+    let mut clear = kvm_bindings::kvm_clear_dirty_log {
+        slot,
+        num_pages: pages.min(u32::try_from(bits.len() * 64).unwrap_or(u32::MAX)),
+        first_page: 0,
+        ..Default::default()
+    };
+    clear.__bindgen_anon_1.dirty_bitmap = bits.as_mut_ptr().cast();
+    // SAFETY: the request names one of this VM's slots from its first page, and the bitmap it
+    // points to is `bits`, which holds at least `num_pages` bits and outlives the call; KVM only
+    // reads it.
+    let ret = unsafe {
+        vmm_sys_util::ioctl::ioctl_with_ref(
+            vm,
+            crate::seccomp::ioctls::KVM_CLEAR_DIRTY_LOG(),
+            &clear,
+        )
+    };
+    if ret < 0 {
+        return Err(MemoryStateError::ClearDirtyLog {
+            slot,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
 }
 
 /// Clears vm-memory's bitmap (without KVM's log on, device writes are all it holds).

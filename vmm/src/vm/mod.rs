@@ -143,6 +143,9 @@ pub struct Vm {
     serial: Option<Arc<Mutex<SerialDevice>>>,
     /// Saveable MSRs and XSAVE size, found once so capture is only the reads.
     state_info: Arc<VcpuStateInfo>,
+    /// KVM leaves reported dirty pages writable until told otherwise
+    /// (`state::memory::enable_manual_protect`).
+    manual_protect: bool,
     vm_fd: VmFd,
     memory: GuestMemoryMmap,
 }
@@ -169,6 +172,7 @@ impl Vm {
         } = handlers;
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let vm_fd = kvm.create_vm().map_err(kvm_err("create the VM"))?;
+        let manual_protect = crate::state::memory::enable_manual_protect(&vm_fd);
         // The TSS and identity map pages sit just below the BIOS area, inside the MMIO hole.
         vm_fd
             .set_tss_address(0xfffb_d000)
@@ -250,6 +254,7 @@ impl Vm {
             serial_counters,
             serial,
             state_info: Arc::new(state_info),
+            manual_protect,
             vm_fd,
             memory,
         })
@@ -416,6 +421,7 @@ impl Vm {
         Ok(crate::state::memory::start_dirty_log(
             &self.vm_fd,
             &self.memory,
+            self.manual_protect,
         )?)
     }
 
@@ -424,6 +430,27 @@ impl Vm {
         Ok(crate::state::memory::dirty_pages(
             &self.vm_fd,
             &self.memory,
+            self.manual_protect,
+        )?)
+    }
+
+    /// Whether [`Vm::dirty_pages_keeping`] can leave pages writable on this KVM.
+    pub fn keeps_dirty_pages(&self) -> bool {
+        self.manual_protect
+    }
+
+    /// [`Vm::dirty_pages`], leaving the reported pages `keep` picks writable and dirty (see
+    /// `state::memory::dirty_pages_keeping`); call it paused. On a KVM without manual
+    /// protection `keep` is not asked.
+    pub fn dirty_pages_keeping(
+        &self,
+        keep: impl FnOnce(&DirtyBitmap) -> Option<DirtyBitmap>,
+    ) -> Result<DirtyBitmap, VmError> {
+        Ok(crate::state::memory::dirty_pages_keeping(
+            &self.vm_fd,
+            &self.memory,
+            self.manual_protect,
+            keep,
         )?)
     }
 
