@@ -74,6 +74,18 @@ impl DirtyBitmap {
         }
     }
 
+    /// The pages dirty in both, over this bitmap's range.
+    pub fn and(&self, other: &DirtyBitmap) -> DirtyBitmap {
+        let mut words = self.words.clone();
+        for (i, w) in words.iter_mut().enumerate() {
+            *w &= other.words.get(i).copied().unwrap_or(0);
+        }
+        DirtyBitmap {
+            words,
+            pages: self.pages,
+        }
+    }
+
     /// Dirty page frame numbers in ascending order.
     pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
         self.words.iter().enumerate().flat_map(|(i, &w)| {
@@ -102,6 +114,22 @@ mod tests {
         assert_eq!(b.count(), 3);
         assert_eq!(b.iter().collect::<Vec<_>>(), vec![0, 64, 129]);
         assert!(b.is_set(64) && !b.is_set(65) && !b.is_set(1000));
+    }
+
+    #[test]
+    fn and_keeps_what_both_have_within_the_first_range() {
+        let mut a = DirtyBitmap::new(70);
+        let mut b = DirtyBitmap::new(200);
+        for p in [1, 5, 64, 69] {
+            a.set(p);
+        }
+        for p in [5, 64, 150] {
+            b.set(p);
+        }
+        let both = a.and(&b);
+        assert_eq!(both.len(), 70);
+        assert_eq!(both.iter().collect::<Vec<_>>(), vec![5, 64]);
+        assert_eq!(DirtyBitmap::new(10).and(&a).count(), 0);
     }
 
     #[test]

@@ -95,6 +95,19 @@ pub trait MigratableVm {
     /// Pages written since `start_dirty_log` or the previous call, by vCPUs or devices, and
     /// clears them; the bitmap covers `page_count()` pages.
     fn take_dirty_pages(&mut self) -> Result<DirtyBitmap, VmOpError>;
+    /// [`MigratableVm::take_dirty_pages`], except that of the pages reported, those `keep`
+    /// returns stay writable: the guest's next writes to them cost no dirty-log fault, and they
+    /// are reported dirty again next time whether written or not (FT keeps the pages an idle
+    /// or chatty guest rewrites every epoch this way: `crate::checkpoint::hot_pages`). Only
+    /// while paused. By default `keep` is not asked and every page is protected again, which is
+    /// always correct, only slower.
+    fn take_dirty_pages_keeping(
+        &mut self,
+        keep: &mut dyn FnMut(&DirtyBitmap) -> DirtyBitmap,
+    ) -> Result<DirtyBitmap, VmOpError> {
+        let _ = keep;
+        self.take_dirty_pages()
+    }
     /// Stops tracking; best effort, called on success and failure alike.
     fn stop_dirty_log(&mut self) -> Result<(), VmOpError>;
     /// Stops every vCPU and device queue so that memory and state stop changing; returns once

@@ -83,6 +83,7 @@ pub const METRIC_FAMILIES: &[&str] = &[
     "tandem_ft_backlog_limit_bytes",
     "tandem_ft_pause_step_seconds_total",
     "tandem_ft_throttle_ratio",
+    "tandem_ft_hot_pages",
     "tandem_ft_epoch_interval_seconds",
     "tandem_ft_acks_total",
     "tandem_ft_ack_age_seconds",

@@ -1,6 +1,7 @@
 //! A captured checkpoint on the primary: the staging buffer filled while the VM is paused, and
 //! how it goes on the wire afterwards (zero detection and framing happen there, not in the pause).
 
+use super::hot_pages::HotPages;
 use super::pool::BufferPool;
 use super::sent_pages::SentPages;
 use super::stats::PauseSteps;
@@ -32,11 +33,15 @@ pub(crate) struct Captured {
 }
 
 impl Captured {
-    /// The pages dirtied since the last capture (clears the log); the VM must be paused.
+    /// The pages dirtied since the last capture (clears the log, but leaves the pages `hot`
+    /// picks writable); the VM must be paused.
     pub(crate) fn dirty_pages<V: MigratableVm + ?Sized>(
         vm: &mut V,
+        hot: &mut HotPages,
     ) -> Result<Vec<u64>, CheckpointError> {
-        let dirty = vm.take_dirty_pages().map_err(vm_err("take_dirty_pages"))?;
+        let dirty = vm
+            .take_dirty_pages_keeping(&mut |d| hot.choose(d))
+            .map_err(vm_err("take_dirty_pages"))?;
         Ok(dirty.iter().collect())
     }
 

@@ -5,6 +5,7 @@
 use super::capture::Captured;
 use super::flow::{EpochSample, FlowControl, FlowLimit, FlowReport};
 use super::hooks::EpochHooks;
+use super::hot_pages::HotPages;
 use super::pool::BufferPool;
 use super::primary::{lock, GuestRun, PrimaryOptions, Shared};
 use super::scrub;
@@ -137,6 +138,7 @@ pub(super) fn epoch_loop<V: MigratableVm>(
     hooks: &dyn EpochHooks,
     stats: &dyn StatsSink,
 ) -> (u64, Duration) {
+    let mut hot = HotPages::default();
     let pool = BufferPool::new(
         o.max_in_flight + 2,
         usize::try_from(o.max_backlog_bytes).unwrap_or(usize::MAX),
@@ -189,6 +191,7 @@ pub(super) fn epoch_loop<V: MigratableVm>(
                 stats.flow(&FlowReport {
                     throttle_permille: throttle.share_now(),
                     limited_by: FlowLimit::Backlog,
+                    hot_pages: hot.kept(),
                     ..flow.report()
                 });
             }
@@ -210,7 +213,15 @@ pub(super) fn epoch_loop<V: MigratableVm>(
         let mut guard = lock(vm);
         let run = started.elapsed();
         let paused_at = Instant::now();
-        let cap = capture(&mut *guard, s, epoch + 1, hooks, keep_paused, &pool);
+        let cap = capture(
+            &mut *guard,
+            s,
+            epoch + 1,
+            hooks,
+            keep_paused,
+            &pool,
+            &mut hot,
+        );
         let pause = paused_at.elapsed();
         let (mut cap, steps) = match cap {
             Ok(c) => c,
@@ -233,7 +244,10 @@ pub(super) fn epoch_loop<V: MigratableVm>(
             stalled,
             timer: trigger == Trigger::Timer,
         });
-        let report = flow.report();
+        let report = FlowReport {
+            hot_pages: hot.kept(),
+            ..flow.report()
+        };
         if report != reported {
             stats.flow(&report);
             reported = report;
@@ -412,6 +426,7 @@ fn capture<V: MigratableVm + ?Sized>(
     hooks: &dyn EpochHooks,
     keep_paused: bool,
     pool: &std::sync::Arc<BufferPool>,
+    hot: &mut HotPages,
 ) -> Result<(Captured, PauseSteps), CheckpointError> {
     let mut steps = PauseSteps::default();
     let t = Instant::now();
@@ -419,7 +434,7 @@ fn capture<V: MigratableVm + ?Sized>(
     steps.stop = t.elapsed();
     let cap = (|| {
         let t = Instant::now();
-        let pfns = Captured::dirty_pages(vm)?;
+        let pfns = Captured::dirty_pages(vm, hot)?;
         steps.dirty_log = t.elapsed();
         let t = Instant::now();
         wait_for_room(s, pfns.len() as u64 * PAGE_SIZE as u64);

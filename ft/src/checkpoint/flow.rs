@@ -32,6 +32,8 @@ pub struct FlowReport {
     pub target_pause: Duration,
     /// The bound on bytes captured but not acked.
     pub max_backlog_bytes: u64,
+    /// Pages kept writable (hot) at the last checkpoint (`checkpoint::hot_pages`).
+    pub hot_pages: u64,
 }
 
 /// Flow control's settings (part of `PrimaryOptions`).
@@ -194,6 +196,7 @@ impl FlowControl {
             epoch: self.epoch,
             target_pause: self.o.target_pause,
             max_backlog_bytes: self.max_backlog,
+            hot_pages: 0,
         }
     }
 

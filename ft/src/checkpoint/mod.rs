@@ -28,6 +28,7 @@ mod capture;
 mod epoch;
 mod flow;
 mod hooks;
+mod hot_pages;
 mod link;
 mod pool;
 mod primary;

@@ -273,6 +273,7 @@ fn pause_steps_flow_and_initial_sync_are_reported_and_restart_with_each_pair() {
         epoch: Duration::from_millis(5),
         target_pause: Duration::from_millis(4),
         max_backlog_bytes: 8 << 20,
+        hot_pages: 15,
     });
     let snap = s.snapshot();
     assert_eq!(snap.pause_steps.stop.p50_us, 200);
@@ -281,6 +282,7 @@ fn pause_steps_flow_and_initial_sync_are_reported_and_restart_with_each_pair() {
     assert_eq!(snap.flow.throttle_permille, 400);
     assert_eq!(snap.flow.limited_by, FlowLimit::Backlog);
     assert_eq!(snap.flow.epoch_us, 5000);
+    assert_eq!(snap.flow.hot_pages, 15);
     assert_eq!(
         snap.flow.peak_backlog_bytes,
         1 << 20,

@@ -103,6 +103,12 @@ pub fn add_ft(e: &mut Exposition, s: &FtStatus, c: &FtCounters) {
         s.flow.epoch_us as f64 / 1e6,
     );
     e.gauge(
+        "tandem_ft_hot_pages",
+        "pages the guest rewrites every epoch, kept writable between checkpoints",
+        vec![],
+        s.flow.hot_pages as f64,
+    );
+    e.gauge(
         "tandem_ft_backlog_limit_bytes",
         "bound on bytes captured but not yet acked (ft.enable max_backlog_bytes)",
         vec![],
@@ -293,6 +299,7 @@ mod tests {
             epoch: Duration::from_millis(10),
             target_pause: Duration::from_millis(4),
             max_backlog_bytes: 1 << 20,
+            hot_pages: 15,
         });
         st.set_backlog(8192, 2);
         st.record_heartbeat_sent(Path::Channel);
@@ -319,6 +326,7 @@ mod tests {
         assert_eq!(v("tandem_ft_backlog_bytes", None), 8192.0);
         assert_eq!(v("tandem_ft_backlog_limit_bytes", None), 1048576.0);
         assert_eq!(v("tandem_ft_throttle_ratio", None), 0.25);
+        assert_eq!(v("tandem_ft_hot_pages", None), 15.0);
         assert_eq!(v("tandem_ft_epoch_interval_seconds", None), 0.01);
         assert_eq!(
             v("tandem_ft_pause_step_seconds_total", Some(("step", "copy"))),

@@ -120,6 +120,19 @@ impl<V: BorrowMut<Vm>> MigratableVm for SourceVm<V> {
         Ok(self.map.linear(&d))
     }
 
+    fn take_dirty_pages_keeping(
+        &mut self,
+        keep: &mut dyn FnMut(&DirtyBitmap) -> DirtyBitmap,
+    ) -> Result<DirtyBitmap, VmOpError> {
+        let map = &self.map;
+        let d = self
+            .vm
+            .borrow_mut()
+            .dirty_pages_keeping(|d| Some(map.regional(&keep(&map.linear(d)), d)))
+            .map_err(backend("read the dirty log"))?;
+        Ok(self.map.linear(&d))
+    }
+
     fn stop_dirty_log(&mut self) -> Result<(), VmOpError> {
         self.vm
             .borrow_mut()

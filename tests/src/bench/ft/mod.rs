@@ -157,6 +157,19 @@ const LOADS: &[Load] = &[
         target_pause_ms: Some(100),
     },
     Load {
+        name: "hot1",
+        workload: "dirty:1:0",
+        mem_mib: 128,
+        vcpus: 1,
+        unit: "k pages/s",
+        scale: 1e3,
+        parse: parse_dirty,
+        note: "unpaced: a 1 MiB working set (256 pages) rewritten as fast as the guest can; \
+               every page is written every epoch, so FT keeps them writable (hot pages)",
+        big: true,
+        target_pause_ms: None,
+    },
+    Load {
         name: "compute",
         workload: "compute",
         mem_mib: 128,
@@ -178,6 +191,7 @@ pub const PARTS: &[&str] = &[
     "smp4",
     "paced2",
     "smp2-long",
+    "hot1",
     "compute",
     "idle1",
     "idle2",
