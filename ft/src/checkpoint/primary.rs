@@ -724,6 +724,7 @@ fn on_ack(
     hooks: &dyn EpochHooks,
     stats: &dyn StatsSink,
 ) -> Result<(), CheckpointError> {
+    let acked_at = Instant::now();
     let mut w = lock(&s.window);
     let e = match w.front() {
         Some(e) if e.epoch == epoch && e.commit_seq == Some(seq) => w.pop_front(),
@@ -736,22 +737,27 @@ fn on_ack(
     };
     let (epochs, bytes) = (w.len(), w.bytes());
     drop(w);
-    s.changed.notify_all();
-    stats.in_flight(epochs, bytes);
-    let Some(e) = e else { return Ok(()) };
-    if let Some(send_started) = e.send_started {
-        lock(&s.link).acked(&Acked {
-            wire_bytes: e.wire_bytes,
-            pages: e.pages,
-            send_started,
-            acked_at: Instant::now(),
-        });
-    }
+    let Some(e) = e else {
+        s.changed.notify_all();
+        return Ok(());
+    };
+    // Output held behind this checkpoint is what a client waits for: commit first (under the
+    // renewed lease), the bookkeeping after.
     *lock(&s.committed) = Some(e.epoch);
     if let Some(sent) = e.sent_at {
         hooks.lease_renewed(sent);
     }
     hooks.epoch_committed(e.epoch);
+    s.changed.notify_all();
+    stats.in_flight(epochs, bytes);
+    if let Some(send_started) = e.send_started {
+        lock(&s.link).acked(&Acked {
+            wire_bytes: e.wire_bytes,
+            pages: e.pages,
+            send_started,
+            acked_at,
+        });
+    }
     stats.checkpoint_committed(&CheckpointStats {
         encodings: e.encodings,
         epoch: e.epoch,
@@ -766,7 +772,7 @@ fn on_ack(
         send: e.sent_at.map_or(Duration::ZERO, |t| {
             t.saturating_duration_since(e.resumed_at)
         }),
-        ack_latency: e.resumed_at.elapsed(),
+        ack_latency: acked_at.saturating_duration_since(e.resumed_at),
         in_flight_before: e.in_flight_before,
     });
     Ok(())
