@@ -73,20 +73,13 @@ pub struct PrimaryHooks {
 impl PrimaryHooks {
     /// Hooks over `clock` and the gates `VirtioDevices::enable_ft` returned.
     pub fn new(clock: Arc<EpochClock>, gates: &[DeviceGate]) -> Self {
-        let disks = gates
-            .iter()
-            .filter_map(|g| match g {
-                DeviceGate::Disk(d) => Some(d.clone()),
-                DeviceGate::Net(_) => None,
-            })
-            .collect();
-        let nets = gates
-            .iter()
-            .filter_map(|g| match g {
-                DeviceGate::Net(n) => Some(n.clone()),
-                DeviceGate::Disk(_) => None,
-            })
-            .collect();
+        let (mut disks, mut nets) = (Vec::new(), Vec::new());
+        for g in gates {
+            match g {
+                DeviceGate::Disk(d) => disks.push(d.clone()),
+                DeviceGate::Net(n) => nets.push(n.clone()),
+            }
+        }
         PrimaryHooks { clock, disks, nets }
     }
 }
