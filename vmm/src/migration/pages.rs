@@ -1,7 +1,7 @@
 //! Page numbers on the migration stream are linear over guest RAM (region after region, the MMIO
 //! hole skipped), so that both ends agree without knowing each other's layout rules.
 
-use crate::state::memory::DirtyBitmap as RegionBitmap;
+use crate::state::memory::{DirtyBitmap as RegionBitmap, RegionDirty};
 use crate::vm::memory::GuestMemoryMmap;
 use ft::bitmap::DirtyBitmap;
 use ft::frame::PAGE_SIZE;
@@ -50,10 +50,16 @@ impl PageMap {
     /// Turns a linear bitmap into one per region shaped like `like` (the inverse of
     /// [`PageMap::linear`]).
     pub fn regional(&self, linear: &DirtyBitmap, like: &RegionBitmap) -> RegionBitmap {
-        let mut out = like.clone();
-        out.regions
-            .iter_mut()
-            .for_each(|r| r.bits.iter_mut().for_each(|w| *w = 0));
+        let mut out = RegionBitmap {
+            regions: like
+                .regions
+                .iter()
+                .map(|r| RegionDirty {
+                    bits: vec![0; r.bits.len()],
+                    ..*r
+                })
+                .collect(),
+        };
         // (first linear page, pages) per region.
         let mut spans = Vec::with_capacity(self.regions.len());
         let mut first = 0;

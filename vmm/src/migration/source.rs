@@ -125,12 +125,19 @@ impl<V: BorrowMut<Vm>> MigratableVm for SourceVm<V> {
         keep: &mut dyn FnMut(&DirtyBitmap) -> DirtyBitmap,
     ) -> Result<DirtyBitmap, VmOpError> {
         let map = &self.map;
+        // The linear bitmap `keep` is shown is the answer too; made here only if it was not.
+        let mut shown = None;
         let d = self
             .vm
             .borrow_mut()
-            .dirty_pages_keeping(|d| Some(map.regional(&keep(&map.linear(d)), d)))
+            .dirty_pages_keeping(|d| {
+                let linear = map.linear(d);
+                let kept = map.regional(&keep(&linear), d);
+                shown = Some(linear);
+                Some(kept)
+            })
             .map_err(backend("read the dirty log"))?;
-        Ok(self.map.linear(&d))
+        Ok(shown.unwrap_or_else(|| map.linear(&d)))
     }
 
     fn stop_dirty_log(&mut self) -> Result<(), VmOpError> {

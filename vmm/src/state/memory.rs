@@ -287,16 +287,12 @@ pub fn dirty_pages_keeping(
     keep: impl FnOnce(&DirtyBitmap) -> Option<DirtyBitmap>,
 ) -> Result<DirtyBitmap, MemoryStateError> {
     let mut out = DirtyBitmap::default();
-    let mut logged = Vec::new();
     for (slot, region) in mem.iter().enumerate() {
         let slot = slot as u32;
         let len = usize::try_from(region.len()).unwrap_or(usize::MAX);
         let mut bits = vm
             .get_dirty_log(slot, len)
             .map_err(|source| MemoryStateError::DirtyLog { slot, source })?;
-        if manual {
-            logged.push(bits.clone());
-        }
         // The mapping's own bitmap (the trait's `bitmap()` is a sliced view without get_and_reset).
         let ours = std::ops::Deref::deref(region).bitmap().get_and_reset();
         for (k, o) in bits.iter_mut().zip(ours) {
@@ -309,15 +305,25 @@ pub fn dirty_pages_keeping(
         });
     }
     if manual {
+        // The bits passed on may include pages only devices wrote: clearing a page KVM does
+        // not have dirty changes nothing, so the merged bitmap serves as it is.
         let kept = keep(&out);
-        for (slot, (mut bits, region)) in logged.into_iter().zip(&out.regions).enumerate() {
-            if let Some(k) = kept.as_ref().and_then(|k| k.regions.get(slot)) {
-                for (b, k) in bits.iter_mut().zip(&k.bits) {
-                    *b &= !k;
+        for (slot, region) in out.regions.iter().enumerate() {
+            let masked: Vec<u64>;
+            let bits = match kept.as_ref().and_then(|k| k.regions.get(slot)) {
+                Some(k) => {
+                    masked = region
+                        .bits
+                        .iter()
+                        .zip(&k.bits)
+                        .map(|(b, k)| b & !k)
+                        .collect();
+                    &masked
                 }
-            }
+                None => &region.bits,
+            };
             if bits.iter().any(|&w| w != 0) {
-                clear_dirty_log(vm, slot as u32, region.len, &mut bits)?;
+                clear_dirty_log(vm, slot as u32, region.len, bits)?;
             }
         }
     }
@@ -325,12 +331,7 @@ pub fn dirty_pages_keeping(
 }
 
 /// Write-protects again the pages of `slot` set in `bits` (and clears their dirty bits).
-fn clear_dirty_log(
-    vm: &VmFd,
-    slot: u32,
-    len: u64,
-    bits: &mut [u64],
-) -> Result<(), MemoryStateError> {
+fn clear_dirty_log(vm: &VmFd, slot: u32, len: u64, bits: &[u64]) -> Result<(), MemoryStateError> {
     let pages = u32::try_from(len / PAGE_SIZE as u64).unwrap_or(u32::MAX);
     let mut clear = kvm_bindings::kvm_clear_dirty_log {
         slot,
@@ -338,7 +339,8 @@ fn clear_dirty_log(
         first_page: 0,
         ..Default::default()
     };
-    clear.__bindgen_anon_1.dirty_bitmap = bits.as_mut_ptr().cast();
+    // The field is a `*mut` for the C struct's sake; KVM only reads the bitmap.
+    clear.__bindgen_anon_1.dirty_bitmap = bits.as_ptr().cast_mut().cast();
     // SAFETY: the request names one of this VM's slots from its first page, and the bitmap it
     // points to is `bits`, which holds at least `num_pages` bits and outlives the call; KVM only
     // reads it.
