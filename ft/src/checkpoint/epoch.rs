@@ -147,7 +147,7 @@ pub(super) fn epoch_loop<V: MigratableVm>(
     flow_opts.max_link_time = flow_opts.max_link_time.min(o.ack_timeout / 4);
     let mut flow = FlowControl::new(flow_opts, o.checkpoint_interval, o.max_backlog_bytes);
     let mut throttle = Throttle::new();
-    let mut reported = flow.report();
+    let mut reported = flow.report(hot.kept());
     stats.flow(&reported);
     let mut epoch = 0u64;
     let mut total_stall = Duration::ZERO;
@@ -191,8 +191,7 @@ pub(super) fn epoch_loop<V: MigratableVm>(
                 stats.flow(&FlowReport {
                     throttle_permille: throttle.share_now(),
                     limited_by: FlowLimit::Backlog,
-                    hot_pages: hot.kept(),
-                    ..flow.report()
+                    ..flow.report(hot.kept())
                 });
             }
             w = lock(&s.window);
@@ -244,10 +243,7 @@ pub(super) fn epoch_loop<V: MigratableVm>(
             stalled,
             timer: trigger == Trigger::Timer,
         });
-        let report = FlowReport {
-            hot_pages: hot.kept(),
-            ..flow.report()
-        };
+        let report = flow.report(hot.kept());
         if report != reported {
             stats.flow(&report);
             reported = report;

@@ -188,15 +188,15 @@ impl FlowControl {
         self.run_budget
     }
 
-    /// Settings for the status view.
-    pub(crate) fn report(&self) -> FlowReport {
+    /// Settings for the status view, with the pages the capture keeps hot (it owns them).
+    pub(crate) fn report(&self, hot_pages: u64) -> FlowReport {
         FlowReport {
             throttle_permille: self.throttle,
             limited_by: self.limit,
             epoch: self.epoch,
             target_pause: self.o.target_pause,
             max_backlog_bytes: self.max_backlog,
-            hot_pages: 0,
+            hot_pages,
         }
     }
 
@@ -349,7 +349,7 @@ mod tests {
         }
         assert_eq!(f.epoch(), 25 * MS);
         assert_eq!(epoch(&f, 2_000.0, Duration::ZERO).throttle_permille, 0);
-        assert_eq!(f.report().limited_by, FlowLimit::None);
+        assert_eq!(f.report(0).limited_by, FlowLimit::None);
     }
 
     #[test]
@@ -367,7 +367,7 @@ mod tests {
         let e = epoch(&f, 400_000.0, Duration::ZERO);
         assert_eq!(e.throttle_permille, 0);
         assert!(e.pause <= 5 * MS, "{:?}", e.pause);
-        assert_eq!(f.report().limited_by, FlowLimit::Pause);
+        assert_eq!(f.report(0).limited_by, FlowLimit::Pause);
         // 10M pages/s: even a 5 ms epoch is too much; the guest is throttled.
         for _ in 0..20 {
             f.after_capture(&epoch(&f, 10_000_000.0, Duration::ZERO));
@@ -376,7 +376,7 @@ mod tests {
         let e = epoch(&f, 10_000_000.0, Duration::ZERO);
         assert!(e.throttle_permille > 900, "{}", e.throttle_permille);
         assert!(e.pause <= 5 * MS, "{:?}", e.pause);
-        assert_eq!(f.report().limited_by, FlowLimit::Pause);
+        assert_eq!(f.report(0).limited_by, FlowLimit::Pause);
     }
 
     #[test]
@@ -386,11 +386,11 @@ mod tests {
             f.after_capture(&epoch(&f, 2_000.0, 200 * MS));
         }
         // 64 pages of budget at 2000 pages/s: 32 ms of run in each ~225 ms epoch.
-        assert!(f.report().throttle_permille > 800, "{:?}", f.report());
-        assert_eq!(f.report().limited_by, FlowLimit::Backlog);
+        assert!(f.report(0).throttle_permille > 800, "{:?}", f.report(0));
+        assert_eq!(f.report(0).limited_by, FlowLimit::Backlog);
         f.after_capture(&epoch(&f, 2_000.0, Duration::ZERO));
-        assert_eq!(f.report().throttle_permille, 0);
-        assert_eq!(f.report().limited_by, FlowLimit::None);
+        assert_eq!(f.report(0).throttle_permille, 0);
+        assert_eq!(f.report(0).limited_by, FlowLimit::None);
     }
 
     #[test]
@@ -399,7 +399,7 @@ mod tests {
         for _ in 0..10 {
             f.after_capture(&epoch(&f, 10.0, 500 * MS));
         }
-        assert_eq!(f.report().throttle_permille, 0, "{:?}", f.report());
+        assert_eq!(f.report(0).throttle_permille, 0, "{:?}", f.report(0));
         assert!(f.run_budget().is_none_or(|b| b > 525 * MS));
     }
 
@@ -426,7 +426,7 @@ mod tests {
             f.after_capture(&epoch(&f, 20_000.0, Duration::ZERO));
         }
         assert_eq!(f.page_budget(), 61);
-        assert_eq!(f.report().limited_by, FlowLimit::Backlog);
+        assert_eq!(f.report(0).limited_by, FlowLimit::Backlog);
         assert!(epoch(&f, 20_000.0, Duration::ZERO).throttle_permille > 300);
         // Deltas: 40 bytes a page, the same link carries 6250.
         f.set_link(Some(1e6), Some(40.0));
@@ -456,8 +456,8 @@ mod tests {
         for _ in 0..30 {
             f.after_capture(&rewriter(&f));
         }
-        assert_eq!(f.epoch(), Duration::from_secs(1), "{:?}", f.report());
-        assert_eq!(f.report().limited_by, FlowLimit::None);
+        assert_eq!(f.epoch(), Duration::from_secs(1), "{:?}", f.report(0));
+        assert_eq!(f.report(0).limited_by, FlowLimit::None);
         // The dirty set stays the working set: the pause with it.
         assert!(rewriter(&f).pause <= 4 * MS);
         // An idle guest keeps the interval.

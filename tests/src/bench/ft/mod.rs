@@ -19,7 +19,7 @@ use super::{median, percentile, us};
 use crate::guest::{parse_compute, parse_dirty};
 use pair::{DiskMode, Guest, Site, FAILURE_TIMEOUT_MS};
 use std::time::Duration;
-use table::{Compare, Row, Stat};
+use table::{Ckpt, Compare, Row, Stat};
 use window::{Delta, Mark, Poll};
 
 /// How much of each figure to take: full, or a quick pass that only shows the bench still works.
@@ -307,8 +307,9 @@ fn throughput(site: &Site, z: &Sizes, l: &Load) -> Vec<Row> {
     row.ft = Some(stat(&ft, l.scale));
     row.compare = Compare::Ratio;
     row.per_round = ratios;
-    row.ckpt = Some(ckpt.ckpt());
-    row.note = l.note.to_string();
+    let c = ckpt.ckpt();
+    row.note = format!("{}; mean per step: {}", l.note, step_means(&c));
+    row.ckpt = Some(c);
     let mut rows = vec![row];
     if l.name == "heavy" {
         let mut t: Vec<u64> = syncs.iter().map(|s| s.time.as_millis() as u64).collect();
@@ -339,6 +340,15 @@ fn throughput(site: &Site, z: &Sizes, l: &Load) -> Vec<Row> {
         rows.push(sync);
     }
     rows
+}
+
+/// The pause's mean per step, in µs, as the notes print it.
+fn step_means(c: &Ckpt) -> String {
+    c.steps_us
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// ft.status's commit latency (its recent window): what output waits beyond the pause.
@@ -373,11 +383,7 @@ fn idle(site: &Site, z: &Sizes, vcpus: u8) -> Row {
     );
     row.note = format!(
         "mean per step: {}; {}",
-        c.steps_us
-            .iter()
-            .map(|(k, v)| format!("{k} {v:.0}"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        step_means(&c),
         commit_latency(&vm.p)
     );
     row.ckpt = Some(c);
