@@ -6,6 +6,7 @@ pub mod config;
 pub mod controller;
 pub mod ft;
 pub mod migration;
+pub mod sched;
 pub mod seccomp;
 pub mod state;
 pub mod vm;

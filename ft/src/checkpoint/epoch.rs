@@ -138,6 +138,7 @@ pub(super) fn epoch_loop<V: MigratableVm>(
     hooks: &dyn EpochHooks,
     stats: &dyn StatsSink,
 ) -> (u64, Duration) {
+    hooks.epoch_thread_started();
     let mut hot = HotPages::default();
     let pool = BufferPool::new(
         o.max_in_flight + 2,

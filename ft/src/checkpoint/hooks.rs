@@ -38,6 +38,9 @@ pub trait EpochHooks: Send + Sync {
     fn on_peer_frame(&self, _kind: FrameType) {}
     /// A heartbeat frame went to the backup (for the metrics); default: ignored.
     fn heartbeat_sent(&self) {}
+    /// Runs first on the epoch thread, which stops and resumes the vCPUs: the place for a
+    /// scheduling hint (the VMM asks for a short time slice); default: nothing.
+    fn epoch_thread_started(&self) {}
     /// The replicated disks the scrub reads while the guest is paused (none in shared-disk
     /// mode); default: none.
     fn scrub_disks(&self) -> Option<&dyn ScrubDisks> {

@@ -236,3 +236,25 @@ fn arbiter_identity_under(kind: ThreadKind, tag: &'static str) {
     let (first, again) = got.unwrap_or_else(|e| panic!("refused under the {tag} filter: {e}"));
     assert_eq!(first, again);
 }
+
+#[test]
+fn the_ft_epoch_thread_may_set_its_own_scheduling_but_no_other_threads() {
+    for kind in [ThreadKind::Vmm, ThreadKind::Ft] {
+        let got = under(kind, || {
+            vec![
+                // A null attr: the kernel answers EINVAL once the filter lets it through.
+                syscall2(libc::SYS_sched_setattr, 0, 0),
+                syscall2(libc::SYS_sched_setattr, 1, 0),
+            ]
+        });
+        assert_eq!(got, vec![libc::EINVAL, REFUSED], "{}", kind.name());
+    }
+    let got = under(ThreadKind::Migration, || {
+        vec![syscall2(libc::SYS_sched_setattr, 0, 0)]
+    });
+    assert_eq!(
+        got,
+        vec![REFUSED],
+        "migration threads start no epoch thread"
+    );
+}

@@ -20,6 +20,7 @@ pub fn add(r: &mut Rules) {
     vmm::files(r);
     vmm::sockets(r);
     arbiter(r);
+    vmm::own_scheduling(r);
 }
 
 /// A directory arbiter's calls (the etcd arbiter's are the sockets'): also a migration's, which

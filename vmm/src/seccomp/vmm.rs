@@ -19,6 +19,7 @@ pub fn add(r: &mut Rules) {
     common::spawn_threads(r);
     files(r);
     sockets(r);
+    own_scheduling(r);
     allow(
         r,
         &[
@@ -112,6 +113,13 @@ pub fn files(r: &mut Rules) {
     allow_ioctls(r, &ioctls::kvm_vm());
     allow_ioctls(r, &ioctls::tap_setup());
     allow_ioctls(r, &ioctls::fd_flags());
+}
+
+/// A scheduling hint on the calling thread only (pid 0), never on another: the FT epoch thread's
+/// weight and short slice (`crate::sched`). Filters stack, so the epoch thread passes both this
+/// (the VMM thread's, inherited) and the ft kind's.
+pub fn own_scheduling(r: &mut Rules) {
+    allow_arg(r, libc::SYS_sched_setattr, 0, &[0]);
 }
 
 /// Sockets of the allowed families, and their use.

@@ -156,6 +156,12 @@ impl EpochHooks for PrimaryPairHooks {
     fn heartbeat_sent(&self) {
         self.status.record_heartbeat_sent(Path::Channel);
     }
+    fn epoch_thread_started(&self) {
+        match crate::sched::latency_critical() {
+            Ok(g) => log::info!("ft primary: the epoch thread runs {g:?}"),
+            Err(e) => log::info!("ft primary: the epoch thread keeps the default scheduling: {e}"),
+        }
+    }
     fn scrub_disks(&self) -> Option<&dyn ft::scrub::ScrubDisks> {
         self.gates.scrub_disks()
     }
