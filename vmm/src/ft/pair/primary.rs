@@ -158,7 +158,7 @@ impl EpochHooks for PrimaryPairHooks {
     }
     fn epoch_thread_started(&self) {
         match crate::sched::latency_critical() {
-            Ok(g) => log::info!("ft primary: the epoch thread runs {g:?}"),
+            Ok(g) => log::info!("ft primary: the epoch thread runs {g}"),
             Err(e) => log::info!("ft primary: the epoch thread keeps the default scheduling: {e}"),
         }
     }
