@@ -7,6 +7,8 @@ pub enum Workload {
     PowerOff,
     Reboot,
     Compute,
+    /// Bytes through the console's loopback mode, checked (port I/O in flight at a pause).
+    Loopback,
     Dirty { mib: u64, pages_per_s: u64 },
     /// A durable counter on TCP port 7000 (needs `ip=`, keeps it on every disk).
     Counter,
@@ -29,6 +31,7 @@ fn parse(text: &str) -> Option<Workload> {
         "poweroff" => Workload::PowerOff,
         "reboot" => Workload::Reboot,
         "compute" => Workload::Compute,
+        "loopback" => Workload::Loopback,
         "counter" => Workload::Counter,
         "echo" => Workload::Echo,
         _ => {

@@ -284,23 +284,33 @@ fn run_loop(
     on_failure: VcpuFailureHandler,
 ) {
     let id = env.id;
+    // The last exit was an access KVM completes only on the next KVM_RUN.
+    let mut pending = false;
     loop {
-        if shared.attention.load(Ordering::SeqCst) && shared.check_in(fd) {
-            return;
+        if shared.attention.load(Ordering::SeqCst) {
+            if pending {
+                let mut guard = fd.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(err) = complete_pending(&mut guard, &env, &shared.counters) {
+                    devices::guest_error!("vCPU {id}: {err}");
+                    (on_failure)(id, err);
+                    return;
+                }
+            }
+            if shared.check_in(fd) {
+                return;
+            }
         }
         // Held through KVM_RUN and the exit's handling (the exit borrows the fd's run area);
         // released before parking, so that a parked vCPU's fd is free for `with_fd`.
         let mut guard = fd.lock().unwrap_or_else(|p| p.into_inner());
+        // This KVM_RUN completes what the last exit left (an EINTR one included).
+        pending = false;
         match guard.run() {
             Ok(exit) => {
-                shared.counters.exits.fetch_add(1, Ordering::Relaxed);
+                pending = completes_on_next_run(&exit);
                 let err = match handle_exit(exit, &env, &shared.counters) {
                     None => continue,
-                    Some(Stop::Failed(err)) => err,
-                    // The exit no longer borrows the fd: read what KVM left in kvm_run.
-                    Some(Stop::InternalError) => {
-                        InternalError::from_run(guard.get_kvm_run()).to_string()
-                    }
+                    Some(stop) => stop.describe(&mut guard),
                 };
                 devices::guest_error!("vCPU {id}: {err}");
                 (on_failure)(id, err);
@@ -315,6 +325,37 @@ fn run_loop(
             }
         }
     }
+}
+
+/// Whether KVM finishes `exit`'s access only on the next KVM_RUN: it stores a port or MMIO
+/// read's data in the guest's register, and moves the guest past the instruction, then.
+fn completes_on_next_run(exit: &VcpuExit) -> bool {
+    matches!(
+        exit,
+        VcpuExit::IoIn(..) | VcpuExit::IoOut(..) | VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..)
+    )
+}
+
+/// Lets KVM finish the access the last exit handed us without running any guest instruction
+/// (KVM_RUN with `immediate_exit`), as KVM's API asks before the state is saved: state read
+/// before it points at the instruction again, so a restored guest (snapshot, migration, FT
+/// failover) would repeat a port write or lose a read the device already answered. Completing a
+/// string access may exit again for its next part, which is handled like any exit.
+fn complete_pending(fd: &mut VcpuFd, env: &ExitEnv, counters: &VcpuCounters) -> Result<(), String> {
+    fd.set_kvm_immediate_exit(1);
+    let done = loop {
+        match fd.run() {
+            Ok(exit) => {
+                if let Some(stop) = handle_exit(exit, env, counters) {
+                    break Err(stop.describe(fd));
+                }
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => break Ok(()),
+            Err(e) => break Err(format!("KVM_RUN to complete an access failed: {e}")),
+        }
+    };
+    fd.set_kvm_immediate_exit(0);
+    done
 }
 
 /// What exit handling needs, apart from the vCPU fd itself.
@@ -333,8 +374,19 @@ enum Stop {
     InternalError,
 }
 
+impl Stop {
+    /// What went wrong, in words (an internal error's details are in the vCPU's kvm_run).
+    fn describe(self, fd: &mut VcpuFd) -> String {
+        match self {
+            Stop::Failed(err) => err,
+            Stop::InternalError => InternalError::from_run(fd.get_kvm_run()).to_string(),
+        }
+    }
+}
+
 /// Handles one exit; says why when the vCPU cannot go on.
 fn handle_exit(exit: VcpuExit, ctx: &ExitEnv, counters: &VcpuCounters) -> Option<Stop> {
+    counters.exits.fetch_add(1, Ordering::Relaxed);
     match exit {
         VcpuExit::IoIn(port, data) => {
             counters.io_exits.fetch_add(1, Ordering::Relaxed);

@@ -6,6 +6,7 @@ pub mod counter;
 pub mod dirty;
 pub mod echo;
 pub mod idle;
+pub mod loopback;
 pub mod power;
 pub mod service;
 
@@ -47,6 +48,9 @@ pub fn run(workload: Workload, cpu: usize, cpus: usize) -> ! {
         Workload::Echo if cpu == 0 => echo::run(),
         Workload::PowerOff | Workload::Reboot | Workload::Counter | Workload::Echo => idle::run(),
         Workload::Compute => compute::run(cpu),
+        // One user of the console's loopback: bytes from several CPUs would mix.
+        Workload::Loopback if cpu == 0 => loopback::run(),
+        Workload::Loopback => idle::run(),
         Workload::Dirty { pages_per_s, .. } => dirty::run(cpu, cpus, pages_per_s),
     }
 }
