@@ -115,6 +115,12 @@ pub trait MigratableVm {
     fn pause(&mut self) -> Result<(), VmOpError>;
     /// Runs the VM again after `pause`, or for the first time after `restore_state`.
     fn resume(&mut self) -> Result<(), VmOpError>;
+    /// `pause` for a `save_state` that follows it: the VM may start reading state as it stops,
+    /// overlapping what the caller does meanwhile (the dirty log, the page copy). The default
+    /// is `pause`.
+    fn pause_for_capture(&mut self) -> Result<(), VmOpError> {
+        self.pause()
+    }
     /// Captures vCPU and device state; only while paused.
     fn save_state(&mut self) -> Result<VmState, VmOpError>;
     /// Loads state captured by `save_state` into a VM that is not running; on error the VM must

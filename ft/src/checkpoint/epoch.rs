@@ -427,7 +427,8 @@ fn capture<V: MigratableVm + ?Sized>(
 ) -> Result<(Captured, PauseSteps), CheckpointError> {
     let mut steps = PauseSteps::default();
     let t = Instant::now();
-    vm.pause().map_err(vm_err("pause"))?;
+    // The vCPU threads read their own state as they park, while this thread goes on.
+    vm.pause_for_capture().map_err(vm_err("pause"))?;
     steps.stop = t.elapsed();
     let cap = (|| {
         let t = Instant::now();

@@ -26,7 +26,8 @@ pub struct PauseSteps {
     pub backlog_wait: Duration,
     /// Copying the dirty pages into the staging buffer.
     pub copy: Duration,
-    /// Reading every vCPU's state.
+    /// Reading every vCPU's state (what is left of it: a VM may have the vCPUs read most of
+    /// theirs as they parked).
     pub vcpu_state: Duration,
     /// Irqchip, clock and device state.
     pub devices: Duration,

@@ -156,6 +156,13 @@ impl<V: BorrowMut<Vm>> MigratableVm for SourceVm<V> {
         Ok(())
     }
 
+    fn pause_for_capture(&mut self) -> Result<(), VmOpError> {
+        self.vm
+            .borrow_mut()
+            .pause_for_capture()
+            .map_err(backend("pause"))
+    }
+
     fn save_state(&mut self) -> Result<VmState, VmOpError> {
         self.save_state_timed().map(|(state, _)| state)
     }

@@ -191,10 +191,40 @@ fn set_xsave(fd: &VcpuFd, id: u8, words: &[u32], xsave2_size: usize) -> Result<(
     unsafe { fd.set_xsave2(&x) }.map_err(kvm_err("write XSAVE", id))
 }
 
+/// The part of a vCPU's state that only the vCPU itself changes once it is out of `KVM_RUN`
+/// (registers, XSAVE, XCRs, debug registers, MSRs), with the MP state it was read at. A vCPU
+/// reads it on its own thread as it parks, while the others are still stopping;
+/// [`finish_capture`] adds the part other vCPUs and devices can still change.
+#[derive(Clone, Debug)]
+pub struct OwnState {
+    id: u8,
+    mp_state: kvm_mp_state,
+    regs: kvm_regs,
+    sregs: kvm_sregs,
+    xsave: Vec<u32>,
+    xcrs: kvm_xcrs,
+    debugregs: kvm_debugregs,
+    tsc_khz: Option<u32>,
+    msrs: Vec<(u32, u64)>,
+}
+
+impl OwnState {
+    /// The vCPU's index.
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+}
+
 /// Reads the state of vCPU `id`, which must not be in `KVM_RUN`. The order follows KVM's
 /// constraints: MP state first (reading it may deliver pending INIT/SIPI into the LAPIC),
 /// events last.
 pub fn capture(fd: &VcpuFd, id: u8, info: &VcpuStateInfo) -> Result<VcpuState, VcpuStateError> {
+    let own = capture_own(fd, id, info)?;
+    capture_rest(fd, own)
+}
+
+/// Reads vCPU `id`'s [`OwnState`]; it must not be in `KVM_RUN`.
+pub fn capture_own(fd: &VcpuFd, id: u8, info: &VcpuStateInfo) -> Result<OwnState, VcpuStateError> {
     let mp_state = fd.get_mp_state().map_err(kvm_err("read MP state", id))?;
     let regs = fd.get_regs().map_err(kvm_err("read registers", id))?;
     let sregs = fd
@@ -205,7 +235,6 @@ pub fn capture(fd: &VcpuFd, id: u8, info: &VcpuStateInfo) -> Result<VcpuState, V
     let debugregs = fd
         .get_debug_regs()
         .map_err(kvm_err("read debug registers", id))?;
-    let lapic = fd.get_lapic().map_err(kvm_err("read the LAPIC", id))?;
     let tsc_khz = fd.get_tsc_khz().ok();
     let mut msrs = Vec::with_capacity(info.msrs.len());
     for chunk in info.msrs.chunks(MSR_CHUNK) {
@@ -221,10 +250,7 @@ pub fn capture(fd: &VcpuFd, id: u8, info: &VcpuStateInfo) -> Result<VcpuState, V
         }
         msrs.extend(buf.as_slice().iter().map(|e| (e.index, e.data)));
     }
-    let events = fd
-        .get_vcpu_events()
-        .map_err(kvm_err("read vCPU events", id))?;
-    Ok(VcpuState {
+    Ok(OwnState {
         id,
         mp_state,
         regs,
@@ -232,9 +258,49 @@ pub fn capture(fd: &VcpuFd, id: u8, info: &VcpuStateInfo) -> Result<VcpuState, V
         xsave,
         xcrs,
         debugregs,
-        lapic,
         tsc_khz,
         msrs,
+    })
+}
+
+/// Completes `own`, read as its vCPU parked, once every vCPU and device has stopped: the LAPIC
+/// and pending events (IPIs, NMIs and device interrupts may have reached them since). An INIT
+/// or SIPI from another vCPU in between changes the MP state when it is delivered (reading it
+/// delivers them) and resets registers, so a different MP state means reading `own` again.
+pub fn finish_capture(
+    fd: &VcpuFd,
+    own: OwnState,
+    info: &VcpuStateInfo,
+) -> Result<VcpuState, VcpuStateError> {
+    let mp_state = fd
+        .get_mp_state()
+        .map_err(kvm_err("read MP state", own.id))?;
+    let own = if mp_state.mp_state == own.mp_state.mp_state {
+        own
+    } else {
+        capture_own(fd, own.id, info)?
+    };
+    capture_rest(fd, own)
+}
+
+/// Adds the LAPIC and the pending events to `own` (events last).
+fn capture_rest(fd: &VcpuFd, own: OwnState) -> Result<VcpuState, VcpuStateError> {
+    let id = own.id;
+    let lapic = fd.get_lapic().map_err(kvm_err("read the LAPIC", id))?;
+    let events = fd
+        .get_vcpu_events()
+        .map_err(kvm_err("read vCPU events", id))?;
+    Ok(VcpuState {
+        id,
+        mp_state: own.mp_state,
+        regs: own.regs,
+        sregs: own.sregs,
+        xsave: own.xsave,
+        xcrs: own.xcrs,
+        debugregs: own.debugregs,
+        lapic,
+        tsc_khz: own.tsc_khz,
+        msrs: own.msrs,
         events,
     })
 }

@@ -1,5 +1,6 @@
 //! A VM: the KVM VM, guest memory, devices and vCPU threads, from creation to teardown.
 
+mod capture;
 pub mod counters;
 pub mod handlers;
 pub mod internal_error;
@@ -143,6 +144,8 @@ pub struct Vm {
     serial: Option<Arc<Mutex<SerialDevice>>>,
     /// Saveable MSRs and XSAVE size, found once so capture is only the reads.
     state_info: Arc<VcpuStateInfo>,
+    /// vCPU state reads started before the capture that collects them.
+    early_capture: capture::Early,
     /// KVM leaves reported dirty pages writable until told otherwise
     /// (`state::memory::enable_manual_protect`).
     manual_protect: bool,
@@ -243,6 +246,7 @@ impl Vm {
                 on_failure: on_failure.clone(),
             });
         }
+        let early_capture = capture::Early::new(pending.len());
         let state_info = match pending.first() {
             Some(ctx) => crate::state::vcpu::state_info(&kvm, &vm_fd, &ctx.fd)?,
             None => VcpuStateInfo::default(),
@@ -254,6 +258,7 @@ impl Vm {
             serial_counters,
             serial,
             state_info: Arc::new(state_info),
+            early_capture,
             manual_protect,
             vm_fd,
             memory,
@@ -347,44 +352,59 @@ impl Vm {
 
     /// Lets every parked vCPU run again.
     pub fn resume_vcpus(&self) {
+        // Reads started for a capture that did not happen would be stale by the next one.
+        drop(self.early_capture.take());
         for v in &self.vcpus {
             v.resume();
         }
     }
 
-    /// Captures everything but memory; the VM must be paused ([`Vm::pause`]). The first vCPU is
-    /// read from this thread (no wakeup of its parked thread), the others on their own parked
-    /// threads meanwhile, in parallel.
+    /// [`Vm::pause`] for a [`Vm::capture`] that follows at once (an FT checkpoint): every vCPU
+    /// reads its own registers, FPU and MSRs the moment it parks, while the others are still
+    /// stopping and this thread goes on, instead of being woken for it later (where the host
+    /// has a CPU for each vCPU beside this thread; see `capture::Early::new`).
+    pub fn pause_for_capture(&self) -> Result<(), VmError> {
+        if !self.early_capture.enabled() {
+            return self.pause();
+        }
+        self.early_capture.keep(capture::start(
+            &self.vcpus,
+            &self.state_info,
+            crate::state::vcpu::capture_own,
+        ));
+        let paused = self.pause();
+        if paused.is_err() {
+            // Every vCPU runs again (all or none): what they read would be stale.
+            drop(self.early_capture.take());
+        }
+        paused
+    }
+
+    /// Captures everything but memory; the VM must be paused ([`Vm::pause`]). After
+    /// [`Vm::pause_for_capture`] it completes what the vCPUs read as they parked; otherwise the
+    /// first vCPU is read from this thread (no wakeup of its parked thread), the others on
+    /// their own parked threads meanwhile, in parallel.
     pub fn capture(&self) -> Result<(VmSnapshot, CaptureTimes), VmError> {
         let t0 = Instant::now();
-        let (tx, rx) = std::sync::mpsc::channel();
-        for v in self.vcpus.iter().skip(1) {
-            let (tx, id, info) = (tx.clone(), v.id, self.state_info.clone());
-            v.post(Box::new(move |fd| {
-                let _ = tx.send(crate::state::vcpu::capture(fd, id, &info));
-            }));
-        }
-        drop(tx);
-        let mut vcpus: Vec<VcpuState> = Vec::with_capacity(self.vcpus.len());
-        if let Some(v) = self.vcpus.first() {
-            vcpus.push(v.with_fd(|fd| crate::state::vcpu::capture(fd, v.id, &self.state_info))?);
-        }
         let deadline = t0 + VCPU_STOP_TIMEOUT;
-        for _ in self.vcpus.iter().skip(1) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(r) => vcpus.push(r?),
-                Err(_) => {
-                    let missing = self
-                        .vcpus
-                        .iter()
-                        .map(|v| v.id)
-                        .find(|id| !vcpus.iter().any(|s| s.id == *id))
-                        .unwrap_or(0);
-                    return Err(VmError::CaptureTimeout(missing, VCPU_STOP_TIMEOUT));
+        let mut vcpus = match self.early_capture.take() {
+            Some(early) => capture::finish(early, &self.vcpus, &self.state_info, deadline)?,
+            None => {
+                let others = capture::start(
+                    self.vcpus.iter().skip(1),
+                    &self.state_info,
+                    crate::state::vcpu::capture,
+                );
+                let mut vcpus = Vec::with_capacity(self.vcpus.len());
+                if let Some(v) = self.vcpus.first() {
+                    vcpus.push(
+                        v.with_fd(|fd| crate::state::vcpu::capture(fd, v.id, &self.state_info))?,
+                    );
                 }
+                vcpus.extend(others.collect(deadline, |s: &VcpuState| s.id)?);
+                vcpus
             }
-        }
+        };
         vcpus.sort_by_key(|s| s.id);
         let t1 = Instant::now();
         let kvm = crate::state::vm::capture(&self.vm_fd)?;

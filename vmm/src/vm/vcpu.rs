@@ -192,9 +192,12 @@ impl VcpuHandle {
         self.shared.set(|c| c.job = Some(job));
     }
 
-    /// Lets a parked thread run again.
+    /// Lets a parked thread run again; a job posted for this pause and not run yet is dropped.
     pub fn resume(&self) {
-        self.shared.set(|c| c.pause = false);
+        self.shared.set(|c| {
+            c.pause = false;
+            c.job = None;
+        });
     }
 
     /// Stops the thread for good and joins it.
