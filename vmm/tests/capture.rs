@@ -3,32 +3,19 @@
 //! real VM whose vCPU is nearly always mid-port-I/O when it is stopped (the `loopback` guest):
 //! an early read taken before the access completed, or from a vCPU that ran on, differs.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
-use vmm::config::VmConfig;
-use vmm::vm::handlers::VmHandlers;
-use vmm::vm::Vm;
 
 #[test]
 fn a_capture_read_as_the_vcpus_park_equals_one_read_afterwards() {
     tandem_require::require!(kvm);
-    vmm::vm::vcpu::install_kick_handler().unwrap();
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
         eprintln!(
             "NOTE: one host CPU: the VM reads no state as it parks; only the plain path runs"
         );
     }
-    let mut cfg = VmConfig::default();
-    cfg.payload.cmdline = Some("workload=loopback".into());
-    cfg.validate(u64::MAX).unwrap();
-    cfg.fill_defaults();
-    let handlers = VmHandlers {
-        guest_events: Arc::new(|_| {}),
-        on_failure: Arc::new(|id, e| panic!("vCPU {id}: {e}")),
-        activate: Arc::new(|a| a.run()),
-    };
-    let mut vm = Vm::new(&cfg, handlers).unwrap();
-    vm.start().unwrap();
+    let vm = common::running_builtin("workload=loopback");
     std::thread::sleep(Duration::from_millis(300));
     let mut rips = std::collections::BTreeSet::new();
     for round in 0..50 {

@@ -3,28 +3,15 @@
 //! again are reported only once written again. FT's capture (`ft::checkpoint::hot_pages`) relies
 //! on both: a kept page must never be missed, and a protected one must fault again.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
-use vmm::config::VmConfig;
-use vmm::vm::handlers::VmHandlers;
-use vmm::vm::Vm;
 
 #[test]
 fn kept_pages_are_reported_again_and_protected_pages_only_once_written() {
     tandem_require::require!(kvm);
-    vmm::vm::vcpu::install_kick_handler().unwrap();
-    let mut cfg = VmConfig::default();
     // 1 MiB rewritten as fast as the guest can: every page is written every few µs.
-    cfg.payload.cmdline = Some("workload=dirty:1:0".into());
-    cfg.validate(u64::MAX).unwrap();
-    cfg.fill_defaults();
-    let handlers = VmHandlers {
-        guest_events: Arc::new(|_| {}),
-        on_failure: Arc::new(|id, e| panic!("vCPU {id}: {e}")),
-        activate: Arc::new(|a| a.run()),
-    };
-    let mut vm = Vm::new(&cfg, handlers).unwrap();
-    vm.start().unwrap();
+    let vm = common::running_builtin("workload=dirty:1:0");
     std::thread::sleep(Duration::from_millis(500));
     vm.start_dirty_log().unwrap();
     std::thread::sleep(Duration::from_millis(50));
