@@ -31,6 +31,7 @@ pub mod vm;
 /// backup's EndConfirmed answer to an intended end, the replicated disks' copy in the FT initial
 /// sync (DiskBlocks, the Hello's disk list), a backup's withdrawal, the shared-disk lease in each
 /// FT checkpoint's extras (fencing) and the migration hand-over (a source that never resumes
-/// once the destination may run: `migration::handover`); a version-1 migration stream is still
-/// accepted (migration sends none of these).
-pub const PROTOCOL_VERSION: u16 = 5;
+/// once the destination may run: `migration::handover`); version 6 the VMM's state format 2
+/// in the vCPU and device state frames (the frames themselves are unchanged, but a peer of
+/// version 5 or older cannot read what they carry, so both purposes need 6).
+pub const PROTOCOL_VERSION: u16 = 6;

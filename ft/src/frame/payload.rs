@@ -26,16 +26,19 @@ impl StreamPurpose {
     pub fn min_protocol_version(self) -> u16 {
         match self {
             // Version 5: a source that never resumes once the destination may run, and the
-            // Handover frame; an older source resumes when the final ack is lost.
-            StreamPurpose::Migration => 5,
+            // Handover frame; an older source resumes when the final ack is lost. Version 6:
+            // the vCPU state blobs are in the VMM's state format 2 (XSAVE as bytes), which an
+            // older peer cannot read.
+            StreamPurpose::Migration => 6,
             // Version 3: the Commit's CommitInfo (a backup must know when the guest was left
             // paused); version 4: checkpoints carry delta page entries; version 5: the pair's
             // settings in the Hello, the backup confirms an intended end (EndConfirmed), without
             // which a primary must not run alone before winning the arbiter, replicated disks are
             // copied in the initial sync (DiskBlocks), a backup that cannot keep its copy
             // withdraws with an Abort the primary may take as final, and the primary's
-            // shared-disk lease travels in the extras (a backup must wait it out).
-            StreamPurpose::FaultTolerance => 5,
+            // shared-disk lease travels in the extras (a backup must wait it out); version 6:
+            // state format 2, as for migration.
+            StreamPurpose::FaultTolerance => 6,
         }
     }
 }

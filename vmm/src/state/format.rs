@@ -7,8 +7,12 @@ use super::VmSnapshot;
 
 /// First bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"TANDEMST";
-/// Format version this build reads and writes; bump it on any change to [`VmSnapshot`].
-pub const VERSION: u32 = 1;
+/// Format version this build writes; bump it on any change to [`VmSnapshot`]. Version 2 writes
+/// the XSAVE area as bytes; whole state files of version 1 are still read (`legacy`), parts
+/// (the vCPU blobs of a migration or FT stream, whose protocol version pins the format) are not.
+pub const VERSION: u32 = 2;
+/// The oldest version a whole state file may have.
+const OLDEST_FILE_VERSION: u32 = 1;
 /// Magic, version, payload length (u64), CRC-32 (u32).
 pub const HEADER_LEN: usize = 8 + 4 + 8 + 4;
 
@@ -18,8 +22,11 @@ pub enum FormatError {
     /// The first 8 bytes are not [`MAGIC`] (nor a prefix of it).
     #[error("not a Tandem state file (bad magic)")]
     BadMagic,
-    /// The header's format version is not [`VERSION`].
-    #[error("state format version {found} is not supported (this build reads version {VERSION})")]
+    /// The header's format version is not one this build reads.
+    #[error(
+        "state format version {found} is not supported (this build writes version {VERSION} \
+         and reads state files from version {OLDEST_FILE_VERSION})"
+    )]
     WrongVersion {
         /// The version the header names.
         found: u32,
@@ -64,9 +71,14 @@ pub fn encode_part<T: serde::Serialize>(part: &T) -> Result<Vec<u8>, FormatError
 
 /// Puts the header in front of an already encoded payload.
 pub fn frame(payload: &[u8]) -> Vec<u8> {
+    frame_version(payload, VERSION)
+}
+
+/// [`frame`] with the header naming `version` (the tests write older files with it).
+fn frame_version(payload: &[u8], version: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
     out.extend_from_slice(payload);
@@ -81,8 +93,18 @@ fn field<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
     out
 }
 
-/// Checks the header and returns the payload it vouches for.
+/// Checks the header, which must be of this build's [`VERSION`], and returns the payload it
+/// vouches for.
 pub fn unframe(b: &[u8]) -> Result<&[u8], FormatError> {
+    match unframe_versioned(b)? {
+        (VERSION, payload) => Ok(payload),
+        (found, _) => Err(FormatError::WrongVersion { found }),
+    }
+}
+
+/// Checks the header, which may be of any version down to [`OLDEST_FILE_VERSION`], and returns
+/// its version and the payload it vouches for.
+fn unframe_versioned(b: &[u8]) -> Result<(u32, &[u8]), FormatError> {
     let have = b.len() as u64;
     // A short prefix of a real file still says whether it is ours.
     if b.len() < MAGIC.len() {
@@ -104,7 +126,7 @@ pub fn unframe(b: &[u8]) -> Result<&[u8], FormatError> {
         });
     }
     let version = u32::from_le_bytes(field(b, 8));
-    if version != VERSION {
+    if !(OLDEST_FILE_VERSION..=VERSION).contains(&version) {
         return Err(FormatError::WrongVersion { found: version });
     }
     if b.len() < HEADER_LEN {
@@ -127,12 +149,15 @@ pub fn unframe(b: &[u8]) -> Result<&[u8], FormatError> {
     if found != expected {
         return Err(FormatError::Checksum { expected, found });
     }
-    Ok(payload)
+    Ok((version, payload))
 }
 
-/// Decodes a whole state file.
+/// Decodes a whole state file, of this version or an older one.
 pub fn decode(b: &[u8]) -> Result<VmSnapshot, FormatError> {
-    decode_payload(unframe(b)?)
+    match unframe_versioned(b)? {
+        (1, payload) => decode_payload::<super::legacy::VmSnapshotV1>(payload).map(Into::into),
+        (_, payload) => decode_payload(payload),
+    }
 }
 
 /// Decodes a part written by [`encode_part`], header checks first.

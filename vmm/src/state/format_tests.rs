@@ -116,6 +116,22 @@ fn wrong_version_is_named() {
 }
 
 #[test]
+fn a_version_1_state_file_still_restores_but_a_version_1_part_is_refused() {
+    let s = sample();
+    let payload = postcard::to_stdvec(&crate::state::legacy::v1_of(&s)).unwrap();
+    let v1 = frame_version(&payload, 1);
+    let back = decode(&v1).unwrap();
+    assert!(same(&s, &back));
+    assert_eq!(back.vcpus, s.vcpus);
+    // The same snapshot now takes fewer bytes: the XSAVE words are no longer varints.
+    assert!(encode(&s).unwrap().len() != v1.len());
+    // A vCPU blob in a stream: the protocol version pins the format, so only this one.
+    let part = frame_version(&postcard::to_stdvec(&s.vcpus[0]).unwrap(), 1);
+    let e = decode_part::<VcpuState>(&part).unwrap_err();
+    assert!(matches!(e, FormatError::WrongVersion { found: 1 }), "{e}");
+}
+
+#[test]
 fn truncated_anywhere_is_truncated() {
     let bytes = encode(&sample()).unwrap();
     for cut in [

@@ -6,11 +6,13 @@
 //! workers), so nothing writes guest memory or device state meanwhile.
 
 pub mod format;
+mod legacy;
 pub mod memory;
 pub mod raw;
 pub mod snapshot;
 pub mod vcpu;
 pub mod vm;
+pub mod words;
 
 use devices::serial::SerialSnapshot;
 use devices::virtio::mmio::state::MmioSnapshot;

@@ -78,6 +78,7 @@ pub struct VcpuState {
     #[serde(with = "raw")]
     pub sregs: kvm_sregs,
     /// The XSAVE area as u32 words: 1024 for `KVM_GET_XSAVE`, more with `KVM_GET_XSAVE2`.
+    #[serde(with = "super::words")]
     pub xsave: Vec<u32>,
     /// Extended control registers, XCR0 (`KVM_GET_XCRS`).
     #[serde(with = "raw")]
