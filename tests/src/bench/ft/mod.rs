@@ -351,6 +351,26 @@ fn step_means(c: &Ckpt) -> String {
         .join(", ")
 }
 
+/// ft.status's pause p50 per step (its recent window): where the median pause goes, which the
+/// means (pulled up by a few long pauses) do not say.
+fn step_p50s(p: &crate::Tandem) -> String {
+    let s = &crate::ft::ft_status(p)["pause_steps"];
+    let steps = [
+        "stop",
+        "dirty_log",
+        "copy",
+        "vcpu_state",
+        "devices",
+        "gates",
+        "resume",
+    ];
+    let p50s: Vec<String> = steps
+        .iter()
+        .map(|k| format!("{k} {}", s[k]["p50_us"]))
+        .collect();
+    format!("p50 per step (ft.status window): {}", p50s.join(", "))
+}
+
 /// ft.status's commit latency (its recent window): what output waits beyond the pause.
 fn commit_latency(p: &crate::Tandem) -> String {
     let c = &crate::ft::ft_status(p)["commit_latency"];
@@ -382,8 +402,9 @@ fn idle(site: &Site, z: &Sizes, vcpus: u8) -> Row {
         "µs",
     );
     row.note = format!(
-        "mean per step: {}; {}",
+        "mean per step: {}; {}; {}",
         step_means(&c),
+        step_p50s(&vm.p),
         commit_latency(&vm.p)
     );
     row.ckpt = Some(c);
