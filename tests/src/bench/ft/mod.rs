@@ -264,7 +264,7 @@ fn throughput(site: &Site, z: &Sizes, l: &Load) -> Vec<Row> {
         disk: None,
     };
     let (mut standalone, mut ft, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut ckpt, mut syncs) = (Delta::default(), Vec::new());
+    let (mut ckpt, mut syncs, mut steps) = (Delta::default(), Vec::new(), String::new());
     for _ in 0..z.rounds {
         let s = {
             let vm = site.boot(&g);
@@ -288,6 +288,7 @@ fn throughput(site: &Site, z: &Sizes, l: &Load) -> Vec<Row> {
         let mut poll = Poll::new();
         let f = load::console_rates(&vm.p, l.parse, l.vcpus, from, z.samples, Some(&mut poll));
         ckpt.merge(&mark.since(&vm, &site.net, &poll));
+        steps = step_percentiles(&vm.p);
         ratios.push(median(&f) as f64 / median(&s).max(1) as f64);
         standalone.extend(s);
         ft.extend(f);
@@ -308,7 +309,11 @@ fn throughput(site: &Site, z: &Sizes, l: &Load) -> Vec<Row> {
     row.compare = Compare::Ratio;
     row.per_round = ratios;
     let c = ckpt.ckpt();
-    row.note = format!("{}; mean per step: {}", l.note, step_means(&c));
+    row.note = format!(
+        "{}; mean per step: {}; last round's {steps}",
+        l.note,
+        step_means(&c)
+    );
     row.ckpt = Some(c);
     let mut rows = vec![row];
     if l.name == "heavy" {
@@ -351,9 +356,9 @@ fn step_means(c: &Ckpt) -> String {
         .join(", ")
 }
 
-/// ft.status's pause p50 per step (its recent window): where the median pause goes, which the
-/// means (pulled up by a few long pauses) do not say.
-fn step_p50s(p: &crate::Tandem) -> String {
+/// ft.status's pause p50 / p99 per step (its recent window): where the median pause and its
+/// tail go, which the means (pulled up by a few long pauses) do not say.
+fn step_percentiles(p: &crate::Tandem) -> String {
     let s = &crate::ft::ft_status(p)["pause_steps"];
     let steps = [
         "stop",
@@ -364,11 +369,11 @@ fn step_p50s(p: &crate::Tandem) -> String {
         "gates",
         "resume",
     ];
-    let p50s: Vec<String> = steps
+    let each: Vec<String> = steps
         .iter()
-        .map(|k| format!("{k} {}", s[k]["p50_us"]))
+        .map(|k| format!("{k} {}/{}", s[k]["p50_us"], s[k]["p99_us"]))
         .collect();
-    format!("p50 per step (ft.status window): {}", p50s.join(", "))
+    format!("p50/p99 per step (ft.status window): {}", each.join(", "))
 }
 
 /// ft.status's commit latency (its recent window): what output waits beyond the pause.
@@ -404,7 +409,7 @@ fn idle(site: &Site, z: &Sizes, vcpus: u8) -> Row {
     row.note = format!(
         "mean per step: {}; {}; {}",
         step_means(&c),
-        step_p50s(&vm.p),
+        step_percentiles(&vm.p),
         commit_latency(&vm.p)
     );
     row.ckpt = Some(c);
