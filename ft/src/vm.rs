@@ -115,6 +115,12 @@ pub trait MigratableVm {
     fn pause(&mut self) -> Result<(), VmOpError>;
     /// Runs the VM again after `pause`, or for the first time after `restore_state`.
     fn resume(&mut self) -> Result<(), VmOpError>;
+    /// When the last `resume` let the guest run, where the VM knows it; the caller's own clock
+    /// after `resume` returns can be later (the woken vCPU threads may hold its CPU a while),
+    /// and that wait is not the guest's pause. Default: unknown.
+    fn resumed_at(&self) -> Option<std::time::Instant> {
+        None
+    }
     /// `pause` for a `save_state` that follows it: the VM may start reading state as it stops,
     /// overlapping what the caller does meanwhile (the dirty log, the page copy). The default
     /// is `pause`.

@@ -451,7 +451,11 @@ fn capture<V: MigratableVm + ?Sized>(
     if !keep_paused || cap.is_err() {
         let t = Instant::now();
         vm.resume().map_err(vm_err("resume"))?;
-        steps.resume = t.elapsed();
+        // The guest's pause ends when its vCPUs are let go, not when this thread next runs.
+        steps.resume = match vm.resumed_at() {
+            Some(at) if at >= t => at - t,
+            _ => t.elapsed(),
+        };
     }
     cap.map(|c| (c, steps))
 }

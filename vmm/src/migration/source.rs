@@ -23,6 +23,8 @@ pub struct SourceVm<V: BorrowMut<Vm>> {
     map: PageMap,
     /// Replicated disks the FT initial sync copies with memory (none for a migration).
     disks: Option<Box<dyn VmDisks + Send>>,
+    /// When the last `resume` let the vCPUs go (`Vm::resume_vcpus`).
+    resumed_at: Option<std::time::Instant>,
 }
 
 /// The primary of an FT pair: owns its VM, so it can live on ft's threads.
@@ -48,6 +50,7 @@ impl<V: BorrowMut<Vm>> SourceVm<V> {
             config_json,
             map,
             disks: None,
+            resumed_at: None,
         }
     }
 
@@ -152,8 +155,12 @@ impl<V: BorrowMut<Vm>> MigratableVm for SourceVm<V> {
     }
 
     fn resume(&mut self) -> Result<(), VmOpError> {
-        self.vm.borrow_mut().resume();
+        self.resumed_at = Some(self.vm.borrow_mut().resume());
         Ok(())
+    }
+
+    fn resumed_at(&self) -> Option<std::time::Instant> {
+        self.resumed_at
     }
 
     fn pause_for_capture(&mut self) -> Result<(), VmOpError> {

@@ -4,6 +4,7 @@
 //! [`OwnState`]) the moment it parks, already awake and while the others are still stopping,
 //! and the capture then only adds the LAPIC and pending events.
 
+use super::bell::ParkBell;
 use super::vcpu::VcpuHandle;
 use super::VmError;
 use crate::state::vcpu::{OwnState, VcpuState, VcpuStateError, VcpuStateInfo};
@@ -18,9 +19,11 @@ pub(super) struct Started<T> {
     asked: Vec<u8>,
 }
 
-/// Posts `read` to each of `vcpus`, which run it once parked (now, if they are).
+/// Posts `read` to each of `vcpus`, which run it once parked (now, if they are: `bell` wakes
+/// them all at once).
 pub(super) fn start<'a, T: Send + 'static>(
     vcpus: impl IntoIterator<Item = &'a VcpuHandle>,
+    bell: &ParkBell,
     info: &Arc<VcpuStateInfo>,
     read: fn(&kvm_ioctls::VcpuFd, u8, &VcpuStateInfo) -> Result<T, VcpuStateError>,
 ) -> Started<T> {
@@ -28,12 +31,13 @@ pub(super) fn start<'a, T: Send + 'static>(
     let mut asked = Vec::new();
     for v in vcpus {
         let (tx, id, info) = (tx.clone(), v.id, info.clone());
-        v.post(Box::new(move |fd| {
+        v.post_unrung(Box::new(move |fd| {
             // The collector may have given up (timeout, resumed VM): nobody to tell.
             let _ = tx.send(read(fd, id, &info));
         }));
         asked.push(v.id);
     }
+    bell.ring();
     Started { replies, asked }
 }
 

@@ -1,5 +1,6 @@
 //! A VM: the KVM VM, guest memory, devices and vCPU threads, from creation to teardown.
 
+pub mod bell;
 mod capture;
 pub mod counters;
 pub mod handlers;
@@ -138,6 +139,8 @@ pub struct Vm {
     // Field order matters for drop: vCPU threads stop before the VM fd and memory go away.
     vcpus: Vec<VcpuHandle>,
     pending: Vec<VcpuContext>,
+    /// Wakes the parked vCPU threads, all at once.
+    bell: Arc<bell::ParkBell>,
     // After the vCPUs (nothing can reach a device any more), before the VM fd and memory.
     virtio: VirtioDevices,
     serial_counters: Option<Arc<SerialCounters>>,
@@ -223,6 +226,7 @@ impl Vm {
 
         let base_cpuid = cpuid::supported_cpuid(&kvm)?;
         let mut pending = Vec::with_capacity(usize::from(cpus));
+        let bell = Arc::new(bell::ParkBell::default());
         for id in 0..cpus {
             let fd = vm_fd
                 .create_vcpu(u64::from(id))
@@ -244,6 +248,7 @@ impl Vm {
                 mmio: virtio.bus.clone(),
                 guest_events: guest_events.clone(),
                 on_failure: on_failure.clone(),
+                bell: bell.clone(),
             });
         }
         let early_capture = capture::Early::new(pending.len());
@@ -254,6 +259,7 @@ impl Vm {
         Ok(Vm {
             vcpus: Vec::new(),
             pending,
+            bell,
             virtio,
             serial_counters,
             serial,
@@ -336,10 +342,11 @@ impl Vm {
         Ok(())
     }
 
-    /// Restarts the device workers, then lets every vCPU run again.
-    pub fn resume(&self) {
+    /// Restarts the device workers, then lets every vCPU run again; returns when the vCPUs
+    /// were let go (see [`Vm::resume_vcpus`]).
+    pub fn resume(&self) -> Instant {
         self.virtio.resume();
-        self.resume_vcpus();
+        self.resume_vcpus()
     }
 
     /// Parks every vCPU (all kicked first, then waited for), leaving the devices running: FT's
@@ -350,13 +357,19 @@ impl Vm {
         Ok(())
     }
 
-    /// Lets every parked vCPU run again.
-    pub fn resume_vcpus(&self) {
+    /// Lets every parked vCPU run again, all with one wakeup ([`bell`]); returns the moment
+    /// just before that wakeup. From then on the guest is no longer held: the calling thread's
+    /// own clock, read after this returns, can be later by however long the woken vCPU threads
+    /// kept it off its CPU.
+    pub fn resume_vcpus(&self) -> Instant {
         // Reads started for a capture that did not happen would be stale by the next one.
         drop(self.early_capture.take());
         for v in &self.vcpus {
-            v.resume();
+            v.resume_unrung();
         }
+        let released = Instant::now();
+        self.bell.ring();
+        released
     }
 
     /// [`Vm::pause`] for a [`Vm::capture`] that follows at once (an FT checkpoint): every vCPU
@@ -369,6 +382,7 @@ impl Vm {
         }
         self.early_capture.keep(capture::start(
             &self.vcpus,
+            &self.bell,
             &self.state_info,
             crate::state::vcpu::capture_own,
         ));
@@ -392,6 +406,7 @@ impl Vm {
             None => {
                 let others = capture::start(
                     self.vcpus.iter().skip(1),
+                    &self.bell,
                     &self.state_info,
                     crate::state::vcpu::capture,
                 );

@@ -2,6 +2,7 @@
 //! to pause. The VMM interrupts KVM_RUN with a signal ([`kick_signal`]) and re-sends it until the
 //! thread acknowledges, which covers a signal landing just before the thread enters KVM_RUN.
 
+use super::bell::ParkBell;
 use super::internal_error::InternalError;
 use devices::bus::PioBus;
 use devices::mmio_bus::MmioBus;
@@ -58,7 +59,10 @@ struct Control {
 #[derive(Default)]
 pub struct VcpuShared {
     control: Mutex<Control>,
+    /// Tells the VMM the thread parked.
     changed: Condvar,
+    /// Wakes the thread while parked; one for all of the VM's vCPUs.
+    bell: Arc<ParkBell>,
     /// Mirrors `pause || stop` so the run loop can check without the lock.
     attention: AtomicBool,
     /// This vCPU's exit counters.
@@ -111,16 +115,13 @@ pub struct VcpuContext {
     pub guest_events: GuestEventHandler,
     /// Called once when the thread stops on an error (KVM_RUN failed, an unhandled exit).
     pub on_failure: VcpuFailureHandler,
+    /// The VM's bell, which wakes its parked vCPU threads.
+    pub bell: Arc<ParkBell>,
 }
 
 impl VcpuHandle {
     /// Starts the thread; the vCPU runs at once unless `start_paused`.
     pub fn spawn(ctx: VcpuContext, start_paused: bool) -> Result<Self, VcpuError> {
-        let shared = Arc::new(VcpuShared::default());
-        if start_paused {
-            shared.set(|c| c.pause = true);
-        }
-        let s = shared.clone();
         let VcpuContext {
             id,
             fd,
@@ -128,7 +129,16 @@ impl VcpuHandle {
             mmio,
             guest_events,
             on_failure,
+            bell,
         } = ctx;
+        let shared = Arc::new(VcpuShared {
+            bell,
+            ..VcpuShared::default()
+        });
+        if start_paused {
+            shared.update(|c| c.pause = true);
+        }
+        let s = shared.clone();
         let fd = Arc::new(Mutex::new(fd));
         let env = ExitEnv {
             id,
@@ -175,7 +185,8 @@ impl VcpuHandle {
     /// Asks the thread to park and kicks it out of KVM_RUN, without waiting: pausing several
     /// vCPUs asks them all first, so that they stop in parallel.
     pub fn ask_pause(&self) {
-        self.shared.set(|c| c.pause = true);
+        // No ring: a parked thread stays parked, and a running one is kicked.
+        self.shared.update(|c| c.pause = true);
         // A thread inside KVM_RUN sees the flag only once it exits: kick it now, not after
         // wait_for's first 1 ms wait (every FT checkpoint pauses, so that wait was most of it).
         self.kick();
@@ -186,15 +197,22 @@ impl VcpuHandle {
         self.wait_for(timeout, |c| c.parked || self.finished())
     }
 
-    /// Hands `job` to the thread, which runs it once parked (call [`VcpuHandle::pause`] first).
-    /// A thread that has exited drops the job unrun.
-    pub fn post(&self, job: VcpuJob) {
-        self.shared.set(|c| c.job = Some(job));
+    /// Hands `job` to the thread, which runs it once parked and the VM's bell has rung (a
+    /// running thread, once it parks). A thread that has exited drops the job unrun.
+    pub fn post_unrung(&self, job: VcpuJob) {
+        self.shared.update(|c| c.job = Some(job));
     }
 
     /// Lets a parked thread run again; a job posted for this pause and not run yet is dropped.
     pub fn resume(&self) {
-        self.shared.set(|c| {
+        self.resume_unrung();
+        self.shared.bell.ring();
+    }
+
+    /// [`VcpuHandle::resume`] that takes effect when the VM's bell next rings: resuming every
+    /// vCPU is then one wakeup ([`ParkBell`]).
+    pub fn resume_unrung(&self) {
+        self.shared.update(|c| {
             c.pause = false;
             c.job = None;
         });
@@ -252,11 +270,17 @@ impl VcpuShared {
         self.control.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Changes the requests and wakes the thread if parked.
     fn set(&self, f: impl FnOnce(&mut Control)) {
+        self.update(f);
+        self.bell.ring();
+    }
+
+    /// Changes the requests; a parked thread sees them when the VM's bell next rings.
+    fn update(&self, f: impl FnOnce(&mut Control)) {
         let mut c = self.lock();
         f(&mut c);
         self.attention.store(c.pause || c.stop, Ordering::SeqCst);
-        self.changed.notify_all();
     }
 
     /// Parks while paused, running posted jobs; returns true when the thread must exit.
@@ -273,7 +297,12 @@ impl VcpuShared {
                 c = self.lock();
                 continue;
             }
-            c = self.changed.wait(c).unwrap_or_else(|p| p.into_inner());
+            // Read under the requests' lock: a change made after it rings past `seen`, so no
+            // wakeup is lost between here and the wait.
+            let seen = self.bell.rung_so_far();
+            drop(c);
+            self.bell.wait_past(seen);
+            c = self.lock();
         }
         c.parked = false;
         c.stop
