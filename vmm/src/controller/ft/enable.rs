@@ -197,7 +197,11 @@ fn timing(c: &FtEnableConfig) -> PairTiming {
             .max_backlog_bytes
             .unwrap_or(ft::checkpoint::DEFAULT_MAX_BACKLOG_BYTES)
             .max(MIN_BACKLOG_BYTES),
-        target_pause: ms(c.target_pause_ms, 4),
+        // One default, flow control's own.
+        target_pause: c.target_pause_ms.map_or_else(
+            || ft::checkpoint::FlowOptions::default().target_pause,
+            |v| std::time::Duration::from_millis(v.max(1)),
+        ),
         scrub_period: match c.scrub_period_s.unwrap_or(DEFAULT_SCRUB_PERIOD_S) {
             0 => None,
             s => Some(std::time::Duration::from_secs(s)),
